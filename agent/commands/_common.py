@@ -1,0 +1,27 @@
+"""Arguments every config-driven subcommand shares: `--config FILE` and trailing `key=value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+from agent.config import Config, load_config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-3")
+
+
+def config_from_args(args: argparse.Namespace, flags: Optional[dict[str, Any]] = None) -> Config:
+    """Load the config; `flags` maps dotted keys to CLI flag values (None = flag not given)."""
+    extra = [f"{key}={_yaml_scalar(value)}" for key, value in (flags or {}).items() if value is not None]
+    return load_config(args.config, list(args.overrides) + extra)
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)

@@ -1,0 +1,252 @@
+"""One typed config for every job, built once from YAML plus `key=value` overrides.
+
+Each component gets its own section (`cfg.capture`, `cfg.train`, ...) and is handed that section
+explicitly; nothing reads a global. pydantic validates at start-up (unknown keys are rejected,
+values are type- and range-checked) and `load_config` turns its report into a one-line
+`ConfigError` that names the key, so a typo never reaches a training loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class CaptureConfig(_Section):
+    """Capture side: what is read, how often, and how it is shrunk before it crosses the wire."""
+
+    sources: list[str] = Field(default_factory=lambda: ["demo"], min_length=1)
+    fps: float = Field(15.0, gt=0, description="per-source frame-rate cap")
+    height: int = Field(96, ge=8, le=4096, description="stored frame height (resized on capture)")
+    width: int = Field(96, ge=8, le=4096, description="stored frame width (resized on capture)")
+    resize: Literal["crop", "stretch"] = "crop"
+    jpeg_quality: Optional[int] = Field(None, ge=1, le=100, description="None sends raw RGB")
+    novelty_threshold: float = Field(
+        0.01, ge=0, le=1, description="skip a frame whose mean |diff| to the last kept one is below this (0 = off)"
+    )
+    camera_id_base: int = Field(0, ge=0, le=60000, description="camera id of the first source")
+    reconnect_backoff_s: float = Field(0.5, gt=0)
+    reconnect_max_backoff_s: float = Field(10.0, gt=0)
+    loop_video: bool = Field(False, description="restart a video file at its end instead of stopping")
+
+
+class WireConfig(_Section):
+    """ZeroMQ endpoints. The trainer binds `endpoint` (PULL); captures connect (PUSH)."""
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    publish: Optional[str] = Field(
+        "tcp://127.0.0.1:5556", description="capture binds a PUB here for latest-frame subscribers (None = off)"
+    )
+    send_hwm: int = Field(64, ge=1, description="frames queued per capture before it drops (and counts)")
+    recv_hwm: int = Field(256, ge=1)
+
+    @field_validator("endpoint", "publish")
+    @classmethod
+    def _check_endpoint(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"{value!r} is not a ZeroMQ endpoint (expected tcp://HOST:PORT or ipc://PATH)")
+        return value
+
+
+class BufferConfig(_Section):
+    """Replay buffer: preallocated uint8 frames, bounded in count and in bytes."""
+
+    capacity_frames: int = Field(4096, ge=2)
+    capacity_bytes: Optional[int] = Field(None, ge=1, description="cap on frame storage in bytes")
+    policy: Literal["fifo", "reservoir", "min_redundancy"] = "fifo"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    min_fill: int = Field(128, ge=1, description="frames stored before training starts")
+    temporal_positives: bool = Field(False, description="draw the two views from two frames of one camera")
+    temporal_delta_s: float = Field(0.5, gt=0, description="target time between the two frames")
+    embed_batch: int = Field(64, ge=1, description="frames embedded at once for min_redundancy")
+
+
+class ModelConfig(_Section):
+    """The encoder being trained and its BYOL heads."""
+
+    encoder: str = Field("resnet18", description="torchvision model name, a registered name, or package.module:factory")
+    encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
+    hidden_layer: Union[int, str] = "avgpool"
+    image_size: int = Field(64, ge=8, le=1024)
+    projection_size: int = Field(256, ge=1)
+    projection_hidden_size: int = Field(4096, ge=1)
+
+
+class TrainConfig(_Section):
+    """Continual BYOL optimisation, checkpoints and metrics."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True
+    batch_size: int = Field(32, ge=2)
+    optimizer: Literal["adam", "adamw", "lars", "sgd"] = "adam"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    tau_schedule: Literal["constant", "cosine", "warmup_constant"] = "warmup_constant"
+    tau_base: float = Field(0.99, ge=0, le=1)
+    tau_final: float = Field(0.996, ge=0, le=1)
+    tau_warmup_steps: int = Field(1000, ge=0)
+    total_steps: Optional[int] = Field(None, ge=1, description="horizon of the cosine schedule")
+    replay_ratio: float = Field(8.0, gt=0, description="most updates per newly ingested frame")
+    max_steps: Optional[int] = Field(None, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    save_buffer: bool = False
+    metrics_every: int = Field(10, ge=1)
+    nan_tolerance: int = Field(5, ge=1, description="non-finite losses in a row before the last good state is restored")
+    seed: int = 0
+    threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on the CPU")
+
+
+class ExportConfig(_Section):
+    """ONNX export gate and publishing."""
+
+    weights: Literal["target", "online"] = "target"
+    input_format: Literal["uint8_nhwc", "float_nchw"] = "uint8_nhwc"
+    every_steps: Optional[int] = Field(500, ge=1)
+    every_seconds: Optional[float] = Field(None, gt=0)
+    keep: int = Field(5, ge=1)
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    opset: int = Field(17, ge=13)
+    parity_atol: float = Field(1e-3, gt=0)
+    collapse_std_min: float = Field(0.02, ge=0, description="refuse encoders whose normalised embedding std is below this")
+    verify_batch: int = Field(5, ge=2)
+
+
+class RuntimeConfig(_Section):
+    """The hot-swapping ONNX runtime inside the policy."""
+
+    poll_interval_s: float = Field(0.5, gt=0)
+    wait_for_first: bool = True
+    providers: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    threads: Optional[int] = Field(None, ge=1)
+
+
+class EvalConfig(_Section):
+    """Frozen-encoder evaluation: kNN and linear probe."""
+
+    k: int = Field(20, ge=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    max_images: int = Field(2000, ge=10)
+    gate: bool = Field(False, description="refuse an export whose kNN accuracy regresses")
+    gate_data: str = "digits"
+
+
+class RunConfig(_Section):
+    """`byol-agent run`: process supervision."""
+
+    duration_s: Optional[float] = Field(None, gt=0)
+    max_restarts: int = Field(3, ge=0)
+    status_every_s: float = Field(1.0, gt=0)
+    runtime_consumer: bool = True
+
+
+class Config(_Section):
+    """Everything one job needs; each component receives only its own section."""
+
+    capture: CaptureConfig = CaptureConfig()
+    wire: WireConfig = WireConfig()
+    buffer: BufferConfig = BufferConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> "Config":
+        if self.buffer.min_fill > self.buffer.capacity_frames:
+            raise ValueError(
+                f"buffer.min_fill ({self.buffer.min_fill}) exceeds buffer.capacity_frames ({self.buffer.capacity_frames})"
+            )
+        if self.train.batch_size > self.buffer.capacity_frames:
+            raise ValueError("train.batch_size exceeds buffer.capacity_frames")
+        return self
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-3)")
+    key, raw = item.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _set_path(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {'.'.join(path)!r}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        section = first["loc"][:-1]
+        allowed = _allowed_keys(section)
+        return f"unknown config key {key!r}; allowed here: {', '.join(allowed)}"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"bad config value for {key!r}: {msg}{more}"
+
+
+def _allowed_keys(section: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in section:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            break
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Build the config from a YAML file (default: configs/default.yaml) and `a.b=value` overrides.
+
+    Raises ConfigError with a one-line message naming the offending key.
+    """
+    if path is None:
+        path = CONFIG_DIR / "default.yaml"
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    for item in overrides or []:
+        key_path, value = _parse_override(item)
+        _set_path(tree, key_path, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def dump_config(cfg: Config, path: Union[str, Path]) -> None:
+    """Write the resolved config next to a run, so the run can be read back and reproduced."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,1 @@
+"""ONNX export of the trained encoder, parity/collapse verification, and atomic versioned publishing."""
