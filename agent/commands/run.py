@@ -1,0 +1,66 @@
+"""`byol-agent run`: the main job — capture, trainer, exporter and a runtime consumer, supervised."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.commands._common import add_config_arguments, config_from_args
+from agent.config import Config, dump_config
+from agent.supervisor import ChildSpec, StopFlag, Supervisor, supervise
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        help="camera index, video, URL, image folder/glob or 'demo' (repeat for several cameras; default: config)",
+    )
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument("--run-dir", default="runs/default", help="checkpoints, exports, metrics and logs go here")
+    add_config_arguments(parser)
+
+
+def _cli(*words: str) -> list[str]:
+    return [sys.executable, "-m", "agent.cli", *words]
+
+
+def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec]:
+    """The pipeline's processes in stop order (upstream first, so nothing downstream loses its input early)."""
+    cfg_arg = ["--config", str(config_path)]
+    exports = run_dir / "exports"
+    specs = [
+        ChildSpec("capture", _cli("capture", *cfg_arg, "--status-file", str(run_dir / "status-capture.json")), 15.0),
+        # The exporter process owns publishing in this job, so the trainer's in-process exporter is off.
+        ChildSpec(
+            "trainer",
+            _cli("train", *cfg_arg, "--run-dir", str(run_dir), "export.every_steps=null", "export.every_seconds=null"),
+            120.0,
+        ),
+        ChildSpec("exporter", _cli("export", *cfg_arg, "--run-dir", str(run_dir), "--out", str(exports), "--watch"), 120.0),
+    ]
+    if cfg.run.runtime_consumer and cfg.wire.publish:
+        source = "zmq+" + cfg.wire.publish
+        specs.append(
+            ChildSpec(
+                "runtime",
+                _cli("runtime", *cfg_arg, "--export-dir", str(exports), "--source", source, "--status-dir", str(run_dir)),
+                15.0,
+            )
+        )
+    return specs
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, {"capture.sources": args.source, "run.duration_s": args.duration})
+    run_dir = Path(args.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    dump_config(cfg, config_path)
+    print(f"run dir {run_dir}; sources {', '.join(cfg.capture.sources)}; Ctrl-C stops cleanly", file=sys.stderr)
+    sup = Supervisor(child_specs(cfg, run_dir, config_path), run_dir / "logs", max_restarts=cfg.run.max_restarts)
+    return supervise(
+        sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=StopFlag()
+    )

@@ -1,0 +1,219 @@
+"""Runs the pipeline's processes side by side, restarts the ones that die, and stops them in order.
+
+`byol-agent run` is capture → trainer → exporter → runtime, each a real OS process talking over
+loopback ZeroMQ or the run directory. Each child is its own process group, so a Ctrl-C reaches the
+supervisor alone and the shutdown runs downstream-last: capture stops first, the trainer writes its
+final checkpoint, the exporter publishes from it, and only then the runtime consumer stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChildSpec:
+    """One supervised process: its argv and how long it may take to stop after SIGINT."""
+
+    name: str
+    argv: list[str]
+    stop_timeout_s: float = 30.0
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    log_path: Path
+    proc: Optional[subprocess.Popen] = None
+    restarts: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM the child if the supervisor dies without cleaning up."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Supervisor:
+    """Starts children, restarts dead ones (bounded), and stops them in the given order."""
+
+    def __init__(self, specs: list[ChildSpec], log_dir: Path, *, max_restarts: int) -> None:
+        self._children = [_Child(spec, log_dir / f"{spec.name}.log") for spec in specs]
+        self._max_restarts = max_restarts
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        for child in self._children:
+            self._spawn(child)
+
+    def _spawn(self, child: _Child) -> None:
+        out = open(child.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        child.proc = subprocess.Popen(
+            child.spec.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env=env,
+        )
+        out.close()
+        log.info("started %s (pid %d)", child.spec.name, child.proc.pid)
+
+    def check(self, report: Callable[[str], None]) -> bool:
+        """Restart children that failed on their own; False once one has exhausted its restarts.
+
+        A child that exits 0 finished its job (a finite source ran out) and is not restarted.
+        """
+        healthy = True
+        for child in self._children:
+            code = child.proc.poll() if child.proc else None
+            if code is None:
+                continue
+            child.exit_codes.append(code)
+            child.proc = None
+            if code == 0:
+                report(f"{child.spec.name} finished")
+                continue
+            tail = _last_line(child.log_path)
+            if child.restarts >= self._max_restarts:
+                report(f"{child.spec.name} exited with code {code} and used up its {self._max_restarts} restarts: {tail}")
+                healthy = False
+                continue
+            child.restarts += 1
+            report(f"{child.spec.name} exited with code {code} ({tail}); restart {child.restarts}/{self._max_restarts}")
+            self._spawn(child)
+        return healthy
+
+    def stop(self) -> dict[str, Optional[int]]:
+        """SIGINT each child in order and wait for it (SIGKILL after its timeout); return exit codes."""
+        codes: dict[str, Optional[int]] = {}
+        for child in self._children:
+            proc = child.proc
+            if proc is None:
+                codes[child.spec.name] = child.exit_codes[-1] if child.exit_codes else None
+                continue
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=child.spec.stop_timeout_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop within %.0f s; killing it", child.spec.name, child.spec.stop_timeout_s)
+                    proc.kill()
+                    proc.wait()
+            codes[child.spec.name] = proc.returncode
+        return codes
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        return {child.spec.name: child.restarts for child in self._children}
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-200:] if lines else ""
+
+
+def read_status(run_dir: Path) -> dict[str, dict]:
+    """The newest `status-<name>.json` each child wrote (missing or half-written files are skipped)."""
+    status: dict[str, dict] = {}
+    for path in run_dir.glob("status-*.json"):
+        try:
+            status[path.stem.removeprefix("status-")] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return status
+
+
+def format_status(status: dict[str, dict], elapsed_s: float, restarts: dict[str, int]) -> str:
+    """One line a person can read at a glance: is data flowing, is it learning, did the policy swap."""
+    cap, trn, rt = status.get("capture", {}), status.get("trainer", {}), status.get("runtime", {})
+
+    def num(d: dict, key: str, fmt: str = "{:.0f}") -> str:
+        value = d.get(key)
+        return fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+    parts = [
+        f"t={elapsed_s:5.0f}s",
+        f"frames sent {num(cap, 'sent')} dropped {num(cap, 'dropped')}",
+        f"in {num(trn, 'frames_in')}",
+        f"buffer {num(trn, 'buffer_fill')}",
+        f"step {num(trn, 'step')} ({num(trn, 'steps_per_s', '{:.2f}')}/s)",
+        f"loss {num(trn, 'loss', '{:.3f}')}",
+        f"emb std {num(trn, 'embedding_std', '{:.3f}')}",
+        f"export v{num(trn, 'last_export_version')}",
+        f"runtime v{num(rt, 'version')} swaps {num(rt, 'swaps')}",
+    ]
+    dead = {name: n for name, n in restarts.items() if n}
+    if dead:
+        parts.append("restarts " + ",".join(f"{k}={v}" for k, v in dead.items()))
+    return " | ".join(parts)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; handlers only set the flag (the loop does the work)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.event.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.event.wait(timeout_s)
+
+
+def supervise(
+    sup: Supervisor,
+    run_dir: Path,
+    *,
+    duration_s: Optional[float],
+    status_every_s: float,
+    stop: StopFlag,
+    out=sys.stderr,
+) -> int:
+    """Run until the duration passes, a signal arrives, or a child fails for good; then stop in order."""
+    start = time.monotonic()
+    tty = out.isatty()
+    failed = False
+    sup.start()
+    try:
+        while not stop.wait(status_every_s):
+            elapsed = time.monotonic() - start
+            if not sup.check(lambda msg: print(("\n" if tty else "") + msg, file=out, flush=True)):
+                failed = True
+                break
+            line = format_status(read_status(run_dir), elapsed, sup.restarts)
+            print(("\r" + line[:200]) if tty else line, end="" if tty else "\n", file=out, flush=True)
+            if duration_s is not None and elapsed >= duration_s:
+                break
+    finally:
+        if tty:
+            print(file=out)
+        print("stopping: capture, then trainer (final checkpoint), exporter (final export), runtime", file=out, flush=True)
+        codes = sup.stop()
+    print("exit codes: " + ", ".join(f"{k}={v}" for k, v in codes.items()), file=out, flush=True)
+    print(format_status(read_status(run_dir), time.monotonic() - start, sup.restarts), file=out, flush=True)
+    return 1 if failed else 0
