@@ -1,0 +1,78 @@
+"""The config is validated once, up front, and every error names the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import CONFIG_DIR, Config, dump_config, load_config
+from agent.errors import ConfigError
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_overrides_are_typed_and_applied() -> None:
+    cfg = load_config(overrides=["train.lr=1e-3", "model.hidden_layer=-1", "capture.sources=[demo, '0']"])
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.model.hidden_layer == -1
+    assert cfg.capture.sources == ["demo", "0"]
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.lrr=1", "'train.lrr'"),
+        ("nope.x=1", "'nope'"),
+        ("train.lr=abc", "'train.lr'"),
+        ("buffer.policy=lifo", "'buffer.policy'"),
+        ("wire.endpoint=localhost:5", "'wire.endpoint'"),
+        ("buffer.min_fill=999999", "min_fill"),
+        ("train.lr", "key=value"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_unknown_key_lists_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError, match="allowed here: .*batch_size"):
+        load_config(overrides=["train.batchsize=4"])
+
+
+def test_dump_then_load_is_identity(tmp_path: Path) -> None:
+    cfg = load_config(overrides=["train.batch_size=8", "export.every_steps=null"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_cli_reports_a_bad_key_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--run-dir", str(tmp_path), "--duration", "1", "train.lrr=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "unknown config key 'train.lrr'" in lines[0]
