@@ -1,0 +1,21 @@
+"""`byol-agent report RUN_DIR`: PNG plots and a markdown summary of a run's metrics.jsonl."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainer.report import write_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding metrics.jsonl")
+    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
+
+
+def main(args: argparse.Namespace) -> int:
+    report = write_report(args.run_dir, args.out)
+    for path in report.plots + [report.summary]:
+        print(path)
+    if report.missing:
+        print(f"not recorded, so not plotted: {', '.join(report.missing)}")
+    return 0
