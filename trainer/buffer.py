@@ -1,0 +1,452 @@
+"""Replay buffer: preallocated uint8 frames shared by the ingest thread and the training loop.
+
+Storage is allocated once (bounded in frames and in bytes), so a long run never grows; it lives in
+pinned host memory when training on CUDA (non_blocking copies overlap the step) or on the GPU itself
+with `buffer.device=cuda`. What to evict is a small pluggable policy: FIFO, reservoir, or
+minimum-redundancy (drop the frame most similar to its nearest neighbour in the target's embedding
+space), because temporally correlated video ruins naive streaming SSL and no one policy wins always.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+
+from agent.config import BufferConfig
+from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.wire import Frame
+
+
+class _Slots:
+    """Per-slot bookkeeping the policies read (numpy arrays indexed by slot)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0  # slots ever filled; they fill 0..capacity-1 in order, then get replaced
+        self.valid = np.zeros(capacity, dtype=bool)  # False while empty or being overwritten
+        self.camera_id = np.zeros(capacity, dtype=np.int64)
+        self.seq = np.zeros(capacity, dtype=np.int64)
+        self.timestamp = np.zeros(capacity, dtype=np.float64)
+        self.inserted_at = np.zeros(capacity, dtype=np.float64)  # time.monotonic() at insert
+        self.ticket = np.full(capacity, -1, dtype=np.int64)  # insert counter: identifies the frame in a slot
+
+    def oldest(self) -> int:
+        """Slot holding the earliest inserted frame among those not being written."""
+        order = np.where(self.valid[: self.size], self.ticket[: self.size], np.iinfo(np.int64).max)
+        return int(order.argmin())
+
+
+class EvictionPolicy:
+    """Decides which slot a new frame replaces once the buffer is full, or that the frame is dropped."""
+
+    name = "base"
+
+    def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
+        raise NotImplementedError
+
+    def forget(self, slot: int) -> None:
+        """The frame in `slot` is being replaced."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+
+class FifoPolicy(EvictionPolicy):
+    """Evict the oldest frame: the buffer is the most recent stretch of the stream."""
+
+    name = "fifo"
+
+    def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
+        return slots.oldest()
+
+
+class ReservoirPolicy(EvictionPolicy):
+    """Keep a uniform sample of everything seen (Vitter's algorithm R): frame n enters with p = C/n."""
+
+    name = "reservoir"
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
+        j = int(self._rng.integers(0, max(frames_seen, 1)))
+        if j >= slots.capacity or not slots.valid[j]:
+            return None
+        return j
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
+
+
+class MinRedundancyPolicy(EvictionPolicy):
+    """Evict the frame most similar (cosine) to its nearest neighbour in the target's embedding space.
+
+    Embeddings arrive from the trainer in batches (`set_embeddings`); each slot's nearest neighbour
+    is maintained incrementally, so an eviction costs one argmax plus re-scoring the few slots whose
+    neighbour just left, not an N x N similarity matrix. Frames not yet embedded are never chosen
+    while at least two embedded ones exist (they get a chance to prove they are novel); before
+    that the policy falls back to FIFO.
+    """
+
+    name = "min_redundancy"
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._emb: Optional[torch.Tensor] = None  # (C, D) l2-normalised float32, CPU
+        self._has = torch.zeros(capacity, dtype=torch.bool)
+        self._nn_sim = torch.full((capacity,), float("-inf"))
+        self._nn_idx = torch.full((capacity,), -1, dtype=torch.long)
+
+    @property
+    def embedded(self) -> int:
+        return int(self._has.sum())
+
+    def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
+        if self.embedded < 2:
+            return slots.oldest()
+        scores = torch.where(self._has, self._nn_sim, torch.tensor(float("-inf")))
+        return int(scores.argmax())
+
+    def pending(self, slots: _Slots) -> np.ndarray:
+        """Valid slots with no embedding yet, oldest first."""
+        has = self._has[: slots.size].numpy()
+        idx = np.flatnonzero(slots.valid[: slots.size] & ~has)
+        return idx[np.argsort(slots.ticket[idx], kind="stable")]
+
+    def forget(self, slot: int) -> None:
+        if not bool(self._has[slot]):
+            return
+        self._has[slot] = False
+        self._nn_sim[slot] = float("-inf")
+        self._nn_idx[slot] = -1
+        orphans = torch.nonzero(self._has & (self._nn_idx == slot)).flatten()
+        self._rescore(orphans)
+
+    def set_embeddings(self, slot_ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Record embeddings for `slot_ids` (unique) and update every nearest neighbour they affect."""
+        vectors = torch.nn.functional.normalize(vectors.detach().float().cpu(), dim=1)
+        if self._emb is None or self._emb.shape[1] != vectors.shape[1]:
+            self._emb = torch.zeros(self._capacity, vectors.shape[1])
+            self._has.zero_()
+            self._nn_sim.fill_(float("-inf"))
+            self._nn_idx.fill_(-1)
+        for slot in slot_ids.tolist():
+            self.forget(slot)
+        self._emb[slot_ids] = vectors
+        old = torch.nonzero(self._has).flatten()
+        self._has[slot_ids] = True
+        if old.numel():
+            sims = self._emb[old] @ vectors.T  # (old, new)
+            best, arg = sims.max(dim=1)
+            better = best > self._nn_sim[old]
+            self._nn_sim[old[better]] = best[better]
+            self._nn_idx[old[better]] = slot_ids[arg[better]]
+        self._rescore(slot_ids)
+
+    def _rescore(self, rows: torch.Tensor) -> None:
+        """Recompute the nearest neighbour of `rows` against every embedded slot."""
+        if rows.numel() == 0 or self._emb is None:
+            return
+        cols = torch.nonzero(self._has).flatten()
+        if cols.numel() == 0:
+            self._nn_sim[rows] = float("-inf")
+            self._nn_idx[rows] = -1
+            return
+        sims = self._emb[rows] @ self._emb[cols].T
+        sims[rows.unsqueeze(1) == cols.unsqueeze(0)] = float("-inf")
+        best, arg = sims.max(dim=1)
+        self._nn_sim[rows] = best
+        self._nn_idx[rows] = torch.where(torch.isfinite(best), cols[arg], torch.tensor(-1))
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._emb is None:
+            return {}
+        return {"emb": self._emb.clone(), "has": self._has.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "emb" not in state:
+            return
+        has = state["has"].bool()
+        slot_ids = torch.nonzero(has).flatten()
+        if slot_ids.numel():
+            self.set_embeddings(slot_ids, state["emb"][slot_ids])
+
+
+def make_policy(cfg: BufferConfig, capacity: int, seed: int) -> EvictionPolicy:
+    if cfg.policy == "fifo":
+        return FifoPolicy()
+    if cfg.policy == "reservoir":
+        return ReservoirPolicy(seed)
+    return MinRedundancyPolicy(capacity)
+
+
+def storage_device(cfg: BufferConfig, train_device: torch.device) -> torch.device:
+    """Where frames live: on the GPU only when asked for; host memory otherwise."""
+    if cfg.device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("buffer.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        return train_device if train_device.type == "cuda" else torch.device("cuda")
+    return torch.device("cpu")
+
+
+class ReplayBuffer:
+    """Fixed-capacity uint8 frame store with a pluggable eviction policy; safe for one writer + one reader.
+
+    A lock guards the bookkeeping only: `add` marks its slot invalid, copies the pixels outside the
+    lock, then marks it valid; `sample` draws from valid slots and gathers them under the lock
+    (a single index_select, so the writer is never held up for long).
+    """
+
+    def __init__(self, cfg: BufferConfig, frame_shape: tuple[int, int, int], device: torch.device, seed: int = 0):
+        h, w, c = frame_shape
+        if c != 3:
+            raise ConfigError(f"replay buffer stores RGB frames; got {c} channels")
+        frame_bytes = h * w * c
+        capacity = cfg.capacity_frames
+        if cfg.capacity_bytes is not None:
+            capacity = min(capacity, cfg.capacity_bytes // frame_bytes)
+        if capacity < 2:
+            raise ConfigError(
+                f"buffer.capacity_bytes ({cfg.capacity_bytes}) holds {capacity} frame(s) of {h}x{w}x3; at least 2 are needed"
+            )
+        self.cfg = cfg
+        self.frame_shape = (h, w, c)
+        self.capacity = capacity
+        self.device = storage_device(cfg, torch.device(device))
+        self._pin = self.device.type == "cpu" and torch.device(device).type == "cuda"
+        self.min_fill = min(cfg.min_fill, capacity)
+        self._storage = torch.empty((capacity, h, w, c), dtype=torch.uint8, device=self.device, pin_memory=self._pin)
+        self._slots = _Slots(capacity)
+        self._policy = make_policy(cfg, capacity, seed)
+        self._lock = threading.Lock()
+        self._frames_seen = 0
+        self._evictions = 0
+        self._rejected = 0
+        self._per_camera: Counter[int] = Counter()
+
+    # -- writer side -------------------------------------------------------------------------
+
+    def add(self, frame: "Frame") -> bool:
+        """Store one frame; False when the policy declined it (reservoir). Shape must match."""
+        image = frame.image
+        if tuple(image.shape) != self.frame_shape or image.dtype != np.uint8:
+            raise ValueError(f"frame shape {tuple(image.shape)} {image.dtype} != buffer {self.frame_shape} uint8")
+        s = self._slots
+        with self._lock:
+            self._frames_seen += 1
+            if s.size < s.capacity:
+                slot = s.size
+                s.size += 1
+            else:
+                victim = self._policy.victim(s, self._frames_seen)
+                if victim is None:
+                    self._rejected += 1
+                    return False
+                slot = victim
+                self._evictions += 1
+                self._per_camera[int(s.camera_id[slot])] -= 1
+                self._policy.forget(slot)
+            s.valid[slot] = False
+        self._storage[slot].copy_(torch.from_numpy(np.ascontiguousarray(image)))
+        with self._lock:
+            s.camera_id[slot] = frame.camera_id
+            s.seq[slot] = frame.seq
+            s.timestamp[slot] = frame.timestamp
+            s.inserted_at[slot] = time.monotonic()
+            s.ticket[slot] = self._frames_seen
+            s.valid[slot] = True
+            self._per_camera[int(frame.camera_id)] += 1
+        return True
+
+    # -- reader side -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._slots.valid.sum())
+
+    @property
+    def ready(self) -> bool:
+        """Enough frames stored to start training (`buffer.min_fill`, capped at capacity)."""
+        return len(self) >= self.min_fill
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Draw `n` frames (without replacement while possible) as uint8 NHWC on the storage device.
+
+        With `temporal_positives`, also returns each frame's partner: a frame of the same camera
+        about `temporal_delta_s` before or after it (the frame itself when its camera has no other).
+        """
+        with self._lock:
+            slots = np.flatnonzero(self._slots.valid[: self._slots.size])
+            if slots.size == 0:
+                raise RuntimeError("sample() from an empty replay buffer")
+            if n <= slots.size:
+                pick = torch.randperm(slots.size, generator=generator)[:n].numpy()
+            else:
+                pick = torch.randint(0, slots.size, (n,), generator=generator).numpy()
+            anchors = slots[pick]
+            images = self._gather(anchors)
+            if not self.cfg.temporal_positives:
+                return images, None
+            signs = torch.randint(0, 2, (n,), generator=generator).numpy() * 2 - 1
+            partners = self._partners(slots, anchors, signs)
+            return images, self._gather(partners)
+
+    def _gather(self, slot_ids: np.ndarray) -> torch.Tensor:
+        index = torch.from_numpy(slot_ids.astype(np.int64)).to(self.device)
+        out = torch.empty((len(slot_ids), *self.frame_shape), dtype=torch.uint8, device=self.device, pin_memory=self._pin)
+        return torch.index_select(self._storage, 0, index, out=out)
+
+    def _partners(self, slots: np.ndarray, anchors: np.ndarray, signs: np.ndarray) -> np.ndarray:
+        s = self._slots
+        partners = anchors.copy()
+        cams = s.camera_id[anchors]
+        for cam in np.unique(cams):
+            members = slots[s.camera_id[slots] == cam]
+            order = np.argsort(s.timestamp[members], kind="stable")
+            members, times = members[order], s.timestamp[members][order]
+            rows = np.flatnonzero(cams == cam)
+            anchor_times = s.timestamp[anchors[rows]]
+            targets = anchor_times + signs[rows] * self.cfg.temporal_delta_s
+            # near either end of the camera's stored stretch, look the other way in time
+            outside = (targets < times[0]) | (targets > times[-1])
+            targets = np.where(outside, anchor_times - signs[rows] * self.cfg.temporal_delta_s, targets)
+            right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
+            left = np.clip(right - 1, 0, len(times) - 1)
+            nearest = np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)
+            chosen = members[nearest]
+            # landing on the anchor itself means its camera's stretch is shorter than delta:
+            # take an adjacent frame of the same camera, when there is one
+            same = chosen == anchors[rows]
+            if same.any() and len(members) > 1:
+                pos = nearest[same]
+                chosen[same] = members[np.where(pos + 1 < len(members), pos + 1, pos - 1)]
+            partners[rows] = chosen
+        return partners
+
+    # -- embeddings for minimum-redundancy ---------------------------------------------------
+
+    @property
+    def wants_embeddings(self) -> bool:
+        return isinstance(self._policy, MinRedundancyPolicy)
+
+    def frames_to_embed(self, n: int) -> Optional[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+        """Up to `n` stored frames that have no embedding yet: (slots, tickets, uint8 NHWC images)."""
+        if not isinstance(self._policy, MinRedundancyPolicy):
+            return None
+        with self._lock:
+            slot_ids = self._policy.pending(self._slots)[:n]
+            if slot_ids.size == 0:
+                return None
+            return slot_ids, self._slots.ticket[slot_ids].copy(), self._gather(slot_ids)
+
+    def set_embeddings(self, slot_ids: np.ndarray, tickets: np.ndarray, vectors: torch.Tensor) -> int:
+        """Record embeddings from `frames_to_embed`; frames replaced meanwhile are skipped. Returns how many kept."""
+        if not isinstance(self._policy, MinRedundancyPolicy):
+            return 0
+        with self._lock:
+            still = (self._slots.ticket[slot_ids] == tickets) & self._slots.valid[slot_ids]
+            keep = np.flatnonzero(still)
+            if keep.size:
+                self._policy.set_embeddings(torch.from_numpy(slot_ids[keep]), vectors[torch.from_numpy(keep)])
+            return int(keep.size)
+
+    # -- statistics and persistence ------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Fill, capacity, per-camera counts, evictions, rejected (reservoir), and age of stored frames in s."""
+        with self._lock:
+            s = self._slots
+            valid = s.valid[: s.size]
+            ages = time.monotonic() - s.inserted_at[: s.size][valid]
+            stored = int(valid.sum())
+            out = {
+                "size": stored,
+                "capacity": self.capacity,
+                "fill": stored / self.capacity,
+                "frames_seen": self._frames_seen,
+                "evictions": self._evictions,
+                "rejected": self._rejected,
+                "per_camera": {str(k): v for k, v in sorted(self._per_camera.items()) if v > 0},
+                "age_mean_s": float(ages.mean()) if stored else 0.0,
+                "age_max_s": float(ages.max()) if stored else 0.0,
+            }
+            if isinstance(self._policy, MinRedundancyPolicy):
+                out["embedded"] = self._policy.embedded
+            return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Contents and counters as tensors/primitives (loadable with torch.load(weights_only=True))."""
+        with self._lock:
+            s = self._slots
+            keep = np.flatnonzero(s.valid[: s.size])
+            now = time.monotonic()
+            state = {
+                "frame_shape": list(self.frame_shape),
+                "images": self._storage[torch.from_numpy(keep).to(self.device)].cpu(),
+                "camera_id": torch.from_numpy(s.camera_id[keep].copy()),
+                "seq": torch.from_numpy(s.seq[keep].copy()),
+                "timestamp": torch.from_numpy(s.timestamp[keep].copy()),
+                "age_s": torch.from_numpy(now - s.inserted_at[keep]),
+                "ticket": torch.from_numpy(s.ticket[keep].copy()),
+                "frames_seen": self._frames_seen,
+                "evictions": self._evictions,
+                "rejected": self._rejected,
+                "policy": self.cfg.policy,
+                "policy_state": _policy_state(self._policy, keep),
+            }
+            return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refill from `state_dict` output; frames beyond this buffer's capacity (oldest first) are dropped."""
+        if tuple(state["frame_shape"]) != self.frame_shape:
+            raise ValueError(f"saved buffer frames are {tuple(state['frame_shape'])}, this buffer stores {self.frame_shape}")
+        n_saved = int(state["images"].shape[0])
+        order = torch.argsort(state["ticket"])[max(0, n_saved - self.capacity):]
+        n = int(order.numel())
+        now = time.monotonic()
+        with self._lock:
+            s = self._slots
+            self._storage[:n].copy_(state["images"][order].to(self.device))
+            s.size = n
+            s.valid[:] = False
+            s.valid[:n] = True
+            s.camera_id[:n] = state["camera_id"][order].numpy()
+            s.seq[:n] = state["seq"][order].numpy()
+            s.timestamp[:n] = state["timestamp"][order].numpy()
+            s.inserted_at[:n] = now - state["age_s"][order].numpy()
+            s.ticket[:n] = state["ticket"][order].numpy()
+            self._frames_seen = int(state["frames_seen"])
+            self._evictions = int(state["evictions"])
+            self._rejected = int(state["rejected"])
+            self._per_camera = Counter(int(c) for c in s.camera_id[:n])
+            if state.get("policy") == self.cfg.policy:
+                self._policy.load_state_dict(_reindex_policy_state(state["policy_state"], order))
+
+
+def _policy_state(policy: EvictionPolicy, keep: np.ndarray) -> dict[str, Any]:
+    """The policy's state with per-slot tensors restricted to the saved slots (in saved order)."""
+    state = policy.state_dict()
+    if "emb" in state:
+        index = torch.from_numpy(keep)
+        state = {"emb": state["emb"][index], "has": state["has"][index]}
+    return state
+
+
+def _reindex_policy_state(state: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
+    if "emb" in state:
+        return {"emb": state["emb"][order], "has": state["has"][order]}
+    return state

@@ -1,0 +1,107 @@
+"""Training metrics: an append-only `metrics.jsonl`, a `status-trainer.json` snapshot, a live line.
+
+`metrics.jsonl` is the run's record (one JSON object per line, flushed per line so a kill -9 loses
+at most the line being written); `status-trainer.json` is rewritten atomically about once a second
+for the `run` supervisor; the live line on stderr is for a person watching (carriage return on a
+TTY, a plain line every few seconds in a log file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, TextIO
+
+STATUS_NAME = "status-trainer.json"
+METRICS_NAME = "metrics.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    """Non-finite floats become null: JSON has no NaN, and a NaN loss is exactly what gets logged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Readers never see a half-written file: temp file in the same directory, then os.replace."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(data)))
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    """Appends metric records, keeps the status file fresh, and prints the live status line."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        status_every_s: float = 1.0,
+        live_every_s: float = 10.0,
+        stream: Optional[TextIO] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.run_dir / METRICS_NAME, "a", encoding="utf-8")
+        self._status_every_s = status_every_s
+        self._stream = stream if stream is not None else sys.stderr
+        self._tty = self._stream.isatty()
+        self._live_every_s = 0.5 if self._tty else live_every_s
+        self._clock = clock
+        self._last_status = -math.inf
+        self._last_live = -math.inf
+        self._live_dirty = False
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record (a wall-clock "time" is added) and flush it to disk."""
+        line = json.dumps(_jsonable({"time": time.time(), **record}))
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def status(self, fields: dict[str, Any], force: bool = False) -> None:
+        """Refresh status-trainer.json (at most every status_every_s) and the live line on stderr."""
+        now = self._clock()
+        if force or now - self._last_status >= self._status_every_s:
+            self._last_status = now
+            write_json_atomic(self.run_dir / STATUS_NAME, {"time": time.time(), **fields})
+        if force or now - self._last_live >= self._live_every_s:
+            self._last_live = now
+            self._print_live(format_status(fields))
+
+    def _print_live(self, text: str) -> None:
+        if self._tty:
+            self._stream.write("\r" + text[:200].ljust(100))
+            self._live_dirty = True
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._live_dirty:
+            self._stream.write("\n")
+            self._stream.flush()
+        self._file.close()
+
+
+def format_status(f: dict[str, Any]) -> str:
+    """One line a person can read at a glance."""
+
+    def num(key: str, fmt: str) -> str:
+        value = f.get(key)
+        return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+    return (
+        f"step {f.get('step', 0)} | loss {num('loss', '.4f')} | emb std {num('embedding_std', '.4f')} | "
+        f"{num('img_per_s', '.1f')} img/s | frames {f.get('frames_in', 0)} in, {f.get('frames_malformed', 0)} bad | "
+        f"buffer {num('buffer_fill', '.0%')} | tau {num('tau', '.4f')} | nan skips {f.get('nan_skips', 0)} | "
+        f"{f.get('state', '')}"
+    )
