@@ -1,0 +1,123 @@
+"""The wire format: one frame = one ZeroMQ message = a fixed little-endian header, then the payload.
+
+A single message (not multipart) lets the latest-frame subscriber use ZMQ_CONFLATE, and the header
+starts with magic + version + camera id so a SUB can subscribe to one camera by prefix. Nothing is
+pickled: a receiver only ever unpacks fixed-size integers and image bytes, and every malformed,
+truncated or foreign message becomes a `WireError` the receiver can count and drop.
+
+Header layout (40 bytes, little-endian):
+
+    offset size  field
+    0      4     magic b"BYOF"
+    4      1     version (1)
+    5      2     camera_id (u16)
+    7      1     encoding (0 = raw RGB, 1 = JPEG)
+    8      8     seq (u64, per camera, counts frames sent)
+    16     8     timestamp (f64, time.time() when the frame was grabbed)
+    24     4     height (u32)
+    28     4     width (u32)
+    32     1     channels (u8, 3)
+    33     3     reserved (ignored)
+    36     4     payload length (u32)
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+
+from agent.frames import decode_jpeg, encode_jpeg
+
+MAGIC = b"BYOF"
+VERSION = 1
+ENCODING_RAW = 0
+ENCODING_JPEG = 1
+_ENCODINGS = {ENCODING_RAW: "raw", ENCODING_JPEG: "jpeg"}
+
+_HEADER = struct.Struct("<4sBHBQdIIB3xI")
+HEADER_SIZE = _HEADER.size
+_PREFIX = struct.Struct("<4sBH")
+MAX_SIDE = 1 << 15
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+class WireError(ValueError):
+    """A message is not a valid frame of a version this build understands."""
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One captured image with where and when it came from.
+
+    `image` is uint8 HxWx3 RGB. A decoded raw frame is a read-only view on the received message
+    (no copy): copy it into your own storage before writing to it. Frames compare by identity.
+    """
+
+    camera_id: int
+    seq: int
+    timestamp: float
+    image: np.ndarray = field(repr=False)
+
+
+def subscription_prefix(camera_id: Optional[int] = None) -> bytes:
+    """Leading bytes shared by every message of this version (and of one camera, if given)."""
+    if camera_id is None:
+        return MAGIC + bytes([VERSION])
+    return _PREFIX.pack(MAGIC, VERSION, camera_id)
+
+
+def encode_frame(frame: Frame, jpeg_quality: Optional[int] = None) -> bytes:
+    """Serialise a frame; `jpeg_quality` (1–100) sends JPEG instead of raw RGB."""
+    image = frame.image
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"frame image must be uint8 HxWx3, got {image.dtype} {image.shape}")
+    if not 0 <= frame.camera_id <= 0xFFFF:
+        raise ValueError(f"camera_id must fit in 16 bits, got {frame.camera_id}")
+    height, width, channels = image.shape
+    if jpeg_quality is None:
+        encoding = ENCODING_RAW
+        payload: Buffer = memoryview(np.ascontiguousarray(image)).cast("B")
+    else:
+        encoding = ENCODING_JPEG
+        payload = encode_jpeg(image, jpeg_quality)
+    header = _HEADER.pack(
+        MAGIC, VERSION, frame.camera_id, encoding, frame.seq, frame.timestamp, height, width, channels, len(payload)
+    )
+    return b"".join((header, payload))
+
+
+def decode_frame(buf: Buffer) -> Frame:
+    """Parse one message; raises WireError naming the problem for anything that is not a valid frame."""
+    view = memoryview(buf).cast("B")
+    if len(view) < HEADER_SIZE:
+        raise WireError(f"message of {len(view)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    magic, version, camera_id, encoding, seq, timestamp, height, width, channels, length = _HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise WireError(f"foreign message: magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise WireError(f"unsupported wire version {version} (this build reads version {VERSION})")
+    if encoding not in _ENCODINGS:
+        raise WireError(f"unknown encoding {encoding}")
+    if channels != 3 or not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise WireError(f"bad image shape {height}x{width}x{channels}")
+    if not math.isfinite(timestamp):
+        raise WireError("timestamp is not a finite number")
+    if length != len(view) - HEADER_SIZE:
+        raise WireError(f"payload is {len(view) - HEADER_SIZE} bytes but the header says {length}")
+    payload = view[HEADER_SIZE:]
+    if encoding == ENCODING_RAW:
+        if length != height * width * channels:
+            raise WireError(f"raw payload of {length} bytes does not hold a {height}x{width}x{channels} image")
+        image = np.frombuffer(payload, dtype=np.uint8).reshape(height, width, channels)
+    else:
+        image = decode_jpeg(payload)
+        if image is None:
+            raise WireError("JPEG payload cannot be decoded")
+        if image.shape != (height, width, channels):
+            raise WireError(f"JPEG decodes to {image.shape}, header says {(height, width, channels)}")
+    return Frame(camera_id=camera_id, seq=seq, timestamp=timestamp, image=image)
