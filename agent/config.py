@@ -112,7 +112,10 @@ class TrainConfig(_Section):
 class ExportConfig(_Section):
     """ONNX export gate and publishing."""
 
-    weights: Literal["target", "online"] = "target"
+    weights: Literal["target", "online"] = Field(
+        "target",
+        description="target (EMA) weights change slowly between versions, so a hot swap perturbs the policy least",
+    )
     input_format: Literal["uint8_nhwc", "float_nchw"] = "uint8_nhwc"
     every_steps: Optional[int] = Field(500, ge=1)
     every_seconds: Optional[float] = Field(None, gt=0)
@@ -120,7 +123,12 @@ class ExportConfig(_Section):
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     opset: int = Field(17, ge=13)
     parity_atol: float = Field(1e-3, gt=0)
-    collapse_std_min: float = Field(0.02, ge=0, description="refuse encoders whose normalised embedding std is below this")
+    collapse_std_min: float = Field(
+        1e-3,
+        ge=0,
+        description="refuse encoders whose l2-normalised embedding std is below this (collapsed: ~0; "
+        "random-init ResNet-18 avgpool features: ~4e-3, post-ReLU features sit far below 1/sqrt(D))",
+    )
     verify_batch: int = Field(5, ge=2)
 
 

@@ -1,0 +1,372 @@
+"""`HotEncoder`: the policy's ONNX encoder, swapped to each newly published version without a dropped call.
+
+    with HotEncoder("runs/default/exports") as enc:
+        z = enc.embed(frames_uint8)      # (N,H,W,3) or (H,W,3) RGB, any size → (N, D) float32
+
+A watcher thread polls `LATEST`. A new version is loaded entirely off the serving path: its bytes
+are read once, hashed and compared with the manifest (so the file checked is the file loaded),
+a session is built from them, warmed up with one inference and checked for the manifest's input
+and for the current output dimension (the policy head was built on D, so a different D is
+refused rather than swapped in). The swap replaces one reference to an immutable (session,
+manifest) pair; a call in flight holds its own reference and finishes on the old session. A
+failed load is logged once, keeps the old version serving and is retried only when the files
+change. At most two sessions are resident: the watcher waits for the previous one to be released
+before building the next. Torch-free: numpy, OpenCV and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from agent.errors import ConfigError, ModelFileError
+from export.frames import as_frame_batch
+from export.manifest import LATEST_NAME, Manifest, model_filename, parse_version, read_latest, read_manifest, sha256_bytes
+
+log = logging.getLogger(__name__)
+_CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
+_TRT = "TensorrtExecutionProvider"
+_TRT_MAX_BATCH = 64  # TensorRT builds its engine for batch 1..this up front, never on the serving path
+_MAX_RESIDENT = 2
+
+
+@dataclass(frozen=True)
+class SwapEvent:
+    """Passed to `on_swap` each time a new version starts serving (old_version is None for the first)."""
+
+    old_version: Optional[int]
+    new_version: int
+    step: int
+    output_dim: int
+    load_s: float
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class _Loaded:
+    """One servable version: never mutated, replaced as a whole."""
+
+    name: str
+    session: ort.InferenceSession
+    manifest: Manifest
+
+
+def cuda_device_count() -> int:
+    """CUDA devices visible through the driver API (no torch needed); 0 when there is no driver."""
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            cuda = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def resolve_providers(choice: str) -> list[str]:
+    """Execution providers to ask for, best first, from "auto" | "cpu" | "cuda" | "tensorrt".
+
+    onnxruntime-gpu lists CUDA and TensorRT even on machines without a GPU (or without the
+    TensorRT libraries); asking for them there only produces error logs, so "auto" checks for a
+    device (and libnvinfer) first and quietly settles for the CPU.
+    """
+    available = set(ort.get_available_providers())
+    gpu = (_CUDA in available) and cuda_device_count() > 0
+    trt = gpu and _TRT in available and ctypes.util.find_library("nvinfer") is not None
+    if choice == "cpu":
+        return [_CPU]
+    if choice == "tensorrt" and not trt:
+        raise ConfigError("runtime.providers='tensorrt' but TensorRT or a CUDA device is not available here")
+    if choice == "cuda" and not gpu:
+        raise ConfigError("runtime.providers='cuda' but onnxruntime has no CUDA provider or no CUDA device is visible")
+    if choice not in ("auto", "cuda", "tensorrt"):
+        raise ConfigError(f"runtime.providers={choice!r}; allowed: auto, cpu, cuda, tensorrt")
+    if trt and choice in ("auto", "tensorrt"):
+        return [_TRT, _CUDA, _CPU]
+    if gpu:
+        return [_CUDA, _CPU]
+    return [_CPU]
+
+
+class HotEncoder:
+    """Serves `embed()` from the newest verified export in `export_dir`, hot-swapping as new ones appear."""
+
+    def __init__(
+        self,
+        export_dir: Union[str, Path],
+        *,
+        poll_interval_s: float = 0.5,
+        wait: bool = True,
+        timeout_s: Optional[float] = None,
+        on_swap: Optional[Callable[[SwapEvent], None]] = None,
+        providers: str = "auto",
+        threads: Optional[int] = None,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self._poll_interval_s = poll_interval_s
+        self._on_swap = on_swap
+        self._providers = resolve_providers(providers)
+        self._threads = threads
+        self._current: Optional[_Loaded] = None
+        self._resident = 0
+        self._resident_cond = threading.Condition()
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._failed_signature: Optional[tuple] = None
+        self.swaps = 0
+        self.failed_loads = 0
+        self.last_error: Optional[str] = None
+        self._poll_once()
+        if self._current is None and not wait:
+            reason = self.last_error or f"nothing published yet ({self.export_dir / LATEST_NAME} is missing)"
+            raise ModelFileError(f"no servable encoder in {self.export_dir}: {reason}")
+        self._watcher = threading.Thread(target=self._watch, name="hot-encoder-watcher", daemon=True)
+        self._watcher.start()
+        if self._current is None and not self._first.wait(timeout_s):
+            self.close()
+            reason = f" (last error: {self.last_error})" if self.last_error else ""
+            raise ModelFileError(f"no encoder was published in {self.export_dir} within {timeout_s:g} s{reason}")
+
+    # -- serving path -----------------------------------------------------------------------
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 RGB frames (N,H,W,3) or (H,W,3), any size → (N, D) float32 embeddings."""
+        return self.embed_with_version(frames)[0]
+
+    def embed_with_version(self, frames: np.ndarray) -> tuple[np.ndarray, int]:
+        """Like `embed`, plus the version that computed it (for logging which model acted)."""
+        loaded = self._current  # one reference read: the whole call runs on this version
+        if loaded is None:
+            raise ModelFileError("HotEncoder is closed")
+        spec = loaded.manifest.input
+        x = spec.prepare(as_frame_batch(frames))
+        out = loaded.session.run([loaded.manifest.output_name], {spec.name: x})[0]
+        return out, loaded.manifest.version
+
+    @property
+    def version(self) -> int:
+        """Version now serving."""
+        loaded = self._current
+        if loaded is None:
+            raise ModelFileError("HotEncoder is closed")
+        return loaded.manifest.version
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        loaded = self._current
+        if loaded is None:
+            raise ModelFileError("HotEncoder is closed")
+        return loaded.manifest.raw
+
+    @property
+    def output_dim(self) -> int:
+        loaded = self._current
+        if loaded is None:
+            raise ModelFileError("HotEncoder is closed")
+        return loaded.manifest.output_dim
+
+    @property
+    def resident_sessions(self) -> int:
+        """onnxruntime sessions alive right now (serving, draining or being loaded): never above two."""
+        with self._resident_cond:
+            return self._resident
+
+    @property
+    def providers(self) -> list[str]:
+        loaded = self._current
+        return loaded.session.get_providers() if loaded else list(self._providers)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the watcher and release the sessions (calls in flight finish first)."""
+        self._stop.set()
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout_s)
+        self._current = None
+
+    def __enter__(self) -> "HotEncoder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- watcher ----------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll_interval_s):
+            try:
+                self._poll_once()
+            except Exception as exc:  # never let the watcher die: serving goes on with the old version
+                self.last_error = f"watcher error: {exc!r}"
+                log.exception("hot encoder watcher error; still serving version %s", self._serving())
+
+    def _poll_once(self) -> None:
+        latest_path = self.export_dir / LATEST_NAME
+        try:
+            name = read_latest(self.export_dir)
+        except ModelFileError as exc:
+            self._failed((LATEST_NAME, _stat(latest_path)), exc)
+            return
+        current = self._current
+        if name is None or (current is not None and current.name == name):
+            return
+        version = parse_version(name)
+        signature = (name, _stat(self.export_dir / name), _stat(self.export_dir / model_filename(version)))
+        if signature == self._failed_signature:
+            return  # same broken files as last time: wait for them to change
+        start = time.perf_counter()
+        try:
+            loaded = self._load(name)
+        except ModelFileError as exc:
+            self._failed(signature, exc)
+            return
+        if self._stop.is_set():
+            return
+        self._swap(loaded, time.perf_counter() - start)
+
+    def _failed(self, signature: tuple, exc: ModelFileError) -> None:
+        if signature == self._failed_signature:
+            return
+        self._failed_signature = signature
+        self.failed_loads += 1
+        self.last_error = str(exc)
+        log.warning("not loading new encoder, still serving version %s: %s", self._serving(), exc)
+
+    def _serving(self) -> str:
+        current = self._current
+        return str(current.manifest.version) if current else "none"
+
+    def _load(self, name: str) -> _Loaded:
+        manifest = read_manifest(self.export_dir / name)
+        model_path = self.export_dir / manifest.model_file
+        try:
+            data = model_path.read_bytes()
+        except OSError as exc:
+            raise ModelFileError(f"model file {model_path} is unreadable: {exc.strerror}") from None
+        if sha256_bytes(data) != manifest.sha256:
+            raise ModelFileError(
+                f"model file {model_path} ({len(data)} bytes) does not match the sha256 in {name}: truncated or replaced"
+            )
+        current = self._current
+        if current is not None and manifest.output_dim != current.manifest.output_dim:
+            raise ModelFileError(
+                f"version {manifest.version} outputs D={manifest.output_dim} but version "
+                f"{current.manifest.version} serves D={current.manifest.output_dim}; the policy head depends on D"
+            )
+        self._wait_for_slot()
+        session = self._new_session(data, manifest, model_path)
+        _check_session(session, manifest, model_path)
+        return _Loaded(name=name, session=session, manifest=manifest)
+
+    def _wait_for_slot(self) -> None:
+        """Block until fewer than two sessions are alive, so loading a third never happens."""
+        with self._resident_cond:
+            while self._resident >= _MAX_RESIDENT and not self._stop.is_set():
+                self._resident_cond.wait(0.05)
+
+    def _new_session(self, data: bytes, manifest: Manifest, model_path: Path) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self._threads is not None:
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(data, options, providers=self._provider_list(manifest))
+        except Exception as exc:  # onnxruntime raises its own pybind types for bad models
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise ModelFileError(f"onnxruntime cannot load {model_path}: {first[:300]}") from None
+        with self._resident_cond:
+            self._resident += 1
+        weakref.finalize(session, self._released)
+        return session
+
+    def _released(self) -> None:
+        with self._resident_cond:
+            self._resident -= 1
+            self._resident_cond.notify_all()
+
+    def _provider_list(self, manifest: Manifest) -> list[Union[str, tuple[str, dict[str, Any]]]]:
+        providers: list[Union[str, tuple[str, dict[str, Any]]]] = []
+        for name in self._providers:
+            if name == _TRT:
+                one, most = _trt_shape(manifest, 1), _trt_shape(manifest, _TRT_MAX_BATCH)
+                options = {"trt_profile_min_shapes": one, "trt_profile_opt_shapes": one, "trt_profile_max_shapes": most}
+                providers.append((_TRT, options))
+            else:
+                providers.append(name)
+        return providers
+
+    def _swap(self, loaded: _Loaded, load_s: float) -> None:
+        old = self._current
+        self._current = loaded
+        old_version = old.manifest.version if old else None
+        del old  # the old session goes as soon as the calls in flight let go of it
+        if old_version is not None:
+            self.swaps += 1
+        self._failed_signature = None
+        self._first.set()
+        log.info("serving encoder version %d (was %s; loaded in %.2f s)", loaded.manifest.version, old_version, load_s)
+        if self._on_swap is None:
+            return
+        event = SwapEvent(
+            old_version=old_version,
+            new_version=loaded.manifest.version,
+            step=loaded.manifest.step,
+            output_dim=loaded.manifest.output_dim,
+            load_s=load_s,
+            manifest=loaded.manifest.raw,
+        )
+        try:
+            self._on_swap(event)
+        except Exception as exc:  # the policy's callback must not stop future swaps
+            self.last_error = f"on_swap callback failed: {exc!r}"
+            log.exception("on_swap callback failed for version %d", loaded.manifest.version)
+
+
+def _check_session(session: ort.InferenceSession, manifest: Manifest, model_path: Path) -> None:
+    """The graph takes what the manifest says, and one warm-up inference gives (1, D) finite values."""
+    spec = manifest.input
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != spec.name or inputs[0].type != spec.onnx_type:
+        got = ", ".join(f"{i.name}:{i.type}" for i in inputs)
+        raise ModelFileError(f"{model_path} takes {got}; its manifest says {spec.name}:{spec.onnx_type}")
+    if list(inputs[0].shape[1:]) != list(spec.shape(1)[1:]):
+        raise ModelFileError(f"{model_path} input shape {inputs[0].shape} does not match the manifest's {spec.shape(1)}")
+    if manifest.output_name not in {o.name for o in session.get_outputs()}:
+        raise ModelFileError(f"{model_path} has no output named {manifest.output_name!r}")
+    warm = spec.prepare(np.zeros((1, spec.height, spec.width, 3), dtype=np.uint8))
+    try:
+        out = session.run([manifest.output_name], {spec.name: warm})[0]
+    except Exception as exc:  # onnxruntime's own error types
+        raise ModelFileError(f"{model_path} failed its warm-up inference: {str(exc).splitlines()[0][:300]}") from None
+    if out.shape != (1, manifest.output_dim) or not np.isfinite(out).all():
+        raise ModelFileError(
+            f"{model_path} warm-up gave shape {out.shape} (finite: {bool(np.isfinite(out).all())}), "
+            f"expected (1, {manifest.output_dim})"
+        )
+
+
+def _trt_shape(manifest: Manifest, batch: int) -> str:
+    spec = manifest.input
+    return f"{spec.name}:" + "x".join(str(d) for d in spec.shape(batch))
+
+
+def _stat(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)

@@ -1,0 +1,206 @@
+"""Export → verify → publish, once (`export_encoder`) or on its own thread beside training (`BackgroundExporter`).
+
+The trainer hands over an eval copy of its encoder plus real frames and carries on; the export
+thread does the slow part. Only the newest pending request is kept: an older snapshot of a model
+that has moved on is not worth publishing. A refused export publishes nothing, so the last good
+version stays live; the refusal is logged and reported through `poll()` for the trainer's metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from agent.config import ExportConfig, ModelConfig
+from agent.errors import ByolAgentError
+from export.frames import as_frame_batch
+from export.manifest import InputSpec
+from export.onnx_export import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OUTPUT_NAME,
+    Exported,
+    PreprocessedEncoder,
+    export_onnx,
+    input_spec,
+)
+from export.publish import Publisher
+from export.verify import Verification, verify_onnx
+
+log = logging.getLogger(__name__)
+
+
+def manifest_fields(
+    step: int,
+    spec: InputSpec,
+    exported: Exported,
+    verification: Verification,
+    export_cfg: ExportConfig,
+    model_cfg: ModelConfig,
+) -> dict[str, Any]:
+    """Everything about an export except what the publisher fixes (version, file, hash, time)."""
+    return {
+        "step": int(step),
+        "weights": export_cfg.weights,
+        "input": spec.to_json(),
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "dim": exported.output_dim},
+        "model": {
+            "encoder": model_cfg.encoder,
+            "encoder_kwargs": model_cfg.encoder_kwargs,
+            "hidden_layer": model_cfg.hidden_layer,
+            "image_size": model_cfg.image_size,
+        },
+        "verification": {
+            "parity_max_abs": verification.parity_max_abs,
+            "parity_atol": export_cfg.parity_atol,
+            "batch_sizes": list(verification.batch_sizes),
+            "collapse_std": verification.collapse_std,
+            "collapse_std_min": export_cfg.collapse_std_min,
+        },
+        "exporter": export_cfg.exporter,
+        "opset": exported.opset,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+    }
+
+
+def export_encoder(
+    step: int,
+    encoder: nn.Module,
+    frames: np.ndarray,
+    *,
+    export_cfg: ExportConfig,
+    model_cfg: ModelConfig,
+    publisher: Publisher,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> int:
+    """Export `encoder` (normalised float NCHW → (N, D)), verify it on `frames` (uint8 NHWC, any size), publish.
+
+    Returns the published version; raises ExportRefused (nothing published) when a gate fails.
+    """
+    frames = as_frame_batch(frames)
+    encoder = encoder.eval()
+    spec = input_spec(export_cfg.input_format, model_cfg.image_size, mean, std)
+    tmp = publisher.temp_path()
+    try:
+        exported = export_onnx(PreprocessedEncoder(encoder, mean, std, export_cfg.input_format), spec, tmp, export_cfg)
+        verification = verify_onnx(tmp, encoder, frames, spec, export_cfg)
+        return publisher.publish(tmp, manifest_fields(step, spec, exported, verification, export_cfg, model_cfg))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class _Job:
+    step: int
+    encoder: nn.Module
+    frames: np.ndarray
+
+
+class BackgroundExporter:
+    """Runs `export_encoder` on its own thread; `submit` returns at once so training never waits.
+
+    Torch's thread count is left alone: it is partly process-wide (MKL), so lowering it here would
+    slow the trainer too; the export itself is a single trace plus a few-frame forward.
+    """
+
+    def __init__(
+        self,
+        export_cfg: ExportConfig,
+        model_cfg: ModelConfig,
+        export_dir: Path,
+        *,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self._export_cfg = export_cfg
+        self._model_cfg = model_cfg
+        self._mean = tuple(mean)
+        self._std = tuple(std)
+        self._publisher = Publisher(Path(export_dir), export_cfg.keep)
+        self._cond = threading.Condition()
+        self._pending: Optional[_Job] = None
+        self._closing = False
+        self._events: list[dict[str, Any]] = []
+        self._error: Optional[Exception] = None
+        self.last_version: Optional[int] = None
+        self._thread = threading.Thread(target=self._loop, name="onnx-exporter", daemon=True)
+        self._thread.start()
+
+    def submit(self, step: int, encoder: nn.Module, frames: np.ndarray) -> None:
+        """Queue an export of `encoder` (ownership passes to the exporter); replaces an older pending one."""
+        self._raise_stored()
+        frames = as_frame_batch(frames).copy()  # the caller's buffer may be overwritten while we work
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("BackgroundExporter.submit after close")
+            if self._pending is not None:
+                log.info("export of step %d superseded by step %d before it started", self._pending.step, step)
+            self._pending = _Job(int(step), encoder, frames)
+            self._cond.notify_all()
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Results since the last poll: {"event": "export", "step", "version"} or {"event": "export_refused", "step", "reason"}."""
+        self._raise_stored()
+        with self._cond:
+            events, self._events = self._events, []
+        return events
+
+    def close(self, timeout_s: Optional[float] = None) -> None:
+        """Finish the pending export (if any), then stop the thread; re-raise an error it hit."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("exporter still busy after %.1f s; leaving it to finish in the background", timeout_s or 0.0)
+        self._raise_stored()
+
+    def _raise_stored(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"export thread failed: {self._error!r}") from self._error
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing:
+                    self._cond.wait()
+                job, self._pending = self._pending, None
+            if job is None:
+                return
+            try:
+                event = self._run(job)
+            except Exception as exc:  # a bug, not a refusal: store it for the trainer's next call
+                log.exception("export thread failed at step %d", job.step)
+                self._error = exc
+                return
+            with self._cond:
+                self._events.append(event)
+
+    def _run(self, job: _Job) -> dict[str, Any]:
+        try:
+            version = export_encoder(
+                job.step,
+                job.encoder,
+                job.frames,
+                export_cfg=self._export_cfg,
+                model_cfg=self._model_cfg,
+                publisher=self._publisher,
+                mean=self._mean,
+                std=self._std,
+            )
+        except ByolAgentError as exc:
+            log.warning("export at step %d refused, keeping the last good version: %s", job.step, exc)
+            return {"event": "export_refused", "step": job.step, "reason": str(exc)}
+        self.last_version = version
+        log.info("published encoder version %d (step %d)", version, job.step)
+        return {"event": "export", "step": job.step, "version": version}

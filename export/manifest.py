@@ -1,0 +1,199 @@
+"""The export directory's contract: file names, the `LATEST` pointer and the manifest schema.
+
+Written by `export.publish`, read by `agent.runtime` and `byol-agent eval`. Torch-free, so a
+policy process can read it with numpy, OpenCV and onnxruntime alone. Everything read from disk is
+validated here and turned into `ModelFileError` naming the file, because the directory may hold
+half-copied or hand-edited files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from agent.errors import ModelFileError
+from export.frames import normalise_nchw, resize_frames
+
+MANIFEST_FORMAT = "byol-agent-encoder/1"
+LATEST_NAME = "LATEST"
+_FILE_RE = re.compile(r"^encoder-(\d{6,})\.(onnx|json)$")
+_ONNX_DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
+
+
+def model_filename(version: int) -> str:
+    return f"encoder-{version:06d}.onnx"
+
+
+def manifest_filename(version: int) -> str:
+    return f"encoder-{version:06d}.json"
+
+
+def parse_version(name: str) -> Optional[int]:
+    """Version number of an `encoder-NNNNNN.onnx|json` name; None for anything else (temp files included)."""
+    match = _FILE_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the graph takes; `prepare` turns robot frames (uint8 NHWC RGB, any size) into exactly that."""
+
+    name: str
+    dtype: str  # "uint8" (NHWC, normalisation in the graph) or "float32" (NCHW, already normalised)
+    layout: str
+    height: int
+    width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str = "RGB"
+
+    @property
+    def normalisation_in_graph(self) -> bool:
+        return self.dtype == "uint8"
+
+    @property
+    def onnx_type(self) -> str:
+        return _ONNX_DTYPES[self.dtype]
+
+    def shape(self, batch: int) -> tuple[int, int, int, int]:
+        if self.layout == "NHWC":
+            return (batch, self.height, self.width, 3)
+        return (batch, 3, self.height, self.width)
+
+    def prepare(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (N,H,W,3) RGB frames → the graph's input: resized, and normalised unless the graph does it."""
+        frames = resize_frames(frames, self.height, self.width)
+        if self.normalisation_in_graph:
+            return frames
+        return normalise_nchw(frames, self.mean, self.std)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "layout": self.layout,
+            "height": self.height,
+            "width": self.width,
+            "channel_order": self.channel_order,
+            "normalisation": {
+                "in_graph": self.normalisation_in_graph,
+                "formula": "(x / 255 - mean) / std",
+                "mean": list(self.mean),
+                "std": list(self.std),
+            },
+        }
+
+    @classmethod
+    def from_json(cls, tree: dict[str, Any]) -> "InputSpec":
+        norm = tree["normalisation"]
+        spec = cls(
+            name=str(tree["name"]),
+            dtype=str(tree["dtype"]),
+            layout=str(tree["layout"]),
+            height=int(tree["height"]),
+            width=int(tree["width"]),
+            mean=tuple(float(v) for v in norm["mean"]),
+            std=tuple(float(v) for v in norm["std"]),
+            channel_order=str(tree["channel_order"]),
+        )
+        expected_layout = {"uint8": "NHWC", "float32": "NCHW"}.get(spec.dtype)
+        if expected_layout is None or spec.layout != expected_layout:
+            raise ValueError(f"unsupported input dtype/layout {spec.dtype}/{spec.layout}")
+        if spec.channel_order != "RGB" or len(spec.mean) != 3 or len(spec.std) != 3:
+            raise ValueError("input must be 3-channel RGB with 3 mean/std values")
+        if spec.height < 1 or spec.width < 1:
+            raise ValueError(f"bad input size {spec.height}x{spec.width}")
+        return spec
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A published version, as read back: enough to check the ONNX file and feed it."""
+
+    version: int
+    step: int
+    model_file: str
+    sha256: str
+    input: InputSpec
+    output_name: str
+    output_dim: int
+    raw: dict[str, Any]
+
+
+def parse_manifest(tree: Any, source: str) -> Manifest:
+    """Validate a manifest's JSON tree; ModelFileError naming `source` if anything is missing or off."""
+    try:
+        if tree.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format is {tree.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        version = int(tree["version"])
+        model_file = str(tree["model_file"])
+        if model_file != model_filename(version):
+            raise ValueError(f"model_file {model_file!r} does not match version {version}")
+        sha = str(tree["sha256"])
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ValueError("sha256 is not a hex digest")
+        output = tree["output"]
+        dim = int(output["dim"])
+        if dim < 1:
+            raise ValueError(f"output dim {dim}")
+        return Manifest(
+            version=version,
+            step=int(tree["step"]),
+            model_file=model_file,
+            sha256=sha,
+            input=InputSpec.from_json(tree["input"]),
+            output_name=str(output["name"]),
+            output_dim=dim,
+            raw=tree,
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelFileError(f"manifest {source} is invalid: {detail}") from None
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        tree = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"manifest {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"manifest {path} is unreadable or not JSON ({exc.__class__.__name__})") from None
+    manifest = parse_manifest(tree, str(path))
+    if path.name != manifest_filename(manifest.version):
+        raise ModelFileError(f"manifest {path} claims version {manifest.version}")
+    return manifest
+
+
+def read_latest(export_dir: Path) -> Optional[str]:
+    """The manifest file name `LATEST` points at; None when nothing was published yet.
+
+    Only a bare `encoder-NNNNNN.json` name is accepted, so a tampered pointer cannot lead outside
+    the directory.
+    """
+    try:
+        name = (export_dir / LATEST_NAME).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{export_dir / LATEST_NAME} is unreadable ({exc.__class__.__name__})") from None
+    if not name.endswith(".json") or parse_version(name) is None:
+        raise ModelFileError(f"{export_dir / LATEST_NAME} does not name a manifest (holds {name[:60]!r})")
+    return name

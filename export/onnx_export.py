@@ -1,0 +1,113 @@
+"""Encoder → ONNX file that takes what a robot has: uint8 RGB frames, N×H×W×3, normalised in the graph.
+
+The wrapped graph is what gets verified and served, so a policy never re-implements the training
+normalisation (a classic source of silent train/serve skew). A float NCHW input is an option for
+callers that already normalise. The batch axis is dynamic; the example batch is never 1, which
+the TorchScript tracer could bake in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+import torch
+from torch import nn
+
+from agent.config import ExportConfig
+from agent.errors import ExportRefused
+from export.manifest import InputSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OUTPUT_NAME = "embedding"
+_INPUT_NAMES = {"uint8_nhwc": "frames", "float_nchw": "images"}
+
+
+class PreprocessedEncoder(nn.Module):
+    """The encoder with its input preparation folded in, flattened to (N, D) float32 output."""
+
+    def __init__(self, encoder: nn.Module, mean: Sequence[float], std: Sequence[float], input_format: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.uint8_input = input_format == "uint8_nhwc"
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        # (x/255 - mean)/std folded into one multiply-add.
+        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uint8_input:
+            x = x.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        return self.encoder(x).flatten(1).float()
+
+
+def input_spec(input_format: str, image_size: int, mean: Sequence[float], std: Sequence[float]) -> InputSpec:
+    """The manifest's description of the graph input for this export format."""
+    uint8 = input_format == "uint8_nhwc"
+    return InputSpec(
+        name=_INPUT_NAMES[input_format],
+        dtype="uint8" if uint8 else "float32",
+        layout="NHWC" if uint8 else "NCHW",
+        height=image_size,
+        width=image_size,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+    )
+
+
+def example_batch(cfg: ExportConfig) -> int:
+    """Batch size of the export example: 2, or 3 when verification runs at 2, so parity always checks another size."""
+    return 3 if cfg.verify_batch == 2 else 2
+
+
+@dataclass(frozen=True)
+class Exported:
+    output_dim: int
+    opset: int  # as written in the file (the dynamo exporter writes at least 18)
+
+
+def _exporter_args(spec: InputSpec, cfg: ExportConfig) -> dict[str, Any]:
+    names = {"input_names": [spec.name], "output_names": [OUTPUT_NAME]}
+    if cfg.exporter == "torchscript":
+        dynamic_axes = {spec.name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+        return {**names, "dynamo": False, "dynamic_axes": dynamic_axes, "opset_version": cfg.opset}
+    return {
+        **names,
+        "dynamo": True,
+        "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},),
+        # Its lowest implemented opset is 18; asking for less only adds a failing down-conversion.
+        "opset_version": max(cfg.opset, 18),
+        "external_data": False,
+        "verbose": False,
+    }
+
+
+def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig) -> Exported:
+    """Export `wrapped` (eval mode, dynamic batch) to `path`.
+
+    Raises ExportRefused when the exporter cannot handle the module, so the caller keeps the last
+    good version.
+    """
+    wrapped.eval()
+    batch = example_batch(cfg)
+    if spec.dtype == "uint8":
+        example = torch.randint(0, 256, spec.shape(batch), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    else:
+        example = torch.randn(spec.shape(batch), generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            out = wrapped(example)
+            if out.ndim != 2 or out.shape[0] != batch:
+                raise ExportRefused(f"encoder output has shape {tuple(out.shape)}, expected (N, D)")
+            torch.onnx.export(wrapped, (example,), str(path), **_exporter_args(spec, cfg))
+    except ExportRefused:
+        raise
+    except Exception as exc:  # the encoder and the exporters raise many unrelated types
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise ExportRefused(f"{cfg.exporter} ONNX export failed: {first[:300]}") from exc
+    opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    return Exported(output_dim=int(out.shape[1]), opset=int(opset))

@@ -1,0 +1,181 @@
+"""Atomic, versioned publishing into an export directory that a runtime polls while it is written.
+
+Order on disk (each step durable before the next): model file → manifest → `LATEST`. A reader
+that follows `LATEST` therefore only ever finds a complete manifest naming a complete model, and
+a crash at any point leaves the previous version published. Version numbers are claimed with a
+hard link (fails if the name exists), so they continue after a restart and never collide with a
+second publisher on the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from agent.errors import ModelFileError
+from export.manifest import (
+    LATEST_NAME,
+    MANIFEST_FORMAT,
+    manifest_filename,
+    model_filename,
+    parse_version,
+    read_latest,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+TEMP_PREFIX = ".tmp-"
+_STALE_TEMP_S = 3600.0
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory, fsync, os.replace, fsync the directory."""
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+class Publisher:
+    """Publishes verified ONNX files as `encoder-NNNNNN.onnx` + `.json` and keeps the newest `keep`."""
+
+    def __init__(self, export_dir: Path, keep: int) -> None:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.export_dir = Path(export_dir)
+        self.keep = keep
+        try:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelFileError(f"cannot create export directory {self.export_dir}: {exc.strerror}") from None
+
+    def versions(self) -> list[int]:
+        """Every version with a model or a manifest on disk (a half-finished one still uses up its number)."""
+        found = {parse_version(p.name) for p in self.export_dir.iterdir()}
+        found.discard(None)
+        return sorted(found)
+
+    def next_version(self) -> int:
+        return max(self.versions(), default=0) + 1
+
+    def temp_path(self, suffix: str = ".onnx") -> Path:
+        """A private file name in the export directory (same filesystem, so the final rename is atomic)."""
+        return self.export_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}{suffix}"
+
+    def publish(self, model_tmp: Path, manifest: dict[str, Any]) -> int:
+        """Move `model_tmp` (a temp_path) into place under a new version; return the version.
+
+        `manifest` holds everything but the fields fixed here: format, version, model_file,
+        sha256, size_bytes and the publication time.
+        """
+        try:
+            with open(model_tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            digest = sha256_file(model_tmp)
+            size = model_tmp.stat().st_size
+            version = self._claim(model_tmp)
+            model_tmp.unlink()
+            fsync_dir(self.export_dir)
+            now = time.time()
+            tree = dict(manifest)
+            tree.update(
+                format=MANIFEST_FORMAT,
+                version=version,
+                model_file=model_filename(version),
+                sha256=digest,
+                size_bytes=size,
+                created_unix=now,
+                created_utc=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+            )
+            name = manifest_filename(version)
+            atomic_write_bytes(self.export_dir / name, json.dumps(tree, indent=2).encode())
+            self._point_latest(version)
+        except OSError as exc:
+            raise ModelFileError(f"cannot publish into {self.export_dir}: {exc}") from None
+        finally:
+            model_tmp.unlink(missing_ok=True)
+        self.prune()
+        return version
+
+    def _claim(self, model_tmp: Path) -> int:
+        while True:
+            version = self.next_version()
+            target = self.export_dir / model_filename(version)
+            try:
+                os.link(model_tmp, target)
+                return version
+            except FileExistsError:
+                continue  # another publisher took this number a moment ago
+
+    def _point_latest(self, version: int) -> None:
+        current = self._latest_version()
+        if current is not None and current > version:
+            return  # a concurrent publisher already pointed at something newer
+        atomic_write_bytes(self.export_dir / LATEST_NAME, (manifest_filename(version) + "\n").encode())
+
+    def _latest_version(self) -> Optional[int]:
+        try:
+            name = read_latest(self.export_dir)
+        except ModelFileError:
+            return None
+        return parse_version(name) if name else None
+
+    def prune(self) -> list[Path]:
+        """Delete all but the newest `keep` complete versions; never what LATEST names. Returns what went."""
+        files: dict[int, list[Path]] = {}
+        for path in self.export_dir.iterdir():
+            version = parse_version(path.name)
+            if version is not None:
+                files.setdefault(version, []).append(path)
+            elif path.name.startswith(TEMP_PREFIX) and _age_s(path) > _STALE_TEMP_S:
+                path.unlink(missing_ok=True)  # left by a crashed writer
+        complete = sorted((v for v, paths in files.items() if len(paths) == 2), reverse=True)
+        kept = set(complete[: self.keep])
+        latest = self._latest_version()
+        if latest is not None:
+            kept.add(latest)
+        if not kept:
+            return []
+        oldest_kept = min(kept)
+        removed = []
+        for version, paths in files.items():
+            # Incomplete versions above the oldest kept one may be another publisher's work in progress.
+            if version in kept or version > oldest_kept:
+                continue
+            for path in sorted(paths, key=lambda p: p.suffix != ".json"):  # manifest first
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        if removed:
+            fsync_dir(self.export_dir)
+            log.info("retention removed %s", ", ".join(p.name for p in removed))
+        return removed
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
