@@ -114,7 +114,7 @@ class FrameSender:
             _connect(self._push, endpoint)
             if publish is not None:
                 self._pub = self._ctx.socket(zmq.PUB)
-                self._pub.setsockopt(zmq.SNDHWM, 2)
+                self._pub.setsockopt(zmq.CONFLATE, 1)  # per subscriber, an unsent frame is replaced by a newer one
                 self.publish_endpoint = _bind(self._pub, publish)
         except Exception:
             self.close()

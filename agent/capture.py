@@ -1,0 +1,346 @@
+"""The capture process: sources → fit to the stored size → novelty gate → ZeroMQ.
+
+Each source gets one background read loop (`SourceReader`, written once for every kind of source):
+it reads, reopens a lost source with exponential backoff, paces recordings and the demo scene, and
+hands frames to the main loop. The main loop alone owns the `FrameSender` (ZeroMQ sockets are not
+thread-safe); it applies the per-source fps cap and the novelty gate and never waits for the trainer
+unless asked to be lossless. Errors in a reader thread are stored and re-raised in the main loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+from agent.config import CaptureConfig, WireConfig
+from agent.errors import ByolAgentError, SourceError
+from agent.frames import NoveltyGate, fit_frame
+from agent.sources import FrameSource, SourceExhausted, open_source
+from agent.transport import FrameSender
+from agent.wire import Frame
+
+log = logging.getLogger(__name__)
+
+Pace = Literal["realtime", "asap"]
+LOSSLESS_RETRY_S = 0.2
+JOIN_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    frames_read: int = 0
+    kept: int = 0
+    skipped_novelty: int = 0
+    stale: int = 0
+    sent: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+
+    def line(self) -> str:
+        return " ".join(f"{name}={value}" for name, value in vars(self).items())
+
+
+@dataclass(frozen=True)
+class _Grab:
+    image: np.ndarray
+    timestamp: float  # time.time() when the frame was grabbed (after pacing)
+
+
+class _Handoff:
+    """Reader → main loop: keep only the newest frame (realtime) or a bounded queue that waits (asap)."""
+
+    def __init__(self, overwrite: bool, depth: int, wake: threading.Event) -> None:
+        self._overwrite, self._depth, self._wake = overwrite, depth, wake
+        self._items: collections.deque[_Grab] = collections.deque()
+        self._cond = threading.Condition()
+
+    def put(self, item: _Grab, halt: threading.Event) -> None:
+        with self._cond:
+            if self._overwrite:
+                if len(self._items) >= self._depth:
+                    self._items.popleft()
+            else:
+                while len(self._items) >= self._depth and not halt.is_set():
+                    self._cond.wait(0.1)
+            self._items.append(item)
+        self._wake.set()
+
+    def take(self) -> Optional[_Grab]:
+        with self._cond:
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
+
+
+class _Pacer:
+    """Releases a recording's frames at the speed they were recorded (or at `fps` without timestamps)."""
+
+    def __init__(self, fps: float) -> None:
+        self._period = 1.0 / fps
+        self.reset()
+
+    def reset(self) -> None:
+        self._anchor: Optional[float] = None
+        self._base = 0.0
+        self._count = 0
+
+    def wait(self, media_time: Optional[float], halt: threading.Event) -> None:
+        now = time.monotonic()
+        self._count += 1
+        offset = (media_time - self._base) if media_time is not None else self._count * self._period
+        if self._anchor is None or offset < 0 or now - (self._anchor + offset) > 1.0:
+            # first frame, a looped video, or far behind: restart the clock rather than burst
+            self._anchor, self._base, self._count = now, media_time or 0.0, 0
+            return
+        halt.wait(max(0.0, self._anchor + offset - now))
+
+
+class SourceReader:
+    """One source's background read loop: read, fit, pace, hand off; reopen with backoff when lost."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        cfg: CaptureConfig,
+        *,
+        pace: Pace,
+        wake: threading.Event,
+        halt: threading.Event,
+        name: str = "capture-reader",
+    ) -> None:
+        self.source, self._cfg, self._pace, self._halt = source, cfg, pace, halt
+        self._handoff = _Handoff(overwrite=pace == "realtime", depth=1 if pace == "realtime" else 2, wake=wake)
+        self._wake = wake
+        self._opened = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._delay = cfg.reconnect_backoff_s
+        self.frames_read = 0
+        self.stale = 0
+        self.reconnects = 0
+        self.exhausted = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_opened(self, stop: threading.Event) -> None:
+        """Block until the first connect finished; re-raise its error (a bad source fails at start-up)."""
+        while not self._opened.wait(0.1):
+            if stop.is_set():
+                return
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def done(self) -> bool:
+        """The loop has ended (source exhausted, failed or halted) and every frame was taken."""
+        return not self._thread.is_alive() and self._handoff.empty()
+
+    def read_latest(self, max_age_s: Optional[float] = None) -> Optional[_Grab]:
+        """The newest frame not yet taken, or None; a frame older than `max_age_s` is refused (stale)."""
+        grab = self._handoff.take()
+        if grab is not None and max_age_s is not None and time.time() - grab.timestamp > max_age_s:
+            self.stale += 1
+            return None
+        return grab
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("%s: read loop did not stop within %.1f s (blocked in the device?)", self.source.name, timeout_s)
+
+    def _run(self) -> None:
+        try:
+            try:
+                self.source.connect()
+            except ByolAgentError as exc:
+                self._error = exc
+                return
+            finally:
+                self._opened.set()
+            self._loop()
+        except Exception as exc:  # a bug, not a lost source: surface it in the main loop
+            self._error = exc
+        finally:
+            self.source.disconnect()
+            self._wake.set()
+
+    def _loop(self) -> None:
+        fit = self._cfg.height, self._cfg.width, self._cfg.resize
+        pacer = _Pacer(self._cfg.fps) if self._pace == "realtime" and not self.source.live else None
+        while not self._halt.is_set():
+            try:
+                raw = self.source.read()
+            except SourceExhausted:
+                self.exhausted = True
+                log.info("%s: end of input after %d frames", self.source.name, self.frames_read)
+                return
+            except SourceError as exc:
+                if not self._reopen(exc):
+                    return
+                if pacer is not None:
+                    pacer.reset()
+                continue
+            self._delay = self._cfg.reconnect_backoff_s
+            self.frames_read += 1
+            image = fit_frame(raw, *fit)
+            if pacer is not None:
+                pacer.wait(self.source.media_time_s, self._halt)
+            self._handoff.put(_Grab(image=image, timestamp=time.time()), self._halt)
+
+    def _reopen(self, exc: SourceError) -> bool:
+        """Reopen with exponential backoff until it works (True) or capture is stopping (False)."""
+        log.warning("%s lost: %s; reopening in %.1f s", self.source.name, exc, self._delay)
+        attempts = 0
+        while True:
+            self.source.disconnect()
+            if self._halt.wait(self._delay):
+                return False
+            attempts += 1
+            self._delay = min(self._delay * 2, self._cfg.reconnect_max_backoff_s)
+            try:
+                self.source.connect()
+            except ByolAgentError as err:
+                log.warning("%s: reopen attempt %d failed: %s; next in %.1f s", self.source.name, attempts, err, self._delay)
+                continue
+            self.reconnects += 1
+            log.warning("%s reopened after %d attempt(s)", self.source.name, attempts)
+            return True
+
+
+class _CaptureLoop:
+    """The main loop's state: fps cap per source, novelty gate, sequence numbers, sending."""
+
+    def __init__(
+        self, cfg: CaptureConfig, readers: list[SourceReader], sender: FrameSender, pace: Pace, stop: threading.Event
+    ) -> None:
+        self._cfg, self._readers, self._sender, self._pace, self._stop = cfg, readers, sender, pace, stop
+        self._period = 1.0 / cfg.fps
+        self._due = [0.0] * len(readers)
+        self._gates = [NoveltyGate(cfg.novelty_threshold) for _ in readers]
+        self._seq = [0] * len(readers)
+        self.kept = self.skipped_novelty = 0
+
+    def poll(self) -> float:
+        """Take and send what is due; return how long the loop may sleep before something is due."""
+        now = time.monotonic()
+        sleep = 0.5
+        max_age = max(1.0, 3 * self._period) if self._pace == "realtime" else None
+        for i, reader in enumerate(self._readers):
+            reader.raise_if_failed()
+            if self._pace == "realtime" and now < self._due[i] - 0.25 * self._period:
+                sleep = min(sleep, self._due[i] - 0.25 * self._period - now)
+                continue
+            grab = reader.read_latest(max_age)
+            if grab is None:
+                continue
+            if self._pace == "realtime":
+                self._due[i] = max(self._due[i] + self._period, now - 0.5 * self._period)
+            else:
+                sleep = 0.0
+            self._process(i, grab)
+        return sleep
+
+    def _process(self, index: int, grab: _Grab) -> None:
+        if not self._gates[index].admit(grab.image):
+            self.skipped_novelty += 1
+            return
+        self.kept += 1
+        frame = Frame(
+            camera_id=self._cfg.camera_id_base + index, seq=self._seq[index], timestamp=grab.timestamp, image=grab.image
+        )
+        self._seq[index] += 1
+        if not self._sender.lossless:
+            self._sender.send(frame, self._cfg.jpeg_quality)
+            return
+        while not self._sender.send(frame, self._cfg.jpeg_quality, timeout_s=LOSSLESS_RETRY_S):
+            if self._stop.is_set():
+                return
+
+    def stats(self) -> CaptureStats:
+        sender = self._sender.stats
+        return CaptureStats(
+            frames_read=sum(r.frames_read for r in self._readers),
+            kept=self.kept,
+            skipped_novelty=self.skipped_novelty,
+            stale=sum(r.stale for r in self._readers),
+            sent=sender.sent,
+            dropped=sender.dropped,
+            reconnects=sum(r.reconnects for r in self._readers),
+        )
+
+
+def run_capture(
+    capture: CaptureConfig,
+    wire: WireConfig,
+    stop: threading.Event,
+    *,
+    lossless: bool = False,
+    pace: Pace = "realtime",
+    log_every_s: float = 10.0,
+) -> CaptureStats:
+    """Stream every source in `capture.sources` to `wire.endpoint` until `stop` is set or all finite sources end.
+
+    `pace="realtime"` plays recordings at their recorded speed and caps each source at `capture.fps`;
+    `pace="asap"` hands over every frame as fast as it can be read (offline replay; combine with
+    `lossless=True` to go exactly as fast as the trainer consumes). Bad sources or endpoints raise
+    SourceError / EndpointError before anything is sent.
+    """
+    sources = [open_source(spec, capture) for spec in capture.sources]
+    wake, halt = threading.Event(), threading.Event()
+    with FrameSender(wire.endpoint, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish) as sender:
+        readers = [
+            SourceReader(src, capture, pace=pace, wake=wake, halt=halt, name=f"capture-{i}")
+            for i, src in enumerate(sources)
+        ]
+        loop = _CaptureLoop(capture, readers, sender, pace, stop)
+        try:
+            for reader in readers:
+                reader.start()
+            for reader in readers:
+                reader.wait_opened(stop)
+            log.info(
+                "capturing %s -> %s%s", ", ".join(s.name for s in sources), wire.endpoint,
+                f" (latest frames on {sender.publish_endpoint})" if sender.publish_endpoint else "",
+            )
+            next_log = time.monotonic() + log_every_s
+            while not stop.is_set():
+                wake.clear()
+                sleep = loop.poll()
+                if all(reader.done for reader in readers):
+                    for reader in readers:
+                        reader.raise_if_failed()
+                    break
+                if time.monotonic() >= next_log:
+                    log.info("capture: %s", loop.stats().line())
+                    next_log += log_every_s
+                wake.wait(min(sleep, max(0.0, next_log - time.monotonic())))
+        finally:
+            halt.set()
+            for reader in readers:
+                reader.join(JOIN_TIMEOUT_S)
+        stats = loop.stats()
+    log.info("capture finished: %s", stats.line())
+    return stats
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT / SIGTERM only set `stop`; the loop notices and shuts down cleanly (flushing if lossless)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())

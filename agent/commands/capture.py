@@ -1,0 +1,50 @@
+"""`byol-agent capture`: stream frames from cameras, videos, URLs, folders or the demo scene to a trainer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+from agent.capture import run_capture, stop_on_signals
+from agent.commands._common import add_config_arguments, config_from_args
+
+_OFF = ("none", "off", "null")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", action="append", default=None, metavar="SRC",
+        help="camera index, video file, rtsp/http URL, image folder or glob, 'demo[:SEED]', or zmq+tcp://HOST:PORT; repeatable",
+    )
+    parser.add_argument("--endpoint", default=None, help="the trainer's PULL endpoint (default from wire.endpoint)")
+    parser.add_argument("--publish", default=None, help="bind a PUB for latest-frame subscribers here, or 'none'")
+    parser.add_argument("--fps", type=float, default=None, help="per-source frame-rate cap")
+    parser.add_argument("--lossless", action="store_true", help="wait for the trainer instead of dropping frames")
+    parser.add_argument(
+        "--pace", choices=("realtime", "asap"), default="realtime",
+        help="realtime: recordings at recorded speed, fps cap applies; asap: every frame, as fast as possible",
+    )
+    parser.add_argument("--stats-every", type=_positive, default=10.0, metavar="S", help="seconds between stats log lines")
+    add_config_arguments(parser)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def main(args: argparse.Namespace) -> int:
+    flags = {"capture.sources": args.source, "wire.endpoint": args.endpoint, "capture.fps": args.fps}
+    if args.publish is not None and args.publish.lower() in _OFF:
+        args.overrides = [*args.overrides, "wire.publish=null"]
+    else:
+        flags["wire.publish"] = args.publish
+    cfg = config_from_args(args, flags)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    stop_on_signals(stop)
+    run_capture(cfg.capture, cfg.wire, stop, lossless=args.lossless, pace=args.pace, log_every_s=args.stats_every)
+    return 0

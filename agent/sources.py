@@ -1,0 +1,354 @@
+"""Frame sources: camera, video file, stream URL, image folder or glob, the demo scene, another capture's PUB.
+
+Every source has the same small surface (connect / read / disconnect, a context manager), so the
+capture loop, its reconnect logic and the runtime consumer are written once for all of them.
+`read()` returns uint8 HxWx3 RGB at the source's native size and raises `SourceError` when the
+source is lost (the capture loop reopens it) or `SourceExhausted` when a finite source has ended.
+Failures to open are one-line `SourceError`s that name the source.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Optional, Union
+
+import cv2
+import numpy as np
+
+from agent.config import CaptureConfig
+from agent.demo_scene import DemoScene
+from agent.errors import SourceError
+from agent.frames import bgr_to_rgb
+from agent.transport import LatestFrameSubscriber
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+SUBSCRIBE_PREFIX = "zmq+"
+
+
+class SourceExhausted(SourceError):
+    """A finite source (video file, image folder) has delivered its last frame: an end, not a failure."""
+
+
+class FrameSource(ABC):
+    """One stream of RGB frames. Use from a single thread; `connect` again after a loss to reopen.
+
+    `live` sources (cameras, streams, subscriptions) deliver at their own pace; the others are
+    paced by the reader (a video by its own timestamps, the rest at the configured fps).
+    """
+
+    live: bool = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def finite(self) -> bool:
+        """True if the source ends (capture stops when all its finite sources have)."""
+        return False
+
+    @property
+    def media_time_s(self) -> Optional[float]:
+        """Position of the last frame read within a recording, in seconds; None for live sources."""
+        return None
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the source; raises SourceError naming what could not be opened."""
+
+    @abstractmethod
+    def read(self) -> np.ndarray:
+        """Next frame as uint8 HxWx3 RGB; SourceError when lost, SourceExhausted at the end."""
+
+    @abstractmethod
+    def disconnect(self) -> None:
+        """Release the device or file; safe to call when not connected."""
+
+    def __enter__(self) -> "FrameSource":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _quiet_opencv() -> None:
+    """Our own one-line errors replace OpenCV's and FFmpeg's multi-line stderr chatter.
+
+    OpenCV reads OPENCV_FFMPEG_LOGLEVEL once, when its FFmpeg backend first starts (any
+    VideoCapture or VideoWriter), so this also runs when this module is imported.
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+_quiet_opencv()
+
+
+class _OpenCVSource(FrameSource):
+    """A cv2.VideoCapture target: shared by cameras, stream URLs and video files."""
+
+    def __init__(self, name: str, target: Union[int, str], api: int) -> None:
+        super().__init__(name)
+        self._target, self._api = target, api
+        self._cap: Optional[cv2.VideoCapture] = None
+
+    def _open(self) -> cv2.VideoCapture:
+        _quiet_opencv()
+        cap = cv2.VideoCapture(self._target, self._api)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(self._open_error())
+        return cap
+
+    def _open_error(self) -> str:
+        return f"{self.name} cannot be opened"
+
+    def connect(self) -> None:
+        self.disconnect()
+        self._cap = self._open()
+
+    def read(self) -> np.ndarray:
+        if self._cap is None:
+            raise SourceError(f"{self.name} is not connected")
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None:
+            raise SourceError(f"{self.name} stopped delivering frames")
+        return bgr_to_rgb(bgr)
+
+    def disconnect(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class CameraSource(_OpenCVSource):
+    """A local camera by index ("0") or device path ("/dev/video0")."""
+
+    live = True
+
+    def __init__(self, device: Union[int, str]) -> None:
+        super().__init__(f"camera {device}", device, cv2.CAP_ANY)
+
+    def _open_error(self) -> str:
+        return f"{self.name} cannot be opened (not connected, no permission, or in use by another process)"
+
+
+class StreamSource(_OpenCVSource):
+    """A network stream (RTSP, HTTP MJPEG, ...) decoded by OpenCV's FFmpeg backend."""
+
+    live = True
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"stream {url!r}", url, cv2.CAP_FFMPEG)
+
+    def _open_error(self) -> str:
+        return f"{self.name} cannot be opened (unreachable, wrong path, or unsupported format)"
+
+
+class VideoFileSource(_OpenCVSource):
+    """A recorded video; finite unless `loop`. Reopening resumes where it was lost."""
+
+    def __init__(self, path: Union[str, Path], loop: bool = False) -> None:
+        self.path = Path(path)
+        super().__init__(f"video file '{self.path}'", str(self.path), cv2.CAP_FFMPEG)
+        self.loop = loop
+        self._position = 0
+        self._pending: Optional[np.ndarray] = None
+        self._media_time: Optional[float] = None
+
+    @property
+    def finite(self) -> bool:
+        return not self.loop
+
+    @property
+    def media_time_s(self) -> Optional[float]:
+        return self._media_time
+
+    def connect(self) -> None:
+        if not self.path.exists():
+            raise SourceError(f"{self.name} does not exist")
+        if not self.path.is_file() or not os.access(self.path, os.R_OK):
+            raise SourceError(f"{self.name} is not a readable file")
+        super().connect()
+        if self._position:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, self._position)
+            return
+        try:
+            self._pending = super().read()
+        except SourceError:
+            self.disconnect()
+            raise SourceError(f"{self.name} has no decodable frames (not a video, or a codec OpenCV lacks)") from None
+        self._media_time = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+
+    def _open_error(self) -> str:
+        return f"{self.name} cannot be decoded (not a video, or a container OpenCV lacks)"
+
+    def read(self) -> np.ndarray:
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+        else:
+            image = self._next()
+        self._position += 1
+        return image
+
+    def _next(self) -> np.ndarray:
+        if self._cap is None:
+            raise SourceError(f"{self.name} is not connected")
+        try:
+            image = super().read()
+        except SourceError:
+            if not self.loop or self._position == 0:
+                raise SourceExhausted(f"{self.name} has no more frames") from None
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            self._position = 0
+            image = super().read()
+        self._media_time = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        return image
+
+
+class ImageFilesSource(FrameSource):
+    """Still images from a folder (searched recursively) or a glob pattern, in sorted path order.
+
+    An unreadable file is skipped with a warning; a folder that vanishes is a lost source, and
+    reopening it resumes at the same position.
+    """
+
+    def __init__(self, spec: str, loop: bool = False, pattern: Optional[bool] = None) -> None:
+        self._is_glob = any(ch in spec for ch in "*?[") if pattern is None else pattern
+        super().__init__(f"image glob {spec!r}" if self._is_glob else f"image folder '{spec}'")
+        self.spec, self.loop = spec, loop
+        self._files: list[str] = []
+        self._index = 0
+        self.skipped = 0
+
+    @property
+    def finite(self) -> bool:
+        return not self.loop
+
+    def _list(self) -> list[str]:
+        if self._is_glob:
+            files = [p for p in glob.glob(self.spec, recursive=True) if os.path.isfile(p)]
+            if not files:
+                raise SourceError(f"{self.name} matches no files")
+            return sorted(files)
+        root = Path(self.spec)
+        if not root.is_dir():
+            raise SourceError(f"{self.name} does not exist")
+        files = [str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        if not files:
+            raise SourceError(f"{self.name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return sorted(files)
+
+    def connect(self) -> None:
+        self._files = self._list()
+
+    def read(self) -> np.ndarray:
+        if not self._files:
+            raise SourceError(f"{self.name} is not connected")
+        for _ in range(len(self._files)):
+            if self._index >= len(self._files):
+                if not self.loop:
+                    raise SourceExhausted(f"{self.name} has no more images")
+                self._index = 0
+            path = self._files[self._index]
+            self._index += 1
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            if bgr is not None:
+                return bgr_to_rgb(bgr)
+            if not os.path.exists(path):
+                raise SourceError(f"{self.name}: {path} has disappeared")
+            self.skipped += 1
+            log.warning("%s: skipping unreadable image %s", self.name, path)
+        raise SourceError(f"{self.name}: none of its {len(self._files)} files could be read as an image")
+
+    def disconnect(self) -> None:
+        self._files = []
+
+
+class DemoSource(FrameSource):
+    """The procedural demo scene (agent/demo_scene.py), rendered at the stored size: never ends."""
+
+    def __init__(self, height: int, width: int, fps: float, seed: int = 0) -> None:
+        super().__init__(f"demo scene (seed {seed})")
+        self.height, self.width, self.fps, self.seed = height, width, fps, seed
+        self._scene: Optional[DemoScene] = None
+        self._index = 0
+
+    def connect(self) -> None:
+        self._scene = DemoScene(self.height, self.width, seed=self.seed)
+
+    def read(self) -> np.ndarray:
+        if self._scene is None:
+            raise SourceError(f"{self.name} is not connected")
+        image = self._scene.render(self._index / self.fps)
+        self._index += 1
+        return image
+
+    def disconnect(self) -> None:
+        self._scene = None
+
+
+class SubscriptionSource(FrameSource):
+    """Newest frames of another capture process, via its PUB ("zmq+tcp://HOST:PORT", "zmq+ipc://PATH")."""
+
+    live = True
+
+    def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
+        super().__init__(f"subscription {endpoint!r}")
+        self.endpoint, self.timeout_s = endpoint, timeout_s
+        self._sub: Optional[LatestFrameSubscriber] = None
+
+    def connect(self) -> None:
+        self.disconnect()
+        self._sub = LatestFrameSubscriber(self.endpoint)
+
+    def read(self) -> np.ndarray:
+        if self._sub is None:
+            raise SourceError(f"{self.name} is not connected")
+        frame = self._sub.latest(self.timeout_s)
+        if frame is None:
+            raise SourceError(f"{self.name}: no frame for {self.timeout_s:g} s")
+        return frame.image
+
+    def disconnect(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+
+def open_source(spec: str, cfg: CaptureConfig) -> FrameSource:
+    """Pick the source for `spec` (not yet connected).
+
+    "0" / "/dev/videoN" camera · "demo" or "demo:SEED" · "zmq+tcp://..." subscription ·
+    rtsp/http(s)/... URL · a path with * ? [ glob · a directory (recursive) · otherwise a video file.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise SourceError("empty source spec (expected a camera index, video, URL, folder, glob or 'demo')")
+    if spec.isdigit():
+        return CameraSource(int(spec))
+    if re.fullmatch(r"/dev/video\d+", spec):
+        return CameraSource(spec)
+    demo = re.fullmatch(r"demo(?::(\d+))?", spec)
+    if demo:
+        return DemoSource(cfg.height, cfg.width, cfg.fps, seed=int(demo.group(1) or 0))
+    if spec.startswith(SUBSCRIBE_PREFIX):
+        return SubscriptionSource(spec[len(SUBSCRIBE_PREFIX) :])
+    if spec.lower().startswith(STREAM_SCHEMES):
+        return StreamSource(spec)
+    if any(ch in spec for ch in "*?[") or Path(spec).is_dir():
+        return ImageFilesSource(spec, loop=cfg.loop_video)
+    if Path(spec).suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFilesSource(glob.escape(spec), loop=cfg.loop_video, pattern=True)
+    return VideoFileSource(spec, loop=cfg.loop_video)

@@ -1,0 +1,180 @@
+"""Frame sources against real files: videos written with cv2.VideoWriter, image folders, globs, demo, PUB."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.config import CaptureConfig
+from agent.errors import SourceError
+from agent.sources import (
+    CameraSource,
+    DemoSource,
+    ImageFilesSource,
+    SourceExhausted,
+    StreamSource,
+    SubscriptionSource,
+    VideoFileSource,
+    open_source,
+)
+from agent.transport import FrameSender
+from agent.wire import Frame
+from tests.conftest import free_tcp_endpoint
+
+CFG = CaptureConfig(height=32, width=32, fps=10)
+
+
+def write_video(path: Path, n: int, fourcc: str = "MJPG", fps: float = 10.0, size=(64, 48)) -> list[np.ndarray]:
+    """Write n flat-coloured RGB frames (colour encodes the index) and return them."""
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened()
+    frames = []
+    for i in range(n):
+        rgb = np.zeros((h, w, 3), np.uint8)
+        rgb[..., 0] = 20 * i
+        rgb[..., 2] = 250 - 20 * i
+        frames.append(rgb)
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return frames
+
+
+def read_all(source) -> list[np.ndarray]:
+    out = []
+    with source:
+        while True:
+            try:
+                out.append(source.read())
+            except SourceExhausted:
+                return out
+
+
+@pytest.mark.parametrize("fourcc, suffix", [("MJPG", ".avi"), ("mp4v", ".mp4")])
+def test_video_file_reads_back_every_frame_in_rgb(tmp_path: Path, fourcc: str, suffix: str) -> None:
+    path = tmp_path / f"clip{suffix}"
+    written = write_video(path, 6, fourcc)
+    source = open_source(str(path), CFG)
+    assert isinstance(source, VideoFileSource) and source.finite and not source.live
+    times = []
+    frames = []
+    with source:
+        for _ in range(6):
+            frames.append(source.read())
+            times.append(source.media_time_s)
+        with pytest.raises(SourceExhausted):
+            source.read()
+    assert [f.shape for f in frames] == [(48, 64, 3)] * 6
+    for got, want in zip(frames, written):
+        assert np.abs(got.astype(int) - want).mean() < 8
+    assert times == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], abs=1e-3)
+
+
+def test_looping_video_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    write_video(path, 3)
+    source = open_source(str(path), CFG.model_copy(update={"loop_video": True}))
+    assert not source.finite
+    with source:
+        reds = [int(source.read()[0, 0, 0]) for _ in range(7)]
+    assert reds[3] == pytest.approx(reds[0], abs=6) and reds[6] == pytest.approx(reds[0], abs=6)
+    assert reds[1] > reds[0] + 10
+
+
+def test_unreadable_and_missing_videos_are_one_line_errors(tmp_path: Path) -> None:
+    garbage = tmp_path / "broken.mp4"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    empty = tmp_path / "empty.avi"
+    empty.write_bytes(b"")
+    for path, reason in [(garbage, "cannot be decoded"), (empty, "cannot be decoded"), (tmp_path / "nope.mp4", "does not exist")]:
+        with pytest.raises(SourceError, match=reason) as info:
+            open_source(str(path), CFG).connect()
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def _write_images(folder: Path, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = np.full((20, 30, 3), (10 * i, 0, 200), np.uint8)
+        assert cv2.imwrite(str(path), image)
+
+
+def test_folder_is_searched_recursively_in_sorted_order(tmp_path: Path) -> None:
+    _write_images(tmp_path, ["b.png", "a.png", "sub/deeper/c.jpg", "sub/d.bmp"])
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "corrupt.png").write_bytes(b"not really a png")
+    source = open_source(str(tmp_path), CFG)
+    assert isinstance(source, ImageFilesSource) and source.finite
+    frames = read_all(source)
+    assert len(frames) == 4 and source.skipped == 1
+    assert all(f.shape == (20, 30, 3) for f in frames)
+    assert frames[0][0, 0, 2] == 10  # a.png (i=1) first; BGR (10, 0, 200) read back as RGB
+
+
+def test_glob_selects_matching_files(tmp_path: Path) -> None:
+    _write_images(tmp_path, ["x1.png", "x2.png", "y.png", "sub/x3.png"])
+    assert len(read_all(open_source(str(tmp_path / "x*.png"), CFG))) == 2
+    assert len(read_all(open_source(str(tmp_path / "**" / "x*.png"), CFG))) == 3
+    assert len(read_all(open_source(str(tmp_path / "y.png"), CFG))) == 1
+
+
+def test_empty_folder_and_empty_glob_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="holds no images"):
+        open_source(str(tmp_path), CFG).connect()
+    with pytest.raises(SourceError, match="matches no files"):
+        open_source(str(tmp_path / "*.png"), CFG).connect()
+
+
+def test_demo_source_varies_and_is_deterministic() -> None:
+    source = open_source("demo:3", CFG)
+    assert isinstance(source, DemoSource) and not source.finite
+    with source:
+        frames = [source.read() for _ in range(20)]
+    assert frames[0].shape == (32, 32, 3) and frames[0].dtype == np.uint8
+    diffs = [np.abs(a.astype(int) - b).mean() for a, b in zip(frames, frames[1:])]
+    assert min(diffs) > 0.1
+    assert frames[0].std() > 20  # textured, not flat
+    with open_source("demo:3", CFG) as again:
+        np.testing.assert_array_equal(again.read(), frames[0])
+    with open_source("demo:4", CFG) as other:
+        assert np.abs(other.read().astype(int) - frames[0]).mean() > 5
+
+
+def test_subscription_source_reads_another_captures_pub(free_endpoint: str) -> None:
+    source = open_source("zmq+" + free_endpoint, CFG)
+    assert isinstance(source, SubscriptionSource) and source.live
+    image = np.full((12, 12, 3), 77, np.uint8)
+    with FrameSender(free_tcp_endpoint(), hwm=2, publish=free_endpoint) as sender, source:
+        source.timeout_s = 0.05
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            sender.send(Frame(0, 0, time.time(), image))
+            try:
+                got = source.read()
+                break
+            except SourceError:
+                continue
+        else:
+            raise AssertionError("no frame arrived")
+    np.testing.assert_array_equal(got, image)
+
+
+def test_open_source_dispatch() -> None:
+    assert isinstance(open_source("0", CFG), CameraSource)
+    assert isinstance(open_source("/dev/video2", CFG), CameraSource)
+    assert isinstance(open_source("rtsp://10.0.0.2/stream", CFG), StreamSource)
+    assert isinstance(open_source("http://cam.local/mjpg", CFG), StreamSource)
+    assert isinstance(open_source("recording.mkv", CFG), VideoFileSource)
+    with pytest.raises(SourceError, match="empty source"):
+        open_source("  ", CFG)
+
+
+def test_missing_camera_is_one_line_error() -> None:
+    with pytest.raises(SourceError, match="camera 63 cannot be opened") as info:
+        open_source("63", CFG).connect()
+    assert "\n" not in str(info.value)

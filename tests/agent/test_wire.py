@@ -1,0 +1,106 @@
+"""Wire format: every encoding round-trips; anything malformed is a WireError, never a crash or a pickle."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from agent.wire import (
+    HEADER_SIZE,
+    MAGIC,
+    Frame,
+    WireError,
+    decode_frame,
+    encode_frame,
+    subscription_prefix,
+)
+
+
+def _frame(camera_id: int = 3, seq: int = 41, h: int = 24, w: int = 32) -> Frame:
+    rng = np.random.default_rng(seq)
+    image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return Frame(camera_id=camera_id, seq=seq, timestamp=1_700_000_000.25, image=image)
+
+
+def test_raw_round_trip_is_exact() -> None:
+    frame = _frame()
+    out = decode_frame(encode_frame(frame))
+    assert (out.camera_id, out.seq, out.timestamp) == (3, 41, 1_700_000_000.25)
+    assert out.image.dtype == np.uint8 and out.image.shape == (24, 32, 3)
+    np.testing.assert_array_equal(out.image, frame.image)
+
+
+def test_raw_round_trip_from_memoryview_and_non_contiguous_image() -> None:
+    base = _frame(h=24, w=64).image
+    frame = Frame(camera_id=0, seq=0, timestamp=0.0, image=base[:, ::2])
+    out = decode_frame(memoryview(encode_frame(frame)))
+    np.testing.assert_array_equal(out.image, base[:, ::2])
+
+
+def test_jpeg_round_trip_is_close() -> None:
+    yy, xx = np.mgrid[0:48, 0:64]
+    image = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).astype(np.uint8)
+    frame = Frame(camera_id=65535, seq=2**63, timestamp=12.5, image=image)
+    data = encode_frame(frame, jpeg_quality=95)
+    assert len(data) < HEADER_SIZE + image.nbytes
+    out = decode_frame(data)
+    assert (out.camera_id, out.seq, out.timestamp) == (65535, 2**63, 12.5)
+    assert out.image.shape == image.shape
+    assert np.abs(out.image.astype(int) - image).mean() < 3.0
+
+
+def test_header_starts_with_camera_prefix() -> None:
+    data = encode_frame(_frame(camera_id=7))
+    assert data.startswith(subscription_prefix(7))
+    assert data.startswith(subscription_prefix(None))
+    assert not data.startswith(subscription_prefix(8))
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda b: b"", "shorter"),
+        (lambda b: b[: HEADER_SIZE - 1], "shorter"),
+        (lambda b: b[:-1], "payload"),
+        (lambda b: b + b"x", "payload"),
+        (lambda b: b"XXXX" + b[4:], "foreign"),
+        (lambda b: b[:4] + bytes([9]) + b[5:], "version"),
+        (lambda b: b[:7] + bytes([7]) + b[8:], "encoding"),
+        (lambda b: b[:32] + bytes([4]) + b[33:], "shape"),
+        (lambda b: b[:24] + struct.pack("<I", 0) + b[28:], "shape"),
+        (lambda b: b[:16] + struct.pack("<d", float("nan")) + b[24:], "timestamp"),
+        (lambda b: b[:24] + struct.pack("<I", 12) + b[28:], "raw payload"),
+    ],
+)
+def test_malformed_messages_raise_wire_error(mutate, reason: str) -> None:
+    with pytest.raises(WireError, match=reason):
+        decode_frame(mutate(encode_frame(_frame())))
+
+
+def test_undecodable_jpeg_and_wrong_jpeg_shape() -> None:
+    good = encode_frame(_frame(), jpeg_quality=80)
+    garbage = good[:HEADER_SIZE] + bytes(len(good) - HEADER_SIZE)
+    with pytest.raises(WireError, match="JPEG"):
+        decode_frame(garbage)
+    lying = good[:24] + struct.pack("<I", 25) + good[28:]
+    with pytest.raises(WireError, match="JPEG decodes to"):
+        decode_frame(lying)
+
+
+def test_random_garbage_never_escapes_as_another_error() -> None:
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 39, 40, 41, 500):
+        with pytest.raises(WireError):
+            decode_frame(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    with pytest.raises(WireError):
+        decode_frame(MAGIC + bytes(100))
+
+
+def test_wire_error_is_a_value_error_and_encode_validates() -> None:
+    assert issubclass(WireError, ValueError)
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
+        encode_frame(Frame(0, 0, 0.0, np.zeros((4, 4), np.uint8)))
+    with pytest.raises(ValueError, match="16 bits"):
+        encode_frame(Frame(70000, 0, 0.0, np.zeros((4, 4, 3), np.uint8)))
