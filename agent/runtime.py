@@ -21,6 +21,7 @@ import ctypes.util
 import logging
 import threading
 import time
+import traceback
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,7 @@ class HotEncoder:
         self.swaps = 0
         self.failed_loads = 0
         self.last_error: Optional[str] = None
-        self._poll_once()
+        self._notify(self._poll_once())
         if self._current is None and not wait:
             reason = self.last_error or f"nothing published yet ({self.export_dir / LATEST_NAME} is missing)"
             raise ModelFileError(f"no servable encoder in {self.export_dir}: {reason}")
@@ -205,37 +206,41 @@ class HotEncoder:
 
     # -- watcher ----------------------------------------------------------------------------
 
+    # Tracebacks are logged as text, never kept: a traceback keeps its frames alive, and a frame
+    # holding an old session would keep it resident and block every later swap.
+
     def _watch(self) -> None:
         while not self._stop.wait(self._poll_interval_s):
             try:
-                self._poll_once()
+                event = self._poll_once()
             except Exception as exc:  # never let the watcher die: serving goes on with the old version
                 self.last_error = f"watcher error: {exc!r}"
-                log.exception("hot encoder watcher error; still serving version %s", self._serving())
+                log.error("hot encoder watcher error; still serving version %s\n%s", self._serving(), traceback.format_exc())
+                continue
+            self._notify(event)
 
-    def _poll_once(self) -> None:
+    def _poll_once(self) -> Optional[SwapEvent]:
         latest_path = self.export_dir / LATEST_NAME
         try:
             name = read_latest(self.export_dir)
         except ModelFileError as exc:
             self._failed((LATEST_NAME, _stat(latest_path)), exc)
-            return
-        current = self._current
-        if name is None or (current is not None and current.name == name):
-            return
+            return None
+        if name is None or name == self._serving_name():
+            return None
         version = parse_version(name)
         signature = (name, _stat(self.export_dir / name), _stat(self.export_dir / model_filename(version)))
         if signature == self._failed_signature:
-            return  # same broken files as last time: wait for them to change
+            return None  # same broken files as last time: wait for them to change
         start = time.perf_counter()
         try:
             loaded = self._load(name)
         except ModelFileError as exc:
             self._failed(signature, exc)
-            return
+            return None
         if self._stop.is_set():
-            return
-        self._swap(loaded, time.perf_counter() - start)
+            return None
+        return self._swap(loaded, time.perf_counter() - start)
 
     def _failed(self, signature: tuple, exc: ModelFileError) -> None:
         if signature == self._failed_signature:
@@ -244,6 +249,14 @@ class HotEncoder:
         self.failed_loads += 1
         self.last_error = str(exc)
         log.warning("not loading new encoder, still serving version %s: %s", self._serving(), exc)
+
+    def _serving_name(self) -> Optional[str]:
+        current = self._current
+        return current.name if current else None
+
+    def _serving_dim(self) -> Optional[tuple[int, int]]:
+        current = self._current
+        return (current.manifest.version, current.manifest.output_dim) if current else None
 
     def _serving(self) -> str:
         current = self._current
@@ -260,11 +273,11 @@ class HotEncoder:
             raise ModelFileError(
                 f"model file {model_path} ({len(data)} bytes) does not match the sha256 in {name}: truncated or replaced"
             )
-        current = self._current
-        if current is not None and manifest.output_dim != current.manifest.output_dim:
+        serving = self._serving_dim()
+        if serving is not None and manifest.output_dim != serving[1]:
             raise ModelFileError(
                 f"version {manifest.version} outputs D={manifest.output_dim} but version "
-                f"{current.manifest.version} serves D={current.manifest.output_dim}; the policy head depends on D"
+                f"{serving[0]} serves D={serving[1]}; the policy head depends on D"
             )
         self._wait_for_slot()
         session = self._new_session(data, manifest, model_path)
@@ -273,9 +286,13 @@ class HotEncoder:
 
     def _wait_for_slot(self) -> None:
         """Block until fewer than two sessions are alive, so loading a third never happens."""
+        warn_at = time.monotonic() + 5.0
         with self._resident_cond:
             while self._resident >= _MAX_RESIDENT and not self._stop.is_set():
                 self._resident_cond.wait(0.05)
+                if time.monotonic() > warn_at:
+                    log.warning("still waiting for the previous encoder session to be released")
+                    warn_at = float("inf")
 
     def _new_session(self, data: bytes, manifest: Manifest, model_path: Path) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -309,19 +326,15 @@ class HotEncoder:
                 providers.append(name)
         return providers
 
-    def _swap(self, loaded: _Loaded, load_s: float) -> None:
-        old = self._current
-        self._current = loaded
-        old_version = old.manifest.version if old else None
-        del old  # the old session goes as soon as the calls in flight let go of it
+    def _swap(self, loaded: _Loaded, load_s: float) -> SwapEvent:
+        old_version = self._current.manifest.version if self._current else None
+        self._current = loaded  # the old session goes as soon as the calls in flight let go of it
         if old_version is not None:
             self.swaps += 1
         self._failed_signature = None
         self._first.set()
         log.info("serving encoder version %d (was %s; loaded in %.2f s)", loaded.manifest.version, old_version, load_s)
-        if self._on_swap is None:
-            return
-        event = SwapEvent(
+        return SwapEvent(
             old_version=old_version,
             new_version=loaded.manifest.version,
             step=loaded.manifest.step,
@@ -329,11 +342,16 @@ class HotEncoder:
             load_s=load_s,
             manifest=loaded.manifest.raw,
         )
+
+    def _notify(self, event: Optional[SwapEvent]) -> None:
+        """Run the policy's callback outside any frame that holds a session."""
+        if event is None or self._on_swap is None:
+            return
         try:
             self._on_swap(event)
         except Exception as exc:  # the policy's callback must not stop future swaps
             self.last_error = f"on_swap callback failed: {exc!r}"
-            log.exception("on_swap callback failed for version %d", loaded.manifest.version)
+            log.error("on_swap callback failed for version %d\n%s", event.new_version, traceback.format_exc())
 
 
 def _check_session(session: ort.InferenceSession, manifest: Manifest, model_path: Path) -> None:

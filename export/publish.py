@@ -112,7 +112,7 @@ class Publisher:
             )
             name = manifest_filename(version)
             atomic_write_bytes(self.export_dir / name, json.dumps(tree, indent=2).encode())
-            self._point_latest(version)
+            self._point_latest()
         except OSError as exc:
             raise ModelFileError(f"cannot publish into {self.export_dir}: {exc}") from None
         finally:
@@ -130,11 +130,19 @@ class Publisher:
             except FileExistsError:
                 continue  # another publisher took this number a moment ago
 
-    def _point_latest(self, version: int) -> None:
-        current = self._latest_version()
-        if current is not None and current > version:
-            return  # a concurrent publisher already pointed at something newer
-        atomic_write_bytes(self.export_dir / LATEST_NAME, (manifest_filename(version) + "\n").encode())
+    def _point_latest(self) -> None:
+        """Point LATEST at the newest manifest on disk, re-checking after each write.
+
+        With two publishers, one may write an older name after the other wrote a newer one; the
+        re-check after every write means the last writer always leaves the newest version.
+        """
+        written = None
+        while True:
+            newest = max((v for p in self.export_dir.glob("encoder-*.json") if (v := parse_version(p.name))), default=None)
+            if newest is None or newest == written:
+                return
+            atomic_write_bytes(self.export_dir / LATEST_NAME, (manifest_filename(newest) + "\n").encode())
+            written = newest
 
     def _latest_version(self) -> Optional[int]:
         try:

@@ -1,0 +1,149 @@
+"""Export + verification gate: parity on real frames, dynamic batch, both input formats, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from agent.config import ExportConfig
+from agent.errors import ExportRefused
+from export.exporter import export_encoder
+from export.frames import resize_frames
+from export.manifest import read_latest, read_manifest, sha256_file
+from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
+from export.publish import Publisher
+from export.verify import collapse_std, torch_reference
+from tests.export.tiny import IMAGE_SIZE, model_cfg, publish_version, scene_frames, tiny_encoder
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _reference(encoder: nn.Module, frames: np.ndarray) -> np.ndarray:
+    spec = input_spec("uint8_nhwc", IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    return torch_reference(encoder, resize_frames(frames, IMAGE_SIZE, IMAGE_SIZE), spec)
+
+
+def test_uint8_export_matches_torch_at_any_batch_size(tmp_path: Path) -> None:
+    version = publish_version(tmp_path, seed=1, step=42)
+    manifest = read_manifest(tmp_path / "encoder-000001.json")
+    assert version == 1 and manifest.step == 42 and manifest.output_dim == 16
+    session = _session(tmp_path / manifest.model_file)
+    graph_in = session.get_inputs()[0]
+    assert (graph_in.name, graph_in.type) == ("frames", "tensor(uint8)")
+    assert graph_in.shape[1:] == [IMAGE_SIZE, IMAGE_SIZE, 3] and not isinstance(graph_in.shape[0], int)
+    frames = scene_frames(9, seed=3)
+    expected = _reference(tiny_encoder(1), frames)
+    for batch in (1, 2, 7, 9):  # 2 is the export example; the others prove the batch axis is dynamic
+        got = session.run(None, {"frames": resize_frames(frames[:batch], IMAGE_SIZE, IMAGE_SIZE)})[0]
+        np.testing.assert_allclose(got, expected[:batch], atol=1e-4)
+    assert np.abs(expected[0] - expected[1]).max() > 1e-3  # the frames really differ
+
+
+def test_manifest_records_everything_a_consumer_needs(tmp_path: Path) -> None:
+    publish_version(tmp_path, seed=1, step=7)
+    tree = json.loads((tmp_path / "encoder-000001.json").read_text())
+    assert tree["sha256"] == sha256_file(tmp_path / "encoder-000001.onnx")
+    assert tree["input"]["dtype"] == "uint8" and tree["input"]["layout"] == "NHWC"
+    assert tree["input"]["channel_order"] == "RGB" and tree["input"]["normalisation"]["in_graph"] is True
+    assert tree["input"]["normalisation"]["mean"] == pytest.approx(list(IMAGENET_MEAN))
+    assert tree["output"] == {"name": "embedding", "dtype": "float32", "dim": 16}
+    assert tree["model"] == {"encoder": "tiny", "encoder_kwargs": {}, "hidden_layer": "avgpool", "image_size": IMAGE_SIZE}
+    assert 0 <= tree["verification"]["parity_max_abs"] <= 1e-3
+    assert tree["verification"]["collapse_std"] > 1e-3
+    assert tree["opset"] == 17 and tree["exporter"] == "torchscript"
+    assert set(tree["versions"]) == {"torch", "onnx", "onnxruntime"}
+    assert tree["step"] == 7 and tree["weights"] == "target" and tree["created_utc"]
+
+
+def test_float_nchw_input_option(tmp_path: Path) -> None:
+    publish_version(tmp_path, seed=2, input_format="float_nchw")
+    manifest = read_manifest(tmp_path / "encoder-000001.json")
+    assert (manifest.input.dtype, manifest.input.layout, manifest.input.name) == ("float32", "NCHW", "images")
+    frames = scene_frames(6, seed=4)
+    x = manifest.input.prepare(frames)
+    assert x.shape == (6, 3, IMAGE_SIZE, IMAGE_SIZE) and x.dtype == np.float32
+    got = _session(tmp_path / manifest.model_file).run(None, {"images": x})[0]
+    np.testing.assert_allclose(got, _reference(tiny_encoder(2), frames), atol=1e-4)
+
+
+def test_dynamo_exporter_passes_the_same_gate(tmp_path: Path) -> None:
+    publish_version(tmp_path, seed=3, exporter="dynamo")
+    manifest = read_manifest(tmp_path / "encoder-000001.json")
+    assert manifest.raw["exporter"] == "dynamo" and manifest.raw["opset"] >= 18
+    frames = scene_frames(3, seed=5)
+    got = _session(tmp_path / manifest.model_file).run(None, {"frames": manifest.input.prepare(frames)})[0]
+    np.testing.assert_allclose(got, _reference(tiny_encoder(3), frames), atol=1e-4)
+
+
+class _BrightnessBranch(nn.Module):
+    """Python control flow on the data: the tracer bakes in the branch the export example took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bright, self.dark = tiny_encoder(4), tiny_encoder(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bright(x) if float(x.mean()) > -0.5 else self.dark(x)
+
+
+class _Constant(nn.Module):
+    """A collapsed encoder: every frame maps to the same point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_encoder(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * 0.0 + 1.0
+
+
+@pytest.mark.parametrize(
+    "encoder, frames, needle",
+    [
+        # Export example is uniform noise (mean ≈ 0 after normalisation); dark frames take the other branch.
+        (_BrightnessBranch(), (scene_frames(8) // 8), "parity failure"),
+        (_Constant(), scene_frames(8), "collapsed encoder"),
+        (tiny_encoder(7), scene_frames(1), "at least 2 real frames"),
+    ],
+    ids=["parity", "collapse", "too-few-frames"],
+)
+def test_failed_gate_publishes_nothing_and_keeps_last_good(
+    tmp_path: Path, encoder: nn.Module, frames: np.ndarray, needle: str
+) -> None:
+    publish_version(tmp_path, seed=1)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ExportRefused, match=needle):
+        export_encoder(
+            5, encoder, frames, export_cfg=ExportConfig(), model_cfg=model_cfg(), publisher=Publisher(tmp_path, 5)
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temp files left either
+    assert read_latest(tmp_path) == "encoder-000001.json"
+
+
+def test_an_unexportable_encoder_is_refused_with_the_exporters_reason(tmp_path: Path) -> None:
+    class Boom(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("layer 3 exploded")
+
+    with pytest.raises(ExportRefused, match="layer 3 exploded"):
+        export_encoder(1, Boom(), scene_frames(4), export_cfg=ExportConfig(), model_cfg=model_cfg(), publisher=Publisher(tmp_path, 5))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_collapse_metric_separates_collapsed_from_spread_embeddings() -> None:
+    rng = np.random.default_rng(0)
+    spread = rng.standard_normal((64, 128))
+    assert collapse_std(spread) == pytest.approx(1 / np.sqrt(128), rel=0.15)
+    collapsed = np.ones((64, 128)) + 1e-6 * rng.standard_normal((64, 128))
+    assert collapse_std(collapsed) < 1e-5
+    assert collapse_std(np.zeros((8, 16))) == 0.0  # dead features: all-zero rows do not divide by zero
