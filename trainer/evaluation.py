@@ -1,0 +1,425 @@
+"""Frozen-encoder evaluation: kNN and linear-probe top-1 of an exported ONNX encoder.
+
+A number on its own says little: random-init conv nets are a strong kNN baseline, so every
+evaluation also scores a randomly initialised encoder of the same architecture (seeded) on the
+same preprocessed images. The probes are the usual SSL monitors: a weighted cosine kNN as in
+InstDisc / solo-learn (k = 20, votes weighted by exp(cos / 0.07)) and a logistic-regression
+probe on standardised features. `probe_regressed` turns two results into an export gate.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from agent.config import EvalConfig, ModelConfig
+from agent.errors import ConfigError, ModelFileError, SourceError
+from agent.runtime import resolve_providers
+from export.manifest import LATEST_NAME, InputSpec, Manifest, read_latest, read_manifest, sha256_file
+from export.frames import resize_frames
+from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD
+from trainer.backbone import Backbone
+from trainer.encoders import create_encoder
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+KNN_TEMPERATURE = 0.07
+_ORT_LOAD_ERRORS = (
+    ort_state.InvalidProtobuf,
+    ort_state.InvalidGraph,
+    ort_state.NoSuchFile,
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+)
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """RGB uint8 images (N, H, W, 3) with integer labels indexing `classes`."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    name: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluation; flat so that it is also the `{"event": "eval"}` line of metrics.jsonl."""
+
+    encoder: str
+    version: Optional[int]
+    step: Optional[int]
+    data: str
+    k: int
+    n_train: int
+    n_test: int
+    num_classes: int
+    feature_dim: int
+    knn_top1: float
+    linear_top1: float
+    random_knn_top1: Optional[float]
+    random_linear_top1: Optional[float]
+    seed: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.num_classes
+
+    def to_event(self) -> dict[str, Any]:
+        return {"event": "eval", "time": time.time(), **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "EvalResult":
+        """Read back a result saved with `to_event` or `--json`; extra keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in row.items() if k in known})
+        except TypeError as exc:
+            raise ModelFileError(f"saved eval result is incomplete: {exc}") from None
+
+    def table(self) -> str:
+        """The human-readable verdict: encoder vs random init, both probes."""
+        def pct(value: Optional[float]) -> str:
+            return f"{value:8.3f}" if value is not None else "     n/a"
+
+        head = f"{self.encoder} (version {self.version}) on {self.data}: {self.n_train} train / {self.n_test} test"
+        lines = [
+            head,
+            f"{'':14s}{'kNN top-1':>10s}{'linear':>10s}   (k={self.k}, chance {self.chance:.3f})",
+            f"{'encoder':14s}{pct(self.knn_top1):>10s}{pct(self.linear_top1):>10s}",
+            f"{'random init':14s}{pct(self.random_knn_top1):>10s}{pct(self.random_linear_top1):>10s}",
+        ]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def load_digits(image_size: int) -> LabelledImages:
+    """scikit-learn's bundled 8x8 digits (1,797 images), upsampled to RGB: labelled data that exists anywhere."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = np.stack([cv2.resize(im, (image_size, image_size), interpolation=cv2.INTER_LINEAR) for im in small])
+    rgb = np.repeat(big[..., None], 3, axis=-1)
+    return LabelledImages(rgb, digits.target.astype(np.int64), [str(c) for c in range(10)], "digits")
+
+
+def load_image_folder(path: Union[str, Path], image_size: int, max_images: int, seed: int = 0) -> LabelledImages:
+    """One class per subfolder (images found recursively), centre-cropped and resized to `image_size`.
+
+    Above `max_images`, a seeded random subset keeps the class proportions roughly intact.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise SourceError(f"eval data folder {str(root)!r} does not exist (expected one subfolder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: list[tuple[Path, int]] = []
+    for index, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files.extend((p, index) for p in found)
+    if len(classes) < 2 or not files:
+        raise SourceError(
+            f"eval data folder {str(root)!r} holds {len(files)} images in {len(classes)} class subfolders; "
+            "need images in at least 2 (one subfolder per class)"
+        )
+    if len(files) > max_images:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(files))[:max_images])
+        files = [files[i] for i in keep]
+    images = np.stack([_read_square(p, image_size) for p, _ in files])
+    labels = np.array([label for _, label in files], dtype=np.int64)
+    return LabelledImages(images, labels, classes, str(root))
+
+
+def _read_square(path: Path, size: int) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SourceError(f"image {str(path)!r} cannot be decoded; remove it from the eval folder")
+    h, w = bgr.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = bgr[top : top + side, left : left + side]
+    return cv2.cvtColor(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+
+
+def load_eval_data(data: Union[str, Path], image_size: int, max_images: int, seed: int = 0) -> LabelledImages:
+    """`"digits"` or an image folder."""
+    if str(data) == "digits":
+        return load_digits(image_size)
+    return load_image_folder(data, image_size, max_images, seed)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Train / test indices with the class proportions of `labels` in both halves (seeded, reproducible)."""
+    counts = np.bincount(labels)
+    present = counts[counts > 0]
+    if present.min() < 2:
+        empty = int(np.flatnonzero(counts == present.min())[0])
+        raise SourceError(f"class {empty} has a single image; every class needs at least 2 to split train/test")
+    n_test = max(int(round(len(labels) * test_fraction)), len(present))
+    if len(labels) - n_test < len(present):
+        raise SourceError(f"{len(labels)} images are too few to split {len(present)} classes into train and test")
+    index = np.arange(len(labels))
+    train, test = train_test_split(index, test_size=n_test, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(test)
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def knn_top1(
+    train_feats: np.ndarray,
+    train_labels: np.ndarray,
+    test_feats: np.ndarray,
+    test_labels: np.ndarray,
+    k: int = 20,
+    temperature: float = KNN_TEMPERATURE,
+) -> float:
+    """Weighted cosine kNN (InstDisc / solo-learn monitor): each of the k nearest votes exp(cos / T)."""
+    train = _l2_normalise(train_feats)
+    test = _l2_normalise(test_feats)
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    k = min(k, len(train))
+    correct = 0
+    for start in range(0, len(test), 1024):
+        sim = test[start : start + 1024] @ train.T
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        top_sim = np.take_along_axis(sim, top, axis=1)
+        weights = np.exp(top_sim / temperature)
+        votes = np.zeros((len(sim), num_classes))
+        np.add.at(votes, (np.arange(len(sim))[:, None], train_labels[top]), weights)
+        correct += int((votes.argmax(1) == test_labels[start : start + 1024]).sum())
+    return correct / len(test)
+
+
+def linear_probe_top1(
+    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray, seed: int = 0
+) -> float:
+    """Multinomial logistic regression on standardised features (seeded, so a gate sees no probe noise)."""
+    scaler = StandardScaler().fit(train_feats)
+    probe = LogisticRegression(max_iter=500, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(scaler.transform(train_feats), train_labels)
+    return float((probe.predict(scaler.transform(test_feats)) == test_labels).mean())
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+@dataclass(frozen=True)
+class EncoderFile:
+    """A resolved ONNX encoder, its manifest (None for a bare .onnx) and the input it takes."""
+
+    onnx_path: Path
+    manifest: Optional[Manifest]
+
+
+def resolve_encoder(path: Union[str, Path]) -> EncoderFile:
+    """An export directory (what LATEST names), a manifest .json, or an .onnx file (with its manifest if beside it).
+
+    A manifest's sha256 is checked, so a truncated or replaced model file is named as such.
+    """
+    path = Path(path)
+    if path.is_dir():
+        name = read_latest(path)
+        if name is None:
+            raise ModelFileError(f"export directory {str(path)!r} has nothing published yet (no {LATEST_NAME})")
+        path = path / name
+    if path.suffix == ".json":
+        manifest: Optional[Manifest] = read_manifest(path)
+        onnx_path = path.parent / manifest.model_file
+    else:
+        onnx_path = path
+        sibling = path.with_suffix(".json")
+        manifest = read_manifest(sibling) if sibling.is_file() else None
+    if not onnx_path.is_file():
+        raise ModelFileError(f"encoder {str(onnx_path)!r} does not exist (give an export directory or a .onnx file)")
+    if manifest is not None and sha256_file(onnx_path) != manifest.sha256:
+        raise ModelFileError(f"model file {str(onnx_path)!r} does not match the sha256 in its manifest: truncated or replaced")
+    return EncoderFile(onnx_path, manifest)
+
+
+class OnnxFeatureExtractor:
+    """Runs an exported encoder on uint8 RGB images, prepared exactly as the runtime prepares frames.
+
+    The input spec comes from the manifest; for a bare .onnx it is read off the graph (uint8 NHWC
+    with normalisation inside, or float NCHW normalised with ImageNet mean/std).
+    """
+
+    def __init__(self, encoder: EncoderFile) -> None:
+        try:
+            self.session = ort.InferenceSession(str(encoder.onnx_path), providers=resolve_providers("auto"))
+        except _ORT_LOAD_ERRORS as exc:
+            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+            raise ModelFileError(f"onnxruntime cannot load {str(encoder.onnx_path)!r}: {reason}") from None
+        self.spec = encoder.manifest.input if encoder.manifest is not None else _spec_from_graph(self.session, encoder)
+        self.image_size = self.spec.height
+
+    def __call__(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = self.spec.prepare(images[start : start + batch_size])
+            out.append(self.session.run(None, {self.spec.name: batch})[0].reshape(len(batch), -1))
+        return _finite(np.concatenate(out).astype(np.float32), "the exported encoder")
+
+
+def _spec_from_graph(session: ort.InferenceSession, encoder: EncoderFile) -> InputSpec:
+    inp = session.get_inputs()[0]
+    uint8 = inp.type == "tensor(uint8)"
+    shape = list(inp.shape)
+    hw = shape[1:3] if uint8 else shape[2:4]
+    channels = shape[3] if uint8 else shape[1]
+    if len(shape) != 4 or channels != 3 or not all(isinstance(d, int) for d in hw):
+        raise ModelFileError(
+            f"{str(encoder.onnx_path)!r} input {inp.name!r} {inp.type} {shape} is not a fixed-size RGB batch, "
+            "and no manifest beside it says how to feed it"
+        )
+    return InputSpec(
+        name=inp.name,
+        dtype="uint8" if uint8 else "float32",
+        layout="NHWC" if uint8 else "NCHW",
+        height=hw[0],
+        width=hw[1],
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+
+
+@torch.no_grad()
+def torch_features(
+    module: torch.nn.Module, images: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Features of a torch encoder (normalised float NCHW in, (N, D) out) on uint8 RGB images, in eval mode."""
+    device = next(module.parameters()).device
+    module.eval()
+    mean_t = torch.as_tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, device=device).view(1, 3, 1, 1)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        out.append(module((batch - mean_t) / std_t).flatten(1).float().cpu().numpy())
+    return _finite(np.concatenate(out), "the torch encoder")
+
+
+def _finite(feats: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(feats).all():
+        raise ModelFileError(f"{what} produced non-finite features (NaN/inf): the weights are broken")
+    return feats
+
+
+def random_init_encoder(model_section: dict[str, Any], seed: int) -> torch.nn.Module:
+    """The same architecture as an export, freshly initialised under `seed`, cut at the same hidden layer."""
+    try:
+        model_cfg = ModelConfig(**{k: model_section[k] for k in ModelConfig.model_fields if k in model_section})
+    except ValueError as exc:
+        first = str(exc).splitlines()[-2:] if str(exc) else [type(exc).__name__]
+        raise ModelFileError(f"manifest model section is not a valid model config: {' '.join(first).strip()}") from None
+    torch.manual_seed(seed)
+    net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)
+    return Backbone(net, model_cfg.hidden_layer).eval()
+
+
+# --------------------------------------------------------------------------- the whole evaluation
+
+
+def evaluate_features(
+    feats: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, k: int, seed: int
+) -> tuple[float, float]:
+    """(kNN top-1, linear top-1) of one feature matrix on one split."""
+    knn = knn_top1(feats[train], labels[train], feats[test], labels[test], k=k)
+    linear = linear_probe_top1(feats[train], labels[train], feats[test], labels[test], seed=seed)
+    return knn, linear
+
+
+def evaluate_export(
+    path: Union[str, Path],
+    data: Union[str, Path, LabelledImages],
+    eval_cfg: EvalConfig,
+    seed: int = 0,
+    reference: bool = True,
+) -> EvalResult:
+    """Score an exported encoder, and a seeded random-init encoder of its architecture, on one split.
+
+    `data` is "digits", an image folder, or already loaded images (at the encoder's image size).
+    The reference needs the manifest's model section; without one it is skipped and a note says so.
+    """
+    started = time.perf_counter()
+    encoder = resolve_encoder(path)
+    extractor = OnnxFeatureExtractor(encoder)
+    notes: list[str] = []
+    if isinstance(data, LabelledImages):
+        dataset = data
+    else:
+        dataset = load_eval_data(data, extractor.image_size, eval_cfg.max_images, seed)
+    labels = dataset.labels
+    train, test = stratified_split(labels, eval_cfg.test_fraction, seed)
+    feats = extractor(dataset.images)
+    knn, linear = evaluate_features(feats, labels, train, test, eval_cfg.k, seed)
+
+    random_knn = random_linear = None
+    model_section = encoder.manifest.raw.get("model") if encoder.manifest is not None else None
+    if reference and isinstance(model_section, dict) and model_section.get("encoder"):
+        module = random_init_encoder(model_section, seed)
+        size = extractor.spec.height, extractor.spec.width
+        ref = torch_features(module, resize_frames(dataset.images, *size), extractor.spec.mean, extractor.spec.std)
+        random_knn, random_linear = evaluate_features(ref, labels, train, test, eval_cfg.k, seed)
+    elif reference:
+        notes.append("no random-init reference: the encoder has no manifest naming its architecture")
+
+    return EvalResult(
+        encoder=str(encoder.onnx_path),
+        version=encoder.manifest.version if encoder.manifest is not None else None,
+        step=encoder.manifest.step if encoder.manifest is not None else None,
+        data=dataset.name,
+        k=min(eval_cfg.k, len(train)),
+        n_train=len(train),
+        n_test=len(test),
+        num_classes=len(dataset.classes),
+        feature_dim=int(feats.shape[1]),
+        knn_top1=knn,
+        linear_top1=linear,
+        random_knn_top1=random_knn,
+        random_linear_top1=random_linear,
+        seed=seed,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+def probe_regressed(new: EvalResult, previous: Optional[EvalResult], tolerance: float = 0.01) -> bool:
+    """Export gate: True when the kNN or the linear probe fell more than `tolerance` below the last published.
+
+    Both results must come from the same data, split and k (ConfigError otherwise). The tolerance absorbs split-level noise (one test image on digits is ~0.002); the first export
+    (no previous result) always passes.
+    """
+    if previous is None:
+        return False
+    if (new.data, new.k, new.n_test, new.seed) != (previous.data, previous.k, previous.n_test, previous.seed):
+        raise ConfigError(
+            f"eval results are not comparable: data {new.data!r} k={new.k} n_test={new.n_test} seed={new.seed} vs "
+            f"previous {previous.data!r} k={previous.k} n_test={previous.n_test} seed={previous.seed}"
+        )
+    return new.knn_top1 < previous.knn_top1 - tolerance or new.linear_top1 < previous.linear_top1 - tolerance
+
