@@ -20,8 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from agent.errors import ByolAgentError
-
-METRICS_FILE = "metrics.jsonl"
+from trainer.metrics import METRICS_NAME
 
 
 class RunDirError(ByolAgentError):
@@ -87,7 +86,7 @@ def append_event(run_dir: Union[str, Path], event: dict[str, Any]) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise RunDirError(f"run directory {str(run)!r} does not exist")
-    path = run / METRICS_FILE
+    path = run / METRICS_NAME
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(event) + "\n")
     return path
@@ -97,9 +96,9 @@ def _metrics_path(run_dir: Union[str, Path]) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise RunDirError(f"run directory {str(run)!r} does not exist")
-    path = run / METRICS_FILE
+    path = run / METRICS_NAME
     if not path.is_file():
-        raise RunDirError(f"run directory {str(run)!r} holds no {METRICS_FILE} (has the trainer run there?)")
+        raise RunDirError(f"run directory {str(run)!r} holds no {METRICS_NAME} (has the trainer run there?)")
     return path
 
 
@@ -224,7 +223,7 @@ def _summary(
     lines.append(_exports_line(metrics))
     lines.append(_best_eval_line(evals))
     if metrics.bad_lines:
-        lines.append(f"- skipped {metrics.bad_lines} unreadable line(s) of {METRICS_FILE}")
+        lines.append(f"- skipped {metrics.bad_lines} unreadable line(s) of {METRICS_NAME}")
     if missing:
         lines.append(f"- not recorded, so not plotted: {', '.join(missing)}")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
