@@ -136,10 +136,17 @@ class HotEncoder:
             raise ModelFileError(f"no servable encoder in {self.export_dir}: {reason}")
         self._watcher = threading.Thread(target=self._watch, name="hot-encoder-watcher", daemon=True)
         self._watcher.start()
-        if self._current is None and not self._first.wait(timeout_s):
+        if self._current is None and not self._wait_first(timeout_s):
             self.close()
             reason = f" (last error: {self.last_error})" if self.last_error else ""
             raise ModelFileError(f"no encoder was published in {self.export_dir} within {timeout_s:g} s{reason}")
+
+    def _wait_first(self, timeout_s: Optional[float]) -> bool:
+        try:
+            return self._first.wait(timeout_s)
+        except BaseException:  # Ctrl-C while waiting: stop the watcher before unwinding
+            self.close()
+            raise
 
     # -- serving path -----------------------------------------------------------------------
 

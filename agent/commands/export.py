@@ -1,0 +1,44 @@
+"""`byol-agent export`: a run's newest checkpoint → verified, versioned ONNX in an export directory.
+
+Once by default (exit 2 with the reason if the parity or collapse gate refuses it), or with
+`--watch` following the checkpoints until SIGINT/SIGTERM, then exporting the final one (how
+`byol-agent run` uses it). The architecture comes from the checkpoint; export settings from
+`--config` / overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from agent.commands._common import add_config_arguments, config_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", required=True, help="training run directory (reads RUN_DIR/checkpoints)")
+    parser.add_argument("--out", required=True, help="export directory (encoder-NNNNNN.onnx/.json, LATEST)")
+    parser.add_argument("--weights", choices=("target", "online"), default=None, help="default: export.weights (target)")
+    parser.add_argument("--watch", action="store_true", help="export each new checkpoint until stopped, then the last")
+    parser.add_argument("--poll", type=float, default=2.0, help="--watch: seconds between checkpoint checks")
+    add_config_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, {"export.weights": args.weights})
+    run_dir, out = Path(args.run_dir), Path(args.out)
+    from export.from_checkpoint import export_checkpoint, watch  # torch loads after the arguments are known good
+    from export.publish import Publisher
+
+    publisher = Publisher(out, cfg.export.keep)
+    if not args.watch:
+        step, version = export_checkpoint(run_dir, publisher, cfg.export)
+        print(f"published version {version} (step {step}) to {out}")
+        return 0
+    from agent.supervisor import StopFlag
+
+    stop = StopFlag()  # SIGINT/SIGTERM only set the event; the final export still runs
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    watch(run_dir, publisher, cfg.export, stop.event, poll_s=args.poll, status_path=run_dir / "status-exporter.json",
+          report=lambda line: print(line, flush=True))
+    return 0

@@ -1,0 +1,47 @@
+"""`byol-agent runtime`: a toy policy loop on the hot-swapping ONNX encoder, over any frame source.
+
+Prints a line per second (version, p50/p99 latency, swaps, failures); with `--status-dir` also
+writes `status-runtime.json` there for the `run` supervisor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from agent.commands._common import add_config_arguments, config_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--export-dir", required=True, help="directory the exporter publishes into")
+    parser.add_argument("--source", required=True, help="camera index, video, URL, image folder/glob, 'demo' or zmq+tcp://...")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument("--no-wait", action="store_true", help="fail at once if nothing is published yet")
+    parser.add_argument("--status-dir", default=None, help="write status-runtime.json here (atomically, each second)")
+    add_config_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    from agent.policy_loop import run_policy_loop
+    from agent.runtime import HotEncoder
+    from agent.sources import open_source
+    from agent.supervisor import StopFlag
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source = open_source(args.source, cfg.capture)
+    rc = cfg.runtime
+    if not args.no_wait and rc.wait_for_first:
+        print(f"waiting for the first encoder in {args.export_dir}", flush=True)
+    with HotEncoder(
+        args.export_dir,
+        poll_interval_s=rc.poll_interval_s,
+        wait=rc.wait_for_first and not args.no_wait,
+        providers=rc.providers,
+        threads=rc.threads,
+    ) as encoder:
+        stop = StopFlag()  # from here on SIGINT/SIGTERM end the loop cleanly
+        status = Path(args.status_dir) / "status-runtime.json" if args.status_dir else None
+        run_policy_loop(encoder, source, fps=cfg.capture.fps, stop=stop.event, duration_s=args.duration, status_path=status)
+    return 0

@@ -1,0 +1,130 @@
+"""The toy policy loop behind `byol-agent runtime`: frames → HotEncoder → (a policy would act here).
+
+It exists to show, and to let the `run` supervisor watch, that a policy keeps being served while
+encoders are swapped under it: every call's latency and outcome is counted, once a second a line
+is reported and `status-runtime.json` is rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from agent.errors import SourceError
+from agent.runtime import HotEncoder
+from agent.sources import FrameSource, SourceExhausted
+from export.publish import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+_RECONNECT_S = 1.0
+
+
+@dataclass
+class LoopStats:
+    """Counters of the loop; latencies over the most recent calls only."""
+
+    calls: int = 0
+    failures: int = 0
+    source_errors: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
+
+    def percentiles(self) -> tuple[Optional[float], Optional[float]]:
+        if not self.latencies_ms:
+            return None, None
+        p50, p99 = np.percentile(np.fromiter(self.latencies_ms, float), [50, 99])
+        return float(p50), float(p99)
+
+    def status(self, encoder: HotEncoder) -> dict[str, Any]:
+        p50, p99 = self.percentiles()
+        return {
+            "version": encoder.version,
+            "swaps": encoder.swaps,
+            "calls": self.calls,
+            "failures": self.failures,
+            "failed_loads": encoder.failed_loads,
+            "source_errors": self.source_errors,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "time": time.time(),
+        }
+
+
+def format_line(elapsed_s: float, status: dict[str, Any]) -> str:
+    def ms(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    return (
+        f"t={elapsed_s:5.0f}s version {status['version']} | calls {status['calls']} "
+        f"p50 {ms(status['p50_ms'])} ms p99 {ms(status['p99_ms'])} ms | swaps {status['swaps']} "
+        f"| failures {status['failures']}"
+    )
+
+
+def run_policy_loop(
+    encoder: HotEncoder,
+    source: FrameSource,
+    *,
+    fps: float,
+    stop: threading.Event,
+    duration_s: Optional[float] = None,
+    status_path: Optional[Path] = None,
+    report: Callable[[str], None] = lambda line: print(line, flush=True),
+    report_every_s: float = 1.0,
+) -> LoopStats:
+    """Embed one frame per tick at `fps` until `stop`, `duration_s` or the end of a finite source."""
+    stats = LoopStats()
+    start = time.monotonic()
+    next_report = start + report_every_s
+    next_tick = start
+    connected = False
+
+    def publish_status() -> None:
+        status = stats.status(encoder)
+        report(format_line(time.monotonic() - start, status))
+        if status_path is not None:
+            atomic_write_bytes(status_path, json.dumps(status).encode())
+
+    try:
+        while not stop.is_set() and (duration_s is None or time.monotonic() - start < duration_s):
+            try:
+                if not connected:
+                    source.connect()
+                    connected = True
+                frame = source.read()
+            except SourceExhausted:
+                report(f"{source.name} ended")
+                break
+            except SourceError as exc:  # lost or not there yet: count, back off, reopen
+                stats.source_errors += 1
+                log.warning("%s; reconnecting in %.0f s", exc, _RECONNECT_S)
+                source.disconnect()
+                connected = False
+                stop.wait(_RECONNECT_S)
+                continue
+            t0 = time.perf_counter()
+            try:
+                encoder.embed(frame)
+            except Exception:  # counted: a dropped inference is what this loop exists to expose
+                stats.failures += 1
+                log.exception("embed failed")
+            else:
+                stats.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+                stats.calls += 1
+            now = time.monotonic()
+            if now >= next_report:
+                publish_status()
+                next_report = now + report_every_s
+            next_tick = max(next_tick + 1.0 / fps, now)
+            stop.wait(max(0.0, next_tick - time.monotonic()))
+    finally:
+        source.disconnect()
+    publish_status()
+    return stats

@@ -1,0 +1,202 @@
+"""Export from a run directory's checkpoints: once (`byol-agent export`) or following them (`--watch`).
+
+The architecture comes from the checkpoint's own config (the weights only fit that), the export
+settings from the caller's config. Verification frames are the checkpoint's saved replay buffer
+when it has one (real frames from the robot), else frames of the built-in demo scene.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from torch import nn
+
+from agent.config import CaptureConfig, Config, ExportConfig, ModelConfig
+from agent.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError
+from agent.sources import open_source
+from export.exporter import export_encoder
+from export.manifest import read_latest, read_manifest
+from export.publish import Publisher, atomic_write_bytes
+from export.verify import pick_frames
+from trainer.checkpoint import list_checkpoints, load_latest_checkpoint
+
+log = logging.getLogger(__name__)
+VERIFY_FRAMES = 64
+
+
+@dataclass(frozen=True)
+class CheckpointEncoder:
+    """What a checkpoint yields for export."""
+
+    step: int
+    encoder: nn.Module
+    model: ModelConfig
+    capture: CaptureConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    frames: Optional[np.ndarray]  # from the saved buffer, if it was saved
+
+
+def load_checkpoint_encoder(run_dir: Path, weights: str) -> CheckpointEncoder:
+    """Rebuild the learner from the newest readable checkpoint and take its target/online encoder."""
+    from trainer.build import build_learner  # the learner stack loads only when a checkpoint is used
+
+    ckpt = load_latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}; train first")
+    try:
+        cfg = Config.model_validate(ckpt["config"])
+        learner = build_learner(cfg.model, cfg.train, "cpu")
+        learner.load_state_dict(ckpt["learner"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise CheckpointError(f"checkpoint {ckpt.get('path', run_dir)} cannot rebuild its learner: {first}") from None
+    return CheckpointEncoder(
+        step=int(ckpt["step"]),
+        encoder=learner.encoder_module(weights),
+        model=cfg.model,
+        capture=cfg.capture,
+        mean=tuple(learner.mean),
+        std=tuple(learner.std),
+        frames=_buffer_frames(ckpt.get("buffer")),
+    )
+
+
+def _buffer_frames(buffer: Any) -> Optional[np.ndarray]:
+    if not isinstance(buffer, dict) or buffer.get("images") is None or int(buffer["images"].shape[0]) < 2:
+        return None
+    images = buffer["images"].numpy()
+    return pick_frames(images, min(VERIFY_FRAMES, len(images)))
+
+
+def demo_frames(capture: CaptureConfig, n: int = VERIFY_FRAMES) -> np.ndarray:
+    """`n` frames of the demo scene at the stored size, spread over time so they differ."""
+    with open_source("demo", capture) as source:
+        frames = [source.read() for _ in range(4 * n)]
+    return np.stack(frames[::4])
+
+
+def export_checkpoint(run_dir: Path, publisher: Publisher, export_cfg: ExportConfig) -> tuple[int, int]:
+    """Export, verify and publish the newest checkpoint's encoder; returns (step, version).
+
+    Raises CheckpointError when there is nothing to export, ExportRefused when a gate fails.
+    """
+    source = load_checkpoint_encoder(run_dir, export_cfg.weights)
+    return source.step, export_loaded(source, publisher, export_cfg)
+
+
+def export_loaded(source: CheckpointEncoder, publisher: Publisher, export_cfg: ExportConfig) -> int:
+    frames = source.frames if source.frames is not None else demo_frames(source.capture)
+    return export_encoder(
+        source.step,
+        source.encoder,
+        frames,
+        export_cfg=export_cfg,
+        model_cfg=source.model,
+        publisher=publisher,
+        mean=source.mean,
+        std=source.std,
+    )
+
+
+def published_step(export_dir: Path) -> Optional[int]:
+    """Training step of what LATEST names (None if nothing valid is published): a restart's starting point."""
+    try:
+        name = read_latest(export_dir)
+        return read_manifest(export_dir / name).step if name else None
+    except ModelFileError:
+        return None
+
+
+@dataclass
+class WatchState:
+    """What `watch` did, written as `status-exporter.json` for the supervisor."""
+
+    last_export_version: Optional[int] = None
+    last_export_step: Optional[int] = None
+    exports: int = 0
+    refusals: int = 0
+    last_refusal: Optional[str] = None
+    refused_steps: set[int] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "last_export_version": self.last_export_version,
+            "last_export_step": self.last_export_step,
+            "exports": self.exports,
+            "refusals": self.refusals,
+            "last_refusal": self.last_refusal,
+            "time": time.time(),
+        }
+
+
+def watch(
+    run_dir: Path,
+    publisher: Publisher,
+    export_cfg: ExportConfig,
+    stop: threading.Event,
+    *,
+    poll_s: float = 2.0,
+    status_path: Optional[Path] = None,
+    report: Callable[[str], None] = print,
+) -> WatchState:
+    """Export each new checkpoint (throttled by export.every_steps / every_seconds) until `stop`; then once more.
+
+    The last pass ignores the throttle, so the final checkpoint a stopping trainer writes is
+    published. A refused step is not retried; refusals are reported and counted, never fatal.
+    """
+    state = WatchState(last_export_step=published_step(publisher.export_dir))
+    last_time = time.monotonic()
+    stopping = False
+    while True:
+        newest = next(iter(list_checkpoints(run_dir)), (None, None))[0]
+        if newest is not None and _due(newest, state, export_cfg, last_time, final=stopping):
+            _export_once(run_dir, publisher, export_cfg, state, report)
+            last_time = time.monotonic()
+            if status_path is not None:
+                atomic_write_bytes(status_path, json.dumps(state.to_json()).encode())
+        if stopping:
+            return state
+        stopping = stop.wait(poll_s)
+
+
+def _due(step: int, state: WatchState, cfg: ExportConfig, last_time: float, final: bool) -> bool:
+    if step in state.refused_steps or (state.last_export_step is not None and step <= state.last_export_step):
+        return False
+    if final or state.last_export_step is None or (cfg.every_steps is None and cfg.every_seconds is None):
+        return True
+    by_steps = cfg.every_steps is not None and step - state.last_export_step >= cfg.every_steps
+    by_time = cfg.every_seconds is not None and time.monotonic() - last_time >= cfg.every_seconds
+    return by_steps or by_time
+
+
+def _export_once(
+    run_dir: Path, publisher: Publisher, cfg: ExportConfig, state: WatchState, report: Callable[[str], None]
+) -> None:
+    try:
+        source = load_checkpoint_encoder(run_dir, cfg.weights)
+    except ByolAgentError as exc:  # e.g. no readable checkpoint yet: try again at the next poll
+        log.warning("export skipped: %s", exc)
+        return
+    done = state.last_export_step is not None and source.step <= state.last_export_step
+    if done or source.step in state.refused_steps:
+        return  # the newest file was unreadable and an older checkpoint came back
+    try:
+        version = export_loaded(source, publisher, cfg)
+    except ExportRefused as exc:
+        state.refusals += 1
+        state.last_refusal = str(exc)
+        state.refused_steps.add(source.step)
+        log.warning("export of step %d refused, keeping the last good version: %s", source.step, exc)
+        report(f"export refused at step {source.step}: {exc}")
+        return
+    state.exports += 1
+    state.last_export_version, state.last_export_step = version, source.step
+    report(f"published version {version} (step {source.step}) to {publisher.export_dir}")

@@ -1,0 +1,66 @@
+"""`byol-agent runtime` as a real subprocess: serves the demo source, swaps live, writes its status."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.agent.test_runtime import wait_until
+from tests.conftest import REPO
+from tests.export.tiny import publish_version
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _runtime(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "runtime", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _status(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def test_policy_loop_keeps_serving_across_a_swap(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    publish_version(exports, seed=1)
+    status_path = tmp_path / "status-runtime.json"
+    proc = _runtime(
+        "--export-dir", str(exports), "--source", "demo", "--status-dir", str(tmp_path),
+        "--duration", "120", "runtime.poll_interval_s=0.1", "capture.height=40", "capture.width=40",
+    )
+    try:
+        wait_until(lambda: _status(status_path).get("calls", 0) > 0 or proc.poll() is not None, 60)
+        publish_version(exports, seed=2)
+        wait_until(lambda: _status(status_path).get("version") == 2 or proc.poll() is not None, 60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    final = _status(status_path)
+    assert final["version"] == 2 and final["swaps"] == 1
+    assert final["failures"] == 0 and final["calls"] > 0 and final["p99_ms"] >= final["p50_ms"] > 0
+    lines = [line for line in out.splitlines() if line.startswith("t=")]
+    assert lines and "version 2" in lines[-1] and "swaps 1" in lines[-1]
+
+
+def test_no_wait_without_an_export_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = _runtime("--export-dir", str(tmp_path / "none"), "--source", "demo", "--no-wait")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip().count("\n") == 0 and "no servable encoder" in err and "Traceback" not in err
