@@ -1,0 +1,293 @@
+"""Per-image random views, batched on the images' device: BYOL's asymmetric view 1 / view 2.
+
+One `View` class configured by a `ViewSpec`; `VIEW1` and `VIEW2` are the paper's two settings
+(blur p 1.0 / 0.1, solarize p 0 / 0.2, everything else shared). Every random parameter is drawn
+per image, all from one `torch.rand` call on the images' device (from `generator` when given, so
+seeded runs reproduce their views), and the batch goes through a few batched ops, with no Python
+loop over images:
+
+1. random resized crop (scale 0.08-1, ratio 3/4-4/3, first of 10 tries that fits, else the
+   centre crop, as torchvision) and horizontal flip: one `grid_sample` with per-image boxes;
+2. colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, p 0.8, in a random
+   order per image) and grayscale (p 0.2): brightness, contrast, saturation and grayscale are
+   affine maps of RGB, so the ops on each side of the (exact, HSV) hue rotation compose into one
+   3x4 matrix per image, applied to the whole batch by one batched matmul;
+3. Gaussian blur (sigma in [0.1, 2] per image, kernel ~10 % of the side, reflect padding):
+   two depthwise convs with per-image kernels; the ImageNet normalisation rides along as the
+   second conv's scale and bias, so it costs nothing;
+4. solarize (threshold 0.5), applied in normalised space.
+
+One deliberate approximation: the jitter clamps to [0, 1] after each of its two matmuls rather
+than after every op, which differs only for pixels that one op pushes out of range and a later op
+of the same matmul would bring back. Crops are
+resampled bilinearly without antialiasing, fine for crops no smaller than the output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainer.checks import LearnerError, check_images
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+_TRIES = 10
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """Distribution of one view; probabilities are per image."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_fraction: float = 0.1
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+
+
+VIEW1 = ViewSpec(blur_p=1.0, solarize_p=0.0)
+VIEW2 = ViewSpec(blur_p=0.1, solarize_p=0.2)
+
+# Columns of the per-image uniform draws, one block per random decision.
+_SCALE = slice(0, _TRIES)
+_RATIO = slice(_TRIES, 2 * _TRIES)
+_POS = slice(2 * _TRIES, 2 * _TRIES + 2)
+_FLIP, _JITTER, _GRAY, _BLUR, _SIGMA, _SOLARIZE = range(2 * _TRIES + 2, 2 * _TRIES + 8)
+_FACTORS = slice(2 * _TRIES + 8, 2 * _TRIES + 12)  # brightness, contrast, saturation, hue
+_ORDER = slice(2 * _TRIES + 12, 2 * _TRIES + 16)
+_COLUMNS = 2 * _TRIES + 16
+
+
+def blur_kernel_size(image_size: int, fraction: float = 0.1) -> int:
+    """Odd kernel size closest to `fraction` of the side (23 at 224 px, as BYOL), at least 3."""
+    size = int(fraction * image_size)
+    return max(3, size + 1 - size % 2)
+
+
+def crop_boxes(u_scale: Tensor, u_ratio: Tensor, u_pos: Tensor, height: int, width: int, spec: ViewSpec) -> Tensor:
+    """Per-image crop boxes (N, 4) = (x0, y0, w, h) in pixels, as torchvision's RandomResizedCrop.
+
+    Each row of u_scale / u_ratio (N, tries) holds one image's tries; the first box that fits is
+    kept, else the centre crop of the allowed aspect ratio. u_pos (N, 2) places the box.
+    """
+    area = height * width
+    scale = spec.crop_scale[0] + (spec.crop_scale[1] - spec.crop_scale[0]) * u_scale
+    log_lo, log_hi = math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+    w = torch.sqrt(area * scale * ratio)
+    h = torch.sqrt(area * scale / ratio)
+    fits = (w <= width) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    found = fits.any(dim=1)
+    in_ratio = width / height
+    if in_ratio < spec.crop_ratio[0]:
+        fallback_w, fallback_h = width, width / spec.crop_ratio[0]
+    elif in_ratio > spec.crop_ratio[1]:
+        fallback_w, fallback_h = height * spec.crop_ratio[1], height
+    else:
+        fallback_w, fallback_h = width, height
+    w = torch.where(found, w.gather(1, first).squeeze(1), fallback_w)
+    h = torch.where(found, h.gather(1, first).squeeze(1), fallback_h)
+    position = torch.where(found[:, None], u_pos, 0.5)
+    return torch.stack((position[:, 0] * (width - w), position[:, 1] * (height - h), w, h), dim=1)
+
+
+def box_grid(boxes: Tensor, flip: Tensor, height: int, width: int, size: int) -> Tensor:
+    """grid_sample grid (N, size, size, 2) resampling each box to size x size, mirrored where `flip`."""
+    n = boxes.shape[0]
+    x0, y0, w, h = boxes.unbind(dim=1)
+    # Normalised coordinates (align_corners=False): box [x0, x0 + w] -> centre and half-extent.
+    centre_x = (2 * x0 + w) / width - 1
+    centre_y = (2 * y0 + h) / height - 1
+    half_x = torch.where(flip, -w / width, w / width)
+    half_y = h / height
+    steps = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) * (2 / size) - 1
+    grid_x = (centre_x[:, None] + half_x[:, None] * steps)[:, None, :].expand(n, size, size)
+    grid_y = (centre_y[:, None] + half_y[:, None] * steps)[:, :, None].expand(n, size, size)
+    return torch.stack((grid_x, grid_y), dim=-1)
+
+
+def jitter_affine(factors: Tensor, order: Tensor, mean_rgb: Tensor, stages: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image affine map (A (N,3,3), a (N,3)) composing the brightness, contrast and saturation ops
+    that `order` (N, 4) puts at the `stages` (N, 4) marked True, as torchvision's adjust_* do.
+
+    Each of these ops is affine in RGB (contrast blends towards the image's mean gray, which is
+    tracked through the composition from `mean_rgb` (N, 3)). Hue (op 3) is not affine and is skipped.
+    """
+    n, device, dtype = factors.shape[0], factors.device, factors.dtype
+    eye = torch.eye(3, device=device, dtype=dtype).expand(n, 3, 3)
+    gray_row = torch.tensor(GRAY, device=device, dtype=dtype)
+    brightness, contrast, saturation, _ = factors.unbind(dim=1)
+    ops = torch.stack(
+        (
+            brightness[:, None, None] * eye,
+            contrast[:, None, None] * eye,
+            saturation[:, None, None] * eye + (1 - saturation)[:, None, None] * gray_row.expand(3, 3),
+            eye,
+        ),
+        dim=1,
+    )
+    rows = torch.arange(n, device=device)
+    matrix, offset = eye, torch.zeros(n, 3, device=device, dtype=dtype)
+    for stage in range(order.shape[1]):
+        op = torch.where(stages[:, stage], order[:, stage], 3)
+        current_gray = ((matrix @ mean_rgb[:, :, None]).squeeze(2) + offset) @ gray_row
+        shift = torch.where(op == 1, (1 - contrast) * current_gray, 0.0)[:, None]
+        step = ops[rows, op]
+        matrix = step @ matrix
+        offset = (step @ offset[:, :, None]).squeeze(2) + shift
+    return matrix, offset
+
+
+def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate each image's HSV hue by `shift` (N,) turns, exactly as torchvision's adjust_hue, batched."""
+    maxc, argmax = x.max(dim=1)
+    chroma = maxc - x.min(dim=1).values
+    safe = torch.where(chroma > 0, chroma, 1.0)
+    r, g, b = x.unbind(dim=1)
+    hue = torch.where(argmax == 0, (g - b) / safe, torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = hue + 6 * shift[:, None, None]  # in sixths of a turn
+    sector = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype)[None, :, None, None]
+    k = torch.remainder(sector + hue[:, None], 6)
+    return maxc[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
+
+
+def colour(x: Tensor, factors: Tensor, order: Tensor, jitter: Tensor, gray: Tensor) -> Tensor:
+    """Colour jitter in each image's own op order (where `jitter`), then grayscale (where `gray`).
+
+    factors (N, 4): brightness, contrast, saturation factors and hue shift in turns. The affine ops
+    before the hue op are applied as one batched matmul, then the hue rotation, then the affine ops
+    after it with the grayscale folded in: two matmuls and one hue pass per batch. Values are
+    clamped to [0, 1] after each of the two matmuls.
+    """
+    n, size = x.shape[0], x.shape[-1]
+    hue_stage = (order == 3).to(torch.uint8).argmax(dim=1, keepdim=True)
+    stage = torch.arange(order.shape[1], device=x.device)[None, :]
+    before = (stage < hue_stage) & jitter[:, None]
+    after = (stage > hue_stage) & jitter[:, None]
+    matrix, offset = jitter_affine(factors, order, x.mean(dim=(2, 3)), before)
+    x = torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, 3, -1)).clamp_(0, 1).reshape(n, 3, size, -1)
+    x = shift_hue(x, torch.where(jitter, factors[:, 3], 0.0))
+    matrix, offset = jitter_affine(factors, order, x.mean(dim=(2, 3)), after)
+    to_gray = torch.tensor(GRAY, device=x.device, dtype=x.dtype).expand(3, 3)
+    matrix = torch.where(gray[:, None, None], to_gray @ matrix, matrix)
+    offset = torch.where(gray[:, None], offset @ to_gray.T, offset)
+    return torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, 3, -1)).clamp_(0, 1).reshape(n, 3, size, -1)
+
+
+def gaussian_kernels(sigma: Tensor, blur: Tensor, kernel_size: int) -> Tensor:
+    """Normalised 1-D Gaussian kernels (N, k) of per-image `sigma`; a delta where `blur` is False."""
+    offsets = torch.arange(kernel_size, device=sigma.device, dtype=sigma.dtype) - kernel_size // 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma[:, None] ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    delta = (offsets == 0).to(sigma.dtype)
+    return torch.where(blur[:, None], kernel, delta)
+
+
+def _spread(u: Tensor, spread: float) -> Tensor:
+    """torchvision's jitter factor: uniform in [max(0, 1 - spread), 1 + spread]."""
+    low = max(0.0, 1 - spread)
+    return low + (1 + spread - low) * u
+
+
+class View:
+    """One augmentation pipeline: a callable mapping float images in [0, 1] (N, 3, H, W) to views (N, 3, S, S).
+
+    Views are normalised with `mean`/`std` (pass mean=(0,0,0), std=(1,1,1) for raw [0, 1] views)
+    and returned in `memory_format` (channels_last for a channels_last encoder: no extra copy).
+    Always computed in fp32, outside any autocast region.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        spec: ViewSpec = VIEW1,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        generator: Optional[torch.Generator] = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
+        if image_size < 2:
+            raise LearnerError(f"image_size must be >= 2; got {image_size}")
+        self.image_size = image_size
+        self.spec = spec
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.generator = generator
+        self.memory_format = memory_format
+        self.kernel_size = blur_kernel_size(image_size, spec.blur_kernel_fraction) if spec.blur_p > 0 else 1
+
+    def __call__(self, images: Tensor) -> Tensor:
+        check_images(images, channels=3)
+        device = images.device
+        if self.generator is not None and self.generator.device != device:
+            raise LearnerError(
+                f"the view generator is on {self.generator.device} but the images are on {device}; "
+                "create it with torch.Generator(device=images.device)"
+            )
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self._view(images.float())
+
+    def _view(self, images: Tensor) -> Tensor:
+        n, _, height, width = images.shape
+        size, spec = self.image_size, self.spec
+        u = torch.rand(n, _COLUMNS, device=images.device, generator=self.generator)
+        boxes = crop_boxes(u[:, _SCALE], u[:, _RATIO], u[:, _POS], height, width, spec)
+        grid = box_grid(boxes, u[:, _FLIP] < spec.flip_p, height, width, size)
+        x = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if spec.jitter_p > 0 or spec.grayscale_p > 0:
+            factors = torch.stack(
+                (
+                    _spread(u[:, _FACTORS][:, 0], spec.brightness),
+                    _spread(u[:, _FACTORS][:, 1], spec.contrast),
+                    _spread(u[:, _FACTORS][:, 2], spec.saturation),
+                    spec.hue * (2 * u[:, _FACTORS][:, 3] - 1),
+                ),
+                dim=1,
+            )
+            order = torch.argsort(u[:, _ORDER], dim=1)
+            x = colour(x, factors, order, u[:, _JITTER] < spec.jitter_p, u[:, _GRAY] < spec.grayscale_p)
+        x = self._blur_and_normalise(x.reshape(n, 3, size, size), u)
+        if spec.solarize_p > 0:
+            x = self._solarize(x, u)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _blur_and_normalise(self, x: Tensor, u: Tensor) -> Tensor:
+        """Separable per-image blur as two depthwise convs; (x - mean) / std folded into the second."""
+        n, k, size = x.shape[0], self.kernel_size, self.image_size
+        mean = torch.tensor(self.mean, device=x.device).repeat(n)
+        std = torch.tensor(self.std, device=x.device).repeat(n)
+        sigma = self.spec.blur_sigma[0] + (self.spec.blur_sigma[1] - self.spec.blur_sigma[0]) * u[:, _SIGMA]
+        kernel = gaussian_kernels(sigma, u[:, _BLUR] < self.spec.blur_p, k).repeat_interleave(3, dim=0)  # (N*3, k)
+        planes = x.reshape(1, n * 3, size, size)
+        if k > 1:
+            planes = F.pad(planes, (k // 2,) * 4, mode="reflect")
+            planes = F.conv2d(planes, kernel[:, None, None, :], groups=n * 3)
+        vertical = (kernel / std[:, None])[:, None, :, None]
+        planes = F.conv2d(planes, vertical, bias=-mean / std, groups=n * 3)
+        return planes.reshape(n, 3, size, size)
+
+    def _solarize(self, x: Tensor, u: Tensor) -> Tensor:
+        """Invert pixels at or above the threshold, for the drawn images; x is already normalised."""
+        mean = torch.tensor(self.mean, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, device=x.device)[:, None, None]
+        threshold = (self.spec.solarize_threshold - mean) / std
+        inverted = (1 - 2 * mean) / std - x
+        chosen = (u[:, _SOLARIZE] < self.spec.solarize_p)[:, None, None, None]
+        return torch.where(chosen & (x >= threshold), inverted, x)

@@ -1,0 +1,122 @@
+"""The wrapped net cut at its hidden layer: images -> flat (N, D) embedding.
+
+The layer is named as in byol-pytorch: a name from `net.named_modules()`, an index into
+`net.children()`, or -1 for the net's own output. It is captured by a forward hook that exists
+only for the duration of one call and stops the forward right there, so
+
+- nothing after the hidden layer runs (a ResNet's `fc` costs nothing and gets no gradient),
+- a deep copy or an ONNX trace of the wrapper carries no hooks,
+- two copies (online and target, or DataParallel replicas) never share capture state.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from agent.errors import ConfigError
+
+HiddenLayer = Union[str, int]
+
+
+class _HiddenReached(Exception):
+    """Carries the hidden layer's output out of the net's forward, skipping the layers after it."""
+
+    def __init__(self, output: Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+
+def find_layer(net: nn.Module, layer: HiddenLayer) -> Optional[nn.Module]:
+    """The module whose output is the embedding (None for -1: the net's output); ConfigError if absent."""
+    if isinstance(layer, bool) or not isinstance(layer, (str, int)):
+        raise ConfigError(f"hidden_layer must be a module name, a child index or -1; got {layer!r}")
+    if layer == -1:
+        return None
+    if isinstance(layer, str):
+        if layer:
+            try:
+                return net.get_submodule(layer)
+            except AttributeError:
+                pass
+        names = [name for name, _ in net.named_children()]
+        raise ConfigError(
+            f"hidden layer {layer!r} not found in {type(net).__name__}; "
+            f"top-level modules: {', '.join(names)} (use a dotted name for nested ones, or -1 for the output)"
+        )
+    children = list(net.children())
+    if not -len(children) <= layer < len(children):
+        raise ConfigError(
+            f"hidden layer index {layer} is out of range: {type(net).__name__} has {len(children)} children"
+        )
+    return children[layer]
+
+
+class Backbone(nn.Module):
+    """`net` up to and including its hidden layer, returning that layer's output flattened to (N, D)."""
+
+    def __init__(self, net: nn.Module, layer: HiddenLayer = -2) -> None:
+        super().__init__()
+        find_layer(net, layer)
+        self.net = net
+        self.layer = layer
+
+    def forward(self, images: Tensor) -> Tensor:
+        module = find_layer(self.net, self.layer)
+        if module is None:
+            return _flat(self.net(images), self.layer)
+
+        def stop(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+            raise _HiddenReached(output)
+
+        handle = module.register_forward_hook(stop)
+        try:
+            self.net(images)
+        except _HiddenReached as reached:
+            return _flat(reached.output, self.layer)
+        finally:
+            handle.remove()
+        raise ConfigError(f"hidden layer {self.layer!r} exists but never ran in {type(self.net).__name__}'s forward")
+
+
+def _flat(output: object, layer: HiddenLayer) -> Tensor:
+    if not isinstance(output, Tensor):
+        raise ConfigError(f"hidden layer {layer!r} outputs {type(output).__name__}, not a tensor; pick another layer")
+    return output.flatten(1)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode for the block; every submodule's own training flag is restored after."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def probe(backbone: Backbone, image_size: int, channels: int = 3) -> tuple[int, list[str]]:
+    """Embedding width, and names of `backbone.net` parameters the embedding does not depend on.
+
+    One forward in eval mode (BatchNorm running statistics never move; every module's own training
+    flag is restored afterwards) and one `autograd.grad` (no `.grad` is written). The unused names
+    tell DDP which parameters will never receive a gradient.
+    """
+    net = backbone.net
+    reference = next(net.parameters(), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    trainable = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    with eval_mode(backbone), torch.enable_grad():
+        hidden = backbone(torch.zeros(2, channels, image_size, image_size, device=device, dtype=dtype))
+        if hidden.requires_grad and trainable:
+            grads = torch.autograd.grad(hidden.sum(), [p for _, p in trainable], allow_unused=True)
+        else:
+            grads = (None,) * len(trainable)
+    unused = [name for (name, _), grad in zip(trainable, grads) if grad is None]
+    return hidden.shape[1], unused
