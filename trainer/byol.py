@@ -1,0 +1,266 @@
+"""BYOL learner (arXiv 2006.07733), a drop-in for byol-pytorch's `BYOL`, assembled from small parts.
+
+    learner = BYOL(net, image_size=64, hidden_layer="avgpool")
+    opt = torch.optim.Adam(learner.parameters(), lr=3e-4)
+    loss = learner(images)            # float NCHW in [0, 1]
+    opt.zero_grad(); loss.backward(); opt.step()
+    learner.update_moving_average()
+
+Parts: `Backbone` (hidden-layer capture), `MLP` heads, `View` augmentations, `byol_loss`,
+`ema_update`/`tau_at`. What differs from byol-pytorch, on purpose:
+
+- Views are drawn per image (the paper's asymmetric view 1 / view 2) on the images' device.
+- Each view runs through the encoders separately (per-view BatchNorm statistics, as the
+  reference); the heads take both views as one batch but keep per-view BN statistics.
+- No mock forward: the embedding width is read from one eval-mode forward that leaves every
+  BatchNorm statistic and training flag as it was.
+- The target is state, not a parameter: it is in `state_dict()` (with the heads, the step and the
+  view generator's state) and moves with `.to()`, but `parameters()` / `named_parameters()` list
+  only what an optimizer should train, and it has `requires_grad=False`. It starts as a copy of
+  the online branch at the first training forward (after DDP has broadcast rank 0's weights) and
+  changes only through `update_moving_average()`.
+
+DDP: build the optimizer from `learner.parameters()`, wrap with `DDP(learner)` (no
+`find_unused_parameters` needed: the parameters after the hidden layer, e.g. a ResNet's `fc`, are
+registered as ignored) and call `ddp.module.update_moving_average()` after each step; the EMA is
+then identical on every rank. The heads' BatchNorm is synced across ranks when the learner is
+built inside a process group of more than one rank (`sync_batchnorm=None`), on CPU (gloo) as on GPU.
+
+Mixed precision is the caller's choice: the learner runs under `torch.autocast` (views and loss
+stay fp32) and with a channels_last encoder (views are produced in the encoder's memory format).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterator, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW1, VIEW2, View
+from trainer.backbone import Backbone, HiddenLayer, eval_mode, probe
+from trainer.checks import LearnerError, check_images
+from trainer.heads import MLP, byol_head, distributed_world, simsiam_projector
+from trainer.loss import byol_loss
+from trainer.momentum import check_schedule, ema_update, tau_at
+
+Augment = Callable[[Tensor], Tensor]
+
+
+class Branch(nn.Module):
+    """Encoder cut at the hidden layer, then projector: the part the target copies and averages."""
+
+    def __init__(self, backbone: Backbone, projector: MLP) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+
+    def forward(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(projections, embeddings) of the views stacked on dim 0; one encoder pass per view."""
+        embeddings = torch.cat([self.backbone(view) for view in views])
+        return self.projector(embeddings, len(views)), embeddings
+
+
+class BYOL(nn.Module):
+    """Bootstrap Your Own Latent around any image network; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        image_size: int,
+        hidden_layer: HiddenLayer = -2,
+        projection_size: int = 256,
+        projection_hidden_size: int = 4096,
+        augment_fn: Optional[Augment] = None,
+        augment_fn2: Optional[Augment] = None,
+        moving_average_decay: float = 0.99,
+        use_momentum: bool = True,
+        sync_batchnorm: Optional[bool] = None,
+        *,
+        tau_schedule: str = "constant",
+        tau_final: float = 1.0,
+        tau_warmup_steps: int = 0,
+        total_steps: Optional[int] = None,
+        normalize: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__()
+        check_schedule(tau_schedule, moving_average_decay, tau_final, tau_warmup_steps, total_steps)
+        if image_size < 2:
+            raise LearnerError(f"image_size must be >= 2; got {image_size}")
+        self.image_size = image_size
+        self.use_momentum = use_momentum
+        self.tau_schedule = tau_schedule
+        self.tau_base = moving_average_decay
+        self.tau_final = tau_final
+        self.tau_warmup_steps = tau_warmup_steps
+        self.total_steps = total_steps
+        self.step = 0
+        self.mean = IMAGENET_MEAN if normalize else (0.0, 0.0, 0.0)
+        self.std = IMAGENET_STD if normalize else (1.0, 1.0, 1.0)
+        self.generator = generator
+
+        backbone = Backbone(net, hidden_layer)
+        dim, unused = probe(backbone, image_size)
+        sync = distributed_world() if sync_batchnorm is None else sync_batchnorm
+        projector_spec = byol_head if use_momentum else simsiam_projector
+        self.online = Branch(backbone, MLP(dim, projector_spec(projection_hidden_size, projection_size), sync))
+        self.predictor = MLP(projection_size, byol_head(projection_hidden_size, projection_size), sync)
+        self.target: Optional[Branch] = copy.deepcopy(self.online).requires_grad_(False) if use_momentum else None
+        self._target_fresh = True
+        self._stats: dict[str, Tensor] = {}
+        reference = next(net.parameters(), None)
+        if reference is not None:
+            self.to(reference.device)
+
+        fmt = self._memory_format()
+        if augment_fn is None:
+            augment_fn = View(image_size, VIEW1, self.mean, self.std, generator, fmt)
+            augment_fn2 = augment_fn2 if augment_fn2 is not None else View(
+                image_size, VIEW2, self.mean, self.std, generator, fmt
+            )
+        self.augment1: Augment = augment_fn
+        self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn
+        if unused:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self, [f"online.backbone.net.{name}" for name in unused]
+            )
+
+    @property
+    def net(self) -> nn.Module:
+        """The wrapped network (trained in place: save `net.state_dict()` as in byol-pytorch)."""
+        return self.online.backbone.net
+
+    @property
+    def tau(self) -> float:
+        """The EMA decay the next `update_moving_average()` will use."""
+        return tau_at(
+            self.step, self.tau_schedule, self.tau_base, self.tau_final, self.tau_warmup_steps, self.total_steps
+        )
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """Health of the last training forward: `embedding_std` (~1/sqrt(d) healthy, -> 0 on collapse)."""
+        return {name: float(value) for name, value in self._stats.items()}
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """What an optimizer should train: online encoder, projector and predictor, never the target."""
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        target = {id(p) for p in self.target.parameters()} if self.target is not None else set()
+        for name, param in super().named_parameters(prefix, recurse, remove_duplicate):
+            if id(param) not in target:
+                yield name, param
+
+    def forward(
+        self,
+        images: Tensor,
+        images2: Optional[Tensor] = None,
+        return_embedding: bool = False,
+        return_projection: bool = True,
+    ) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """BYOL loss of a batch (view 2 from `images2` when given), or its online embedding.
+
+        With `return_embedding=True` the images (already normalised, not augmented) go through the
+        online encoder in eval mode, any batch size: (projection, embedding), or the embedding
+        alone with `return_projection=False`.
+        """
+        if return_embedding:
+            return self._embed_online(images, return_projection)
+        check_images(images)
+        if images2 is not None:
+            check_images(images2, "images2")
+            if images2.shape[0] != images.shape[0]:
+                raise LearnerError(
+                    f"images2 must pair image for image with images; got batches of {images2.shape[0]} and {images.shape[0]}"
+                )
+        if self.training and images.shape[0] < 2:
+            raise LearnerError(
+                "training needs at least 2 images per batch (BatchNorm in the heads); "
+                "use learner.eval() or return_embedding=True for single images"
+            )
+        if self.training and self._target_fresh and self.target is not None:
+            self._copy_online_to_target()
+        fmt = self._memory_format()
+        views = [
+            self.augment1(images).contiguous(memory_format=fmt),
+            self.augment2(images if images2 is None else images2).contiguous(memory_format=fmt),
+        ]
+        projections, _ = self.online(views)
+        predictions = self.predictor(projections, len(views))
+        with torch.no_grad():
+            targets, _ = (self.target if self.target is not None else self.online)(views)
+        p1, p2 = predictions.chunk(2)
+        z1, z2 = targets.chunk(2)
+        if self.training:
+            self._stats = {"embedding_std": _embedding_std(projections.detach(), len(views))}
+        return byol_loss(p1, p2, z1, z2)
+
+    @torch.no_grad()
+    def update_moving_average(self) -> None:
+        """One EMA step of the target towards the online branch, with the scheduled tau."""
+        if self.target is None:
+            raise LearnerError("use_momentum=False (SimSiam mode) has no target to update")
+        if self._target_fresh:
+            self._copy_online_to_target()
+        ema_update(list(self.target.parameters()), list(self.online.parameters()), self.tau)
+        self.step += 1
+
+    @torch.no_grad()
+    def embed(self, images: Tensor, which: str = "target") -> Tensor:
+        """Hidden-layer embedding (N, D) of already-normalised images, in eval mode, without gradients."""
+        check_images(images)
+        with eval_mode(self._branch(which)) as branch:
+            return branch.backbone(images.contiguous(memory_format=self._memory_format()))
+
+    def encoder_module(self, which: str = "target") -> nn.Module:
+        """A CPU deep copy in eval mode mapping normalised float NCHW images to (N, D); for ONNX export."""
+        encoder = copy.deepcopy(self._branch(which).backbone).cpu().eval()
+        return encoder.requires_grad_(False)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"step": self.step, "generator": self.generator.get_state() if self.generator is not None else None}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        if self.generator is not None and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+        self._target_fresh = False
+
+    def _branch(self, which: str) -> Branch:
+        if which not in ("target", "online"):
+            raise LearnerError(f"which must be 'target' or 'online'; got {which!r}")
+        return self.target if which == "target" and self.target is not None else self.online
+
+    def _embed_online(self, images: Tensor, return_projection: bool) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        check_images(images)
+        with eval_mode(self.online) as online:
+            embedding = online.backbone(images.contiguous(memory_format=self._memory_format()))
+            return (online.projector(embedding), embedding) if return_projection else embedding
+
+    @torch.no_grad()
+    def _copy_online_to_target(self) -> None:
+        assert self.target is not None
+        torch._foreach_copy_(list(self.target.parameters()), list(self.online.parameters()))
+        self._target_fresh = False
+
+    def _memory_format(self) -> torch.memory_format:
+        """channels_last when the encoder's first 4-D weight is, so views need no conversion copy."""
+        for param in self.net.parameters():
+            if param.ndim == 4:
+                channels_last = param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+                return torch.channels_last if channels_last else torch.contiguous_format
+        return torch.contiguous_format
+
+
+def _embedding_std(projections: Tensor, views: int) -> Tensor:
+    """Mean over dims of the batch std of the l2-normalised projections, per view, averaged."""
+    normalised = F.normalize(projections.float(), dim=-1)
+    return torch.stack([group.std(dim=0).mean() for group in normalised.chunk(views)]).mean()
