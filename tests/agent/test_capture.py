@@ -1,0 +1,159 @@
+"""The capture loop end to end over real sockets: demo → trainer socket, replay, novelty gate, reconnect."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.capture import CaptureStats, run_capture
+from agent.config import CaptureConfig, WireConfig
+from agent.errors import EndpointError, SourceError
+from agent.transport import FrameReceiver, LatestFrameSubscriber
+from tests.conftest import free_tcp_endpoint
+
+
+class CaptureThread:
+    """run_capture in a background thread; its result or error comes back on exit."""
+
+    def __init__(self, capture: CaptureConfig, wire: WireConfig, **kwargs) -> None:
+        self.stop = threading.Event()
+        self.stats: Optional[CaptureStats] = None
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(capture, wire), kwargs=kwargs, daemon=True)
+
+    def _run(self, capture: CaptureConfig, wire: WireConfig, **kwargs) -> None:
+        try:
+            self.stats = run_capture(capture, wire, self.stop, **kwargs)
+        except BaseException as exc:  # handed to the test thread
+            self.error = exc
+
+    def __enter__(self) -> "CaptureThread":
+        self._thread.start()
+        return self
+
+    def finish(self, timeout_s: float = 20.0) -> CaptureStats:
+        """Wait for the capture to end on its own (finite sources)."""
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "capture did not finish"
+        if self.error is not None:
+            raise self.error
+        assert self.stats is not None
+        return self.stats
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(20)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0, poll: Callable[[], None] = lambda: None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        poll()
+
+
+def _wire(endpoint: str, publish: Optional[str] = None) -> WireConfig:
+    return WireConfig(endpoint=endpoint, publish=publish, send_hwm=64)
+
+
+def test_demo_sources_stream_to_the_trainer_and_publish(free_endpoint: str) -> None:
+    capture = CaptureConfig(sources=["demo:1", "demo:2"], fps=40, height=24, width=40, camera_id_base=10)
+    publish = free_tcp_endpoint()
+    with FrameReceiver(free_endpoint, hwm=256) as receiver, CaptureThread(capture, _wire(free_endpoint, publish)) as cap:
+        frames = []
+
+        def receive() -> None:
+            frame = receiver.recv(0.2)
+            if frame is not None:
+                frames.append(frame)
+
+        wait_for(lambda: sum(f.camera_id == 11 for f in frames) >= 5, poll=receive)
+        with LatestFrameSubscriber(publish, camera_id=10) as sub:
+            latest = sub.latest(10)
+    stats = cap.finish()
+    assert latest is not None and latest.camera_id == 10
+    assert {f.camera_id for f in frames} == {10, 11}
+    assert all(f.image.shape == (24, 40, 3) for f in frames)
+    for cam in (10, 11):
+        seqs = [f.seq for f in frames if f.camera_id == cam]
+        assert seqs == sorted(seqs) and seqs[0] == 0
+    assert stats.sent >= len(frames) and stats.kept == stats.sent + stats.dropped
+    assert stats.frames_read >= stats.kept + stats.skipped_novelty
+
+
+def test_lossless_asap_replay_delivers_every_video_frame_then_ends(tmp_path: Path, free_endpoint: str) -> None:
+    path = tmp_path / "walk.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (80, 60))
+    for i in range(40):
+        writer.write(np.full((60, 80, 3), (0, 6 * i, 255 - 6 * i), np.uint8))
+    writer.release()
+    capture = CaptureConfig(sources=[str(path)], height=30, width=30, novelty_threshold=0.0)
+    wire = _wire(free_endpoint)
+    with FrameReceiver(free_endpoint, hwm=4) as receiver:
+        with CaptureThread(capture, wire, lossless=True, pace="asap") as cap:
+            frames = []
+            while len(frames) < 40:
+                frame = receiver.recv(15)
+                assert frame is not None, f"only {len(frames)} of 40 frames arrived"
+                frames.append(frame)
+            stats = cap.finish()
+    assert [f.seq for f in frames] == list(range(40))
+    greens = [int(f.image[15, 15, 1]) for f in frames]
+    assert greens == sorted(greens) and greens[-1] - greens[0] > 150
+    assert (stats.frames_read, stats.sent, stats.dropped) == (40, 40, 0)
+
+
+def test_novelty_gate_skips_a_robot_standing_still(tmp_path: Path, free_endpoint: str) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"still_{i}.png"), image)
+    moved = np.roll(image, 13, axis=1)
+    cv2.imwrite(str(tmp_path / "still_9_moved.png"), moved)
+    capture = CaptureConfig(sources=[str(tmp_path)], height=40, width=40, novelty_threshold=0.02)
+    with FrameReceiver(free_endpoint, hwm=16) as receiver:
+        with CaptureThread(capture, _wire(free_endpoint), lossless=True, pace="asap") as cap:
+            stats = cap.finish()
+        got = [receiver.recv(5), receiver.recv(5), receiver.recv(0.2)]
+    assert (stats.frames_read, stats.kept, stats.skipped_novelty) == (7, 2, 5)
+    assert got[2] is None
+    np.testing.assert_array_equal(got[1].image, cv2.cvtColor(moved, cv2.COLOR_BGR2RGB))
+
+
+def test_lost_folder_is_reopened_with_backoff(tmp_path: Path, free_endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+    folder, away = tmp_path / "cam", tmp_path / "unplugged"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((16, 16, 3), 80 * i, np.uint8))
+    capture = CaptureConfig(
+        sources=[str(folder)], fps=50, height=16, width=16, novelty_threshold=0.0, loop_video=True,
+        reconnect_backoff_s=0.05, reconnect_max_backoff_s=0.2,
+    )
+    caplog.set_level(logging.INFO, logger="agent.capture")
+    messages = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+    with FrameReceiver(free_endpoint, hwm=256) as receiver, CaptureThread(capture, _wire(free_endpoint)) as cap:
+        assert receiver.recv(15) is not None
+        shutil.move(folder, away)
+        wait_for(lambda: sum("reopen attempt" in m for m in messages()) >= 2, poll=lambda: receiver.recv(0.05))
+        shutil.move(away, folder)
+        wait_for(lambda: any("reopened after" in m for m in messages()), poll=lambda: receiver.recv(0.05))
+        assert receiver.recv(15) is not None  # frames flow again
+    stats = cap.finish()
+    assert stats.reconnects == 1
+    lost = [m for m in messages() if " lost: " in m]
+    assert len(lost) == 1 and "has disappeared" in lost[0]
+
+
+def test_bad_source_or_endpoint_fails_before_capturing(tmp_path: Path, free_endpoint: str) -> None:
+    stop = threading.Event()
+    with pytest.raises(SourceError, match="does not exist"):
+        run_capture(CaptureConfig(sources=["demo", str(tmp_path / "missing.mp4")]), _wire(free_endpoint), stop)
+    with pytest.raises(EndpointError, match="cannot resolve host"):
+        run_capture(CaptureConfig(sources=["demo"]), _wire("tcp://no-such-host.invalid:5555"), stop)
