@@ -3,15 +3,16 @@
     with HotEncoder("runs/default/exports") as enc:
         z = enc.embed(frames_uint8)      # (N,H,W,3) or (H,W,3) RGB, any size → (N, D) float32
 
-A watcher thread polls `LATEST`. A new version is loaded entirely off the serving path: its bytes
-are read once, hashed and compared with the manifest (so the file checked is the file loaded),
-a session is built from them, warmed up with one inference and checked for the manifest's input
-and for the current output dimension (the policy head was built on D, so a different D is
-refused rather than swapped in). The swap replaces one reference to an immutable (session,
-manifest) pair; a call in flight holds its own reference and finishes on the old session. A
-failed load is logged once, keeps the old version serving and is retried only when the files
-change. At most two sessions are resident: the watcher waits for the previous one to be released
-before building the next. Torch-free: numpy, OpenCV and onnxruntime only.
+A watcher thread polls `LATEST`. A new version is loaded entirely off the serving path: the
+model file is hashed and compared with the manifest, a session is built from that same file (its
+inode, size and mtime must not change across the load, so the file checked is the file loaded),
+warmed up with one inference and checked against the manifest's input and the current output
+dimension (the policy head was built on D, so a different D is refused rather than swapped in).
+The swap replaces one reference to an immutable (session, manifest) pair; a call in flight holds
+its own reference and finishes on the old session. A failed load is logged once, keeps the old
+version serving, and is retried only when the files change. At most two sessions are resident:
+the watcher waits for the previous one to be released before building the next. Torch-free:
+numpy, OpenCV and onnxruntime only.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import onnxruntime as ort
 
 from agent.errors import ConfigError, ModelFileError
 from export.frames import as_frame_batch
-from export.manifest import LATEST_NAME, Manifest, model_filename, parse_version, read_latest, read_manifest, sha256_bytes
+from export.manifest import LATEST_NAME, Manifest, model_filename, parse_version, read_latest, read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 _CPU = "CPUExecutionProvider"
@@ -272,22 +273,26 @@ class HotEncoder:
     def _load(self, name: str) -> _Loaded:
         manifest = read_manifest(self.export_dir / name)
         model_path = self.export_dir / manifest.model_file
-        try:
-            data = model_path.read_bytes()
-        except OSError as exc:
-            raise ModelFileError(f"model file {model_path} is unreadable: {exc.strerror}") from None
-        if sha256_bytes(data) != manifest.sha256:
-            raise ModelFileError(
-                f"model file {model_path} ({len(data)} bytes) does not match the sha256 in {name}: truncated or replaced"
-            )
         serving = self._serving_dim()
         if serving is not None and manifest.output_dim != serving[1]:
             raise ModelFileError(
                 f"version {manifest.version} outputs D={manifest.output_dim} but version "
                 f"{serving[0]} serves D={serving[1]}; the policy head depends on D"
             )
+        identity = _identity(model_path)
+        try:
+            digest = sha256_file(model_path)
+        except OSError as exc:
+            raise ModelFileError(f"model file {model_path} is unreadable: {exc.strerror}") from None
+        if digest != manifest.sha256:
+            size = identity[2] if identity else "?"
+            raise ModelFileError(
+                f"model file {model_path} ({size} bytes) does not match the sha256 in {name}: truncated or replaced"
+            )
         self._wait_for_slot()
-        session = self._new_session(data, manifest, model_path)
+        session = self._new_session(model_path, manifest)
+        if _identity(model_path) != identity:
+            raise ModelFileError(f"model file {model_path} was replaced while it was being loaded")
         _check_session(session, manifest, model_path)
         return _Loaded(name=name, session=session, manifest=manifest)
 
@@ -301,14 +306,16 @@ class HotEncoder:
                     log.warning("still waiting for the previous encoder session to be released")
                     warn_at = float("inf")
 
-    def _new_session(self, data: bytes, manifest: Manifest, model_path: Path) -> ort.InferenceSession:
+    def _new_session(self, model_path: Path, manifest: Manifest) -> ort.InferenceSession:
+        """Build from the path, not from bytes: onnxruntime holds the GIL while it copies and parses a
+        bytes model (tens of ms on ResNet-18, stalling every serving thread), but not for a file."""
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if self._threads is not None:
             options.intra_op_num_threads = self._threads
             options.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(data, options, providers=self._provider_list(manifest))
+            session = ort.InferenceSession(str(model_path), options, providers=self._provider_list(manifest))
         except Exception as exc:  # onnxruntime raises its own pybind types for bad models
             first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
             raise ModelFileError(f"onnxruntime cannot load {model_path}: {first[:300]}") from None
@@ -387,6 +394,15 @@ def _check_session(session: ort.InferenceSession, manifest: Manifest, model_path
 def _trt_shape(manifest: Manifest, batch: int) -> str:
     spec = manifest.input
     return f"{spec.name}:" + "x".join(str(d) for d in spec.shape(batch))
+
+
+def _identity(path: Path) -> Optional[tuple[int, int, int, int]]:
+    """Which file is at `path` (inode, device, size, mtime): published files are never rewritten in place."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
 
 
 def _stat(path: Path) -> Optional[tuple[int, int]]:
