@@ -97,6 +97,8 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     _fsync_dir(path.parent)
     for _, old in list_checkpoints(run_dir)[keep:]:
         old.unlink(missing_ok=True)
+    for stale in path.parent.glob(".ckpt-*.pt.tmp-*"):  # left by a writer that was killed mid-write
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -119,6 +121,19 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if state["format"] != FORMAT:
         raise ValueError(f"{path.name} has format {state['format']!r}, this version reads {FORMAT}")
     return state
+
+
+def quarantine_newer(run_dir: Path, step: Optional[int]) -> list[Path]:
+    """Rename checkpoints newer than `step` (all, if None) to *.corrupt: called by the trainer after
+    resuming, so files it could not read neither shadow the new ones nor survive pruning in their place."""
+    moved = []
+    for found, path in list_checkpoints(run_dir):
+        if step is None or found > step:
+            target = path.with_name(path.name + ".corrupt")
+            os.replace(path, target)
+            log.warning("moved unreadable checkpoint %s aside as %s", path.name, target.name)
+            moved.append(target)
+    return moved
 
 
 def load_latest_checkpoint(run_dir: Path) -> Optional[dict[str, Any]]:

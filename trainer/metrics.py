@@ -67,6 +67,11 @@ class MetricsWriter:
         self._file.write(line + "\n")
         self._file.flush()
 
+    def due(self) -> bool:
+        """Whether `status` would write anything now (so callers can skip gathering the fields)."""
+        now = self._clock()
+        return now - self._last_status >= self._status_every_s or now - self._last_live >= self._live_every_s
+
     def status(self, fields: dict[str, Any], force: bool = False) -> None:
         """Refresh status-trainer.json (at most every status_every_s) and the live line on stderr."""
         now = self._clock()

@@ -1,0 +1,44 @@
+"""`byol-agent replay`: train on recorded video through the same capture → wire → trainer path."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from agent.commands._common import config_from_args
+from agent.commands.train import configure_logging
+from agent.supervisor import StopFlag
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "items", nargs="+", metavar="VIDEO|key=value",
+        help="recordings, then config overrides, in one run: `replay [options] a.mp4 b.mp4 train.lr=1e-3`",
+    )
+    parser.add_argument("--run-dir", required=True, help="checkpoints, metrics.jsonl and exports go here; a rerun resumes")
+    parser.add_argument(
+        "--pace", choices=("timestamps", "asap"), default="asap",
+        help="timestamps: play at recorded speed; asap: as fast as training consumes (lossless)",
+    )
+    parser.add_argument("--max-steps", type=int, default=None, help="stop at this total step count (across resumes)")
+    parser.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """Recordings vs `section.key=value` overrides (an existing file is always a recording)."""
+    videos = [item for item in items if Path(item).exists() or not _OVERRIDE.match(item)]
+    overrides = [item for item in items if item not in videos]
+    return videos, overrides
+
+
+def main(args: argparse.Namespace) -> int:
+    videos, args.overrides = split_items(args.items)
+    cfg = config_from_args(args, {"train.max_steps": args.max_steps})
+    stop = StopFlag()
+    configure_logging()
+    from trainer.replay import replay
+
+    return replay(cfg, videos, Path(args.run_dir), pace=args.pace, stop=stop.event)

@@ -1,0 +1,469 @@
+"""The continual trainer: frames stream in on one thread, BYOL updates run on this one, forever.
+
+One `ContinualTrainer.run(stop)` owns a learner, an optimizer, a replay buffer, an ingest thread,
+checkpoints, metrics and (optionally) a background ONNX exporter. Training starts once the buffer
+holds `buffer.min_fill` frames and never runs more than `train.replay_ratio` updates per frame
+ingested, so a stalled camera does not turn into overfitting on a frozen buffer. A non-finite loss
+skips its step; `train.nan_tolerance` in a row restore the last good state. Every exit that is not
+a kill -9 (max steps, SIGINT/SIGTERM, drained replay input, an error) ends with a checkpoint from
+which a restart continues exactly: weights, target, optimizer, RNGs, counters, step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, TextIO
+
+import numpy as np
+import torch
+
+from agent.config import Config, TrainConfig, dump_config
+from agent.errors import ByolAgentError, CheckpointError, ConfigError
+from agent.transport import FrameReceiver
+from trainer.buffer import ReplayBuffer
+from trainer.build import build_learner, build_optimizer
+from trainer.checkpoint import (
+    FORMAT,
+    capture_rng,
+    load_latest_checkpoint,
+    quarantine_newer,
+    restore_rng,
+    save_checkpoint,
+)
+from trainer.ingest import Ingestor
+from trainer.metrics import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+MAX_RESTORES_WITHOUT_PROGRESS = 3  # restores with no checkpoint between them: the run diverges, stop
+DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with nothing arriving
+EXPORT_CLOSE_TIMEOUT_S = 120.0
+
+
+class TrainingDiverged(ByolAgentError):
+    """The loss stays non-finite even from the last good state."""
+
+
+def resolve_device(train_cfg: TrainConfig) -> torch.device:
+    if train_cfg.device == "cuda" or (train_cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def use_bf16(train_cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast on CUDA by default (no loss scaling needed); fp32 on the CPU unless asked."""
+    return train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
+
+
+@dataclass
+class Counters:
+    """Totals that survive restarts (saved in every checkpoint)."""
+
+    frames_in: int = 0
+    frames_malformed: int = 0
+    frames_rejected: int = 0
+    nan_skips: int = 0
+    restores: int = 0
+    last_export_version: Optional[int] = None
+    last_export_step: int = 0
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A detached CPU deep copy of a (nested) state dict: a snapshot later steps cannot mutate."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class _Window:
+    """Losses and throughput between two metric lines."""
+
+    def __init__(self, step: int) -> None:
+        self.start_step = step
+        self.start_time = time.monotonic()
+        self.losses: list[float] = []
+
+    def rates(self, step: int, batch_size: int) -> tuple[Optional[float], Optional[float]]:
+        elapsed = time.monotonic() - self.start_time
+        if step <= self.start_step or elapsed <= 0:
+            return None, None
+        steps_per_s = (step - self.start_step) / elapsed
+        return steps_per_s, steps_per_s * batch_size
+
+
+class ContinualTrainer:
+    """Continual BYOL on frames arriving at `cfg.wire.endpoint`; checkpoints and metrics in `run_dir`.
+
+    `lossless=True` (replay as fast as training consumes) holds ingestion back until training has
+    used the frames it has, so every frame gets its share of updates and the sender blocks.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        lossless: bool = False,
+        write_config: bool = True,
+        stream: Optional[TextIO] = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.lossless = lossless
+        self._write_config = write_config
+        self._stream = stream
+        tc = cfg.train
+        if tc.threads is not None:
+            torch.set_num_threads(tc.threads)
+        self.device = resolve_device(tc)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        self._autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16(tc, self.device) else nullcontext()
+        )
+        torch.manual_seed(tc.seed)
+        np.random.seed(tc.seed % 2**32)
+        random.seed(tc.seed)
+        self.learner = build_learner(cfg.model, tc, self.device)
+        self.optimizer = build_optimizer(self.learner, tc)
+        self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, 3), self.device, seed=tc.seed)
+        self.sampler = torch.Generator().manual_seed(tc.seed)
+        self.counters = Counters()
+        self.resumed_from: Optional[str] = None
+        self._last_checkpoint_step = 0
+        self._resume()
+        self._good = self._snapshot()
+        self._nan_streak = 0
+        self._restores_in_a_row = 0
+        self._last_loss: Optional[float] = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        return int(self.learner.step)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"learner": _cpu_copy(self.learner.state_dict()), "optimizer": _cpu_copy(self.optimizer.state_dict())}
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        """Load learner and optimizer state, keeping the configured hyperparameters (lr, weight decay):
+        lowering `train.lr` and restarting is how a diverged run is fixed."""
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.learner.load_state_dict(snapshot["learner"])
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        for group, hyper in zip(self.optimizer.param_groups, configured):
+            group.update(hyper)
+
+    def _resume(self) -> None:
+        ckpt = load_latest_checkpoint(self.run_dir)
+        quarantine_newer(self.run_dir, None if ckpt is None else int(ckpt["step"]))
+        if ckpt is None:
+            return
+        try:
+            self._restore(ckpt)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(
+                f"{ckpt['path']} does not fit the configured model ({str(exc).splitlines()[0][:160]}); "
+                "use the run's own config or a new --run-dir"
+            ) from None
+        restore_rng(ckpt["rng"])
+        self.sampler.set_state(ckpt["rng"]["sampler"])
+        self.counters = Counters(**{k: v for k, v in ckpt["counters"].items() if k in Counters.__dataclass_fields__})
+        if ckpt.get("buffer") is not None:
+            try:
+                self.buffer.load_state_dict(ckpt["buffer"])
+            except ValueError as exc:
+                log.warning("not restoring the saved replay buffer: %s", exc)
+        self._last_checkpoint_step = self.step
+        self.resumed_from = ckpt["path"]
+        log.info("resumed from %s at step %d", ckpt["path"], self.step)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "step": self.step,
+            "learner": self.learner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": None,  # bf16 autocast needs no loss scaling
+            "rng": {**capture_rng(), "sampler": self.sampler.get_state()},
+            "config": self.cfg.model_dump(mode="json"),
+            "counters": asdict(self.counters),
+            "buffer": self.buffer.state_dict() if self.cfg.train.save_buffer else None,
+        }
+
+    def _save_checkpoint(self) -> None:
+        path = save_checkpoint(self.run_dir, self.checkpoint_state(), self.cfg.train.keep_checkpoints)
+        self._last_checkpoint_step = self.step
+        self._good = self._snapshot()
+        self._restores_in_a_row = 0
+        log.info("checkpoint %s", path.name)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event,
+        input_done: Optional[threading.Event] = None,
+        on_bound: Optional[Callable[[str], None]] = None,
+    ) -> int:
+        """Train until `stop` is set, `train.max_steps` is reached, or `input_done` is set and drained.
+
+        `on_bound(endpoint)` is called once frames can be received, with the endpoint actually bound
+        (a `tcp://HOST:*` config picks a free port). Returns 0; raises EndpointError for an endpoint
+        that cannot be bound, and re-raises an ingest-thread failure after the final checkpoint.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._write_config:
+            dump_config(self.cfg, self.run_dir / "config.yaml")
+        receiver = FrameReceiver(self.cfg.wire.endpoint, hwm=self.cfg.wire.recv_hwm)
+        self._prior = copy.copy(self.counters)
+        self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
+        self.metrics = MetricsWriter(self.run_dir, stream=self._stream)
+        self.exporter = self._make_exporter()
+        self.metrics.log({"event": "start", "step": self.step, "resumed_from": self.resumed_from,
+                          "device": str(self.device), "endpoint": receiver.endpoint})
+        self.ingest.start()
+        try:
+            if on_bound is not None:
+                on_bound(receiver.endpoint)
+            self._loop(stop, input_done)
+        finally:
+            self.ingest.stop()
+            self._sync_counters()
+            self._shutdown()
+        self.ingest.check()
+        return 0
+
+    def _loop(self, stop: threading.Event, input_done: Optional[threading.Event]) -> None:
+        tc = self.cfg.train
+        window = _Window(self.step)
+        last_export_time = time.monotonic()
+        input_done_at: Optional[float] = None
+        while not stop.is_set():
+            self.ingest.check()
+            self._sync_counters()
+            self._log_exports()
+            if tc.max_steps is not None and self.step >= tc.max_steps:
+                break
+            if input_done is not None and input_done_at is None and input_done.is_set():
+                input_done_at = time.monotonic()
+            drained = input_done_at is not None and self.ingest.idle_for() > DRAINED_AFTER_S and (
+                time.monotonic() - input_done_at > DRAINED_AFTER_S
+            )
+            if self.buffer.wants_embeddings:
+                self._embed_pending()
+            if not self._can_step(drained):
+                if drained:
+                    break
+                self._status(window, "waiting for frames")
+                self.ingest.arrived.wait(0.1)
+                self.ingest.arrived.clear()
+                continue
+            loss = self._train_step()
+            self.ingest.wake()
+            if loss is not None:
+                window.losses.append(loss)
+            if self.step % tc.metrics_every == 0 and window.losses:
+                self._log_metrics(window)
+                window = _Window(self.step)
+            if self.step - self._last_checkpoint_step >= tc.checkpoint_every and self._nan_streak == 0:
+                self._save_checkpoint()
+            if self._export_due(last_export_time):
+                self._submit_export()
+                last_export_time = time.monotonic()
+            self._status(window, "training")
+
+    def _can_step(self, drained: bool) -> bool:
+        stored = len(self.buffer)
+        ready = stored >= self.buffer.min_fill or (drained and stored >= 2)
+        return ready and self.step < self.cfg.train.replay_ratio * self.counters.frames_in
+
+    def _may_take(self, frames_in_now: int) -> bool:
+        """Lossless ingest: take a frame while filling, or once training has used all but one frame's updates."""
+        if len(self.buffer) < self.buffer.min_fill:
+            return True
+        ratio = self.cfg.train.replay_ratio
+        return self.step >= ratio * (self._prior.frames_in + frames_in_now - 1)
+
+    def _sync_counters(self) -> None:
+        c, p, ing = self.counters, self._prior, self.ingest
+        c.frames_in = p.frames_in + ing.frames_in
+        c.frames_malformed = p.frames_malformed + ing.frames_malformed
+        c.frames_rejected = p.frames_rejected + ing.frames_rejected
+
+    def _to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC (pinned host or device) → float NCHW in [0, 1] on the device.
+
+        NHWC permuted to NCHW *is* channels_last memory, so keeping that layout costs nothing.
+        """
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        return x if self.cfg.train.channels_last else x.contiguous()
+
+    def _train_step(self) -> Optional[float]:
+        """One BYOL update; None when the loss was not finite (step skipped and counted)."""
+        images, partners = self.buffer.sample(self.cfg.train.batch_size, self.sampler)
+        x = self._to_input(images)
+        x2 = self._to_input(partners) if partners is not None else None
+        with self._autocast:
+            loss = self.learner(x, images2=x2)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            self._on_nonfinite(value)
+            return None
+        self._nan_streak = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.learner.update_moving_average()
+        self._last_loss = value
+        return value
+
+    def _on_nonfinite(self, value: float) -> None:
+        self.counters.nan_skips += 1
+        self._nan_streak += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        log.warning("non-finite loss (%s) at step %d: step skipped (%d in a row)", value, self.step, self._nan_streak)
+        if self._nan_streak >= self.cfg.train.nan_tolerance:
+            bad_step = self.step
+            self._restore(self._good)
+            self.counters.restores += 1
+            self._restores_in_a_row += 1
+            self._nan_streak = 0
+            log.warning("%d non-finite losses in a row: restored the last good state (step %d)",
+                        self.cfg.train.nan_tolerance, self.step)
+            self.metrics.log({"event": "restore", "from_step": bad_step, "step": self.step,
+                              "restores": self.counters.restores, "nan_skips": self.counters.nan_skips})
+            if self._restores_in_a_row >= MAX_RESTORES_WITHOUT_PROGRESS:
+                raise TrainingDiverged(
+                    f"loss stays non-finite after {self._restores_in_a_row} restores of the step-{self.step} state; "
+                    f"lower train.lr (now {self.cfg.train.lr:g}) and restart"
+                )
+
+    def _embed_pending(self) -> None:
+        """Give newly stored frames their target embedding, which min-redundancy eviction compares."""
+        batch = self.buffer.frames_to_embed(self.cfg.buffer.embed_batch)
+        if batch is None:
+            return
+        slots, tickets, images = batch
+        x = torch.nn.functional.interpolate(
+            self._to_input(images), size=self.cfg.model.image_size, mode="bilinear", antialias=True, align_corners=False
+        )
+        mean = torch.tensor(self.learner.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.learner.std, device=self.device).view(1, 3, 1, 1)
+        with self._autocast:
+            vectors = self.learner.embed((x - mean) / std, which="target")
+        self.buffer.set_embeddings(slots, tickets, vectors.float().cpu())
+
+    # -- export, metrics, status -----------------------------------------------------------------
+
+    def _make_exporter(self):
+        ec = self.cfg.export
+        if ec.every_steps is None and ec.every_seconds is None:
+            return None
+        from export.exporter import BackgroundExporter  # onnx/onnxruntime load only when exporting here
+
+        return BackgroundExporter(
+            ec, self.cfg.model, self.run_dir / "exports", mean=self.learner.mean, std=self.learner.std
+        )
+
+    def _export_due(self, last_export_time: float) -> bool:
+        ec = self.cfg.export
+        if self.exporter is None or self.step == self.counters.last_export_step:
+            return False
+        by_steps = ec.every_steps is not None and self.step % ec.every_steps == 0
+        by_time = ec.every_seconds is not None and time.monotonic() - last_export_time >= ec.every_seconds
+        return by_steps or by_time
+
+    def _submit_export(self) -> None:
+        """Hand an eval copy of the encoder and real frames to the export thread (returns at once)."""
+        gen = torch.Generator().manual_seed(self.step)
+        frames, _ = self.buffer.sample(self.cfg.export.verify_batch, gen)
+        encoder = self.learner.encoder_module(self.cfg.export.weights)
+        self.exporter.submit(self.step, encoder, frames.cpu().numpy())
+        self.counters.last_export_step = self.step
+
+    def _log_exports(self) -> None:
+        if self.exporter is None:
+            return
+        for event in self.exporter.poll():
+            if event.get("event") == "export":
+                self.counters.last_export_version = event["version"]
+            self.metrics.log(event)
+
+    def _fields(self, window: _Window, state: str) -> dict[str, Any]:
+        steps_per_s, img_per_s = window.rates(self.step, self.cfg.train.batch_size)
+        stats = self.buffer.stats()
+        c = self.counters
+        return {
+            "step": self.step,
+            "state": state,
+            "loss": self._last_loss,
+            "embedding_std": _as_float(self.learner.last_stats.get("embedding_std")),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tau": _as_float(self.learner.tau),
+            "steps_per_s": steps_per_s,
+            "img_per_s": img_per_s,
+            "frames_in": c.frames_in,
+            "frames_malformed": c.frames_malformed,
+            "frames_dropped": c.frames_malformed + c.frames_rejected,
+            "buffer_fill": stats["fill"],
+            "buffer_size": stats["size"],
+            "nan_skips": c.nan_skips,
+            "restores": c.restores,
+            "last_export_version": c.last_export_version,
+            "max_steps": self.cfg.train.max_steps,
+        }
+
+    def _status(self, window: _Window, state: str, force: bool = False) -> None:
+        if state == "waiting for frames":
+            state = f"waiting for frames ({len(self.buffer)}/{self.buffer.min_fill} stored)"
+        if force or self.metrics.due():
+            self.metrics.status(self._fields(window, state), force=force)
+
+    def _log_metrics(self, window: _Window) -> None:
+        fields = self._fields(window, "training")
+        fields["loss"] = sum(window.losses) / len(window.losses)
+        stats = self.buffer.stats()
+        fields.update(
+            buffer_evictions=stats["evictions"],
+            buffer_age_mean_s=stats["age_mean_s"],
+            buffer_age_max_s=stats["age_max_s"],
+            buffer_per_camera=stats["per_camera"],
+        )
+        del fields["state"], fields["max_steps"]
+        self.metrics.log(fields)
+
+    def _shutdown(self) -> None:
+        """Final checkpoint, final export, last status line; runs on every exit but a kill -9."""
+        try:
+            if self.step > self._last_checkpoint_step and self._nan_streak == 0:
+                self._save_checkpoint()
+            if self.exporter is not None:
+                if self.step > self.counters.last_export_step and len(self.buffer) > 0:
+                    self._submit_export()
+                self.exporter.close(EXPORT_CLOSE_TIMEOUT_S)
+                self._log_exports()
+            window = _Window(self.step)
+            self._status(window, "stopped", force=True)
+            self.metrics.log({"event": "stop", "step": self.step, **asdict(self.counters)})
+        finally:
+            self.metrics.close()
+
+
+def _as_float(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    return float(value)
