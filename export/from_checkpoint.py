@@ -145,7 +145,7 @@ def watch(
     *,
     poll_s: float = 2.0,
     status_path: Optional[Path] = None,
-    report: Callable[[str], None] = print,
+    report: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> WatchState:
     """Export each new checkpoint (throttled by export.every_steps / every_seconds) until `stop`; then once more.
 

@@ -40,10 +40,6 @@ def parse_version(name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

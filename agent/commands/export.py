@@ -39,6 +39,5 @@ def main(args: argparse.Namespace) -> int:
 
     stop = StopFlag()  # SIGINT/SIGTERM only set the event; the final export still runs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    watch(run_dir, publisher, cfg.export, stop.event, poll_s=args.poll, status_path=run_dir / "status-exporter.json",
-          report=lambda line: print(line, flush=True))
+    watch(run_dir, publisher, cfg.export, stop.event, poll_s=args.poll, status_path=run_dir / "status-exporter.json")
     return 0

@@ -42,6 +42,7 @@ def main(args: argparse.Namespace) -> int:
         threads=rc.threads,
     ) as encoder:
         stop = StopFlag()  # from here on SIGINT/SIGTERM end the loop cleanly
+        print(f"serving version {encoder.version} (D={encoder.output_dim}) on {', '.join(encoder.providers)}", flush=True)
         status = Path(args.status_dir) / "status-runtime.json" if args.status_dir else None
         run_policy_loop(encoder, source, fps=cfg.capture.fps, stop=stop.event, duration_s=args.duration, status_path=status)
     return 0

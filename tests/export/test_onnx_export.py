@@ -21,7 +21,10 @@ from export.publish import Publisher
 from export.verify import collapse_std, torch_reference
 from tests.export.tiny import IMAGE_SIZE, model_cfg, publish_version, scene_frames, tiny_encoder
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),  # the parity case provokes one on purpose
+]
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ModelFileError
-from export.manifest import read_latest, read_manifest, sha256_bytes
+from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
 
 
@@ -31,6 +32,10 @@ def _publish_bytes(pub: Publisher, payload: bytes, step: int = 0) -> int:
         "output": {"name": "embedding", "dim": 4},
     }
     return pub.publish(tmp, fields)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _names(folder: Path) -> list[str]:
