@@ -13,33 +13,31 @@ from trainer.lars import LARS
 
 
 def build_learner(model_cfg: ModelConfig, train_cfg: TrainConfig, device: Union[str, torch.device]) -> BYOL:
-    """The encoder named by `model_cfg` (initialised from `train_cfg.seed`) wrapped in BYOL on `device`.
+    """The encoder named by `model_cfg` wrapped in BYOL on `device`, initialised from `train_cfg.seed`.
 
     The encoder is channels_last when `train_cfg.channels_last` (faster on CPU and GPU; the views
     follow). The views draw from their own generator seeded with `train_cfg.seed`, so a run
     reproduces its views without touching the global RNG.
     """
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # encoder and heads from the seed; the global RNG is left alone
         torch.manual_seed(train_cfg.seed)
-        net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)
-    net = net.to(device)
-    if train_cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    generator = torch.Generator(device=device).manual_seed(train_cfg.seed)
-    return BYOL(
-        net,
-        image_size=model_cfg.image_size,
-        hidden_layer=model_cfg.hidden_layer,
-        projection_size=model_cfg.projection_size,
-        projection_hidden_size=model_cfg.projection_hidden_size,
-        moving_average_decay=train_cfg.tau_base,
-        tau_schedule=train_cfg.tau_schedule,
-        tau_final=train_cfg.tau_final,
-        tau_warmup_steps=train_cfg.tau_warmup_steps,
-        total_steps=train_cfg.total_steps,
-        generator=generator,
-    )
+        net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs).to(device)
+        if train_cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return BYOL(
+            net,
+            image_size=model_cfg.image_size,
+            hidden_layer=model_cfg.hidden_layer,
+            projection_size=model_cfg.projection_size,
+            projection_hidden_size=model_cfg.projection_hidden_size,
+            moving_average_decay=train_cfg.tau_base,
+            tau_schedule=train_cfg.tau_schedule,
+            tau_final=train_cfg.tau_final,
+            tau_warmup_steps=train_cfg.tau_warmup_steps,
+            total_steps=train_cfg.total_steps,
+            generator=torch.Generator(device=device).manual_seed(train_cfg.seed),
+        )
 
 
 def build_optimizer(learner: BYOL, train_cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -226,12 +226,19 @@ class BYOL(nn.Module):
         return encoder.requires_grad_(False)
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"step": self.step, "generator": self.generator.get_state() if self.generator is not None else None}
+        """EMA step count and the view generator's state: with the weights, enough to continue identically."""
+        generator = self.generator
+        return {
+            "step": self.step,
+            "generator": generator.get_state() if generator is not None else None,
+            "generator_device": generator.device.type if generator is not None else None,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
-        if self.generator is not None and state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
+        generator = self.generator
+        if generator is not None and state.get("generator_device") == generator.device.type:
+            generator.set_state(state["generator"])  # a CUDA generator's state cannot seed a CPU one
         self._target_fresh = False
 
     def _branch(self, which: str) -> Branch:
