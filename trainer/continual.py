@@ -53,6 +53,9 @@ class TrainingDiverged(ByolAgentError):
 
 
 def resolve_device(train_cfg: TrainConfig) -> torch.device:
+    """CUDA when there is one (or when asked for, which fails clearly without one), else the CPU."""
+    if train_cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     if train_cfg.device == "cuda" or (train_cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -128,8 +131,6 @@ class ContinualTrainer:
         if tc.threads is not None:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
         self._autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16(tc, self.device) else nullcontext()
         )
