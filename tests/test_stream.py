@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import cv2
-import numpy as np
 import zmq
 
 from agent.demo_scene import DemoScene
