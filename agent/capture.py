@@ -35,6 +35,9 @@ JOIN_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True)
 class CaptureStats:
+    """What happened to the frames: read from the sources, kept by the novelty gate (or skipped),
+    refused as stale, sent to the trainer or dropped because it was slow or absent; sources reopened."""
+
     frames_read: int = 0
     kept: int = 0
     skipped_novelty: int = 0

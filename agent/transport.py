@@ -23,7 +23,7 @@ from typing import Optional
 import zmq
 
 from agent.errors import EndpointError
-from agent.wire import Frame, WireError, decode_frame, encode_frame, subscription_prefix
+from agent.wire import Frame, FrameEncoder, WireError, decode_frame, subscription_prefix
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class FrameSender:
         self.lossless = lossless
         self.publish_endpoint: Optional[str] = None
         self._sent = self._dropped = self._published = 0
+        self._encoder = FrameEncoder()
         self._ctx = zmq.Context(io_threads=1)
         self._pub: Optional[zmq.Socket] = None
         self._push = self._ctx.socket(zmq.PUSH)
@@ -131,20 +132,20 @@ class FrameSender:
         mode waits for room up to `timeout_s` (None = forever) and returns False on timeout without
         counting a drop, so the caller can retry or give up on shutdown.
         """
-        data = encode_frame(frame, jpeg_quality)
+        data = self._encoder.encode(frame, jpeg_quality)  # reused buffer: every send below must copy
         if self._pub is not None:
             try:
-                self._pub.send(data, zmq.NOBLOCK)
+                self._pub.send(data, zmq.NOBLOCK, copy=True)
                 self._published += 1
             except zmq.Again:
                 pass
         if self.lossless:
             if timeout_s is not None and not self._push.poll(_timeout_ms(timeout_s), zmq.POLLOUT):
                 return False
-            self._push.send(data)
+            self._push.send(data, copy=True)
         else:
             try:
-                self._push.send(data, zmq.NOBLOCK)
+                self._push.send(data, zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 self._dropped += 1
                 return False

@@ -11,6 +11,7 @@ from agent.wire import (
     HEADER_SIZE,
     MAGIC,
     Frame,
+    FrameEncoder,
     WireError,
     decode_frame,
     encode_frame,
@@ -104,3 +105,17 @@ def test_wire_error_is_a_value_error_and_encode_validates() -> None:
         encode_frame(Frame(0, 0, 0.0, np.zeros((4, 4), np.uint8)))
     with pytest.raises(ValueError, match="16 bits"):
         encode_frame(Frame(70000, 0, 0.0, np.zeros((4, 4, 3), np.uint8)))
+
+
+def test_frame_encoder_reuses_its_buffer_and_matches_encode_frame() -> None:
+    encoder = FrameEncoder()
+    small, big = _frame(seq=1, h=8, w=8), _frame(seq=2, h=24, w=32)
+    first = encoder.encode(big)
+    assert bytes(first) == encode_frame(big)
+    again = encoder.encode(small)  # fits: written into the same buffer
+    assert bytes(again) == encode_frame(small)
+    assert decode_frame(again).seq == 1
+    jpeg = encoder.encode(big, jpeg_quality=90)
+    assert decode_frame(jpeg).image.shape == (24, 32, 3)
+    strided = Frame(0, 5, 1.0, big.image[:, ::2])
+    np.testing.assert_array_equal(decode_frame(encoder.encode(strided)).image, big.image[:, ::2])
