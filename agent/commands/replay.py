@@ -35,7 +35,8 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    videos, args.overrides = split_items(args.items)
+    videos, overrides = split_items(args.items)
+    args.overrides = [*overrides, *args.overrides]  # overrides after the options arrive via agent.cli
     cfg = config_from_args(args, {"train.max_steps": args.max_steps})
     stop = StopFlag()
     configure_logging()
