@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -309,13 +309,13 @@ def _spec_from_graph(session: ort.InferenceSession, encoder: EncoderFile) -> Inp
 
 @torch.no_grad()
 def torch_features(
-    module: torch.nn.Module, images: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int = 256
+    module: torch.nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int = 256
 ) -> np.ndarray:
     """Features of a torch encoder (normalised float NCHW in, (N, D) out) on uint8 RGB images, in eval mode."""
     device = next(module.parameters()).device
     module.eval()
-    mean_t = torch.as_tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.as_tensor(std, device=device).view(1, 3, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0

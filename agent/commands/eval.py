@@ -32,9 +32,10 @@ def main(args: argparse.Namespace) -> int:
         raise RunDirError(f"run directory {args.run_dir!r} does not exist")
     previous = _load_previous(args.previous) if args.previous else None
     result = evaluate_export(args.encoder, args.data, cfg.eval)
+    event = result.to_event()
     if args.run_dir is not None:
-        append_event(args.run_dir, result.to_event())
-    print(json.dumps(result.to_event()) if args.json else result.table())
+        append_event(args.run_dir, event)
+    print(json.dumps(event) if args.json else result.table())
     if previous is not None and probe_regressed(result, previous):
         print(
             f"regressed: kNN {result.knn_top1:.3f} vs {previous.knn_top1:.3f}, "

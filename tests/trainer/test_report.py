@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from agent.cli import main as cli_main
 from trainer.report import RunDirError, append_event, read_metrics, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,13 +91,11 @@ def test_missing_run_dir_is_a_one_line_error(tmp_path: Path) -> None:
         write_report(tmp_path / "empty")
 
 
-def test_report_cli(tmp_path: Path) -> None:
+def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     _write_run(run)
-    ok = subprocess.run([sys.executable, "-m", "agent.cli", "report", str(run)], cwd=REPO, capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    assert (run / "report" / "summary.md").is_file() and str(run / "report" / "loss.png") in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "agent.cli", "report", str(tmp_path / "nope")], cwd=REPO,
-                         capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+    assert cli_main(["report", str(run)]) == 0
+    assert (run / "report" / "summary.md").is_file() and str(run / "report" / "loss.png") in capsys.readouterr().out
+    assert cli_main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
