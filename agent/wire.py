@@ -112,7 +112,9 @@ class FrameEncoder:
             self._buf = bytearray(size)  # a new object: views handed out earlier stay valid
         view = memoryview(self._buf)[:size]
         view[:HEADER_SIZE] = header
-        if jpeg is None:
+        if jpeg is None and frame.image.flags.c_contiguous:
+            view[HEADER_SIZE:] = memoryview(frame.image).cast("B")
+        elif jpeg is None:
             slot = np.frombuffer(self._buf, np.uint8, count=frame.image.nbytes, offset=HEADER_SIZE)
             slot.reshape(frame.image.shape)[...] = frame.image
         else:
