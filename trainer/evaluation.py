@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from pydantic import ValidationError
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -330,14 +331,18 @@ def _finite(feats: np.ndarray, what: str) -> np.ndarray:
 
 
 def random_init_encoder(model_section: dict[str, Any], seed: int) -> torch.nn.Module:
-    """The same architecture as an export, freshly initialised under `seed`, cut at the same hidden layer."""
+    """The same architecture as an export, initialised as `build_learner` does under `seed`, cut at its hidden layer.
+
+    ConfigError when the manifest names an encoder or hidden layer this installation cannot build.
+    """
     try:
         model_cfg = ModelConfig(**{k: model_section[k] for k in ModelConfig.model_fields if k in model_section})
-    except ValueError as exc:
-        first = str(exc).splitlines()[-2:] if str(exc) else [type(exc).__name__]
-        raise ModelFileError(f"manifest model section is not a valid model config: {' '.join(first).strip()}") from None
-    torch.manual_seed(seed)
-    net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"manifest model.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)
     return Backbone(net, model_cfg.hidden_layer).eval()
 
 
@@ -381,10 +386,15 @@ def evaluate_export(
     random_knn = random_linear = None
     model_section = encoder.manifest.raw.get("model") if encoder.manifest is not None else None
     if reference and isinstance(model_section, dict) and model_section.get("encoder"):
-        module = random_init_encoder(model_section, seed)
-        size = extractor.spec.height, extractor.spec.width
-        ref = torch_features(module, resize_frames(dataset.images, *size), extractor.spec.mean, extractor.spec.std)
-        random_knn, random_linear = evaluate_features(ref, labels, train, test, eval_cfg.k, seed)
+        try:
+            module = random_init_encoder(model_section, seed)
+        except ConfigError as exc:
+            notes.append(f"no random-init reference: {exc}")
+        else:
+            module = module.to("cuda" if torch.cuda.is_available() else "cpu")
+            size = extractor.spec.height, extractor.spec.width
+            ref = torch_features(module, resize_frames(dataset.images, *size), extractor.spec.mean, extractor.spec.std)
+            random_knn, random_linear = evaluate_features(ref, labels, train, test, eval_cfg.k, seed)
     elif reference:
         notes.append("no random-init reference: the encoder has no manifest naming its architecture")
 
@@ -411,8 +421,9 @@ def evaluate_export(
 def probe_regressed(new: EvalResult, previous: Optional[EvalResult], tolerance: float = 0.01) -> bool:
     """Export gate: True when the kNN or the linear probe fell more than `tolerance` below the last published.
 
-    Both results must come from the same data, split and k (ConfigError otherwise). The tolerance absorbs split-level noise (one test image on digits is ~0.002); the first export
-    (no previous result) always passes.
+    Both results must come from the same data, split and k (ConfigError otherwise). The tolerance
+    absorbs split-level noise (one test image on digits is ~0.002); the first export (no previous
+    result) always passes.
     """
     if previous is None:
         return False

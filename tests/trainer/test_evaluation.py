@@ -118,7 +118,9 @@ def test_probe_gate() -> None:
         probe_regressed(other_k, _result(0.8, 0.8))
 
 
-def publish_random_init(export_dir: Path, seed: int, input_format: str = "uint8_nhwc") -> int:
+def publish_random_init(
+    export_dir: Path, seed: int, input_format: str = "uint8_nhwc", manifest_model: ModelConfig = TINY
+) -> int:
     """A real export of a seeded random-init tiny encoder through the project's exporter."""
     frames = load_digits(TINY.image_size).images[:8]
     return export_encoder(
@@ -126,7 +128,7 @@ def publish_random_init(export_dir: Path, seed: int, input_format: str = "uint8_
         random_init_encoder(TINY.model_dump(), seed),
         frames,
         export_cfg=ExportConfig(input_format=input_format, collapse_std_min=0.0),
-        model_cfg=TINY,
+        model_cfg=manifest_model,
         publisher=Publisher(export_dir, keep=5),
     )
 
@@ -158,6 +160,11 @@ def test_bare_onnx_without_manifest_is_evaluated_without_reference(tmp_path: Pat
     result = evaluate_export(bare, "digits", EvalConfig(k=5))
     assert result.version is None and result.random_knn_top1 is None and result.k == 5
     assert result.knn_top1 > 0.5 and "no random-init reference" in result.notes[0]
+
+    unknown = TINY.model_copy(update={"encoder": "no_such_net"})
+    publish_random_init(tmp_path / "other", seed=2, manifest_model=unknown)
+    result = evaluate_export(tmp_path / "other", "digits", EvalConfig(k=5))
+    assert result.random_knn_top1 is None and "unknown encoder 'no_such_net'" in result.notes[0]
 
 
 def test_bad_encoders_are_one_line_model_file_errors(tmp_path: Path) -> None:
