@@ -166,7 +166,8 @@ class SourceReader:
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            log.warning("%s: read loop did not stop within %.1f s (blocked in the device?)", self.source.name, timeout_s)
+            name = self.source.name
+            log.warning("%s: read loop did not stop within %.1f s (blocked in the device?)", name, timeout_s)
 
     def _run(self) -> None:
         try:
@@ -220,7 +221,9 @@ class SourceReader:
             try:
                 self.source.connect()
             except ByolAgentError as err:
-                log.warning("%s: reopen attempt %d failed: %s; next in %.1f s", self.source.name, attempts, err, self._delay)
+                log.warning(
+                    "%s: reopen attempt %d failed: %s; next in %.1f s", self.source.name, attempts, err, self._delay
+                )
                 continue
             self.reconnects += 1
             log.warning("%s reopened after %d attempt(s)", self.source.name, attempts)

@@ -270,12 +270,14 @@ def part2(args: argparse.Namespace, ctx: mp.context.BaseContext) -> None:
         t0 = samples[0][0]
         tail = [age for t, age, _ in samples if t - t0 >= args.slow_seconds - 2]
         print(
-            f"  {kind:5s} frames seen {len(samples):4d}  newest-frame age: median over last 2 s {statistics.median(tail):6.3f} s, "
+            f"  {kind:5s} frames seen {len(samples):4d}  "
+            f"newest-frame age: median over last 2 s {statistics.median(tail):6.3f} s, "
             f"max {max(a for _, a, _ in samples):6.3f} s   consumer RSS: first {samples[0][2] / 2**20:5.0f} MB, "
             f"last {samples[-1][2] / 2**20:5.0f} MB"
         )
         marks = [samples[min(len(samples) - 1, int(len(samples) * q))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)]
-        print("        over time (s, age s, RSS MB): " + "  ".join(f"({t - t0:.0f}, {a:.2f}, {r / 2**20:.0f})" for t, a, r in marks))
+        points = "  ".join(f"({t - t0:.0f}, {a:.2f}, {r / 2**20:.0f})" for t, a, r in marks)
+        print(f"        over time (s, age s, RSS MB): {points}")
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ _OFF = ("none", "off", "null")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", action="append", default=None, metavar="SRC",
-        help="camera index, video file, rtsp/http URL, image folder or glob, 'demo[:SEED]', or zmq+tcp://HOST:PORT; repeatable",
+        help="camera index, video file, rtsp/http URL, image folder or glob, 'demo[:SEED]', "
+        "or zmq+tcp://HOST:PORT; repeatable",
     )
     parser.add_argument("--endpoint", default=None, help="the trainer's PULL endpoint (default from wire.endpoint)")
     parser.add_argument("--publish", default=None, help="bind a PUB for latest-frame subscribers here, or 'none'")
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pace", choices=("realtime", "asap"), default="realtime",
         help="realtime: recordings at recorded speed, fps cap applies; asap: every frame, as fast as possible",
     )
-    parser.add_argument("--stats-every", type=_positive, default=10.0, metavar="S", help="seconds between stats log lines")
+    parser.add_argument(
+        "--stats-every", type=_positive, default=10.0, metavar="S", help="seconds between stats log lines"
+    )
     add_config_arguments(parser)
 
 

@@ -67,7 +67,8 @@ def _wire(endpoint: str, publish: Optional[str] = None) -> WireConfig:
 def test_demo_sources_stream_to_the_trainer_and_publish(free_endpoint: str) -> None:
     capture = CaptureConfig(sources=["demo:1", "demo:2"], fps=40, height=24, width=40, camera_id_base=10)
     publish = free_tcp_endpoint()
-    with FrameReceiver(free_endpoint, hwm=256) as receiver, CaptureThread(capture, _wire(free_endpoint, publish)) as cap:
+    wire = _wire(free_endpoint, publish)
+    with FrameReceiver(free_endpoint, hwm=256) as receiver, CaptureThread(capture, wire) as cap:
         frames = []
 
         def receive() -> None:
@@ -127,7 +128,21 @@ def test_novelty_gate_skips_a_robot_standing_still(tmp_path: Path, free_endpoint
     np.testing.assert_array_equal(got[1].image, cv2.cvtColor(moved, cv2.COLOR_BGR2RGB))
 
 
-def test_lost_folder_is_reopened_with_backoff(tmp_path: Path, free_endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_jpeg_frames_resized_on_the_capture_side(tmp_path: Path, free_endpoint: str) -> None:
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((90, 160, 3), (40 * i, 90, 200), np.uint8))
+    capture = CaptureConfig(sources=[str(tmp_path / "*.png")], height=24, width=32, jpeg_quality=90)
+    with FrameReceiver(free_endpoint, hwm=16) as receiver:
+        with CaptureThread(capture, _wire(free_endpoint), lossless=True, pace="asap") as cap:
+            stats = cap.finish()
+        frames = [receiver.recv(5) for _ in range(3)]
+    assert stats.sent == 3 and all(f is not None and f.image.shape == (24, 32, 3) for f in frames)
+    assert abs(int(frames[2].image[12, 16, 2]) - 80) < 6  # BGR (80, 90, 200) arrives as RGB with blue 80
+
+
+def test_lost_folder_is_reopened_with_backoff(
+    tmp_path: Path, free_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
     folder, away = tmp_path / "cam", tmp_path / "unplugged"
     folder.mkdir()
     for i in range(3):

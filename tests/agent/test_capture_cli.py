@@ -37,7 +37,9 @@ def error_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {
-        name: subprocess.Popen(_capture_cmd(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            _capture_cmd(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for name, args in cases.items()
     }
     try:

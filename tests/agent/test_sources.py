@@ -90,7 +90,8 @@ def test_unreadable_and_missing_videos_are_one_line_errors(tmp_path: Path) -> No
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     empty = tmp_path / "empty.avi"
     empty.write_bytes(b"")
-    for path, reason in [(garbage, "cannot be decoded"), (empty, "cannot be decoded"), (tmp_path / "nope.mp4", "does not exist")]:
+    cases = [(garbage, "cannot be decoded"), (empty, "cannot be decoded"), (tmp_path / "nope.mp4", "does not exist")]
+    for path, reason in cases:
         with pytest.raises(SourceError, match=reason) as info:
             open_source(str(path), CFG).connect()
         assert str(path) in str(info.value) and "\n" not in str(info.value)
