@@ -14,11 +14,13 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
 
+from agent.atomic import write_status
 from agent.config import CaptureConfig, WireConfig
 from agent.errors import ByolAgentError, SourceError
 from agent.frames import NoveltyGate, fit_frame
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 Pace = Literal["realtime", "asap"]
 LOSSLESS_RETRY_S = 0.2
 JOIN_TIMEOUT_S = 2.0
+STATUS_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -300,13 +303,15 @@ def run_capture(
     lossless: bool = False,
     pace: Pace = "realtime",
     log_every_s: float = 10.0,
+    status_path: Optional[Path] = None,
 ) -> CaptureStats:
     """Stream every source in `capture.sources` to `wire.endpoint` until `stop` is set or all finite sources end.
 
     `pace="realtime"` plays recordings at their recorded speed and caps each source at `capture.fps`;
     `pace="asap"` hands over every frame as fast as it can be read (offline replay; combine with
     `lossless=True` to go exactly as fast as the trainer consumes). Bad sources or endpoints raise
-    SourceError / EndpointError before anything is sent.
+    SourceError / EndpointError before anything is sent. `status_path` gets the stats as JSON about
+    once a second (for the `run` supervisor's status line).
     """
     sources = [open_source(spec, capture) for spec in capture.sources]
     wake, halt = threading.Event(), threading.Event()
@@ -326,6 +331,7 @@ def run_capture(
                 f" (latest frames on {sender.publish_endpoint})" if sender.publish_endpoint else "",
             )
             next_log = time.monotonic() + log_every_s
+            next_status = time.monotonic() if status_path is not None else float("inf")
             while not stop.is_set():
                 wake.clear()
                 sleep = loop.poll()
@@ -333,10 +339,14 @@ def run_capture(
                     for reader in readers:
                         reader.raise_if_failed()
                     break
-                if time.monotonic() >= next_log:
+                now = time.monotonic()
+                if now >= next_log:
                     log.info("capture: %s", loop.stats().line())
                     next_log += log_every_s
-                wake.wait(min(sleep, max(0.0, next_log - time.monotonic())))
+                if status_path is not None and now >= next_status:
+                    write_status(status_path, {"time": time.time(), **asdict(loop.stats())})
+                    next_status = now + STATUS_EVERY_S
+                wake.wait(min(sleep, max(0.0, min(next_log, next_status) - time.monotonic())))
         finally:
             halt.set()
             for reader in readers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from pathlib import Path
 
 from agent.capture import run_capture, stop_on_signals
 from agent.commands._common import add_config_arguments, config_from_args
@@ -49,5 +50,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     stop_on_signals(stop)
-    run_capture(cfg.capture, cfg.wire, stop, lossless=args.lossless, pace=args.pace, log_every_s=args.stats_every)
+    run_capture(
+        cfg.capture, cfg.wire, stop, lossless=args.lossless, pace=args.pace, log_every_s=args.stats_every,
+        status_path=Path(args.status_file) if args.status_file else None,
+    )
     return 0
