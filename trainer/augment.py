@@ -123,7 +123,9 @@ def box_grid(boxes: Tensor, flip: Tensor, height: int, width: int, size: int) ->
     return torch.stack((grid_x, grid_y), dim=-1)
 
 
-def jitter_affine(factors: Tensor, order: Tensor, mean_rgb: Tensor, stages: Tensor) -> tuple[Tensor, Tensor]:
+def jitter_affine(
+    factors: Tensor, order: Tensor, mean_rgb: Tensor, stages: Tensor, luma: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor]:
     """Per-image affine map (A (N,3,3), a (N,3)) composing the brightness, contrast and saturation ops
     that `order` (N, 4) puts at the `stages` (N, 4) marked True, as torchvision's adjust_* do.
 
@@ -132,7 +134,7 @@ def jitter_affine(factors: Tensor, order: Tensor, mean_rgb: Tensor, stages: Tens
     """
     n, device, dtype = factors.shape[0], factors.device, factors.dtype
     eye = torch.eye(3, device=device, dtype=dtype).expand(n, 3, 3)
-    gray_row = torch.tensor(GRAY, device=device, dtype=dtype)
+    gray_row = _luma(luma, device, dtype)
     brightness, contrast, saturation, _ = factors.unbind(dim=1)
     ops = torch.stack(
         (
@@ -163,12 +165,14 @@ def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     r, g, b = x.unbind(dim=1)
     hue = torch.where(argmax == 0, (g - b) / safe, torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
     hue = hue + 6 * shift[:, None, None]  # in sixths of a turn
-    sector = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype)[None, :, None, None]
+    sector = (5 - 2 * torch.arange(3, device=x.device, dtype=x.dtype))[None, :, None, None]  # R, G, B: 5, 3, 1
     k = torch.remainder(sector + hue[:, None], 6)
     return maxc[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
-def colour(x: Tensor, factors: Tensor, order: Tensor, jitter: Tensor, gray: Tensor) -> Tensor:
+def colour(
+    x: Tensor, factors: Tensor, order: Tensor, jitter: Tensor, gray: Tensor, luma: Optional[Tensor] = None
+) -> Tensor:
     """Colour jitter in each image's own op order (where `jitter`), then grayscale (where `gray`).
 
     factors (N, 4): brightness, contrast, saturation factors and hue shift in turns. The affine ops
@@ -181,14 +185,20 @@ def colour(x: Tensor, factors: Tensor, order: Tensor, jitter: Tensor, gray: Tens
     stage = torch.arange(order.shape[1], device=x.device)[None, :]
     before = (stage < hue_stage) & jitter[:, None]
     after = (stage > hue_stage) & jitter[:, None]
-    matrix, offset = jitter_affine(factors, order, x.mean(dim=(2, 3)), before)
+    luma = _luma(luma, x.device, x.dtype)
+    matrix, offset = jitter_affine(factors, order, x.mean(dim=(2, 3)), before, luma)
     x = torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, 3, -1)).clamp_(0, 1).reshape(n, 3, size, -1)
     x = shift_hue(x, torch.where(jitter, factors[:, 3], 0.0))
-    matrix, offset = jitter_affine(factors, order, x.mean(dim=(2, 3)), after)
-    to_gray = torch.tensor(GRAY, device=x.device, dtype=x.dtype).expand(3, 3)
+    matrix, offset = jitter_affine(factors, order, x.mean(dim=(2, 3)), after, luma)
+    to_gray = luma.expand(3, 3)
     matrix = torch.where(gray[:, None, None], to_gray @ matrix, matrix)
     offset = torch.where(gray[:, None], offset @ to_gray.T, offset)
     return torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, 3, -1)).clamp_(0, 1).reshape(n, 3, size, -1)
+
+
+def _luma(luma: Optional[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The grayscale weights on `device`; Views pass a cached copy (a host-to-device copy per call would sync CUDA)."""
+    return luma if luma is not None else torch.tensor(GRAY, device=device, dtype=dtype)
 
 
 def gaussian_kernels(sigma: Tensor, blur: Tensor, kernel_size: int) -> Tensor:
@@ -232,6 +242,7 @@ class View:
         self.generator = generator
         self.memory_format = memory_format
         self.kernel_size = blur_kernel_size(image_size, spec.blur_kernel_fraction) if spec.blur_p > 0 else 1
+        self._constants: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
 
     def __call__(self, images: Tensor) -> Tensor:
         check_images(images, channels=3)
@@ -262,17 +273,25 @@ class View:
                 dim=1,
             )
             order = torch.argsort(u[:, _ORDER], dim=1)
-            x = colour(x, factors, order, u[:, _JITTER] < spec.jitter_p, u[:, _GRAY] < spec.grayscale_p)
+            jitter, gray = u[:, _JITTER] < spec.jitter_p, u[:, _GRAY] < spec.grayscale_p
+            x = colour(x, factors, order, jitter, gray, self._device_constants(x.device)[0])
         x = self._blur_and_normalise(x.reshape(n, 3, size, size), u)
         if spec.solarize_p > 0:
             x = self._solarize(x, u)
         return x.contiguous(memory_format=self.memory_format)
 
+    def _device_constants(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(luma weights, mean, std) on `device`, made once: a host-to-device copy per call would sync CUDA."""
+        if device not in self._constants:
+            values = torch.tensor((GRAY, self.mean, self.std), dtype=torch.float32).to(device)
+            self._constants[device] = (values[0], values[1], values[2])
+        return self._constants[device]
+
     def _blur_and_normalise(self, x: Tensor, u: Tensor) -> Tensor:
         """Separable per-image blur as two depthwise convs; (x - mean) / std folded into the second."""
         n, k, size = x.shape[0], self.kernel_size, self.image_size
-        mean = torch.tensor(self.mean, device=x.device).repeat(n)
-        std = torch.tensor(self.std, device=x.device).repeat(n)
+        _, mean, std = self._device_constants(x.device)
+        mean, std = mean.repeat(n), std.repeat(n)
         sigma = self.spec.blur_sigma[0] + (self.spec.blur_sigma[1] - self.spec.blur_sigma[0]) * u[:, _SIGMA]
         kernel = gaussian_kernels(sigma, u[:, _BLUR] < self.spec.blur_p, k).repeat_interleave(3, dim=0)  # (N*3, k)
         planes = x.reshape(1, n * 3, size, size)
@@ -285,8 +304,8 @@ class View:
 
     def _solarize(self, x: Tensor, u: Tensor) -> Tensor:
         """Invert pixels at or above the threshold, for the drawn images; x is already normalised."""
-        mean = torch.tensor(self.mean, device=x.device)[:, None, None]
-        std = torch.tensor(self.std, device=x.device)[:, None, None]
+        _, mean, std = self._device_constants(x.device)
+        mean, std = mean[:, None, None], std[:, None, None]
         threshold = (self.spec.solarize_threshold - mean) / std
         inverted = (1 - 2 * mean) / std - x
         chosen = (u[:, _SOLARIZE] < self.spec.solarize_p)[:, None, None, None]

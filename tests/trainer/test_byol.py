@@ -300,3 +300,12 @@ def test_regression_loss_reference_scale() -> None:
     p = torch.randn(5, 8)
     assert torch.allclose(regression_loss(p, 3 * p), torch.zeros(5), atol=1e-6)
     assert torch.allclose(regression_loss(p, -p), torch.full((5,), 4.0))
+
+
+def test_normalize_flag_sets_the_views_and_the_exported_statistics() -> None:
+    normalised, raw = tiny_learner(), tiny_learner(normalize=False)
+    assert normalised.mean == (0.485, 0.456, 0.406) and normalised.std == (0.229, 0.224, 0.225)
+    assert raw.mean == (0.0, 0.0, 0.0) and raw.std == (1.0, 1.0, 1.0)
+    views = raw.augment2(batch(8))
+    assert views.min() >= 0 and views.max() <= 1
+    assert normalised.augment1(batch(8)).min() < 0
