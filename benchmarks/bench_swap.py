@@ -145,6 +145,11 @@ def swap_benchmark(staged: list[Staged], export_dir: Path, frame: np.ndarray, po
     delays = {v: first_served.get(v, np.inf) - t for v, t in published_at.items()}
     versions = sorted(first_served)
     p99_steady, p99_swap = np.percentile(steady, 99), np.percentile(during, 99)
+    loading = np.zeros(len(every), bool)  # calls overlapping a publish → new version serving interval
+    ends = np.array([c.end for c in every])
+    for version, t in published_at.items():
+        loading |= (ends >= t) & (starts <= first_served.get(version, t))
+    near = latency[loading]
     worst_delay = max(delays.values())
 
     print(f"\n== swap under load: ResNet-18 {frame.shape[0]}px batch 1, 2 caller threads (1 onnxruntime thread each), poll {poll_s:g} s")
@@ -153,6 +158,10 @@ def swap_benchmark(staged: list[Staged], export_dir: Path, frame: np.ndarray, po
     print(f"steady  latency ms: p50 {np.percentile(steady, 50):.2f}  p99 {p99_steady:.2f}  max {steady.max():.2f}  (n={len(steady)})")
     print(f"swaps   latency ms: p50 {np.percentile(during, 50):.2f}  p99 {p99_swap:.2f}  max {during.max():.2f}  (n={len(during)})")
     print(f"p99 during swaps / steady p99: {p99_swap / p99_steady:.2f}x")
+    print(
+        f"calls overlapping a load (publish -> new version serving): p50 {np.percentile(near, 50):.2f}  "
+        f"p99 {np.percentile(near, 99):.2f}  (n={len(near)}; {np.percentile(near, 99) / p99_steady:.2f}x steady p99)"
+    )
     print(
         f"publish -> first inference on the new version: median {np.median(list(delays.values())):.2f} s, "
         f"max {worst_delay:.2f} s (limit {poll_s + 1:.2f} s)"

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pace", choices=("realtime", "asap"), default="realtime",
         help="realtime: recordings at recorded speed, fps cap applies; asap: every frame, as fast as possible",
     )
+    parser.add_argument("--status-file", default=None, help="write the capture stats here as JSON about once a second")
     parser.add_argument(
         "--stats-every", type=_positive, default=10.0, metavar="S", help="seconds between stats log lines"
     )
