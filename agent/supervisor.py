@@ -148,6 +148,7 @@ def read_status(run_dir: Path) -> dict[str, dict]:
 def format_status(status: dict[str, dict], elapsed_s: float, restarts: dict[str, int]) -> str:
     """One line a person can read at a glance: is data flowing, is it learning, did the policy swap."""
     cap, trn, rt = status.get("capture", {}), status.get("trainer", {}), status.get("runtime", {})
+    exp = status.get("exporter", {})
 
     def num(d: dict, key: str, fmt: str = "{:.0f}") -> str:
         value = d.get(key)
@@ -157,11 +158,11 @@ def format_status(status: dict[str, dict], elapsed_s: float, restarts: dict[str,
         f"t={elapsed_s:5.0f}s",
         f"frames sent {num(cap, 'sent')} dropped {num(cap, 'dropped')}",
         f"in {num(trn, 'frames_in')}",
-        f"buffer {num(trn, 'buffer_fill')}",
+        f"buffer {num(trn, 'buffer_size')} ({num(trn, 'buffer_fill', '{:.0%}')})",
         f"step {num(trn, 'step')} ({num(trn, 'steps_per_s', '{:.2f}')}/s)",
         f"loss {num(trn, 'loss', '{:.3f}')}",
         f"emb std {num(trn, 'embedding_std', '{:.3f}')}",
-        f"export v{num(trn, 'last_export_version')}",
+        f"export v{num(exp, 'last_export_version')} (refused {num(exp, 'refusals')})",
         f"runtime v{num(rt, 'version')} swaps {num(rt, 'swaps')}",
     ]
     dead = {name: n for name, n in restarts.items() if n}
