@@ -158,16 +158,26 @@ def jitter_affine(
 
 
 def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate each image's HSV hue by `shift` (N,) turns, exactly as torchvision's adjust_hue, batched."""
-    maxc, argmax = x.max(dim=1)
-    chroma = maxc - x.min(dim=1).values
-    safe = torch.where(chroma > 0, chroma, 1.0)
+    """Rotate each image's HSV hue by `shift` (N,) turns, exactly as torchvision's adjust_hue, batched.
+
+    Value and chroma (max and max - min) stay; each channel is re-read off the hue hexagon at the
+    shifted hue. Written for a CPU's eager kernels: no `max` with indices and no `remainder` (each
+    slower than the rest together), and no broadcasting over channels (one plane at a time).
+    """
     r, g, b = x.unbind(dim=1)
-    hue = torch.where(argmax == 0, (g - b) / safe, torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = hue + 6 * shift[:, None, None]  # in sixths of a turn
-    sector = (5 - 2 * torch.arange(3, device=x.device, dtype=x.dtype))[None, :, None, None]  # R, G, B: 5, 3, 1
-    k = torch.remainder(sector + hue[:, None], 6)
-    return maxc[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    inverse = torch.where(chroma > 0, chroma, 1.0).reciprocal_()
+    red_max = r == maxc
+    green_max = (g == maxc) & ~red_max  # ties resolved as torchvision: red, then green, then blue
+    hue = torch.where(red_max, g - b, torch.where(green_max, (b - r).add_(2 * chroma), (r - g).add_(4 * chroma)))
+    hue.mul_(inverse).add_((6 * shift + 12)[:, None, None])  # sixths of a turn, kept positive so frac() wraps
+    out = torch.empty_like(x)
+    for channel, sector in enumerate((5.0, 3.0, 1.0)):
+        k = torch.frac((hue + sector) * (1 / 6)).mul_(6)
+        f = torch.minimum(k, 4 - k).clamp_(0, 1)
+        torch.addcmul(maxc, chroma, f, value=-1, out=out[:, channel])
+    return out
 
 
 def colour(
