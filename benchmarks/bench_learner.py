@@ -12,6 +12,7 @@ Candidates, each timed for --steps steps per round, rounds interleaved (the mach
   floor    the same encoder as ours (cut at the same hidden layer, same memory format, threads and
            precision) on two pre-made views: online fwd+bwd, target fwd (no_grad), Adam step; run
            with the views separate and concatenated, the faster one (by median) is the floor
+  floor_nchw  the concatenated floor on a plain (NCHW) net: byol-pytorch's own floor (for information)
 It also times the two views alone, ours vs the equivalent kornia pipeline (ms per batch).
 Ratios are reported two ways: ratio of the median img/s, and the median over rounds of the
 per-round ratio (candidates of one round share the machine's load at that moment).
@@ -96,8 +97,7 @@ def peer(args: argparse.Namespace, device: torch.device, images: Tensor, channel
     return step
 
 
-def floor(args: argparse.Namespace, device: torch.device, concat: bool) -> Callable[[], None]:
-    channels_last = not args.no_channels_last
+def floor(args: argparse.Namespace, device: torch.device, concat: bool, channels_last: bool) -> Callable[[], None]:
     online = Backbone(make_net(args.arch, device, channels_last), "avgpool")
     target = copy.deepcopy(online).requires_grad_(False)
     opt = adam(online.parameters())
@@ -179,8 +179,9 @@ def main() -> int:
         "ours": ours(args, device, images),
         "peer": peer(args, device, images, channels_last=False),
         "peer_cl": peer(args, device, images, channels_last=not args.no_channels_last),
-        "floor_separate": floor(args, device, concat=False),
-        "floor_concat": floor(args, device, concat=True),
+        "floor_separate": floor(args, device, concat=False, channels_last=not args.no_channels_last),
+        "floor_concat": floor(args, device, concat=True, channels_last=not args.no_channels_last),
+        "floor_nchw": floor(args, device, concat=True, channels_last=False),
     }
     augments = {"views_ours": our_views(args, device, images), "views_kornia": kornia_views(args, device, images)}
     print(
@@ -209,6 +210,7 @@ def main() -> int:
     for label, other in (("floor", floor_name), ("byol-pytorch", "peer"), ("byol-pytorch on channels_last", "peer_cl")):
         paired = statistics.median(a / b for a, b in zip(rates["ours"], rates[other]))
         print(f"ours / {label} = {median['ours'] / median[other]:.3f} (medians), {paired:.3f} (median of per-round ratios)")
+    print(f"byol-pytorch / its own floor (floor_nchw) = {median['peer'] / median['floor_nchw']:.3f}")
     return 0
 
 
