@@ -17,8 +17,8 @@ TEMP_PREFIX = ".tmp-"
 
 
 def fsync_dir(directory: Path) -> None:
-    """Make a rename inside `directory` durable (no-op where directories cannot be opened)."""
-    if os.name != "posix":
+    """Make a rename inside `directory` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    if not hasattr(os, "O_DIRECTORY"):
         return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

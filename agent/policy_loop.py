@@ -7,7 +7,6 @@ is reported and `status-runtime.json` is rewritten atomically.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -18,10 +17,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from agent.atomic import write_status
 from agent.errors import SourceError
 from agent.runtime import HotEncoder
 from agent.sources import FrameSource, SourceExhausted
-from export.publish import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 _RECONNECT_S = 1.0
@@ -90,7 +89,7 @@ def run_policy_loop(
         status = stats.status(encoder)
         report(format_line(time.monotonic() - start, status))
         if status_path is not None:
-            atomic_write_bytes(status_path, json.dumps(status).encode())
+            write_status(status_path, status)
 
     try:
         while not stop.is_set() and (duration_s is None or time.monotonic() - start < duration_s):

@@ -7,7 +7,6 @@ when it has one (real frames from the robot), else frames of the built-in demo s
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -18,12 +17,13 @@ from typing import Any, Callable, Optional
 import numpy as np
 from torch import nn
 
+from agent.atomic import write_status
 from agent.config import CaptureConfig, Config, ExportConfig, ModelConfig
 from agent.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError
 from agent.sources import open_source
 from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest
-from export.publish import Publisher, atomic_write_bytes
+from export.publish import Publisher
 from export.verify import pick_frames
 from trainer.checkpoint import list_checkpoints, load_latest_checkpoint
 
@@ -46,7 +46,9 @@ class CheckpointEncoder:
 
 def load_checkpoint_encoder(run_dir: Path, weights: str) -> CheckpointEncoder:
     """Rebuild the learner from the newest readable checkpoint and take its target/online encoder."""
-    from trainer.build import build_learner  # the learner stack loads only when a checkpoint is used
+    from trainer.build import (
+        build_learner,  # the learner stack loads only when a checkpoint is used
+    )
 
     ckpt = load_latest_checkpoint(run_dir)
     if ckpt is None:
@@ -161,7 +163,7 @@ def watch(
             _export_once(run_dir, publisher, export_cfg, state, report)
             last_time = time.monotonic()
             if status_path is not None:
-                atomic_write_bytes(status_path, json.dumps(state.to_json()).encode())
+                write_status(status_path, state.to_json())
         if stopping:
             return state
         stopping = stop.wait(poll_s)

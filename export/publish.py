@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from agent.atomic import TEMP_PREFIX, atomic_write_bytes, fsync_dir
 from agent.errors import ModelFileError
 from export.manifest import (
     LATEST_NAME,
@@ -30,33 +31,7 @@ from export.manifest import (
 )
 
 log = logging.getLogger(__name__)
-TEMP_PREFIX = ".tmp-"
 _STALE_TEMP_S = 3600.0
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory, fsync, os.replace, fsync the directory."""
-    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 class Publisher:

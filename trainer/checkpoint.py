@@ -24,6 +24,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from agent.atomic import fsync_dir
+
 FORMAT = 1
 REQUIRED_KEYS = ("format", "step", "learner", "optimizer", "rng", "config", "counters")
 _NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")
@@ -94,20 +96,12 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     for _, old in list_checkpoints(run_dir)[keep:]:
         old.unlink(missing_ok=True)
     for stale in path.parent.glob(".ckpt-*.pt.tmp-*"):  # left by a writer that was killed mid-write
         stale.unlink(missing_ok=True)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -10,32 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
+from agent.atomic import jsonable, write_status
+
 STATUS_NAME = "status-trainer.json"
 METRICS_NAME = "metrics.jsonl"
-
-
-def _jsonable(value: Any) -> Any:
-    """Non-finite floats become null: JSON has no NaN, and a NaN loss is exactly what gets logged."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Readers never see a half-written file: temp file in the same directory, then os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(data)))
-    os.replace(tmp, path)
 
 
 class MetricsWriter:
@@ -63,7 +46,7 @@ class MetricsWriter:
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record (a wall-clock "time" is added) and flush it to disk."""
-        line = json.dumps(_jsonable({"time": time.time(), **record}))
+        line = json.dumps(jsonable({"time": time.time(), **record}))
         self._file.write(line + "\n")
         self._file.flush()
 
@@ -77,7 +60,7 @@ class MetricsWriter:
         now = self._clock()
         if force or now - self._last_status >= self._status_every_s:
             self._last_status = now
-            write_json_atomic(self.run_dir / STATUS_NAME, {"time": time.time(), **fields})
+            write_status(self.run_dir / STATUS_NAME, {"time": time.time(), **fields})
         if force or now - self._last_live >= self._live_every_s:
             self._last_live = now
             self._print_live(format_status(fields))

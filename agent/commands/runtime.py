@@ -34,13 +34,18 @@ def main(args: argparse.Namespace) -> int:
     rc = cfg.runtime
     if not args.no_wait and rc.wait_for_first:
         print(f"waiting for the first encoder in {args.export_dir}", flush=True)
-    with HotEncoder(
-        args.export_dir,
-        poll_interval_s=rc.poll_interval_s,
-        wait=rc.wait_for_first and not args.no_wait,
-        providers=rc.providers,
-        threads=rc.threads,
-    ) as encoder:
+    try:
+        encoder = HotEncoder(
+            args.export_dir,
+            poll_interval_s=rc.poll_interval_s,
+            wait=rc.wait_for_first and not args.no_wait,
+            providers=rc.providers,
+            threads=rc.threads,
+        )
+    except KeyboardInterrupt:  # stopped (Ctrl-C or the run supervisor) before anything was published
+        print("stopped before the first encoder was published", flush=True)
+        return 0
+    with encoder:
         stop = StopFlag()  # from here on SIGINT/SIGTERM end the loop cleanly
         print(f"serving version {encoder.version} (D={encoder.output_dim}) on {', '.join(encoder.providers)}", flush=True)
         status = Path(args.status_dir) / "status-runtime.json" if args.status_dir else None
