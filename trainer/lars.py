@@ -54,12 +54,10 @@ class LARS(torch.optim.Optimizer):
                 usable = (weight_norm > 0) & (grad_norm > 0)
                 trust = torch.where(usable, group["eta"] * weight_norm / grad_norm, torch.ones_like(weight_norm))
                 grads = torch._foreach_mul(grads, list(trust.unbind()))
-            buffers = []
-            for param, grad in zip(params, grads):
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(param)
-                buffers.append(state["momentum_buffer"])
+            for param in params:
+                if "momentum_buffer" not in self.state[param]:
+                    self.state[param]["momentum_buffer"] = torch.zeros_like(param)
+            buffers = [self.state[param]["momentum_buffer"] for param in params]
             torch._foreach_mul_(buffers, group["momentum"])
             torch._foreach_add_(buffers, grads)
             torch._foreach_add_(params, buffers, alpha=-group["lr"])
