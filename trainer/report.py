@@ -220,6 +220,10 @@ def _summary(
     if len(frames_in):
         lost = f", {dropped[-1]:g} dropped" if len(dropped) else ""
         lines.append(f"- frames in: {frames_in[-1]:g}{lost}")
+    starts, restores = metrics.of("start"), metrics.of("restore")
+    if len(starts) > 1 or restores:
+        lines.append(f"- trainer starts: {len(starts)} (resumed {sum(1 for e in starts if e.get('resumed_from'))}), "
+                     f"restores after non-finite losses: {len(restores)}")
     lines.append(_exports_line(metrics))
     lines.append(_best_eval_line(evals))
     if metrics.bad_lines:

@@ -30,6 +30,9 @@ def _write_run(run: Path, steps: int = 300, with_eval: bool = True) -> None:
         if step and step % 100 == 0:
             lines.append({"event": "export", "step": step, "version": step // 100, "time": t0 + 2.0 * step})
     lines.append({"event": "export_refused", "step": 305, "reason": "collapse: embedding std 0.004 < 0.02"})
+    lines.insert(0, {"event": "start", "step": 0, "resumed_from": None})
+    lines.insert(12, {"event": "start", "step": 100, "resumed_from": "ckpt-000100.pt"})
+    lines.append({"event": "restore", "from_step": 290, "step": 200, "restores": 1})
     if with_eval:
         for version, knn in ((1, 0.61), (2, 0.74), (3, 0.70)):
             lines.append({"event": "eval", "version": version, "knn_top1": knn, "linear_top1": knn + 0.1,
@@ -60,6 +63,7 @@ def test_report_writes_pngs_and_summary_with_the_numbers(tmp_path: Path) -> None
     assert "3 published (versions 1 to 3), 1 refused (1x collapse" in summary
     assert "best eval: version 2, kNN top-1 0.740, linear top-1 0.840 (random init: kNN 0.550, linear 0.660)" in summary
     assert "skipped 1 unreadable line" in summary
+    assert "trainer starts: 2 (resumed 1), restores after non-finite losses: 1" in summary
 
 
 def test_report_plots_what_exists_and_names_the_rest(tmp_path: Path) -> None:
