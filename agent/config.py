@@ -130,6 +130,10 @@ class ExportConfig(_Section):
         "random-init ResNet-18 avgpool features: ~4e-3, post-ReLU features sit far below 1/sqrt(D))",
     )
     verify_batch: int = Field(5, ge=2)
+    probe_gate: Optional[str] = Field(
+        None, description="'digits' or an image folder: publish only if kNN/linear probe on it does not regress (None = off)"
+    )
+    probe_tolerance: float = Field(0.01, ge=0, le=1, description="accuracy drop the probe gate tolerates")
 
 
 class RuntimeConfig(_Section):
@@ -147,8 +151,6 @@ class EvalConfig(_Section):
     k: int = Field(20, ge=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
     max_images: int = Field(2000, ge=10)
-    gate: bool = Field(False, description="refuse an export whose kNN accuracy regresses")
-    gate_data: str = "digits"
 
 
 class RunConfig(_Section):

@@ -33,6 +33,7 @@ from export.onnx_export import (
     export_onnx,
     input_spec,
 )
+from export.probe_gate import probe_gate
 from export.publish import Publisher
 from export.verify import Verification, verify_onnx
 
@@ -85,7 +86,8 @@ def export_encoder(
 ) -> int:
     """Export `encoder` (normalised float NCHW → (N, D)), verify it on `frames` (uint8 NHWC, any size), publish.
 
-    Returns the published version; raises ExportRefused (nothing published) when a gate fails.
+    Returns the published version; raises ExportRefused (nothing published) when a gate fails
+    (parity, collapse, and the probe gate when `export_cfg.probe_gate` names a labelled set).
     """
     frames = as_frame_batch(frames)
     encoder = encoder.eval()
@@ -94,7 +96,10 @@ def export_encoder(
     try:
         exported = export_onnx(PreprocessedEncoder(encoder, mean, std, export_cfg.input_format), spec, tmp, export_cfg)
         verification = verify_onnx(tmp, encoder, frames, spec, export_cfg)
-        return publisher.publish(tmp, manifest_fields(step, spec, exported, verification, export_cfg, model_cfg))
+        fields = manifest_fields(step, spec, exported, verification, export_cfg, model_cfg)
+        if export_cfg.probe_gate is not None:
+            fields["eval"] = probe_gate(tmp, publisher.export_dir, export_cfg)
+        return publisher.publish(tmp, fields)
     finally:
         tmp.unlink(missing_ok=True)
 

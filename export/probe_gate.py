@@ -1,0 +1,44 @@
+"""Export gate on downstream usefulness: publish only if a frozen-feature probe does not regress.
+
+Parity and collapse checks say the file is faithful and not degenerate; they cannot say the new
+encoder is *better*. With `export.probe_gate` set, each candidate is scored (kNN and linear probe,
+the evaluation's fixed split and seed, so scores are comparable) and compared with the score
+stored in the manifest of the version now published.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from agent.config import EvalConfig, ExportConfig
+from agent.errors import ExportRefused, ModelFileError
+from export.manifest import read_latest, read_manifest
+
+
+def _published_eval(export_dir: Path) -> Optional[dict[str, Any]]:
+    try:
+        name = read_latest(export_dir)
+        return read_manifest(export_dir / name).raw.get("eval") if name else None
+    except ModelFileError:
+        return None
+
+
+def probe_gate(onnx_path: Path, export_dir: Path, export_cfg: ExportConfig) -> dict[str, Any]:
+    """Score the candidate ONNX file; raise ExportRefused if it fell below the published version.
+
+    Returns the score to store in the new manifest under "eval".
+    """
+    from trainer.evaluation import EvalResult, evaluate_export, probe_regressed  # sklearn loads only when gating
+
+    result = evaluate_export(onnx_path, export_cfg.probe_gate, EvalConfig(), reference=False)
+    previous_row = _published_eval(export_dir)
+    previous = EvalResult.from_dict(previous_row) if previous_row else None
+    if previous is not None and probe_regressed(result, previous, export_cfg.probe_tolerance):
+        raise ExportRefused(
+            f"probe on {result.data} regressed: kNN {result.knn_top1:.3f} (published {previous.knn_top1:.3f}), "
+            f"linear {result.linear_top1:.3f} (published {previous.linear_top1:.3f})"
+        )
+    row = result.to_event()
+    row["encoder"] = "this version"  # the temp file's name means nothing once published
+    return row

@@ -1,0 +1,45 @@
+"""The probe gate publishes an encoder only if its frozen features do not get worse on labelled data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from agent.config import ExportConfig
+from agent.errors import ExportRefused
+from export.exporter import export_encoder
+from export.manifest import read_latest
+from export.publish import Publisher
+from tests.export.tiny import model_cfg, publish_version, scene_frames
+
+
+class ColourStats(nn.Module):
+    """A deliberately poor encoder: per-channel mean and spread only (no spatial information)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+def _manifest(export_dir: Path) -> dict:
+    return json.loads((export_dir / read_latest(export_dir)).read_text())
+
+
+def test_gate_records_the_score_and_refuses_a_regression(tmp_path: Path) -> None:
+    version = publish_version(tmp_path, seed=1, step=10, probe_gate="digits")
+    published = _manifest(tmp_path)["eval"]
+    assert published["data"] == "digits" and published["knn_top1"] > 0.5
+
+    cfg = ExportConfig(keep=50, probe_gate="digits")
+    with pytest.raises(ExportRefused, match="probe on digits regressed"):
+        export_encoder(20, ColourStats(), scene_frames(12), export_cfg=cfg, model_cfg=model_cfg(),
+                       publisher=Publisher(tmp_path, 50))
+    assert _manifest(tmp_path)["version"] == version, "the refused encoder must not be published"
+
+
+def test_gate_off_publishes_without_scoring(tmp_path: Path) -> None:
+    publish_version(tmp_path, seed=1)
+    assert "eval" not in _manifest(tmp_path)
