@@ -21,6 +21,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from pydantic import ValidationError
+from sklearn.datasets import load_digits as sklearn_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -113,9 +114,7 @@ class EvalResult:
 
 def load_digits(image_size: int) -> LabelledImages:
     """scikit-learn's bundled 8x8 digits (1,797 images), upsampled to RGB: labelled data that exists anywhere."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    digits = sk_digits()
+    digits = sklearn_digits()
     small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
     big = np.stack([cv2.resize(im, (image_size, image_size), interpolation=cv2.INTER_LINEAR) for im in small])
     rgb = np.repeat(big[..., None], 3, axis=-1)
@@ -171,8 +170,8 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0) ->
     counts = np.bincount(labels)
     present = counts[counts > 0]
     if present.min() < 2:
-        empty = int(np.flatnonzero(counts == present.min())[0])
-        raise SourceError(f"class {empty} has a single image; every class needs at least 2 to split train/test")
+        single = int(np.flatnonzero(counts == 1)[0])
+        raise SourceError(f"class {single} has a single image; every class needs at least 2 to split train/test")
     n_test = max(int(round(len(labels) * test_fraction)), len(present))
     if len(labels) - n_test < len(present):
         raise SourceError(f"{len(labels)} images are too few to split {len(present)} classes into train and test")
@@ -231,7 +230,7 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EncoderFile:
-    """A resolved ONNX encoder, its manifest (None for a bare .onnx) and the input it takes."""
+    """A resolved ONNX encoder and its manifest (None for a bare .onnx without one beside it)."""
 
     onnx_path: Path
     manifest: Optional[Manifest]
