@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.commands._common import add_config_arguments, config_from_args
 from agent.errors import ModelFileError
-from trainer.evaluation import EvalResult, evaluate_export, probe_regressed
 from trainer.report import RunDirError, append_event
+
+if TYPE_CHECKING:
+    from trainer.evaluation import EvalResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"eval.k": args.k})
+    from trainer.evaluation import evaluate_export, probe_regressed  # torch and sklearn load after parsing
     if args.run_dir is not None and not Path(args.run_dir).is_dir():
         raise RunDirError(f"run directory {args.run_dir!r} does not exist")
     previous = _load_previous(args.previous) if args.previous else None
@@ -45,7 +49,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_previous(path: str) -> EvalResult:
+def _load_previous(path: str) -> "EvalResult":
+    from trainer.evaluation import EvalResult
+
     try:
         tree = json.loads(Path(path).read_text())
     except FileNotFoundError:
