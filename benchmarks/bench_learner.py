@@ -38,7 +38,14 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer import BYOL  # noqa: E402
-from trainer.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW1, VIEW2, View, blur_kernel_size  # noqa: E402
+from trainer.augment import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VIEW1,
+    VIEW2,
+    View,
+    blur_kernel_size,
+)
 from trainer.backbone import Backbone  # noqa: E402
 
 
@@ -67,9 +74,8 @@ def make_net(arch: str, device: torch.device, channels_last: bool) -> nn.Module:
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
-def ours(args: argparse.Namespace, device: torch.device, images: Tensor) -> Callable[[], None]:
-    learner = BYOL(make_net(args.arch, device, not args.no_channels_last), args.size, hidden_layer="avgpool")
-    opt = adam(learner.parameters())
+def learner_step(learner: torch.nn.Module, opt: torch.optim.Optimizer, images: Tensor) -> Callable[[], None]:
+    """One BYOL training step as a user writes it (both libraries share the same call pattern)."""
 
     def step() -> None:
         loss = learner(images)
@@ -79,6 +85,13 @@ def ours(args: argparse.Namespace, device: torch.device, images: Tensor) -> Call
         learner.update_moving_average()
 
     return step
+
+
+def ours(args: argparse.Namespace, device: torch.device, images: Tensor) -> Callable[[], None]:
+    learner = BYOL(make_net(args.arch, device, not args.no_channels_last), args.size, hidden_layer="avgpool")
+    opt = adam(learner.parameters())
+
+    return learner_step(learner, opt, images)
 
 
 def peer(args: argparse.Namespace, device: torch.device, images: Tensor, channels_last: bool) -> Callable[[], None]:
@@ -87,14 +100,7 @@ def peer(args: argparse.Namespace, device: torch.device, images: Tensor, channel
     learner = PeerBYOL(make_net(args.arch, device, channels_last), args.size, hidden_layer="avgpool")
     opt = adam(learner.parameters())
 
-    def step() -> None:
-        loss = learner(images)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        learner.update_moving_average()
-
-    return step
+    return learner_step(learner, opt, images)
 
 
 def floor(args: argparse.Namespace, device: torch.device, concat: bool, channels_last: bool) -> Callable[[], None]:

@@ -13,6 +13,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+# A model small enough that a subprocess trains a few steps in seconds on 2 CPU cores.
+TINY_MODEL = [
+    "model.encoder=tiny_cnn",
+    "model.image_size=32",
+    "model.projection_size=32",
+    "model.projection_hidden_size=64",
+    "train.batch_size=8",
+]
+
+
 def free_tcp_endpoint() -> str:
     """A loopback endpoint whose port was free a moment ago (bind-to-0 then release)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -15,15 +15,11 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from tests.conftest import REPO, free_tcp_endpoint
+from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 from trainer.checkpoint import load_latest_checkpoint
 
 TINY = [
-    "model.encoder=tiny_cnn",
-    "model.image_size=32",
-    "model.projection_size=32",
-    "model.projection_hidden_size=64",
-    "train.batch_size=8",
+    *TINY_MODEL,
     "train.checkpoint_every=10",
     "train.metrics_every=5",
     "export.every_steps=10",

@@ -16,16 +16,12 @@ import cv2
 import zmq
 
 from agent.demo_scene import DemoScene
-from tests.conftest import REPO, free_tcp_endpoint
+from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 from trainer.checkpoint import list_checkpoints, read_checkpoint
 
 CLI = [sys.executable, "-m", "agent.cli"]
 TINY = [
-    "model.encoder=tiny_cnn",
-    "model.image_size=32",
-    "model.projection_size=32",
-    "model.projection_hidden_size=64",
-    "train.batch_size=8",
+    *TINY_MODEL,
     "train.threads=1",
     "train.lr=1e-3",
     "buffer.min_fill=16",

@@ -13,17 +13,13 @@ from agent.config import Config, load_config
 from agent.demo_scene import DemoScene
 from agent.transport import FrameSender
 from agent.wire import Frame
-from tests.conftest import free_tcp_endpoint
+from tests.conftest import TINY_MODEL, free_tcp_endpoint
 from trainer.checkpoint import list_checkpoints, read_checkpoint
 from trainer.continual import ContinualTrainer, TrainingDiverged
 
 TINY = [
     "wire.publish=null",
-    "model.encoder=tiny_cnn",
-    "model.image_size=32",
-    "model.projection_size=32",
-    "model.projection_hidden_size=64",
-    "train.batch_size=8",
+    *TINY_MODEL,
     "train.threads=1",
     "train.metrics_every=1",
     "buffer.min_fill=16",
