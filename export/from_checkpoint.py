@@ -26,6 +26,7 @@ from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
 from export.verify import pick_frames
 from trainer.checkpoint import list_checkpoints, load_latest_checkpoint
+from trainer.report import append_event
 
 log = logging.getLogger(__name__)
 VERIFY_FRAMES = 64
@@ -198,7 +199,9 @@ def _export_once(
         state.refused_steps.add(source.step)
         log.warning("export of step %d refused, keeping the last good version: %s", source.step, exc)
         report(f"export refused at step {source.step}: {exc}")
+        append_event(run_dir, {"event": "export_refused", "time": time.time(), "step": source.step, "reason": str(exc)})
         return
     state.exports += 1
     state.last_export_version, state.last_export_step = version, source.step
+    append_event(run_dir, {"event": "export", "time": time.time(), "step": source.step, "version": version})
     report(f"published version {version} (step {source.step}) to {publisher.export_dir}")

@@ -95,6 +95,9 @@ def test_run_publishes_swaps_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     assert (run_dir / "exports" / manifest["model_file"]).stat().st_size > 0
     runtime = _status(run_dir, "runtime")
     assert runtime["failures"] == 0 and runtime["calls"] > 0 and runtime["version"] >= 1
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    exports = [e for e in events if e.get("event") == "export"]
+    assert exports and exports[-1]["version"] == manifest["version"], "exports were not logged in metrics.jsonl"
     lines_before = _training_lines(run_dir)
     assert lines_before and all(line["loss"] is not None for line in lines_before)
 
