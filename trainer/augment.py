@@ -257,7 +257,9 @@ class View:
     def __call__(self, images: Tensor) -> Tensor:
         check_images(images, channels=3)
         device = images.device
-        if self.generator is not None and self.generator.device != device:
+        # Device types only, as torch's own check: torch.Generator(device="cuda") reports "cuda"
+        # (no index) while the images it serves are on "cuda:0".
+        if self.generator is not None and self.generator.device.type != device.type:
             raise LearnerError(
                 f"the view generator is on {self.generator.device} but the images are on {device}; "
                 "create it with torch.Generator(device=images.device)"

@@ -183,6 +183,19 @@ def test_views_stay_fp32_under_autocast() -> None:
     assert view.dtype == torch.float32
 
 
+class _IndexedCpuGenerator(torch.Generator):
+    """Reports "cpu:0": stands in for torch.Generator(device="cuda"), which reports "cuda" for images on "cuda:0"."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu", 0)
+
+
+def test_a_generator_of_the_same_device_type_but_other_index_spelling_is_accepted() -> None:
+    view = View(16, VIEW1, generator=_IndexedCpuGenerator())(images(2))
+    assert view.shape == (2, 3, 16, 16)
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
