@@ -199,8 +199,8 @@ def supervise(
     start = time.monotonic()
     tty = out.isatty()
     failed = False
-    sup.start()
     try:
+        sup.start()  # inside the try: a child that fails to spawn still gets its started siblings stopped
         while not stop.wait(status_every_s):
             elapsed = time.monotonic() - start
             if not sup.check(lambda msg: print(("\n" if tty else "") + msg, file=out, flush=True)):
