@@ -306,7 +306,9 @@ class ReplayBuffer:
             return images, self._gather(partners)
 
     def _gather(self, slot_ids: np.ndarray) -> torch.Tensor:
-        index = torch.from_numpy(slot_ids.astype(np.int64)).to(self.device)
+        index = torch.from_numpy(slot_ids.astype(np.int64))
+        if self.device.type == "cuda":  # a pageable host-to-device copy would synchronise the stream every step
+            index = index.pin_memory().to(self.device, non_blocking=True)
         out = torch.empty((len(slot_ids), *self.frame_shape), dtype=torch.uint8, device=self.device, pin_memory=self._pin)
         return torch.index_select(self._storage, 0, index, out=out)
 
