@@ -146,6 +146,10 @@ class ContinualTrainer:
         self._last_checkpoint_step = 0
         self._resume()
         self._good = self._snapshot()
+        # A forward pass moves BatchNorm running statistics before its loss can be checked, and one
+        # NaN folded into a running mean stays there; the skipped step puts them back from here.
+        self._buffers = list(self.learner.buffers())
+        self._buffers_before = [b.clone() for b in self._buffers]
         self._nan_streak = 0
         self._restores_in_a_row = 0
         self._last_loss: Optional[float] = None
@@ -318,10 +322,12 @@ class ContinualTrainer:
         images, partners = self.buffer.sample(self.cfg.train.batch_size, self.sampler)
         x = self._to_input(images)
         x2 = self._to_input(partners) if partners is not None else None
+        torch._foreach_copy_(self._buffers_before, self._buffers)
         with self._autocast:
             loss = self.learner(x, images2=x2)
         value = float(loss.detach())
         if not math.isfinite(value):
+            torch._foreach_copy_(self._buffers, self._buffers_before)
             self._on_nonfinite(value)
             return None
         self._nan_streak = 0

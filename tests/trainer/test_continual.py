@@ -113,3 +113,20 @@ def test_resume_continues_exactly_and_a_diverging_run_restores_its_last_good_sta
     assert trainer.counters.nan_skips == 6 and trainer.step == 6
     assert finite(trainer.learner.state_dict())
     assert [s for s, _ in list_checkpoints(tmp_path)][0] == 6  # nothing non-finite was checkpointed
+
+
+def test_a_skipped_non_finite_step_leaves_batchnorm_statistics_as_they_were(tmp_path):
+    # A NaN weight makes the forward pass fold NaN into BatchNorm's running statistics before the
+    # loss is seen; the skipped step must put them back, or every later export would emit NaN.
+    trainer = ContinualTrainer(tiny_config(free_tcp_endpoint()), tmp_path)
+    scene = DemoScene(32, 32, seed=0)
+    for seq in range(trainer.cfg.buffer.min_fill):
+        trainer.buffer.add(Frame(camera_id=0, seq=seq, timestamp=0.05 * seq, image=scene.render(0.05 * seq)))
+    assert trainer._train_step() is not None  # a healthy step moves the statistics
+    stats = {k: v.clone() for k, v in trainer.learner.state_dict().items() if "running_" in k}
+    assert stats
+    with torch.no_grad():
+        next(trainer.learner.net.parameters()).fill_(float("nan"))
+    assert trainer._train_step() is None and trainer.counters.nan_skips == 1
+    after = trainer.learner.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
