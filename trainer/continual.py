@@ -131,6 +131,8 @@ class ContinualTrainer:
         if tc.threads is not None:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed batch and image size: autotuned kernels pay off
         self._autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16(tc, self.device) else nullcontext()
         )
