@@ -229,7 +229,9 @@ class ReplayBuffer:
         self.device = storage_device(cfg, torch.device(device))
         self._pin = self.device.type == "cpu" and torch.device(device).type == "cuda"
         self.min_fill = min(cfg.min_fill, capacity)
-        self._storage = torch.empty((capacity, h, w, c), dtype=torch.uint8, device=self.device, pin_memory=self._pin)
+        # Only each sampled batch is pinned (`_gather`): the store itself stays pageable, so a large
+        # buffer does not lock gigabytes of host RAM.
+        self._storage = torch.empty((capacity, h, w, c), dtype=torch.uint8, device=self.device)
         self._slots = _Slots(capacity)
         self._policy = make_policy(cfg, capacity, seed)
         self._lock = threading.Lock()
