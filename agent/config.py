@@ -83,6 +83,49 @@ class ModelConfig(_Section):
     projection_hidden_size: int = Field(4096, ge=1)
 
 
+class AugmentConfig(_Section):
+    """The two BYOL views, drawn per image. Defaults are the paper's (arXiv 2006.07733, table 6).
+
+    Pairs are (view 1, view 2): the paper's views differ only in blur and solarize. What a view
+    may change is what the encoder learns to ignore: when colour tells a robot's objects apart,
+    set `hue`, `saturation` and `grayscale_p` to 0 (benchmarks/RESULTS.md, quality section); at
+    32-64 px, blur removes most of an object's shape (CIFAR recipes drop it).
+    """
+
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area fraction of the random resized crop")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect ratio range of the crop")
+    flip_p: float = Field(0.5, ge=0, le=1)
+    jitter_p: float = Field(0.8, ge=0, le=1, description="probability of colour jitter")
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: tuple[float, float] = Field((1.0, 0.1), description="(view 1, view 2) Gaussian blur probability")
+    solarize_p: tuple[float, float] = Field((0.0, 0.2), description="(view 1, view 2) solarize probability")
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _check_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"expected 0 < low <= high; got {list(value)}")
+        return value
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 1:
+            raise ValueError(f"a crop covers at most the whole image (<= 1); got {list(value)}")
+        return value
+
+    @field_validator("blur_p", "solarize_p")
+    @classmethod
+    def _check_probabilities(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= v <= 1 for v in value):
+            raise ValueError(f"probabilities must be in [0, 1]; got {list(value)}")
+        return value
+
+
 class TrainConfig(_Section):
     """Continual BYOL optimisation, checkpoints and metrics."""
 
@@ -169,6 +212,7 @@ class Config(_Section):
     wire: WireConfig = WireConfig()
     buffer: BufferConfig = BufferConfig()
     model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
     runtime: RuntimeConfig = RuntimeConfig()

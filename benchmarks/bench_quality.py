@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import Config, load_config  # noqa: E402
 from trainer.backbone import Backbone  # noqa: E402
-from trainer.build import build_learner, build_optimizer  # noqa: E402
+from trainer.augment import View  # noqa: E402
+from trainer.build import build_learner, build_optimizer, view_specs  # noqa: E402
 from trainer.encoders import create_encoder  # noqa: E402
 from trainer.evaluation import knn_top1, linear_probe_top1, stratified_split, torch_features  # noqa: E402
 
@@ -191,7 +192,7 @@ class Trainee:
 
 
 def ours(cfg: Config) -> tuple[Trainee, Callable[[str], nn.Module]]:
-    learner = build_learner(cfg.model, cfg.train, "cpu")
+    learner = build_learner(cfg.model, cfg.train, "cpu", cfg.augment)
     optimizer = build_optimizer(learner, cfg.train)
 
     def step(batch: torch.Tensor) -> float:
@@ -205,14 +206,22 @@ def ours(cfg: Config) -> tuple[Trainee, Callable[[str], nn.Module]]:
     return Trainee("ours", step, cfg.train.batch_size), learner.encoder_module
 
 
-def byol_pytorch(cfg: Config) -> tuple[Trainee, nn.Module]:
-    """byol-pytorch 0.9.1 as its README uses it: default views and heads, Adam 3e-4."""
+def byol_pytorch(cfg: Config, views: str) -> tuple[Trainee, nn.Module]:
+    """byol-pytorch 0.9.1 as its README uses it (default heads, Adam 3e-4), with its own default
+    views or (`views="ours"`) given our configured views through its `augment_fn` / `augment_fn2`."""
     from byol_pytorch import BYOL as TheirBYOL
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)  # the same initial weights as ours and the reference
         net = create_encoder(cfg.model.encoder, **cfg.model.encoder_kwargs)
-    learner = TheirBYOL(net, image_size=cfg.model.image_size, hidden_layer=cfg.model.hidden_layer)
+    augment: dict[str, View] = {}
+    if views == "ours":
+        generator = torch.Generator().manual_seed(cfg.train.seed)
+        one, two = view_specs(cfg.augment)
+        size = cfg.model.image_size
+        augment = {"augment_fn": View(size, one, IMAGENET_MEAN, IMAGENET_STD, generator),
+                   "augment_fn2": View(size, two, IMAGENET_MEAN, IMAGENET_STD, generator)}
+    learner = TheirBYOL(net, image_size=cfg.model.image_size, hidden_layer=cfg.model.hidden_layer, **augment)
     optimizer = torch.optim.Adam(learner.parameters(), lr=3e-4)
 
     def step(batch: torch.Tensor) -> float:
@@ -269,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stream-frames", type=int, default=20000, help="distinct frames in the stream (wraps)")
     parser.add_argument("--eval-images", type=int, default=2000)
+    parser.add_argument("--their-views", choices=("default", "ours"), default="default",
+                        help="byol-pytorch's views: its defaults, or ours (cfg.augment) passed as augment_fn")
     parser.add_argument("--config", default=None, help="our learner's YAML config (default configs/default.yaml)")
     parser.add_argument("overrides", nargs="*", help=f"our config overrides (applied after {BENCH_DEFAULTS})")
     args = parser.parse_args(argv)
@@ -278,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size, k = cfg.model.image_size, cfg.eval.k
     print(f"encoder {cfg.model.encoder} at {size}px, hidden layer {cfg.model.hidden_layer!r}, threads {args.threads}, "
           f"batch {cfg.train.batch_size}, budget {args.budget:g} CPU s per learner in {args.slices} slices")
+    print(f"views: {cfg.augment.model_dump()}; byol-pytorch uses {args.their_views} views")
     print(f"ours: optimizer {cfg.train.optimizer} lr {cfg.train.lr:g}, projector {cfg.model.projection_hidden_size}"
           f"->{cfg.model.projection_size}, tau {cfg.train.tau_schedule} {cfg.train.tau_base}->{cfg.train.tau_final}"
           f"; overrides {BENCH_DEFAULTS + list(args.overrides)}")
@@ -295,15 +307,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "random, BN restat": (None, scores(restat_batchnorm(random_init(cfg), stream[:2000]), images, labels, split, k)),
     }
     our_trainee, our_encoder = ours(cfg)
-    their_trainee, their_net = byol_pytorch(cfg)
+    their_trainee, their_net = byol_pytorch(cfg, args.their_views)
+    their_encoder = Backbone(their_net, cfg.model.hidden_layer)
     for s in range(1, args.slices + 1):
         for trainee in (our_trainee, their_trainee):
             trainee.train_slice(stream, args.budget * s / args.slices)
-        print(f"  slice {s}/{args.slices}: " + ", ".join(
-            f"{t.name} {t.steps} steps loss {t.last_loss:.3f}" for t in (our_trainee, their_trainee)), flush=True)
+        # scored between slices, outside the CPU clocks: accuracy as a function of budget
+        ours_now = scores(our_encoder("target"), images, labels, split, k)
+        theirs_now = scores(their_encoder, images, labels, split, k)
+        print(f"  slice {s}/{args.slices} ({args.budget * s / args.slices:g} CPU s): "
+              f"ours {our_trainee.steps} steps loss {our_trainee.last_loss:.3f} kNN/linear {ours_now[0]:.3f}/{ours_now[1]:.3f}; "
+              f"byol-pytorch {their_trainee.steps} steps loss {their_trainee.last_loss:.3f} "
+              f"kNN/linear {theirs_now[0]:.3f}/{theirs_now[1]:.3f}", flush=True)
     rows["ours (online)"] = (our_trainee, scores(our_encoder("online"), images, labels, split, k))
-    rows["ours (target)"] = (our_trainee, scores(our_encoder("target"), images, labels, split, k))
-    rows["byol-pytorch"] = (their_trainee, scores(Backbone(their_net, cfg.model.hidden_layer), images, labels, split, k))
+    rows["ours (target)"] = (our_trainee, ours_now)
+    rows["byol-pytorch"] = (their_trainee, theirs_now)
 
     print(f"\n{'encoder':18s}{'steps':>7s}{'images':>8s}{'CPU s':>8s}{'wall s':>8s}{'img/CPU s':>10s}{'kNN':>8s}{'linear':>8s}")
     for name, (trainee, (knn, linear)) in rows.items():

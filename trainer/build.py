@@ -6,13 +6,28 @@ from typing import Union
 
 import torch
 
-from agent.config import ModelConfig, TrainConfig
+from agent.config import AugmentConfig, ModelConfig, TrainConfig
+from trainer.augment import ViewSpec
 from trainer.byol import BYOL
 from trainer.encoders import create_encoder
 from trainer.lars import LARS
 
 
-def build_learner(model_cfg: ModelConfig, train_cfg: TrainConfig, device: Union[str, torch.device]) -> BYOL:
+def view_specs(augment_cfg: AugmentConfig) -> tuple[ViewSpec, ViewSpec]:
+    """The config's (view 1, view 2) distributions."""
+    shared = augment_cfg.model_dump(exclude={"blur_p", "solarize_p"})
+    return tuple(  # type: ignore[return-value]
+        ViewSpec(**shared, blur_p=blur, solarize_p=solarize)
+        for blur, solarize in zip(augment_cfg.blur_p, augment_cfg.solarize_p)
+    )
+
+
+def build_learner(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    device: Union[str, torch.device],
+    augment_cfg: AugmentConfig = AugmentConfig(),
+) -> BYOL:
     """The encoder named by `model_cfg` wrapped in BYOL on `device`, initialised from `train_cfg.seed`.
 
     The encoder is channels_last when `train_cfg.channels_last` (faster on CPU and GPU; the views
@@ -37,6 +52,7 @@ def build_learner(model_cfg: ModelConfig, train_cfg: TrainConfig, device: Union[
             tau_warmup_steps=train_cfg.tau_warmup_steps,
             total_steps=train_cfg.total_steps,
             generator=torch.Generator(device=device).manual_seed(train_cfg.seed),
+            views=view_specs(augment_cfg),
         )
 
 

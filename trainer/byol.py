@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW1, VIEW2, View
+from trainer.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW1, VIEW2, View, ViewSpec
 from trainer.backbone import Backbone, HiddenLayer, eval_mode, probe
 from trainer.checks import LearnerError, check_images
 from trainer.heads import MLP, byol_head, distributed_world, simsiam_projector
@@ -86,6 +86,7 @@ class BYOL(nn.Module):
         total_steps: Optional[int] = None,
         normalize: bool = True,
         generator: Optional[torch.Generator] = None,
+        views: tuple[ViewSpec, ViewSpec] = (VIEW1, VIEW2),
     ) -> None:
         super().__init__()
         check_schedule(tau_schedule, moving_average_decay, tau_final, tau_warmup_steps, total_steps)
@@ -118,9 +119,9 @@ class BYOL(nn.Module):
 
         fmt = self._memory_format()
         if augment_fn is None:
-            augment_fn = View(image_size, VIEW1, self.mean, self.std, generator, fmt)
+            augment_fn = View(image_size, views[0], self.mean, self.std, generator, fmt)
             augment_fn2 = augment_fn2 if augment_fn2 is not None else View(
-                image_size, VIEW2, self.mean, self.std, generator, fmt
+                image_size, views[1], self.mean, self.std, generator, fmt
             )
         self.augment1: Augment = augment_fn
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn

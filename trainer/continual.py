@@ -139,7 +139,7 @@ class ContinualTrainer:
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed % 2**32)
         random.seed(tc.seed)
-        self.learner = build_learner(cfg.model, tc, self.device)
+        self.learner = build_learner(cfg.model, tc, self.device, cfg.augment)
         self.optimizer = build_optimizer(self.learner, tc)
         self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, 3), self.device, seed=tc.seed)
         self.sampler = torch.Generator().manual_seed(tc.seed)

@@ -35,6 +35,10 @@ def test_overrides_are_typed_and_applied() -> None:
         ("wire.endpoint=localhost:5", "'wire.endpoint'"),
         ("buffer.min_fill=999999", "min_fill"),
         ("train.lr", "key=value"),
+        ("augment.crop_scale=[0.5, 0.2]", "'augment.crop_scale'"),
+        ("augment.crop_scale=[0.2, 1.5]", "'augment.crop_scale'"),
+        ("augment.blur_p=[1.0, 2]", "'augment.blur_p'"),
+        ("augment.hue=0.7", "'augment.hue'"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override: str, needle: str) -> None:

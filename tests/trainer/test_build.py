@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.config import ModelConfig, TrainConfig
+from agent.config import AugmentConfig, ModelConfig, TrainConfig
+from trainer.augment import VIEW1, VIEW2
 from trainer.build import build_learner, build_optimizer
 from trainer.lars import LARS
 
@@ -28,6 +29,24 @@ def test_build_learner_follows_the_config_and_its_seed() -> None:
     assert torch.equal(first.augment1(images), second.augment1(images)), "views reproduce from the seed"
     other = build_learner(MODEL, train_cfg(seed=4), "cpu")
     assert not torch.equal(other.net.features[0].weight, first.net.features[0].weight)
+
+
+def test_views_come_from_the_augment_section() -> None:
+    default = build_learner(MODEL, train_cfg(), "cpu")
+    assert (default.augment1.spec, default.augment2.spec) == (VIEW1, VIEW2), "defaults are the paper's views"
+    keep_colour = AugmentConfig(hue=0.0, saturation=0.0, grayscale_p=0.0, crop_scale=(0.25, 1.0), blur_p=(0.0, 0.0))
+    learner = build_learner(MODEL, train_cfg(), "cpu", keep_colour)
+    one, two = learner.augment1.spec, learner.augment2.spec
+    assert (one.hue, one.grayscale_p, one.crop_scale, one.blur_p) == (0.0, 0.0, (0.25, 1.0), 0.0)
+    assert (two.solarize_p, two.blur_p, two.brightness) == (0.2, 0.0, 0.4)
+    # no hue, saturation or grayscale: the colour balance of every pixel survives the view
+    # (brightness and contrast scale it; without blur the crop's mean colour stays put up to scale)
+    images = torch.rand(8, 3, 16, 16)
+    images[:, 0] *= 0.2  # blue-green images: red stays the smallest channel
+    mean, std = torch.tensor(learner.mean).view(1, 3, 1, 1), torch.tensor(learner.std).view(1, 3, 1, 1)
+    view = learner.augment1(images) * std + mean
+    channel_means = view.mean(dim=(2, 3))
+    assert (channel_means[:, 0] < channel_means[:, 1:].min(dim=1).values).all()
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "lars"])
