@@ -38,7 +38,8 @@ class CaptureConfig(_Section):
     camera_id_base: int = Field(0, ge=0, le=60000, description="camera id of the first source")
     reconnect_backoff_s: float = Field(0.5, gt=0)
     reconnect_max_backoff_s: float = Field(10.0, gt=0)
-    loop_video: bool = Field(False, description="restart a video file at its end instead of stopping")
+    loop_video: bool = Field(False, description="restart a video file or image folder at its end instead of stopping")
+    shuffle: bool = Field(False, description="image folders and globs: a new seeded random order every pass")
 
 
 class WireConfig(_Section):
@@ -70,6 +71,9 @@ class BufferConfig(_Section):
     temporal_positives: bool = Field(False, description="draw the two views from two frames of one camera")
     temporal_delta_s: float = Field(0.5, gt=0, description="target time between the two frames")
     embed_batch: int = Field(64, ge=1, description="frames embedded at once for min_redundancy")
+    refresh_every_steps: Optional[int] = Field(
+        10, ge=1, description="min_redundancy: re-embed the embed_batch stalest frames every this many steps (None = never)"
+    )
 
 
 class ModelConfig(_Section):
@@ -77,6 +81,10 @@ class ModelConfig(_Section):
 
     encoder: str = Field("resnet18", description="torchvision model name, a registered name, or package.module:factory")
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
+    stem: Literal["standard", "small", "cifar"] = Field(
+        "standard",
+        description="ResNet stem: standard (7x7/2 + max-pool), small (3x3/1 + max-pool), cifar (3x3/1, no pool)",
+    )
     hidden_layer: Union[int, str] = "avgpool"
     image_size: int = Field(64, ge=8, le=1024)
     projection_size: int = Field(256, ge=1)
@@ -135,6 +143,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=2)
     optimizer: Literal["adam", "adamw", "lars", "sgd"] = "adam"
     lr: float = Field(3e-4, gt=0)
+    lr_warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up from lr / steps to lr")
     weight_decay: float = Field(1e-6, ge=0)
     tau_schedule: Literal["constant", "cosine", "warmup_constant"] = "warmup_constant"
     tau_base: float = Field(0.99, ge=0, le=1)
@@ -148,6 +157,10 @@ class TrainConfig(_Section):
     save_buffer: bool = False
     metrics_every: int = Field(10, ge=1)
     nan_tolerance: int = Field(5, ge=1, description="non-finite losses in a row before the last good state is restored")
+    probe_data: Optional[str] = Field(
+        None, description="'digits' or a labelled image folder: score the target encoder by kNN/linear probe while training"
+    )
+    probe_every: int = Field(500, ge=1, description="steps between online quality scores (train.probe_data)")
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on the CPU")
 

@@ -57,6 +57,7 @@ def manifest_fields(
         "model": {
             "encoder": model_cfg.encoder,
             "encoder_kwargs": model_cfg.encoder_kwargs,
+            "stem": model_cfg.stem,
             "hidden_layer": model_cfg.hidden_layer,
             "image_size": model_cfg.image_size,
         },

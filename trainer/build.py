@@ -9,7 +9,7 @@ import torch
 from agent.config import AugmentConfig, ModelConfig, TrainConfig
 from trainer.augment import ViewSpec
 from trainer.byol import BYOL
-from trainer.encoders import create_encoder
+from trainer.encoders import build_encoder
 from trainer.lars import LARS
 
 
@@ -37,7 +37,7 @@ def build_learner(
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # encoder and heads from the seed; the global RNG is left alone
         torch.manual_seed(train_cfg.seed)
-        net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs).to(device)
+        net = build_encoder(model_cfg).to(device)
         if train_cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return BYOL(

@@ -34,7 +34,7 @@ from export.manifest import LATEST_NAME, InputSpec, Manifest, read_latest, read_
 from export.frames import resize_frames
 from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD
 from trainer.backbone import Backbone
-from trainer.encoders import create_encoder
+from trainer.encoders import build_encoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 KNN_TEMPERATURE = 0.07
@@ -49,12 +49,17 @@ _ORT_LOAD_ERRORS = (
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """RGB uint8 images (N, H, W, 3) with integer labels indexing `classes`."""
+    """RGB uint8 images (N, H, W, 3) with integer labels indexing `classes`.
+
+    `split` is (bank indices, query indices) when the data came with its own train/test halves;
+    None means the evaluation draws a stratified split (`EvalConfig.test_fraction`).
+    """
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
     name: str
+    split: Optional[tuple[np.ndarray, np.ndarray]] = None
 
 
 @dataclass(frozen=True)
@@ -158,10 +163,32 @@ def _read_square(path: Path, size: int) -> np.ndarray:
     return cv2.cvtColor(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
 
 
+def load_train_test_folder(path: Union[str, Path], image_size: int, max_images: int, seed: int = 0) -> LabelledImages:
+    """A folder holding `train/` and `test/` image folders (same class names): train is the kNN bank
+    and the linear probe's training set, test the queries; each capped at `max_images`."""
+    root = Path(path)
+    bank = load_image_folder(root / "train", image_size, max_images, seed)
+    queries = load_image_folder(root / "test", image_size, max_images, seed)
+    if bank.classes != queries.classes:
+        raise SourceError(
+            f"{str(root)!r}: train/ and test/ name different classes ({len(bank.classes)} vs {len(queries.classes)} subfolders)"
+        )
+    index = np.arange(len(bank.labels) + len(queries.labels))
+    return LabelledImages(
+        np.concatenate([bank.images, queries.images]),
+        np.concatenate([bank.labels, queries.labels]),
+        bank.classes,
+        str(root),
+        split=(index[: len(bank.labels)], index[len(bank.labels) :]),
+    )
+
+
 def load_eval_data(data: Union[str, Path], image_size: int, max_images: int, seed: int = 0) -> LabelledImages:
-    """`"digits"` or an image folder."""
+    """`"digits"`, a folder with `train/` and `test/` halves, or one image folder (split at random later)."""
     if str(data) == "digits":
         return load_digits(image_size)
+    if (Path(data) / "train").is_dir() and (Path(data) / "test").is_dir():
+        return load_train_test_folder(data, image_size, max_images, seed)
     return load_image_folder(data, image_size, max_images, seed)
 
 
@@ -308,6 +335,7 @@ def _spec_from_graph(session: ort.InferenceSession, encoder: EncoderFile) -> Inp
 
 
 @torch.no_grad()
+@torch.no_grad()
 def torch_features(
     module: torch.nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int = 256
 ) -> np.ndarray:
@@ -341,7 +369,7 @@ def random_init_encoder(model_section: dict[str, Any], seed: int) -> torch.nn.Mo
         raise ConfigError(f"manifest model.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)
+        net = build_encoder(model_cfg)
     return Backbone(net, model_cfg.hidden_layer).eval()
 
 
@@ -378,7 +406,7 @@ def evaluate_export(
     else:
         dataset = load_eval_data(data, extractor.image_size, eval_cfg.max_images, seed)
     labels = dataset.labels
-    train, test = stratified_split(labels, eval_cfg.test_fraction, seed)
+    train, test = dataset.split if dataset.split is not None else stratified_split(labels, eval_cfg.test_fraction, seed)
     feats = extractor(dataset.images)
     knn, linear = evaluate_features(feats, labels, train, test, eval_cfg.k, seed)
 

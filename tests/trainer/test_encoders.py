@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from agent.errors import ConfigError
-from trainer.encoders import TinyCNN, available_encoders, create_encoder
+from agent.config import ModelConfig
+from trainer.encoders import TinyCNN, adapt_stem, available_encoders, build_encoder, create_encoder
 
 
 @pytest.mark.parametrize("name", ["tiny_cnn", "resnet18", "mobilenet_v3_small", "trainer.encoders:TinyCNN"])
@@ -40,3 +41,23 @@ def test_kwargs_reach_the_factory() -> None:
 def test_bad_names_fail_with_a_clear_error(name: str, kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         create_encoder(name, **kwargs)
+
+
+@pytest.mark.parametrize("stem, side", [("standard", 1), ("small", 2), ("cifar", 4)])
+def test_small_input_stems_keep_larger_maps(stem: str, side: int) -> None:
+    """At 32 px the standard ResNet stem leaves a 1x1 map at layer4; 'small' 2x2, 'cifar' 4x4."""
+    net = build_encoder(ModelConfig(encoder="resnet18", stem=stem)).eval()
+    with torch.no_grad():
+        maps = nn.Sequential(*list(net.children())[:-2])(torch.rand(2, 3, 32, 32))
+    assert maps.shape == (2, 512, side, side)
+    if stem != "standard":
+        assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+        assert isinstance(net.maxpool, nn.Identity) == (stem == "cifar")
+
+
+def test_a_stem_for_a_network_without_one_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="has none: use model.stem=standard"):
+        build_encoder(ModelConfig(encoder="mobilenet_v3_small", stem="small"))
+    assert isinstance(build_encoder(ModelConfig(encoder="tiny_cnn", stem="standard")), TinyCNN)
+    with pytest.raises(ConfigError, match="unknown model.stem"):
+        adapt_stem(create_encoder("resnet18"), "tiny")
