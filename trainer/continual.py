@@ -20,7 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
 import numpy as np
 import torch
@@ -39,7 +39,12 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.ingest import Ingestor
+from trainer.lr_schedule import lr_at, set_lr
 from trainer.metrics import MetricsWriter
+
+if TYPE_CHECKING:
+    from trainer.evaluation import EvalResult
+    from trainer.quality_monitor import QualityMonitor
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +152,8 @@ class ContinualTrainer:
         self.resumed_from: Optional[str] = None
         self._last_checkpoint_step = 0
         self._resume()
+        self.monitor = self._make_monitor()
+        self._last_probe: Optional["EvalResult"] = None
         self._good = self._snapshot()
         # A forward pass moves BatchNorm running statistics before its loss can be checked, and one
         # NaN folded into a running mean stays there; the skipped step puts them back from here.
@@ -288,9 +295,15 @@ class ContinualTrainer:
                 window = _Window(self.step)
             if self.step - self._last_checkpoint_step >= tc.checkpoint_every and self._nan_streak == 0:
                 self._save_checkpoint()
+            refresh = self.cfg.buffer.refresh_every_steps
+            if self.buffer.wants_embeddings and refresh is not None and self.step % refresh == 0:
+                self._embed_pending(refresh=True)
             if self._export_due(last_export_time):
                 self._submit_export()
                 last_export_time = time.monotonic()
+            if self.monitor is not None and self.step % tc.probe_every == 0:
+                self.monitor.submit(self.step, self.counters.last_export_version, self.learner.encoder_module("target"))
+            self._log_probes()
             self._status(window, "training")
 
     def _can_step(self, drained: bool) -> bool:
@@ -333,6 +346,7 @@ class ContinualTrainer:
             self._on_nonfinite(value)
             return None
         self._nan_streak = 0
+        set_lr(self.optimizer, lr_at(self.step, self.cfg.train.lr, self.cfg.train.lr_warmup_steps))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -361,9 +375,10 @@ class ContinualTrainer:
                     f"lower train.lr (now {self.cfg.train.lr:g}) and restart"
                 )
 
-    def _embed_pending(self) -> None:
-        """Give newly stored frames their target embedding, which min-redundancy eviction compares."""
-        batch = self.buffer.frames_to_embed(self.cfg.buffer.embed_batch)
+    def _embed_pending(self, refresh: bool = False) -> None:
+        """Give newly stored frames their target embedding, which min-redundancy eviction compares;
+        with `refresh`, re-embed the stalest ones instead (the encoder has moved since)."""
+        batch = self.buffer.frames_to_embed(self.cfg.buffer.embed_batch, refresh=refresh)
         if batch is None:
             return
         slots, tickets, images = batch
@@ -412,6 +427,21 @@ class ContinualTrainer:
                 self.counters.last_export_version = event["version"]
             self.metrics.log(event)
 
+    def _make_monitor(self) -> Optional["QualityMonitor"]:
+        tc = self.cfg.train
+        if tc.probe_data is None:
+            return None
+        from trainer.quality_monitor import QualityMonitor  # sklearn and onnxruntime load only when probing
+
+        return QualityMonitor(tc.probe_data, self.cfg.model, self.cfg.eval, tc.seed, self.learner.mean, self.learner.std)
+
+    def _log_probes(self, results: Optional[list["EvalResult"]] = None) -> None:
+        if self.monitor is None:
+            return
+        for result in self.monitor.poll() if results is None else results:
+            self._last_probe = result
+            self.metrics.log(result.to_event())
+
     def _fields(self, window: _Window, state: str) -> dict[str, Any]:
         steps_per_s, img_per_s = window.rates(self.step, self.cfg.train.batch_size)
         stats = self.buffer.stats()
@@ -434,6 +464,9 @@ class ContinualTrainer:
             "restores": c.restores,
             "last_export_version": c.last_export_version,
             "max_steps": self.cfg.train.max_steps,
+            "probe_knn": self._last_probe.knn_top1 if self._last_probe else None,
+            "probe_random_knn": self._last_probe.random_knn_top1 if self._last_probe else None,
+            "probe_step": self._last_probe.step if self._last_probe else None,
         }
 
     def _status(self, window: _Window, state: str, force: bool = False) -> None:
@@ -452,7 +485,8 @@ class ContinualTrainer:
             buffer_age_max_s=stats["age_max_s"],
             buffer_per_camera=stats["per_camera"],
         )
-        del fields["state"], fields["max_steps"]
+        for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step"):
+            del fields[key]
         self.metrics.log(fields)
 
     def _shutdown(self) -> None:
@@ -465,6 +499,8 @@ class ContinualTrainer:
                     self._submit_export()
                 self.exporter.close(EXPORT_CLOSE_TIMEOUT_S)
                 self._log_exports()
+            if self.monitor is not None:
+                self._log_probes(self.monitor.close(EXPORT_CLOSE_TIMEOUT_S))
             window = _Window(self.step)
             self._status(window, "stopped", force=True)
             self.metrics.log({"event": "stop", "step": self.step, **asdict(self.counters)})
