@@ -220,14 +220,18 @@ class VideoFileSource(_OpenCVSource):
 class ImageFilesSource(FrameSource):
     """Still images from a folder (searched recursively) or a glob pattern, in sorted path order.
 
+    With `shuffle`, each pass goes through the files in a new random order (seeded, so a run
+    reproduces it): a folder sorted by class is otherwise a class-after-class stream.
+
     An unreadable file is skipped with a warning; a folder that vanishes is a lost source, and
     reopening it resumes at the same position.
     """
 
-    def __init__(self, spec: str, loop: bool = False, pattern: Optional[bool] = None) -> None:
+    def __init__(self, spec: str, loop: bool = False, pattern: Optional[bool] = None, shuffle: bool = False) -> None:
         self._is_glob = any(ch in spec for ch in "*?[") if pattern is None else pattern
         super().__init__(f"image glob {spec!r}" if self._is_glob else f"image folder '{spec}'")
         self.spec, self.loop = spec, loop
+        self._order = np.random.default_rng(0) if shuffle else None
         self._files: list[str] = []
         self._index = 0
         self.skipped = 0
@@ -252,6 +256,12 @@ class ImageFilesSource(FrameSource):
 
     def connect(self) -> None:
         self._files = self._list()
+        if self._index == 0:  # a reconnect resumes the pass it was in
+            self._shuffle()
+
+    def _shuffle(self) -> None:
+        if self._order is not None:
+            self._files = [self._files[i] for i in self._order.permutation(len(self._files))]
 
     def read(self) -> np.ndarray:
         if not self._files:
@@ -261,6 +271,7 @@ class ImageFilesSource(FrameSource):
                 if not self.loop:
                     raise SourceExhausted(f"{self.name} has no more images")
                 self._index = 0
+                self._shuffle()
             path = self._files[self._index]
             self._index += 1
             bgr = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -348,7 +359,7 @@ def open_source(spec: str, cfg: CaptureConfig) -> FrameSource:
     if spec.lower().startswith(STREAM_SCHEMES):
         return StreamSource(spec)
     if any(ch in spec for ch in "*?[") or Path(spec).is_dir():
-        return ImageFilesSource(spec, loop=cfg.loop_video)
+        return ImageFilesSource(spec, loop=cfg.loop_video, shuffle=cfg.shuffle)
     if Path(spec).suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageFilesSource(glob.escape(spec), loop=cfg.loop_video, pattern=True)
+        return ImageFilesSource(glob.escape(spec), loop=cfg.loop_video, pattern=True, shuffle=cfg.shuffle)
     return VideoFileSource(spec, loop=cfg.loop_video)

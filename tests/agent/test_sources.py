@@ -179,3 +179,16 @@ def test_missing_camera_is_one_line_error() -> None:
     with pytest.raises(SourceError, match="camera 63 cannot be opened") as info:
         open_source("63", CFG).connect()
     assert "\n" not in str(info.value)
+
+
+def test_shuffled_folder_visits_every_image_once_per_pass_in_a_new_order(tmp_path: Path) -> None:
+    _write_images(tmp_path, [f"c{i // 4}/{i:02d}.png" for i in range(12)])
+    cfg = CFG.model_copy(update={"shuffle": True, "loop_video": True})
+    source = open_source(str(tmp_path), cfg)
+    source.connect()
+    passes = [[int(source.read()[0, 0, 2]) for _ in range(12)] for _ in range(2)]
+    assert sorted(passes[0]) == sorted(passes[1]) == [10 * i for i in range(12)]
+    assert passes[0] != sorted(passes[0]) and passes[0] != passes[1]
+    sorted_source = open_source(str(tmp_path), CFG.model_copy(update={"loop_video": True}))
+    sorted_source.connect()
+    assert [int(sorted_source.read()[0, 0, 2]) for _ in range(12)] == [10 * i for i in range(12)]
