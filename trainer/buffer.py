@@ -100,6 +100,11 @@ class MinRedundancyPolicy(EvictionPolicy):
     neighbour just left, not an N x N similarity matrix. Frames not yet embedded are never chosen
     while at least two embedded ones exist (they get a chance to prove they are novel); before
     that the policy falls back to FIFO.
+
+    The encoder keeps changing, so an embedding computed on arrival goes stale: two frames the
+    early encoder could not tell apart may be far apart now. `stalest(n)` names the embedded slots
+    whose embeddings are oldest (by embedding round), which the trainer re-embeds with the current
+    target at a bounded rate (`buffer.refresh_every_steps`).
     """
 
     name = "min_redundancy"
@@ -110,6 +115,8 @@ class MinRedundancyPolicy(EvictionPolicy):
         self._has = torch.zeros(capacity, dtype=torch.bool)
         self._nn_sim = torch.full((capacity,), float("-inf"))
         self._nn_idx = torch.full((capacity,), -1, dtype=torch.long)
+        self._round = np.zeros(capacity, dtype=np.int64)  # embedding round each slot's vector is from
+        self._rounds = 0
 
     @property
     def embedded(self) -> int:
@@ -126,6 +133,11 @@ class MinRedundancyPolicy(EvictionPolicy):
         has = self._has[: slots.size].numpy()
         idx = np.flatnonzero(slots.valid[: slots.size] & ~has)
         return idx[np.argsort(slots.ticket[idx], kind="stable")]
+
+    def stalest(self, slots: _Slots, n: int) -> np.ndarray:
+        """Up to `n` valid embedded slots, the oldest embeddings first."""
+        idx = np.flatnonzero(slots.valid[: slots.size] & self._has[: slots.size].numpy())
+        return idx[np.argsort(self._round[idx], kind="stable")][:n]
 
     def forget(self, slot: int) -> None:
         if not bool(self._has[slot]):
@@ -146,6 +158,8 @@ class MinRedundancyPolicy(EvictionPolicy):
             self._nn_idx.fill_(-1)
         for slot in slot_ids.tolist():
             self.forget(slot)
+        self._rounds += 1
+        self._round[slot_ids.numpy()] = self._rounds
         self._emb[slot_ids] = vectors
         old = torch.nonzero(self._has).flatten()
         self._has[slot_ids] = True
@@ -347,12 +361,14 @@ class ReplayBuffer:
     def wants_embeddings(self) -> bool:
         return isinstance(self._policy, MinRedundancyPolicy)
 
-    def frames_to_embed(self, n: int) -> Optional[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
-        """Up to `n` stored frames that have no embedding yet: (slots, tickets, uint8 NHWC images)."""
+    def frames_to_embed(self, n: int, refresh: bool = False) -> Optional[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+        """Up to `n` stored frames that have no embedding yet, or with `refresh` the `n` stalest
+        embedded ones: (slots, tickets, uint8 NHWC images); None when there are none."""
         if not isinstance(self._policy, MinRedundancyPolicy):
             return None
         with self._lock:
-            slot_ids = self._policy.pending(self._slots)[:n]
+            policy = self._policy
+            slot_ids = policy.stalest(self._slots, n) if refresh else policy.pending(self._slots)[:n]
             if slot_ids.size == 0:
                 return None
             return slot_ids, self._slots.ticket[slot_ids].copy(), self._gather(slot_ids)

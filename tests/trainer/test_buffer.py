@@ -171,3 +171,27 @@ def test_concurrent_add_and_sample_never_return_a_torn_frame():
         thread.join(timeout=10)
     assert not errors
     assert buf.stats()["frames_seen"] > 16
+
+
+def test_refreshed_embeddings_change_which_frame_is_evicted():
+    # Embedded on arrival, frames 0 and 1 look alike; the encoder then learns that they differ and
+    # that 1 and 2 are alike. Only re-embedding the stalest frames lets eviction see that.
+    early = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]])
+    later = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.14, 0.99]])
+    evicted = {}
+    for refresh in (False, True):
+        buf = buffer(capacity_frames=3, policy="min_redundancy")
+        for seq in range(3):
+            buf.add(frame(seq))
+        slots, tickets, _ = buf.frames_to_embed(3)  # slots fill in order: slot i holds seq i
+        buf.set_embeddings(slots, tickets, early[torch.from_numpy(slots)])
+        assert buf.frames_to_embed(3) is None  # nothing pending
+        if refresh:
+            stale, stale_tickets, _ = buf.frames_to_embed(2, refresh=True)
+            buf.set_embeddings(stale, stale_tickets, later[torch.from_numpy(stale)])
+            last, last_tickets, _ = buf.frames_to_embed(2, refresh=True)
+            assert last[0] not in stale  # the one left stale comes first next time
+            buf.set_embeddings(last[:1], last_tickets[:1], later[torch.from_numpy(last[:1])])
+        buf.add(frame(3))
+        evicted[refresh] = ({0, 1, 2} - set(stored_seqs(buf))).pop()
+    assert evicted == {False: 0, True: 1}  # ties go to the first slot (argmax)
