@@ -1,0 +1,131 @@
+"""Online quality monitor: kNN / linear probe of the target encoder while it trains, off the training thread.
+
+The BYOL loss says little about downstream quality (it can fall while the features get worse:
+benchmarks/RESULTS.md, real photos), and a random-init conv net is a strong kNN baseline. With
+`train.probe_data` set to a labelled image folder (one subfolder per class, or `train/` + `test/`
+halves) or "digits", the trainer hands a CPU copy of its target encoder to this monitor every
+`train.probe_every` steps; a background thread scores it exactly as `byol-agent eval` does and
+also scores, once, the random-init encoder of the same architecture, stem and input size (the
+run's own initial weights, seeded by `train.seed`). Each result is an `EvalResult` that the
+trainer writes to metrics.jsonl as an `{"event": "eval"}` line (so `report` plots it per exported
+version next to the random-init line) and shows on the status line.
+
+One scoring at a time: a request that arrives while the previous one still runs is skipped, so a
+slow probe never queues work behind the trainer. A failure in the thread is stored and re-raised
+by the next `poll()` (the style of huey's consumer), never lost with the thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+from torch import nn
+
+from agent.config import EvalConfig, ModelConfig
+from trainer.evaluation import (
+    EvalResult,
+    evaluate_features,
+    load_eval_data,
+    random_init_encoder,
+    stratified_split,
+    torch_features,
+)
+
+
+class QualityMonitor:
+    """Scores encoders on `data` in a background thread; see the module docstring.
+
+    `data`: "digits" or a labelled image folder, loaded now at `model_cfg.image_size` (SourceError
+    with a one-line message if it is missing or holds too few images). `mean` / `std`: the learner's
+    input normalisation (per channel, for float RGB in [0, 1]).
+    """
+
+    def __init__(
+        self,
+        data: str,
+        model_cfg: ModelConfig,
+        eval_cfg: EvalConfig,
+        seed: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
+        self._data = load_eval_data(data, model_cfg.image_size, eval_cfg.max_images, seed)
+        labels = self._data.labels
+        self._split = self._data.split or stratified_split(labels, eval_cfg.test_fraction, seed)
+        self._model_cfg, self._eval_cfg, self._seed = model_cfg, eval_cfg, seed
+        self._mean, self._std = mean, std
+        self._reference: Optional[tuple[float, float]] = None
+        self._thread: Optional[threading.Thread] = None
+        self._results: list[EvalResult] = []
+        self._error: Optional[BaseException] = None
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, step: int, version: Optional[int], encoder: nn.Module) -> bool:
+        """Start scoring `encoder` (an eval-mode CPU module: normalised float NCHW → (N, D)); False if busy."""
+        if self.busy:
+            return False
+        self._thread = threading.Thread(
+            target=self._score, args=(step, version, encoder), name="quality-monitor", daemon=True
+        )
+        self._thread.start()
+        return True
+
+    def poll(self) -> list[EvalResult]:
+        """Results finished since the last poll; re-raises an error from the scoring thread."""
+        with self._lock:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            results, self._results = self._results, []
+        return results
+
+    def close(self, timeout_s: float = 60.0) -> list[EvalResult]:
+        """Wait up to `timeout_s` for a scoring in progress; return what finished."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        return self.poll()
+
+    def _features(self, module: nn.Module) -> np.ndarray:
+        return torch_features(module, self._data.images, self._mean, self._std)
+
+    def _score(self, step: int, version: Optional[int], encoder: nn.Module) -> None:
+        try:
+            started = time.perf_counter()
+            train, test = self._split
+            k, labels = self._eval_cfg.k, self._data.labels
+            if self._reference is None:
+                section = self._model_cfg.model_dump(mode="json")
+                reference = random_init_encoder(section, self._seed)
+                self._reference = evaluate_features(self._features(reference), labels, train, test, k, self._seed)
+            feats = self._features(encoder.eval())
+            knn, linear = evaluate_features(feats, labels, train, test, k, self._seed)
+            result = EvalResult(
+                encoder=f"target at step {step}",
+                version=version,
+                step=step,
+                data=self._data.name,
+                k=min(k, len(train)),
+                n_train=len(train),
+                n_test=len(test),
+                num_classes=len(self._data.classes),
+                feature_dim=int(feats.shape[1]),
+                knn_top1=knn,
+                linear_top1=linear,
+                random_knn_top1=self._reference[0],
+                random_linear_top1=self._reference[1],
+                seed=self._seed,
+                seconds=time.perf_counter() - started,
+                notes=["online monitor (torch, target encoder)"],
+            )
+            with self._lock:
+                self._results.append(result)
+        except BaseException as exc:  # stored, re-raised on the training thread by poll()
+            with self._lock:
+                self._error = exc
