@@ -123,7 +123,9 @@ def free_port() -> int:
 class CliRun:
     """`byol-agent train` fed by `byol-agent capture --source FOLDER/train`, paused to be scored."""
 
-    def __init__(self, work: Path, data: Path, config: Optional[str], overrides: list[str], seed: int, threads: int):
+    def __init__(
+        self, work: Path, source: str, shuffle: bool, config: Optional[str], overrides: list[str], seed: int, threads: int
+    ):
         self.run_dir, self.export_dir = work / f"run-seed{seed}", work / f"exports-seed{seed}"
         self.config = ["--config", config] if config else []
         wire = [f"wire.endpoint=tcp://127.0.0.1:{free_port()}", "wire.publish=null"]
@@ -133,9 +135,9 @@ class CliRun:
             CLI + ["train", "--run-dir", str(self.run_dir)] + self.config + self.overrides,
             stdout=self.logs[0], stderr=subprocess.STDOUT, cwd=ROOT,
         )
-        capture = ["capture.loop_video=true", "capture.shuffle=true"]
+        capture = ["capture.loop_video=true", f"capture.shuffle={str(shuffle).lower()}"]
         self.capture = subprocess.Popen(
-            CLI + ["capture", "--source", str(data / "train")] + self.config + self.overrides + capture,
+            CLI + ["capture", "--source", source] + self.config + self.overrides + capture,
             stdout=self.logs[1], stderr=subprocess.STDOUT, cwd=ROOT,
         )
 
@@ -248,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--learners", default="ours,byol-pytorch", help="comma list of ours, byol-pytorch")
     parser.add_argument("--config", default=None, help="our YAML config (default: the shipped default)")
+    parser.add_argument("--order", choices=("shuffled", "class"), default="shuffled",
+                        help="our stream: shuffled each pass, or the folder's sorted order (class after class, as a robot "
+                             "moving from room to room sees it)")
+    parser.add_argument("--source", default=None,
+                        help="our capture source instead of DATA/train, e.g. a video made by make_pan_video.py")
     parser.add_argument("--work", default=None, help="keep run directories and logs here (default: a temp folder)")
     parser.add_argument("overrides", nargs="*", help="our config overrides, key=value")
     args = parser.parse_args(argv)
@@ -265,7 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"encoder {base.model.encoder} stem {base.model.stem} at {base.model.image_size} px, batch {base.train.batch_size}, "
           f"{base.train.optimizer} lr {base.train.lr:g} warm-up {base.train.lr_warmup_steps}, "
           f"tau {base.train.tau_schedule} {base.train.tau_base}->{base.train.tau_final}; budget {args.budget:g} CPU s, "
-          f"{args.threads} threads; work dir {work}", flush=True)
+          f"{args.threads} threads; stream {args.source or 'DATA/train'} {args.order}, buffer {base.buffer.policy} "
+          f"{base.buffer.capacity_frames} frames, temporal positives {base.buffer.temporal_positives}; work dir {work}",
+          flush=True)
     frames = stream_frames(data_dir / "train", base) if "byol-pytorch" in learners else None
     marks = [min(args.budget, args.every * i) for i in range(1, int(np.ceil(args.budget / args.every)) + 1)]
 
@@ -276,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finals.setdefault("random init", []).append(random_scores)
         print(f"\nseed {seed}: random init kNN {random_scores[0]:.3f} linear {random_scores[1]:.3f}", flush=True)
         if "ours" in learners:
-            run = CliRun(work, data_dir, args.config, list(args.overrides), seed, args.threads)
+            source = args.source or str(data_dir / "train")
+            run = CliRun(work, source, args.order == "shuffled", args.config, list(args.overrides), seed, args.threads)
             started = time.perf_counter()
             try:
                 for mark in marks:

@@ -14,6 +14,7 @@ from tests.conftest import free_tcp_endpoint
 from tests.trainer.test_continual import records, run_trainer, tiny_config
 from trainer.evaluation import load_eval_data
 from trainer.metrics import format_status
+from trainer.report import write_report
 
 
 def write_labelled(root: Path, per_class: int = 12) -> Path:
@@ -50,6 +51,8 @@ def test_trainer_logs_probe_scores_against_random_init(tmp_path: Path) -> None:
     status = json.loads((tmp_path / "run" / "status-trainer.json").read_text())
     assert status["probe_knn"] == evals[-1]["knn_top1"] and trainer.monitor is not None
     assert f"kNN {evals[-1]['knn_top1']:.3f} (random" in format_status(status)
+    report = write_report(tmp_path / "run")
+    assert any(p.name == "eval.png" for p in report.plots)
 
 
 def test_a_missing_probe_folder_fails_at_start(tmp_path: Path) -> None:
