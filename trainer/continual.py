@@ -154,6 +154,7 @@ class ContinualTrainer:
         self._resume()
         self.monitor = self._make_monitor()
         self._last_probe: Optional["EvalResult"] = None
+        self._probe_submitted_at: Optional[int] = None
         self._good = self._snapshot()
         # A forward pass moves BatchNorm running statistics before its loss can be checked, and one
         # NaN folded into a running mean stays there; the skipped step puts them back from here.
@@ -301,8 +302,9 @@ class ContinualTrainer:
             if self._export_due(last_export_time):
                 self._submit_export()
                 last_export_time = time.monotonic()
-            if self.monitor is not None and self.step % tc.probe_every == 0:
+            if self._probe_due():
                 self.monitor.submit(self.step, self.counters.last_export_version, self.learner.encoder_module("target"))
+                self._probe_submitted_at = self.step
             self._log_probes()
             self._status(window, "training")
 
@@ -435,10 +437,22 @@ class ContinualTrainer:
 
         return QualityMonitor(tc.probe_data, self.cfg.model, self.cfg.eval, tc.seed, self.learner.mean, self.learner.std)
 
-    def _log_probes(self, results: Optional[list["EvalResult"]] = None) -> None:
+    def _probe_due(self) -> bool:
+        due = self.monitor is not None and self.step % self.cfg.train.probe_every == 0
+        return due and self.step != self._probe_submitted_at  # a skipped (NaN) step does not probe twice
+
+    def _log_probes(self, final: bool = False) -> None:
+        """Log finished probes; at the end wait for one in progress. A failed probe is logged, never fatal."""
         if self.monitor is None:
             return
-        for result in self.monitor.poll() if results is None else results:
+        try:
+            results = self.monitor.close(EXPORT_CLOSE_TIMEOUT_S) if final else self.monitor.poll()
+        except Exception as exc:  # the monitor is advisory: a broken probe must not stop training
+            message = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("quality probe failed: %s", message)
+            self.metrics.log({"event": "probe_failed", "step": self.step, "error": message})
+            return
+        for result in results:
             self._last_probe = result
             self.metrics.log(result.to_event())
 
@@ -499,8 +513,7 @@ class ContinualTrainer:
                     self._submit_export()
                 self.exporter.close(EXPORT_CLOSE_TIMEOUT_S)
                 self._log_exports()
-            if self.monitor is not None:
-                self._log_probes(self.monitor.close(EXPORT_CLOSE_TIMEOUT_S))
+            self._log_probes(final=True)
             window = _Window(self.step)
             self._status(window, "stopped", force=True)
             self.metrics.log({"event": "stop", "step": self.step, **asdict(self.counters)})

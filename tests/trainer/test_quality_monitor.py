@@ -8,13 +8,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from agent.errors import SourceError
+from agent.config import EvalConfig, load_config
+from agent.errors import ModelFileError, SourceError
 from tests.conftest import free_tcp_endpoint
 from tests.trainer.test_continual import records, run_trainer, tiny_config
 from trainer.evaluation import load_eval_data
 from trainer.metrics import format_status
+from trainer.quality_monitor import QualityMonitor
 from trainer.report import write_report
+
+TINY_CFG = load_config(None, ["model.encoder=tiny_cnn", "model.image_size=16", "model.stem=standard"])
 
 
 def write_labelled(root: Path, per_class: int = 12) -> Path:
@@ -59,3 +65,20 @@ def test_a_missing_probe_folder_fails_at_start(tmp_path: Path) -> None:
     cfg = tiny_config(free_tcp_endpoint(), f"train.probe_data={tmp_path / 'nowhere'}")
     with pytest.raises(SourceError, match="does not exist"):
         run_trainer(cfg, tmp_path / "run")
+
+
+class _NaNEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float("nan")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) * self.scale
+
+
+def test_a_failure_in_the_scoring_thread_is_re_raised_by_poll(tmp_path: Path) -> None:
+    monitor = QualityMonitor(str(write_labelled(tmp_path)), TINY_CFG.model, EvalConfig(), 0, (0.5,) * 3, (0.5,) * 3)
+    assert monitor.submit(3, None, _NaNEncoder().eval())
+    with pytest.raises(ModelFileError, match="non-finite"):
+        monitor.close(30)
+    assert monitor.poll() == []  # raised once, then cleared
