@@ -81,9 +81,10 @@ class ModelConfig(_Section):
 
     encoder: str = Field("resnet18", description="torchvision model name, a registered name, or package.module:factory")
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
-    stem: Literal["standard", "small", "cifar"] = Field(
+    stem: Literal["standard", "small", "cifar", "auto"] = Field(
         "standard",
-        description="ResNet stem: standard (7x7/2 + max-pool), small (3x3/1 + max-pool), cifar (3x3/1, no pool)",
+        description="ResNet stem: standard (7x7/2 + max-pool), small (3x3/1 + max-pool), cifar (3x3/1, no pool), "
+        "auto (small for a ResNet at image_size <= 64, else standard)",
     )
     hidden_layer: Union[int, str] = "avgpool"
     image_size: int = Field(64, ge=8, le=1024)

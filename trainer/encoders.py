@@ -27,7 +27,8 @@ from agent.errors import ConfigError
 if TYPE_CHECKING:
     from agent.config import ModelConfig
 
-STEMS = ("standard", "small", "cifar")
+STEMS = ("standard", "small", "cifar", "auto")
+SMALL_INPUT_MAX = 64  # px: at or below this the standard stem leaves <= 2x2 maps at a ResNet's last stage
 
 
 class TinyCNN(nn.Module):
@@ -110,27 +111,37 @@ def build_encoder(model_cfg: "ModelConfig") -> nn.Module:
     Random weights from the global RNG (callers seed it). ConfigError as `create_encoder`, or when a
     non-standard stem is asked of a network that has no ResNet stem.
     """
-    return adapt_stem(create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs), model_cfg.stem, model_cfg.encoder)
+    net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)
+    return adapt_stem(net, model_cfg.stem, model_cfg.encoder, model_cfg.image_size)
 
 
-def adapt_stem(net: nn.Module, stem: str, name: str = "the encoder") -> nn.Module:
+def has_resnet_stem(net: nn.Module) -> bool:
+    """True for torchvision's ResNet family (and look-alikes): a `conv1` Conv2d followed by a `maxpool`."""
+    return isinstance(getattr(net, "conv1", None), nn.Conv2d) and isinstance(getattr(net, "maxpool", None), nn.Module)
+
+
+def adapt_stem(net: nn.Module, stem: str, name: str = "the encoder", image_size: int = 224) -> nn.Module:
     """Replace a ResNet-style stem (`conv1` 7x7/2 + `maxpool`) for small inputs; see the module docstring.
 
     "standard" returns `net` unchanged. "small": `conv1` becomes a 3x3 stride-1 convolution with the
     same output channels (max-pool kept, output stride 2). "cifar": the same convolution and no
-    max-pool (output stride 1; solo-learn / lightly CIFAR recipes). The new convolution is initialised
-    as torchvision initialises ResNet convolutions (Kaiming normal, fan_out, ReLU).
-    Raises ConfigError for an unknown stem or a net without `conv1` (Conv2d) and `maxpool`.
+    max-pool (output stride 1; solo-learn / lightly CIFAR recipes). "auto": "small" for a net with a
+    ResNet stem at `image_size` <= SMALL_INPUT_MAX, else "standard" (so switching the encoder of a
+    config that says "auto" needs no other change). The new convolution is initialised as
+    torchvision initialises ResNet convolutions (Kaiming normal, fan_out, ReLU).
+    Raises ConfigError for an unknown stem or for "small"/"cifar" on a net without `conv1` + `maxpool`.
     """
     if stem not in STEMS:
         raise ConfigError(f"unknown model.stem {stem!r}; allowed: {', '.join(STEMS)}")
+    if stem == "auto":
+        stem = "small" if has_resnet_stem(net) and image_size <= SMALL_INPUT_MAX else "standard"
     if stem == "standard":
         return net
-    conv = getattr(net, "conv1", None)
-    if not isinstance(conv, nn.Conv2d) or not isinstance(getattr(net, "maxpool", None), nn.Module):
+    if not has_resnet_stem(net):
         raise ConfigError(
             f"model.stem {stem!r} replaces a ResNet stem (conv1 + maxpool); {name!r} has none: use model.stem=standard"
         )
+    conv = net.conv1
     small = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=conv.bias is not None)
     nn.init.kaiming_normal_(small.weight, mode="fan_out", nonlinearity="relu")
     if small.bias is not None:

@@ -60,7 +60,9 @@ def test_manifest_records_everything_a_consumer_needs(tmp_path: Path) -> None:
     assert tree["input"]["channel_order"] == "RGB" and tree["input"]["normalisation"]["in_graph"] is True
     assert tree["input"]["normalisation"]["mean"] == pytest.approx(list(IMAGENET_MEAN))
     assert tree["output"] == {"name": "embedding", "dtype": "float32", "dim": 16}
-    assert tree["model"] == {"encoder": "tiny", "encoder_kwargs": {}, "hidden_layer": "avgpool", "image_size": IMAGE_SIZE}
+    assert tree["model"] == {
+        "encoder": "tiny", "encoder_kwargs": {}, "stem": "standard", "hidden_layer": "avgpool", "image_size": IMAGE_SIZE
+    }
     assert 0 <= tree["verification"]["parity_max_abs"] <= 1e-3
     assert tree["verification"]["collapse_std"] > 1e-3
     assert tree["opset"] == 17 and tree["exporter"] == "torchscript"

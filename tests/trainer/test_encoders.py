@@ -61,3 +61,9 @@ def test_a_stem_for_a_network_without_one_is_a_config_error() -> None:
     assert isinstance(build_encoder(ModelConfig(encoder="tiny_cnn", stem="standard")), TinyCNN)
     with pytest.raises(ConfigError, match="unknown model.stem"):
         adapt_stem(create_encoder("resnet18"), "tiny")
+
+
+def test_auto_stem_is_small_for_a_resnet_on_small_inputs_only() -> None:
+    assert build_encoder(ModelConfig(encoder="resnet18", stem="auto", image_size=32)).conv1.kernel_size == (3, 3)
+    assert build_encoder(ModelConfig(encoder="resnet18", stem="auto", image_size=112)).conv1.kernel_size == (7, 7)
+    assert isinstance(build_encoder(ModelConfig(encoder="tiny_cnn", stem="auto", image_size=32)), TinyCNN)
