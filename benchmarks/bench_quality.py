@@ -188,6 +188,7 @@ class InProcess:
     seed: int
     cpu: float = 0.0
     steps: int = 0
+    last_loss: float = float("nan")
 
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.seed)
@@ -201,7 +202,7 @@ class InProcess:
                 self._order, self._cursor = self._rng.permutation(len(self.frames)), 0
             idx = self._order[self._cursor : self._cursor + self.batch_size]
             self._cursor += self.batch_size
-            self.step(torch.from_numpy(self.frames[idx]).permute(0, 3, 1, 2).float().div_(255.0))
+            self.last_loss = self.step(torch.from_numpy(self.frames[idx]).permute(0, 3, 1, 2).float().div_(255.0))
             self.cpu += time.process_time() - started
             self.steps += 1
 

@@ -20,7 +20,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.config import CaptureConfig  # noqa: E402
+from agent.errors import SourceError  # noqa: E402
+from agent.sources import SourceExhausted, open_source  # noqa: E402
 
 
 def pan_frames(photo: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -47,23 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    files = sorted(p for p in Path(args.folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        print(f"make_pan_video: no images under {args.folder}", file=sys.stderr)
+    source = open_source(args.folder, CaptureConfig())  # the capture's own folder reader: sorted, unreadable files skipped
+    try:
+        source.connect()
+    except SourceError as exc:
+        print(f"make_pan_video: {exc}", file=sys.stderr)
         return 2
     writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*"MJPG"), args.fps, (args.size, args.size))
     if not writer.isOpened():
         print(f"make_pan_video: OpenCV cannot write {args.out}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(args.seed)
-    for path in files:
-        photo = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if photo is None:
-            continue
-        for frame in pan_frames(photo, args.frames, args.size, rng):
-            writer.write(frame)
+    photos = 0
+    try:
+        while True:
+            photo = cv2.cvtColor(source.read(), cv2.COLOR_RGB2BGR)
+            for frame in pan_frames(photo, args.frames, args.size, rng):
+                writer.write(frame)
+            photos += 1
+    except SourceExhausted:
+        pass
     writer.release()
-    print(f"wrote {len(files) * args.frames} frames of {len(files)} photos to {args.out}")
+    print(f"wrote {photos * args.frames} frames of {photos} photos to {args.out}")
     return 0
 
 

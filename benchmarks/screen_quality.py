@@ -21,13 +21,19 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import load_config  # noqa: E402
-from bench_quality import IMAGENET_MEAN, IMAGENET_STD, initial_network, prepare_data, stream_frames  # noqa: E402
+from bench_quality import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InProcess,
+    initial_network,
+    prepare_data,
+    stream_frames,
+)
 from trainer.backbone import Backbone  # noqa: E402
 from trainer.build import build_learner, build_optimizer  # noqa: E402
 from trainer.evaluation import knn_top1, load_train_test_folder, torch_features  # noqa: E402
@@ -59,26 +65,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.tag} random init kNN {knn(Backbone(initial_network(cfg), cfg.model.hidden_layer)):.3f}", flush=True)
     learner = build_learner(cfg.model, tc, "cpu", cfg.augment)
     optimizer = build_optimizer(learner, tc)
-    rng = np.random.default_rng(tc.seed)
-    order, cursor, cpu, steps, mark = rng.permutation(len(frames)), 0, 0.0, 0, args.every
-    while cpu < args.budget:
-        started = time.process_time()
-        if cursor + tc.batch_size > len(order):
-            order, cursor = rng.permutation(len(frames)), 0
-        batch = torch.from_numpy(frames[order[cursor : cursor + tc.batch_size]]).permute(0, 3, 1, 2).float() / 255.0
-        cursor += tc.batch_size
+
+    def step(batch: torch.Tensor) -> float:
         loss = learner(batch)
         set_lr(optimizer, lr_at(learner.step, tc.lr, tc.lr_warmup_steps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         learner.update_moving_average()
-        cpu += time.process_time() - started
-        steps += 1
-        if cpu >= mark:
-            mark += args.every
-            print(f"{args.tag} cpu {cpu:.0f} steps {steps} loss {loss.item():.3f} tau {learner.tau:.4f} "
-                  f"kNN target {knn(learner.encoder_module('target')):.3f}", flush=True)
+        return loss.item()
+
+    run = InProcess(step, learner.online.backbone, frames, tc.batch_size, tc.seed)
+    mark = args.every
+    while run.cpu < args.budget:
+        run.train_until(min(mark, args.budget))
+        mark += args.every
+        print(f"{args.tag} cpu {run.cpu:.0f} steps {run.steps} loss {run.last_loss:.3f} tau {learner.tau:.4f} "
+              f"kNN target {knn(learner.encoder_module('target')):.3f}", flush=True)
     return 0
 
 
