@@ -98,8 +98,10 @@ class MinRedundancyPolicy(EvictionPolicy):
     Embeddings arrive from the trainer in batches (`set_embeddings`); each slot's nearest neighbour
     is maintained incrementally, so an eviction costs one argmax plus re-scoring the few slots whose
     neighbour just left, not an N x N similarity matrix. Frames not yet embedded are never chosen
-    while at least two embedded ones exist (they get a chance to prove they are novel); before
-    that the policy falls back to FIFO.
+    while at least two embedded ones exist and they are not outnumbered by the unembedded backlog
+    (they get a chance to prove they are novel); before that, or while the backlog is larger than
+    the embedded set (frames arriving faster than the trainer embeds them), the policy evicts the
+    oldest frame not yet embedded, so the embedded set is never emptied by a fast camera.
 
     The encoder keeps changing, so an embedding computed on arrival goes stale: two frames the
     early encoder could not tell apart may be far apart now. `stalest(n)` names the embedded slots
@@ -123,6 +125,11 @@ class MinRedundancyPolicy(EvictionPolicy):
         return int(self._has.sum())
 
     def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
+        pending = self.pending(slots)
+        if len(pending) and (self.embedded < 2 or len(pending) >= self.embedded):
+            # Too few to compare, or frames arrive faster than they are embedded: evicting embedded
+            # ones would empty the curated set; drop the oldest of the backlog instead.
+            return int(pending[0])
         if self.embedded < 2:
             return slots.oldest()
         scores = torch.where(self._has, self._nn_sim, torch.tensor(float("-inf")))

@@ -195,3 +195,16 @@ def test_refreshed_embeddings_change_which_frame_is_evicted():
         buf.add(frame(3))
         evicted[refresh] = ({0, 1, 2} - set(stored_seqs(buf))).pop()
     assert evicted == {False: 0, True: 1}  # ties go to the first slot (argmax)
+
+
+def test_a_fast_feeder_never_empties_the_embedded_set():
+    # Embedding lags ingestion: the backlog of unembedded frames is what gets dropped, not the
+    # frames already embedded (which made `embedded` fall to 0 in a loaded trainer).
+    buf = buffer(capacity_frames=4, policy="min_redundancy")
+    for seq in range(4):
+        buf.add(frame(seq))
+    slots, tickets, _ = buf.frames_to_embed(2)
+    buf.set_embeddings(slots, tickets, torch.eye(2))
+    for seq in range(4, 40):
+        buf.add(frame(seq))
+    assert buf.stats()["embedded"] == 2 and stored_seqs(buf)[:2] == [0, 1]
