@@ -22,6 +22,7 @@ import numpy as np
 
 from agent.atomic import write_status
 from agent.config import CaptureConfig, WireConfig
+from agent.curve import WireSecurity
 from agent.errors import ByolAgentError, SourceError
 from agent.frames import NoveltyGate, fit_frame
 from agent.sources import FrameSource, SourceExhausted, open_source
@@ -313,9 +314,10 @@ def run_capture(
     SourceError / EndpointError before anything is sent. `status_path` gets the stats as JSON about
     once a second (for the `run` supervisor's status line).
     """
-    sources = [open_source(spec, capture) for spec in capture.sources]
+    sources = [open_source(spec, capture, wire) for spec in capture.sources]
     wake, halt = threading.Event(), threading.Event()
-    with FrameSender(wire.endpoint, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish) as sender:
+    security = WireSecurity.from_config(wire)
+    with FrameSender(wire.endpoint, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish, security=security) as sender:
         readers = [
             SourceReader(src, capture, pace=pace, wake=wake, halt=halt, name=f"capture-{i}")
             for i, src in enumerate(sources)

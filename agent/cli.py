@@ -22,6 +22,7 @@ COMMANDS = {
     "runtime": "toy policy loop: hot-swapping ONNX encoder over a frame source",
     "eval": "kNN and linear-probe accuracy of an exported encoder vs a random-init one",
     "report": "PNG plots and a markdown summary of a run directory",
+    "keys": "make a CURVE key pair that authenticates and encrypts the wire between machines",
 }
 
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError
+from agent.wire import MAX_SIDE
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -28,8 +29,8 @@ class CaptureConfig(_Section):
 
     sources: list[str] = Field(default_factory=lambda: ["demo"], min_length=1)
     fps: float = Field(15.0, gt=0, description="per-source frame-rate cap")
-    height: int = Field(96, ge=8, le=4096, description="stored frame height (resized on capture)")
-    width: int = Field(96, ge=8, le=4096, description="stored frame width (resized on capture)")
+    height: int = Field(96, ge=8, le=MAX_SIDE, description="stored frame height (resized on capture)")
+    width: int = Field(96, ge=8, le=MAX_SIDE, description="stored frame width (resized on capture)")
     resize: Literal["crop", "stretch"] = "crop"
     jpeg_quality: Optional[int] = Field(None, ge=1, le=100, description="None sends raw RGB")
     novelty_threshold: float = Field(
@@ -43,7 +44,12 @@ class CaptureConfig(_Section):
 
 
 class WireConfig(_Section):
-    """ZeroMQ endpoints. The trainer binds `endpoint` (PULL); captures connect (PUSH)."""
+    """ZeroMQ endpoints, limits and CURVE keys. The trainer binds `endpoint` (PULL); captures connect (PUSH).
+
+    A receiver queues at most `recv_hwm x (40 + 3 x max_frame_side^2)` bytes per connected sender.
+    Keys (agent/curve.py, `byol-agent keys`): needed on any socket that binds or connects a
+    non-loopback address, unless `insecure`.
+    """
 
     endpoint: str = "tcp://127.0.0.1:5555"
     publish: Optional[str] = Field(
@@ -51,6 +57,16 @@ class WireConfig(_Section):
     )
     send_hwm: int = Field(64, ge=1, description="frames queued per capture before it drops (and counts)")
     recv_hwm: int = Field(256, ge=1)
+    max_frame_side: int = Field(
+        1024, ge=8, le=MAX_SIDE, description="largest frame height/width a receiver accepts; bounds message size"
+    )
+    secret_key: Optional[str] = Field(None, description="this process's CURVE key pair file (NAME.key_secret)")
+    trainer_key: Optional[str] = Field(None, description="capture: the trainer's public key file (NAME.key)")
+    publisher_key: Optional[str] = Field(None, description="zmq+tcp:// sources: the capture publisher's public key file")
+    authorized_keys: Optional[str] = Field(
+        None, description="trainer / capture PUB: directory of public key files allowed to connect"
+    )
+    insecure: bool = Field(False, description="allow non-loopback endpoints without CURVE keys (warns at each start)")
 
     @field_validator("endpoint", "publish")
     @classmethod
@@ -241,6 +257,11 @@ class Config(_Section):
             )
         if self.train.batch_size > self.buffer.capacity_frames:
             raise ValueError("train.batch_size exceeds buffer.capacity_frames")
+        if max(self.capture.height, self.capture.width) > self.wire.max_frame_side:
+            raise ValueError(
+                f"capture size {self.capture.height}x{self.capture.width} exceeds wire.max_frame_side "
+                f"({self.wire.max_frame_side}): receivers would refuse every frame"
+            )
         return self
 
 

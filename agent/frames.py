@@ -72,12 +72,59 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+# Start-of-frame markers (ITU T.81 table B.1): SOF0-3, 5-7, 9-11, 13-15. C4 (DHT), C8 (JPG) and CC (DAC) are not.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM carry no length
+
+
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int]:
+    """(height, width) a JPEG declares in its start-of-frame header, read without decoding.
+
+    Walks the marker segments from SOI to the first SOFn (ITU T.81, annex B), so a decoder is only
+    ever handed an image whose size the caller has checked: a few hundred bytes can declare
+    40000x40000 pixels. Raises ValueError when the bytes are not a JPEG or end before a SOF.
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
+        raise ValueError("not a JPEG (no start-of-image marker)")
+    pos = 2
+    while pos + 4 <= len(view):
+        if view[pos] != 0xFF:
+            raise ValueError(f"JPEG marker expected at byte {pos}")
+        marker = view[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        length = (view[pos + 2] << 8) | view[pos + 3]
+        if length < 2:
+            raise ValueError(f"JPEG segment at byte {pos} has length {length}")
+        if marker in _SOF_MARKERS:
+            if pos + 9 > len(view) or length < 7:
+                break
+            return (view[pos + 5] << 8) | view[pos + 6], (view[pos + 7] << 8) | view[pos + 8]
+        pos += 2 + length
+    raise ValueError("JPEG has no frame header (SOF) before its scan data or its end")
+
+
 def decode_jpeg(data: bytes | memoryview) -> Optional[np.ndarray]:
-    """JPEG bytes → RGB uint8 HxWx3, or None if the bytes are not a decodable image."""
+    """JPEG bytes → RGB uint8 HxWx3, or None if the bytes are not a decodable image.
+
+    Check `jpeg_size` first when the bytes come from outside: this decodes whatever size they
+    declare (up to OpenCV's own pixel limit, past which it also returns None). EXIF orientation
+    is ignored, so the decoded shape is the declared one.
+    """
     arr = np.frombuffer(data, dtype=np.uint8)
     if arr.size == 0:
         return None
-    bgr = cv2.imdecode(arr, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(arr, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:  # OpenCV raises (rather than returning None) for sizes past CV_IO_MAX_IMAGE_PIXELS
+        return None
     if bgr is None:
         return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

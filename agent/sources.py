@@ -20,7 +20,8 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 
-from agent.config import CaptureConfig
+from agent.config import CaptureConfig, WireConfig
+from agent.curve import WireSecurity
 from agent.demo_scene import DemoScene
 from agent.errors import SourceError
 from agent.frames import bgr_to_rgb
@@ -315,14 +316,16 @@ class SubscriptionSource(FrameSource):
 
     live = True
 
-    def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, endpoint: str, wire: Optional[WireConfig] = None, timeout_s: float = 5.0) -> None:
         super().__init__(f"subscription {endpoint!r}")
         self.endpoint, self.timeout_s = endpoint, timeout_s
+        self._wire = wire if wire is not None else WireConfig()
+        self._security = WireSecurity.from_config(self._wire)  # key files checked now, not at first connect
         self._sub: Optional[LatestFrameSubscriber] = None
 
     def connect(self) -> None:
         self.disconnect()
-        self._sub = LatestFrameSubscriber(self.endpoint)
+        self._sub = LatestFrameSubscriber(self.endpoint, max_side=self._wire.max_frame_side, security=self._security)
 
     def read(self) -> np.ndarray:
         if self._sub is None:
@@ -338,8 +341,8 @@ class SubscriptionSource(FrameSource):
             self._sub = None
 
 
-def open_source(spec: str, cfg: CaptureConfig) -> FrameSource:
-    """Pick the source for `spec` (not yet connected).
+def open_source(spec: str, cfg: CaptureConfig, wire: Optional[WireConfig] = None) -> FrameSource:
+    """Pick the source for `spec` (not yet connected); `wire` gives a zmq+ subscription its limits and keys.
 
     "0" / "/dev/videoN" camera · "demo" or "demo:SEED" · "zmq+tcp://..." subscription ·
     rtsp/http(s)/... URL · a path with * ? [ glob · a directory (recursive) · otherwise a video file.
@@ -355,7 +358,7 @@ def open_source(spec: str, cfg: CaptureConfig) -> FrameSource:
     if demo:
         return DemoSource(cfg.height, cfg.width, cfg.fps, seed=int(demo.group(1) or 0))
     if spec.startswith(SUBSCRIBE_PREFIX):
-        return SubscriptionSource(spec[len(SUBSCRIBE_PREFIX) :])
+        return SubscriptionSource(spec[len(SUBSCRIBE_PREFIX) :], wire)
     if spec.lower().startswith(STREAM_SCHEMES):
         return StreamSource(spec)
     if any(ch in spec for ch in "*?[") or Path(spec).is_dir():

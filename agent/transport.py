@@ -8,6 +8,12 @@ exactly as fast as training consumes. Many capture processes connect to one trai
 Latest-frame consumers subscribe with ZMQ_CONFLATE, which keeps only the newest message; that is why
 a frame is a single message (CONFLATE does not work with multipart).
 
+Limits and memory: receiving sockets set ZMQ_MAXMSGSIZE to `max_message_bytes(max_side)`, so
+libzmq drops the connection of a peer that announces a larger message before allocating it, and
+the worst-case memory a receiver queues is `recv_hwm x max_message_bytes(max_side)` per connected
+sender (plus the kernel's socket buffers). Sockets that may leave the machine are CURVE-secured
+(agent/curve.py).
+
 ZeroMQ sockets are not thread-safe: each object here must be used (and closed) by one thread.
 """
 
@@ -21,14 +27,26 @@ from dataclasses import dataclass
 from typing import Optional
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from agent.curve import REFUSED_EVENTS, WireSecurity
 from agent.errors import EndpointError
-from agent.wire import Frame, FrameEncoder, WireError, decode_frame, subscription_prefix
+from agent.wire import (
+    MAX_SIDE,
+    Frame,
+    FrameEncoder,
+    WireError,
+    decode_frame,
+    max_message_bytes,
+    subscription_prefix,
+)
 
 log = logging.getLogger(__name__)
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\*|\d+)$")
 LOSSLESS_LINGER_S = 10.0
+MONITOR_EVERY = 256  # frames between looks at a busy receiver's refused-handshake events
+PLAIN = WireSecurity()
 
 
 def validate_endpoint(endpoint: str, *, bind: bool) -> None:
@@ -91,6 +109,7 @@ class SenderStats:
 class ReceiverStats:
     received: int = 0
     malformed: int = 0
+    refused: int = 0  # connections whose CURVE handshake failed: no keys, or a key not authorised
     last_error: Optional[str] = None
 
 
@@ -100,7 +119,15 @@ class FrameSender:
     Not thread-safe: create, use and close it from one thread.
     """
 
-    def __init__(self, endpoint: str, *, hwm: int, lossless: bool = False, publish: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        hwm: int,
+        lossless: bool = False,
+        publish: Optional[str] = None,
+        security: WireSecurity = PLAIN,
+    ) -> None:
         self.endpoint = endpoint
         self.lossless = lossless
         self.publish_endpoint: Optional[str] = None
@@ -108,14 +135,19 @@ class FrameSender:
         self._encoder = FrameEncoder()
         self._ctx = zmq.Context(io_threads=1)
         self._pub: Optional[zmq.Socket] = None
+        self._auth = None
         self._push = self._ctx.socket(zmq.PUSH)
         try:
             self._push.setsockopt(zmq.IMMEDIATE, 1)
             self._push.setsockopt(zmq.SNDHWM, hwm)
+            validate_endpoint(endpoint, bind=False)
+            security.connect_to(self._push, endpoint, security.trainer_key, "wire.trainer_key")
             _connect(self._push, endpoint)
             if publish is not None:
                 self._pub = self._ctx.socket(zmq.PUB)
                 self._pub.setsockopt(zmq.CONFLATE, 1)  # per subscriber, an unsent frame is replaced by a newer one
+                validate_endpoint(publish, bind=True)
+                self._auth = security.serve(self._ctx, self._pub, publish)
                 self.publish_endpoint = _bind(self._pub, publish)
         except Exception:
             self.close()
@@ -159,6 +191,8 @@ class FrameSender:
         self._push.close(linger=int(linger_s * 1000))
         if self._pub is not None:
             self._pub.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
 
     def __enter__(self) -> "FrameSender":
@@ -173,16 +207,46 @@ class _Inbox:
 
     endpoint: str
 
-    def __init__(self, kind: int) -> None:
-        self._received = self._malformed = 0
+    def __init__(self, kind: int, max_side: int) -> None:
+        if not 0 < max_side <= MAX_SIDE:
+            raise ValueError(f"max_side must be in 1..{MAX_SIDE}, got {max_side}")
+        self._received = self._malformed = self._refused = 0
         self._last_error: Optional[str] = None
+        self._max_side = max_side
         self._ctx = zmq.Context(io_threads=1)
+        self._auth = None
+        self._monitor: Optional[zmq.Socket] = None
         self._sock = self._ctx.socket(kind)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes(max_side))
 
     @property
     def stats(self) -> ReceiverStats:
-        return ReceiverStats(received=self._received, malformed=self._malformed, last_error=self._last_error)
+        return ReceiverStats(
+            received=self._received, malformed=self._malformed, refused=self._refused, last_error=self._last_error
+        )
+
+    def _serve(self, endpoint: str, security: WireSecurity) -> None:
+        """CURVE server setup before binding; refused handshakes are counted from the socket's monitor."""
+        validate_endpoint(endpoint, bind=True)
+        self._auth = security.serve(self._ctx, self._sock, endpoint)
+        if self._auth is not None:
+            self._monitor = self._sock.get_monitor_socket(REFUSED_EVENTS)
+
+    def _count_refused(self) -> None:
+        while self._monitor is not None:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] & REFUSED_EVENTS:
+                self._refused += 1
+                if self._refused == 1 or self._refused % 100 == 0:
+                    log.warning(
+                        "refused %d connection(s) on %s: no CURVE key or one not in wire.authorized_keys",
+                        self._refused,
+                        self.endpoint,
+                    )
 
     def _next_frame(self, timeout_s: Optional[float]) -> Optional[Frame]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -190,16 +254,20 @@ class _Inbox:
             try:  # a queued message needs no poll (one syscall less per frame under load)
                 msg = self._sock.recv(zmq.NOBLOCK, copy=False)  # zero-copy: measured faster for 150 kB+ frames
             except zmq.Again:
+                self._count_refused()
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if not self._sock.poll(_timeout_ms(remaining), zmq.POLLIN):
+                    self._count_refused()
                     return None
                 continue
             try:
-                frame = decode_frame(msg.buffer)
+                frame = decode_frame(msg.buffer, self._max_side)
             except WireError as exc:
                 self._count_malformed(exc)
                 continue
             self._received += 1
+            if self._received % MONITOR_EVERY == 0:
+                self._count_refused()
             return frame
 
     def _count_malformed(self, exc: WireError) -> None:
@@ -209,7 +277,12 @@ class _Inbox:
             log.warning("dropped %d malformed message(s) on %s; latest: %s", self._malformed, self.endpoint, exc)
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
         self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
 
     def __enter__(self) -> "_Inbox":
@@ -223,14 +296,16 @@ class FrameReceiver(_Inbox):
     """The trainer's side: binds a PULL that any number of captures connect to.
 
     Malformed, foreign or truncated messages are counted and dropped; `recv` never raises on input.
-    Not thread-safe: create, use and close it from one thread.
+    Frames with a side over `max_side` px are refused (messages past `max_message_bytes(max_side)`
+    by libzmq, which disconnects the sender). Not thread-safe: create, use and close it from one thread.
     """
 
-    def __init__(self, endpoint: str, *, hwm: int) -> None:
-        super().__init__(zmq.PULL)
+    def __init__(self, endpoint: str, *, hwm: int, max_side: int = MAX_SIDE, security: WireSecurity = PLAIN) -> None:
+        super().__init__(zmq.PULL, max_side)
         self.endpoint = endpoint
         try:
             self._sock.setsockopt(zmq.RCVHWM, hwm)
+            self._serve(endpoint, security)
             self.endpoint = _bind(self._sock, endpoint)
         except Exception:
             self.close()
@@ -248,12 +323,21 @@ class LatestFrameSubscriber(_Inbox):
     memory stays flat however far behind it falls. Not thread-safe: use from one thread.
     """
 
-    def __init__(self, endpoint: str, camera_id: Optional[int] = None) -> None:
-        super().__init__(zmq.SUB)
+    def __init__(
+        self,
+        endpoint: str,
+        camera_id: Optional[int] = None,
+        *,
+        max_side: int = MAX_SIDE,
+        security: WireSecurity = PLAIN,
+    ) -> None:
+        super().__init__(zmq.SUB, max_side)
         self.endpoint = endpoint
         try:
             self._sock.setsockopt(zmq.CONFLATE, 1)
             self._sock.setsockopt(zmq.SUBSCRIBE, subscription_prefix(camera_id))
+            validate_endpoint(endpoint, bind=False)
+            security.connect_to(self._sock, endpoint, security.publisher_key, "wire.publisher_key")
             _connect(self._sock, endpoint)
         except Exception:
             self.close()

@@ -19,6 +19,11 @@ Header layout (40 bytes, little-endian):
     32     1     channels (u8, 3)
     33     3     reserved (ignored)
     36     4     payload length (u32)
+
+Limits: a receiver accepts sides up to its `max_side` (default and ceiling `MAX_SIDE`, the largest
+frame the config allows a capture to store), so no message it accepts exceeds
+`max_message_bytes(max_side)`: a JPEG is never larger than its raw image (the sender falls back to
+raw), and a JPEG's declared size is read from its own header and checked before decoding.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from agent.frames import decode_jpeg, encode_jpeg
+from agent.frames import decode_jpeg, encode_jpeg, jpeg_size
 
 MAGIC = b"BYOF"
 VERSION = 1
@@ -41,7 +46,7 @@ _ENCODINGS = {ENCODING_RAW: "raw", ENCODING_JPEG: "jpeg"}
 _HEADER = struct.Struct("<4sBHBQdIIB3xI")
 HEADER_SIZE = _HEADER.size
 _PREFIX = struct.Struct("<4sBH")
-MAX_SIDE = 1 << 15
+MAX_SIDE = 4096  # px: the largest height or width a capture may store (config.capture.height/width)
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -80,6 +85,8 @@ def _header(frame: Frame, jpeg_quality: Optional[int]) -> tuple[bytes, Optional[
         raise ValueError(f"camera_id must fit in 16 bits, got {frame.camera_id}")
     height, width, channels = image.shape
     jpeg = None if jpeg_quality is None else encode_jpeg(image, jpeg_quality)
+    if jpeg is not None and len(jpeg) >= image.nbytes:  # noise does not compress: raw bounds every message
+        jpeg = None
     encoding, length = (ENCODING_RAW, image.nbytes) if jpeg is None else (ENCODING_JPEG, len(jpeg))
     header = _HEADER.pack(
         MAGIC, VERSION, frame.camera_id, encoding, frame.seq, frame.timestamp, height, width, channels, length
@@ -122,8 +129,17 @@ class FrameEncoder:
         return view
 
 
-def decode_frame(buf: Buffer) -> Frame:
-    """Parse one message; raises WireError naming the problem for anything that is not a valid frame."""
+def max_message_bytes(max_side: int = MAX_SIDE) -> int:
+    """The largest valid message whose sides are at most `max_side` px (header + raw RGB)."""
+    return HEADER_SIZE + max_side * max_side * 3
+
+
+def decode_frame(buf: Buffer, max_side: int = MAX_SIDE) -> Frame:
+    """Parse one message; raises WireError naming the problem for anything that is not a valid frame.
+
+    Frames with a side over `max_side` px are refused from the header, before any decoding or
+    allocation; a JPEG is decoded only when the size in its own frame header equals the message's.
+    """
     view = memoryview(buf).cast("B")
     if len(view) < HEADER_SIZE:
         raise WireError(f"message of {len(view)} bytes is shorter than the {HEADER_SIZE}-byte header")
@@ -134,8 +150,10 @@ def decode_frame(buf: Buffer) -> Frame:
         raise WireError(f"unsupported wire version {version} (this build reads version {VERSION})")
     if encoding not in _ENCODINGS:
         raise WireError(f"unknown encoding {encoding}")
-    if channels != 3 or not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+    if channels != 3 or height == 0 or width == 0:
         raise WireError(f"bad image shape {height}x{width}x{channels}")
+    if height > max_side or width > max_side:
+        raise WireError(f"frame of {height}x{width} exceeds the {max_side} px side limit (wire.max_frame_side)")
     if not math.isfinite(timestamp):
         raise WireError("timestamp is not a finite number")
     if length != len(view) - HEADER_SIZE:
@@ -146,6 +164,12 @@ def decode_frame(buf: Buffer) -> Frame:
             raise WireError(f"raw payload of {length} bytes does not hold a {height}x{width}x{channels} image")
         image = np.frombuffer(payload, dtype=np.uint8).reshape(height, width, channels)
     else:
+        try:
+            declared = jpeg_size(payload)
+        except ValueError as exc:
+            raise WireError(f"JPEG payload is malformed: {exc}") from None
+        if declared != (height, width):
+            raise WireError(f"JPEG declares {declared[0]}x{declared[1]}, header says {height}x{width}")
         image = decode_jpeg(payload)
         if image is None:
             raise WireError("JPEG payload cannot be decoded")

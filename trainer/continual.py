@@ -27,6 +27,7 @@ import torch
 
 from agent.config import Config, TrainConfig, dump_config
 from agent.errors import ByolAgentError, CheckpointError, ConfigError
+from agent.curve import WireSecurity
 from agent.transport import FrameReceiver
 from trainer.buffer import ReplayBuffer
 from trainer.build import build_learner, build_optimizer
@@ -78,6 +79,7 @@ class Counters:
     frames_in: int = 0
     frames_malformed: int = 0
     frames_rejected: int = 0
+    connections_refused: int = 0
     nan_skips: int = 0
     restores: int = 0
     last_export_version: Optional[int] = None
@@ -243,7 +245,10 @@ class ContinualTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self._write_config:
             dump_config(self.cfg, self.run_dir / "config.yaml")
-        receiver = FrameReceiver(self.cfg.wire.endpoint, hwm=self.cfg.wire.recv_hwm)
+        wire = self.cfg.wire
+        receiver = FrameReceiver(
+            wire.endpoint, hwm=wire.recv_hwm, max_side=wire.max_frame_side, security=WireSecurity.from_config(wire)
+        )
         self._prior = copy.copy(self.counters)
         self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
         self.metrics = MetricsWriter(self.run_dir, stream=self._stream)
@@ -325,6 +330,7 @@ class ContinualTrainer:
         c.frames_in = p.frames_in + ing.frames_in
         c.frames_malformed = p.frames_malformed + ing.frames_malformed
         c.frames_rejected = p.frames_rejected + ing.frames_rejected
+        c.connections_refused = p.connections_refused + ing.connections_refused
 
     def _to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC (pinned host or device) → float NCHW in [0, 1] on the device.
@@ -472,6 +478,7 @@ class ContinualTrainer:
             "frames_in": c.frames_in,
             "frames_malformed": c.frames_malformed,
             "frames_dropped": c.frames_malformed + c.frames_rejected,
+            "connections_refused": c.connections_refused,
             "buffer_fill": stats["fill"],
             "buffer_size": stats["size"],
             "nan_skips": c.nan_skips,

@@ -63,6 +63,11 @@ class Ingestor:
     def frames_malformed(self) -> int:
         return self._receiver.stats.malformed
 
+    @property
+    def connections_refused(self) -> int:
+        """Senders whose CURVE handshake failed (no key, or one not authorised)."""
+        return self._receiver.stats.refused
+
     def start(self) -> None:
         self._thread.start()
 

@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     from agent.supervisor import StopFlag
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    source = open_source(args.source, cfg.capture)
+    source = open_source(args.source, cfg.capture, cfg.wire)
     rc = cfg.runtime
     if not args.no_wait and rc.wait_for_first:
         print(f"waiting for the first encoder in {args.export_dir}", flush=True)

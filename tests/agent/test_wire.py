@@ -7,6 +7,8 @@ import struct
 import numpy as np
 import pytest
 
+from agent.frames import encode_jpeg
+
 from agent.wire import (
     HEADER_SIZE,
     MAGIC,
@@ -15,6 +17,7 @@ from agent.wire import (
     WireError,
     decode_frame,
     encode_frame,
+    max_message_bytes,
     subscription_prefix,
 )
 
@@ -86,7 +89,7 @@ def test_undecodable_jpeg_and_wrong_jpeg_shape() -> None:
     with pytest.raises(WireError, match="JPEG"):
         decode_frame(garbage)
     lying = good[:24] + struct.pack("<I", 25) + good[28:]
-    with pytest.raises(WireError, match="JPEG decodes to"):
+    with pytest.raises(WireError, match="JPEG declares 24x32, header says 25x32"):
         decode_frame(lying)
 
 
@@ -119,3 +122,50 @@ def test_frame_encoder_reuses_its_buffer_and_matches_encode_frame() -> None:
     assert decode_frame(jpeg).image.shape == (24, 32, 3)
     strided = Frame(0, 5, 1.0, big.image[:, ::2])
     np.testing.assert_array_equal(decode_frame(encoder.encode(strided)).image, big.image[:, ::2])
+
+
+def _sof_patched(jpeg: bytes, height: int, width: int) -> bytes:
+    """The JPEG with its SOF0 marker declaring height x width (the scan data is left as it is)."""
+    at = jpeg.index(b"\xff\xc0")
+    return jpeg[: at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9 :]
+
+
+def _jpeg_message(jpeg: bytes, height: int, width: int) -> bytes:
+    header = encode_frame(_frame(h=8, w=8))[:HEADER_SIZE]
+    header = header[:24] + struct.pack("<II", height, width) + header[32:36] + struct.pack("<I", len(jpeg))
+    return header[:7] + bytes([1]) + header[8:] + jpeg
+
+
+def test_jpeg_bomb_is_refused_from_its_header_before_decoding() -> None:
+    """A ~900-byte message whose JPEG declares 40000x40000 once made OpenCV raise (and kill the trainer)."""
+    small = encode_jpeg(np.full((8, 8, 3), 128, np.uint8), 90)
+    bomb = _sof_patched(small, 40000, 40000)
+    assert len(bomb) < 1000
+    with pytest.raises(WireError, match="JPEG declares 40000x40000"):
+        decode_frame(_jpeg_message(bomb, 8, 8))
+    big = _sof_patched(small, 16000, 16000)  # agrees with its header, but past the receiver's limit
+    with pytest.raises(WireError, match="exceeds the 1024 px"):
+        decode_frame(_jpeg_message(big, 16000, 16000), max_side=1024)
+
+
+def test_jpeg_without_a_frame_header_or_truncated_is_a_wire_error() -> None:
+    small = encode_jpeg(np.full((8, 8, 3), 128, np.uint8), 90)
+    for payload in (small[:2], small[:20], b"\xff\xd8\xff\xda" + bytes(30), b"\xff\xd8" + b"\xff" * 50):
+        with pytest.raises(WireError, match="JPEG"):
+            decode_frame(_jpeg_message(payload, 8, 8))
+
+
+def test_max_side_refuses_large_raw_frames_and_bounds_the_message() -> None:
+    data = encode_frame(_frame(h=24, w=32))
+    with pytest.raises(WireError, match="exceeds the 16 px"):
+        decode_frame(data, max_side=16)
+    assert decode_frame(data, max_side=32).image.shape == (24, 32, 3)
+    assert max_message_bytes(32) == HEADER_SIZE + 32 * 32 * 3
+
+
+def test_a_jpeg_larger_than_the_raw_image_is_sent_raw() -> None:
+    """Noise does not compress: the sender falls back to raw, so no message exceeds max_message_bytes."""
+    frame = _frame(h=16, w=16)
+    data = encode_frame(frame, jpeg_quality=100)
+    assert len(data) <= max_message_bytes(16)
+    np.testing.assert_array_equal(decode_frame(data).image, frame.image)
