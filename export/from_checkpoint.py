@@ -45,17 +45,21 @@ class CheckpointEncoder:
     frames: Optional[np.ndarray]  # from the saved buffer, if it was saved
 
 
-def load_checkpoint_encoder(run_dir: Path, weights: str) -> CheckpointEncoder:
-    """Rebuild the learner from the newest readable checkpoint and take its target/online encoder."""
-    from trainer.build import (
-        build_learner,  # the learner stack loads only when a checkpoint is used
-    )
+def load_checkpoint_encoder(run_dir: Path, weights: str, operator_model: Optional[ModelConfig] = None) -> CheckpointEncoder:
+    """Rebuild the learner from the newest readable checkpoint and take its target/online encoder.
+
+    The architecture comes from the checkpoint, but an encoder import string in it is honoured
+    only when `operator_model` (this machine's config) names the same one (ModelFileError otherwise).
+    """
+    from trainer.build import build_learner  # the learner stack loads only when a checkpoint is used
+    from trainer.encoders import check_file_model
 
     ckpt = load_latest_checkpoint(run_dir)
     if ckpt is None:
         raise CheckpointError(f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}; train first")
     try:
         cfg = Config.model_validate(ckpt["config"])
+        check_file_model(cfg.model, operator_model, f"checkpoint {ckpt['path']}")
         learner = build_learner(cfg.model, cfg.train, "cpu")
         learner.load_state_dict(ckpt["learner"])
     except (ValueError, KeyError, RuntimeError) as exc:
@@ -86,12 +90,15 @@ def demo_frames(capture: CaptureConfig, n: int = VERIFY_FRAMES) -> np.ndarray:
     return np.stack(frames[::4])
 
 
-def export_checkpoint(run_dir: Path, publisher: Publisher, export_cfg: ExportConfig) -> tuple[int, int]:
+def export_checkpoint(
+    run_dir: Path, publisher: Publisher, export_cfg: ExportConfig, operator_model: Optional[ModelConfig] = None
+) -> tuple[int, int]:
     """Export, verify and publish the newest checkpoint's encoder; returns (step, version).
 
-    Raises CheckpointError when there is nothing to export, ExportRefused when a gate fails.
+    Raises CheckpointError when there is nothing to export, ExportRefused when a gate fails,
+    ModelFileError when the checkpoint names an import string `operator_model` does not.
     """
-    source = load_checkpoint_encoder(run_dir, export_cfg.weights)
+    source = load_checkpoint_encoder(run_dir, export_cfg.weights, operator_model)
     return source.step, export_loaded(source, publisher, export_cfg)
 
 
@@ -149,6 +156,7 @@ def watch(
     poll_s: float = 2.0,
     status_path: Optional[Path] = None,
     report: Callable[[str], None] = lambda line: print(line, flush=True),
+    operator_model: Optional[ModelConfig] = None,
 ) -> WatchState:
     """Export each new checkpoint (throttled by export.every_steps / every_seconds) until `stop`; then once more.
 
@@ -161,7 +169,7 @@ def watch(
     while True:
         newest = next(iter(list_checkpoints(run_dir)), (None, None))[0]
         if newest is not None and _due(newest, state, export_cfg, last_time, final=stopping):
-            _export_once(run_dir, publisher, export_cfg, state, report)
+            _export_once(run_dir, publisher, export_cfg, state, report, operator_model)
             last_time = time.monotonic()
             if status_path is not None:
                 write_status(status_path, state.to_json())
@@ -181,10 +189,15 @@ def _due(step: int, state: WatchState, cfg: ExportConfig, last_time: float, fina
 
 
 def _export_once(
-    run_dir: Path, publisher: Publisher, cfg: ExportConfig, state: WatchState, report: Callable[[str], None]
+    run_dir: Path,
+    publisher: Publisher,
+    cfg: ExportConfig,
+    state: WatchState,
+    report: Callable[[str], None],
+    operator_model: Optional[ModelConfig],
 ) -> None:
     try:
-        source = load_checkpoint_encoder(run_dir, cfg.weights)
+        source = load_checkpoint_encoder(run_dir, cfg.weights, operator_model)
     except ByolAgentError as exc:  # e.g. no readable checkpoint yet: try again at the next poll
         log.warning("export skipped: %s", exc)
         return

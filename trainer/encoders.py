@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torchvision
 from torch import Tensor, nn
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ModelFileError
 
 if TYPE_CHECKING:
     from agent.config import ModelConfig
@@ -103,6 +103,24 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     if not callable(factory):
         raise ConfigError(f"encoder {spec!r}: {module_name!r} has no callable {attr!r}")
     return factory
+
+
+def check_file_model(model_cfg: "ModelConfig", operator: Optional["ModelConfig"], source: str) -> None:
+    """Refuse a model section read from a file (checkpoint, manifest) that names an import string.
+
+    `package.module:callable` runs code when the encoder is built, so it is honoured only from
+    configuration the operator gave on this machine (YAML / CLI): a file may name one only when
+    `operator` (this machine's `model` section) names the same string with the same kwargs.
+    Raises ModelFileError (one line) otherwise; torchvision and built-in names always pass.
+    """
+    if ":" not in model_cfg.encoder:
+        return
+    same = operator is not None and (operator.encoder, operator.encoder_kwargs) == (model_cfg.encoder, model_cfg.encoder_kwargs)
+    if not same:
+        raise ModelFileError(
+            f"{source} names the encoder import string {model_cfg.encoder!r}; import strings run code, so they are "
+            "honoured only from this machine's config: pass the same model.encoder and model.encoder_kwargs in --config to trust it"
+        )
 
 
 def build_encoder(model_cfg: "ModelConfig") -> nn.Module:

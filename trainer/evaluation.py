@@ -34,7 +34,7 @@ from export.manifest import LATEST_NAME, InputSpec, Manifest, read_latest, read_
 from export.frames import resize_frames
 from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD
 from trainer.backbone import Backbone
-from trainer.encoders import build_encoder
+from trainer.encoders import build_encoder, check_file_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 KNN_TEMPERATURE = 0.07
@@ -357,16 +357,20 @@ def _finite(feats: np.ndarray, what: str) -> np.ndarray:
     return feats
 
 
-def random_init_encoder(model_section: dict[str, Any], seed: int) -> torch.nn.Module:
+def random_init_encoder(
+    model_section: dict[str, Any], seed: int, operator_model: Optional[ModelConfig] = None, source: str = "the manifest"
+) -> torch.nn.Module:
     """The same architecture as an export, initialised as `build_learner` does under `seed`, cut at its hidden layer.
 
-    ConfigError when the manifest names an encoder or hidden layer this installation cannot build.
+    ConfigError when the manifest names an encoder or hidden layer this installation cannot build;
+    ModelFileError when it names an import string that `operator_model` (this machine's config) does not.
     """
     try:
         model_cfg = ModelConfig(**{k: model_section[k] for k in ModelConfig.model_fields if k in model_section})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"manifest model.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    check_file_model(model_cfg, operator_model, source)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_encoder(model_cfg)
@@ -391,8 +395,12 @@ def evaluate_export(
     eval_cfg: EvalConfig,
     seed: int = 0,
     reference: bool = True,
+    operator_model: Optional[ModelConfig] = None,
 ) -> EvalResult:
     """Score an exported encoder, and a seeded random-init encoder of its architecture, on one split.
+
+    The reference is refused (ModelFileError) when the manifest names an encoder import string
+    that `operator_model`, this machine's config, does not name too (`check_file_model`).
 
     `data` is "digits", an image folder, or already loaded images (at the encoder's image size).
     The reference needs the manifest's model section; without one it is skipped and a note says so.
@@ -414,7 +422,7 @@ def evaluate_export(
     model_section = encoder.manifest.raw.get("model") if encoder.manifest is not None else None
     if reference and isinstance(model_section, dict) and model_section.get("encoder"):
         try:
-            module = random_init_encoder(model_section, seed)
+            module = random_init_encoder(model_section, seed, operator_model, f"the manifest of {encoder.onnx_path.name}")
         except ConfigError as exc:
             notes.append(f"no random-init reference: {exc}")
         else:

@@ -102,7 +102,7 @@ class QualityMonitor:
             k, labels = self._eval_cfg.k, self._data.labels
             if self._reference is None:
                 section = self._model_cfg.model_dump(mode="json")
-                reference = random_init_encoder(section, self._seed)
+                reference = random_init_encoder(section, self._seed, self._model_cfg)  # our own config: trusted
                 self._reference = evaluate_features(self._features(reference), labels, train, test, k, self._seed)
             feats = self._features(encoder.eval())
             knn, linear = evaluate_features(feats, labels, train, test, k, self._seed)

@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     if args.run_dir is not None and not Path(args.run_dir).is_dir():
         raise RunDirError(f"run directory {args.run_dir!r} does not exist")
     previous = _load_previous(args.previous) if args.previous else None
-    result = evaluate_export(args.encoder, args.data, cfg.eval)
+    result = evaluate_export(args.encoder, args.data, cfg.eval, operator_model=cfg.model)
     event = result.to_event()
     if args.run_dir is not None:
         append_event(args.run_dir, event)

@@ -74,3 +74,17 @@ def test_bad_input_is_a_one_line_error_exit_2(export_dir: Path, tmp_path: Path, 
         assert cli_main(["eval", *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_a_manifest_naming_an_import_string_runs_nothing(tmp_path: Path) -> None:
+    """`eval` once built the random-init reference from the manifest's import string (and exited 0)."""
+    export_dir, marker = tmp_path / "exports", tmp_path / "pwned"
+    publish_random_init(export_dir, seed=3)
+    manifest_path = export_dir / (export_dir / "LATEST").read_text().strip()
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model"].update(encoder="subprocess:getoutput", encoder_kwargs={"cmd": f"touch {marker}"})
+    manifest_path.write_text(json.dumps(manifest))
+    out = _eval("--encoder", str(export_dir), "--data", "digits")
+    assert not marker.exists()
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "import string 'subprocess:getoutput'" in out.stderr

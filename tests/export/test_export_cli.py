@@ -110,3 +110,37 @@ def test_watch_follows_checkpoints_and_exports_the_final_one_on_sigint(tmp_path:
     assert "published version 2 (step 150)" in stdout
     status = json.loads((run_dir / "status-exporter.json").read_text())
     assert status["last_export_version"] == 2 and status["exports"] == 2 and status["refusals"] == 0
+
+
+def _with_model(run_dir: Path, **model: object) -> None:
+    """Rewrite the newest checkpoint's stored config as an attacker with write access to the run dir would."""
+    from trainer.checkpoint import list_checkpoints, read_checkpoint
+
+    step, path = list_checkpoints(run_dir)[0]
+    state = read_checkpoint(path)
+    state["config"]["model"].update(model)
+    path.unlink()
+    save_checkpoint(run_dir, state, keep=5)
+
+
+def test_a_checkpoint_naming_an_import_string_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A stored config with `subprocess:getoutput` once ran its `cmd` on `export`; now a one-line refusal."""
+    run_dir, out, marker = tmp_path / "run", tmp_path / "exports", tmp_path / "pwned"
+    _write_checkpoint(run_dir, step=10, seed=1)
+    _with_model(run_dir, encoder="subprocess:getoutput", encoder_kwargs={"cmd": f"touch {marker}"})
+    assert cli_main(["export", "--run-dir", str(run_dir), "--out", str(out), *OVERRIDES]) == 2
+    err = capsys.readouterr().err.strip()
+    assert not marker.exists()
+    assert len(err.splitlines()) == 1 and "import string 'subprocess:getoutput'" in err and "--config" in err
+    assert not (out / "LATEST").exists()
+
+
+def test_an_import_string_the_operator_names_too_is_honoured(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir, out = tmp_path / "run", tmp_path / "exports"
+    _write_checkpoint(run_dir, step=10, seed=1)
+    _with_model(run_dir, encoder="trainer.encoders:TinyCNN")
+    assert cli_main(["export", "--run-dir", str(run_dir), "--out", str(out), *OVERRIDES]) == 2  # not in our config
+    capsys.readouterr()
+    ours = [*OVERRIDES, "model.encoder=trainer.encoders:TinyCNN"]
+    assert cli_main(["export", "--run-dir", str(run_dir), "--out", str(out), *ours]) == 0
+    assert "published version 1 (step 10)" in capsys.readouterr().out
