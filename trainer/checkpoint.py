@@ -6,18 +6,23 @@ So each file is written to a temp name in the same directory, fsynced, renamed o
 (with a warning) any file it cannot read. The content is tensors and primitives only, so it loads
 with `torch.load(weights_only=True)`: opening a checkpoint never executes code.
 
-Content (format 1; keys stable, the export command rebuilds the learner from "config"):
-{"format", "step", "learner", "optimizer", "scaler", "rng", "config", "counters", "buffer"}.
+Trusting a file that loads is not enough: a flipped byte inside a tensor's storage loads fine. So
+format 2 stores "checksum", a SHA-256 over the whole content (every tensor's dtype, shape and
+bytes, every key and primitive, in a fixed order), recomputed on load; floating-point learner and
+optimizer tensors must also be finite. A file that fails any check is skipped like a torn one.
+
+Content (format 2; keys stable, the export command rebuilds the learner from "config"):
+{"format", "step", "learner", "optimizer", "scaler", "rng", "config", "counters", "buffer", "checksum"}.
+Format 1 (before checksums) still loads, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import pickle
 import random
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,7 +31,9 @@ import torch
 
 from agent.atomic import fsync_dir
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+CHECKED_KEYS = ("learner", "optimizer")  # floating-point tensors here must be finite
 REQUIRED_KEYS = ("format", "step", "learner", "optimizer", "rng", "config", "counters")
 _NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")
 
@@ -85,6 +92,9 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
+    state = {k: v for k, v in state.items() if k not in ("checksum", "path")}
+    state["format"] = FORMAT
+    state["checksum"] = content_checksum(state)
     path = checkpoint_path(run_dir, int(state["step"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -104,16 +114,72 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     return path
 
 
+def content_checksum(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's content, every key but "checksum" and "path", in a fixed order."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k not in ("checksum", "path")})
+    return digest.hexdigest()
+
+
+def _feed(digest: "hashlib._Hash", obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+        if flat.numel():
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))  # no copy of the storage
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for item in obj:
+            _feed(digest, item)
+    elif isinstance(obj, (bytes, bytearray)):
+        digest.update(b"B%d:" % len(obj) + bytes(obj))
+    else:  # str, int, float, bool, None: repr is exact and type-tagged enough (1 vs 1.0 vs True vs '1')
+        text = f"{type(obj).__name__}:{obj!r}".encode()
+        digest.update(b"P%d:" % len(text) + text)
+
+
+def _non_finite(obj: Any, where: str) -> Optional[str]:
+    """Path of the first floating-point tensor under `obj` holding NaN or inf, or None."""
+    if isinstance(obj, torch.Tensor):
+        return where if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{where}.{key}")
+        if found:
+            return found
+    return None
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load one checkpoint file; raises ValueError when it is unreadable, truncated or not ours."""
+    """Load one checkpoint file and check it; ValueError (naming the file and the fault) when it is
+    unreadable, truncated, not ours, fails its checksum or holds non-finite weights."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError) as exc:
-        raise ValueError(f"{path.name} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    except Exception as exc:  # weights_only: garbage raises many types, none runs code
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ValueError(f"{path.name} is unreadable ({type(exc).__name__}: {first})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise ValueError(f"{path.name} is not a byol-agent checkpoint (missing keys)")
-    if state["format"] != FORMAT:
-        raise ValueError(f"{path.name} has format {state['format']!r}, this version reads {FORMAT}")
+    if state["format"] not in READABLE_FORMATS:
+        raise ValueError(f"{path.name} has format {state['format']!r}, this version reads {READABLE_FORMATS}")
+    if state["format"] == 1:
+        log.warning("%s was written before checkpoints carried checksums; it cannot be verified", path.name)
+    else:
+        try:
+            actual = content_checksum(state)
+        except Exception as exc:  # a damaged structure the walk cannot read
+            raise ValueError(f"{path.name} is damaged ({type(exc).__name__} while verifying it)") from None
+        if state.get("checksum") != actual:
+            raise ValueError(f"{path.name} fails its checksum: its content changed after it was written")
+    for key in CHECKED_KEYS:
+        bad = _non_finite(state[key], key)
+        if bad:
+            raise ValueError(f"{path.name} holds non-finite values (NaN/inf) in {bad}")
     return state
 
 

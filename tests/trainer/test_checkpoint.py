@@ -77,3 +77,66 @@ def test_no_readable_checkpoint_gives_none(tmp_path):
 def test_state_missing_keys_is_refused(tmp_path):
     with pytest.raises(ValueError, match="lacks"):
         save_checkpoint(tmp_path, {"step": 1}, keep=1)
+
+
+def test_short_garbage_named_like_the_newest_checkpoint_is_skipped(tmp_path, caplog):
+    """`printf junk > ckpt-000009999.pt` once escaped as struct.error at every restart of train and export."""
+    save_checkpoint(tmp_path, state(5), keep=3)
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([4, 5, 22, 64, 100, 300, 1000]):
+        path = tmp_path / "checkpoints" / f"ckpt-{9999 + i:09d}.pt"
+        path.write_bytes(b"junk" if size == 4 else rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        with pytest.raises(ValueError):
+            read_checkpoint(path)
+    for prefix in (b"PK\x03\x04", b"PK\x05\x06", b"\x80\x02"):  # zip and pickle openings followed by garbage
+        path = tmp_path / "checkpoints" / "ckpt-000020000.pt"
+        for _ in range(30):
+            path.write_bytes(prefix + rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes())
+            with pytest.raises(ValueError):
+                read_checkpoint(path)
+    with caplog.at_level(logging.WARNING):
+        assert load_latest_checkpoint(tmp_path)["step"] == 5
+
+
+def test_every_damaged_byte_is_caught_or_changes_nothing(tmp_path):
+    """Random 1-64-byte overwrites inside a real checkpoint once loaded silently with changed tensors."""
+    path = save_checkpoint(tmp_path, state(7), keep=3)
+    original = path.read_bytes()
+    reference = read_checkpoint(path)
+    rng = np.random.default_rng(1)
+    caught = 0
+    for _ in range(120):
+        data = bytearray(original)
+        size = int(rng.integers(1, 65))
+        at = int(rng.integers(0, len(data) - size))
+        data[at : at + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        path.write_bytes(bytes(data))
+        try:
+            loaded = read_checkpoint(path)
+        except ValueError:
+            caught += 1
+            continue
+        # what loads must be exactly what was saved (the bytes hit padding or metadata the content does not use)
+        assert torch.equal(loaded["learner"]["weight"], reference["learner"]["weight"])
+        assert loaded["checksum"] == reference["checksum"]
+    assert caught > 0
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    bad = state(3)
+    bad["learner"]["weight"][0, 0] = float("nan")
+    path = save_checkpoint(tmp_path, bad, keep=3)
+    with pytest.raises(ValueError, match="non-finite"):
+        read_checkpoint(path)
+    save_checkpoint(tmp_path, state(2), keep=3)
+    assert load_latest_checkpoint(tmp_path)["step"] == 2
+
+
+def test_checksum_mismatch_is_named(tmp_path):
+    good = state(4)
+    path = save_checkpoint(tmp_path, good, keep=3)
+    tampered = read_checkpoint(path)
+    tampered["learner"]["weight"] += 1.0  # written without going through save_checkpoint's checksum
+    torch.save(tampered, path)
+    with pytest.raises(ValueError, match="checksum"):
+        read_checkpoint(path)
