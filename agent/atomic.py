@@ -2,18 +2,72 @@
 
 Temp file in the same directory → fsync → `os.replace` → fsync the directory. Kept free of heavy
 imports: capture, trainer, exporter and runtime all write status and manifests through it.
+
+Temp names are `.tmp-PID-...`: a process killed mid-write leaves one behind, and the next start
+(`remove_stale_temps`) deletes those whose writer is no longer alive. Status files are advisory:
+`write_status` warns and carries on when the disk is full instead of stopping its process.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 TEMP_PREFIX = ".tmp-"
+_TEMP_PID = re.compile(r"^\.tmp-(\d+)-")
+_UNOWNED_TEMP_S = 3600.0  # a temp name without a pid (older versions) is stale after this long
+log = logging.getLogger(__name__)
+_status_failures: dict[str, int] = {}
+
+
+def temp_name(final_name: str) -> str:
+    """A private temp name for writing `final_name` in the same directory: `.tmp-PID-RANDOM-final_name`."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final_name}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete `.tmp-*` files in `directory` left by writers that died mid-write; returns what went.
+
+    A temp whose name carries the pid of a live process (another writer at work, or ourselves) is
+    kept; one without a pid only once it is an hour old. Missing directories and races are ignored.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for path in entries:
+        if not path.name.startswith(TEMP_PREFIX):
+            continue
+        match = _TEMP_PID.match(path.name)
+        try:
+            stale = (not _alive(int(match.group(1)))) if match else now - path.stat().st_mtime > _UNOWNED_TEMP_S
+            if stale:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d temp file(s) left by an interrupted writer in %s", len(removed), directory)
+    return removed
 
 
 def fsync_dir(directory: Path) -> None:
@@ -30,7 +84,7 @@ def fsync_dir(directory: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` in one step; `durable=False` skips the fsyncs (status files)."""
     path = Path(path)
-    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(temp_name(path.name))
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -55,6 +109,21 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_status(path: Path, data: dict[str, Any]) -> None:
-    """A status snapshot for the `run` supervisor: atomic, not fsynced (rewritten every second)."""
-    atomic_write_bytes(path, json.dumps(jsonable(data)).encode(), durable=False)
+def write_status(path: Path, data: dict[str, Any]) -> bool:
+    """A status snapshot for the `run` supervisor: atomic, not fsynced (rewritten every second).
+
+    Advisory: an OSError (disk full, directory gone) is logged (the first, then every 100th in a
+    row) and swallowed, so a full disk never stops the process writing it. Returns whether it was written.
+    """
+    key = str(path)
+    try:
+        atomic_write_bytes(path, json.dumps(jsonable(data)).encode(), durable=False)
+    except OSError as exc:
+        failures = _status_failures.get(key, 0) + 1
+        _status_failures[key] = failures
+        if failures == 1 or failures % 100 == 0:
+            log.warning("status file %s not written (%d in a row): %s; carrying on", path, failures, exc.strerror or exc)
+        return False
+    if _status_failures.pop(key, 0):
+        log.info("status file %s written again", path)
+    return True

@@ -2,14 +2,20 @@
 
 Each subcommand module offers `add_arguments(parser)` and `main(args) -> int`; the work lives in
 the library. User-facing failures (`ByolAgentError`) print as one line, never a traceback.
+
+Process output is advisory: when stdout/stderr is a log file on a full disk, a failed write is
+dropped instead of raising inside whatever loop printed it, and a file-size limit (SIGXFSZ) makes
+writes fail with EFBIG instead of killing the process.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import signal
 import sys
-from typing import Optional
+from typing import Any, Optional, TextIO
 
 from agent.errors import ByolAgentError
 
@@ -26,6 +32,45 @@ COMMANDS = {
 }
 
 
+class _TolerantOutput(io.TextIOBase):
+    """Wraps stdout/stderr: a write or flush that fails with OSError (disk full) is dropped and counted."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self.dropped += 1
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            self.dropped += 1
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, errors, buffer, ...
+        return getattr(self._stream, name)
+
+
+def _harden_process_output() -> None:
+    if not isinstance(sys.stdout, _TolerantOutput) and sys.stdout is not None:
+        sys.stdout = _TolerantOutput(sys.stdout)
+    if not isinstance(sys.stderr, _TolerantOutput) and sys.stderr is not None:
+        sys.stderr = _TolerantOutput(sys.stderr)
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="byol-agent", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -38,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    if argv is None:  # the process's entry point (console script or python -m), not a caller's function call
+        _harden_process_output()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse cannot take positionals after options; accept `key=value` overrides anywhere.

@@ -31,5 +31,12 @@ class CheckpointError(ModelFileError):
     """No usable checkpoint could be read from a run directory."""
 
 
+class StorageError(ByolAgentError):
+    """A file could not be written (disk full, read-only, permissions): transient, never a refusal.
+
+    The writer keeps its last good state on disk and tries again later; nothing is marked bad.
+    """
+
+
 class ExportRefused(ByolAgentError):
     """An export failed its parity or collapse gate; the previous version stays published."""

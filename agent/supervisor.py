@@ -1,7 +1,10 @@
 """Runs the pipeline's processes side by side, restarts the ones that die, and stops them in order.
 
 `byol-agent run` is capture → trainer → exporter → runtime, each a real OS process talking over
-loopback ZeroMQ or the run directory. Each child is its own process group, so a Ctrl-C reaches the
+loopback ZeroMQ or the run directory. A child that fails is restarted after a back-off (1, 2, 4, ...
+up to 30 s), so a fault that lasts a while (a full disk, a camera being replugged) does not burn
+through the restart budget in seconds; a child that then runs healthily for a minute has its
+budget refilled. Each child is its own process group, so a Ctrl-C reaches the
 supervisor alone and the shutdown runs downstream-last: capture stops first, the trainer writes its
 final checkpoint, the exporter publishes from it, and only then the runtime consumer stops.
 """
@@ -39,6 +42,8 @@ class _Child:
     proc: Optional[subprocess.Popen] = None
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
+    started_at: float = 0.0
+    restart_at: Optional[float] = None  # time.monotonic() of a scheduled restart
 
 
 def _die_with_parent() -> None:
@@ -50,12 +55,26 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class Supervisor:
-    """Starts children, restarts dead ones (bounded), and stops them in the given order."""
+RESTART_BACKOFF_MAX_S = 30.0
+HEALTHY_AFTER_S = 60.0  # a child that ran this long before failing starts over with a full restart budget
 
-    def __init__(self, specs: list[ChildSpec], log_dir: Path, *, max_restarts: int) -> None:
+
+class Supervisor:
+    """Starts children, restarts dead ones (bounded, with back-off), and stops them in the given order."""
+
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        log_dir: Path,
+        *,
+        max_restarts: int,
+        backoff_max_s: float = RESTART_BACKOFF_MAX_S,
+        healthy_after_s: float = HEALTHY_AFTER_S,
+    ) -> None:
         self._children = [_Child(spec, log_dir / f"{spec.name}.log") for spec in specs]
         self._max_restarts = max_restarts
+        self._backoff_max_s = backoff_max_s
+        self._healthy_after_s = healthy_after_s
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
@@ -63,7 +82,12 @@ class Supervisor:
             self._spawn(child)
 
     def _spawn(self, child: _Child) -> None:
-        out = open(child.log_path, "ab")
+        child.restart_at = None
+        child.started_at = time.monotonic()
+        try:
+            out = open(child.log_path, "ab")
+        except OSError:  # the log cannot be opened (disk full): run the child without it
+            out = open(os.devnull, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         child.proc = subprocess.Popen(
             child.spec.argv,
@@ -83,7 +107,11 @@ class Supervisor:
         A child that exits 0 finished its job (a finite source ran out) and is not restarted.
         """
         healthy = True
+        now = time.monotonic()
         for child in self._children:
+            if child.proc is None and child.restart_at is not None and now >= child.restart_at:
+                self._spawn(child)
+                continue
             code = child.proc.poll() if child.proc else None
             if code is None:
                 continue
@@ -93,13 +121,19 @@ class Supervisor:
                 report(f"{child.spec.name} finished")
                 continue
             tail = _last_line(child.log_path)
+            if now - child.started_at >= self._healthy_after_s:
+                child.restarts = 0  # it had been running fine: a new fault, not the same one again
             if child.restarts >= self._max_restarts:
                 report(f"{child.spec.name} exited with code {code} and used up its {self._max_restarts} restarts: {tail}")
                 healthy = False
                 continue
             child.restarts += 1
-            report(f"{child.spec.name} exited with code {code} ({tail}); restart {child.restarts}/{self._max_restarts}")
-            self._spawn(child)
+            delay = min(self._backoff_max_s, 2.0 ** (child.restarts - 1))
+            child.restart_at = now + delay
+            report(
+                f"{child.spec.name} exited with code {code} ({tail}); "
+                f"restart {child.restarts}/{self._max_restarts} in {delay:.0f} s"
+            )
         return healthy
 
     def stop(self) -> dict[str, Optional[int]]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from agent.config import ExportConfig, ModelConfig
-from agent.errors import ByolAgentError
+from agent.errors import ByolAgentError, StorageError
 from export.frames import as_frame_batch
 from export.manifest import InputSpec
 from export.onnx_export import (
@@ -204,6 +204,9 @@ class BackgroundExporter:
                 mean=self._mean,
                 std=self._std,
             )
+        except StorageError as exc:  # disk full: the next scheduled export is the retry; not a refusal
+            log.warning("export at step %d not written, keeping the last good version: %s", job.step, exc)
+            return {"event": "export_failed", "step": job.step, "reason": str(exc)}
         except ByolAgentError as exc:
             log.warning("export at step %d refused, keeping the last good version: %s", job.step, exc)
             return {"event": "export_refused", "step": job.step, "reason": str(exc)}

@@ -19,7 +19,7 @@ from torch import nn
 
 from agent.atomic import write_status
 from agent.config import CaptureConfig, Config, ExportConfig, ModelConfig
-from agent.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError
+from agent.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
 from agent.sources import open_source
 from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest
@@ -30,6 +30,7 @@ from trainer.report import append_event
 
 log = logging.getLogger(__name__)
 VERIFY_FRAMES = 64
+IO_BACKOFF_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,9 @@ class WatchState:
     refusals: int = 0
     last_refusal: Optional[str] = None
     refused_steps: set[int] = field(default_factory=set)
+    io_failures: int = 0  # exports that could not be written (disk full): retried, never refusals
+    failures_in_a_row: int = 0
+    retry_at: float = 0.0  # time.monotonic() before which no export is tried after an I/O failure
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +147,7 @@ class WatchState:
             "exports": self.exports,
             "refusals": self.refusals,
             "last_refusal": self.last_refusal,
+            "io_failures": self.io_failures,
             "time": time.time(),
         }
 
@@ -179,6 +184,8 @@ def watch(
 
 
 def _due(step: int, state: WatchState, cfg: ExportConfig, last_time: float, final: bool) -> bool:
+    if not final and time.monotonic() < state.retry_at:
+        return False
     if step in state.refused_steps or (state.last_export_step is not None and step <= state.last_export_step):
         return False
     if final or state.last_export_step is None or (cfg.every_steps is None and cfg.every_seconds is None):
@@ -206,15 +213,31 @@ def _export_once(
         return  # the newest file was unreadable and an older checkpoint came back
     try:
         version = export_loaded(source, publisher, cfg)
+    except StorageError as exc:  # disk full or unwritable: not the model's fault, so try again later
+        state.io_failures += 1
+        state.failures_in_a_row += 1
+        backoff = min(IO_BACKOFF_MAX_S, 2.0 ** state.failures_in_a_row)
+        state.retry_at = time.monotonic() + backoff
+        log.warning("export of step %d not written, retrying in %.0f s: %s", source.step, backoff, exc)
+        return
     except ExportRefused as exc:
         state.refusals += 1
         state.last_refusal = str(exc)
         state.refused_steps.add(source.step)
         log.warning("export of step %d refused, keeping the last good version: %s", source.step, exc)
         report(f"export refused at step {source.step}: {exc}")
-        append_event(run_dir, {"event": "export_refused", "time": time.time(), "step": source.step, "reason": str(exc)})
+        _record(run_dir, {"event": "export_refused", "time": time.time(), "step": source.step, "reason": str(exc)})
         return
     state.exports += 1
+    state.failures_in_a_row, state.retry_at = 0, 0.0
     state.last_export_version, state.last_export_step = version, source.step
-    append_event(run_dir, {"event": "export", "time": time.time(), "step": source.step, "version": version})
+    _record(run_dir, {"event": "export", "time": time.time(), "step": source.step, "version": version})
     report(f"published version {version} (step {source.step}) to {publisher.export_dir}")
+
+
+def _record(run_dir: Path, event: dict[str, Any]) -> None:
+    """Append an event to the run's metrics; the record is advisory, so a full disk only costs a warning."""
+    try:
+        append_event(run_dir, event)
+    except StorageError as exc:
+        log.warning("%s event not recorded: %s", event.get("event"), exc)

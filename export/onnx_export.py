@@ -8,6 +8,7 @@ the TorchScript tracer could bake in.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from agent.config import ExportConfig
-from agent.errors import ExportRefused
+from agent.errors import ExportRefused, StorageError
 from export.manifest import InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,7 +91,7 @@ def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: 
     """Export `wrapped` (eval mode, dynamic batch) to `path`.
 
     Raises ExportRefused when the exporter cannot handle the module, so the caller keeps the last
-    good version.
+    good version; StorageError when the file cannot be written (a full disk is not a refusal).
     """
     wrapped.eval()
     batch = example_batch(cfg)
@@ -98,16 +99,22 @@ def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: 
         example = torch.randint(0, 256, spec.shape(batch), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     else:
         example = torch.randn(spec.shape(batch), generator=torch.Generator().manual_seed(0))
+    graph = io.BytesIO()  # in memory first: a full disk must not look like an exporter failure
     try:
         with torch.no_grad():
             out = wrapped(example)
             if out.ndim != 2 or out.shape[0] != batch:
                 raise ExportRefused(f"encoder output has shape {tuple(out.shape)}, expected (N, D)")
-            torch.onnx.export(wrapped, (example,), str(path), **_exporter_args(spec, cfg))
+            torch.onnx.export(wrapped, (example,), graph, **_exporter_args(spec, cfg))
     except ExportRefused:
         raise
     except Exception as exc:  # the encoder and the exporters raise many unrelated types
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise ExportRefused(f"{cfg.exporter} ONNX export failed: {first[:300]}") from exc
+    try:
+        with open(path, "wb") as f:
+            f.write(graph.getbuffer())
+    except OSError as exc:
+        raise StorageError(f"cannot write the ONNX export to {path.parent}: {exc.strerror or exc}") from None
     opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
     return Exported(output_dim=int(out.shape[1]), opset=int(opset))

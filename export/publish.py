@@ -13,13 +13,12 @@ import json
 import logging
 import os
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.atomic import TEMP_PREFIX, atomic_write_bytes, fsync_dir
-from agent.errors import ModelFileError
+from agent.atomic import atomic_write_bytes, fsync_dir, remove_stale_temps, temp_name
+from agent.errors import ModelFileError, StorageError
 from export.manifest import (
     LATEST_NAME,
     MANIFEST_FORMAT,
@@ -31,7 +30,7 @@ from export.manifest import (
 )
 
 log = logging.getLogger(__name__)
-_STALE_TEMP_S = 3600.0
+_ORPHAN_S = 60.0  # a model file this long without its manifest was left by a killed publisher
 
 
 class Publisher:
@@ -46,6 +45,7 @@ class Publisher:
             self.export_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ModelFileError(f"cannot create export directory {self.export_dir}: {exc.strerror}") from None
+        self._versions_on_disk()  # a restart cleans up after the publisher it replaces
 
     def versions(self) -> list[int]:
         """Every version with a model or a manifest on disk (a half-finished one still uses up its number)."""
@@ -58,7 +58,7 @@ class Publisher:
 
     def temp_path(self, suffix: str = ".onnx") -> Path:
         """A private file name in the export directory (same filesystem, so the final rename is atomic)."""
-        return self.export_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}{suffix}"
+        return self.export_dir / temp_name(f"model{suffix}")
 
     def publish(self, model_tmp: Path, manifest: dict[str, Any]) -> int:
         """Move `model_tmp` (a temp_path) into place under a new version; return the version.
@@ -89,7 +89,7 @@ class Publisher:
             atomic_write_bytes(self.export_dir / name, json.dumps(tree, indent=2).encode())
             self._point_latest()
         except OSError as exc:
-            raise ModelFileError(f"cannot publish into {self.export_dir}: {exc}") from None
+            raise StorageError(f"cannot publish into {self.export_dir}: {exc.strerror or exc}") from None
         finally:
             model_tmp.unlink(missing_ok=True)
         self.prune()
@@ -127,14 +127,12 @@ class Publisher:
         return parse_version(name) if name else None
 
     def prune(self) -> list[Path]:
-        """Delete all but the newest `keep` complete versions; never what LATEST names. Returns what went."""
-        files: dict[int, list[Path]] = {}
-        for path in self.export_dir.iterdir():
-            version = parse_version(path.name)
-            if version is not None:
-                files.setdefault(version, []).append(path)
-            elif path.name.startswith(TEMP_PREFIX) and _age_s(path) > _STALE_TEMP_S:
-                path.unlink(missing_ok=True)  # left by a crashed writer
+        """Delete all but the newest `keep` complete versions; never what LATEST names. Returns what went.
+
+        Also removes what killed publishers leave: temp files whose writer is gone, and a model
+        file that has waited over a minute for its manifest (`publish` writes it right after).
+        """
+        files = self._versions_on_disk()
         complete = sorted((v for v, paths in files.items() if len(paths) == 2), reverse=True)
         kept = set(complete[: self.keep])
         latest = self._latest_version()
@@ -155,6 +153,25 @@ class Publisher:
             fsync_dir(self.export_dir)
             log.info("retention removed %s", ", ".join(p.name for p in removed))
         return removed
+
+
+    def _versions_on_disk(self) -> dict[int, list[Path]]:
+        """Files of each version, after removing what killed publishers left (see `prune`)."""
+        remove_stale_temps(self.export_dir)
+        files: dict[int, list[Path]] = {}
+        for path in self.export_dir.iterdir():
+            version = parse_version(path.name)
+            if version is not None:
+                files.setdefault(version, []).append(path)
+        for version, paths in list(files.items()):
+            if len(paths) == 1 and paths[0].suffix == ".onnx" and _age_s(paths[0]) > _ORPHAN_S:
+                try:
+                    paths[0].unlink()
+                except OSError:
+                    continue
+                log.info("removed %s: its manifest was never written (publisher interrupted)", paths[0].name)
+                del files[version]
+        return files
 
 
 def _age_s(path: Path) -> float:

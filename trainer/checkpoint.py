@@ -29,7 +29,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from agent.atomic import fsync_dir
+from agent.atomic import fsync_dir, remove_stale_temps, temp_name
+from agent.errors import StorageError
 
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -88,7 +89,11 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
-    """Atomically write `state` (must hold "step") as ckpt-{step}.pt and keep only the `keep` newest."""
+    """Atomically write `state` (must hold "step") as ckpt-{step}.pt and keep only the `keep` newest.
+
+    Raises StorageError (nothing replaced, no temp file left) when the file cannot be written, e.g.
+    on a full disk: the previous checkpoints stay as they were.
+    """
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
@@ -96,21 +101,23 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     state["format"] = FORMAT
     state["checksum"] = content_checksum(state)
     path = checkpoint_path(run_dir, int(state["step"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(temp_name(path.name))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise StorageError(f"cannot write checkpoint {path.name}: {first}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
     for _, old in list_checkpoints(run_dir)[keep:]:
         old.unlink(missing_ok=True)
-    for stale in path.parent.glob(".ckpt-*.pt.tmp-*"):  # left by a writer that was killed mid-write
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(path.parent)  # left by a writer that was killed mid-write
     return path
 
 

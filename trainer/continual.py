@@ -25,15 +25,18 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 import numpy as np
 import torch
 
+from agent.atomic import remove_stale_temps
 from agent.config import Config, TrainConfig, dump_config
-from agent.errors import ByolAgentError, CheckpointError, ConfigError
 from agent.curve import WireSecurity
+from agent.errors import ByolAgentError, CheckpointError, ConfigError, StorageError
 from agent.transport import FrameReceiver
 from trainer.buffer import ReplayBuffer
 from trainer.build import build_learner, build_optimizer
 from trainer.checkpoint import (
     FORMAT,
     capture_rng,
+    checkpoint_dir,
+    list_checkpoints,
     load_latest_checkpoint,
     quarantine_newer,
     restore_rng,
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 MAX_RESTORES_WITHOUT_PROGRESS = 3  # restores with no checkpoint between them: the run diverges, stop
 DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with nothing arriving
 EXPORT_CLOSE_TIMEOUT_S = 120.0
+CHECKPOINT_BACKOFF_MAX_S = 60.0  # a checkpoint that could not be written is retried after 2, 4, ... s up to this
 
 
 class TrainingDiverged(ByolAgentError):
@@ -165,6 +169,8 @@ class ContinualTrainer:
         self._nan_streak = 0
         self._restores_in_a_row = 0
         self._last_loss: Optional[float] = None
+        self._checkpoint_failures = 0
+        self._checkpoint_retry_at = 0.0
 
     # -- state -------------------------------------------------------------------------------
 
@@ -221,8 +227,19 @@ class ContinualTrainer:
             "buffer": self.buffer.state_dict() if self.cfg.train.save_buffer else None,
         }
 
-    def _save_checkpoint(self) -> None:
-        path = save_checkpoint(self.run_dir, self.checkpoint_state(), self.cfg.train.keep_checkpoints)
+    def _save_checkpoint(self) -> bool:
+        """Write a checkpoint of now; on a full disk keep the last one on disk and retry with backoff."""
+        try:
+            path = save_checkpoint(self.run_dir, self.checkpoint_state(), self.cfg.train.keep_checkpoints)
+        except StorageError as exc:
+            self._checkpoint_failures += 1
+            backoff = min(CHECKPOINT_BACKOFF_MAX_S, 2.0**self._checkpoint_failures)
+            self._checkpoint_retry_at = time.monotonic() + backoff
+            kept = next(iter(list_checkpoints(self.run_dir)), (None, None))[1]
+            log.warning("%s; still have %s, retrying in %.0f s", exc, kept.name if kept else "no checkpoint", backoff)
+            self.metrics.log({"event": "checkpoint_failed", "step": self.step, "reason": str(exc)})
+            return False
+        self._checkpoint_failures, self._checkpoint_retry_at = 0, 0.0
         self._last_checkpoint_step = self.step
         self._good = self._snapshot()
         self._restores_in_a_row = 0
@@ -243,8 +260,13 @@ class ContinualTrainer:
         that cannot be bound, and re-raises an ingest-thread failure after the final checkpoint.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.run_dir, checkpoint_dir(self.run_dir)):
+            remove_stale_temps(folder)  # what a killed predecessor was writing
         if self._write_config:
-            dump_config(self.cfg, self.run_dir / "config.yaml")
+            try:
+                dump_config(self.cfg, self.run_dir / "config.yaml")
+            except OSError as exc:  # a record for people, not needed to train
+                log.warning("config.yaml not written: %s", exc.strerror or exc)
         wire = self.cfg.wire
         receiver = FrameReceiver(
             wire.endpoint, hwm=wire.recv_hwm, max_side=wire.max_frame_side, security=WireSecurity.from_config(wire)
@@ -299,7 +321,8 @@ class ContinualTrainer:
             if self.step % tc.metrics_every == 0 and window.losses:
                 self._log_metrics(window)
                 window = _Window(self.step)
-            if self.step - self._last_checkpoint_step >= tc.checkpoint_every and self._nan_streak == 0:
+            due = self.step - self._last_checkpoint_step >= tc.checkpoint_every
+            if due and self._nan_streak == 0 and time.monotonic() >= self._checkpoint_retry_at:
                 self._save_checkpoint()
             refresh = self.cfg.buffer.refresh_every_steps
             if self.buffer.wants_embeddings and refresh is not None and self.step % refresh == 0:

@@ -9,6 +9,7 @@ TTY, a plain line every few seconds in a log file).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ from agent.atomic import jsonable, write_status
 
 STATUS_NAME = "status-trainer.json"
 METRICS_NAME = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -43,12 +45,22 @@ class MetricsWriter:
         self._last_status = -math.inf
         self._last_live = -math.inf
         self._live_dirty = False
+        self._lost = 0
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record (a wall-clock "time" is added) and flush it to disk."""
         line = json.dumps(jsonable({"time": time.time(), **record}))
-        self._file.write(line + "\n")
-        self._file.flush()
+        try:
+            self._file.write(line + "\n")
+            self._file.flush()
+        except OSError as exc:  # disk full: the record is lost, training is not
+            self._lost += 1
+            if self._lost == 1 or self._lost % 100 == 0:
+                log.warning("%d metrics record(s) not written to %s: %s", self._lost, METRICS_NAME, exc.strerror or exc)
+            return
+        if self._lost:
+            log.info("metrics records written again after %d lost", self._lost)
+            self._lost = 0
 
     def due(self) -> bool:
         """Whether `status` would write anything now (so callers can skip gathering the fields)."""
@@ -74,10 +86,15 @@ class MetricsWriter:
         self._stream.flush()
 
     def close(self) -> None:
-        if self._live_dirty:
-            self._stream.write("\n")
-            self._stream.flush()
-        self._file.close()
+        try:
+            if self._live_dirty:
+                self._stream.write("\n")
+                self._stream.flush()
+        finally:
+            try:
+                self._file.close()
+            except OSError:  # the buffered tail could not be flushed (disk full): already counted as lost
+                pass
 
 
 def format_status(f: dict[str, Any]) -> str:

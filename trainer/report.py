@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from matplotlib.figure import Figure
 
-from agent.errors import ByolAgentError
+from agent.errors import ByolAgentError, StorageError
 from trainer.metrics import METRICS_NAME
 
 
@@ -82,13 +82,19 @@ def read_metrics(run_dir: Union[str, Path]) -> RunMetrics:
 
 
 def append_event(run_dir: Union[str, Path], event: dict[str, Any]) -> Path:
-    """Append one event line; a single write of one line, so it does not interleave with the trainer's."""
+    """Append one event line; a single write of one line, so it does not interleave with the trainer's.
+
+    Raises RunDirError when the run directory is missing, StorageError when the line cannot be written.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise RunDirError(f"run directory {str(run)!r} does not exist")
     path = run / METRICS_NAME
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(event) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event) + "\n")
+    except OSError as exc:
+        raise StorageError(f"cannot append to {path}: {exc.strerror or exc}") from None
     return path
 
 

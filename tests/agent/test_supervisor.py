@@ -26,3 +26,31 @@ def test_a_child_that_cannot_be_spawned_stops_the_ones_already_started(tmp_path:
         supervise(sup, tmp_path, duration_s=None, status_every_s=60.0, stop=_NeverStop(), out=io.StringIO())
     proc = sup._children[0].proc
     assert proc is not None and proc.poll() is not None
+
+
+def test_a_failing_child_is_restarted_with_backoff_not_in_a_burst(tmp_path: Path) -> None:
+    """A fault that lasts (a full disk) once used up 3 restarts in ~11 s and ended the run for good."""
+    import time
+
+    marker = tmp_path / "fixed"
+    # Fails at once until `marker` exists (the fault clears), then runs like a healthy child.
+    script = f"import os, sys, time\nif not os.path.exists({str(marker)!r}): sys.exit(3)\ntime.sleep(60)"
+    flaky = ChildSpec("flaky", [sys.executable, "-c", script], 5.0)
+    sup = Supervisor([flaky], tmp_path / "logs", max_restarts=3, backoff_max_s=4.0)
+    reports: list[str] = []
+    started = time.monotonic()
+    sup.start()
+    try:
+        deadline = started + 6.0
+        while time.monotonic() < deadline:
+            assert sup.check(reports.append), reports
+            time.sleep(0.05)
+        assert sup.restarts["flaky"] == 3  # after 1 s and 2 s back-offs the third restart waits 4 s
+        assert [r.split(" in ")[-1] for r in reports] == ["1 s", "2 s", "4 s"], reports
+        marker.touch()  # the fault clears before the third restart: the run recovers
+        while time.monotonic() < started + 9.0:
+            assert sup.check(reports.append), reports
+            time.sleep(0.05)
+        assert sup._children[0].proc is not None and sup._children[0].proc.poll() is None
+    finally:
+        sup.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ModelFileError
+from agent.errors import ModelFileError, StorageError
 from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
 
@@ -113,7 +113,7 @@ def test_two_publishers_never_share_a_version(tmp_path: Path) -> None:
 def test_failed_publish_leaves_no_files_and_says_why(tmp_path: Path) -> None:
     pub = Publisher(tmp_path, keep=3)
     _publish_bytes(pub, b"good")
-    with pytest.raises(ModelFileError, match="cannot publish"):
+    with pytest.raises(StorageError, match="cannot publish"):  # an I/O failure, not a bad model: retried, never a refusal
         pub.publish(tmp_path / ".tmp-never-written.onnx", {"step": 1})
     assert _names(tmp_path) == ["LATEST", "encoder-000001.json", "encoder-000001.onnx"]
 
@@ -122,3 +122,24 @@ def test_latest_pointer_cannot_escape_the_directory(tmp_path: Path) -> None:
     (tmp_path / "LATEST").write_text("../../etc/passwd\n")
     with pytest.raises(ModelFileError, match="does not name a manifest"):
         read_latest(tmp_path)
+
+
+def test_a_restart_removes_what_a_killed_publisher_left(tmp_path: Path) -> None:
+    """A kill between the model's rename and its manifest leaves an orphan model; a kill mid-write a temp."""
+    import os
+    import subprocess
+    import sys
+
+    pub = Publisher(tmp_path, keep=3)
+    _publish_bytes(pub, b"good")
+    orphan = tmp_path / "encoder-000002.onnx"
+    orphan.write_bytes(b"no manifest was ever written for me")
+    os.utime(orphan, (1, 1))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    temp = tmp_path / f".tmp-{dead.pid}-0123abcd-model.onnx"
+    temp.write_bytes(b"half")
+    fresh = tmp_path / "encoder-000003.onnx"  # another publisher's work in progress: kept
+    fresh.write_bytes(b"in flight")
+    Publisher(tmp_path, keep=3)
+    assert _names(tmp_path) == ["LATEST", "encoder-000001.json", "encoder-000001.onnx", "encoder-000003.onnx"]
