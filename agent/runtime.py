@@ -10,7 +10,9 @@ warmed up with one inference and checked against the manifest's input and the cu
 dimension (the policy head was built on D, so a different D is refused rather than swapped in).
 The swap replaces one reference to an immutable (session, manifest) pair; a call in flight holds
 its own reference and finishes on the old session. A failed load is logged once, keeps the old
-version serving, and is retried only when the files change. At most two sessions are resident:
+version serving, and is retried only when the files change. While nothing is serving yet (a
+robot booting after a bad write), a LATEST that fails falls back to the newest earlier version
+that verifies, each skipped one logged; LATEST keeps being watched. At most two sessions are resident:
 the watcher waits for the previous one to be released before building the next. Torch-free:
 numpy, OpenCV and onnxruntime only.
 """
@@ -33,7 +35,16 @@ import onnxruntime as ort
 
 from agent.errors import ConfigError, ModelFileError
 from export.frames import as_frame_batch
-from export.manifest import LATEST_NAME, Manifest, model_filename, parse_version, read_latest, read_manifest, sha256_file
+from export.manifest import (
+    LATEST_NAME,
+    Manifest,
+    manifest_filename,
+    model_filename,
+    parse_version,
+    read_latest,
+    read_manifest,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 _CPU = "CPUExecutionProvider"
@@ -232,8 +243,9 @@ class HotEncoder:
         try:
             name = read_latest(self.export_dir)
         except ModelFileError as exc:
-            self._failed((LATEST_NAME, _stat(latest_path)), exc)
-            return None
+            new = self._failed((LATEST_NAME, _stat(latest_path)), exc)
+            fallback = self._newest_good_before(None) if new and self._current is None else None
+            return None if fallback is None else self._swap(fallback, 0.0)
         if name is None or name == self._serving_name():
             return None
         version = parse_version(name)
@@ -245,18 +257,37 @@ class HotEncoder:
             loaded = self._load(name)
         except ModelFileError as exc:
             self._failed(signature, exc)
-            return None
+            loaded = self._newest_good_before(version) if self._current is None else None
+            if loaded is None:
+                return None
         if self._stop.is_set():
             return None
         return self._swap(loaded, time.perf_counter() - start)
 
-    def _failed(self, signature: tuple, exc: ModelFileError) -> None:
+    def _newest_good_before(self, version: Optional[int]) -> Optional[_Loaded]:
+        """Nothing serves yet and LATEST failed: the newest earlier version that verifies, or None."""
+        found = {parse_version(p.name) for p in self.export_dir.glob("encoder-*.json")}
+        candidates = sorted((v for v in found if v is not None and (version is None or v < version)), reverse=True)
+        for candidate in candidates:
+            try:
+                loaded = self._load(manifest_filename(candidate))
+            except ModelFileError as exc:
+                log.warning("skipping version %d as well: %s", candidate, exc)
+                continue
+            log.warning("LATEST names version %s, which does not verify; serving version %d, the newest that does",
+                        version, candidate)
+            return loaded
+        return None
+
+    def _failed(self, signature: tuple, exc: ModelFileError) -> bool:
+        """Count and log a failure once per set of files; True when these files had not failed before."""
         if signature == self._failed_signature:
-            return
+            return False
         self._failed_signature = signature
         self.failed_loads += 1
         self.last_error = str(exc)
         log.warning("not loading new encoder, still serving version %s: %s", self._serving(), exc)
+        return True
 
     def _serving_name(self) -> Optional[str]:
         current = self._current

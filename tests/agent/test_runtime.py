@@ -172,6 +172,27 @@ def test_broken_versions_are_never_served(
         np.testing.assert_allclose(enc.embed(frames), reference(4, frames), atol=1e-4)
 
 
+def test_a_runtime_started_on_a_damaged_latest_serves_the_newest_good_version(
+    tmp_path: Path, frames: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A robot rebooting after a bad write once logged "still serving version none" and never served."""
+    for seed in range(1, 7):
+        publish_version(tmp_path, seed=seed)
+    _truncate(tmp_path, 6)
+    _garbage_manifest(tmp_path, 5)
+    with caplog.at_level("WARNING", logger="agent.runtime"):
+        with HotEncoder(tmp_path, poll_interval_s=POLL, providers="cpu", wait=False) as enc:
+            assert enc.version == 4
+            np.testing.assert_allclose(enc.embed(frames), reference(4, frames), atol=1e-4)
+            assert "version 6" in caplog.text and "version 5" in caplog.text  # the skipped ones are named
+            publish_version(tmp_path, seed=7)  # and it keeps watching for a good newer one
+            wait_until(lambda: enc.version == 7)
+            np.testing.assert_allclose(enc.embed(frames), reference(7, frames), atol=1e-4)
+    (tmp_path / "LATEST").write_bytes(b"\xff\x00 not a name")  # LATEST itself unreadable: the same fallback
+    with HotEncoder(tmp_path, poll_interval_s=POLL, providers="cpu", wait=False) as enc:
+        assert enc.version == 7
+
+
 def test_swaps_under_concurrent_load_drop_nothing_and_serve_every_version(tmp_path: Path, frames: np.ndarray) -> None:
     seeds = {1: 21, 2: 22, 3: 23, 4: 24}
     expected = {version: reference(seed, frames[:1]) for version, seed in seeds.items()}
