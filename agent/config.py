@@ -314,17 +314,30 @@ def _allowed_keys(section: tuple) -> list[str]:
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> Config:
     """Build the config from a YAML file (default: configs/default.yaml) and `a.b=value` overrides.
 
-    Raises ConfigError with a one-line message naming the offending key.
+    Keys a file leaves out take the built-in defaults of the sections above (see README, "Config
+    reference"). An empty file is an error rather than a silent run on those defaults: omit
+    `--config` to get configs/default.yaml. Raises ConfigError with a one-line message naming the
+    offending file or key.
     """
     if path is None:
         path = CONFIG_DIR / "default.yaml"
     path = Path(path)
+    where = f"config file {str(path)!r}"
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+        tree = yaml.safe_load(text)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        raise ConfigError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory; pass a YAML file such as configs/default.yaml") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not a text YAML file (it holds bytes that are not UTF-8)") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if tree is None:
+        raise ConfigError(f"{where} is empty; omit --config to use the shipped configs/default.yaml")
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
     for item in overrides or []:

@@ -236,6 +236,7 @@ class ImageFilesSource(FrameSource):
         self._files: list[str] = []
         self._index = 0
         self.skipped = 0
+        self.delivered = 0
 
     @property
     def finite(self) -> bool:
@@ -256,7 +257,12 @@ class ImageFilesSource(FrameSource):
         return sorted(files)
 
     def connect(self) -> None:
-        self._files = self._list()
+        """List the files; before the first image is delivered, also check that one decodes, so a
+        folder of only unreadable files is a start-up error rather than a capture that sends nothing."""
+        files = self._list()
+        if self.delivered == 0 and not any(_decode(path) is not None for path in files):
+            raise SourceError(f"{self.name}: none of its {len(files)} files could be read as an image")
+        self._files = files
         if self._index == 0:  # a reconnect resumes the pass it was in
             self._shuffle()
 
@@ -269,14 +275,17 @@ class ImageFilesSource(FrameSource):
             raise SourceError(f"{self.name} is not connected")
         for _ in range(len(self._files)):
             if self._index >= len(self._files):
+                if self.delivered == 0:
+                    break  # a whole pass without one readable image
                 if not self.loop:
                     raise SourceExhausted(f"{self.name} has no more images")
                 self._index = 0
                 self._shuffle()
             path = self._files[self._index]
             self._index += 1
-            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            bgr = _decode(path)
             if bgr is not None:
+                self.delivered += 1
                 return bgr_to_rgb(bgr)
             if not os.path.exists(path):
                 raise SourceError(f"{self.name}: {path} has disappeared")
@@ -286,6 +295,15 @@ class ImageFilesSource(FrameSource):
 
     def disconnect(self) -> None:
         self._files = []
+
+
+def _decode(path: str) -> Optional[np.ndarray]:
+    """An image file as BGR, or None when it cannot be decoded (OpenCV raises for some, e.g. a header
+    declaring more pixels than its CV_IO_MAX_IMAGE_PIXELS limit)."""
+    try:
+        return cv2.imread(path, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
 
 
 class DemoSource(FrameSource):

@@ -26,6 +26,10 @@ def error_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     """The failing invocations, started together (each pays the CLI's start-up once, in parallel)."""
     video = tmp_path_factory.mktemp("cli") / "corrupt.mp4"
     video.write_bytes(os.urandom(20000))
+    junk = video.parent / "junk-images"
+    junk.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (junk / name).write_bytes(os.urandom(300))
     ctx = zmq.Context()
     holder = ctx.socket(zmq.PUB)
     taken = free_tcp_endpoint()
@@ -34,6 +38,7 @@ def error_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         "video": ("--source", str(video), "--endpoint", free_tcp_endpoint(), "--publish", "none"),
         "endpoint": ("--source", "demo", "--endpoint", "tcp://127.0.0.1:notaport", "--publish", "none"),
         "publish": ("--source", "demo", "--endpoint", free_tcp_endpoint(), "--publish", taken),
+        "junk": ("--source", str(junk), "--endpoint", free_tcp_endpoint(), "--publish", "none"),
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {
@@ -75,6 +80,11 @@ def test_malformed_endpoint_is_a_one_line_error(error_runs: dict) -> None:
 
 def test_unbindable_publish_endpoint_is_a_one_line_error(error_runs: dict) -> None:
     _assert_one_line_error(error_runs["publish"], f"cannot bind {error_runs['taken']}", "in use")
+
+
+def test_a_folder_of_only_unreadable_images_is_a_one_line_error(error_runs: dict) -> None:
+    """It used to exit 0 after sending nothing."""
+    _assert_one_line_error(error_runs["junk"], "junk-images", "none of its 2 files could be read")
 
 
 def test_capture_keeps_running_and_counts_drops_with_no_trainer() -> None:

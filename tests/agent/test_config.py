@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,36 @@ def test_cli_reports_a_bad_key_in_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "unknown config key 'train.lrr'" in lines[0]
+
+
+def test_binary_directory_and_empty_config_files_are_one_line_errors(tmp_path: Path) -> None:
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="not a text YAML file"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    for text in ("", "\n# only a comment\n"):
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match="is empty"):
+            load_config(empty)
+    unreadable = tmp_path / "secret.yaml"
+    unreadable.write_text("train: {lr: 1}\n")
+    unreadable.chmod(0)
+    if os.access(unreadable, os.R_OK):  # root reads anything; the error path is then not reachable here
+        return
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(unreadable)
+
+
+def test_cli_config_errors_print_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "x.yaml"
+    binary.write_bytes(b"\x80\x81\xfe\xff" * 64)
+    for config in (binary, tmp_path):
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "train", "--run-dir", str(tmp_path / "run"), "--config", str(config)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr

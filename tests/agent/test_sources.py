@@ -192,3 +192,23 @@ def test_shuffled_folder_visits_every_image_once_per_pass_in_a_new_order(tmp_pat
     sorted_source = open_source(str(tmp_path), CFG.model_copy(update={"loop_video": True}))
     sorted_source.connect()
     assert [int(sorted_source.read()[0, 0, 2]) for _ in range(12)] == [10 * i for i in range(12)]
+
+
+def test_a_folder_of_only_unreadable_images_is_an_error_not_an_empty_success(tmp_path: Path) -> None:
+    import struct
+
+    from agent.frames import encode_jpeg
+
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg at all")
+    bomb = encode_jpeg(np.full((8, 8, 3), 90, np.uint8), 90)  # a JPEG that declares 40000x40000 pixels
+    at = bomb.index(b"\xff\xc0")
+    (tmp_path / "b.jpg").write_bytes(bomb[: at + 5] + struct.pack(">HH", 40000, 40000) + bomb[at + 9 :])
+    source = open_source(str(tmp_path), CaptureConfig())
+    with pytest.raises(SourceError, match="none of its 2 files could be read"):
+        source.connect()  # at start-up, so capture fails with one line instead of sending nothing
+    (tmp_path / "c.png").write_bytes(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    source = open_source(str(tmp_path), CaptureConfig())
+    source.connect()
+    assert source.read().shape == (4, 4, 3)  # one good file among bad ones is enough
+    with pytest.raises(SourceExhausted):
+        source.read()
