@@ -4,10 +4,12 @@ Part 1, throughput and capture→buffer latency, 224×224 and 640×480 raw RGB f
 its own process and the receiver here, decoding into a preallocated numpy slot:
   floor   plain pyzmq PUSH/PULL of the same bytes (8-byte timestamp + pixels), same HWMs as ours
   ours    FrameSender(lossless) → FrameReceiver: header encode, validate, decode
+  curve   ours with CURVE keys (agent/curve.py: encrypted, ZAP-authenticated), the cost of leaving loopback
   reqrep  imageZMQ-style two-part REQ/REP (JSON {dtype, shape} + bytes; the sender waits for "OK")
 Throughput: senders go flat out for --seconds. Latency: senders paced at --rate Hz (well below
 capacity, so it is the per-frame cost, not queueing); time.time() at send → after the copy into the
-slot. Trials of the three methods are interleaved, --reps times, and the median is reported.
+slot. Trials of the methods are interleaved, --reps times, and the median is reported; "curve/ours"
+is CURVE's throughput and latency relative to plain TCP in the same run.
 
 Part 2, slow subscriber: a 640×480 source at 30 fps and a consumer at 10 Hz for --slow-seconds,
 ours (single-frame PUB + SUB with CONFLATE, `LatestFrameSubscriber`) and the peer's default PUB/SUB
@@ -35,11 +37,14 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agent.config import WireConfig  # noqa: E402
+from agent.curve import WireSecurity, create_keys  # noqa: E402
 from agent.transport import FrameReceiver, FrameSender, LatestFrameSubscriber  # noqa: E402
 from agent.wire import Frame  # noqa: E402
 
 SIZES = [(224, 224), (480, 640)]
-METHODS = ["floor", "ours", "reqrep"]
+METHODS = ["floor", "ours", "curve", "reqrep"]
+KEYS = Path(__import__("tempfile").mkdtemp(prefix="bench-ingest-keys-"))
 END_CAMERA = 0xFFFF
 SLOTS = 16
 SEND_HWM, RECV_HWM = 64, 256  # WireConfig defaults; the floor uses them too, so only the protocol differs
@@ -66,12 +71,30 @@ class _Pace:
             time.sleep(max(0.0, self.next - time.monotonic()))
 
 
-def send_main(method: str, endpoint: str, h: int, w: int, seconds: float, rate: float) -> None:
+def make_keys(folder: Path) -> None:
+    """A trainer and a robot key pair, the robot's public key authorised: what `byol-agent keys` makes."""
+    create_keys(folder, "trainer")
+    create_keys(folder, "robot")
+    (folder / "authorized").mkdir()
+    (folder / "authorized" / "robot.key").write_bytes((folder / "robot.key").read_bytes())
+
+
+def security(method: str, side: str, folder: Path) -> WireSecurity:
+    if method != "curve":
+        return WireSecurity()
+    if side == "sender":
+        wire = WireConfig(secret_key=str(folder / "robot.key_secret"), trainer_key=str(folder / "trainer.key"))
+    else:
+        wire = WireConfig(secret_key=str(folder / "trainer.key_secret"), authorized_keys=str(folder / "authorized"))
+    return WireSecurity.from_config(wire)
+
+
+def send_main(method: str, endpoint: str, h: int, w: int, seconds: float, rate: float, keys: Path = KEYS) -> None:
     """One sender process: flat out (rate 0) or paced, for `seconds`, then an end marker."""
     image = _image(h, w)
     pace = _Pace(rate)
-    if method == "ours":
-        with FrameSender(endpoint, hwm=SEND_HWM, lossless=True) as sender:
+    if method in ("ours", "curve"):
+        with FrameSender(endpoint, hwm=SEND_HWM, lossless=True, security=security(method, "sender", keys)) as sender:
             end, seq = time.monotonic() + seconds, 0
             while time.monotonic() < end:
                 pace.wait()
@@ -113,8 +136,8 @@ def receive(method: str, endpoint: str, h: int, w: int) -> tuple[int, float, lis
     latencies: list[float] = []
     first = last = 0.0
     count = 0
-    if method == "ours":
-        with FrameReceiver(endpoint, hwm=RECV_HWM) as receiver:
+    if method in ("ours", "curve"):
+        with FrameReceiver(endpoint, hwm=RECV_HWM, security=security(method, "receiver", KEYS)) as receiver:
             while True:
                 frame = receiver.recv(20)
                 if frame is None:
@@ -164,7 +187,7 @@ def receive(method: str, endpoint: str, h: int, w: int) -> tuple[int, float, lis
 
 def trial(ctx: mp.context.BaseContext, method: str, h: int, w: int, seconds: float, rate: float):
     endpoint = free_endpoint()
-    proc = ctx.Process(target=send_main, args=(method, endpoint, h, w, seconds, rate))
+    proc = ctx.Process(target=send_main, args=(method, endpoint, h, w, seconds, rate, KEYS))
     proc.start()
     try:
         return receive(method, endpoint, h, w)
@@ -178,7 +201,7 @@ def part1(args: argparse.Namespace, ctx: mp.context.BaseContext) -> None:
         fps = {m: [] for m in METHODS}
         lat = {m: [] for m in METHODS}
         for rep in range(args.reps):
-            order = METHODS[rep % 3 :] + METHODS[: rep % 3]
+            order = METHODS[rep % len(METHODS) :] + METHODS[: rep % len(METHODS)]
             for method in order:
                 count, elapsed, _ = trial(ctx, method, h, w, args.seconds, 0.0)
                 fps[method].append(count / elapsed)
@@ -187,13 +210,20 @@ def part1(args: argparse.Namespace, ctx: mp.context.BaseContext) -> None:
                 lat[method].extend(latencies)
         floor = statistics.median(fps["floor"])
         print(f"-- {w}x{h} raw RGB ({h * w * 3 / 1e3:.0f} kB/frame)")
+        p50s = {}
         for method in METHODS:
             f = statistics.median(fps[method])
             p50, p99 = np.percentile(np.array(lat[method]) * 1e3, [50, 99])
+            p50s[method] = p50
             print(
                 f"  {method:7s} {f:8.0f} frames/s  ({f / floor:4.2f}x floor)   "
                 f"latency p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   runs: {', '.join(f'{x:.0f}' for x in fps[method])}"
             )
+        ours, curve = statistics.median(fps["ours"]), statistics.median(fps["curve"])
+        print(
+            f"  curve/ours: throughput {curve / ours:4.2f}x (cost {1 - curve / ours:+.0%}), "
+            f"latency p50 {p50s['curve'] / p50s['ours']:4.2f}x"
+        )
 
 
 def slow_publisher(kind: str, endpoint: str, seconds: float) -> None:
@@ -289,6 +319,7 @@ def main() -> None:
     parser.add_argument("--skip", choices=("part1", "part2"), default=None)
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
+    make_keys(KEYS)
     if args.skip != "part1":
         part1(args, ctx)
     if args.skip != "part2":
