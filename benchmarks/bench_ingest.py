@@ -16,6 +16,11 @@ ours (single-frame PUB + SUB with CONFLATE, `LatestFrameSubscriber`) and the pee
 multipart, run side by side: the age of the frame each consumer gets and the consumer's RSS.
 
     python benchmarks/bench_ingest.py [--seconds 2] [--reps 3] [--rate 100] [--slow-seconds 20]
+    python benchmarks/bench_ingest.py --skip part2 --jpeg 90   # ours vs curve only, JPEG of a real photo
+
+`--jpeg Q` sends JPEG (quality Q) of a real photograph (scikit-learn's sample "china.jpg", centre-cropped
+to the frame size) instead of raw noise, ours and curve only: what a capture with
+`capture.jpeg_quality` sends over a wire that leaves the machine.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import psutil
@@ -89,18 +95,28 @@ def security(method: str, side: str, folder: Path) -> WireSecurity:
     return WireSecurity.from_config(wire)
 
 
-def send_main(method: str, endpoint: str, h: int, w: int, seconds: float, rate: float, keys: Path = KEYS) -> None:
+def _photo(h: int, w: int) -> np.ndarray:
+    from sklearn.datasets import load_sample_image
+
+    from agent.frames import fit_frame
+
+    return fit_frame(load_sample_image("china.jpg"), h, w)
+
+
+def send_main(
+    method: str, endpoint: str, h: int, w: int, seconds: float, rate: float, keys: Path = KEYS, jpeg: Optional[int] = None
+) -> None:
     """One sender process: flat out (rate 0) or paced, for `seconds`, then an end marker."""
-    image = _image(h, w)
+    image = _image(h, w) if jpeg is None else _photo(h, w)
     pace = _Pace(rate)
     if method in ("ours", "curve"):
         with FrameSender(endpoint, hwm=SEND_HWM, lossless=True, security=security(method, "sender", keys)) as sender:
             end, seq = time.monotonic() + seconds, 0
             while time.monotonic() < end:
                 pace.wait()
-                sender.send(Frame(0, seq, time.time(), image))
+                sender.send(Frame(0, seq, time.time(), image), jpeg)
                 seq += 1
-            sender.send(Frame(END_CAMERA, seq, time.time(), image))
+            sender.send(Frame(END_CAMERA, seq, time.time(), image), jpeg)
         return
     ctx = zmq.Context()
     if method == "floor":
@@ -185,9 +201,9 @@ def receive(method: str, endpoint: str, h: int, w: int) -> tuple[int, float, lis
     return count, last - first, latencies
 
 
-def trial(ctx: mp.context.BaseContext, method: str, h: int, w: int, seconds: float, rate: float):
+def trial(ctx: mp.context.BaseContext, method: str, h: int, w: int, seconds: float, rate: float, jpeg: Optional[int] = None):
     endpoint = free_endpoint()
-    proc = ctx.Process(target=send_main, args=(method, endpoint, h, w, seconds, rate, KEYS))
+    proc = ctx.Process(target=send_main, args=(method, endpoint, h, w, seconds, rate, KEYS, jpeg))
     proc.start()
     try:
         return receive(method, endpoint, h, w)
@@ -203,20 +219,21 @@ def part1(args: argparse.Namespace, ctx: mp.context.BaseContext) -> None:
         for rep in range(args.reps):
             order = METHODS[rep % len(METHODS) :] + METHODS[: rep % len(METHODS)]
             for method in order:
-                count, elapsed, _ = trial(ctx, method, h, w, args.seconds, 0.0)
+                count, elapsed, _ = trial(ctx, method, h, w, args.seconds, 0.0, args.jpeg)
                 fps[method].append(count / elapsed)
             for method in order:
-                _, _, latencies = trial(ctx, method, h, w, args.seconds, args.rate)
+                _, _, latencies = trial(ctx, method, h, w, args.seconds, args.rate, args.jpeg)
                 lat[method].extend(latencies)
-        floor = statistics.median(fps["floor"])
-        print(f"-- {w}x{h} raw RGB ({h * w * 3 / 1e3:.0f} kB/frame)")
+        floor = statistics.median(fps["floor" if "floor" in fps else "ours"])
+        base = "floor" if "floor" in fps else "ours"
+        print(f"-- {w}x{h} " + (f"JPEG q{args.jpeg} of a photo" if args.jpeg else f"raw RGB ({h * w * 3 / 1e3:.0f} kB/frame)"))
         p50s = {}
         for method in METHODS:
             f = statistics.median(fps[method])
             p50, p99 = np.percentile(np.array(lat[method]) * 1e3, [50, 99])
             p50s[method] = p50
             print(
-                f"  {method:7s} {f:8.0f} frames/s  ({f / floor:4.2f}x floor)   "
+                f"  {method:7s} {f:8.0f} frames/s  ({f / floor:4.2f}x {base})   "
                 f"latency p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   runs: {', '.join(f'{x:.0f}' for x in fps[method])}"
             )
         ours, curve = statistics.median(fps["ours"]), statistics.median(fps["curve"])
@@ -317,7 +334,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="paced rate for the latency trials")
     parser.add_argument("--slow-seconds", type=float, default=20.0)
     parser.add_argument("--skip", choices=("part1", "part2"), default=None)
+    parser.add_argument("--jpeg", type=int, default=None, help="part 1: ours and curve send JPEG of a real photo")
     args = parser.parse_args()
+    if args.jpeg is not None:
+        METHODS[:] = ["ours", "curve"]
     ctx = mp.get_context("spawn")
     make_keys(KEYS)
     if args.skip != "part1":
