@@ -28,6 +28,13 @@ def fit_frame(image: np.ndarray, height: int, width: int, mode: Literal["crop", 
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
+def fit_frames(frames: np.ndarray, height: int, width: int, mode: Literal["crop", "stretch"] = "crop") -> np.ndarray:
+    """`fit_frame` over a uint8 (N,H,W,3) batch; the batch itself when it already has that size."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([fit_frame(frame, height, width, mode) for frame in frames])
+
+
 class NoveltyGate:
     """Admits a frame only if it differs enough from the last admitted one.
 

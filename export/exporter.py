@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from agent.config import ExportConfig, ModelConfig
+from agent.config import CaptureConfig, ExportConfig, ModelConfig
 from agent.errors import ByolAgentError, StorageError
 from export.frames import as_frame_batch
 from export.manifest import InputSpec
@@ -84,15 +84,19 @@ def export_encoder(
     publisher: Publisher,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    capture: Optional[CaptureConfig] = None,
 ) -> int:
     """Export `encoder` (normalised float NCHW → (N, D)), verify it on `frames` (uint8 NHWC, any size), publish.
+
+    `capture` is the section the training frames were stored with: the manifest records it so that
+    serving fits camera frames exactly as capture did (None: frames are resized straight to the input).
 
     Returns the published version; raises ExportRefused (nothing published) when a gate fails
     (parity, collapse, and the probe gate when `export_cfg.probe_gate` names a labelled set).
     """
     frames = as_frame_batch(frames)
     encoder = encoder.eval()
-    spec = input_spec(export_cfg.input_format, model_cfg.image_size, mean, std)
+    spec = input_spec(export_cfg.input_format, model_cfg.image_size, mean, std, capture)
     tmp = publisher.temp_path()
     try:
         exported = export_onnx(PreprocessedEncoder(encoder, mean, std, export_cfg.input_format), spec, tmp, export_cfg)
@@ -127,8 +131,10 @@ class BackgroundExporter:
         *,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        capture: Optional[CaptureConfig] = None,
     ) -> None:
         self._export_cfg = export_cfg
+        self._capture = capture
         self._model_cfg = model_cfg
         self._mean = tuple(mean)
         self._std = tuple(std)
@@ -203,6 +209,7 @@ class BackgroundExporter:
                 publisher=self._publisher,
                 mean=self._mean,
                 std=self._std,
+                capture=self._capture,
             )
         except StorageError as exc:  # disk full: the next scheduled export is the retry; not a refusal
             log.warning("export at step %d not written, keeping the last good version: %s", job.step, exc)

@@ -114,6 +114,7 @@ def export_loaded(source: CheckpointEncoder, publisher: Publisher, export_cfg: E
         publisher=publisher,
         mean=source.mean,
         std=source.std,
+        capture=source.capture,
     )
 
 

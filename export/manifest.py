@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from agent.errors import ModelFileError
+from agent.frames import fit_frames
 from export.frames import normalise_nchw, resize_frames
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"
@@ -60,6 +61,10 @@ class InputSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: str = "RGB"
+    # How capture stored the frames the encoder learnt from (`capture.height/width/resize`): serving fits a
+    # camera frame to that first, so the policy's frames are prepared exactly as the training frames were.
+    # None (manifests from before this field): frames are resized straight to the input size.
+    stored: Optional[tuple[int, int, str]] = None
 
     @property
     def normalisation_in_graph(self) -> bool:
@@ -74,9 +79,19 @@ class InputSpec:
             return (batch, self.height, self.width, 3)
         return (batch, 3, self.height, self.width)
 
+    def fit(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (N,H,W,3) RGB frames of any size → uint8 at the input size: first fitted to the stored size
+        as capture fits them (centre crop or stretch), then resized (INTER_AREA)."""
+        if self.stored is not None:
+            frames = fit_frames(frames, self.stored[0], self.stored[1], self.stored[2])
+        return resize_frames(frames, self.height, self.width)
+
     def prepare(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (N,H,W,3) RGB frames → the graph's input: resized, and normalised unless the graph does it."""
-        frames = resize_frames(frames, self.height, self.width)
+        """uint8 (N,H,W,3) RGB frames of any size → the graph's input: `fit`, then normalised unless the graph does it."""
+        return self.feed(self.fit(frames))
+
+    def feed(self, frames: np.ndarray) -> np.ndarray:
+        """Frames already at the input size (from `fit`) → the graph's input."""
         if self.normalisation_in_graph:
             return frames
         return normalise_nchw(frames, self.mean, self.std)
@@ -89,6 +104,7 @@ class InputSpec:
             "height": self.height,
             "width": self.width,
             "channel_order": self.channel_order,
+            **({} if self.stored is None else {"stored": dict(zip(("height", "width", "fit"), self.stored))}),
             "normalisation": {
                 "in_graph": self.normalisation_in_graph,
                 "formula": "(x / 255 - mean) / std",
@@ -109,6 +125,7 @@ class InputSpec:
             mean=tuple(float(v) for v in norm["mean"]),
             std=tuple(float(v) for v in norm["std"]),
             channel_order=str(tree["channel_order"]),
+            stored=_stored(tree.get("stored")),
         )
         expected_layout = {"uint8": "NHWC", "float32": "NCHW"}.get(spec.dtype)
         if expected_layout is None or spec.layout != expected_layout:
@@ -118,6 +135,15 @@ class InputSpec:
         if spec.height < 1 or spec.width < 1:
             raise ValueError(f"bad input size {spec.height}x{spec.width}")
         return spec
+
+
+def _stored(tree: Any) -> Optional[tuple[int, int, str]]:
+    if tree is None:
+        return None
+    height, width, fit = int(tree["height"]), int(tree["width"]), str(tree["fit"])
+    if height < 1 or width < 1 or fit not in ("crop", "stretch"):
+        raise ValueError(f"bad stored frame description {tree!r}")
+    return height, width, fit
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import onnx
 import torch
 from torch import nn
 
-from agent.config import ExportConfig
+from agent.config import CaptureConfig, ExportConfig
 from agent.errors import ExportRefused, StorageError
 from export.manifest import InputSpec
 
@@ -46,8 +46,15 @@ class PreprocessedEncoder(nn.Module):
         return self.encoder(x).flatten(1).float()
 
 
-def input_spec(input_format: str, image_size: int, mean: Sequence[float], std: Sequence[float]) -> InputSpec:
-    """The manifest's description of the graph input for this export format."""
+def input_spec(
+    input_format: str,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    capture: Optional[CaptureConfig] = None,
+) -> InputSpec:
+    """The manifest's description of the graph input for this export format; `capture` (the config the
+    training frames were stored with) makes serving fit camera frames the same way."""
     uint8 = input_format == "uint8_nhwc"
     return InputSpec(
         name=_INPUT_NAMES[input_format],
@@ -57,6 +64,7 @@ def input_spec(input_format: str, image_size: int, mean: Sequence[float], std: S
         width=image_size,
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
+        stored=None if capture is None else (capture.height, capture.width, capture.resize),
     )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from agent.config import ExportConfig
 from agent.errors import ExportRefused
-from export.frames import as_frame_batch, resize_frames
+from export.frames import as_frame_batch
 from export.manifest import InputSpec
 
 
@@ -75,9 +75,9 @@ def verify_onnx(path: Path, encoder: nn.Module, frames: np.ndarray, spec: InputS
     if graph_input.name != spec.name or graph_input.type != spec.onnx_type:
         raise ExportRefused(f"graph input is {graph_input.name}:{graph_input.type}, expected {spec.name}:{spec.onnx_type}")
 
-    resized = resize_frames(pick_frames(frames, cfg.verify_batch), spec.height, spec.width)
-    prepared = spec.prepare(resized)
-    expected = torch_reference(encoder, resized, spec)
+    fitted = spec.fit(pick_frames(frames, cfg.verify_batch))  # exactly what serving will hand the graph
+    prepared = spec.feed(fitted)
+    expected = torch_reference(encoder, fitted, spec)
     worst = 0.0
     batches = (cfg.verify_batch, 1)
     for batch in batches:

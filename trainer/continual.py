@@ -431,7 +431,12 @@ class ContinualTrainer:
         from export.exporter import BackgroundExporter  # onnx/onnxruntime load only when exporting here
 
         return BackgroundExporter(
-            ec, self.cfg.model, self.run_dir / "exports", mean=self.learner.mean, std=self.learner.std
+            ec,
+            self.cfg.model,
+            self.run_dir / "exports",
+            mean=self.learner.mean,
+            std=self.learner.std,
+            capture=self.cfg.capture,
         )
 
     def _export_due(self, last_export_time: float) -> bool:

@@ -193,6 +193,27 @@ def test_a_runtime_started_on_a_damaged_latest_serves_the_newest_good_version(
         assert enc.version == 7
 
 
+@pytest.mark.parametrize("mode", ["crop", "stretch"])
+def test_serving_prepares_a_camera_frame_exactly_as_capture_stored_it(tmp_path: Path, mode: str) -> None:
+    """Capture centre-cropped a 640x480 frame while HotEncoder stretched it: the policy saw another image."""
+    from agent.config import CaptureConfig, ExportConfig
+    from agent.frames import fit_frame
+    from export.exporter import export_encoder
+    from export.publish import Publisher
+    from tests.export.tiny import model_cfg
+
+    capture = CaptureConfig(height=40, width=40, resize=mode)
+    export_encoder(0, tiny_encoder(3), scene_frames(12), export_cfg=ExportConfig(), model_cfg=model_cfg(),
+                   publisher=Publisher(tmp_path, 5), capture=capture)
+    rng = np.random.default_rng(0)
+    camera = np.clip(scene_frames(1, size=640)[0][:480] + rng.integers(0, 20, (480, 640, 3)), 0, 255).astype(np.uint8)
+    camera[:, :80] = 255  # the borders a crop removes and a stretch keeps
+    stored = fit_frame(camera, 40, 40, mode)  # what capture puts on the wire and the trainer learns from
+    with HotEncoder(tmp_path, poll_interval_s=POLL, providers="cpu") as enc:
+        assert enc.manifest["input"]["stored"] == {"height": 40, "width": 40, "fit": mode}
+        np.testing.assert_allclose(enc.embed(camera), enc.embed(stored), atol=1e-5)
+
+
 def test_swaps_under_concurrent_load_drop_nothing_and_serve_every_version(tmp_path: Path, frames: np.ndarray) -> None:
     seeds = {1: 21, 2: 22, 3: 23, 4: 24}
     expected = {version: reference(seed, frames[:1]) for version, seed in seeds.items()}
