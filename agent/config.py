@@ -8,6 +8,7 @@ values are type- and range-checked) and `load_config` turns its report into a on
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.errors import ConfigError
 from agent.wire import MAX_SIDE
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(str(resources.files("configs")))  # package data: there in an editable install, a wheel or a copy
 
 
 class _Section(BaseModel):
@@ -311,6 +312,23 @@ def _allowed_keys(section: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
+def shipped_configs() -> list[str]:
+    """Names `--config` accepts for the configs installed with the package (default, robot-resnet18, ...)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: Optional[Union[str, Path]]) -> Path:
+    """`path` as given when it names a file; a bare shipped name ("default", "robot-resnet18") its installed
+    YAML, from any working directory; None the shipped default. A missing file stays as given (the caller
+    reports it)."""
+    if path is None:
+        return CONFIG_DIR / "default.yaml"
+    path = Path(path)
+    if not path.exists() and path.parent == Path(".") and path.stem in shipped_configs() and path.suffix in ("", ".yaml"):
+        return CONFIG_DIR / f"{path.stem}.yaml"
+    return path
+
+
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> Config:
     """Build the config from a YAML file (default: configs/default.yaml) and `a.b=value` overrides.
 
@@ -319,15 +337,13 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
     `--config` to get configs/default.yaml. Raises ConfigError with a one-line message naming the
     offending file or key.
     """
-    if path is None:
-        path = CONFIG_DIR / "default.yaml"
-    path = Path(path)
+    path = resolve_config_path(path)
     where = f"config file {str(path)!r}"
     try:
         text = path.read_text(encoding="utf-8")
         tree = yaml.safe_load(text)
     except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist") from None
+        raise ConfigError(f"{where} does not exist (shipped configs: {', '.join(shipped_configs())})") from None
     except IsADirectoryError:
         raise ConfigError(f"{where} is a directory; pass a YAML file such as configs/default.yaml") from None
     except UnicodeDecodeError:

@@ -114,3 +114,14 @@ def test_cli_config_errors_print_one_line(tmp_path: Path) -> None:
         )
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_shipped_configs_resolve_by_name_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config("robot-resnet18").model.encoder == "resnet18"
+    assert load_config("gpu-resnet50.yaml").model.encoder == "resnet50"
+    assert load_config("default") == load_config(None)
+    (tmp_path / "default.yaml").write_text("train: {lr: 0.5}\n")  # a file of that name here wins over the shipped one
+    assert load_config("default.yaml").train.lr == 0.5
+    with pytest.raises(ConfigError, match="shipped configs: default, gpu-resnet50, robot-resnet18"):
+        load_config("robot-resnet50")
