@@ -60,10 +60,6 @@ class NoveltyGate:
         self._last = thumb
         return True
 
-    def reset(self) -> None:
-        """Forget the reference, e.g. after a source was reopened and the view may have jumped."""
-        self._last = None
-
 
 def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image

@@ -102,7 +102,6 @@ def _timeout_ms(timeout_s: Optional[float]) -> Optional[int]:
 class SenderStats:
     sent: int = 0
     dropped: int = 0
-    published: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,7 @@ class FrameSender:
         self.endpoint = endpoint
         self.lossless = lossless
         self.publish_endpoint: Optional[str] = None
-        self._sent = self._dropped = self._published = 0
+        self._sent = self._dropped = 0
         self._encoder = FrameEncoder()
         self._ctx = zmq.Context(io_threads=1)
         self._pub: Optional[zmq.Socket] = None
@@ -155,7 +154,7 @@ class FrameSender:
 
     @property
     def stats(self) -> SenderStats:
-        return SenderStats(sent=self._sent, dropped=self._dropped, published=self._published)
+        return SenderStats(sent=self._sent, dropped=self._dropped)
 
     def send(self, frame: Frame, jpeg_quality: Optional[int] = None, timeout_s: Optional[float] = None) -> bool:
         """Send one frame; True if it was queued for the trainer.
@@ -168,7 +167,6 @@ class FrameSender:
         if self._pub is not None:
             try:
                 self._pub.send(data, zmq.NOBLOCK, copy=True)
-                self._published += 1
             except zmq.Again:
                 pass
         if self.lossless:

@@ -144,7 +144,6 @@ class BackgroundExporter:
         self._closing = False
         self._events: list[dict[str, Any]] = []
         self._error: Optional[Exception] = None
-        self.last_version: Optional[int] = None
         self._thread = threading.Thread(target=self._loop, name="onnx-exporter", daemon=True)
         self._thread.start()
 
@@ -217,6 +216,5 @@ class BackgroundExporter:
         except ByolAgentError as exc:
             log.warning("export at step %d refused, keeping the last good version: %s", job.step, exc)
             return {"event": "export_refused", "step": job.step, "reason": str(exc)}
-        self.last_version = version
         log.info("published encoder version %d (step %d)", version, job.step)
         return {"event": "export", "step": job.step, "version": version}

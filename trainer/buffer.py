@@ -301,11 +301,6 @@ class ReplayBuffer:
         with self._lock:
             return int(self._slots.valid.sum())
 
-    @property
-    def ready(self) -> bool:
-        """Enough frames stored to start training (`buffer.min_fill`, capped at capacity)."""
-        return len(self) >= self.min_fill
-
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Draw `n` frames (without replacement while possible) as uint8 NHWC on the storage device.
 

@@ -220,7 +220,6 @@ class ContinualTrainer:
             "step": self.step,
             "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scaler": None,  # bf16 autocast needs no loss scaling
             "rng": {**capture_rng(), "sampler": self.sampler.get_state()},
             "config": self.cfg.model_dump(mode="json"),
             "counters": asdict(self.counters),
