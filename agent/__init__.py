@@ -1,1 +1,10 @@
-"""byol-agent's robot side: capture sources, the wire protocol, the hot ONNX runtime and the CLI."""
+"""byol-agent's robot side and orchestration.
+
+Layers, each importing only those below it (enforced by import-linter, contracts in pyproject.toml):
+
+    agent.cli, agent.commands, agent.supervisor, agent.replay   orchestration: wires the rest, starts processes
+    agent.robot                                                 capture, transport, HotEncoder runtime
+    export                                                      ONNX export, verification, publishing, evaluation
+    trainer                                                     the BYOL learner, replay buffer, continual loop
+    agent.core                                                  config, errors, atomic files, wire format, frames
+"""

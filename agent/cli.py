@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Any, Optional, TextIO
 
-from agent.errors import ByolAgentError
+from agent.core.errors import ByolAgentError
 
 COMMANDS = {
     "run": "capture, train, export and a runtime consumer as supervised processes (the main job)",

@@ -4,7 +4,7 @@ Part 1, throughput and capture→buffer latency, 224×224 and 640×480 raw RGB f
 its own process and the receiver here, decoding into a preallocated numpy slot:
   floor   plain pyzmq PUSH/PULL of the same bytes (8-byte timestamp + pixels), same HWMs as ours
   ours    FrameSender(lossless) → FrameReceiver: header encode, validate, decode
-  curve   ours with CURVE keys (agent/curve.py: encrypted, ZAP-authenticated), the cost of leaving loopback
+  curve   ours with CURVE keys (agent/robot/curve.py: encrypted, ZAP-authenticated), the cost of leaving loopback
   reqrep  imageZMQ-style two-part REQ/REP (JSON {dtype, shape} + bytes; the sender waits for "OK")
 Throughput: senders go flat out for --seconds. Latency: senders paced at --rate Hz (well below
 capacity, so it is the per-frame cost, not queueing); time.time() at send → after the copy into the
@@ -43,10 +43,10 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.config import WireConfig  # noqa: E402
-from agent.curve import WireSecurity, create_keys  # noqa: E402
-from agent.transport import FrameReceiver, FrameSender, LatestFrameSubscriber  # noqa: E402
-from agent.wire import Frame  # noqa: E402
+from agent.core.config import WireConfig  # noqa: E402
+from agent.robot.curve import WireSecurity, create_keys  # noqa: E402
+from agent.robot.transport import FrameReceiver, FrameSender, LatestFrameSubscriber  # noqa: E402
+from agent.core.wire import Frame  # noqa: E402
 
 SIZES = [(224, 224), (480, 640)]
 METHODS = ["floor", "ours", "curve", "reqrep"]
@@ -98,7 +98,7 @@ def security(method: str, side: str, folder: Path) -> WireSecurity:
 def _photo(h: int, w: int) -> np.ndarray:
     from sklearn.datasets import load_sample_image
 
-    from agent.frames import fit_frame
+    from agent.core.frames import fit_frame
 
     return fit_frame(load_sample_image("china.jpg"), h, w)
 

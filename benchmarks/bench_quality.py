@@ -52,18 +52,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from agent.config import Config, EvalConfig, load_config  # noqa: E402
-from agent.frames import fit_frame  # noqa: E402
-from agent.sources import SourceExhausted, open_source  # noqa: E402
+from agent.core.config import Config, EvalConfig, load_config  # noqa: E402
+from agent.core.frames import fit_frame  # noqa: E402
+from agent.robot.sources import SourceExhausted, open_source  # noqa: E402
 from trainer.backbone import Backbone  # noqa: E402
 from trainer.encoders import build_encoder  # noqa: E402
-from trainer.evaluation import (  # noqa: E402
-    LabelledImages,
-    evaluate_export,
-    evaluate_features,
-    load_train_test_folder,
-    torch_features,
-)
+from export.evaluate import evaluate_export  # noqa: E402
+from trainer.evaluation import LabelledImages, evaluate_features, load_train_test_folder, torch_features  # noqa: E402
 
 DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev.tar.gz"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

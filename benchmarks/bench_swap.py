@@ -30,9 +30,9 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import ExportConfig, ModelConfig  # noqa: E402
-from agent.demo_scene import DemoScene  # noqa: E402
-from agent.runtime import HotEncoder  # noqa: E402
+from agent.core.config import ExportConfig, ModelConfig  # noqa: E402
+from agent.core.demo_scene import DemoScene  # noqa: E402
+from agent.robot.runtime import HotEncoder  # noqa: E402
 from export.exporter import manifest_fields  # noqa: E402
 from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, PreprocessedEncoder, export_onnx, input_spec  # noqa: E402
 from export.publish import Publisher  # noqa: E402

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import CaptureConfig  # noqa: E402
-from agent.errors import SourceError  # noqa: E402
-from agent.sources import SourceExhausted, open_source  # noqa: E402
+from agent.core.config import CaptureConfig  # noqa: E402
+from agent.core.errors import SourceError  # noqa: E402
+from agent.robot.sources import SourceExhausted, open_source  # noqa: E402
 
 
 def pan_frames(photo: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:

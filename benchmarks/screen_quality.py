@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import load_config  # noqa: E402
+from agent.core.config import load_config  # noqa: E402
 from bench_quality import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,

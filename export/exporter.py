@@ -20,9 +20,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from agent.config import CaptureConfig, ExportConfig, ModelConfig
-from agent.errors import ByolAgentError, StorageError
-from export.frames import as_frame_batch
+from agent.core.config import CaptureConfig, ExportConfig, ModelConfig
+from agent.core.errors import ByolAgentError, StorageError
+from agent.core.frames import as_frame_batch
 from export.manifest import InputSpec
 from export.onnx_export import (
     IMAGENET_MEAN,

@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 from torch import nn
 
-from agent.atomic import write_status
-from agent.config import CaptureConfig, Config, ExportConfig, ModelConfig
-from agent.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
-from agent.sources import open_source
+from agent.core.atomic import write_status
+from agent.core.config import CaptureConfig, Config, ExportConfig, ModelConfig
+from agent.core.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
+from agent.core.demo_scene import DemoScene
 from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
@@ -85,10 +85,10 @@ def _buffer_frames(buffer: Any) -> Optional[np.ndarray]:
 
 
 def demo_frames(capture: CaptureConfig, n: int = VERIFY_FRAMES) -> np.ndarray:
-    """`n` frames of the demo scene at the stored size, spread over time so they differ."""
-    with open_source("demo", capture) as source:
-        frames = [source.read() for _ in range(4 * n)]
-    return np.stack(frames[::4])
+    """`n` frames of the demo scene at the stored size, spread over time so they differ (what the
+    "demo" source yields at `capture.fps`, every fourth frame)."""
+    scene = DemoScene(capture.height, capture.width, seed=0)
+    return np.stack([scene.render(4 * i / capture.fps) for i in range(n)])
 
 
 def export_checkpoint(

@@ -1,6 +1,6 @@
 """The export directory's contract: file names, the `LATEST` pointer and the manifest schema.
 
-Written by `export.publish`, read by `agent.runtime` and `byol-agent eval`. Torch-free, so a
+Written by `export.publish`, read by `agent.robot.runtime` and `byol-agent eval`. Torch-free, so a
 policy process can read it with numpy, OpenCV and onnxruntime alone. Everything read from disk is
 validated here and turned into `ModelFileError` naming the file, because the directory may hold
 half-copied or hand-edited files.
@@ -17,9 +17,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from agent.errors import ModelFileError
-from agent.frames import fit_frames
-from export.frames import normalise_nchw, resize_frames
+from agent.core.errors import ModelFileError
+from agent.core.frames import fit_frames
+from agent.core.frames import normalise_nchw, resize_frames
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"
 LATEST_NAME = "LATEST"

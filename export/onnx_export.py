@@ -17,8 +17,8 @@ import onnx
 import torch
 from torch import nn
 
-from agent.config import CaptureConfig, ExportConfig
-from agent.errors import ExportRefused, StorageError
+from agent.core.config import CaptureConfig, ExportConfig
+from agent.core.errors import ExportRefused, StorageError
 from export.manifest import InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.config import EvalConfig, ExportConfig
-from agent.errors import ExportRefused, ModelFileError
+from agent.core.config import EvalConfig, ExportConfig
+from agent.core.errors import ExportRefused, ModelFileError
 from export.manifest import read_latest, read_manifest
 
 
@@ -29,7 +29,8 @@ def probe_gate(onnx_path: Path, export_dir: Path, export_cfg: ExportConfig) -> d
 
     Returns the score to store in the new manifest under "eval".
     """
-    from trainer.evaluation import EvalResult, evaluate_export, probe_regressed  # sklearn loads only when gating
+    from export.evaluate import evaluate_export  # sklearn loads only when gating
+    from trainer.evaluation import EvalResult, probe_regressed
 
     result = evaluate_export(onnx_path, export_cfg.probe_gate, EvalConfig(), reference=False)
     previous_row = _published_eval(export_dir)

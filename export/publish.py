@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.atomic import atomic_write_bytes, fsync_dir, remove_stale_temps, temp_name
-from agent.errors import ModelFileError, StorageError
+from agent.core.atomic import atomic_write_bytes, fsync_dir, remove_stale_temps, temp_name
+from agent.core.errors import ModelFileError, StorageError
 from export.manifest import (
     LATEST_NAME,
     MANIFEST_FORMAT,

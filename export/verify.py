@@ -18,9 +18,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from agent.config import ExportConfig
-from agent.errors import ExportRefused
-from export.frames import as_frame_batch
+from agent.core.config import ExportConfig
+from agent.core.errors import ExportRefused
+from agent.core.frames import as_frame_batch
 from export.manifest import InputSpec
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from agent.frames import encode_jpeg
-from agent.transport import FrameReceiver
-from agent.wire import HEADER_SIZE, Frame, encode_frame
+from agent.core.frames import encode_jpeg
+from agent.robot.transport import FrameReceiver
+from agent.core.wire import HEADER_SIZE, Frame, encode_frame
 from tests.conftest import free_tcp_endpoint
 from tests.test_stream import CLI, TINY, start, status, wait_for
 

@@ -15,7 +15,7 @@ from typing import Callable
 import cv2
 import zmq
 
-from agent.demo_scene import DemoScene
+from agent.core.demo_scene import DemoScene
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 from trainer.checkpoint import list_checkpoints, read_checkpoint
 

@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 
 HiddenLayer = Union[str, int]
 

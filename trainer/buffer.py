@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
-from agent.config import BufferConfig
-from agent.errors import ConfigError
+from agent.core.config import BufferConfig
+from agent.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from agent.wire import Frame
+    from agent.core.wire import Frame
 
 
 class _Slots:

@@ -6,7 +6,7 @@ from typing import Union
 
 import torch
 
-from agent.config import AugmentConfig, ModelConfig, TrainConfig
+from agent.core.config import AugmentConfig, ModelConfig, TrainConfig
 from trainer.augment import ViewSpec
 from trainer.byol import BYOL
 from trainer.encoders import build_encoder

@@ -30,8 +30,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from agent.atomic import fsync_dir, remove_stale_temps, temp_name
-from agent.errors import StorageError
+from agent.core.atomic import fsync_dir, remove_stale_temps, temp_name
+from agent.core.errors import StorageError
 
 FORMAT = 2
 READABLE_FORMATS = (1, 2)

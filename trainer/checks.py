@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from agent.errors import ByolAgentError
+from agent.core.errors import ByolAgentError
 
 
 class LearnerError(ByolAgentError, ValueError):

@@ -20,16 +20,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO
 
 import numpy as np
 import torch
 
-from agent.atomic import remove_stale_temps
-from agent.config import Config, TrainConfig, dump_config
-from agent.curve import WireSecurity
-from agent.errors import ByolAgentError, CheckpointError, ConfigError, StorageError
-from agent.transport import FrameReceiver
+from agent.core.atomic import remove_stale_temps
+from agent.core.config import Config, TrainConfig, dump_config
+from agent.core.errors import ByolAgentError, CheckpointError, ConfigError, StorageError
 from trainer.buffer import ReplayBuffer
 from trainer.build import build_learner, build_optimizer
 from trainer.checkpoint import (
@@ -42,7 +40,7 @@ from trainer.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from trainer.ingest import Ingestor
+from trainer.ingest import FrameInbox, Ingestor
 from trainer.lr_schedule import lr_at, set_lr
 from trainer.metrics import MetricsWriter
 
@@ -117,9 +115,22 @@ class _Window:
         return steps_per_s, steps_per_s * batch_size
 
 
-class ContinualTrainer:
-    """Continual BYOL on frames arriving at `cfg.wire.endpoint`; checkpoints and metrics in `run_dir`.
+class Exporter(Protocol):
+    """Publishes from the trainer's thread without waiting (export.exporter.BackgroundExporter)."""
 
+    def submit(self, step: int, encoder: torch.nn.Module, frames: np.ndarray) -> None: ...
+
+    def poll(self) -> list[dict[str, Any]]: ...
+
+    def close(self, timeout_s: Optional[float] = None) -> None: ...
+
+
+class ContinualTrainer:
+    """Continual BYOL on frames from the inbox `open_receiver` opens; checkpoints and metrics in `run_dir`.
+
+    The trainer imports neither the transport nor the exporter (they are layers above it): the
+    orchestration layer hands in `open_receiver()` (called by `run`, so a bad endpoint fails there)
+    and, for in-process publishing, `make_exporter(mean, std)` (agent/pipeline.py builds both).
     `lossless=True` (replay as fast as training consumes) holds ingestion back until training has
     used the frames it has, so every frame gets its share of updates and the sender blocks.
     """
@@ -129,11 +140,15 @@ class ContinualTrainer:
         cfg: Config,
         run_dir: Path,
         *,
+        open_receiver: Callable[[], FrameInbox],
+        make_exporter: Optional[Callable[[tuple[float, ...], tuple[float, ...]], Exporter]] = None,
         lossless: bool = False,
         write_config: bool = True,
         stream: Optional[TextIO] = None,
     ) -> None:
         self.cfg = cfg
+        self._open_receiver = open_receiver
+        self._make_exporter_fn = make_exporter
         self.run_dir = Path(run_dir)
         self.lossless = lossless
         self._write_config = write_config
@@ -255,8 +270,9 @@ class ContinualTrainer:
         """Train until `stop` is set, `train.max_steps` is reached, or `input_done` is set and drained.
 
         `on_bound(endpoint)` is called once frames can be received, with the endpoint actually bound
-        (a `tcp://HOST:*` config picks a free port). Returns 0; raises EndpointError for an endpoint
-        that cannot be bound, and re-raises an ingest-thread failure after the final checkpoint.
+        (a `tcp://HOST:*` config picks a free port). Returns 0; raises what `open_receiver` raises (an
+        EndpointError for an endpoint that cannot be bound), and re-raises an ingest-thread failure
+        after the final checkpoint.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for folder in (self.run_dir, checkpoint_dir(self.run_dir)):
@@ -266,10 +282,7 @@ class ContinualTrainer:
                 dump_config(self.cfg, self.run_dir / "config.yaml")
             except OSError as exc:  # a record for people, not needed to train
                 log.warning("config.yaml not written: %s", exc.strerror or exc)
-        wire = self.cfg.wire
-        receiver = FrameReceiver(
-            wire.endpoint, hwm=wire.recv_hwm, max_side=wire.max_frame_side, security=WireSecurity.from_config(wire)
-        )
+        receiver = self._open_receiver()
         self._prior = copy.copy(self.counters)
         self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
         self.metrics = MetricsWriter(self.run_dir, stream=self._stream)
@@ -423,20 +436,11 @@ class ContinualTrainer:
 
     # -- export, metrics, status -----------------------------------------------------------------
 
-    def _make_exporter(self):
+    def _make_exporter(self) -> Optional[Exporter]:
         ec = self.cfg.export
-        if ec.every_steps is None and ec.every_seconds is None:
+        if self._make_exporter_fn is None or (ec.every_steps is None and ec.every_seconds is None):
             return None
-        from export.exporter import BackgroundExporter  # onnx/onnxruntime load only when exporting here
-
-        return BackgroundExporter(
-            ec,
-            self.cfg.model,
-            self.run_dir / "exports",
-            mean=self.learner.mean,
-            std=self.learner.std,
-            capture=self.cfg.capture,
-        )
+        return self._make_exporter_fn(tuple(self.learner.mean), tuple(self.learner.std))
 
     def _export_due(self, last_export_time: float) -> bool:
         ec = self.cfg.export

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torchvision
 from torch import Tensor, nn
 
-from agent.errors import ConfigError, ModelFileError
+from agent.core.errors import ConfigError, ModelFileError
 
 if TYPE_CHECKING:
-    from agent.config import ModelConfig
+    from agent.core.config import ModelConfig
 
 STEMS = ("standard", "small", "cifar", "auto")
 SMALL_INPUT_MAX = 64  # px: at or below this the standard stem leaves <= 2x2 maps at a ResNet's last stage

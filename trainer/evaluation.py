@@ -1,10 +1,11 @@
-"""Frozen-encoder evaluation: kNN and linear-probe top-1 of an exported ONNX encoder.
+"""Frozen-encoder evaluation on the learner side: labelled data, kNN and linear-probe top-1 of features.
 
 A number on its own says little: random-init conv nets are a strong kNN baseline, so every
 evaluation also scores a randomly initialised encoder of the same architecture (seeded) on the
 same preprocessed images. The probes are the usual SSL monitors: a weighted cosine kNN as in
 InstDisc / solo-learn (k = 20, votes weighted by exp(cos / 0.07)) and a logistic-regression
-probe on standardised features. `probe_regressed` turns two results into an export gate.
+probe on standardised features. `probe_regressed` turns two results into an export gate. Scoring
+an exported ONNX file (the `eval` command, the probe gate) is export/evaluate.py, built on these.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 import torch
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from pydantic import ValidationError
 from sklearn.datasets import load_digits as sklearn_digits
 from sklearn.exceptions import ConvergenceWarning
@@ -27,24 +26,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from agent.config import EvalConfig, ModelConfig
-from agent.errors import ConfigError, ModelFileError, SourceError
-from agent.runtime import resolve_providers
-from export.manifest import LATEST_NAME, InputSpec, Manifest, read_latest, read_manifest, sha256_file
-from export.frames import resize_frames
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD
+from agent.core.config import EvalConfig, ModelConfig
+from agent.core.errors import ConfigError, ModelFileError, SourceError
+from agent.core.frames import resize_frames
 from trainer.backbone import Backbone
 from trainer.encoders import build_encoder, check_file_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 KNN_TEMPERATURE = 0.07
-_ORT_LOAD_ERRORS = (
-    ort_state.InvalidProtobuf,
-    ort_state.InvalidGraph,
-    ort_state.NoSuchFile,
-    ort_state.Fail,
-    ort_state.InvalidArgument,
-)
 
 
 @dataclass(frozen=True)
@@ -252,88 +241,6 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-# --------------------------------------------------------------------------- encoders
-
-
-@dataclass(frozen=True)
-class EncoderFile:
-    """A resolved ONNX encoder and its manifest (None for a bare .onnx without one beside it)."""
-
-    onnx_path: Path
-    manifest: Optional[Manifest]
-
-
-def resolve_encoder(path: Union[str, Path]) -> EncoderFile:
-    """An export directory (what LATEST names), a manifest .json, or an .onnx file (with its manifest if beside it).
-
-    A manifest's sha256 is checked, so a truncated or replaced model file is named as such.
-    """
-    path = Path(path)
-    if path.is_dir():
-        name = read_latest(path)
-        if name is None:
-            raise ModelFileError(f"export directory {str(path)!r} has nothing published yet (no {LATEST_NAME})")
-        path = path / name
-    if path.suffix == ".json":
-        manifest: Optional[Manifest] = read_manifest(path)
-        onnx_path = path.parent / manifest.model_file
-    else:
-        onnx_path = path
-        sibling = path.with_suffix(".json")
-        manifest = read_manifest(sibling) if sibling.is_file() else None
-    if not onnx_path.is_file():
-        raise ModelFileError(f"encoder {str(onnx_path)!r} does not exist (give an export directory or a .onnx file)")
-    if manifest is not None and sha256_file(onnx_path) != manifest.sha256:
-        raise ModelFileError(f"model file {str(onnx_path)!r} does not match the sha256 in its manifest: truncated or replaced")
-    return EncoderFile(onnx_path, manifest)
-
-
-class OnnxFeatureExtractor:
-    """Runs an exported encoder on uint8 RGB images, prepared exactly as the runtime prepares frames.
-
-    The input spec comes from the manifest; for a bare .onnx it is read off the graph (uint8 NHWC
-    with normalisation inside, or float NCHW normalised with ImageNet mean/std).
-    """
-
-    def __init__(self, encoder: EncoderFile) -> None:
-        try:
-            self.session = ort.InferenceSession(str(encoder.onnx_path), providers=resolve_providers("auto"))
-        except _ORT_LOAD_ERRORS as exc:
-            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-            raise ModelFileError(f"onnxruntime cannot load {str(encoder.onnx_path)!r}: {reason}") from None
-        self.spec = encoder.manifest.input if encoder.manifest is not None else _spec_from_graph(self.session, encoder)
-        self.image_size = self.spec.height
-
-    def __call__(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), batch_size):
-            batch = self.spec.prepare(images[start : start + batch_size])
-            out.append(self.session.run(None, {self.spec.name: batch})[0].reshape(len(batch), -1))
-        return _finite(np.concatenate(out).astype(np.float32), "the exported encoder")
-
-
-def _spec_from_graph(session: ort.InferenceSession, encoder: EncoderFile) -> InputSpec:
-    inp = session.get_inputs()[0]
-    uint8 = inp.type == "tensor(uint8)"
-    shape = list(inp.shape)
-    hw = shape[1:3] if uint8 else shape[2:4]
-    channels = shape[3] if uint8 else shape[1]
-    if len(shape) != 4 or channels != 3 or not all(isinstance(d, int) for d in hw):
-        raise ModelFileError(
-            f"{str(encoder.onnx_path)!r} input {inp.name!r} {inp.type} {shape} is not a fixed-size RGB batch, "
-            "and no manifest beside it says how to feed it"
-        )
-    return InputSpec(
-        name=inp.name,
-        dtype="uint8" if uint8 else "float32",
-        layout="NHWC" if uint8 else "NCHW",
-        height=hw[0],
-        width=hw[1],
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    )
-
-
 @torch.no_grad()
 @torch.no_grad()
 def torch_features(
@@ -348,10 +255,10 @@ def torch_features(
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
         out.append(module((batch - mean_t) / std_t).flatten(1).float().cpu().numpy())
-    return _finite(np.concatenate(out), "the torch encoder")
+    return finite_features(np.concatenate(out), "the torch encoder")
 
 
-def _finite(feats: np.ndarray, what: str) -> np.ndarray:
+def finite_features(feats: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(feats).all():
         raise ModelFileError(f"{what} produced non-finite features (NaN/inf): the weights are broken")
     return feats
@@ -387,70 +294,6 @@ def evaluate_features(
     knn = knn_top1(feats[train], labels[train], feats[test], labels[test], k=k)
     linear = linear_probe_top1(feats[train], labels[train], feats[test], labels[test], seed=seed)
     return knn, linear
-
-
-def evaluate_export(
-    path: Union[str, Path],
-    data: Union[str, Path, LabelledImages],
-    eval_cfg: EvalConfig,
-    seed: int = 0,
-    reference: bool = True,
-    operator_model: Optional[ModelConfig] = None,
-) -> EvalResult:
-    """Score an exported encoder, and a seeded random-init encoder of its architecture, on one split.
-
-    The reference is refused (ModelFileError) when the manifest names an encoder import string
-    that `operator_model`, this machine's config, does not name too (`check_file_model`).
-
-    `data` is "digits", an image folder, or already loaded images (at the encoder's image size).
-    The reference needs the manifest's model section; without one it is skipped and a note says so.
-    """
-    started = time.perf_counter()
-    encoder = resolve_encoder(path)
-    extractor = OnnxFeatureExtractor(encoder)
-    notes: list[str] = []
-    if isinstance(data, LabelledImages):
-        dataset = data
-    else:
-        dataset = load_eval_data(data, extractor.image_size, eval_cfg.max_images, seed)
-    labels = dataset.labels
-    train, test = dataset.split if dataset.split is not None else stratified_split(labels, eval_cfg.test_fraction, seed)
-    feats = extractor(dataset.images)
-    knn, linear = evaluate_features(feats, labels, train, test, eval_cfg.k, seed)
-
-    random_knn = random_linear = None
-    model_section = encoder.manifest.raw.get("model") if encoder.manifest is not None else None
-    if reference and isinstance(model_section, dict) and model_section.get("encoder"):
-        try:
-            module = random_init_encoder(model_section, seed, operator_model, f"the manifest of {encoder.onnx_path.name}")
-        except ConfigError as exc:
-            notes.append(f"no random-init reference: {exc}")
-        else:
-            module = module.to("cuda" if torch.cuda.is_available() else "cpu")
-            size = extractor.spec.height, extractor.spec.width
-            ref = torch_features(module, resize_frames(dataset.images, *size), extractor.spec.mean, extractor.spec.std)
-            random_knn, random_linear = evaluate_features(ref, labels, train, test, eval_cfg.k, seed)
-    elif reference:
-        notes.append("no random-init reference: the encoder has no manifest naming its architecture")
-
-    return EvalResult(
-        encoder=str(encoder.onnx_path),
-        version=encoder.manifest.version if encoder.manifest is not None else None,
-        step=encoder.manifest.step if encoder.manifest is not None else None,
-        data=dataset.name,
-        k=min(eval_cfg.k, len(train)),
-        n_train=len(train),
-        n_test=len(test),
-        num_classes=len(dataset.classes),
-        feature_dim=int(feats.shape[1]),
-        knn_top1=knn,
-        linear_top1=linear,
-        random_knn_top1=random_knn,
-        random_linear_top1=random_linear,
-        seed=seed,
-        seconds=time.perf_counter() - started,
-        notes=notes,
-    )
 
 
 def probe_regressed(new: EvalResult, previous: Optional[EvalResult], tolerance: float = 0.01) -> bool:

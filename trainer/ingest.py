@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
-from agent.frames import fit_frame as fit_image
-from agent.transport import FrameReceiver
-from agent.wire import Frame
+from agent.core.frames import fit_frame as fit_image
+from agent.core.wire import Frame
 from trainer.buffer import ReplayBuffer
 
 POLL_S = 0.05
+
+
+class FrameInbox(Protocol):
+    """What ingest reads from: agent.robot.transport.FrameReceiver, built and handed in by the orchestration layer.
+
+    `recv` never raises on bad input (malformed messages are counted in `stats.malformed`, refused
+    connections in `stats.refused`); `close` is called by the ingest thread, the inbox's only user.
+    """
+
+    endpoint: str
+
+    @property
+    def stats(self) -> Any: ...
+
+    def recv(self, timeout_s: Optional[float]) -> Optional[Frame]: ...
+
+    def close(self) -> None: ...
 
 
 def fit_frame(frame: Frame, shape: tuple[int, int, int]) -> Frame:
@@ -30,7 +46,7 @@ def fit_frame(frame: Frame, shape: tuple[int, int, int]) -> Frame:
 
 
 class Ingestor:
-    """Moves frames from a `FrameReceiver` into a `ReplayBuffer` on a background thread.
+    """Moves frames from a `FrameInbox` into a `ReplayBuffer` on a background thread.
 
     `may_take(frames_in)` lets the trainer hold ingestion back (lossless replay: a frame is taken
     only once training has used the previous ones); `wake()` tells a held-back thread to look again.
@@ -38,7 +54,7 @@ class Ingestor:
 
     def __init__(
         self,
-        receiver: FrameReceiver,
+        receiver: FrameInbox,
         buffer: ReplayBuffer,
         may_take: Optional[Callable[[int], bool]] = None,
     ) -> None:

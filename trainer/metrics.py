@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
-from agent.atomic import jsonable, write_status
+from agent.core.atomic import jsonable, write_status
 
 STATUS_NAME = "status-trainer.json"
 METRICS_NAME = "metrics.jsonl"

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 
 SCHEDULES = ("constant", "cosine", "warmup_constant")
 

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from torch import nn
 
-from agent.config import EvalConfig, ModelConfig
+from agent.core.config import EvalConfig, ModelConfig
 from trainer.evaluation import (
     EvalResult,
     evaluate_features,

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from matplotlib.figure import Figure
 
-from agent.errors import ByolAgentError, StorageError
+from agent.core.errors import ByolAgentError, StorageError
 from trainer.metrics import METRICS_NAME
 
 

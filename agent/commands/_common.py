@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from agent.config import Config, load_config
+from agent.core.config import Config, load_config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

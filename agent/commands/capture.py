@@ -7,7 +7,7 @@ import logging
 import threading
 from pathlib import Path
 
-from agent.capture import run_capture, stop_on_signals
+from agent.robot.capture import run_capture, stop_on_signals
 from agent.commands._common import add_config_arguments, config_from_args
 
 _OFF = ("none", "off", "null")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.commands._common import add_config_arguments, config_from_args
-from agent.errors import ModelFileError
+from agent.core.errors import ModelFileError
 from trainer.report import RunDirError, append_event
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"eval.k": args.k})
-    from trainer.evaluation import evaluate_export, probe_regressed  # torch and sklearn load after parsing
+    from export.evaluate import evaluate_export  # torch and sklearn load after parsing
+    from trainer.evaluation import probe_regressed
     if args.run_dir is not None and not Path(args.run_dir).is_dir():
         raise RunDirError(f"run directory {args.run_dir!r} does not exist")
     previous = _load_previous(args.previous) if args.previous else None

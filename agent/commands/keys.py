@@ -1,4 +1,4 @@
-"""`byol-agent keys`: make a CURVE key pair for the wire (agent/curve.py explains who holds which key).
+"""`byol-agent keys`: make a CURVE key pair for the wire (agent/robot/curve.py explains who holds which key).
 
 Writes OUT/NAME.key (the public key: copy it to the peers that must admit or reach this process)
 and OUT/NAME.key_secret (stays on this machine, mode 0600). Never overwrites existing keys.
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from agent.curve import create_keys
+    from agent.robot.curve import create_keys
 
     name = args.name or socket.gethostname().split(".")[0] or "byol-agent"
     public, secret = create_keys(args.out, name)

@@ -40,6 +40,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"train.max_steps": args.max_steps})
     stop = StopFlag()
     configure_logging()
-    from trainer.replay import replay
+    from agent.replay import replay
 
     return replay(cfg, videos, Path(args.run_dir), pace=args.pace, stop=stop.event)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from agent.commands._common import add_config_arguments, config_from_args
-from agent.config import Config, dump_config
+from agent.core.config import Config, dump_config
 from agent.supervisor import ChildSpec, StopFlag, Supervisor, supervise
 
 

@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from agent.policy_loop import run_policy_loop
-    from agent.runtime import HotEncoder
-    from agent.sources import open_source
+    from agent.robot.policy_loop import run_policy_loop
+    from agent.robot.runtime import HotEncoder
+    from agent.robot.sources import open_source
     from agent.supervisor import StopFlag
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

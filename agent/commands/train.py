@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.commands._common import add_config_arguments, config_from_args
 from agent.supervisor import StopFlag
-from agent.transport import validate_endpoint
+from agent.robot.transport import validate_endpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +32,8 @@ def main(args: argparse.Namespace) -> int:
     validate_endpoint(cfg.wire.endpoint, bind=True)
     stop = StopFlag()  # SIGINT/SIGTERM only set the event; the loop checkpoints and exits
     configure_logging()
-    from trainer.continual import ContinualTrainer  # torch loads after the arguments are known good
+    from agent.pipeline import build_trainer  # torch loads after the arguments are known good
 
     run_dir = Path(args.run_dir)
-    trainer = ContinualTrainer(cfg, run_dir, write_config=not run_dir_config_is_input(args.config, run_dir))
+    trainer = build_trainer(cfg, run_dir, write_config=not run_dir_config_is_input(args.config, run_dir))
     return trainer.run(stop.event)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.atomic import atomic_write_bytes, remove_stale_temps, temp_name, write_status
+from agent.core.atomic import atomic_write_bytes, remove_stale_temps, temp_name, write_status
 
 
 def _dead_pid() -> int:
@@ -34,7 +34,7 @@ def test_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path) ->
 
 def test_status_write_failure_is_a_warning_not_an_exception(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     missing = tmp_path / "gone" / "status-capture.json"
-    with caplog.at_level(logging.WARNING, logger="agent.atomic"):
+    with caplog.at_level(logging.WARNING, logger="agent.core.atomic"):
         for _ in range(3):
             assert write_status(missing, {"sent": 1}) is False
     assert caplog.text.count("not written") == 1  # the first failure, not every second

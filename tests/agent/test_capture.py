@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import CaptureStats, run_capture
-from agent.config import CaptureConfig, WireConfig
-from agent.errors import EndpointError, SourceError
-from agent.transport import FrameReceiver, LatestFrameSubscriber
+from agent.robot.capture import CaptureStats, run_capture
+from agent.core.config import CaptureConfig, WireConfig
+from agent.core.errors import EndpointError, SourceError
+from agent.robot.transport import FrameReceiver, LatestFrameSubscriber
 from tests.conftest import free_tcp_endpoint
 
 
@@ -151,7 +151,7 @@ def test_lost_folder_is_reopened_with_backoff(
         sources=[str(folder)], fps=50, height=16, width=16, novelty_threshold=0.0, loop_video=True,
         reconnect_backoff_s=0.05, reconnect_max_backoff_s=0.2,
     )
-    caplog.set_level(logging.INFO, logger="agent.capture")
+    caplog.set_level(logging.INFO, logger="agent.robot.capture")
     messages = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
     with FrameReceiver(free_endpoint, hwm=256) as receiver, CaptureThread(capture, _wire(free_endpoint)) as cap:
         assert receiver.recv(15) is not None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import CONFIG_DIR, Config, dump_config, load_config
-from agent.errors import ConfigError
+from agent.core.config import CONFIG_DIR, Config, dump_config, load_config
+from agent.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)

@@ -12,11 +12,11 @@ import pytest
 import zmq
 
 from agent.cli import main as cli_main
-from agent.config import WireConfig, load_config
-from agent.curve import WireSecurity, create_keys, is_loopback
-from agent.errors import ConfigError, EndpointError
-from agent.transport import FrameReceiver, FrameSender, LatestFrameSubscriber
-from agent.wire import Frame, encode_frame, max_message_bytes
+from agent.core.config import WireConfig, load_config
+from agent.robot.curve import WireSecurity, create_keys, is_loopback
+from agent.core.errors import ConfigError, EndpointError
+from agent.robot.transport import FrameReceiver, FrameSender, LatestFrameSubscriber
+from agent.core.wire import Frame, encode_frame, max_message_bytes
 
 
 def _frame(seq: int, side: int = 16) -> Frame:
@@ -102,7 +102,7 @@ def test_non_loopback_without_keys_is_refused_unless_insecure(caplog: pytest.Log
         FrameReceiver("tcp://*:5555", hwm=4)
     with pytest.raises(EndpointError, match="refusing to connect to tcp://192.0.2.1:5555 without CURVE keys"):
         FrameSender("tcp://192.0.2.1:5555", hwm=4)
-    with caplog.at_level(logging.WARNING, logger="agent.curve"):
+    with caplog.at_level(logging.WARNING, logger="agent.robot.curve"):
         with FrameReceiver("tcp://0.0.0.0:*", hwm=4, security=WireSecurity(insecure=True)) as receiver:
             assert receiver.endpoint.startswith("tcp://0.0.0.0:")
     assert "unauthenticated and unencrypted" in caplog.text

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.demo_scene import DemoScene
-from agent.frames import NoveltyGate, decode_jpeg, encode_jpeg, fit_frame
+from agent.core.demo_scene import DemoScene
+from agent.core.frames import NoveltyGate, decode_jpeg, encode_jpeg, fit_frame
 
 
 def test_fit_crop_keeps_the_centre_and_stretch_keeps_everything() -> None:

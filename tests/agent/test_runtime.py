@@ -13,9 +13,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from agent.errors import ModelFileError
-from agent.runtime import HotEncoder, SwapEvent, resolve_providers
-from export.frames import FrameFormatError, resize_frames
+from agent.core.errors import ModelFileError
+from agent.robot.runtime import HotEncoder, SwapEvent
+from export.sessions import resolve_providers
+from agent.core.frames import FrameFormatError, resize_frames
 from export.manifest import sha256_file
 from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
 from export.verify import torch_reference
@@ -180,7 +181,7 @@ def test_a_runtime_started_on_a_damaged_latest_serves_the_newest_good_version(
         publish_version(tmp_path, seed=seed)
     _truncate(tmp_path, 6)
     _garbage_manifest(tmp_path, 5)
-    with caplog.at_level("WARNING", logger="agent.runtime"):
+    with caplog.at_level("WARNING", logger="agent.robot.runtime"):
         with HotEncoder(tmp_path, poll_interval_s=POLL, providers="cpu", wait=False) as enc:
             assert enc.version == 4
             np.testing.assert_allclose(enc.embed(frames), reference(4, frames), atol=1e-4)
@@ -196,8 +197,8 @@ def test_a_runtime_started_on_a_damaged_latest_serves_the_newest_good_version(
 @pytest.mark.parametrize("mode", ["crop", "stretch"])
 def test_serving_prepares_a_camera_frame_exactly_as_capture_stored_it(tmp_path: Path, mode: str) -> None:
     """Capture centre-cropped a 640x480 frame while HotEncoder stretched it: the policy saw another image."""
-    from agent.config import CaptureConfig, ExportConfig
-    from agent.frames import fit_frame
+    from agent.core.config import CaptureConfig, ExportConfig
+    from agent.core.frames import fit_frame
     from export.exporter import export_encoder
     from export.publish import Publisher
     from tests.export.tiny import model_cfg

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config import CaptureConfig
-from agent.errors import SourceError
-from agent.sources import (
+from agent.core.config import CaptureConfig
+from agent.core.errors import SourceError
+from agent.robot.sources import (
     CameraSource,
     DemoSource,
     ImageFilesSource,
@@ -21,8 +21,8 @@ from agent.sources import (
     VideoFileSource,
     open_source,
 )
-from agent.transport import FrameSender
-from agent.wire import Frame
+from agent.robot.transport import FrameSender
+from agent.core.wire import Frame
 from tests.conftest import free_tcp_endpoint
 
 CFG = CaptureConfig(height=32, width=32, fps=10)
@@ -197,7 +197,7 @@ def test_shuffled_folder_visits_every_image_once_per_pass_in_a_new_order(tmp_pat
 def test_a_folder_of_only_unreadable_images_is_an_error_not_an_empty_success(tmp_path: Path) -> None:
     import struct
 
-    from agent.frames import encode_jpeg
+    from agent.core.frames import encode_jpeg
 
     (tmp_path / "a.jpg").write_bytes(b"not a jpeg at all")
     bomb = encode_jpeg(np.full((8, 8, 3), 90, np.uint8), 90)  # a JPEG that declares 40000x40000 pixels

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import zmq
 
-from agent.curve import WireSecurity
-from agent.errors import EndpointError
-from agent.transport import FrameReceiver, FrameSender, LatestFrameSubscriber, validate_endpoint
-from agent.wire import MAGIC, Frame, encode_frame
+from agent.robot.curve import WireSecurity
+from agent.core.errors import EndpointError
+from agent.robot.transport import FrameReceiver, FrameSender, LatestFrameSubscriber, validate_endpoint
+from agent.core.wire import MAGIC, Frame, encode_frame
 from tests.conftest import free_tcp_endpoint
 
 

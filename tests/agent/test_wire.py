@@ -7,9 +7,9 @@ import struct
 import numpy as np
 import pytest
 
-from agent.frames import encode_jpeg
+from agent.core.frames import encode_jpeg
 
-from agent.wire import (
+from agent.core.wire import (
     HEADER_SIZE,
     MAGIC,
     Frame,

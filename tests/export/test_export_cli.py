@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from agent.cli import main as cli_main
-from agent.config import Config, load_config
-from export.frames import resize_frames
+from agent.core.config import Config, load_config
+from agent.core.frames import resize_frames
 from export.manifest import read_latest, read_manifest
 from export.onnx_export import input_spec
 from export.verify import torch_reference

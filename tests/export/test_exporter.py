@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent.config import ExportConfig
+from agent.core.config import ExportConfig
 from export.exporter import BackgroundExporter
 from export.manifest import read_latest, read_manifest
 from tests.export.tiny import model_cfg, scene_frames, tiny_encoder

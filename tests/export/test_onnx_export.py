@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from agent.config import ExportConfig
-from agent.errors import ExportRefused
+from agent.core.config import ExportConfig
+from agent.core.errors import ExportRefused
 from export.exporter import export_encoder
-from export.frames import resize_frames
+from agent.core.frames import resize_frames
 from export.manifest import read_latest, read_manifest, sha256_file
 from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
 from export.publish import Publisher

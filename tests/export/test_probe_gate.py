@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from agent.config import ExportConfig
-from agent.errors import ExportRefused
+from agent.core.config import ExportConfig
+from agent.core.errors import ExportRefused
 from export.exporter import export_encoder
 from export.manifest import read_latest
 from export.publish import Publisher

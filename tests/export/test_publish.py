@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ModelFileError, StorageError
+from agent.core.errors import ModelFileError, StorageError
 from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
 

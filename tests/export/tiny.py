@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.config import ExportConfig, ModelConfig
-from agent.demo_scene import DemoScene
+from agent.core.config import ExportConfig, ModelConfig
+from agent.core.demo_scene import DemoScene
 from export.exporter import export_encoder
 from export.publish import Publisher
 

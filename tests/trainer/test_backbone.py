@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 from trainer.backbone import Backbone, eval_mode, find_layer, probe
 from trainer.encoders import TinyCNN
 

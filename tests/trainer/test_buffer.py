@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from agent.config import BufferConfig
-from agent.errors import ConfigError
-from agent.wire import Frame
+from agent.core.config import BufferConfig
+from agent.core.errors import ConfigError
+from agent.core.wire import Frame
 from trainer.buffer import ReplayBuffer
 
 SHAPE = (8, 8, 3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.config import AugmentConfig, ModelConfig, TrainConfig
+from agent.core.config import AugmentConfig, ModelConfig, TrainConfig
 from trainer.augment import VIEW1, VIEW2
 from trainer.build import build_learner, build_optimizer
 from trainer.lars import LARS

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 from trainer import BYOL
 from trainer.checks import LearnerError
 from trainer.encoders import TinyCNN

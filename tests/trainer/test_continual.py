@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.config import Config, load_config
-from agent.demo_scene import DemoScene
-from agent.transport import FrameSender
-from agent.wire import Frame
+from agent.core.config import Config, load_config
+from agent.core.demo_scene import DemoScene
+from agent.robot.transport import FrameSender
+from agent.core.wire import Frame
 from tests.conftest import TINY_MODEL, free_tcp_endpoint
 from trainer.checkpoint import list_checkpoints, read_checkpoint
+from agent.pipeline import build_trainer
 from trainer.continual import ContinualTrainer, TrainingDiverged
 
 TINY = [
@@ -67,7 +68,7 @@ class Feeder:
 
 
 def run_trainer(cfg: Config, run_dir: Path) -> ContinualTrainer:
-    trainer = ContinualTrainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir)
     with Feeder(cfg.wire.endpoint):
         trainer.run(threading.Event())
     return trainer
@@ -102,7 +103,7 @@ def test_resume_continues_exactly_and_a_diverging_run_restores_its_last_good_sta
     # the step-6 state until it gives up with a one-line error.
     ep = free_tcp_endpoint()
     diverging = tiny_config(ep, "train.max_steps=40", "train.lr=1e30", "train.nan_tolerance=2", *BUFFER)
-    trainer = ContinualTrainer(diverging, tmp_path)
+    trainer = build_trainer(diverging, tmp_path)
     assert trainer.step == 6 and trainer.optimizer.param_groups[0]["lr"] == 1e30
     assert len(trainer.buffer) == len(saved["buffer"]["images"]) and trainer.buffer.stats()["embedded"] > 0
     with pytest.raises(TrainingDiverged, match="lower train.lr"):
@@ -118,7 +119,7 @@ def test_resume_continues_exactly_and_a_diverging_run_restores_its_last_good_sta
 def test_a_skipped_non_finite_step_leaves_batchnorm_statistics_as_they_were(tmp_path):
     # A NaN weight makes the forward pass fold NaN into BatchNorm's running statistics before the
     # loss is seen; the skipped step must put them back, or every later export would emit NaN.
-    trainer = ContinualTrainer(tiny_config(free_tcp_endpoint()), tmp_path)
+    trainer = build_trainer(tiny_config(free_tcp_endpoint()), tmp_path)
     scene = DemoScene(32, 32, seed=0)
     for seq in range(trainer.cfg.buffer.min_fill):
         trainer.buffer.add(Frame(camera_id=0, seq=seq, timestamp=0.05 * seq, image=scene.render(0.05 * seq)))

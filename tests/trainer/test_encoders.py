@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from agent.errors import ConfigError
-from agent.config import ModelConfig
+from agent.core.errors import ConfigError
+from agent.core.config import ModelConfig
 from trainer.encoders import TinyCNN, adapt_stem, available_encoders, build_encoder, create_encoder
 
 

@@ -7,21 +7,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from agent.config import EvalConfig, ExportConfig, ModelConfig
-from agent.errors import ConfigError, ModelFileError, SourceError
+from agent.core.config import EvalConfig, ExportConfig, ModelConfig
+from agent.core.errors import ConfigError, ModelFileError, SourceError
 from export.exporter import export_encoder
 from export.publish import Publisher
+from export.evaluate import OnnxFeatureExtractor, evaluate_export, resolve_encoder
 from trainer.evaluation import (
     EvalResult,
-    OnnxFeatureExtractor,
-    evaluate_export,
     knn_top1,
     linear_probe_top1,
     load_digits,
     load_image_folder,
     probe_regressed,
     random_init_encoder,
-    resolve_encoder,
     stratified_split,
     torch_features,
 )

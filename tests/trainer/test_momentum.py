@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 from trainer.loss import byol_loss
 from trainer.momentum import ema_update, tau_at
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from agent.config import EvalConfig, load_config
-from agent.errors import ModelFileError, SourceError
+from agent.core.config import EvalConfig, load_config
+from agent.core.errors import ModelFileError, SourceError
 from tests.conftest import free_tcp_endpoint
 from tests.trainer.test_continual import records, run_trainer, tiny_config
 from trainer.evaluation import load_eval_data

@@ -32,10 +32,10 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from agent.errors import ConfigError, EndpointError
+from agent.core.errors import ConfigError, EndpointError
 
 if TYPE_CHECKING:
-    from agent.config import WireConfig
+    from agent.core.config import WireConfig
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class WireSecurity:
             self._plain(endpoint, "bind", "wire.secret_key and wire.authorized_keys")
             return None
         keys = _AuthorizedKeys(self.authorized_dir)
-        auth = ThreadAuthenticator(ctx, log=logging.getLogger("agent.curve.zap"))
+        auth = ThreadAuthenticator(ctx, log=logging.getLogger("agent.robot.curve.zap"))
         auth.start()
         auth.configure_curve_callback("*", credentials_provider=keys)
         sock.curve_secretkey = self.pair.secret

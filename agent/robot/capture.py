@@ -20,14 +20,14 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from agent.atomic import write_status
-from agent.config import CaptureConfig, WireConfig
-from agent.curve import WireSecurity
-from agent.errors import ByolAgentError, SourceError
-from agent.frames import NoveltyGate, fit_frame
-from agent.sources import FrameSource, SourceExhausted, open_source
-from agent.transport import FrameSender
-from agent.wire import Frame
+from agent.core.atomic import write_status
+from agent.core.config import CaptureConfig, WireConfig
+from agent.robot.curve import WireSecurity
+from agent.core.errors import ByolAgentError, SourceError
+from agent.core.frames import NoveltyGate, fit_frame
+from agent.robot.sources import FrameSource, SourceExhausted, open_source
+from agent.robot.transport import FrameSender
+from agent.core.wire import Frame
 
 log = logging.getLogger(__name__)
 

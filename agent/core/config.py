@@ -15,8 +15,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.errors import ConfigError
-from agent.wire import MAX_SIDE
+from agent.core.errors import ConfigError
+from agent.core.wire import MAX_SIDE
 
 CONFIG_DIR = Path(str(resources.files("configs")))  # package data: there in an editable install, a wheel or a copy
 
@@ -48,7 +48,7 @@ class WireConfig(_Section):
     """ZeroMQ endpoints, limits and CURVE keys. The trainer binds `endpoint` (PULL); captures connect (PUSH).
 
     A receiver queues at most `recv_hwm x (40 + 3 x max_frame_side^2)` bytes per connected sender.
-    Keys (agent/curve.py, `byol-agent keys`): needed on any socket that binds or connects a
+    Keys (agent/robot/curve.py, `byol-agent keys`): needed on any socket that binds or connects a
     non-loopback address, unless `insecure`.
     """
 

@@ -35,7 +35,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from agent.frames import decode_jpeg, encode_jpeg, jpeg_size
+from agent.core.frames import decode_jpeg, encode_jpeg, jpeg_size
 
 MAGIC = b"BYOF"
 VERSION = 1

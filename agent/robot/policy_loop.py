@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from agent.atomic import write_status
-from agent.errors import SourceError
-from agent.runtime import HotEncoder
-from agent.sources import FrameSource, SourceExhausted
+from agent.core.atomic import write_status
+from agent.core.errors import SourceError
+from agent.robot.runtime import HotEncoder
+from agent.robot.sources import FrameSource, SourceExhausted
 
 log = logging.getLogger(__name__)
 _RECONNECT_S = 1.0

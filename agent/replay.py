@@ -17,9 +17,9 @@ import threading
 from pathlib import Path
 from typing import Literal, Optional
 
-from agent.config import CaptureConfig, Config
-from agent.errors import SourceError
-from agent.sources import open_source
+from agent.core.config import CaptureConfig, Config
+from agent.core.errors import SourceError
+from agent.robot.sources import open_source
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ class CaptureProcess:
 def replay(cfg: Config, paths: list[str], run_dir: Path, *, pace: Pace, stop: threading.Event) -> int:
     """Train on `paths` through capture → wire → trainer; returns 0, raises SourceError for bad input."""
     check_recordings(paths, cfg.capture)
-    from trainer.continual import ContinualTrainer  # torch loads only once the recordings are known good
+    from agent.pipeline import build_trainer  # torch loads only once the recordings are known good
 
     cfg = replay_config(cfg, paths)
     run_dir = Path(run_dir)
-    trainer = ContinualTrainer(cfg, run_dir, lossless=pace == "asap")
+    trainer = build_trainer(cfg, run_dir, lossless=pace == "asap")
     capture = CaptureProcess(run_dir / "config.yaml", pace, run_dir / "logs" / "replay-capture.log")
     try:
         trainer.run(stop, input_done=capture.done, on_bound=capture.start)

@@ -20,12 +20,12 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 
-from agent.config import CaptureConfig, WireConfig
-from agent.curve import WireSecurity
-from agent.demo_scene import DemoScene
-from agent.errors import SourceError
-from agent.frames import bgr_to_rgb
-from agent.transport import LatestFrameSubscriber
+from agent.core.config import CaptureConfig, WireConfig
+from agent.robot.curve import WireSecurity
+from agent.core.demo_scene import DemoScene
+from agent.core.errors import SourceError
+from agent.core.frames import bgr_to_rgb
+from agent.robot.transport import LatestFrameSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def _decode(path: str) -> Optional[np.ndarray]:
 
 
 class DemoSource(FrameSource):
-    """The procedural demo scene (agent/demo_scene.py), rendered at the stored size: never ends."""
+    """The procedural demo scene (agent/core/demo_scene.py), rendered at the stored size: never ends."""
 
     def __init__(self, height: int, width: int, fps: float, seed: int = 0) -> None:
         super().__init__(f"demo scene (seed {seed})")

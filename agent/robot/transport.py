@@ -12,7 +12,7 @@ Limits and memory: receiving sockets set ZMQ_MAXMSGSIZE to `max_message_bytes(ma
 libzmq drops the connection of a peer that announces a larger message before allocating it, and
 the worst-case memory a receiver queues is `recv_hwm x max_message_bytes(max_side)` per connected
 sender (plus the kernel's socket buffers). Sockets that may leave the machine are CURVE-secured
-(agent/curve.py).
+(agent/robot/curve.py).
 
 ZeroMQ sockets are not thread-safe: each object here must be used (and closed) by one thread.
 """
@@ -29,9 +29,9 @@ from typing import Optional
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from agent.curve import REFUSED_EVENTS, WireSecurity
-from agent.errors import EndpointError
-from agent.wire import (
+from agent.robot.curve import REFUSED_EVENTS, WireSecurity
+from agent.core.errors import EndpointError
+from agent.core.wire import (
     MAX_SIDE,
     Frame,
     FrameEncoder,

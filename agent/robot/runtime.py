@@ -19,8 +19,6 @@ numpy, OpenCV and onnxruntime only.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -33,8 +31,8 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import onnxruntime as ort
 
-from agent.errors import ConfigError, ModelFileError
-from export.frames import as_frame_batch
+from agent.core.errors import ConfigError, ModelFileError
+from agent.core.frames import as_frame_batch
 from export.manifest import (
     LATEST_NAME,
     Manifest,
@@ -45,11 +43,9 @@ from export.manifest import (
     read_manifest,
     sha256_file,
 )
+from export.sessions import TENSORRT, resolve_providers
 
 log = logging.getLogger(__name__)
-_CPU = "CPUExecutionProvider"
-_CUDA = "CUDAExecutionProvider"
-_TRT = "TensorrtExecutionProvider"
 _TRT_MAX_BATCH = 64  # TensorRT builds its engine for batch 1..this up front, never on the serving path
 _MAX_RESIDENT = 2
 
@@ -73,45 +69,6 @@ class _Loaded:
     name: str
     session: ort.InferenceSession
     manifest: Manifest
-
-
-def cuda_device_count() -> int:
-    """CUDA devices visible through the driver API (no torch needed); 0 when there is no driver."""
-    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
-
-
-def resolve_providers(choice: str) -> list[str]:
-    """Execution providers to ask for, best first, from "auto" | "cpu" | "cuda" | "tensorrt".
-
-    onnxruntime-gpu lists CUDA and TensorRT even on machines without a GPU (or without the
-    TensorRT libraries); asking for them there only produces error logs, so "auto" checks for a
-    device (and libnvinfer) first and quietly settles for the CPU.
-    """
-    available = set(ort.get_available_providers())
-    gpu = (_CUDA in available) and cuda_device_count() > 0
-    trt = gpu and _TRT in available and ctypes.util.find_library("nvinfer") is not None
-    if choice == "cpu":
-        return [_CPU]
-    if choice == "tensorrt" and not trt:
-        raise ConfigError("runtime.providers='tensorrt' but TensorRT or a CUDA device is not available here")
-    if choice == "cuda" and not gpu:
-        raise ConfigError("runtime.providers='cuda' but onnxruntime has no CUDA provider or no CUDA device is visible")
-    if choice not in ("auto", "cuda", "tensorrt"):
-        raise ConfigError(f"runtime.providers={choice!r}; allowed: auto, cpu, cuda, tensorrt")
-    if trt and choice in ("auto", "tensorrt"):
-        return [_TRT, _CUDA, _CPU]
-    if gpu:
-        return [_CUDA, _CPU]
-    return [_CPU]
 
 
 class HotEncoder:
@@ -363,10 +320,10 @@ class HotEncoder:
     def _provider_list(self, manifest: Manifest) -> list[Union[str, tuple[str, dict[str, Any]]]]:
         providers: list[Union[str, tuple[str, dict[str, Any]]]] = []
         for name in self._providers:
-            if name == _TRT:
+            if name == TENSORRT:
                 one, most = _trt_shape(manifest, 1), _trt_shape(manifest, _TRT_MAX_BATCH)
                 options = {"trt_profile_min_shapes": one, "trt_profile_opt_shapes": one, "trt_profile_max_shapes": most}
-                providers.append((_TRT, options))
+                providers.append((TENSORRT, options))
             else:
                 providers.append(name)
         return providers
