@@ -101,6 +101,7 @@ class Publisher:
             target = self.export_dir / model_filename(version)
             try:
                 os.link(model_tmp, target)
+                os.utime(target)  # its age counts from the claim: prune treats an old model without manifest as orphaned
                 return version
             except FileExistsError:
                 continue  # another publisher took this number a moment ago

@@ -173,6 +173,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path.name} is unreadable ({type(exc).__name__}: {first})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise ValueError(f"{path.name} is not a byol-agent checkpoint (missing keys)")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise ValueError(f"{path.name} has step {state['step']!r}, not a step count")
     if state["format"] not in READABLE_FORMATS:
         raise ValueError(f"{path.name} has format {state['format']!r}, this version reads {READABLE_FORMATS}")
     if state["format"] == 1:
@@ -185,7 +187,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         if state.get("checksum") != actual:
             raise ValueError(f"{path.name} fails its checksum: its content changed after it was written")
     for key in CHECKED_KEYS:
-        bad = _non_finite(state[key], key)
+        try:
+            bad = _non_finite(state[key], key)
+        except RecursionError:  # only a crafted file nests this deep
+            raise ValueError(f"{path.name} is damaged (its {key} state nests too deep)") from None
         if bad:
             raise ValueError(f"{path.name} holds non-finite values (NaN/inf) in {bad}")
     return state

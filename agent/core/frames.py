@@ -80,17 +80,23 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-# Start-of-frame markers (ITU T.81 table B.1): SOF0-3, 5-7, 9-11, 13-15. C4 (DHT), C8 (JPG) and CC (DAC) are not.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM carry no length
+# Markers (ITU T.81 table B.1) a frame may carry before its frame header. Only the sequential frame
+# headers are accepted: SOF0 (baseline, what OpenCV writes) and SOF1 (extended). A progressive file
+# (SOF2) can repeat scans to cost seconds of CPU per message, and the others are rare.
+_SOF_ACCEPTED = frozenset({0xC0, 0xC1})
+_SOF_OTHER = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} - _SOF_ACCEPTED
+_SEGMENTS = frozenset(range(0xE0, 0xF0)) | {0xFE, 0xDB, 0xC4, 0xDD, 0xCC}  # APPn, COM, DQT, DHT, DRI, DAC
 
 
 def jpeg_size(data: bytes | memoryview) -> tuple[int, int]:
     """(height, width) a JPEG declares in its start-of-frame header, read without decoding.
 
-    Walks the marker segments from SOI to the first SOFn (ITU T.81, annex B), so a decoder is only
+    Walks the marker segments from SOI to the frame header (ITU T.81, annex B), so a decoder is only
     ever handed an image whose size the caller has checked: a few hundred bytes can declare
-    40000x40000 pixels. Raises ValueError when the bytes are not a JPEG or end before a SOF.
+    40000x40000 pixels. Strict where decoders are lenient: any byte pair that is not a known marker
+    (libjpeg skips such "extraneous bytes" and looks for the next marker, so a size hidden behind
+    them would be read by the decoder but not by us) is refused, as are progressive and other
+    non-sequential frames. Raises ValueError naming the problem.
     """
     view = memoryview(data).cast("B")
     if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
@@ -103,15 +109,16 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int]:
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
             continue
-        if marker in _STANDALONE_MARKERS:
-            pos += 2
-            continue
         if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
             break
+        if marker in _SOF_OTHER:
+            raise ValueError(f"JPEG frame type 0x{marker:02X} is not baseline or extended sequential (SOF0/SOF1)")
+        if marker not in _SOF_ACCEPTED and marker not in _SEGMENTS:
+            raise ValueError(f"JPEG has an unexpected marker 0xFF{marker:02X} at byte {pos}")
         length = (view[pos + 2] << 8) | view[pos + 3]
         if length < 2:
             raise ValueError(f"JPEG segment at byte {pos} has length {length}")
-        if marker in _SOF_MARKERS:
+        if marker in _SOF_ACCEPTED:
             if pos + 9 > len(view) or length < 7:
                 break
             return (view[pos + 5] << 8) | view[pos + 6], (view[pos + 7] << 8) | view[pos + 8]

@@ -22,7 +22,6 @@ import ipaddress
 import logging
 import os
 import re
-import socket as pysocket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Optional
 
 import zmq
 import zmq.auth
+from zmq.utils import z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from agent.core.errors import ConfigError, EndpointError
@@ -61,12 +61,8 @@ def is_loopback(endpoint: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:  # a host name: loopback only if every address it resolves to is
-            infos = pysocket.getaddrinfo(host, None, type=pysocket.SOCK_STREAM)
-        except OSError:
-            return False
-        return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+    except ValueError:  # any other host name: libzmq re-resolves it at each reconnect, so it may not stay local
+        return False
 
 
 @dataclass(frozen=True)
@@ -95,12 +91,33 @@ def _load(path: str | Path, what: str) -> KeyPair:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} is not a file; make keys with `byol-agent keys --out DIR`")
     try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        public, secret = _read_keys(path)
+    except ValueError as exc:
         raise ConfigError(f"{what} {str(path)!r} is not a CURVE key file ({exc})") from None
-    if public is None or len(public) != 40:
-        raise ConfigError(f"{what} {str(path)!r} holds no valid public key")
     return KeyPair(public=public, secret=secret or b"")
+
+
+def _read_keys(path: Path) -> tuple[bytes, Optional[bytes]]:
+    """(public, secret or None) from a zmq.auth certificate file; ValueError for anything unusable.
+
+    zmq.auth.load_certificate raises IndexError, KeyError, ... on half-written files and accepts
+    keys that are not valid z85, which only fail later when set on a socket: checked here.
+    """
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except Exception as exc:  # a damaged file raises many types; none of them may escape as a traceback
+        raise ValueError(f"{type(exc).__name__}: {str(exc)[:100]}") from None
+    for key in (public, secret):
+        if key is None:
+            continue
+        try:
+            if len(z85.decode(key)) != 32:
+                raise ValueError
+        except Exception:
+            raise ValueError("a key is not a 40-character z85 CURVE key") from None
+    if public is None:
+        raise ValueError("no public key")
+    return public, secret
 
 
 def create_keys(out_dir: str | Path, name: str) -> tuple[Path, Path]:
@@ -115,12 +132,15 @@ def create_keys(out_dir: str | Path, name: str) -> tuple[Path, Path]:
     for path in (public, secret):
         if path.exists():
             raise ConfigError(f"{path} already exists; keys are never overwritten (pick another --name or --out)")
+    previous_umask = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
     try:
         out.mkdir(parents=True, exist_ok=True)
         made_public, made_secret = zmq.auth.create_certificates(out, name)
-        os.chmod(made_secret, 0o600)
+        os.chmod(made_public, 0o644)
     except OSError as exc:
         raise ConfigError(f"cannot write keys in {out}: {exc.strerror}") from None
+    finally:
+        os.umask(previous_umask)
     return Path(made_public), Path(made_secret)
 
 
@@ -148,17 +168,20 @@ class _AuthorizedKeys:
         keys = set()
         for path in files:
             try:
-                public, _ = zmq.auth.load_certificate(path)
-            except (OSError, ValueError, UnicodeDecodeError):
-                log.warning("ignoring unreadable public key file %s", path)
+                public, _ = _read_keys(path)
+            except ValueError as exc:
+                log.warning("ignoring public key file %s: %s", path, exc)
                 continue
-            if public:
-                keys.add(public)
+            keys.add(public)
         self._keys, self._stamp = frozenset(keys), stamp
 
     def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP decision for one connecting client: runs on the authenticator's thread, so it never raises."""
         with self._lock:
-            self._reload()
+            try:
+                self._reload()
+            except Exception:  # keep the last good key set: a dead ZAP thread would hang every handshake
+                log.exception("could not re-read %s; keeping the previous key set", self.directory)
             allowed = key in self._keys
             if not allowed:
                 self.refused += 1

@@ -203,6 +203,10 @@ class HotEncoder:
             new = self._failed((LATEST_NAME, _stat(latest_path)), exc)
             fallback = self._newest_good_before(None) if new and self._current is None else None
             return None if fallback is None else self._swap(fallback, 0.0)
+        if name is None and self._current is None:  # LATEST missing (deleted, or lost with a bad write)
+            new = self._failed((LATEST_NAME, None), ModelFileError(f"{latest_path} is missing"))
+            fallback = self._newest_good_before(None) if new and self._has_manifests() else None
+            return None if fallback is None else self._swap(fallback, 0.0)
         if name is None or name == self._serving_name():
             return None
         version = parse_version(name)
@@ -220,6 +224,9 @@ class HotEncoder:
         if self._stop.is_set():
             return None
         return self._swap(loaded, time.perf_counter() - start)
+
+    def _has_manifests(self) -> bool:
+        return any(parse_version(p.name) is not None for p in self.export_dir.glob("encoder-*.json"))
 
     def _newest_good_before(self, version: Optional[int]) -> Optional[_Loaded]:
         """Nothing serves yet and LATEST failed: the newest earlier version that verifies, or None."""

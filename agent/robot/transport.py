@@ -8,7 +8,7 @@ exactly as fast as training consumes. Many capture processes connect to one trai
 Latest-frame consumers subscribe with ZMQ_CONFLATE, which keeps only the newest message; that is why
 a frame is a single message (CONFLATE does not work with multipart).
 
-Limits and memory: receiving sockets set ZMQ_MAXMSGSIZE to `max_message_bytes(max_side)`, so
+Limits and memory: receiving sockets set ZMQ_MAXMSGSIZE to `max_message_bytes(max_side)` (+ CURVE overhead), so
 libzmq drops the connection of a peer that announces a larger message before allocating it, and
 the worst-case memory a receiver queues is `recv_hwm x max_message_bytes(max_side)` per connected
 sender (plus the kernel's socket buffers). Sockets that may leave the machine are CURVE-secured
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\*|\d+)$")
 LOSSLESS_LINGER_S = 10.0
+CURVE_OVERHEAD_BYTES = 256  # > the ~33 bytes CurveZMQ adds to each message (RFC 26 MESSAGE command)
 MONITOR_EVERY = 256  # frames between looks at a busy receiver's refused-handshake events
 PLAIN = WireSecurity()
 
@@ -216,7 +217,9 @@ class _Inbox:
         self._monitor: Optional[zmq.Socket] = None
         self._sock = self._ctx.socket(kind)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes(max_side))
+        # libzmq applies the limit to the frame on the wire: under CURVE that is the encrypted message,
+        # ~33 bytes more than the plaintext (command name, nonce, MAC, flags), so leave room for it.
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes(max_side) + CURVE_OVERHEAD_BYTES)
 
     @property
     def stats(self) -> ReceiverStats:

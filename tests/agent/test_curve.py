@@ -172,3 +172,43 @@ def test_oversize_message_is_dropped_by_libzmq_and_the_receiver_carries_on(free_
             assert sender.send(_frame(8, side=17), jpeg_quality=90, timeout_s=5)
             assert receiver.recv(1.0) is None
         assert receiver.stats.malformed == 1 and "exceeds the 16 px" in receiver.stats.last_error
+
+
+def test_frames_at_exactly_the_side_limit_arrive_under_curve(keys: dict[str, Path], free_endpoint: str) -> None:
+    """Review find: MAXMSGSIZE was the plaintext maximum, so CURVE's overhead made max-size frames vanish."""
+    server = _security(secret_key=keys["trainer"], authorized_keys=keys["authorized"])
+    client = _security(secret_key=keys["robot7"], trainer_key=keys["trainer_public"])
+    with FrameReceiver(free_endpoint, hwm=8, max_side=32, security=server) as receiver:
+        with FrameSender(free_endpoint, hwm=8, lossless=True, security=client) as sender:
+            for seq in range(3):
+                assert sender.send(_frame(seq, side=32), timeout_s=10)
+            got = [receiver.recv(5) for _ in range(3)]
+    assert [f.seq for f in got if f is not None] == [0, 1, 2]
+
+
+def test_damaged_key_files_are_one_line_errors_and_never_kill_the_zap_handler(
+    keys: dict[str, Path], free_endpoint: str, tmp_path: Path
+) -> None:
+    """Review find: a half-copied .key raised IndexError, killing the ZAP thread (every handshake hung)."""
+    half = tmp_path / "half.key"
+    half.write_text("metadata\ncurve\n    public-key\n")  # the '=' and the key never made it
+    not_z85 = tmp_path / "notz85.key"
+    not_z85.write_text('curve\n    public-key = "' + "~" * 40 + '"\n')
+    for bad in (half, not_z85):
+        with pytest.raises(ConfigError, match="is not a CURVE key file"):
+            _security(trainer_key=bad)
+    server = _security(secret_key=keys["trainer"], authorized_keys=keys["authorized"])
+    client = _security(secret_key=keys["robot7"], trainer_key=keys["trainer_public"])
+    with FrameReceiver(free_endpoint, hwm=8, security=server) as receiver:
+        shutil.copy(half, keys["authorized"] / "half.key")  # appears while the trainer runs
+        with FrameSender(free_endpoint, hwm=8, lossless=True, security=client) as sender:
+            assert sender.send(_frame(1), timeout_s=10)
+            frame = receiver.recv(10)
+        assert frame is not None and frame.seq == 1
+    # leaving the with-block returned: closing did not hang on a dead authenticator
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://myhost.local:5555", "tcp://localhost.evil.com:5555"])
+def test_host_names_other_than_localhost_need_keys(endpoint: str) -> None:
+    """A name that resolves to loopback now may resolve elsewhere at libzmq's next reconnect."""
+    assert not is_loopback(endpoint)

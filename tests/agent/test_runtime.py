@@ -192,6 +192,9 @@ def test_a_runtime_started_on_a_damaged_latest_serves_the_newest_good_version(
     (tmp_path / "LATEST").write_bytes(b"\xff\x00 not a name")  # LATEST itself unreadable: the same fallback
     with HotEncoder(tmp_path, poll_interval_s=POLL, providers="cpu", wait=False) as enc:
         assert enc.version == 7
+    (tmp_path / "LATEST").unlink()  # LATEST gone altogether, versions still there: the same fallback
+    with HotEncoder(tmp_path, poll_interval_s=POLL, providers="cpu", wait=False) as enc:
+        assert enc.version == 7
 
 
 @pytest.mark.parametrize("mode", ["crop", "stretch"])

@@ -169,3 +169,25 @@ def test_a_jpeg_larger_than_the_raw_image_is_sent_raw() -> None:
     data = encode_frame(frame, jpeg_quality=100)
     assert len(data) <= max_message_bytes(16)
     np.testing.assert_array_equal(decode_frame(data).image, frame.image)
+
+
+def test_a_size_hidden_behind_bytes_the_decoder_skips_is_refused() -> None:
+    """Review find: `FF 00` read as a segment hid the real SOF (4000x4000) behind a fake 8x8 one in an APP1."""
+    real = encode_jpeg(np.full((8, 8, 3), 90, np.uint8), 90)
+    at = real.index(b"\xff\xc0")
+    big_sof = real[at : at + 5] + struct.pack(">HH", 4000, 4000) + real[at + 9 : at + 2 + struct.unpack(">H", real[at + 2 : at + 4])[0]]
+    fake_sof = real[at : at + 2 + struct.unpack(">H", real[at + 2 : at + 4])[0]]  # declares 8x8
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(fake_sof)) + fake_sof
+    hidden = b"\xff\x00" + struct.pack(">H", 2 + len(big_sof)) + big_sof  # libjpeg: garbage, then the SOF
+    bomb = real[:2] + hidden + app1 + real[2:at] + real[at + 2 + len(fake_sof) - 2 :]
+    with pytest.raises(WireError, match="unexpected marker 0xFF00"):
+        decode_frame(_jpeg_message(bomb, 8, 8))
+
+
+def test_progressive_jpegs_are_refused_before_decoding() -> None:
+    import cv2
+
+    ok, progressive = cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    with pytest.raises(WireError, match="not baseline or extended sequential"):
+        decode_frame(_jpeg_message(progressive.tobytes(), 8, 8))

@@ -140,3 +140,19 @@ def test_checksum_mismatch_is_named(tmp_path):
     torch.save(tampered, path)
     with pytest.raises(ValueError, match="checksum"):
         read_checkpoint(path)
+
+
+def test_a_checksummed_file_with_a_bad_step_or_deep_nesting_is_refused(tmp_path):
+    """Review find: `step` was trusted after the checksum (ValueError/TypeError escaped)."""
+    from trainer.checkpoint import content_checksum
+
+    for step in ("x", None, -1):
+        bad = state(1)
+        bad["step"] = step
+        bad["format"] = 2
+        bad["checksum"] = content_checksum(bad)
+        path = tmp_path / "checkpoints" / "ckpt-000000001.pt"
+        path.parent.mkdir(exist_ok=True)
+        torch.save(bad, path)
+        with pytest.raises(ValueError, match="not a step count"):
+            read_checkpoint(path)
