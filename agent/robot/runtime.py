@@ -203,9 +203,9 @@ class HotEncoder:
             new = self._failed((LATEST_NAME, _stat(latest_path)), exc)
             fallback = self._newest_good_before(None) if new and self._current is None else None
             return None if fallback is None else self._swap(fallback, 0.0)
-        if name is None and self._current is None:  # LATEST missing (deleted, or lost with a bad write)
+        if name is None and self._current is None and self._has_manifests():  # LATEST lost, versions still there
             new = self._failed((LATEST_NAME, None), ModelFileError(f"{latest_path} is missing"))
-            fallback = self._newest_good_before(None) if new and self._has_manifests() else None
+            fallback = self._newest_good_before(None) if new else None
             return None if fallback is None else self._swap(fallback, 0.0)
         if name is None or name == self._serving_name():
             return None
