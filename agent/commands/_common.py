@@ -14,14 +14,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, flags: Optional[dict[str, Any]] = None) -> Config:
-    """Load the config; `flags` maps dotted keys to CLI flag values (None = flag not given)."""
-    extra = [f"{key}={_yaml_scalar(value)}" for key, value in (flags or {}).items() if value is not None]
-    return load_config(args.config, list(args.overrides) + extra)
-
-
-def _yaml_scalar(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return str(value)
+    """Load the config; `flags` maps dotted keys to CLI flag values (None = flag not given), which set
+    the typed fields directly (after the `key=value` overrides; validated like everything else)."""
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    return load_config(args.config, list(args.overrides), given)

@@ -329,10 +329,16 @@ def resolve_config_path(path: Optional[Union[str, Path]]) -> Path:
     return path
 
 
-def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> Config:
+def load_config(
+    path: Optional[Union[str, Path]] = None,
+    overrides: Optional[list[str]] = None,
+    values: Optional[dict[str, Any]] = None,
+) -> Config:
     """Build the config from a YAML file (default: configs/default.yaml) and `a.b=value` overrides.
 
-    Keys a file leaves out take the built-in defaults of the sections above (see README, "Config
+    `values` sets dotted keys to typed values after the overrides (CLI flags: a path with a quote or
+    a colon in it stays a string, nothing is re-parsed as YAML). Keys a file leaves out take the
+    built-in defaults of the sections above (see README, "Config
     reference"). An empty file is an error rather than a silent run on those defaults: omit
     `--config` to get configs/default.yaml. Raises ConfigError with a one-line message naming the
     offending file or key.
@@ -359,6 +365,8 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
     for item in overrides or []:
         key_path, value = _parse_override(item)
         _set_path(tree, key_path, value)
+    for key, value in (values or {}).items():  # typed values (CLI flags): set as they are, never re-parsed
+        _set_path(tree, key.split("."), value)
     try:
         return Config.model_validate(tree)
     except ValidationError as err:

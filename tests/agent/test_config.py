@@ -125,3 +125,11 @@ def test_shipped_configs_resolve_by_name_from_any_directory(tmp_path: Path, monk
     assert load_config("default.yaml").train.lr == 0.5
     with pytest.raises(ConfigError, match="shipped configs: default, gpu-resnet50, robot-resnet18"):
         load_config("robot-resnet50")
+
+
+def test_cli_flag_values_set_typed_fields_without_a_yaml_round_trip() -> None:
+    """Flags were turned into YAML strings and re-parsed: a source named `1e3` or `[x]` changed type."""
+    cfg = load_config(None, ["train.lr=0.5"], {"capture.sources": ["1e3", "[x]", "it's: here"], "train.max_steps": 7})
+    assert cfg.capture.sources == ["1e3", "[x]", "it's: here"] and cfg.train.max_steps == 7 and cfg.train.lr == 0.5
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(None, [], {"train.max_steps": -1})
