@@ -31,7 +31,8 @@ def build_trainer(cfg: Config, run_dir: Path, **options: Any) -> ContinualTraine
     def make_exporter(mean: tuple[float, ...], std: tuple[float, ...]):
         from export.exporter import BackgroundExporter  # onnx/onnxruntime load only when exporting in-process
 
-        return BackgroundExporter(cfg.export, cfg.model, Path(run_dir) / "exports", mean=mean, std=std, capture=cfg.capture)
+        exports = Path(run_dir) / "exports"
+        return BackgroundExporter(cfg.export, cfg.model, exports, mean=mean, std=std, capture=cfg.capture, eval_cfg=cfg.eval)
 
     return ContinualTrainer(
         cfg, run_dir, open_receiver=lambda: open_frame_receiver(cfg.wire), make_exporter=make_exporter, **options

@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from agent.core.config import CaptureConfig, ExportConfig, ModelConfig
+from agent.core.config import CaptureConfig, EvalConfig, ExportConfig, ModelConfig
 from agent.core.errors import ByolAgentError, StorageError
 from agent.core.frames import as_frame_batch
 from export.manifest import InputSpec
@@ -85,6 +85,7 @@ def export_encoder(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     capture: Optional[CaptureConfig] = None,
+    eval_cfg: EvalConfig = EvalConfig(),
 ) -> int:
     """Export `encoder` (normalised float NCHW → (N, D)), verify it on `frames` (uint8 NHWC, any size), publish.
 
@@ -103,7 +104,7 @@ def export_encoder(
         verification = verify_onnx(tmp, encoder, frames, spec, export_cfg)
         fields = manifest_fields(step, spec, exported, verification, export_cfg, model_cfg)
         if export_cfg.probe_gate is not None:
-            fields["eval"] = probe_gate(tmp, publisher.export_dir, export_cfg)
+            fields["eval"] = probe_gate(tmp, publisher.export_dir, export_cfg, eval_cfg)
         return publisher.publish(tmp, fields)
     finally:
         tmp.unlink(missing_ok=True)
@@ -132,9 +133,11 @@ class BackgroundExporter:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         capture: Optional[CaptureConfig] = None,
+        eval_cfg: EvalConfig = EvalConfig(),
     ) -> None:
         self._export_cfg = export_cfg
         self._capture = capture
+        self._eval_cfg = eval_cfg
         self._model_cfg = model_cfg
         self._mean = tuple(mean)
         self._std = tuple(std)
@@ -209,6 +212,7 @@ class BackgroundExporter:
                 mean=self._mean,
                 std=self._std,
                 capture=self._capture,
+                eval_cfg=self._eval_cfg,
             )
         except StorageError as exc:  # disk full: the next scheduled export is the retry; not a refusal
             log.warning("export at step %d not written, keeping the last good version: %s", job.step, exc)

@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from agent.core.atomic import write_status
-from agent.core.config import CaptureConfig, Config, ExportConfig, ModelConfig
+from agent.core.config import CaptureConfig, Config, EvalConfig, ExportConfig, ModelConfig
 from agent.core.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
 from agent.core.demo_scene import DemoScene
 from export.exporter import export_encoder
@@ -92,7 +92,11 @@ def demo_frames(capture: CaptureConfig, n: int = VERIFY_FRAMES) -> np.ndarray:
 
 
 def export_checkpoint(
-    run_dir: Path, publisher: Publisher, export_cfg: ExportConfig, operator_model: Optional[ModelConfig] = None
+    run_dir: Path,
+    publisher: Publisher,
+    export_cfg: ExportConfig,
+    operator_model: Optional[ModelConfig] = None,
+    eval_cfg: EvalConfig = EvalConfig(),
 ) -> tuple[int, int]:
     """Export, verify and publish the newest checkpoint's encoder; returns (step, version).
 
@@ -100,10 +104,12 @@ def export_checkpoint(
     ModelFileError when the checkpoint names an import string `operator_model` does not.
     """
     source = load_checkpoint_encoder(run_dir, export_cfg.weights, operator_model)
-    return source.step, export_loaded(source, publisher, export_cfg)
+    return source.step, export_loaded(source, publisher, export_cfg, eval_cfg)
 
 
-def export_loaded(source: CheckpointEncoder, publisher: Publisher, export_cfg: ExportConfig) -> int:
+def export_loaded(
+    source: CheckpointEncoder, publisher: Publisher, export_cfg: ExportConfig, eval_cfg: EvalConfig = EvalConfig()
+) -> int:
     frames = source.frames if source.frames is not None else demo_frames(source.capture)
     return export_encoder(
         source.step,
@@ -115,6 +121,7 @@ def export_loaded(source: CheckpointEncoder, publisher: Publisher, export_cfg: E
         mean=source.mean,
         std=source.std,
         capture=source.capture,
+        eval_cfg=eval_cfg,
     )
 
 
@@ -163,6 +170,7 @@ def watch(
     status_path: Optional[Path] = None,
     report: Callable[[str], None] = lambda line: print(line, flush=True),
     operator_model: Optional[ModelConfig] = None,
+    eval_cfg: EvalConfig = EvalConfig(),
 ) -> WatchState:
     """Export each new checkpoint (throttled by export.every_steps / every_seconds) until `stop`; then once more.
 
@@ -175,7 +183,7 @@ def watch(
     while True:
         newest = next(iter(list_checkpoints(run_dir)), (None, None))[0]
         if newest is not None and _due(newest, state, export_cfg, last_time, final=stopping):
-            _export_once(run_dir, publisher, export_cfg, state, report, operator_model)
+            _export_once(run_dir, publisher, export_cfg, state, report, operator_model, eval_cfg)
             last_time = time.monotonic()
             if status_path is not None:
                 write_status(status_path, state.to_json())
@@ -203,6 +211,7 @@ def _export_once(
     state: WatchState,
     report: Callable[[str], None],
     operator_model: Optional[ModelConfig],
+    eval_cfg: EvalConfig,
 ) -> None:
     try:
         source = load_checkpoint_encoder(run_dir, cfg.weights, operator_model)
@@ -213,7 +222,7 @@ def _export_once(
     if done or source.step in state.refused_steps:
         return  # the newest file was unreadable and an older checkpoint came back
     try:
-        version = export_loaded(source, publisher, cfg)
+        version = export_loaded(source, publisher, cfg, eval_cfg)
     except StorageError as exc:  # disk full or unwritable: not the model's fault, so try again later
         state.io_failures += 1
         state.failures_in_a_row += 1

@@ -24,15 +24,18 @@ def _published_eval(export_dir: Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def probe_gate(onnx_path: Path, export_dir: Path, export_cfg: ExportConfig) -> dict[str, Any]:
-    """Score the candidate ONNX file; raise ExportRefused if it fell below the published version.
+def probe_gate(
+    onnx_path: Path, export_dir: Path, export_cfg: ExportConfig, eval_cfg: EvalConfig = EvalConfig()
+) -> dict[str, Any]:
+    """Score the candidate ONNX file with the user's `eval` section (k, split, image cap); raise
+    ExportRefused if it fell below the published version.
 
     Returns the score to store in the new manifest under "eval".
     """
     from export.evaluate import evaluate_export  # sklearn loads only when gating
     from trainer.evaluation import EvalResult, probe_regressed
 
-    result = evaluate_export(onnx_path, export_cfg.probe_gate, EvalConfig(), reference=False)
+    result = evaluate_export(onnx_path, export_cfg.probe_gate, eval_cfg, reference=False)
     previous_row = _published_eval(export_dir)
     previous = EvalResult.from_dict(previous_row) if previous_row else None
     if previous is not None and probe_regressed(result, previous, export_cfg.probe_tolerance):

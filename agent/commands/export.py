@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
 
     publisher = Publisher(out, cfg.export.keep)
     if not args.watch:
-        step, version = export_checkpoint(run_dir, publisher, cfg.export, cfg.model)
+        step, version = export_checkpoint(run_dir, publisher, cfg.export, cfg.model, cfg.eval)
         print(f"published version {version} (step {step}) to {out}")
         return 0
     from agent.supervisor import StopFlag
@@ -40,5 +40,8 @@ def main(args: argparse.Namespace) -> int:
     stop = StopFlag()  # SIGINT/SIGTERM only set the event; the final export still runs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     status = run_dir / "status-exporter.json"
-    watch(run_dir, publisher, cfg.export, stop.event, poll_s=args.poll, status_path=status, operator_model=cfg.model)
+    watch(
+        run_dir, publisher, cfg.export, stop.event,
+        poll_s=args.poll, status_path=status, operator_model=cfg.model, eval_cfg=cfg.eval,
+    )
     return 0

@@ -43,3 +43,16 @@ def test_gate_records_the_score_and_refuses_a_regression(tmp_path: Path) -> None
 def test_gate_off_publishes_without_scoring(tmp_path: Path) -> None:
     publish_version(tmp_path, seed=1)
     assert "eval" not in _manifest(tmp_path)
+
+
+def test_the_gate_scores_with_the_users_eval_section(tmp_path: Path) -> None:
+    """The gate ignored `eval` (k, split, image cap) and always used the built-in defaults."""
+    from agent.core.config import EvalConfig
+    from export.manifest import read_latest, read_manifest
+    from export.publish import Publisher
+    from tests.export.tiny import tiny_encoder
+
+    export_encoder(10, tiny_encoder(1), scene_frames(12), export_cfg=ExportConfig(probe_gate="digits"),
+                   model_cfg=model_cfg(), publisher=Publisher(tmp_path, 5), eval_cfg=EvalConfig(k=3, test_fraction=0.5))
+    row = read_manifest(tmp_path / read_latest(tmp_path)).raw["eval"]
+    assert row["k"] == 3 and row["n_test"] > 800  # defaults: k 20, 539 of the 1797 digits held out
