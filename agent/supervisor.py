@@ -179,7 +179,7 @@ def read_status(run_dir: Path) -> dict[str, dict]:
     return status
 
 
-def format_status(status: dict[str, dict], elapsed_s: float, restarts: dict[str, int]) -> str:
+def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: dict[str, int]) -> str:
     """One line a person can read at a glance: is data flowing, is it learning, did the policy swap."""
     cap, trn, rt = status.get("capture", {}), status.get("trainer", {}), status.get("runtime", {})
     exp = status.get("exporter", {})
@@ -240,7 +240,7 @@ def supervise(
             if not sup.check(lambda msg: print(("\n" if tty else "") + msg, file=out, flush=True)):
                 failed = True
                 break
-            line = format_status(read_status(run_dir), elapsed, sup.restarts)
+            line = format_pipeline_status(read_status(run_dir), elapsed, sup.restarts)
             print(("\r" + line[:200]) if tty else line, end="" if tty else "\n", file=out, flush=True)
             if duration_s is not None and elapsed >= duration_s:
                 break
@@ -250,5 +250,5 @@ def supervise(
         print("stopping: capture, then trainer (final checkpoint), exporter (final export), runtime", file=out, flush=True)
         codes = sup.stop()
     print("exit codes: " + ", ".join(f"{k}={v}" for k, v in codes.items()), file=out, flush=True)
-    print(format_status(read_status(run_dir), time.monotonic() - start, sup.restarts), file=out, flush=True)
+    print(format_pipeline_status(read_status(run_dir), time.monotonic() - start, sup.restarts), file=out, flush=True)
     return 1 if failed else 0

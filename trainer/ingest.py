@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Protocol
 
-from agent.core.frames import fit_frame as fit_image
+from agent.core.frames import fit_frame
 from agent.core.wire import Frame
 from trainer.buffer import ReplayBuffer
 
@@ -36,12 +36,12 @@ class FrameInbox(Protocol):
     def close(self) -> None: ...
 
 
-def fit_frame(frame: Frame, shape: tuple[int, int, int]) -> Frame:
+def fit_to_buffer(frame: Frame, shape: tuple[int, int, int]) -> Frame:
     """The frame resized to the buffer's frame shape (a capture configured differently still feeds us)."""
     h, w, _ = shape
     if frame.image.shape[:2] == (h, w):
         return frame
-    image = fit_image(frame.image, h, w, "crop")
+    image = fit_frame(frame.image, h, w, "crop")
     return Frame(camera_id=frame.camera_id, seq=frame.seq, timestamp=frame.timestamp, image=image)
 
 
@@ -115,7 +115,7 @@ class Ingestor:
                         self.idle_since = time.monotonic()
                     continue
                 self.idle_since = None
-                stored = self._buffer.add(fit_frame(frame, self._buffer.frame_shape))
+                stored = self._buffer.add(fit_to_buffer(frame, self._buffer.frame_shape))
                 self.frames_in += 1
                 self.frames_rejected += not stored
                 self.arrived.set()
