@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO
@@ -41,8 +39,8 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.ingest import FrameInbox, Ingestor
-from trainer.lr_schedule import lr_at, set_lr
 from trainer.metrics import MetricsWriter
+from trainer.train_step import TrainStep
 
 if TYPE_CHECKING:
     from trainer.evaluation import EvalResult
@@ -69,11 +67,6 @@ def resolve_device(train_cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def use_bf16(train_cfg: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast on CUDA by default (no loss scaling needed); fp32 on the CPU unless asked."""
-    return train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
-
-
 @dataclass
 class Counters:
     """Totals that survive restarts (saved in every checkpoint)."""
@@ -86,17 +79,6 @@ class Counters:
     restores: int = 0
     last_export_version: Optional[int] = None
     last_export_step: int = 0
-
-
-def _cpu_copy(obj: Any) -> Any:
-    """A detached CPU deep copy of a (nested) state dict: a snapshot later steps cannot mutate."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
 
 
 class _Window:
@@ -159,14 +141,12 @@ class ContinualTrainer:
         self.device = resolve_device(tc)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed batch and image size: autotuned kernels pay off
-        self._autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16(tc, self.device) else nullcontext()
-        )
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed % 2**32)
         random.seed(tc.seed)
         self.learner = build_learner(cfg.model, tc, self.device, cfg.augment)
         self.optimizer = build_optimizer(self.learner, tc)
+        self.train_step = TrainStep(self.learner, self.optimizer, tc, self.device)
         self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, 3), self.device, seed=tc.seed)
         self.sampler = torch.Generator().manual_seed(tc.seed)
         self.counters = Counters()
@@ -176,14 +156,8 @@ class ContinualTrainer:
         self.monitor = self._make_monitor()
         self._last_probe: Optional["EvalResult"] = None
         self._probe_submitted_at: Optional[int] = None
-        self._good = self._snapshot()
-        # A forward pass moves BatchNorm running statistics before its loss can be checked, and one
-        # NaN folded into a running mean stays there; the skipped step puts them back from here.
-        self._buffers = list(self.learner.buffers())
-        self._buffers_before = [b.clone() for b in self._buffers]
-        self._nan_streak = 0
+        self.train_step.mark_good()
         self._restores_in_a_row = 0
-        self._last_loss: Optional[float] = None
         self._checkpoint_failures = 0
         self._checkpoint_retry_at = 0.0
 
@@ -193,25 +167,13 @@ class ContinualTrainer:
     def step(self) -> int:
         return int(self.learner.step)
 
-    def _snapshot(self) -> dict[str, Any]:
-        return {"learner": _cpu_copy(self.learner.state_dict()), "optimizer": _cpu_copy(self.optimizer.state_dict())}
-
-    def _restore(self, snapshot: dict[str, Any]) -> None:
-        """Load learner and optimizer state, keeping the configured hyperparameters (lr, weight decay):
-        lowering `train.lr` and restarting is how a diverged run is fixed."""
-        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.learner.load_state_dict(snapshot["learner"])
-        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
-        for group, hyper in zip(self.optimizer.param_groups, configured):
-            group.update(hyper)
-
     def _resume(self) -> None:
         ckpt = load_latest_checkpoint(self.run_dir)
         quarantine_newer(self.run_dir, None if ckpt is None else int(ckpt["step"]))
         if ckpt is None:
             return
         try:
-            self._restore(ckpt)
+            self.train_step.restore(ckpt)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(
                 f"{ckpt['path']} does not fit the configured model ({str(exc).splitlines()[0][:160]}); "
@@ -255,9 +217,10 @@ class ContinualTrainer:
             return False
         self._checkpoint_failures, self._checkpoint_retry_at = 0, 0.0
         self._last_checkpoint_step = self.step
-        self._good = self._snapshot()
+        self.train_step.mark_good()
         self._restores_in_a_row = 0
         log.info("checkpoint %s", path.name)
+        return True
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -334,7 +297,7 @@ class ContinualTrainer:
                 self._log_metrics(window)
                 window = _Window(self.step)
             due = self.step - self._last_checkpoint_step >= tc.checkpoint_every
-            if due and self._nan_streak == 0 and time.monotonic() >= self._checkpoint_retry_at:
+            if due and self.train_step.nan_streak == 0 and time.monotonic() >= self._checkpoint_retry_at:
                 self._save_checkpoint()
             refresh = self.cfg.buffer.refresh_every_steps
             if self.buffer.wants_embeddings and refresh is not None and self.step % refresh == 0:
@@ -367,47 +330,23 @@ class ContinualTrainer:
         c.frames_rejected = p.frames_rejected + ing.frames_rejected
         c.connections_refused = p.connections_refused + ing.connections_refused
 
-    def _to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC (pinned host or device) → float NCHW in [0, 1] on the device.
-
-        NHWC permuted to NCHW *is* channels_last memory, so keeping that layout costs nothing.
-        """
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        return x if self.cfg.train.channels_last else x.contiguous()
-
     def _train_step(self) -> Optional[float]:
         """One BYOL update; None when the loss was not finite (step skipped and counted)."""
         images, partners = self.buffer.sample(self.cfg.train.batch_size, self.sampler)
-        x = self._to_input(images)
-        x2 = self._to_input(partners) if partners is not None else None
-        torch._foreach_copy_(self._buffers_before, self._buffers)
-        with self._autocast:
-            loss = self.learner(x, images2=x2)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            torch._foreach_copy_(self._buffers, self._buffers_before)
-            self._on_nonfinite(value)
-            return None
-        self._nan_streak = 0
-        set_lr(self.optimizer, lr_at(self.step, self.cfg.train.lr, self.cfg.train.lr_warmup_steps))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.learner.update_moving_average()
-        self._last_loss = value
+        value = self.train_step(images, partners)
+        if value is None:
+            self._on_nonfinite()
         return value
 
-    def _on_nonfinite(self, value: float) -> None:
+    def _on_nonfinite(self) -> None:
         self.counters.nan_skips += 1
-        self._nan_streak += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        log.warning("non-finite loss (%s) at step %d: step skipped (%d in a row)", value, self.step, self._nan_streak)
-        if self._nan_streak >= self.cfg.train.nan_tolerance:
+        streak = self.train_step.nan_streak
+        log.warning("non-finite loss at step %d: step skipped (%d in a row)", self.step, streak)
+        if streak >= self.cfg.train.nan_tolerance:
             bad_step = self.step
-            self._restore(self._good)
+            self.train_step.restore_good()
             self.counters.restores += 1
             self._restores_in_a_row += 1
-            self._nan_streak = 0
             log.warning("%d non-finite losses in a row: restored the last good state (step %d)",
                         self.cfg.train.nan_tolerance, self.step)
             self.metrics.log({"event": "restore", "from_step": bad_step, "step": self.step,
@@ -426,11 +365,12 @@ class ContinualTrainer:
             return
         slots, tickets, images = batch
         x = torch.nn.functional.interpolate(
-            self._to_input(images), size=self.cfg.model.image_size, mode="bilinear", antialias=True, align_corners=False
+            self.train_step.to_input(images), size=self.cfg.model.image_size, mode="bilinear", antialias=True,
+            align_corners=False,
         )
         mean = torch.tensor(self.learner.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.learner.std, device=self.device).view(1, 3, 1, 1)
-        with self._autocast:
+        with self.train_step.autocast:
             vectors = self.learner.embed((x - mean) / std, which="target")
         self.buffer.set_embeddings(slots, tickets, vectors.float().cpu())
 
@@ -500,7 +440,7 @@ class ContinualTrainer:
         return {
             "step": self.step,
             "state": state,
-            "loss": self._last_loss,
+            "loss": self.train_step.last_loss,
             "embedding_std": _as_float(self.learner.last_stats.get("embedding_std")),
             "lr": self.optimizer.param_groups[0]["lr"],
             "tau": _as_float(self.learner.tau),
@@ -544,7 +484,7 @@ class ContinualTrainer:
     def _shutdown(self) -> None:
         """Final checkpoint, final export, last status line; runs on every exit but a kill -9."""
         try:
-            if self.step > self._last_checkpoint_step and self._nan_streak == 0:
+            if self.step > self._last_checkpoint_step and self.train_step.nan_streak == 0:
                 self._save_checkpoint()
             if self.exporter is not None:
                 if self.step > self.counters.last_export_step and len(self.buffer) > 0:

@@ -1,0 +1,106 @@
+"""One BYOL update as the continual loop runs it: device, precision, input conversion and the NaN guard.
+
+Handed the `train` section only. A non-finite loss skips the update and puts back the BatchNorm
+running statistics its forward pass moved (one NaN folded into a running mean would stay there);
+after `train.nan_tolerance` such losses in a row the caller restores the last good state, which
+`mark_good` records at each checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+from typing import Any, Optional
+
+import torch
+
+from agent.core.config import TrainConfig
+from trainer.byol import BYOL
+from trainer.lr_schedule import lr_at, set_lr
+
+
+def use_bf16(train_cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast on CUDA by default (no loss scaling needed); fp32 on the CPU unless asked."""
+    return train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A detached CPU deep copy of a (nested) state dict: a snapshot later steps cannot mutate."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class TrainStep:
+    """Runs updates of `learner` with `optimizer` on `device`; tracks the non-finite streak and the last good state."""
+
+    def __init__(self, learner: BYOL, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, device: torch.device):
+        self.learner, self.optimizer, self.device = learner, optimizer, device
+        self._cfg = train_cfg
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(train_cfg, device) else nullcontext()
+        self._buffers = list(learner.buffers())
+        self._buffers_before = [b.clone() for b in self._buffers]
+        self.nan_streak = 0
+        self.last_loss: Optional[float] = None
+        self._good = self.snapshot()
+
+    @property
+    def step(self) -> int:
+        return int(self.learner.step)
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC (pinned host or device) → float NCHW in [0, 1] on the device.
+
+        NHWC permuted to NCHW *is* channels_last memory, so keeping that layout costs nothing.
+        """
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        return x if self._cfg.channels_last else x.contiguous()
+
+    def __call__(self, images: torch.Tensor, partners: Optional[torch.Tensor] = None) -> Optional[float]:
+        """One update on uint8 NHWC `images` (and their temporal `partners`); the loss, or None when it was
+        not finite (nothing updated, BatchNorm statistics put back, `nan_streak` counted)."""
+        x = self.to_input(images)
+        x2 = self.to_input(partners) if partners is not None else None
+        torch._foreach_copy_(self._buffers_before, self._buffers)
+        with self.autocast:
+            loss = self.learner(x, images2=x2)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            torch._foreach_copy_(self._buffers, self._buffers_before)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nan_streak += 1
+            return None
+        self.nan_streak = 0
+        set_lr(self.optimizer, lr_at(self.step, self._cfg.lr, self._cfg.lr_warmup_steps))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.learner.update_moving_average()
+        self.last_loss = value
+        return value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"learner": cpu_copy(self.learner.state_dict()), "optimizer": cpu_copy(self.optimizer.state_dict())}
+
+    def mark_good(self) -> None:
+        """Remember now as the state to fall back to (called when a checkpoint was written or loaded)."""
+        self._good = self.snapshot()
+
+    def restore_good(self) -> None:
+        """Fall back to the last good state and clear the streak."""
+        self.restore(self._good)
+        self.nan_streak = 0
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Load learner and optimizer state, keeping the configured hyperparameters (lr, weight decay):
+        lowering `train.lr` and restarting is how a diverged run is fixed."""
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.learner.load_state_dict(snapshot["learner"])
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        for group, hyper in zip(self.optimizer.param_groups, configured):
+            group.update(hyper)
