@@ -15,14 +15,13 @@ from typing import Optional, Union
 import numpy as np
 import onnxruntime as ort
 import torch
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from agent.core.config import EvalConfig, ModelConfig
 from agent.core.errors import ConfigError, ModelFileError
 from agent.core.frames import resize_frames
 from export.manifest import LATEST_NAME, InputSpec, Manifest, read_latest, read_manifest, sha256_file
 from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD
-from export.sessions import resolve_providers
+from export.sessions import create_session, resolve_providers
 from trainer.evaluation import (
     EvalResult,
     LabelledImages,
@@ -33,15 +32,6 @@ from trainer.evaluation import (
     stratified_split,
     torch_features,
 )
-
-_ORT_LOAD_ERRORS = (
-    ort_state.InvalidProtobuf,
-    ort_state.InvalidGraph,
-    ort_state.NoSuchFile,
-    ort_state.Fail,
-    ort_state.InvalidArgument,
-)
-
 
 @dataclass(frozen=True)
 class EncoderFile:
@@ -84,11 +74,7 @@ class OnnxFeatureExtractor:
     """
 
     def __init__(self, encoder: EncoderFile) -> None:
-        try:
-            self.session = ort.InferenceSession(str(encoder.onnx_path), providers=resolve_providers("auto"))
-        except _ORT_LOAD_ERRORS as exc:
-            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-            raise ModelFileError(f"onnxruntime cannot load {str(encoder.onnx_path)!r}: {reason}") from None
+        self.session = create_session(encoder.onnx_path, resolve_providers("auto"))
         self.spec = encoder.manifest.input if encoder.manifest is not None else _spec_from_graph(self.session, encoder)
         self.image_size = self.spec.height
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from agent.core.config import ExportConfig
-from agent.core.errors import ExportRefused
+from agent.core.errors import ExportRefused, ModelFileError
 from agent.core.frames import as_frame_batch
 from export.manifest import InputSpec
+from export.sessions import CPU, create_session
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,9 @@ def verify_onnx(path: Path, encoder: nn.Module, frames: np.ndarray, spec: InputS
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportRefused(f"onnx checker rejected the export: {_first_line(exc)}") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # verification runs beside training: keep off its cores
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own pybind error types
+    try:  # one thread: verification runs beside training, keep off its cores
+        session = create_session(path, [CPU], threads=1)
+    except ModelFileError as exc:
         raise ExportRefused(f"onnxruntime cannot load the export: {_first_line(exc)}") from None
     graph_input = session.get_inputs()[0]
     if graph_input.name != spec.name or graph_input.type != spec.onnx_type:

@@ -43,7 +43,7 @@ from export.manifest import (
     read_manifest,
     sha256_file,
 )
-from export.sessions import TENSORRT, resolve_providers
+from export.sessions import TENSORRT, create_session, resolve_providers
 
 log = logging.getLogger(__name__)
 _TRT_MAX_BATCH = 64  # TensorRT builds its engine for batch 1..this up front, never on the serving path
@@ -302,18 +302,8 @@ class HotEncoder:
                     warn_at = float("inf")
 
     def _new_session(self, model_path: Path, manifest: Manifest) -> ort.InferenceSession:
-        """Build from the path, not from bytes: onnxruntime holds the GIL while it copies and parses a
-        bytes model (tens of ms on ResNet-18, stalling every serving thread), but not for a file."""
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if self._threads is not None:
-            options.intra_op_num_threads = self._threads
-            options.inter_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(str(model_path), options, providers=self._provider_list(manifest))
-        except Exception as exc:  # onnxruntime raises its own pybind types for bad models
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-            raise ModelFileError(f"onnxruntime cannot load {model_path}: {first[:300]}") from None
+        """A counted session (`create_session`), released through a finalizer when the last call lets go."""
+        session = create_session(model_path, self._provider_list(manifest), self._threads)
         with self._resident_cond:
             self._resident += 1
         weakref.finalize(session, self._released)
