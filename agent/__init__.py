@@ -2,7 +2,7 @@
 
 Layers, each importing only those below it (enforced by import-linter, contracts in pyproject.toml):
 
-    agent.cli, agent.commands, agent.supervisor, agent.replay   orchestration: wires the rest, starts processes
+    agent.cli, .commands, .supervisor, .replay, .pipeline       orchestration: wires the rest, starts processes
     agent.robot                                                 capture, transport, HotEncoder runtime
     export                                                      ONNX export, verification, publishing, evaluation
     trainer                                                     the BYOL learner, replay buffer, continual loop

@@ -81,7 +81,9 @@ class OnnxFeatureExtractor:
     def __call__(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         out = []
         for start in range(0, len(images), batch_size):
-            batch = self.spec.prepare(images[start : start + batch_size])
+            # Eval images are loaded square at the input size, like the random-init reference's: resize
+            # only (`prepare` would also fit them to the capture's stored size and back).
+            batch = self.spec.feed(resize_frames(images[start : start + batch_size], self.spec.height, self.spec.width))
             out.append(self.session.run(None, {self.spec.name: batch})[0].reshape(len(batch), -1))
         return finite_features(np.concatenate(out).astype(np.float32), "the exported encoder")
 

@@ -18,8 +18,8 @@ from typing import Any, Optional
 import numpy as np
 
 from agent.core.errors import ModelFileError
-from agent.core.frames import fit_frames
-from agent.core.frames import normalise_nchw, resize_frames
+from agent.core.frames import fit_frames, normalise_nchw, resize_frames
+from agent.core.wire import MAX_SIDE
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"
 LATEST_NAME = "LATEST"
@@ -141,7 +141,7 @@ def _stored(tree: Any) -> Optional[tuple[int, int, str]]:
     if tree is None:
         return None
     height, width, fit = int(tree["height"]), int(tree["width"]), str(tree["fit"])
-    if height < 1 or width < 1 or fit not in ("crop", "stretch"):
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE) or fit not in ("crop", "stretch"):
         raise ValueError(f"bad stored frame description {tree!r}")
     return height, width, fit
 

@@ -67,7 +67,7 @@ def verify_onnx(path: Path, encoder: nn.Module, frames: np.ndarray, spec: InputS
     try:  # one thread: verification runs beside training, keep off its cores
         session = create_session(path, [CPU], threads=1)
     except ModelFileError as exc:
-        raise ExportRefused(f"onnxruntime cannot load the export: {_first_line(exc)}") from None
+        raise ExportRefused(_first_line(exc)) from None
     graph_input = session.get_inputs()[0]
     if graph_input.name != spec.name or graph_input.type != spec.onnx_type:
         raise ExportRefused(f"graph input is {graph_input.name}:{graph_input.type}, expected {spec.name}:{spec.onnx_type}")

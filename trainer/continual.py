@@ -378,7 +378,10 @@ class ContinualTrainer:
 
     def _make_exporter(self) -> Optional[Exporter]:
         ec = self.cfg.export
-        if self._make_exporter_fn is None or (ec.every_steps is None and ec.every_seconds is None):
+        if ec.every_steps is None and ec.every_seconds is None:
+            return None
+        if self._make_exporter_fn is None:
+            log.warning("export.every_steps/every_seconds is set but this trainer was given no exporter; not exporting")
             return None
         return self._make_exporter_fn(tuple(self.learner.mean), tuple(self.learner.std))
 

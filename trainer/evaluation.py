@@ -28,7 +28,6 @@ from sklearn.preprocessing import StandardScaler
 
 from agent.core.config import EvalConfig, ModelConfig
 from agent.core.errors import ConfigError, ModelFileError, SourceError
-from agent.core.frames import resize_frames
 from trainer.backbone import Backbone
 from trainer.encoders import build_encoder, check_file_model
 
@@ -241,7 +240,6 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-@torch.no_grad()
 @torch.no_grad()
 def torch_features(
     module: torch.nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int = 256

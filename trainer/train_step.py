@@ -47,7 +47,7 @@ class TrainStep:
         self._buffers_before = [b.clone() for b in self._buffers]
         self.nan_streak = 0
         self.last_loss: Optional[float] = None
-        self._good = self.snapshot()
+        self._good: Optional[dict[str, Any]] = None  # set by mark_good (the caller does, once resumed)
 
     @property
     def step(self) -> int:
@@ -92,7 +92,9 @@ class TrainStep:
         self._good = self.snapshot()
 
     def restore_good(self) -> None:
-        """Fall back to the last good state and clear the streak."""
+        """Fall back to the last good state (the one `mark_good` recorded) and clear the streak."""
+        if self._good is None:
+            raise RuntimeError("TrainStep.restore_good before mark_good")
         self.restore(self._good)
         self.nan_streak = 0
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import onnxruntime as ort
 
-from agent.core.errors import ConfigError, ModelFileError
+from agent.core.errors import ModelFileError
 from agent.core.frames import as_frame_batch
 from export.manifest import (
     LATEST_NAME,

@@ -56,3 +56,15 @@ def test_the_gate_scores_with_the_users_eval_section(tmp_path: Path) -> None:
                    model_cfg=model_cfg(), publisher=Publisher(tmp_path, 5), eval_cfg=EvalConfig(k=3, test_fraction=0.5))
     row = read_manifest(tmp_path / read_latest(tmp_path)).raw["eval"]
     assert row["k"] == 3 and row["n_test"] > 800  # defaults: k 20, 539 of the 1797 digits held out
+
+
+def test_changed_eval_settings_start_a_new_baseline_instead_of_refusing_forever(tmp_path: Path) -> None:
+    """Review find: a published score made with other eval settings is not comparable; it raised, every time."""
+    from agent.core.config import EvalConfig
+    from export.publish import Publisher
+    from tests.export.tiny import tiny_encoder
+
+    publish_version(tmp_path, seed=1, step=10, probe_gate="digits")  # scored with the default eval section
+    version = export_encoder(20, tiny_encoder(2), scene_frames(12), export_cfg=ExportConfig(keep=50, probe_gate="digits"),
+                             model_cfg=model_cfg(), publisher=Publisher(tmp_path, 50), eval_cfg=EvalConfig(k=3))
+    assert version == 2
