@@ -200,13 +200,9 @@ class HotEncoder:
         try:
             name = read_latest(self.export_dir)
         except ModelFileError as exc:
-            new = self._failed((LATEST_NAME, _stat(latest_path)), exc)
-            fallback = self._newest_good_before(None) if new and self._current is None else None
-            return None if fallback is None else self._swap(fallback, 0.0)
+            return self._fall_back((LATEST_NAME, _stat(latest_path)), exc, None)
         if name is None and self._current is None and self._has_manifests():  # LATEST lost, versions still there
-            new = self._failed((LATEST_NAME, None), ModelFileError(f"{latest_path} is missing"))
-            fallback = self._newest_good_before(None) if new else None
-            return None if fallback is None else self._swap(fallback, 0.0)
+            return self._fall_back((LATEST_NAME, None), ModelFileError(f"{latest_path} is missing"), None)
         if name is None or name == self._serving_name():
             return None
         version = parse_version(name)
@@ -217,13 +213,21 @@ class HotEncoder:
         try:
             loaded = self._load(name)
         except ModelFileError as exc:
-            self._failed(signature, exc)
-            loaded = self._newest_good_before(version) if self._current is None else None
-            if loaded is None:
-                return None
+            return self._fall_back(signature, exc, version)
         if self._stop.is_set():
             return None
         return self._swap(loaded, time.perf_counter() - start)
+
+    def _fall_back(self, signature: tuple, exc: ModelFileError, below: Optional[int]) -> Optional[SwapEvent]:
+        """Record the failure; while nothing serves yet, swap in the newest version below `below` (None:
+        any) that verifies. Tried once per set of failing files."""
+        new = self._failed(signature, exc)
+        if not new or self._current is not None:
+            return None
+        loaded = self._newest_good_before(below)
+        if loaded is None or self._stop.is_set():
+            return None
+        return self._swap(loaded, 0.0)
 
     def _has_manifests(self) -> bool:
         return any(parse_version(p.name) is not None for p in self.export_dir.glob("encoder-*.json"))
