@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_TCP_HOST = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):")
+# tcp://HOST:PORT (HOST a name, an IPv4 address or a bracketed IPv6 one; PORT a number or '*'):
+# the one parser of tcp endpoints, shared with agent/robot/transport.validate_endpoint.
+TCP_ENDPOINT = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\*|\d+)$")
 # Handshake failures a server socket reports: no/foreign mechanism (a sender without keys), or ZAP said no.
 REFUSED_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -53,7 +55,7 @@ def is_loopback(endpoint: str) -> bool:
     """
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
-    match = _TCP_HOST.match(endpoint)
+    match = TCP_ENDPOINT.match(endpoint)
     if match is None:
         return False
     host = match["host"].strip("[]")

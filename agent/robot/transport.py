@@ -20,7 +20,6 @@ ZeroMQ sockets are not thread-safe: each object here must be used (and closed) b
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Optional
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from agent.robot.curve import REFUSED_EVENTS, WireSecurity
+from agent.robot.curve import REFUSED_EVENTS, TCP_ENDPOINT, WireSecurity
 from agent.core.errors import EndpointError
 from agent.core.wire import (
     MAX_SIDE,
@@ -43,7 +42,6 @@ from agent.core.wire import (
 
 log = logging.getLogger(__name__)
 
-_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\*|\d+)$")
 LOSSLESS_LINGER_S = 10.0
 CURVE_OVERHEAD_BYTES = 256  # > the ~33 bytes CurveZMQ adds to each message (RFC 26 MESSAGE command)
 MONITOR_EVERY = 256  # frames between looks at a busy receiver's refused-handshake events
@@ -60,7 +58,7 @@ def validate_endpoint(endpoint: str, *, bind: bool) -> None:
         if endpoint.split("://", 1)[1]:
             return
         raise EndpointError(f"endpoint {endpoint!r} has an empty path")
-    match = _TCP.match(endpoint)
+    match = TCP_ENDPOINT.match(endpoint)
     if match is None:
         raise EndpointError(f"malformed endpoint {endpoint!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
     host, port = match["host"].strip("[]"), match["port"]
