@@ -28,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from agent.core.config import EvalConfig, ModelConfig
 from agent.core.errors import ConfigError, ModelFileError, SourceError
+from agent.core.frames import read_image_bgr
 from trainer.backbone import Backbone
 from trainer.encoders import build_encoder, check_file_model
 
@@ -141,7 +142,7 @@ def load_image_folder(path: Union[str, Path], image_size: int, max_images: int, 
 
 
 def _read_square(path: Path, size: int) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    bgr = read_image_bgr(str(path))
     if bgr is None:
         raise SourceError(f"image {str(path)!r} cannot be decoded; remove it from the eval folder")
     h, w = bgr.shape[:2]

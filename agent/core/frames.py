@@ -145,6 +145,16 @@ def decode_jpeg(data: bytes | memoryview) -> Optional[np.ndarray]:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def read_image_bgr(path: str) -> Optional[np.ndarray]:
+    """An image file as OpenCV reads it (BGR, BGRA or gray), or None when it cannot be decoded. OpenCV
+    raises rather than returning None for some files (a header declaring more pixels than its
+    CV_IO_MAX_IMAGE_PIXELS limit): that is None too, so a hostile file is a skip, never a traceback."""
+    try:
+        return cv2.imread(path, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+
+
 def bgr_to_rgb(image: np.ndarray) -> np.ndarray:
     """OpenCV's BGR / BGRA / grayscale output → contiguous RGB uint8 HxWx3."""
     if image.ndim == 2:

@@ -24,7 +24,7 @@ from agent.core.config import CaptureConfig, WireConfig
 from agent.robot.curve import WireSecurity
 from agent.core.demo_scene import DemoScene
 from agent.core.errors import SourceError
-from agent.core.frames import bgr_to_rgb
+from agent.core.frames import bgr_to_rgb, read_image_bgr
 from agent.robot.transport import LatestFrameSubscriber
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class ImageFilesSource(FrameSource):
         """List the files; before the first image is delivered, also check that one decodes, so a
         folder of only unreadable files is a start-up error rather than a capture that sends nothing."""
         files = self._list()
-        if self.delivered == 0 and not any(_decode(path) is not None for path in files):
+        if self.delivered == 0 and not any(read_image_bgr(path) is not None for path in files):
             raise SourceError(f"{self.name}: none of its {len(files)} files could be read as an image")
         self._files = files
         if self._index == 0:  # a reconnect resumes the pass it was in
@@ -283,7 +283,7 @@ class ImageFilesSource(FrameSource):
                 self._shuffle()
             path = self._files[self._index]
             self._index += 1
-            bgr = _decode(path)
+            bgr = read_image_bgr(path)
             if bgr is not None:
                 self.delivered += 1
                 return bgr_to_rgb(bgr)
@@ -295,15 +295,6 @@ class ImageFilesSource(FrameSource):
 
     def disconnect(self) -> None:
         self._files = []
-
-
-def _decode(path: str) -> Optional[np.ndarray]:
-    """An image file as BGR, or None when it cannot be decoded (OpenCV raises for some, e.g. a header
-    declaring more pixels than its CV_IO_MAX_IMAGE_PIXELS limit)."""
-    try:
-        return cv2.imread(path, cv2.IMREAD_COLOR)
-    except cv2.error:
-        return None
 
 
 class DemoSource(FrameSource):
