@@ -23,6 +23,7 @@ from torch import nn
 from agent.core.config import CaptureConfig, EvalConfig, ExportConfig, ModelConfig
 from agent.core.errors import ByolAgentError, StorageError
 from agent.core.frames import as_frame_batch
+from agent.core.worker import Worker
 from export.manifest import InputSpec
 from export.onnx_export import (
     IMAGENET_MEAN,
@@ -117,8 +118,8 @@ class _Job:
     frames: np.ndarray
 
 
-class BackgroundExporter:
-    """Runs `export_encoder` on its own thread; `submit` returns at once so training never waits.
+class BackgroundExporter(Worker):
+    """Runs `export_encoder` on its own thread (an `agent.core.worker.Worker`); `submit` returns at once.
 
     Torch's thread count is left alone: it is partly process-wide (MKL), so lowering it here would
     slow the trainer too; the export itself is a single trace plus a few-frame forward.
@@ -135,6 +136,7 @@ class BackgroundExporter:
         capture: Optional[CaptureConfig] = None,
         eval_cfg: EvalConfig = EvalConfig(),
     ) -> None:
+        super().__init__("export")
         self._export_cfg = export_cfg
         self._capture = capture
         self._eval_cfg = eval_cfg
@@ -146,13 +148,11 @@ class BackgroundExporter:
         self._pending: Optional[_Job] = None
         self._closing = False
         self._events: list[dict[str, Any]] = []
-        self._error: Optional[Exception] = None
-        self._thread = threading.Thread(target=self._loop, name="onnx-exporter", daemon=True)
-        self._thread.start()
+        self.start()
 
     def submit(self, step: int, encoder: nn.Module, frames: np.ndarray) -> None:
         """Queue an export of `encoder` (ownership passes to the exporter); replaces an older pending one."""
-        self._raise_stored()
+        self.check()
         frames = as_frame_batch(frames).copy()  # the caller's buffer may be overwritten while we work
         with self._cond:
             if self._closing:
@@ -164,7 +164,7 @@ class BackgroundExporter:
 
     def poll(self) -> list[dict[str, Any]]:
         """Results since the last poll: {"event": "export", "step", "version"} or {"event": "export_refused", "step", "reason"}."""
-        self._raise_stored()
+        self.check()
         with self._cond:
             events, self._events = self._events, []
         return events
@@ -174,31 +174,28 @@ class BackgroundExporter:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
+        if not self.join(timeout_s):
             log.warning("exporter still busy after %.1f s; leaving it to finish in the background", timeout_s or 0.0)
-        self._raise_stored()
+        self.check()
 
-    def _raise_stored(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"export thread failed: {self._error!r}") from self._error
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closing:
-                    self._cond.wait()
-                job, self._pending = self._pending, None
-            if job is None:
-                return
-            try:
-                event = self._run(job)
-            except Exception as exc:  # a bug, not a refusal: store it for the trainer's next call
-                log.exception("export thread failed at step %d", job.step)
-                self._error = exc
-                return
-            with self._cond:
-                self._events.append(event)
+    def loop_once(self) -> bool:
+        with self._cond:
+            while self._pending is None and not self._closing and not self.stopping:
+                self._cond.wait()
+            job, self._pending = self._pending, None
+        if job is None:
+            return False  # closed (or stopped) with nothing pending
+        event = self._run(job)
+        with self._cond:
+            self._events.append(event)
+        return True
+
+    def on_error(self, exc: BaseException) -> None:  # a bug, not a refusal: stored for the trainer's next call
+        log.error("export thread failed: %r", exc, exc_info=exc)
 
     def _run(self, job: _Job) -> dict[str, Any]:
         try:

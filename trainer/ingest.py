@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from agent.core.frames import fit_frame
 from agent.core.wire import Frame
+from agent.core.worker import Worker
 from trainer.buffer import ReplayBuffer
 
 POLL_S = 0.05
@@ -45,11 +46,12 @@ def fit_to_buffer(frame: Frame, shape: tuple[int, int, int]) -> Frame:
     return Frame(camera_id=frame.camera_id, seq=frame.seq, timestamp=frame.timestamp, image=image)
 
 
-class Ingestor:
-    """Moves frames from a `FrameInbox` into a `ReplayBuffer` on a background thread.
+class Ingestor(Worker):
+    """Moves frames from a `FrameInbox` into a `ReplayBuffer` on a background thread (an `agent.core.worker.Worker`).
 
     `may_take(frames_in)` lets the trainer hold ingestion back (lossless replay: a frame is taken
     only once training has used the previous ones); `wake()` tells a held-back thread to look again.
+    `check()` re-raises, on the training thread, whatever stopped this one.
     """
 
     def __init__(
@@ -58,13 +60,11 @@ class Ingestor:
         buffer: ReplayBuffer,
         may_take: Optional[Callable[[int], bool]] = None,
     ) -> None:
+        super().__init__("ingest")
         self._receiver = receiver
         self._buffer = buffer
         self._may_take = may_take
-        self._stop = threading.Event()
         self._wake = threading.Event()
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._loop, name="ingest", daemon=True)
         self.frames_in = 0
         self.frames_rejected = 0
         self.idle_since: Optional[float] = None  # set while receiving finds nothing, None otherwise
@@ -84,43 +84,28 @@ class Ingestor:
         """Senders whose CURVE handshake failed (no key, or one not authorised)."""
         return self._receiver.stats.refused
 
-    def start(self) -> None:
-        self._thread.start()
-
     def wake(self) -> None:
         self._wake.set()
 
-    def check(self) -> None:
-        """Re-raise, on the caller's thread, whatever stopped the ingest thread."""
-        if self._error is not None:
-            raise RuntimeError(f"ingest thread failed: {self._error!r}") from self._error
+    def loop_once(self) -> None:
+        if self._may_take is not None and not self._may_take(self.frames_in):
+            self.idle_since = None  # held back: whatever is queued has not been looked at
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            return
+        frame = self._receiver.recv(POLL_S)
+        if frame is None:
+            if self.idle_since is None:
+                self.idle_since = time.monotonic()
+            return
+        self.idle_since = None
+        stored = self._buffer.add(fit_to_buffer(frame, self._buffer.frame_shape))
+        self.frames_in += 1
+        self.frames_rejected += not stored
+        self.arrived.set()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+    def on_error(self, exc: BaseException) -> None:
+        self.arrived.set()  # the trainer is woken to see it
 
-    def _loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                if self._may_take is not None and not self._may_take(self.frames_in):
-                    self.idle_since = None  # held back: whatever is queued has not been looked at
-                    self._wake.wait(POLL_S)
-                    self._wake.clear()
-                    continue
-                frame = self._receiver.recv(POLL_S)
-                if frame is None:
-                    if self.idle_since is None:
-                        self.idle_since = time.monotonic()
-                    continue
-                self.idle_since = None
-                stored = self._buffer.add(fit_to_buffer(frame, self._buffer.frame_shape))
-                self.frames_in += 1
-                self.frames_rejected += not stored
-                self.arrived.set()
-        except Exception as exc:  # stored for the training thread, which re-raises it
-            self._error = exc
-            self.arrived.set()
-        finally:
-            self._receiver.close()
+    def shutdown(self) -> None:
+        self._receiver.close()

@@ -22,12 +22,13 @@ import numpy as np
 
 from agent.core.atomic import write_status
 from agent.core.config import CaptureConfig, WireConfig
-from agent.robot.curve import WireSecurity
 from agent.core.errors import ByolAgentError, SourceError
 from agent.core.frames import NoveltyGate, fit_frame
+from agent.core.wire import Frame
+from agent.core.worker import Worker
+from agent.robot.curve import WireSecurity
 from agent.robot.sources import FrameSource, SourceExhausted, open_source
 from agent.robot.transport import FrameSender
-from agent.core.wire import Frame
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,9 @@ class _Pacer:
         halt.wait(max(0.0, self._anchor + offset - now))
 
 
-class SourceReader:
-    """One source's background read loop: read, fit, pace, hand off; reopen with backoff when lost."""
+class SourceReader(Worker):
+    """One source's background read loop (an `agent.core.worker.Worker`): read, fit, pace, hand off;
+    reopen with backoff when lost. `halt` is the stop event shared by all of a capture's readers."""
 
     def __init__(
         self,
@@ -128,36 +130,30 @@ class SourceReader:
         halt: threading.Event,
         name: str = "capture-reader",
     ) -> None:
-        self.source, self._cfg, self._pace, self._halt = source, cfg, pace, halt
+        super().__init__(name, stop_event=halt)
+        self.source, self._cfg, self._pace = source, cfg, pace
         self._handoff = _Handoff(overwrite=pace == "realtime", depth=1 if pace == "realtime" else 2, wake=wake)
-        self._wake = wake
+        self._wake_main = wake
         self._opened = threading.Event()
-        self._error: Optional[BaseException] = None
         self._delay = cfg.reconnect_backoff_s
+        self._fit = cfg.height, cfg.width, cfg.resize
+        self._pacer = _Pacer(cfg.fps) if pace == "realtime" and not source.live else None
         self.frames_read = 0
         self.stale = 0
         self.reconnects = 0
         self.exhausted = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def wait_opened(self, stop: threading.Event) -> None:
         """Block until the first connect finished; re-raise its error (a bad source fails at start-up)."""
         while not self._opened.wait(0.1):
             if stop.is_set():
                 return
-        self.raise_if_failed()
-
-    def raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
+        self.check()
 
     @property
     def done(self) -> bool:
         """The loop has ended (source exhausted, failed or halted) and every frame was taken."""
-        return not self._thread.is_alive() and self._handoff.empty()
+        return not self.alive and self._handoff.empty()
 
     def read_latest(self, max_age_s: Optional[float] = None) -> Optional[_Grab]:
         """The newest frame not yet taken, or None; a frame older than `max_age_s` is refused (stale)."""
@@ -167,50 +163,36 @@ class SourceReader:
             return None
         return grab
 
-    def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            name = self.source.name
-            log.warning("%s: read loop did not stop within %.1f s (blocked in the device?)", name, timeout_s)
-
-    def _run(self) -> None:
+    def initialize(self) -> None:
         try:
-            try:
-                self.source.connect()
-            except ByolAgentError as exc:
-                self._error = exc
-                return
-            finally:
-                self._opened.set()
-            self._loop()
-        except Exception as exc:  # a bug, not a lost source: surface it in the main loop
-            self._error = exc
+            self.source.connect()
         finally:
-            self.source.disconnect()
-            self._wake.set()
+            self._opened.set()
 
-    def _loop(self) -> None:
-        fit = self._cfg.height, self._cfg.width, self._cfg.resize
-        pacer = _Pacer(self._cfg.fps) if self._pace == "realtime" and not self.source.live else None
-        while not self._halt.is_set():
-            try:
-                raw = self.source.read()
-            except SourceExhausted:
-                self.exhausted = True
-                log.info("%s: end of input after %d frames", self.source.name, self.frames_read)
-                return
-            except SourceError as exc:
-                if not self._reopen(exc):
-                    return
-                if pacer is not None:
-                    pacer.reset()
-                continue
-            self._delay = self._cfg.reconnect_backoff_s
-            self.frames_read += 1
-            image = fit_frame(raw, *fit)
-            if pacer is not None:
-                pacer.wait(self.source.media_time_s, self._halt)
-            self._handoff.put(_Grab(image=image, timestamp=time.time()), self._halt)
+    def loop_once(self) -> bool:
+        try:
+            raw = self.source.read()
+        except SourceExhausted:
+            self.exhausted = True
+            log.info("%s: end of input after %d frames", self.source.name, self.frames_read)
+            return False
+        except SourceError as exc:
+            if not self._reopen(exc):
+                return False
+            if self._pacer is not None:
+                self._pacer.reset()
+            return True
+        self._delay = self._cfg.reconnect_backoff_s
+        self.frames_read += 1
+        image = fit_frame(raw, *self._fit)
+        if self._pacer is not None:
+            self._pacer.wait(self.source.media_time_s, self.stop_event)
+        self._handoff.put(_Grab(image=image, timestamp=time.time()), self.stop_event)
+        return True
+
+    def shutdown(self) -> None:
+        self.source.disconnect()
+        self._wake_main.set()
 
     def _reopen(self, exc: SourceError) -> bool:
         """Reopen with exponential backoff until it works (True) or capture is stopping (False)."""
@@ -218,7 +200,7 @@ class SourceReader:
         attempts = 0
         while True:
             self.source.disconnect()
-            if self._halt.wait(self._delay):
+            if self.stop_event.wait(self._delay):
                 return False
             attempts += 1
             self._delay = min(self._delay * 2, self._cfg.reconnect_max_backoff_s)
@@ -253,7 +235,7 @@ class _CaptureLoop:
         sleep = 0.5
         max_age = max(1.0, 3 * self._period) if self._pace == "realtime" else None
         for i, reader in enumerate(self._readers):
-            reader.raise_if_failed()
+            reader.check()
             if self._pace == "realtime" and now < self._due[i] - 0.25 * self._period:
                 sleep = min(sleep, self._due[i] - 0.25 * self._period - now)
                 continue
@@ -339,7 +321,7 @@ def run_capture(
                 sleep = loop.poll()
                 if all(reader.done for reader in readers):
                     for reader in readers:
-                        reader.raise_if_failed()
+                        reader.check()
                     break
                 now = time.monotonic()
                 if now >= next_log:
