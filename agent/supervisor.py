@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from agent.core.repeats import backoff_s
+
 log = logging.getLogger(__name__)
 
 
@@ -128,7 +130,7 @@ class Supervisor:
                 healthy = False
                 continue
             child.restarts += 1
-            delay = min(self._backoff_max_s, 2.0 ** (child.restarts - 1))
+            delay = backoff_s(child.restarts, first_s=1.0, max_s=self._backoff_max_s)
             child.restart_at = now + delay
             report(
                 f"{child.spec.name} exited with code {code} ({tail}); "

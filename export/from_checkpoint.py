@@ -20,6 +20,7 @@ from torch import nn
 from agent.core.atomic import write_status
 from agent.core.config import CaptureConfig, Config, EvalConfig, ExportConfig, ModelConfig
 from agent.core.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
+from agent.core.repeats import backoff_s
 from agent.core.demo_scene import DemoScene
 from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest
@@ -226,7 +227,7 @@ def _export_once(
     except StorageError as exc:  # disk full or unwritable: not the model's fault, so try again later
         state.io_failures += 1
         state.failures_in_a_row += 1
-        backoff = min(IO_BACKOFF_MAX_S, 2.0 ** state.failures_in_a_row)
+        backoff = backoff_s(state.failures_in_a_row, first_s=2.0, max_s=IO_BACKOFF_MAX_S)
         state.retry_at = time.monotonic() + backoff
         log.warning("export of step %d not written, retrying in %.0f s: %s", source.step, backoff, exc)
         return

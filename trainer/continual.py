@@ -1,12 +1,14 @@
 """The continual trainer: frames stream in on one thread, BYOL updates run on this one, forever.
 
-One `ContinualTrainer.run(stop)` owns a learner, an optimizer, a replay buffer, an ingest thread,
-checkpoints, metrics and (optionally) a background ONNX exporter. Training starts once the buffer
-holds `buffer.min_fill` frames and never runs more than `train.replay_ratio` updates per frame
-ingested, so a stalled camera does not turn into overfitting on a frozen buffer. A non-finite loss
-skips its step; `train.nan_tolerance` in a row restore the last good state. Every exit that is not
-a kill -9 (max steps, SIGINT/SIGTERM, drained replay input, an error) ends with a checkpoint from
-which a restart continues exactly: weights, target, optimizer, RNGs, counters, step.
+`ContinualTrainer.run(stop)` is the loop; the parts it composes each have a file of their own:
+`TrainStep` (trainer/train_step.py: device, precision, input conversion, NaN guard), `RunState`
+(trainer/run_state.py: counters, RNGs, checkpoints, resume), `RunMonitor` (trainer/run_monitor.py:
+metrics, status file, live line, quality probes), the `ReplayBuffer` and the `Ingestor` thread.
+Training starts once the buffer holds `buffer.min_fill` frames and never runs more than
+`train.replay_ratio` updates per frame ingested, so a stalled camera does not turn into
+overfitting on a frozen buffer. A non-finite loss skips its step; `train.nan_tolerance` in a row
+restore the last good state. Every exit that is not a kill -9 (max steps, SIGINT/SIGTERM, drained
+replay input, an error) ends with a checkpoint from which a restart continues exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import logging
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO
 
@@ -25,33 +26,26 @@ import torch
 
 from agent.core.atomic import remove_stale_temps
 from agent.core.config import Config, TrainConfig, dump_config
-from agent.core.errors import ByolAgentError, CheckpointError, ConfigError, StorageError
+from agent.core.errors import ByolAgentError, ConfigError
 from trainer.buffer import ReplayBuffer
 from trainer.build import build_learner, build_optimizer
-from trainer.checkpoint import (
-    FORMAT,
-    capture_rng,
-    checkpoint_dir,
-    list_checkpoints,
-    load_latest_checkpoint,
-    quarantine_newer,
-    restore_rng,
-    save_checkpoint,
-)
+from trainer.checkpoint import checkpoint_dir
 from trainer.ingest import FrameInbox, Ingestor
 from trainer.metrics import MetricsWriter
+from trainer.run_monitor import RunMonitor
+from trainer.run_state import Counters, RunState
 from trainer.train_step import TrainStep
 
 if TYPE_CHECKING:
-    from trainer.evaluation import EvalResult
     from trainer.quality_monitor import QualityMonitor
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ContinualTrainer", "Counters", "Exporter", "TrainingDiverged", "resolve_device"]
+
 MAX_RESTORES_WITHOUT_PROGRESS = 3  # restores with no checkpoint between them: the run diverges, stop
 DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with nothing arriving
 EXPORT_CLOSE_TIMEOUT_S = 120.0
-CHECKPOINT_BACKOFF_MAX_S = 60.0  # a checkpoint that could not be written is retried after 2, 4, ... s up to this
 
 
 class TrainingDiverged(ByolAgentError):
@@ -65,36 +59,6 @@ def resolve_device(train_cfg: TrainConfig) -> torch.device:
     if train_cfg.device == "cuda" or (train_cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-@dataclass
-class Counters:
-    """Totals that survive restarts (saved in every checkpoint)."""
-
-    frames_in: int = 0
-    frames_malformed: int = 0
-    frames_rejected: int = 0
-    connections_refused: int = 0
-    nan_skips: int = 0
-    restores: int = 0
-    last_export_version: Optional[int] = None
-    last_export_step: int = 0
-
-
-class _Window:
-    """Losses and throughput between two metric lines."""
-
-    def __init__(self, step: int) -> None:
-        self.start_step = step
-        self.start_time = time.monotonic()
-        self.losses: list[float] = []
-
-    def rates(self, step: int, batch_size: int) -> tuple[Optional[float], Optional[float]]:
-        elapsed = time.monotonic() - self.start_time
-        if step <= self.start_step or elapsed <= 0:
-            return None, None
-        steps_per_s = (step - self.start_step) / elapsed
-        return steps_per_s, steps_per_s * batch_size
 
 
 class Exporter(Protocol):
@@ -149,78 +113,26 @@ class ContinualTrainer:
         self.train_step = TrainStep(self.learner, self.optimizer, tc, self.device)
         self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, 3), self.device, seed=tc.seed)
         self.sampler = torch.Generator().manual_seed(tc.seed)
-        self.counters = Counters()
-        self.resumed_from: Optional[str] = None
-        self._last_checkpoint_step = 0
-        self._resume()
-        self.monitor = self._make_monitor()
-        self._last_probe: Optional["EvalResult"] = None
-        self._probe_submitted_at: Optional[int] = None
+        self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, cfg.model_dump(mode="json"))
+        self.state.resume()
+        self.quality = self._make_quality_monitor()
         self.train_step.mark_good()
         self._restores_in_a_row = 0
-        self._checkpoint_failures = 0
-        self._checkpoint_retry_at = 0.0
-
-    # -- state -------------------------------------------------------------------------------
 
     @property
     def step(self) -> int:
         return int(self.learner.step)
 
-    def _resume(self) -> None:
-        ckpt = load_latest_checkpoint(self.run_dir)
-        quarantine_newer(self.run_dir, None if ckpt is None else int(ckpt["step"]))
-        if ckpt is None:
-            return
-        try:
-            self.train_step.restore(ckpt)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(
-                f"{ckpt['path']} does not fit the configured model ({str(exc).splitlines()[0][:160]}); "
-                "use the run's own config or a new --run-dir"
-            ) from None
-        restore_rng(ckpt["rng"])
-        self.sampler.set_state(ckpt["rng"]["sampler"])
-        self.counters = Counters(**{k: v for k, v in ckpt["counters"].items() if k in Counters.__dataclass_fields__})
-        if ckpt.get("buffer") is not None:
-            try:
-                self.buffer.load_state_dict(ckpt["buffer"])
-            except ValueError as exc:
-                log.warning("not restoring the saved replay buffer: %s", exc)
-        self._last_checkpoint_step = self.step
-        self.resumed_from = ckpt["path"]
-        log.info("resumed from %s at step %d", ckpt["path"], self.step)
+    @property
+    def counters(self) -> Counters:
+        return self.state.counters
+
+    @property
+    def resumed_from(self) -> Optional[str]:
+        return self.state.resumed_from
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "step": self.step,
-            "learner": self.learner.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {**capture_rng(), "sampler": self.sampler.get_state()},
-            "config": self.cfg.model_dump(mode="json"),
-            "counters": asdict(self.counters),
-            "buffer": self.buffer.state_dict() if self.cfg.train.save_buffer else None,
-        }
-
-    def _save_checkpoint(self) -> bool:
-        """Write a checkpoint of now; on a full disk keep the last one on disk and retry with backoff."""
-        try:
-            path = save_checkpoint(self.run_dir, self.checkpoint_state(), self.cfg.train.keep_checkpoints)
-        except StorageError as exc:
-            self._checkpoint_failures += 1
-            backoff = min(CHECKPOINT_BACKOFF_MAX_S, 2.0**self._checkpoint_failures)
-            self._checkpoint_retry_at = time.monotonic() + backoff
-            kept = next(iter(list_checkpoints(self.run_dir)), (None, None))[1]
-            log.warning("%s; still have %s, retrying in %.0f s", exc, kept.name if kept else "no checkpoint", backoff)
-            self.metrics.log({"event": "checkpoint_failed", "step": self.step, "reason": str(exc)})
-            return False
-        self._checkpoint_failures, self._checkpoint_retry_at = 0, 0.0
-        self._last_checkpoint_step = self.step
-        self.train_step.mark_good()
-        self._restores_in_a_row = 0
-        log.info("checkpoint %s", path.name)
-        return True
+        return self.state.state()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -248,10 +160,13 @@ class ContinualTrainer:
         receiver = self._open_receiver()
         self._prior = copy.copy(self.counters)
         self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
-        self.metrics = MetricsWriter(self.run_dir, stream=self._stream)
+        self.monitor = RunMonitor(
+            MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
+            train_step=self.train_step, buffer=self.buffer, state=self.state, quality=self.quality,
+        )
         self.exporter = self._make_exporter()
-        self.metrics.log({"event": "start", "step": self.step, "resumed_from": self.resumed_from,
-                          "device": str(self.device), "endpoint": receiver.endpoint})
+        self.monitor.event({"event": "start", "step": self.step, "resumed_from": self.resumed_from,
+                            "device": str(self.device), "endpoint": receiver.endpoint})
         self.ingest.start()
         try:
             if on_bound is not None:
@@ -266,7 +181,6 @@ class ContinualTrainer:
 
     def _loop(self, stop: threading.Event, input_done: Optional[threading.Event]) -> None:
         tc = self.cfg.train
-        window = _Window(self.step)
         last_export_time = time.monotonic()
         input_done_at: Optional[float] = None
         while not stop.is_set():
@@ -285,19 +199,14 @@ class ContinualTrainer:
             if not self._can_step(drained):
                 if drained:
                     break
-                self._status(window, "waiting for frames")
+                self.monitor.status("waiting for frames")
                 self.ingest.arrived.wait(0.1)
                 self.ingest.arrived.clear()
                 continue
             loss = self._train_step()
             self.ingest.wake()
-            if loss is not None:
-                window.losses.append(loss)
-            if self.step % tc.metrics_every == 0 and window.losses:
-                self._log_metrics(window)
-                window = _Window(self.step)
-            due = self.step - self._last_checkpoint_step >= tc.checkpoint_every
-            if due and self.train_step.nan_streak == 0 and time.monotonic() >= self._checkpoint_retry_at:
+            self.monitor.stepped(loss)
+            if self.train_step.nan_streak == 0 and self.state.checkpoint_due():
                 self._save_checkpoint()
             refresh = self.cfg.buffer.refresh_every_steps
             if self.buffer.wants_embeddings and refresh is not None and self.step % refresh == 0:
@@ -305,11 +214,8 @@ class ContinualTrainer:
             if self._export_due(last_export_time):
                 self._submit_export()
                 last_export_time = time.monotonic()
-            if self._probe_due():
-                self.monitor.submit(self.step, self.counters.last_export_version, self.learner.encoder_module("target"))
-                self._probe_submitted_at = self.step
-            self._log_probes()
-            self._status(window, "training")
+            self.monitor.maybe_probe(self.counters.last_export_version, lambda: self.learner.encoder_module("target"))
+            self.monitor.status("training")
 
     def _can_step(self, drained: bool) -> bool:
         stored = len(self.buffer)
@@ -349,32 +255,29 @@ class ContinualTrainer:
             self._restores_in_a_row += 1
             log.warning("%d non-finite losses in a row: restored the last good state (step %d)",
                         self.cfg.train.nan_tolerance, self.step)
-            self.metrics.log({"event": "restore", "from_step": bad_step, "step": self.step,
-                              "restores": self.counters.restores, "nan_skips": self.counters.nan_skips})
+            self.monitor.event({"event": "restore", "from_step": bad_step, "step": self.step,
+                                "restores": self.counters.restores, "nan_skips": self.counters.nan_skips})
             if self._restores_in_a_row >= MAX_RESTORES_WITHOUT_PROGRESS:
                 raise TrainingDiverged(
                     f"loss stays non-finite after {self._restores_in_a_row} restores of the step-{self.step} state; "
                     f"lower train.lr (now {self.cfg.train.lr:g}) and restart"
                 )
 
+    def _save_checkpoint(self) -> None:
+        """A checkpoint of now; once written it is also the state a NaN streak falls back to."""
+        if self.state.save(self.monitor.event):
+            self.train_step.mark_good()
+            self._restores_in_a_row = 0
+
     def _embed_pending(self, refresh: bool = False) -> None:
         """Give newly stored frames their target embedding, which min-redundancy eviction compares;
         with `refresh`, re-embed the stalest ones instead (the encoder has moved since)."""
         batch = self.buffer.frames_to_embed(self.cfg.buffer.embed_batch, refresh=refresh)
-        if batch is None:
-            return
-        slots, tickets, images = batch
-        x = torch.nn.functional.interpolate(
-            self.train_step.to_input(images), size=self.cfg.model.image_size, mode="bilinear", antialias=True,
-            align_corners=False,
-        )
-        mean = torch.tensor(self.learner.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.learner.std, device=self.device).view(1, 3, 1, 1)
-        with self.train_step.autocast:
-            vectors = self.learner.embed((x - mean) / std, which="target")
-        self.buffer.set_embeddings(slots, tickets, vectors.float().cpu())
+        if batch is not None:
+            slots, tickets, images = batch
+            self.buffer.set_embeddings(slots, tickets, self.train_step.embed(images, self.cfg.model.image_size))
 
-    # -- export, metrics, status -----------------------------------------------------------------
+    # -- publishing ------------------------------------------------------------------------------
 
     def _make_exporter(self) -> Optional[Exporter]:
         ec = self.cfg.export
@@ -407,9 +310,9 @@ class ContinualTrainer:
         for event in self.exporter.poll():
             if event.get("event") == "export":
                 self.counters.last_export_version = event["version"]
-            self.metrics.log(event)
+            self.monitor.event(event)
 
-    def _make_monitor(self) -> Optional["QualityMonitor"]:
+    def _make_quality_monitor(self) -> Optional["QualityMonitor"]:
         tc = self.cfg.train
         if tc.probe_data is None:
             return None
@@ -417,92 +320,15 @@ class ContinualTrainer:
 
         return QualityMonitor(tc.probe_data, self.cfg.model, self.cfg.eval, tc.seed, self.learner.mean, self.learner.std)
 
-    def _probe_due(self) -> bool:
-        due = self.monitor is not None and self.step % self.cfg.train.probe_every == 0
-        return due and self.step != self._probe_submitted_at  # a skipped (NaN) step does not probe twice
-
-    def _log_probes(self, final: bool = False) -> None:
-        """Log finished probes; at the end wait for one in progress. A failed probe is logged, never fatal."""
-        if self.monitor is None:
-            return
-        try:
-            results = self.monitor.close(EXPORT_CLOSE_TIMEOUT_S) if final else self.monitor.poll()
-        except Exception as exc:  # the monitor is advisory: a broken probe must not stop training
-            message = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            log.warning("quality probe failed: %s", message)
-            self.metrics.log({"event": "probe_failed", "step": self.step, "error": message})
-            return
-        for result in results:
-            self._last_probe = result
-            self.metrics.log(result.to_event())
-
-    def _fields(self, window: _Window, state: str) -> dict[str, Any]:
-        steps_per_s, img_per_s = window.rates(self.step, self.cfg.train.batch_size)
-        stats = self.buffer.stats()
-        c = self.counters
-        return {
-            "step": self.step,
-            "state": state,
-            "loss": self.train_step.last_loss,
-            "embedding_std": _as_float(self.learner.last_stats.get("embedding_std")),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "tau": _as_float(self.learner.tau),
-            "steps_per_s": steps_per_s,
-            "img_per_s": img_per_s,
-            "frames_in": c.frames_in,
-            "frames_malformed": c.frames_malformed,
-            "frames_dropped": c.frames_malformed + c.frames_rejected,
-            "connections_refused": c.connections_refused,
-            "buffer_fill": stats["fill"],
-            "buffer_size": stats["size"],
-            "nan_skips": c.nan_skips,
-            "restores": c.restores,
-            "last_export_version": c.last_export_version,
-            "max_steps": self.cfg.train.max_steps,
-            "probe_knn": self._last_probe.knn_top1 if self._last_probe else None,
-            "probe_random_knn": self._last_probe.random_knn_top1 if self._last_probe else None,
-            "probe_step": self._last_probe.step if self._last_probe else None,
-        }
-
-    def _status(self, window: _Window, state: str, force: bool = False) -> None:
-        if state == "waiting for frames":
-            state = f"waiting for frames ({len(self.buffer)}/{self.buffer.min_fill} stored)"
-        if force or self.metrics.due():
-            self.metrics.status(self._fields(window, state), force=force)
-
-    def _log_metrics(self, window: _Window) -> None:
-        fields = self._fields(window, "training")
-        fields["loss"] = sum(window.losses) / len(window.losses)
-        stats = self.buffer.stats()
-        fields.update(
-            buffer_evictions=stats["evictions"],
-            buffer_age_mean_s=stats["age_mean_s"],
-            buffer_age_max_s=stats["age_max_s"],
-            buffer_per_camera=stats["per_camera"],
-        )
-        for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step"):
-            del fields[key]
-        self.metrics.log(fields)
-
     def _shutdown(self) -> None:
         """Final checkpoint, final export, last status line; runs on every exit but a kill -9."""
         try:
-            if self.step > self._last_checkpoint_step and self.train_step.nan_streak == 0:
+            if self.state.unsaved and self.train_step.nan_streak == 0:
                 self._save_checkpoint()
             if self.exporter is not None:
                 if self.step > self.counters.last_export_step and len(self.buffer) > 0:
                     self._submit_export()
                 self.exporter.close(EXPORT_CLOSE_TIMEOUT_S)
                 self._log_exports()
-            self._log_probes(final=True)
-            window = _Window(self.step)
-            self._status(window, "stopped", force=True)
-            self.metrics.log({"event": "stop", "step": self.step, **asdict(self.counters)})
         finally:
-            self.metrics.close()
-
-
-def _as_float(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    return float(value)
+            self.monitor.close()

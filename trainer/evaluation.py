@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from agent.core.config import EvalConfig, ModelConfig
+from agent.core.config import ModelConfig
 from agent.core.errors import ConfigError, ModelFileError, SourceError
 from agent.core.frames import read_image_bgr
 from trainer.backbone import Backbone

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
 from agent.core.atomic import jsonable, write_status
+from agent.core.repeats import worth_logging
 
 STATUS_NAME = "status-trainer.json"
 METRICS_NAME = "metrics.jsonl"
@@ -55,7 +56,7 @@ class MetricsWriter:
             self._file.flush()
         except OSError as exc:  # disk full: the record is lost, training is not
             self._lost += 1
-            if self._lost == 1 or self._lost % 100 == 0:
+            if worth_logging(self._lost):
                 log.warning("%d metrics record(s) not written to %s: %s", self._lost, METRICS_NAME, exc.strerror or exc)
             return
         if self._lost:

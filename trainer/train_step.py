@@ -61,6 +61,22 @@ class TrainStep:
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         return x if self._cfg.channels_last else x.contiguous()
 
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, size: int, which: str = "target") -> torch.Tensor:
+        """uint8 NHWC frames of any size → (N, D) float32 CPU embeddings of the `which` encoder.
+
+        Resized to `size` (the model's input side; bilinear, antialiased) and normalised with the
+        learner's mean/std, under the same precision as training. Used by min-redundancy eviction.
+        """
+        x = torch.nn.functional.interpolate(
+            self.to_input(images), size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        mean = torch.tensor(self.learner.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.learner.std, device=self.device).view(1, -1, 1, 1)
+        with self.autocast:
+            vectors = self.learner.embed((x - mean) / std, which=which)
+        return vectors.float().cpu()
+
     def __call__(self, images: torch.Tensor, partners: Optional[torch.Tensor] = None) -> Optional[float]:
         """One update on uint8 NHWC `images` (and their temporal `partners`); the loss, or None when it was
         not finite (nothing updated, BatchNorm statistics put back, `nan_streak` counted)."""

@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from agent.core.repeats import worth_logging
+
 TEMP_PREFIX = ".tmp-"
 _TEMP_PID = re.compile(r"^\.tmp-(\d+)-")
 _UNOWNED_TEMP_S = 3600.0  # a temp name without a pid (older versions) is stale after this long
@@ -121,7 +123,7 @@ def write_status(path: Path, data: dict[str, Any]) -> bool:
     except OSError as exc:
         failures = _status_failures.get(key, 0) + 1
         _status_failures[key] = failures
-        if failures == 1 or failures % 100 == 0:
+        if worth_logging(failures):
             log.warning("status file %s not written (%d in a row): %s; carrying on", path, failures, exc.strerror or exc)
         return False
     if _status_failures.pop(key, 0):

@@ -24,6 +24,7 @@ from agent.core.atomic import write_status
 from agent.core.config import CaptureConfig, WireConfig
 from agent.core.errors import ByolAgentError, SourceError
 from agent.core.frames import NoveltyGate, fit_frame
+from agent.core.repeats import backoff_s
 from agent.core.wire import Frame
 from agent.core.worker import Worker
 from agent.robot.curve import WireSecurity
@@ -135,7 +136,7 @@ class SourceReader(Worker):
         self._handoff = _Handoff(overwrite=pace == "realtime", depth=1 if pace == "realtime" else 2, wake=wake)
         self._wake_main = wake
         self._opened = threading.Event()
-        self._delay = cfg.reconnect_backoff_s
+        self._retries = 0  # reopen attempts since the last frame read; sets the back-off
         self._fit = cfg.height, cfg.width, cfg.resize
         self._pacer = _Pacer(cfg.fps) if pace == "realtime" and not source.live else None
         self.frames_read = 0
@@ -182,7 +183,7 @@ class SourceReader(Worker):
             if self._pacer is not None:
                 self._pacer.reset()
             return True
-        self._delay = self._cfg.reconnect_backoff_s
+        self._retries = 0
         self.frames_read += 1
         image = fit_frame(raw, *self._fit)
         if self._pacer is not None:
@@ -196,24 +197,27 @@ class SourceReader(Worker):
 
     def _reopen(self, exc: SourceError) -> bool:
         """Reopen with exponential backoff until it works (True) or capture is stopping (False)."""
-        log.warning("%s lost: %s; reopening in %.1f s", self.source.name, exc, self._delay)
+        delay = self._next_delay()
+        log.warning("%s lost: %s; reopening in %.1f s", self.source.name, exc, delay)
         attempts = 0
         while True:
             self.source.disconnect()
-            if self.stop_event.wait(self._delay):
+            if self.stop_event.wait(delay):
                 return False
             attempts += 1
-            self._delay = min(self._delay * 2, self._cfg.reconnect_max_backoff_s)
             try:
                 self.source.connect()
             except ByolAgentError as err:
-                log.warning(
-                    "%s: reopen attempt %d failed: %s; next in %.1f s", self.source.name, attempts, err, self._delay
-                )
+                delay = self._next_delay()
+                log.warning("%s: reopen attempt %d failed: %s; next in %.1f s", self.source.name, attempts, err, delay)
                 continue
             self.reconnects += 1
             log.warning("%s reopened after %d attempt(s)", self.source.name, attempts)
             return True
+
+    def _next_delay(self) -> float:
+        self._retries += 1
+        return backoff_s(self._retries, first_s=self._cfg.reconnect_backoff_s, max_s=self._cfg.reconnect_max_backoff_s)
 
 
 class _CaptureLoop:

@@ -33,6 +33,7 @@ from zmq.utils import z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from agent.core.errors import ConfigError, EndpointError
+from agent.core.repeats import worth_logging
 
 if TYPE_CHECKING:
     from agent.core.config import WireConfig
@@ -187,7 +188,7 @@ class _AuthorizedKeys:
             allowed = key in self._keys
             if not allowed:
                 self.refused += 1
-                if self.refused == 1 or self.refused % 100 == 0:
+                if worth_logging(self.refused):
                     log.warning("refused %d connection(s) with an unknown CURVE key; latest %s", self.refused, key.decode())
         return allowed
 

@@ -30,6 +30,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from agent.robot.curve import REFUSED_EVENTS, TCP_ENDPOINT, WireSecurity
 from agent.core.errors import EndpointError
+from agent.core.repeats import worth_logging
 from agent.core.wire import (
     MAX_SIDE,
     Frame,
@@ -240,7 +241,7 @@ class _Inbox:
                 return
             if event["event"] & REFUSED_EVENTS:
                 self._refused += 1
-                if self._refused == 1 or self._refused % 100 == 0:
+                if worth_logging(self._refused):
                     log.warning(
                         "refused %d connection(s) on %s: no CURVE key or one not in wire.authorized_keys",
                         self._refused,
@@ -272,7 +273,7 @@ class _Inbox:
     def _count_malformed(self, exc: WireError) -> None:
         self._malformed += 1
         self._last_error = str(exc)
-        if self._malformed == 1 or self._malformed % 1000 == 0:
+        if worth_logging(self._malformed, every=1000):
             log.warning("dropped %d malformed message(s) on %s; latest: %s", self._malformed, self.endpoint, exc)
 
     def close(self) -> None:

@@ -55,7 +55,7 @@ def test_trainer_logs_probe_scores_against_random_init(tmp_path: Path) -> None:
     # the random-init reference is the run's own initial encoder: colour separates these classes
     assert evals[0]["random_knn_top1"] > 0.9
     status = json.loads((tmp_path / "run" / "status-trainer.json").read_text())
-    assert status["probe_knn"] == evals[-1]["knn_top1"] and trainer.monitor is not None
+    assert status["probe_knn"] == evals[-1]["knn_top1"] and trainer.quality is not None
     assert f"kNN {evals[-1]['knn_top1']:.3f} (random" in format_status(status)
     report = write_report(tmp_path / "run")
     assert any(p.name == "eval.png" for p in report.plots)

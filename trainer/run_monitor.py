@@ -1,0 +1,171 @@
+"""What a person and the `run` supervisor see of a continual run: metrics, status, live line, probes.
+
+`RunMonitor` reads the run's parts (the train step, the replay buffer, the counters of its
+`RunState`) and reports them; it never changes them. Each metrics window (`train.metrics_every`
+steps) becomes one `metrics.jsonl` record with the mean loss and the throughput of that window;
+the status file and the live line are refreshed at their own pace by `MetricsWriter`. With a
+`QualityMonitor` (`train.probe_data`), it also schedules the kNN probes of the target encoder and
+logs their results; a failed probe is logged, never fatal. Handed the `train` section only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from torch import nn
+
+from agent.core.config import TrainConfig
+from trainer.buffer import ReplayBuffer
+from trainer.metrics import MetricsWriter
+from trainer.run_state import RunState
+from trainer.train_step import TrainStep
+
+if TYPE_CHECKING:
+    from trainer.evaluation import EvalResult
+    from trainer.quality_monitor import QualityMonitor
+
+log = logging.getLogger(__name__)
+
+PROBE_CLOSE_TIMEOUT_S = 120.0
+
+
+class _Window:
+    """Losses and throughput between two metric records."""
+
+    def __init__(self, step: int) -> None:
+        self.start_step = step
+        self.start_time = time.monotonic()
+        self.losses: list[float] = []
+
+    def rates(self, step: int, batch_size: int) -> tuple[Optional[float], Optional[float]]:
+        """(steps/s, images/s) since the window opened, or (None, None) before its first step."""
+        elapsed = time.monotonic() - self.start_time
+        if step <= self.start_step or elapsed <= 0:
+            return None, None
+        steps_per_s = (step - self.start_step) / elapsed
+        return steps_per_s, steps_per_s * batch_size
+
+
+class RunMonitor:
+    """Reports a run through `metrics`; see the module docstring."""
+
+    def __init__(
+        self,
+        metrics: MetricsWriter,
+        train_cfg: TrainConfig,
+        *,
+        train_step: TrainStep,
+        buffer: ReplayBuffer,
+        state: RunState,
+        quality: Optional["QualityMonitor"] = None,
+    ) -> None:
+        self.metrics, self._cfg = metrics, train_cfg
+        self._train_step, self._buffer, self._state = train_step, buffer, state
+        self.quality = quality
+        self._window = _Window(state.step)
+        self._last_probe: Optional["EvalResult"] = None
+        self._probe_submitted_at: Optional[int] = None
+
+    def event(self, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl (a lost record on a full disk is counted, never raised)."""
+        self.metrics.log(record)
+
+    def stepped(self, loss: Optional[float]) -> None:
+        """After each update: add its loss (None: skipped) and close the window every `train.metrics_every` steps."""
+        if loss is not None:
+            self._window.losses.append(loss)
+        if self._state.step % self._cfg.metrics_every == 0 and self._window.losses:
+            fields = self._fields("training")
+            fields["loss"] = sum(self._window.losses) / len(self._window.losses)
+            stats = self._buffer.stats()
+            fields.update(
+                buffer_evictions=stats["evictions"],
+                buffer_age_mean_s=stats["age_mean_s"],
+                buffer_age_max_s=stats["age_max_s"],
+                buffer_per_camera=stats["per_camera"],
+            )
+            for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step"):
+                del fields[key]
+            self.metrics.log(fields)
+            self._window = _Window(self._state.step)
+
+    def status(self, state: str, force: bool = False) -> None:
+        """Refresh the status file and live line (when due, or now with `force`) with `state` ("training", ...)."""
+        if state == "waiting for frames":
+            state = f"waiting for frames ({len(self._buffer)}/{self._buffer.min_fill} stored)"
+        if force or self.metrics.due():
+            self.metrics.status(self._fields(state), force=force)
+
+    # -- quality probes ---------------------------------------------------------------------------
+
+    def maybe_probe(self, version: Optional[int], encoder: Callable[[], nn.Module]) -> None:
+        """Every `train.probe_every` steps hand `encoder()` (a CPU eval copy) to the quality monitor; log results."""
+        step = self._state.step
+        # a skipped (NaN) step leaves the step count where it was: do not probe it twice
+        if self.quality is not None and step % self._cfg.probe_every == 0 and step != self._probe_submitted_at:
+            self.quality.submit(step, version, encoder())
+            self._probe_submitted_at = step
+        self._log_probes()
+
+    def _log_probes(self, final: bool = False) -> None:
+        """Log finished probes; at the end wait for one in progress. A failed probe is logged, never fatal."""
+        if self.quality is None:
+            return
+        try:
+            results = self.quality.close(PROBE_CLOSE_TIMEOUT_S) if final else self.quality.poll()
+        except Exception as exc:  # the monitor is advisory: a broken probe must not stop training
+            message = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("quality probe failed: %s", message)
+            self.metrics.log({"event": "probe_failed", "step": self._state.step, "error": message})
+            return
+        for result in results:
+            self._last_probe = result
+            self.metrics.log(result.to_event())
+
+    # -- the end ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Wait for a probe in progress, write the final status and the stop record, close the files."""
+        try:
+            self._log_probes(final=True)
+            self._window = _Window(self._state.step)
+            self.status("stopped", force=True)
+            self.metrics.log({"event": "stop", "step": self._state.step, **asdict(self._state.counters)})
+        finally:
+            self.metrics.close()
+
+    def _fields(self, state: str) -> dict[str, Any]:
+        step = self._state.step
+        steps_per_s, img_per_s = self._window.rates(step, self._cfg.batch_size)
+        stats = self._buffer.stats()
+        learner, c, probe = self._train_step.learner, self._state.counters, self._last_probe
+        return {
+            "step": step,
+            "state": state,
+            "loss": self._train_step.last_loss,
+            "embedding_std": _as_float(learner.last_stats.get("embedding_std")),
+            "lr": self._train_step.optimizer.param_groups[0]["lr"],
+            "tau": _as_float(learner.tau),
+            "steps_per_s": steps_per_s,
+            "img_per_s": img_per_s,
+            "frames_in": c.frames_in,
+            "frames_malformed": c.frames_malformed,
+            "frames_dropped": c.frames_malformed + c.frames_rejected,
+            "connections_refused": c.connections_refused,
+            "buffer_fill": stats["fill"],
+            "buffer_size": stats["size"],
+            "nan_skips": c.nan_skips,
+            "restores": c.restores,
+            "last_export_version": c.last_export_version,
+            "max_steps": self._cfg.max_steps,
+            "probe_knn": probe.knn_top1 if probe else None,
+            "probe_random_knn": probe.random_knn_top1 if probe else None,
+            "probe_step": probe.step if probe else None,
+        }
+
+
+def _as_float(value: Any) -> Optional[float]:
+    return None if value is None else float(value)
