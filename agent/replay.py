@@ -2,7 +2,7 @@
 
 Replay takes exactly the path live frames take (capture's resizing, novelty gate and wire format,
 the trainer's ingest thread and buffer), so what is learned offline is what the robot would learn.
-`pace="timestamps"` plays each recording at its recorded speed; `pace="asap"` makes capture
+`pace="realtime"` plays each recording at its recorded speed; `pace="asap"` makes capture
 lossless and the trainer hold ingestion back, so frames flow exactly as fast as training uses them.
 The run ends when the recordings are exhausted and training has caught up, or at max steps.
 """
@@ -10,22 +10,21 @@ The run ends when the recordings are exhausted and training has caught up, or at
 from __future__ import annotations
 
 import logging
-import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
-from agent.core.config import CaptureConfig, Config
+from agent.core.config import CaptureConfig, Config, Pace
 from agent.core.errors import SourceError
 from agent.robot.sources import open_source
+from agent.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
 
-Pace = Literal["timestamps", "asap"]
 LOOPBACK_ANY_PORT = "tcp://127.0.0.1:*"
 CAPTURE_STOP_TIMEOUT_S = 15.0
+WATCH_EVERY_S = 0.2
 
 
 def check_recordings(paths: list[str], capture_cfg: CaptureConfig) -> None:
@@ -48,49 +47,49 @@ def replay_config(cfg: Config, paths: list[str]) -> Config:
     return Config.model_validate(tree)
 
 
-class CaptureProcess:
-    """`byol-agent capture` as a child process; `done` is set when it exits (recordings exhausted or failed)."""
+class ReplayCapture:
+    """`byol-agent capture` as a supervised child (agent.supervisor, no restarts: a recording that fails
+    fails the same way again); `done` is set when it has exited, `failure` then holds its one-line reason."""
 
-    def __init__(self, config_path: Path, pace: Pace, log_path: Path) -> None:
-        self._config_path = config_path
-        self._pace = pace
-        self._log_path = log_path
-        self._proc: Optional[subprocess.Popen] = None
+    def __init__(self, config_path: Path, pace: Pace, log_dir: Path) -> None:
+        self._config_path, self._pace, self._log_dir = config_path, pace, log_dir
+        self._supervisor: Optional[Supervisor] = None
+        self._watcher: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
         self.done = threading.Event()
-        self.returncode: Optional[int] = None
+        self.failure: Optional[str] = None
 
     def start(self, endpoint: str) -> None:
+        """Start capture sending to `endpoint` (the trainer's bound PULL)."""
         argv = [sys.executable, "-m", "agent.cli", "capture", "--config", str(self._config_path),
                 "--endpoint", endpoint, "--publish", "none"]
         argv += ["--pace", "asap", "--lossless"] if self._pace == "asap" else ["--pace", "realtime"]
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._log_path, "ab") as out:
-            self._proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        threading.Thread(target=self._watch, name="capture-watch", daemon=True).start()
-        log.info("replay capture started (pid %d, log %s)", self._proc.pid, self._log_path)
+        spec = ChildSpec("replay-capture", argv, stop_timeout_s=CAPTURE_STOP_TIMEOUT_S)
+        self._supervisor = Supervisor([spec], self._log_dir, max_restarts=0)
+        self._supervisor.start()
+        self._watcher = threading.Thread(target=self._watch, name="replay-capture-watch", daemon=True)
+        self._watcher.start()
 
     def _watch(self) -> None:
-        self.returncode = self._proc.wait()
-        self.done.set()
+        """The supervisor's only user until `stop`: polls it until the child has exited."""
+        while not self._stopping.wait(WATCH_EVERY_S):
+            if not self._supervisor.check(self._on_report):
+                self.failure = self._last_report
+            if self._supervisor.finished:
+                self.done.set()
+                return
+
+    def _on_report(self, message: str) -> None:
+        self._last_report = message
+        log.info("%s", message)
 
     def stop(self) -> None:
         """SIGINT (capture stops cleanly), then SIGKILL if it is still there after a grace period."""
-        if self._proc is None or self._proc.poll() is not None:
+        if self._supervisor is None:
             return
-        self._proc.send_signal(signal.SIGINT)
-        try:
-            self._proc.wait(CAPTURE_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-    def failure(self) -> Optional[str]:
-        """A one-line reason when the capture exited with an error, else None."""
-        if self.returncode in (None, 0):
-            return None
-        lines = [ln for ln in self._log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        last = lines[-1].strip()[-200:] if lines else "no output"
-        return f"replay capture exited with code {self.returncode}: {last}"
+        self._stopping.set()
+        self._watcher.join()
+        self._supervisor.stop()
 
 
 def replay(cfg: Config, paths: list[str], run_dir: Path, *, pace: Pace, stop: threading.Event) -> int:
@@ -101,12 +100,11 @@ def replay(cfg: Config, paths: list[str], run_dir: Path, *, pace: Pace, stop: th
     cfg = replay_config(cfg, paths)
     run_dir = Path(run_dir)
     trainer = build_trainer(cfg, run_dir, lossless=pace == "asap")
-    capture = CaptureProcess(run_dir / "config.yaml", pace, run_dir / "logs" / "replay-capture.log")
+    capture = ReplayCapture(run_dir / "config.yaml", pace, run_dir / "logs")
     try:
         trainer.run(stop, input_done=capture.done, on_bound=capture.start)
     finally:
         capture.stop()
-    reason = capture.failure()
-    if reason is not None:
-        raise SourceError(reason)
+    if capture.failure is not None:
+        raise SourceError(capture.failure)
     return 0

@@ -126,7 +126,8 @@ class Supervisor:
             if now - child.started_at >= self._healthy_after_s:
                 child.restarts = 0  # it had been running fine: a new fault, not the same one again
             if child.restarts >= self._max_restarts:
-                report(f"{child.spec.name} exited with code {code} and used up its {self._max_restarts} restarts: {tail}")
+                used = f" and used up its {self._max_restarts} restarts" if self._max_restarts else ""
+                report(f"{child.spec.name} exited with code {code}{used}: {tail}")
                 healthy = False
                 continue
             child.restarts += 1
@@ -156,6 +157,11 @@ class Supervisor:
                     proc.wait()
             codes[child.spec.name] = proc.returncode
         return codes
+
+    @property
+    def finished(self) -> bool:
+        """Every child has exited and none is waiting for a restart."""
+        return all(child.proc is None and child.restart_at is None for child in self._children)
 
     @property
     def restarts(self) -> dict[str, int]:

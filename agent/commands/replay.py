@@ -20,8 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-dir", required=True, help="checkpoints, metrics.jsonl and exports go here; a rerun resumes")
     parser.add_argument(
-        "--pace", choices=("timestamps", "asap"), default="asap",
-        help="timestamps: play at recorded speed; asap: as fast as training consumes (lossless)",
+        "--pace", choices=("realtime", "asap", "timestamps"), default="asap",
+        help="realtime: play at recorded speed ('timestamps' is its older name); asap: as fast as training "
+        "consumes (lossless)",
     )
     parser.add_argument("--max-steps", type=int, default=None, help="stop at this total step count (across resumes)")
     parser.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
@@ -42,4 +43,4 @@ def main(args: argparse.Namespace) -> int:
     configure_logging()
     from agent.replay import replay
 
-    return replay(cfg, videos, Path(args.run_dir), pace=args.pace, stop=stop.event)
+    return replay(cfg, videos, Path(args.run_dir), pace="realtime" if args.pace == "timestamps" else args.pace, stop=stop.event)

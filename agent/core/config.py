@@ -25,6 +25,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
 
 
+Pace = Literal["realtime", "asap"]
+"""How recordings are played: at their recorded speed (capped at `capture.fps`), or as fast as they
+can be read (offline replay; with a lossless sender, exactly as fast as the trainer consumes)."""
+
+
 class CaptureConfig(_Section):
     """Capture side: what is read, how often, and how it is shrunk before it crosses the wire."""
 

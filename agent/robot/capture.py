@@ -16,12 +16,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 
 from agent.core.atomic import write_status
-from agent.core.config import CaptureConfig, WireConfig
+from agent.core.config import CaptureConfig, Pace, WireConfig
 from agent.core.errors import ByolAgentError, SourceError
 from agent.core.frames import NoveltyGate, fit_frame
 from agent.core.repeats import backoff_s
@@ -33,7 +33,6 @@ from agent.robot.transport import FrameSender
 
 log = logging.getLogger(__name__)
 
-Pace = Literal["realtime", "asap"]
 LOSSLESS_RETRY_S = 0.2
 JOIN_TIMEOUT_S = 2.0
 STATUS_EVERY_S = 1.0
