@@ -2,7 +2,7 @@
 
 Storage is allocated once (bounded in frames and in bytes), so a long run never grows; it lives in
 pinned host memory when training on CUDA (non_blocking copies overlap the step) or on the GPU itself
-with `buffer.device=cuda`. What to evict is a small pluggable policy: FIFO, reservoir, or
+with `buffer.device=cuda`. What to evict is a small pluggable policy (trainer/eviction.py): FIFO, reservoir, or
 minimum-redundancy (drop the frame most similar to its nearest neighbour in the target's embedding
 space), because temporally correlated video ruins naive streaming SSL and no one policy wins always.
 """
@@ -19,200 +19,10 @@ import torch
 
 from agent.core.config import BufferConfig
 from agent.core.errors import ConfigError
+from trainer.eviction import MinRedundancyPolicy, Slots, make_policy, policy_state, reindex_policy_state
 
 if TYPE_CHECKING:
     from agent.core.wire import Frame
-
-
-class _Slots:
-    """Per-slot bookkeeping the policies read (numpy arrays indexed by slot)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.size = 0  # slots ever filled; they fill 0..capacity-1 in order, then get replaced
-        self.valid = np.zeros(capacity, dtype=bool)  # False while empty or being overwritten
-        self.camera_id = np.zeros(capacity, dtype=np.int64)
-        self.seq = np.zeros(capacity, dtype=np.int64)
-        self.timestamp = np.zeros(capacity, dtype=np.float64)
-        self.inserted_at = np.zeros(capacity, dtype=np.float64)  # time.monotonic() at insert
-        self.ticket = np.full(capacity, -1, dtype=np.int64)  # insert counter: identifies the frame in a slot
-
-    def oldest(self) -> int:
-        """Slot holding the earliest inserted frame among those not being written."""
-        order = np.where(self.valid[: self.size], self.ticket[: self.size], np.iinfo(np.int64).max)
-        return int(order.argmin())
-
-
-class EvictionPolicy:
-    """Decides which slot a new frame replaces once the buffer is full, or that the frame is dropped."""
-
-    name = "base"
-
-    def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
-        raise NotImplementedError
-
-    def forget(self, slot: int) -> None:
-        """The frame in `slot` is being replaced."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned."""
-
-
-class FifoPolicy(EvictionPolicy):
-    """Evict the oldest frame: the buffer is the most recent stretch of the stream."""
-
-    name = "fifo"
-
-    def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
-        return slots.oldest()
-
-
-class ReservoirPolicy(EvictionPolicy):
-    """Keep a uniform sample of everything seen (Vitter's algorithm R): frame n enters with p = C/n."""
-
-    name = "reservoir"
-
-    def __init__(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
-
-    def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
-        j = int(self._rng.integers(0, max(frames_seen, 1)))
-        if j >= slots.capacity or not slots.valid[j]:
-            return None
-        return j
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "rng" in state:
-            self._rng.bit_generator.state = state["rng"]
-
-
-class MinRedundancyPolicy(EvictionPolicy):
-    """Evict the frame most similar (cosine) to its nearest neighbour in the target's embedding space.
-
-    Embeddings arrive from the trainer in batches (`set_embeddings`); each slot's nearest neighbour
-    is maintained incrementally, so an eviction costs one argmax plus re-scoring the few slots whose
-    neighbour just left, not an N x N similarity matrix. Frames not yet embedded are never chosen
-    while at least two embedded ones exist and they are not outnumbered by the unembedded backlog
-    (they get a chance to prove they are novel); before that, or while the backlog is larger than
-    the embedded set (frames arriving faster than the trainer embeds them), the policy evicts the
-    oldest frame not yet embedded, so the embedded set is never emptied by a fast camera.
-
-    The encoder keeps changing, so an embedding computed on arrival goes stale: two frames the
-    early encoder could not tell apart may be far apart now. `stalest(n)` names the embedded slots
-    whose embeddings are oldest (by embedding round), which the trainer re-embeds with the current
-    target at a bounded rate (`buffer.refresh_every_steps`).
-    """
-
-    name = "min_redundancy"
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._emb: Optional[torch.Tensor] = None  # (C, D) l2-normalised float32, CPU
-        self._has = torch.zeros(capacity, dtype=torch.bool)
-        self._nn_sim = torch.full((capacity,), float("-inf"))
-        self._nn_idx = torch.full((capacity,), -1, dtype=torch.long)
-        self._round = np.zeros(capacity, dtype=np.int64)  # embedding round each slot's vector is from
-        self._rounds = 0
-
-    @property
-    def embedded(self) -> int:
-        return int(self._has.sum())
-
-    def victim(self, slots: _Slots, frames_seen: int) -> Optional[int]:
-        pending = self.pending(slots)
-        if len(pending) and (self.embedded < 2 or len(pending) >= self.embedded):
-            # Too few to compare, or frames arrive faster than they are embedded: evicting embedded
-            # ones would empty the curated set; drop the oldest of the backlog instead.
-            return int(pending[0])
-        if self.embedded < 2:
-            return slots.oldest()
-        scores = torch.where(self._has, self._nn_sim, torch.tensor(float("-inf")))
-        return int(scores.argmax())
-
-    def pending(self, slots: _Slots) -> np.ndarray:
-        """Valid slots with no embedding yet, oldest first."""
-        has = self._has[: slots.size].numpy()
-        idx = np.flatnonzero(slots.valid[: slots.size] & ~has)
-        return idx[np.argsort(slots.ticket[idx], kind="stable")]
-
-    def stalest(self, slots: _Slots, n: int) -> np.ndarray:
-        """Up to `n` valid embedded slots, the oldest embeddings first."""
-        idx = np.flatnonzero(slots.valid[: slots.size] & self._has[: slots.size].numpy())
-        return idx[np.argsort(self._round[idx], kind="stable")][:n]
-
-    def forget(self, slot: int) -> None:
-        if not bool(self._has[slot]):
-            return
-        self._has[slot] = False
-        self._nn_sim[slot] = float("-inf")
-        self._nn_idx[slot] = -1
-        orphans = torch.nonzero(self._has & (self._nn_idx == slot)).flatten()
-        self._rescore(orphans)
-
-    def set_embeddings(self, slot_ids: torch.Tensor, vectors: torch.Tensor) -> None:
-        """Record embeddings for `slot_ids` (unique) and update every nearest neighbour they affect."""
-        vectors = torch.nn.functional.normalize(vectors.detach().float().cpu(), dim=1)
-        if self._emb is None or self._emb.shape[1] != vectors.shape[1]:
-            self._emb = torch.zeros(self._capacity, vectors.shape[1])
-            self._has.zero_()
-            self._nn_sim.fill_(float("-inf"))
-            self._nn_idx.fill_(-1)
-        for slot in slot_ids.tolist():
-            self.forget(slot)
-        self._rounds += 1
-        self._round[slot_ids.numpy()] = self._rounds
-        self._emb[slot_ids] = vectors
-        old = torch.nonzero(self._has).flatten()
-        self._has[slot_ids] = True
-        if old.numel():
-            sims = self._emb[old] @ vectors.T  # (old, new)
-            best, arg = sims.max(dim=1)
-            better = best > self._nn_sim[old]
-            self._nn_sim[old[better]] = best[better]
-            self._nn_idx[old[better]] = slot_ids[arg[better]]
-        self._rescore(slot_ids)
-
-    def _rescore(self, rows: torch.Tensor) -> None:
-        """Recompute the nearest neighbour of `rows` against every embedded slot."""
-        if rows.numel() == 0 or self._emb is None:
-            return
-        cols = torch.nonzero(self._has).flatten()
-        if cols.numel() == 0:
-            self._nn_sim[rows] = float("-inf")
-            self._nn_idx[rows] = -1
-            return
-        sims = self._emb[rows] @ self._emb[cols].T
-        sims[rows.unsqueeze(1) == cols.unsqueeze(0)] = float("-inf")
-        best, arg = sims.max(dim=1)
-        self._nn_sim[rows] = best
-        self._nn_idx[rows] = torch.where(torch.isfinite(best), cols[arg], torch.tensor(-1))
-
-    def state_dict(self) -> dict[str, Any]:
-        if self._emb is None:
-            return {}
-        return {"emb": self._emb.clone(), "has": self._has.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "emb" not in state:
-            return
-        has = state["has"].bool()
-        slot_ids = torch.nonzero(has).flatten()
-        if slot_ids.numel():
-            self.set_embeddings(slot_ids, state["emb"][slot_ids])
-
-
-def make_policy(cfg: BufferConfig, capacity: int, seed: int) -> EvictionPolicy:
-    if cfg.policy == "fifo":
-        return FifoPolicy()
-    if cfg.policy == "reservoir":
-        return ReservoirPolicy(seed)
-    return MinRedundancyPolicy(capacity)
 
 
 def storage_device(cfg: BufferConfig, train_device: torch.device) -> torch.device:
@@ -253,7 +63,7 @@ class ReplayBuffer:
         # Only each sampled batch is pinned (`_gather`): the store itself stays pageable, so a large
         # buffer does not lock gigabytes of host RAM.
         self._storage = torch.empty((capacity, h, w, c), dtype=torch.uint8, device=self.device)
-        self._slots = _Slots(capacity)
+        self._slots = Slots(capacity)
         self._policy = make_policy(cfg, capacity, seed)
         self._lock = threading.Lock()
         self._frames_seen = 0
@@ -428,7 +238,7 @@ class ReplayBuffer:
                 "evictions": self._evictions,
                 "rejected": self._rejected,
                 "policy": self.cfg.policy,
-                "policy_state": _policy_state(self._policy, keep),
+                "policy_state": policy_state(self._policy, keep),
             }
             return state
 
@@ -456,19 +266,4 @@ class ReplayBuffer:
             self._rejected = int(state["rejected"])
             self._per_camera = Counter(int(c) for c in s.camera_id[:n])
             if state.get("policy") == self.cfg.policy:
-                self._policy.load_state_dict(_reindex_policy_state(state["policy_state"], order))
-
-
-def _policy_state(policy: EvictionPolicy, keep: np.ndarray) -> dict[str, Any]:
-    """The policy's state with per-slot tensors restricted to the saved slots (in saved order)."""
-    state = policy.state_dict()
-    if "emb" in state:
-        index = torch.from_numpy(keep)
-        state = {"emb": state["emb"][index], "has": state["has"][index]}
-    return state
-
-
-def _reindex_policy_state(state: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
-    if "emb" in state:
-        return {"emb": state["emb"][order], "has": state["has"][order]}
-    return state
+                self._policy.load_state_dict(reindex_policy_state(state["policy_state"], order))
