@@ -3,17 +3,14 @@
     with HotEncoder("runs/default/exports") as enc:
         z = enc.embed(frames_uint8)      # (N,H,W,3) or (H,W,3) RGB, any size → (N, D) float32
 
-A watcher thread polls `LATEST`. A new version is loaded entirely off the serving path: the
-model file is hashed and compared with the manifest, a session is built from that same file (its
-inode, size and mtime must not change across the load, so the file checked is the file loaded),
-warmed up with one inference and checked against the manifest's input and the current output
-dimension (the policy head was built on D, so a different D is refused rather than swapped in).
+A watcher thread polls `LATEST`. A new version is loaded entirely off the serving path by a
+`VersionLoader` (agent/robot/version_loader.py: hash check, session from the very file checked,
+warm-up, same output dimension as the one serving, at most two sessions resident).
 The swap replaces one reference to an immutable (session, manifest) pair; a call in flight holds
 its own reference and finishes on the old session. A failed load is logged once, keeps the old
 version serving, and is retried only when the files change. While nothing is serving yet (a
 robot booting after a bad write), a LATEST that fails falls back to the newest earlier version
-that verifies, each skipped one logged; LATEST keeps being watched. At most two sessions are resident:
-the watcher waits for the previous one to be released before building the next. Torch-free:
+that verifies, each skipped one logged; LATEST keeps being watched. Torch-free:
 numpy, OpenCV and onnxruntime only.
 """
 
@@ -23,31 +20,19 @@ import logging
 import threading
 import time
 import traceback
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
-import onnxruntime as ort
 
 from agent.core.errors import ModelFileError
 from agent.core.frames import as_frame_batch
-from export.manifest import (
-    LATEST_NAME,
-    Manifest,
-    manifest_filename,
-    model_filename,
-    parse_version,
-    read_latest,
-    read_manifest,
-    sha256_file,
-)
-from export.sessions import TENSORRT, create_session, resolve_providers
+from agent.robot.version_loader import Loaded, VersionLoader, file_stamp
+from export.manifest import LATEST_NAME, Manifest, manifest_filename, model_filename, parse_version, read_latest
+from export.sessions import resolve_providers
 
 log = logging.getLogger(__name__)
-_TRT_MAX_BATCH = 64  # TensorRT builds its engine for batch 1..this up front, never on the serving path
-_MAX_RESIDENT = 2
 
 
 @dataclass(frozen=True)
@@ -60,15 +45,6 @@ class SwapEvent:
     output_dim: int
     load_s: float
     manifest: dict[str, Any]
-
-
-@dataclass(frozen=True, eq=False)
-class _Loaded:
-    """One servable version: never mutated, replaced as a whole."""
-
-    name: str
-    session: ort.InferenceSession
-    manifest: Manifest
 
 
 class HotEncoder:
@@ -89,11 +65,9 @@ class HotEncoder:
         self._poll_interval_s = poll_interval_s
         self._on_swap = on_swap
         self._providers = resolve_providers(providers)
-        self._threads = threads
-        self._current: Optional[_Loaded] = None
-        self._resident = 0
-        self._resident_cond = threading.Condition()
+        self._current: Optional[Loaded] = None
         self._stop = threading.Event()
+        self._loader = VersionLoader(self.export_dir, self._providers, threads, self._stop)
         self._first = threading.Event()
         self._failed_signature: Optional[tuple] = None
         self.swaps = 0
@@ -158,8 +132,7 @@ class HotEncoder:
     @property
     def resident_sessions(self) -> int:
         """onnxruntime sessions alive right now (serving, draining or being loaded): never above two."""
-        with self._resident_cond:
-            return self._resident
+        return self._loader.resident
 
     @property
     def providers(self) -> list[str]:
@@ -200,18 +173,18 @@ class HotEncoder:
         try:
             name = read_latest(self.export_dir)
         except ModelFileError as exc:
-            return self._fall_back((LATEST_NAME, _stat(latest_path)), exc, None)
+            return self._fall_back((LATEST_NAME, file_stamp(latest_path)), exc, None)
         if name is None and self._current is None and self._has_manifests():  # LATEST lost, versions still there
             return self._fall_back((LATEST_NAME, None), ModelFileError(f"{latest_path} is missing"), None)
         if name is None or name == self._serving_name():
             return None
         version = parse_version(name)
-        signature = (name, _stat(self.export_dir / name), _stat(self.export_dir / model_filename(version)))
+        signature = (name, file_stamp(self.export_dir / name), file_stamp(self.export_dir / model_filename(version)))
         if signature == self._failed_signature:
             return None  # same broken files as last time: wait for them to change
         start = time.perf_counter()
         try:
-            loaded = self._load(name)
+            loaded = self._loader.load(name, self._serving_manifest())
         except ModelFileError as exc:
             return self._fall_back(signature, exc, version)
         if self._stop.is_set():
@@ -232,13 +205,13 @@ class HotEncoder:
     def _has_manifests(self) -> bool:
         return any(parse_version(p.name) is not None for p in self.export_dir.glob("encoder-*.json"))
 
-    def _newest_good_before(self, version: Optional[int]) -> Optional[_Loaded]:
+    def _newest_good_before(self, version: Optional[int]) -> Optional[Loaded]:
         """Nothing serves yet and LATEST failed: the newest earlier version that verifies, or None."""
         found = {parse_version(p.name) for p in self.export_dir.glob("encoder-*.json")}
         candidates = sorted((v for v in found if v is not None and (version is None or v < version)), reverse=True)
         for candidate in candidates:
             try:
-                loaded = self._load(manifest_filename(candidate))
+                loaded = self._loader.load(manifest_filename(candidate), self._serving_manifest())
             except ModelFileError as exc:
                 log.warning("skipping version %d as well: %s", candidate, exc)
                 continue
@@ -261,75 +234,15 @@ class HotEncoder:
         current = self._current
         return current.name if current else None
 
-    def _serving_dim(self) -> Optional[tuple[int, int]]:
+    def _serving_manifest(self) -> Optional[Manifest]:
         current = self._current
-        return (current.manifest.version, current.manifest.output_dim) if current else None
+        return current.manifest if current else None
 
     def _serving(self) -> str:
         current = self._current
         return str(current.manifest.version) if current else "none"
 
-    def _load(self, name: str) -> _Loaded:
-        manifest = read_manifest(self.export_dir / name)
-        model_path = self.export_dir / manifest.model_file
-        serving = self._serving_dim()
-        if serving is not None and manifest.output_dim != serving[1]:
-            raise ModelFileError(
-                f"version {manifest.version} outputs D={manifest.output_dim} but version "
-                f"{serving[0]} serves D={serving[1]}; the policy head depends on D"
-            )
-        identity = _identity(model_path)
-        try:
-            digest = sha256_file(model_path)
-        except OSError as exc:
-            raise ModelFileError(f"model file {model_path} is unreadable: {exc.strerror}") from None
-        if digest != manifest.sha256:
-            size = identity[2] if identity else "?"
-            raise ModelFileError(
-                f"model file {model_path} ({size} bytes) does not match the sha256 in {name}: truncated or replaced"
-            )
-        self._wait_for_slot()
-        session = self._new_session(model_path, manifest)
-        if _identity(model_path) != identity:
-            raise ModelFileError(f"model file {model_path} was replaced while it was being loaded")
-        _check_session(session, manifest, model_path)
-        return _Loaded(name=name, session=session, manifest=manifest)
-
-    def _wait_for_slot(self) -> None:
-        """Block until fewer than two sessions are alive, so loading a third never happens."""
-        warn_at = time.monotonic() + 5.0
-        with self._resident_cond:
-            while self._resident >= _MAX_RESIDENT and not self._stop.is_set():
-                self._resident_cond.wait(0.05)
-                if time.monotonic() > warn_at:
-                    log.warning("still waiting for the previous encoder session to be released")
-                    warn_at = float("inf")
-
-    def _new_session(self, model_path: Path, manifest: Manifest) -> ort.InferenceSession:
-        """A counted session (`create_session`), released through a finalizer when the last call lets go."""
-        session = create_session(model_path, self._provider_list(manifest), self._threads)
-        with self._resident_cond:
-            self._resident += 1
-        weakref.finalize(session, self._released)
-        return session
-
-    def _released(self) -> None:
-        with self._resident_cond:
-            self._resident -= 1
-            self._resident_cond.notify_all()
-
-    def _provider_list(self, manifest: Manifest) -> list[Union[str, tuple[str, dict[str, Any]]]]:
-        providers: list[Union[str, tuple[str, dict[str, Any]]]] = []
-        for name in self._providers:
-            if name == TENSORRT:
-                one, most = _trt_shape(manifest, 1), _trt_shape(manifest, _TRT_MAX_BATCH)
-                options = {"trt_profile_min_shapes": one, "trt_profile_opt_shapes": one, "trt_profile_max_shapes": most}
-                providers.append((TENSORRT, options))
-            else:
-                providers.append(name)
-        return providers
-
-    def _swap(self, loaded: _Loaded, load_s: float) -> SwapEvent:
+    def _swap(self, loaded: Loaded, load_s: float) -> SwapEvent:
         old_version = self._current.manifest.version if self._current else None
         self._current = loaded  # the old session goes as soon as the calls in flight let go of it
         if old_version is not None:
@@ -357,46 +270,3 @@ class HotEncoder:
             log.error("on_swap callback failed for version %d\n%s", event.new_version, traceback.format_exc())
 
 
-def _check_session(session: ort.InferenceSession, manifest: Manifest, model_path: Path) -> None:
-    """The graph takes what the manifest says, and one warm-up inference gives (1, D) finite values."""
-    spec = manifest.input
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or inputs[0].name != spec.name or inputs[0].type != spec.onnx_type:
-        got = ", ".join(f"{i.name}:{i.type}" for i in inputs)
-        raise ModelFileError(f"{model_path} takes {got}; its manifest says {spec.name}:{spec.onnx_type}")
-    if list(inputs[0].shape[1:]) != list(spec.shape(1)[1:]):
-        raise ModelFileError(f"{model_path} input shape {inputs[0].shape} does not match the manifest's {spec.shape(1)}")
-    if manifest.output_name not in {o.name for o in session.get_outputs()}:
-        raise ModelFileError(f"{model_path} has no output named {manifest.output_name!r}")
-    warm = spec.prepare(np.zeros((1, spec.height, spec.width, 3), dtype=np.uint8))
-    try:
-        out = session.run([manifest.output_name], {spec.name: warm})[0]
-    except Exception as exc:  # onnxruntime's own error types
-        raise ModelFileError(f"{model_path} failed its warm-up inference: {str(exc).splitlines()[0][:300]}") from None
-    if out.shape != (1, manifest.output_dim) or not np.isfinite(out).all():
-        raise ModelFileError(
-            f"{model_path} warm-up gave shape {out.shape} (finite: {bool(np.isfinite(out).all())}), "
-            f"expected (1, {manifest.output_dim})"
-        )
-
-
-def _trt_shape(manifest: Manifest, batch: int) -> str:
-    spec = manifest.input
-    return f"{spec.name}:" + "x".join(str(d) for d in spec.shape(batch))
-
-
-def _identity(path: Path) -> Optional[tuple[int, int, int, int]]:
-    """Which file is at `path` (inode, device, size, mtime): published files are never rewritten in place."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
-
-
-def _stat(path: Path) -> Optional[tuple[int, int]]:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
