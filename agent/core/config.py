@@ -42,6 +42,9 @@ class CaptureConfig(_Section):
     reconnect_max_backoff_s: float = Field(10.0, gt=0)
     loop_video: bool = Field(False, description="restart a video file or image folder at its end instead of stopping")
     shuffle: bool = Field(False, description="image folders and globs: a new seeded random order every pass")
+    max_bad_frames: int = Field(
+        50, ge=0, description="video files: undecodable frames in a row skipped (and counted) before the file counts as ended"
+    )
 
 
 class WireConfig(_Section):
