@@ -375,7 +375,8 @@ class DemoSource(FrameSource):
 
 
 class SubscriptionSource(FrameSource):
-    """Newest frames of another capture process, via its PUB ("zmq+tcp://HOST:PORT", "zmq+ipc://PATH")."""
+    """Newest frames of another capture process, via its PUB ("zmq+tcp://HOST:PORT", "zmq+ipc://PATH"):
+    every camera it publishes, taken in turn (agent/robot/transport.py, `LatestFrameSubscriber`)."""
 
     live = True
 
@@ -385,17 +386,20 @@ class SubscriptionSource(FrameSource):
         self._wire = wire if wire is not None else WireConfig()
         self._security = WireSecurity.from_config(self._wire)  # key files checked now, not at first connect
         self._sub: Optional[LatestFrameSubscriber] = None
+        self.camera_id: Optional[int] = None  # the camera id the last frame read was published with
 
     def connect(self) -> None:
         self.disconnect()
         self._sub = LatestFrameSubscriber(self.endpoint, max_side=self._wire.max_frame_side, security=self._security)
 
     def read(self) -> np.ndarray:
+        """The newest frame of each publishing camera in turn (`camera_id` says whose)."""
         if self._sub is None:
             raise SourceError(f"{self.name} is not connected")
         frame = self._sub.latest(self.timeout_s)
         if frame is None:
             raise SourceError(f"{self.name}: no frame for {self.timeout_s:g} s")
+        self.camera_id = frame.camera_id
         return frame.image
 
     def disconnect(self) -> None:

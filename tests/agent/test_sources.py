@@ -218,6 +218,27 @@ def test_subscription_source_reads_another_captures_pub(free_endpoint: str) -> N
     np.testing.assert_array_equal(got, image)
 
 
+def test_subscription_to_all_cameras_delivers_each_camera_in_turn(free_endpoint: str) -> None:
+    source = open_source("zmq+" + free_endpoint, CFG)
+    images = {cam: np.full((12, 12, 3), 40 * cam, np.uint8) for cam in (3, 4)}
+    got: list[tuple[int, int]] = []
+    with FrameSender(free_tcp_endpoint(), hwm=2, publish=free_endpoint) as sender, source:
+        source.timeout_s = 0.05
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(got) < 20:
+            for cam, image in images.items():  # back to back, as a capture's main loop sends its cameras
+                sender.send(Frame(cam, 0, time.time(), image))
+            time.sleep(0.02)  # both have arrived before the reader looks
+            try:
+                value = int(source.read()[0, 0, 0])
+            except SourceError:
+                continue
+            got.append((value // 40, source.camera_id))
+    cams = [cam for cam, _ in got]
+    assert len(got) == 20 and min(cams.count(3), cams.count(4)) >= 8, got
+    assert all(cam == camera_id for cam, camera_id in got)  # the camera id the frame was published with
+
+
 def test_open_source_dispatch() -> None:
     assert isinstance(open_source("0", CFG), CameraSource)
     assert isinstance(open_source("/dev/video2", CFG), CameraSource)
