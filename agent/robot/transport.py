@@ -6,7 +6,9 @@ does not fit is dropped and counted. `lossless=True` waits instead, for offline 
 exactly as fast as training consumes. Many capture processes connect to one trainer's bound PULL.
 
 Latest-frame consumers subscribe to the PUB and keep the newest frame of each camera
-(`LatestFrameSubscriber`); the PUB queues at most `PUB_HWM` frames per subscriber and drops the rest.
+(`LatestFrameSubscriber`); the PUB queues at most `PUB_HWM` frames per subscriber and, as ZeroMQ does,
+drops the newest past that: a burst larger than that, or a link slower than the cameras, loses frames
+until there is room again.
 Neither side uses ZMQ_CONFLATE: it keeps one message across all cameras, so a subscriber to all of them
 saw only the camera sent last (see `LatestFrameSubscriber`).
 
