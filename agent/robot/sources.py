@@ -279,13 +279,21 @@ class ImageFilesSource(FrameSource):
     reproduces it): a folder sorted by class is otherwise a class-after-class stream.
 
     An unreadable file is skipped with a warning; a folder that vanishes is a lost source, and
-    reopening it resumes at the same position.
+    reopening it resumes at the same position. Images with 16-bit samples are scaled by `bit_depth`
+    or the depth the file states (`agent.core.frames.read_image_bgr`).
     """
 
-    def __init__(self, spec: str, loop: bool = False, pattern: Optional[bool] = None, shuffle: bool = False) -> None:
+    def __init__(
+        self,
+        spec: str,
+        loop: bool = False,
+        pattern: Optional[bool] = None,
+        shuffle: bool = False,
+        bit_depth: Optional[int] = None,
+    ) -> None:
         self._is_glob = any(ch in spec for ch in "*?[") if pattern is None else pattern
         super().__init__(f"image glob {spec!r}" if self._is_glob else f"image folder '{spec}'")
-        self.spec, self.loop = spec, loop
+        self.spec, self.loop, self.bit_depth = spec, loop, bit_depth
         self._order = np.random.default_rng(0) if shuffle else None
         self._files: list[str] = []
         self._index = 0
@@ -314,7 +322,7 @@ class ImageFilesSource(FrameSource):
         """List the files; before the first image is delivered, also check that one decodes, so a
         folder of only unreadable files is a start-up error rather than a capture that sends nothing."""
         files = self._list()
-        if self.delivered == 0 and not any(read_image_bgr(path) is not None for path in files):
+        if self.delivered == 0 and not any(read_image_bgr(path, self.bit_depth) is not None for path in files):
             raise SourceError(f"{self.name}: none of its {len(files)} files could be read as an image")
         self._files = files
         if self._index == 0:  # a reconnect resumes the pass it was in
@@ -337,7 +345,7 @@ class ImageFilesSource(FrameSource):
                 self._shuffle()
             path = self._files[self._index]
             self._index += 1
-            bgr = read_image_bgr(path)
+            bgr = read_image_bgr(path, self.bit_depth)
             if bgr is not None:
                 self.delivered += 1
                 return bgr_to_rgb(bgr)
@@ -429,7 +437,9 @@ def open_source(spec: str, cfg: CaptureConfig, wire: Optional[WireConfig] = None
     if spec.lower().startswith(STREAM_SCHEMES):
         return StreamSource(spec)
     if any(ch in spec for ch in "*?[") or Path(spec).is_dir():
-        return ImageFilesSource(spec, loop=cfg.loop_video, shuffle=cfg.shuffle)
+        return ImageFilesSource(spec, loop=cfg.loop_video, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth)
     if Path(spec).suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageFilesSource(glob.escape(spec), loop=cfg.loop_video, pattern=True, shuffle=cfg.shuffle)
+        return ImageFilesSource(
+            glob.escape(spec), loop=cfg.loop_video, pattern=True, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth
+        )
     return VideoFileSource(spec, loop=cfg.loop_video, max_bad_frames=cfg.max_bad_frames)

@@ -286,3 +286,13 @@ def test_a_folder_of_only_unreadable_images_is_an_error_not_an_empty_success(tmp
     assert source.read().shape == (4, 4, 3)  # one good file among bad ones is enough
     with pytest.raises(SourceExhausted):
         source.read()
+
+
+def test_capture_bit_depth_scales_16_bit_images_of_a_folder(tmp_path: Path) -> None:
+    ramp = np.linspace(0, 4095, 12 * 12).round().astype(np.uint16).reshape(12, 12)
+    assert cv2.imwrite(str(tmp_path / "raw12.png"), np.dstack([ramp] * 3))  # 12-bit values, no sBIT
+    auto = read_all(open_source(str(tmp_path), CFG))
+    twelve = read_all(open_source(str(tmp_path), CaptureConfig(height=32, width=32, bit_depth=12)))
+    assert auto[0].max() == 16  # the container's 16 bits (4095 x 255 / 65535): the documented default
+    assert twelve[0].max() == 255 and twelve[0].dtype == np.uint8
+    np.testing.assert_allclose(twelve[0][..., 0], np.round(ramp * (255 / 4095)), atol=1)
