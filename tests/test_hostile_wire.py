@@ -140,7 +140,7 @@ def test_decoder_bombs_on_a_subscription_do_not_kill_capture(tmp_path: Path) -> 
     try:
         with FrameReceiver(sink, hwm=64) as receiver:
             assert forwarded_after(receiver, 0), "capture never forwarded a frame"
-            for bomb in bombs * 3:  # one at a time: the subscriber conflates, it keeps only the newest message
+            for bomb in bombs * 3:  # one at a time: the subscriber keeps only the newest message per camera
                 pub.send(bomb)
                 time.sleep(0.3)
             assert forwarded_after(receiver, seq), "capture forwarded nothing after the bombs"

@@ -47,6 +47,16 @@ class CaptureConfig(_Section):
     reconnect_max_backoff_s: float = Field(10.0, gt=0)
     loop_video: bool = Field(False, description="restart a video file or image folder at its end instead of stopping")
     shuffle: bool = Field(False, description="image folders and globs: a new seeded random order every pass")
+    bit_depth: Optional[int] = Field(
+        None,
+        ge=8,
+        le=16,
+        description="image files with 16-bit samples: the bits their data really uses, unscaled (e.g. 12 for 0-4095); "
+        "None = what the file says (a PGM/PPM maxval, a PNG sBIT over unscaled samples), else 16",
+    )
+    max_bad_frames: int = Field(
+        50, ge=0, description="video files: undecodable frames in a row skipped (and counted) before the file counts as ended"
+    )
 
 
 class WireConfig(_Section):

@@ -9,7 +9,9 @@ for parity are prepared exactly like the frames served. Torch-free: numpy and Op
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+import re
+import struct
+from typing import BinaryIO, Literal, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -145,14 +147,101 @@ def decode_jpeg(data: bytes | memoryview) -> Optional[np.ndarray]:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_image_bgr(path: str) -> Optional[np.ndarray]:
-    """An image file as OpenCV reads it (BGR, BGRA or gray), or None when it cannot be decoded. OpenCV
-    raises rather than returning None for some files (a header declaring more pixels than its
-    CV_IO_MAX_IMAGE_PIXELS limit): that is None too, so a hostile file is a skip, never a traceback."""
+def read_image_bgr(path: str, bit_depth: Optional[int] = None) -> Optional[np.ndarray]:
+    """An image file as uint8 HxWx3 BGR, or None when it cannot be decoded.
+
+    OpenCV raises rather than returning None for some files (a header declaring more pixels than its
+    CV_IO_MAX_IMAGE_PIXELS limit): that is None too, so a hostile file is a skip, never a traceback.
+
+    Images with 16-bit samples are scaled to 0-255 by the depth of their data, v x 255 / (2^depth - 1)
+    rounded and clipped (OpenCV alone keeps the top 8 bits, so 12-bit values 0-4095 came out as 0-15):
+    `bit_depth` (8-16) when given, which says the samples are that many bits, unscaled; otherwise
+    `sample_depth` of the file (a PGM/PPM's maxval, a PNG's sBIT when its samples are unscaled), else
+    the container's 16. Other depths (float TIFF, ...) keep OpenCV's own 8-bit conversion.
+    """
     try:
-        return cv2.imread(path, cv2.IMREAD_COLOR)
+        image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+        if image is not None and image.dtype not in (np.uint8, np.uint16):
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
     except cv2.error:
         return None
+    if image is None or image.dtype == np.uint8:
+        return image
+    if bit_depth is None:
+        maxval = sample_maxval(path, image)
+    else:
+        if not 8 <= bit_depth <= 16:
+            raise ValueError(f"bit_depth must be in 8..16, got {bit_depth}")
+        maxval = (1 << bit_depth) - 1
+    return cv2.convertScaleAbs(image, alpha=255.0 / maxval)  # rounds and saturates to uint8
+
+
+def sample_maxval(path: str, image: np.ndarray) -> int:
+    """The value that stands for full scale in a 16-bit `image` read from `path`: 65535 unless the file says less.
+
+    - PGM/PPM (Netpbm): the header's maxval, which defines the range (OpenCV returns the samples unscaled).
+    - PNG with an sBIT chunk of b < 16 significant bits (the largest over the colour channels): the PNG
+      specification (1.2, sections 4.2.6 and 9.1) has encoders scale such samples up to 16 bits, so
+      sBIT alone does not change full scale; but when every sample is below 2^b the writer stored them
+      unscaled, and full scale is 2^b - 1. (A conforming file with every sample below 2^b would have
+      to be almost black, under 2^(2b-16) of 2^b - 1; it would come out 2^(16-b) times brighter.)
+    Anything else, or a header that cannot be read: 65535.
+    """
+    full = 65535
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head[:2] in (b"P2", b"P3", b"P5", b"P6"):
+                maxval = _netpbm_maxval(head + f.read(1024))
+            elif head == _PNG_SIGNATURE:
+                bits = _png_sbit(f)
+                maxval = (1 << bits) - 1 if bits is not None and int(image.max()) < (1 << bits) else None
+            else:
+                maxval = None
+    except OSError:
+        return full
+    return maxval if maxval is not None and 255 <= maxval <= full else full
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}  # colour type -> colour channels (sBIT's alpha byte is ignored)
+
+
+def _png_sbit(f: BinaryIO) -> Optional[int]:
+    """Significant bits from a PNG's sBIT chunk (the most over the colour channels), or None.
+
+    Reads chunk headers from after the signature until IDAT, seeking over the rest; sBIT must come
+    before IDAT (PNG 1.2, section 4.2.6). None for a missing, malformed or out-of-range chunk.
+    """
+    colour_type = None
+    for _ in range(256):  # a hostile file cannot make this walk long
+        header = f.read(8)
+        if len(header) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", header)
+        if kind in (b"IDAT", b"IEND") or length > 1 << 24:
+            return None
+        if kind == b"IHDR" and length == 13:
+            ihdr = f.read(13)
+            if len(ihdr) < 13:
+                return None
+            colour_type = ihdr[9]
+            f.seek(4, 1)
+            continue
+        if kind == b"sBIT" and colour_type in _PNG_CHANNELS and 1 <= length <= 4:
+            bits = max(f.read(length)[: _PNG_CHANNELS[colour_type]], default=0)
+            return bits if 1 <= bits < 16 else None
+        f.seek(length + 4, 1)
+    return None
+
+
+def _netpbm_maxval(head: bytes) -> Optional[int]:
+    """maxval from a P2/P3/P5/P6 header (magic, width, height, maxval; '#' starts a comment to the line's end)."""
+    text = re.sub(rb"#[^\n\r]*", b" ", head[2:])
+    fields = text.split(maxsplit=3)
+    if len(fields) < 3 or not fields[2].isdigit():
+        return None
+    return int(fields[2])
 
 
 def bgr_to_rgb(image: np.ndarray) -> np.ndarray:

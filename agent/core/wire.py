@@ -1,7 +1,8 @@
 """The wire format: one frame = one ZeroMQ message = a fixed little-endian header, then the payload.
 
-A single message (not multipart) lets the latest-frame subscriber use ZMQ_CONFLATE, and the header
-starts with magic + version + camera id so a SUB can subscribe to one camera by prefix. Nothing is
+A single message (not multipart) is what ZeroMQ queues, drops and filters as a unit, and the header
+starts with magic + version + camera id so a SUB can subscribe to one camera by prefix (and a
+latest-frame reader can tell cameras apart without decoding, `peek_camera_id`). Nothing is
 pickled: a receiver only ever unpacks fixed-size integers and image bytes, and every malformed,
 truncated or foreign message becomes a `WireError` the receiver can count and drop.
 
@@ -74,6 +75,21 @@ def subscription_prefix(camera_id: Optional[int] = None) -> bytes:
     if camera_id is None:
         return MAGIC + bytes([VERSION])
     return _PREFIX.pack(MAGIC, VERSION, camera_id)
+
+
+def peek_camera_id(buf: Buffer) -> int:
+    """The camera id of a message of this version, read from its first 7 bytes without decoding the rest.
+
+    For a reader that keeps only the newest message per camera and decodes just the ones it uses
+    (`decode_frame` still validates those in full). Raises WireError for a short or foreign message.
+    """
+    view = memoryview(buf).cast("B")
+    if len(view) < _PREFIX.size:
+        raise WireError(f"message of {len(view)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    magic, version, camera_id = _PREFIX.unpack_from(view)
+    if magic != MAGIC or version != VERSION:
+        raise WireError(f"foreign message or unsupported wire version (magic {bytes(magic)!r}, version {version})")
+    return camera_id
 
 
 def _header(frame: Frame, jpeg_quality: Optional[int]) -> tuple[bytes, Optional[bytes]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 from abc import ABC, abstractmethod
@@ -158,13 +159,31 @@ class StreamSource(_OpenCVSource):
 
 
 class VideoFileSource(_OpenCVSource):
-    """A recorded video; finite unless `loop`. Reopening resumes where it was lost."""
+    """A recorded video; finite unless `loop`. Reopening resumes where it was lost.
 
-    def __init__(self, path: Union[str, Path], loop: bool = False) -> None:
+    A frame that does not decode (a damaged chunk) is skipped, counted in `skipped` and logged (the
+    first, then every 100th); only more than `max_bad_frames` failures in a row end the file, because
+    OpenCV's FFmpeg reader goes on after a damaged packet: measured on OpenCV 5.0 with one chunk of a
+    60-frame MJPG AVI overwritten, `read()` fails once and the next 30 frames decode; a damaged mp4v
+    file failed 3 frames in a row and then decoded on. A failed read at the real end costs about
+    1 µs, so the bound is cheap. Seeking past a failure (CAP_PROP_POS_FRAMES) is not needed for that
+    and would land on a keyframe in a codec with P-frames, losing more. A file that ends more than
+    max(2, 5 %) frames short of the count its header reports (truncated, or damaged where the
+    reader could not find the next frame) says so in one warning.
+    """
+
+    LOG_SKIP_EVERY = 100
+
+    def __init__(self, path: Union[str, Path], loop: bool = False, max_bad_frames: int = 50) -> None:
+        if max_bad_frames < 0:
+            raise ValueError(f"max_bad_frames must be >= 0, got {max_bad_frames}")
         self.path = Path(path)
         super().__init__(f"video file '{self.path}'", str(self.path), cv2.CAP_FFMPEG)
-        self.loop = loop
-        self._position = 0
+        self.loop, self.max_bad_frames = loop, max_bad_frames
+        self.skipped = 0  # undecodable frames skipped, over all passes
+        self._position = 0  # frames consumed in this pass (delivered or skipped): where a reopen resumes
+        self._reported = 0  # the frame count the container reports; 0 = unknown
+        self._warned_short = False
         self._pending: Optional[np.ndarray] = None
         self._media_time: Optional[float] = None
 
@@ -185,11 +204,12 @@ class VideoFileSource(_OpenCVSource):
         if self._position:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, self._position)
             return
-        try:
-            self._pending = super().read()
-        except SourceError:
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self._reported = int(count) if math.isfinite(count) and count > 0 else 0
+        self._pending = self._decode()
+        if self._pending is None:
             self.disconnect()
-            raise SourceError(f"{self.name} has no decodable frames (not a video, or a codec OpenCV lacks)") from None
+            raise SourceError(f"{self.name} has no decodable frames (not a video, or a codec OpenCV lacks)")
         self._media_time = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
 
     def _open_error(self) -> str:
@@ -198,22 +218,56 @@ class VideoFileSource(_OpenCVSource):
     def read(self) -> np.ndarray:
         if self._pending is not None:
             image, self._pending = self._pending, None
-        else:
-            image = self._next()
+            return image
+        return self._next()
+
+    def _decode(self) -> Optional[np.ndarray]:
+        """The next frame that decodes, as RGB, skipping up to `max_bad_frames` failures in a row;
+        None at the end of the file (failures past the bound are the end, not skipped frames)."""
+        assert self._cap is not None
+        failures = 0
+        while True:
+            ok, bgr = self._cap.read()
+            if ok and bgr is not None:
+                break
+            if failures >= self.max_bad_frames:
+                return None
+            failures += 1
+        for _ in range(failures):
+            self.skipped += 1
+            if self.skipped == 1 or self.skipped % self.LOG_SKIP_EVERY == 0:
+                log.warning(
+                    "%s: skipped an undecodable frame at frame %d (%d so far)", self.name, self._position, self.skipped
+                )
+            self._position += 1
         self._position += 1
-        return image
+        return bgr_to_rgb(bgr)
+
+    def _warn_if_short(self) -> None:
+        missing = self._reported - self._position
+        if self._warned_short or missing <= max(2, 0.05 * self._reported):
+            return
+        self._warned_short = True
+        log.warning(
+            "%s ended after %d frames but its header reports %d: the file is truncated or damaged past recovery",
+            self.name,
+            self._position,
+            self._reported,
+        )
 
     def _next(self) -> np.ndarray:
         if self._cap is None:
             raise SourceError(f"{self.name} is not connected")
-        try:
-            image = super().read()
-        except SourceError:
+        image = self._decode()
+        if image is None:
+            self._warn_if_short()
             if not self.loop or self._position == 0:
-                raise SourceExhausted(f"{self.name} has no more frames") from None
+                raise SourceExhausted(f"{self.name} has no more frames")
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             self._position = 0
-            image = super().read()
+            image = self._decode()
+            if image is None:
+                raise SourceExhausted(f"{self.name} has no more frames")
         self._media_time = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         return image
 
@@ -225,13 +279,21 @@ class ImageFilesSource(FrameSource):
     reproduces it): a folder sorted by class is otherwise a class-after-class stream.
 
     An unreadable file is skipped with a warning; a folder that vanishes is a lost source, and
-    reopening it resumes at the same position.
+    reopening it resumes at the same position. Images with 16-bit samples are scaled by `bit_depth`
+    or the depth the file states (`agent.core.frames.read_image_bgr`).
     """
 
-    def __init__(self, spec: str, loop: bool = False, pattern: Optional[bool] = None, shuffle: bool = False) -> None:
+    def __init__(
+        self,
+        spec: str,
+        loop: bool = False,
+        pattern: Optional[bool] = None,
+        shuffle: bool = False,
+        bit_depth: Optional[int] = None,
+    ) -> None:
         self._is_glob = any(ch in spec for ch in "*?[") if pattern is None else pattern
         super().__init__(f"image glob {spec!r}" if self._is_glob else f"image folder '{spec}'")
-        self.spec, self.loop = spec, loop
+        self.spec, self.loop, self.bit_depth = spec, loop, bit_depth
         self._order = np.random.default_rng(0) if shuffle else None
         self._files: list[str] = []
         self._index = 0
@@ -260,7 +322,7 @@ class ImageFilesSource(FrameSource):
         """List the files; before the first image is delivered, also check that one decodes, so a
         folder of only unreadable files is a start-up error rather than a capture that sends nothing."""
         files = self._list()
-        if self.delivered == 0 and not any(read_image_bgr(path) is not None for path in files):
+        if self.delivered == 0 and not any(read_image_bgr(path, self.bit_depth) is not None for path in files):
             raise SourceError(f"{self.name}: none of its {len(files)} files could be read as an image")
         self._files = files
         if self._index == 0:  # a reconnect resumes the pass it was in
@@ -283,7 +345,7 @@ class ImageFilesSource(FrameSource):
                 self._shuffle()
             path = self._files[self._index]
             self._index += 1
-            bgr = read_image_bgr(path)
+            bgr = read_image_bgr(path, self.bit_depth)
             if bgr is not None:
                 self.delivered += 1
                 return bgr_to_rgb(bgr)
@@ -321,7 +383,8 @@ class DemoSource(FrameSource):
 
 
 class SubscriptionSource(FrameSource):
-    """Newest frames of another capture process, via its PUB ("zmq+tcp://HOST:PORT", "zmq+ipc://PATH")."""
+    """Newest frames of another capture process, via its PUB ("zmq+tcp://HOST:PORT", "zmq+ipc://PATH"):
+    every camera it publishes, taken in turn (agent/robot/transport.py, `LatestFrameSubscriber`)."""
 
     live = True
 
@@ -331,17 +394,20 @@ class SubscriptionSource(FrameSource):
         self._wire = wire if wire is not None else WireConfig()
         self._security = WireSecurity.from_config(self._wire)  # key files checked now, not at first connect
         self._sub: Optional[LatestFrameSubscriber] = None
+        self.camera_id: Optional[int] = None  # the camera id the last frame read was published with
 
     def connect(self) -> None:
         self.disconnect()
         self._sub = LatestFrameSubscriber(self.endpoint, max_side=self._wire.max_frame_side, security=self._security)
 
     def read(self) -> np.ndarray:
+        """The newest frame of each publishing camera in turn (`camera_id` says whose)."""
         if self._sub is None:
             raise SourceError(f"{self.name} is not connected")
         frame = self._sub.latest(self.timeout_s)
         if frame is None:
             raise SourceError(f"{self.name}: no frame for {self.timeout_s:g} s")
+        self.camera_id = frame.camera_id
         return frame.image
 
     def disconnect(self) -> None:
@@ -371,7 +437,9 @@ def open_source(spec: str, cfg: CaptureConfig, wire: Optional[WireConfig] = None
     if spec.lower().startswith(STREAM_SCHEMES):
         return StreamSource(spec)
     if any(ch in spec for ch in "*?[") or Path(spec).is_dir():
-        return ImageFilesSource(spec, loop=cfg.loop_video, shuffle=cfg.shuffle)
+        return ImageFilesSource(spec, loop=cfg.loop_video, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth)
     if Path(spec).suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageFilesSource(glob.escape(spec), loop=cfg.loop_video, pattern=True, shuffle=cfg.shuffle)
-    return VideoFileSource(spec, loop=cfg.loop_video)
+        return ImageFilesSource(
+            glob.escape(spec), loop=cfg.loop_video, pattern=True, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth
+        )
+    return VideoFileSource(spec, loop=cfg.loop_video, max_bad_frames=cfg.max_bad_frames)

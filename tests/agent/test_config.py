@@ -133,3 +133,13 @@ def test_cli_flag_values_set_typed_fields_without_a_yaml_round_trip() -> None:
     assert cfg.capture.sources == ["1e3", "[x]", "it's: here"] and cfg.train.max_steps == 7 and cfg.train.lr == 0.5
     with pytest.raises(ConfigError, match="train.max_steps"):
         load_config(None, [], {"train.max_steps": -1})
+
+
+def test_capture_bit_depth_is_8_to_16_or_auto() -> None:
+    from agent.core.config import CaptureConfig
+
+    assert CaptureConfig().bit_depth is None
+    assert CaptureConfig(bit_depth=12).bit_depth == 12
+    for bad in (7, 17):
+        with pytest.raises(ValueError, match="bit_depth"):
+            CaptureConfig(bit_depth=bad)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+from typing import Optional
+
+import cv2
 import numpy as np
 import pytest
 
 from agent.core.demo_scene import DemoScene
-from agent.core.frames import NoveltyGate, decode_jpeg, encode_jpeg, fit_frame
+from agent.core.frames import NoveltyGate, decode_jpeg, encode_jpeg, fit_frame, read_image_bgr
 
 
 def test_fit_crop_keeps_the_centre_and_stretch_keeps_everything() -> None:
@@ -50,3 +55,62 @@ def test_jpeg_helpers_keep_rgb_order() -> None:
     assert out[..., 0].mean() > 180 and out[..., 2].mean() < 20
     assert decode_jpeg(b"not a jpeg") is None
     assert decode_jpeg(b"") is None
+
+
+def _png16(path, image: np.ndarray, sbit: Optional[int] = None) -> None:
+    """Write a 16-bit PNG with OpenCV; with `sbit`, insert an sBIT chunk (PNG spec 11.3.3.4) after IHDR."""
+    assert cv2.imwrite(str(path), image)
+    if sbit is None:
+        return
+    data = path.read_bytes()
+    channels = 1 if image.ndim == 2 else 3  # colour type 0 (grey) or 2 (RGB): one byte per channel
+    body = b"sBIT" + bytes([sbit] * channels)
+    chunk = struct.pack(">I", channels) + body + struct.pack(">I", zlib.crc32(body))
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length + type, IHDR data, CRC
+    path.write_bytes(data[:ihdr_end] + chunk + data[ihdr_end:])
+
+
+def _ramp12() -> np.ndarray:
+    """A 16x16x3 uint16 image of 12-bit values 0..4095, stored unscaled (as many camera SDKs save them)."""
+    ramp = np.linspace(0, 4095, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    return np.repeat(ramp[..., None], 3, axis=2)
+
+
+def test_12_bit_samples_marked_by_sbit_are_scaled_by_their_own_depth(tmp_path) -> None:
+    path = tmp_path / "raw12.png"
+    _png16(path, _ramp12(), sbit=12)
+    image = read_image_bgr(str(path))
+    assert image is not None and image.dtype == np.uint8 and image.shape == (16, 16, 3)
+    want = np.round(_ramp12().astype(float) * 255 / 4095)
+    assert np.abs(image.astype(float) - want).max() <= 1
+    assert image.max() == 255
+
+
+def test_a_spec_conforming_sbit_png_is_not_brightened(tmp_path) -> None:
+    # PNG 1.2 section 9.1: an encoder scales 12-bit samples up to 16 bits; sBIT only records the 12
+    scaled = np.round(_ramp12().astype(float) * 65535 / 4095).astype(np.uint16)
+    path = tmp_path / "scaled12.png"
+    _png16(path, scaled, sbit=12)
+    image = read_image_bgr(str(path))
+    want = np.round(_ramp12().astype(float) * 255 / 4095)
+    assert np.abs(image.astype(float) - want).max() <= 1
+
+
+def test_bit_depth_setting_scales_unmarked_16_bit_images(tmp_path) -> None:
+    path = tmp_path / "plain.png"
+    _png16(path, _ramp12())  # OpenCV writes no sBIT: nothing in the file says 12
+    assert read_image_bgr(str(path)).max() <= 16  # auto: the container's 16 bits, as documented
+    image = read_image_bgr(str(path), bit_depth=12)
+    assert np.abs(image.astype(float) - np.round(_ramp12().astype(float) * 255 / 4095)).max() <= 1
+    grey = tmp_path / "grey.png"
+    _png16(grey, _ramp12()[..., 0] * 4)  # 14-bit grey
+    assert read_image_bgr(str(grey), bit_depth=14).shape == (16, 16, 3)
+    assert read_image_bgr(str(grey), bit_depth=14).max() == 255
+
+
+def test_pgm_maxval_gives_the_depth(tmp_path) -> None:
+    ramp = _ramp12()[..., 0]
+    path = tmp_path / "raw12.pgm"
+    path.write_bytes(b"P5\n# 12-bit\n16 16\n4095\n" + ramp.astype(">u2").tobytes())
+    image = read_image_bgr(str(path))
+    assert np.abs(image[..., 1].astype(float) - np.round(ramp.astype(float) * 255 / 4095)).max() <= 1

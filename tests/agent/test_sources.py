@@ -97,6 +97,59 @@ def test_unreadable_and_missing_videos_are_one_line_errors(tmp_path: Path) -> No
         assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+def write_indexed_video(path: Path, n: int) -> None:
+    """n flat grey frames of level 4 x the frame index (MJPG AVI, 10 fps, 32x24)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (32, 24))
+    assert writer.isOpened()
+    for i in range(n):
+        writer.write(np.full((24, 32, 3), 4 * i, np.uint8))
+    writer.release()
+
+
+def damage_avi_chunk(path: Path, index: int) -> None:
+    """Overwrite the payload of the index-th (0-based) '00dc' video chunk of the AVI's movi list with noise."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"movi")
+    for _ in range(index + 1):
+        at = data.index(b"00dc", at + 4)
+    size = int.from_bytes(data[at + 4 : at + 8], "little")
+    data[at + 8 : at + 8 + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_frame_is_skipped_and_counted_and_reading_goes_on_to_the_end(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "clip.avi"
+    write_indexed_video(path, 60)
+    damage_avi_chunk(path, 29)  # the 30th frame
+    source = open_source(str(path), CFG)
+    with caplog.at_level("WARNING", logger="agent.robot.sources"):
+        frames = read_all(source)
+    indices = [round(float(f.mean()) / 4) for f in frames]
+    assert indices == [i for i in range(60) if i != 29]
+    assert source.skipped == 1
+    assert "undecodable" in caplog.text and "reports" not in caplog.text
+
+
+def test_max_bad_frames_bounds_the_failures_in_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    write_indexed_video(path, 60)
+    damage_avi_chunk(path, 29)
+    source = open_source(str(path), CFG.model_copy(update={"max_bad_frames": 0}))
+    assert len(read_all(source)) == 29 and source.skipped == 0  # 0: the first failure ends the recording
+
+
+def test_a_recording_that_ends_far_short_of_its_frame_count_says_so_once(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "clip.avi"
+    write_indexed_video(path, 60)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header still says 60 frames
+    with caplog.at_level("WARNING", logger="agent.robot.sources"):
+        frames = read_all(open_source(str(path), CFG))
+    assert 0 < len(frames) < 50
+    short = [r.getMessage() for r in caplog.records if "reports 60" in r.getMessage()]
+    assert len(short) == 1 and f"after {len(frames)} " in short[0], caplog.text
+
+
 def _write_images(folder: Path, names: list[str]) -> None:
     for i, name in enumerate(names):
         path = folder / name
@@ -165,6 +218,27 @@ def test_subscription_source_reads_another_captures_pub(free_endpoint: str) -> N
     np.testing.assert_array_equal(got, image)
 
 
+def test_subscription_to_all_cameras_delivers_each_camera_in_turn(free_endpoint: str) -> None:
+    source = open_source("zmq+" + free_endpoint, CFG)
+    images = {cam: np.full((12, 12, 3), 40 * cam, np.uint8) for cam in (3, 4)}
+    got: list[tuple[int, int]] = []
+    with FrameSender(free_tcp_endpoint(), hwm=2, publish=free_endpoint) as sender, source:
+        source.timeout_s = 0.05
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(got) < 20:
+            for cam, image in images.items():  # back to back, as a capture's main loop sends its cameras
+                sender.send(Frame(cam, 0, time.time(), image))
+            time.sleep(0.02)  # both have arrived before the reader looks
+            try:
+                value = int(source.read()[0, 0, 0])
+            except SourceError:
+                continue
+            got.append((value // 40, source.camera_id))
+    cams = [cam for cam, _ in got]
+    assert len(got) == 20 and min(cams.count(3), cams.count(4)) >= 8, got
+    assert all(cam == camera_id for cam, camera_id in got)  # the camera id the frame was published with
+
+
 def test_open_source_dispatch() -> None:
     assert isinstance(open_source("0", CFG), CameraSource)
     assert isinstance(open_source("/dev/video2", CFG), CameraSource)
@@ -212,3 +286,13 @@ def test_a_folder_of_only_unreadable_images_is_an_error_not_an_empty_success(tmp
     assert source.read().shape == (4, 4, 3)  # one good file among bad ones is enough
     with pytest.raises(SourceExhausted):
         source.read()
+
+
+def test_capture_bit_depth_scales_16_bit_images_of_a_folder(tmp_path: Path) -> None:
+    ramp = np.linspace(0, 4095, 12 * 12).round().astype(np.uint16).reshape(12, 12)
+    assert cv2.imwrite(str(tmp_path / "raw12.png"), np.dstack([ramp] * 3))  # 12-bit values, no sBIT
+    auto = read_all(open_source(str(tmp_path), CFG))
+    twelve = read_all(open_source(str(tmp_path), CaptureConfig(height=32, width=32, bit_depth=12)))
+    assert auto[0].max() == 16  # the container's 16 bits (4095 x 255 / 65535): the documented default
+    assert twelve[0].max() == 255 and twelve[0].dtype == np.uint8
+    np.testing.assert_allclose(twelve[0][..., 0], np.round(ramp * (255 / 4095)), atol=1)
