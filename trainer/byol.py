@@ -37,7 +37,8 @@ stay fp32) and with a channels_last encoder (views are produced in the encoder's
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterator, Optional, Union
+import logging
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +47,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.augment import IMAGENET_MEAN, IMAGENET_STD, MONO_MEAN, MONO_STD, VIEW1, VIEW2, View, ViewSpec
 from trainer.backbone import Backbone, HiddenLayer, eval_mode, first_conv_channels, probe
+from trainer.byol_pytorch_state import ByolPytorchLoad, is_byol_pytorch_state, plan
 from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.heads import MLP, byol_head, distributed_world, simsiam_projector
 from trainer.loss import byol_loss
 from trainer.momentum import check_schedule, ema_update, tau_at
 
 Augment = Callable[[Tensor], Tensor]
+log = logging.getLogger(__name__)
 
 
 class Branch(nn.Module):
@@ -83,6 +86,10 @@ class BYOL(nn.Module):
         moving_average_decay: float = 0.99,
         use_momentum: bool = True,
         sync_batchnorm: Optional[bool] = None,
+        use_simplicial_embeddings: bool = False,
+        sem_num_simplices: int = 32,
+        sem_simplex_dim: int = 8,
+        sem_temperature: float = 0.1,
         *,
         tau_schedule: str = "constant",
         tau_final: float = 1.0,
@@ -125,7 +132,9 @@ class BYOL(nn.Module):
             raise LearnerError(f"channels={channels} does not fit the net: {reason}") from None
         sync = distributed_world() if sync_batchnorm is None else sync_batchnorm
         projector_spec = byol_head if use_momentum else simsiam_projector
-        self.online = Branch(backbone, MLP(dim, projector_spec(projection_hidden_size, projection_size), sync))
+        simplicial = (sem_num_simplices, sem_simplex_dim, sem_temperature) if use_simplicial_embeddings else None
+        self.simplicial = simplicial is not None
+        self.online = Branch(backbone, MLP(dim, projector_spec(projection_hidden_size, projection_size, simplicial), sync))
         self.predictor = MLP(projection_size, byol_head(projection_hidden_size, projection_size), sync)
         self.target: Optional[Branch] = copy.deepcopy(self.online).requires_grad_(False) if use_momentum else None
         self._target_fresh = True
@@ -263,6 +272,44 @@ class BYOL(nn.Module):
         if generator is not None and state.get("generator_device") == generator.device.type:
             generator.set_state(state["generator"])  # a CUDA generator's state cannot seed a CPU one
         self._target_fresh = False
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """As torch's; a byol-pytorch state dict is refused with a pointer to `load_byol_pytorch`."""
+        if is_byol_pytorch_state(state_dict):
+            raise LearnerError(
+                "this state dict is byol-pytorch's (online_encoder.*, online_predictor.* keys): "
+                "load it with learner.load_byol_pytorch(state_dict)"
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @torch.no_grad()
+    def load_byol_pytorch(self, state_dict: Mapping[str, Tensor], strict: bool = False) -> ByolPytorchLoad:
+        """Continue a byol-pytorch 0.9.1 run: load its `BYOL.state_dict()` (net, projectors, target, predictor).
+
+        Build this learner as theirs was built (same net, hidden_layer, projection sizes and, for
+        their default projector, `use_simplicial_embeddings=True` with their sem_* sizes); the key
+        mapping is in trainer/byol_pytorch_state.py. Their target is loaded when present, else
+        copied from their online branch. Returns what was loaded and what was not (their keys
+        unused, our tensors left as they were), and logs a warning when anything was not; with
+        `strict=True` that is a LearnerError instead, and nothing is loaded. Raises LearnerError
+        for a state dict that is not byol-pytorch's or whose tensor shapes differ from ours.
+        """
+        ours = self.state_dict()
+        mapping, unmapped, missing, notes = plan(state_dict, ours, self.simplicial)
+        report = ByolPytorchLoad(loaded=len(mapping), unmapped=unmapped, missing=missing, notes=notes)
+        if unmapped or missing:
+            summary = (
+                f"could not map {len(unmapped)} of byol-pytorch's tensors ({', '.join(unmapped[:3])}"
+                f"{', ...' if len(unmapped) > 3 else ''}); {len(missing)} of ours keep their values ({notes})"
+            )
+            if strict:
+                raise LearnerError(summary)
+            log.warning("byol-pytorch state: %s", summary)
+        for key, value in mapping.items():
+            ours[key].copy_(value)
+        if self.target is not None and any(key.startswith("target.") for key in mapping):
+            self._target_fresh = False
+        return report
 
     def _branch(self, which: str) -> Branch:
         if which not in ("target", "online"):
