@@ -50,3 +50,18 @@ def test_jpeg_helpers_keep_rgb_order() -> None:
     assert out[..., 0].mean() > 180 and out[..., 2].mean() < 20
     assert decode_jpeg(b"not a jpeg") is None
     assert decode_jpeg(b"") is None
+
+
+def test_to_channels_converts_rgb_to_gray_as_opencv_and_refuses_gray_for_rgb() -> None:
+    import cv2
+
+    from agent.core.frames import FrameFormatError, fit_frames, resize_frames, to_channels
+
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 10, 14, 3), dtype=np.uint8)
+    gray = to_channels(rgb, 1)
+    assert gray.shape == (3, 10, 14, 1) and gray.dtype == np.uint8
+    np.testing.assert_array_equal(gray[1, :, :, 0], cv2.cvtColor(rgb[1], cv2.COLOR_RGB2GRAY))
+    assert to_channels(rgb, 3) is rgb
+    assert resize_frames(gray, 5, 7).shape == (3, 5, 7, 1) and fit_frames(gray, 6, 6).shape == (3, 6, 6, 1)
+    with pytest.raises(FrameFormatError, match="RGB"):
+        to_channels(gray, 3)
