@@ -138,3 +138,15 @@ def test_cli_flag_values_set_typed_fields_without_a_yaml_round_trip() -> None:
     assert cfg.capture.sources == ["1e3", "[x]", "it's: here"] and cfg.train.max_steps == 7 and cfg.train.lr == 0.5
     with pytest.raises(ConfigError, match="train.max_steps"):
         load_config(None, [], {"train.max_steps": -1})
+
+
+@pytest.mark.parametrize("command", ["train", "capture", "run"])
+def test_a_mono_capture_is_refused_by_the_pipeline_commands_until_they_carry_it(tmp_path: Path, command: str) -> None:
+    # capture.channels=1 reaches the learner API and export only (issue 12, item 8): the live pipeline must
+    # say so in one line rather than train an RGB encoder under a mono config.
+    args = ["--run-dir", str(tmp_path / "run")] if command != "capture" else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", command, *args, "capture.channels=1"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "capture.channels=1" in proc.stderr
