@@ -76,7 +76,7 @@ class OnnxFeatureExtractor:
     def __init__(self, encoder: EncoderFile) -> None:
         self.session = create_session(encoder.onnx_path, resolve_providers("auto"))
         self.spec = encoder.manifest.input if encoder.manifest is not None else _spec_from_graph(self.session, encoder)
-        self.image_size = self.spec.height
+        self.image_size = (self.spec.height, self.spec.width)
 
     def __call__(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         out = []

@@ -62,7 +62,7 @@ def load_checkpoint_encoder(run_dir: Path, weights: str, operator_model: Optiona
     try:
         cfg = Config.model_validate(ckpt["config"])
         check_file_model(cfg.model, operator_model, f"checkpoint {ckpt['path']}")
-        learner = build_learner(cfg.model, cfg.train, "cpu")
+        learner = build_learner(cfg.model, cfg.train, "cpu", channels=cfg.capture.channels)
         learner.load_state_dict(ckpt["learner"])
     except (ValueError, KeyError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]

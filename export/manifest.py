@@ -18,13 +18,14 @@ from typing import Any, Optional
 import numpy as np
 
 from agent.core.errors import ModelFileError
-from agent.core.frames import fit_frames, normalise_nchw, resize_frames
+from agent.core.frames import fit_frames, normalise_nchw, resize_frames, to_channels
 from agent.core.wire import MAX_SIDE
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"
 LATEST_NAME = "LATEST"
 _FILE_RE = re.compile(r"^encoder-(\d{6,})\.(onnx|json)$")
 _ONNX_DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
+CHANNEL_ORDERS = {3: "RGB", 1: "GRAY"}  # channels -> channel_order
 
 
 def model_filename(version: int) -> str:
@@ -51,20 +52,25 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the graph takes; `prepare` turns robot frames (uint8 NHWC RGB, any size) into exactly that."""
+    """What the graph takes; `prepare` turns robot frames (uint8 NHWC RGB, any size) into exactly that.
+
+    `channels` is 3 (RGB) or 1 (gray, `channel_order` "GRAY": a mono encoder, whose RGB frames
+    `fit` converts with the same luma formula as mono capture); `mean`/`std` hold one value each.
+    """
 
     name: str
     dtype: str  # "uint8" (NHWC, normalisation in the graph) or "float32" (NCHW, already normalised)
     layout: str
     height: int
     width: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     channel_order: str = "RGB"
     # How capture stored the frames the encoder learnt from (`capture.height/width/resize`): serving fits a
     # camera frame to that first, so the policy's frames are prepared exactly as the training frames were.
     # None (manifests from before this field): frames are resized straight to the input size.
     stored: Optional[tuple[int, int, str]] = None
+    channels: int = 3
 
     @property
     def normalisation_in_graph(self) -> bool:
@@ -76,22 +82,24 @@ class InputSpec:
 
     def shape(self, batch: int) -> tuple[int, int, int, int]:
         if self.layout == "NHWC":
-            return (batch, self.height, self.width, 3)
-        return (batch, 3, self.height, self.width)
+            return (batch, self.height, self.width, self.channels)
+        return (batch, self.channels, self.height, self.width)
 
     def fit(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (N,H,W,3) RGB frames of any size → uint8 at the input size: first fitted to the stored size
-        as capture fits them (centre crop or stretch), then resized (INTER_AREA)."""
+        """uint8 (N,H,W,C) RGB or gray frames of any size → uint8 (N, height, width, channels): first fitted to
+        the stored size as capture fits them (centre crop or stretch), resized (INTER_AREA), then converted
+        to the input's channels (`agent.core.frames.to_channels`)."""
         if self.stored is not None:
             frames = fit_frames(frames, self.stored[0], self.stored[1], self.stored[2])
-        return resize_frames(frames, self.height, self.width)
+        return to_channels(resize_frames(frames, self.height, self.width), self.channels)
 
     def prepare(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (N,H,W,3) RGB frames of any size → the graph's input: `fit`, then normalised unless the graph does it."""
+        """uint8 (N,H,W,C) frames of any size → the graph's input: `fit`, then normalised unless the graph does it."""
         return self.feed(self.fit(frames))
 
     def feed(self, frames: np.ndarray) -> np.ndarray:
-        """Frames already at the input size (from `fit`) → the graph's input."""
+        """Frames already at the input size (from `fit`, or RGB ones converted here) → the graph's input."""
+        frames = to_channels(frames, self.channels)
         if self.normalisation_in_graph:
             return frames
         return normalise_nchw(frames, self.mean, self.std)
@@ -104,6 +112,7 @@ class InputSpec:
             "height": self.height,
             "width": self.width,
             "channel_order": self.channel_order,
+            "channels": self.channels,
             **({} if self.stored is None else {"stored": dict(zip(("height", "width", "fit"), self.stored))}),
             "normalisation": {
                 "in_graph": self.normalisation_in_graph,
@@ -126,12 +135,14 @@ class InputSpec:
             std=tuple(float(v) for v in norm["std"]),
             channel_order=str(tree["channel_order"]),
             stored=_stored(tree.get("stored")),
+            channels=int(tree.get("channels", 3)),  # manifests from before this field are RGB
         )
         expected_layout = {"uint8": "NHWC", "float32": "NCHW"}.get(spec.dtype)
         if expected_layout is None or spec.layout != expected_layout:
             raise ValueError(f"unsupported input dtype/layout {spec.dtype}/{spec.layout}")
-        if spec.channel_order != "RGB" or len(spec.mean) != 3 or len(spec.std) != 3:
-            raise ValueError("input must be 3-channel RGB with 3 mean/std values")
+        order = CHANNEL_ORDERS.get(spec.channels)
+        if order is None or spec.channel_order != order or len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+            raise ValueError("input must be 3-channel RGB or 1-channel GRAY with one mean/std value per channel")
         if spec.height < 1 or spec.width < 1:
             raise ValueError(f"bad input size {spec.height}x{spec.width}")
         return spec

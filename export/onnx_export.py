@@ -1,4 +1,7 @@
-"""Encoder → ONNX file that takes what a robot has: uint8 RGB frames, N×H×W×3, normalised in the graph.
+"""Encoder → ONNX file that takes what a robot has: uint8 frames, N×H×W×C, normalised in the graph.
+
+C is the encoder's channel count, read off the normalisation statistics (3 values: RGB; 1: gray,
+a mono encoder); H×W is `model.image_size` (one side or a height-width pair).
 
 The wrapped graph is what gets verified and served, so a policy never re-implements the training
 normalisation (a classic source of silent train/serve skew). A float NCHW input is an option for
@@ -11,7 +14,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import onnx
 import torch
@@ -19,7 +22,7 @@ from torch import nn
 
 from agent.core.config import CaptureConfig, ExportConfig
 from agent.core.errors import ExportRefused, StorageError
-from export.manifest import InputSpec
+from export.manifest import CHANNEL_ORDERS, InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,8 +37,8 @@ class PreprocessedEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.uint8_input = input_format == "uint8_nhwc"
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         # (x/255 - mean)/std folded into one multiply-add.
         self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
         self.register_buffer("shift", -mean_t / std_t, persistent=False)
@@ -48,23 +51,33 @@ class PreprocessedEncoder(nn.Module):
 
 def input_spec(
     input_format: str,
-    image_size: int,
+    image_size: Union[int, tuple[int, int]],
     mean: Sequence[float],
     std: Sequence[float],
     capture: Optional[CaptureConfig] = None,
 ) -> InputSpec:
     """The manifest's description of the graph input for this export format; `capture` (the config the
-    training frames were stored with) makes serving fit camera frames the same way."""
+    training frames were stored with) makes serving fit camera frames the same way.
+
+    `image_size` is one side or (height, width) in px; the channel count is `len(mean)` (3 or 1).
+    Raises ExportRefused for statistics of another length, or mean and std of different lengths.
+    """
     uint8 = input_format == "uint8_nhwc"
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    channels = len(mean)
+    if channels not in CHANNEL_ORDERS or len(std) != channels:
+        raise ExportRefused(f"an export takes 3 (RGB) or 1 (gray) channels; got mean {tuple(mean)} and std {tuple(std)}")
     return InputSpec(
         name=_INPUT_NAMES[input_format],
         dtype="uint8" if uint8 else "float32",
         layout="NHWC" if uint8 else "NCHW",
-        height=image_size,
-        width=image_size,
+        height=int(height),
+        width=int(width),
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
+        channel_order=CHANNEL_ORDERS[channels],
         stored=None if capture is None else (capture.height, capture.width, capture.resize),
+        channels=channels,
     )
 
 

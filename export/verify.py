@@ -41,10 +41,10 @@ def collapse_std(embeddings: np.ndarray) -> float:
 
 
 def torch_reference(encoder: nn.Module, frames: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """The encoder as trained: uint8 NHWC → float/255 → (x - mean)/std → NCHW, output flattened."""
+    """The encoder as trained: uint8 NHWC (C = the spec's channels) → float/255 → (x - mean)/std → NCHW, output flattened."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
     with torch.no_grad():
         return encoder.eval()((x - mean) / std).flatten(1).float().numpy()
 

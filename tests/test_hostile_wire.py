@@ -4,7 +4,6 @@ bombs into `byol-agent capture --source zmq+tcp://`. Nothing crashes, every mess
 from __future__ import annotations
 
 import struct
-import subprocess
 import time
 from pathlib import Path
 

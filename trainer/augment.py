@@ -17,6 +17,11 @@ loop over images:
    second conv's scale and bias, so it costs nothing;
 4. solarize (threshold 0.5), applied in normalised space.
 
+Any channel count C (set by the length of `mean` / `std`): the colour stage (2) exists only for
+RGB, so for C != 3 (a mono camera, depth, RGB-D) it is skipped whatever the spec says; crop, flip,
+blur and solarize act on each channel alike. The output may be non-square: `image_size` is one
+side or a (height, width) pair; the blur kernel follows the shorter side.
+
 One deliberate approximation: the jitter clamps to [0, 1] after each of its two matmuls rather
 than after every op, which differs only for pixels that one op pushes out of range and a later op
 of the same matmul would bring back. Crops are
@@ -33,10 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.checks import LearnerError, check_images
+from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# One-channel (mono) statistics: the ImageNet RGB means and stds averaged over the channels.
+MONO_MEAN = (0.449,)
+MONO_STD = (0.226,)
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _TRIES = 10
 
@@ -108,18 +116,21 @@ def crop_boxes(u_scale: Tensor, u_ratio: Tensor, u_pos: Tensor, height: int, wid
     return torch.stack((position[:, 0] * (width - w), position[:, 1] * (height - h), w, h), dim=1)
 
 
-def box_grid(boxes: Tensor, flip: Tensor, height: int, width: int, size: int) -> Tensor:
-    """grid_sample grid (N, size, size, 2) resampling each box to size x size, mirrored where `flip`."""
+def box_grid(boxes: Tensor, flip: Tensor, height: int, width: int, size: ImageSize) -> Tensor:
+    """grid_sample grid (N, out_h, out_w, 2) resampling each box to `size` (one side or (out_h, out_w)),
+    mirrored where `flip`."""
     n = boxes.shape[0]
+    out_h, out_w = image_hw(size)
     x0, y0, w, h = boxes.unbind(dim=1)
     # Normalised coordinates (align_corners=False): box [x0, x0 + w] -> centre and half-extent.
     centre_x = (2 * x0 + w) / width - 1
     centre_y = (2 * y0 + h) / height - 1
     half_x = torch.where(flip, -w / width, w / width)
     half_y = h / height
-    steps = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) * (2 / size) - 1
-    grid_x = (centre_x[:, None] + half_x[:, None] * steps)[:, None, :].expand(n, size, size)
-    grid_y = (centre_y[:, None] + half_y[:, None] * steps)[:, :, None].expand(n, size, size)
+    steps_x = (torch.arange(out_w, device=boxes.device, dtype=boxes.dtype) + 0.5) * (2 / out_w) - 1
+    steps_y = (torch.arange(out_h, device=boxes.device, dtype=boxes.dtype) + 0.5) * (2 / out_h) - 1
+    grid_x = (centre_x[:, None] + half_x[:, None] * steps_x)[:, None, :].expand(n, out_h, out_w)
+    grid_y = (centre_y[:, None] + half_y[:, None] * steps_y)[:, :, None].expand(n, out_h, out_w)
     return torch.stack((grid_x, grid_y), dim=-1)
 
 
@@ -190,20 +201,20 @@ def colour(
     after it with the grayscale folded in: two matmuls and one hue pass per batch. Values are
     clamped to [0, 1] after each of the two matmuls.
     """
-    n, size = x.shape[0], x.shape[-1]
+    n, height, width = x.shape[0], x.shape[-2], x.shape[-1]
     hue_stage = (order == 3).to(torch.uint8).argmax(dim=1, keepdim=True)
     stage = torch.arange(order.shape[1], device=x.device)[None, :]
     before = (stage < hue_stage) & jitter[:, None]
     after = (stage > hue_stage) & jitter[:, None]
     luma = _luma(luma, x.device, x.dtype)
     matrix, offset = jitter_affine(factors, order, x.mean(dim=(2, 3)), before, luma)
-    x = torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, 3, -1)).clamp_(0, 1).reshape(n, 3, size, -1)
+    x = torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, 3, -1)).clamp_(0, 1).reshape(n, 3, height, width)
     x = shift_hue(x, torch.where(jitter, factors[:, 3], 0.0))
     matrix, offset = jitter_affine(factors, order, x.mean(dim=(2, 3)), after, luma)
     to_gray = luma.expand(3, 3)
     matrix = torch.where(gray[:, None, None], to_gray @ matrix, matrix)
     offset = torch.where(gray[:, None], offset @ to_gray.T, offset)
-    return torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, 3, -1)).clamp_(0, 1).reshape(n, 3, size, -1)
+    return torch.baddbmm(offset[:, :, None], matrix, x.reshape(n, 3, -1)).clamp_(0, 1).reshape(n, 3, height, width)
 
 
 def _luma(luma: Optional[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -227,35 +238,50 @@ def _spread(u: Tensor, spread: float) -> Tensor:
 
 
 class View:
-    """One augmentation pipeline: a callable mapping float images in [0, 1] (N, 3, H, W) to views (N, 3, S, S).
+    """One augmentation pipeline: a callable mapping float images in [0, 1] (N, C, H, W) to views (N, C, h, w).
 
-    Views are normalised with `mean`/`std` (pass mean=(0,0,0), std=(1,1,1) for raw [0, 1] views)
-    and returned in `memory_format` (channels_last for a channels_last encoder: no extra copy).
-    Always computed in fp32, outside any autocast region.
+    C is `len(mean)` (3: RGB with colour ops; any other count skips them), (h, w) is `image_size`
+    (one side, or a (height, width) pair). Views are normalised with `mean`/`std` (pass zeros and
+    ones for raw [0, 1] views) and returned in `memory_format` (channels_last for a channels_last
+    encoder: no extra copy). Always computed in fp32, outside any autocast region. Raises
+    LearnerError for images of another shape, dtype or channel count, or with values outside [0, 1].
     """
 
     def __init__(
         self,
-        image_size: int,
+        image_size: ImageSize,
         spec: ViewSpec = VIEW1,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
         generator: Optional[torch.Generator] = None,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
-        if image_size < 2:
-            raise LearnerError(f"image_size must be >= 2; got {image_size}")
+        self.height, self.width = image_hw(image_size)
         self.image_size = image_size
         self.spec = spec
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        if not self.mean or len(self.mean) != len(self.std):
+            raise LearnerError(f"mean and std need one value per channel; got {len(self.mean)} and {len(self.std)}")
+        self.channels = len(self.mean)
         self.generator = generator
         self.memory_format = memory_format
-        self.kernel_size = blur_kernel_size(image_size, spec.blur_kernel_fraction) if spec.blur_p > 0 else 1
+        side = min(self.height, self.width)
+        self.kernel_size = blur_kernel_size(side, spec.blur_kernel_fraction) if spec.blur_p > 0 else 1
         self._constants: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
 
     def __call__(self, images: Tensor) -> Tensor:
-        check_images(images, channels=3)
+        check_images(images, channels=self.channels)
+        check_range(images)
+        return self._run(images)
+
+    def apply(self, images: Tensor) -> Tensor:
+        """As calling the view, but without the value-range check: for a caller that made it already
+        (BYOL checks each batch once, however many views it draws from it)."""
+        check_images(images, channels=self.channels)
+        return self._run(images)
+
+    def _run(self, images: Tensor) -> Tensor:
         device = images.device
         # Device types only, as torch's own check: torch.Generator(device="cuda") reports "cuda"
         # (no index) while the images it serves are on "cuda:0".
@@ -268,13 +294,13 @@ class View:
             return self._view(images.float())
 
     def _view(self, images: Tensor) -> Tensor:
-        n, _, height, width = images.shape
-        size, spec = self.image_size, self.spec
+        n, channels, height, width = images.shape
+        spec = self.spec
         u = torch.rand(n, _COLUMNS, device=images.device, generator=self.generator)
         boxes = crop_boxes(u[:, _SCALE], u[:, _RATIO], u[:, _POS], height, width, spec)
-        grid = box_grid(boxes, u[:, _FLIP] < spec.flip_p, height, width, size)
+        grid = box_grid(boxes, u[:, _FLIP] < spec.flip_p, height, width, (self.height, self.width))
         x = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if spec.jitter_p > 0 or spec.grayscale_p > 0:
+        if channels == 3 and (spec.jitter_p > 0 or spec.grayscale_p > 0):
             factors = torch.stack(
                 (
                     _spread(u[:, _FACTORS][:, 0], spec.brightness),
@@ -287,32 +313,34 @@ class View:
             order = torch.argsort(u[:, _ORDER], dim=1)
             jitter, gray = u[:, _JITTER] < spec.jitter_p, u[:, _GRAY] < spec.grayscale_p
             x = colour(x, factors, order, jitter, gray, self._device_constants(x.device)[0])
-        x = self._blur_and_normalise(x.reshape(n, 3, size, size), u)
+        x = self._blur_and_normalise(x.reshape(n, channels, self.height, self.width), u)
         if spec.solarize_p > 0:
             x = self._solarize(x, u)
         return x.contiguous(memory_format=self.memory_format)
 
     def _device_constants(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """(luma weights, mean, std) on `device`, made once: a host-to-device copy per call would sync CUDA."""
+        """(luma weights (3,), mean (C,), std (C,)) on `device`, made once: a host-to-device copy per call would sync CUDA."""
         if device not in self._constants:
-            values = torch.tensor((GRAY, self.mean, self.std), dtype=torch.float32).to(device)
-            self._constants[device] = (values[0], values[1], values[2])
+            values = torch.tensor((*GRAY, *self.mean, *self.std), dtype=torch.float32).to(device)
+            c = self.channels
+            self._constants[device] = (values[:3], values[3 : 3 + c], values[3 + c :])
         return self._constants[device]
 
     def _blur_and_normalise(self, x: Tensor, u: Tensor) -> Tensor:
         """Separable per-image blur as two depthwise convs; (x - mean) / std folded into the second."""
-        n, k, size = x.shape[0], self.kernel_size, self.image_size
+        n, c, k = x.shape[0], self.channels, self.kernel_size
+        height, width = self.height, self.width
         _, mean, std = self._device_constants(x.device)
         mean, std = mean.repeat(n), std.repeat(n)
         sigma = self.spec.blur_sigma[0] + (self.spec.blur_sigma[1] - self.spec.blur_sigma[0]) * u[:, _SIGMA]
-        kernel = gaussian_kernels(sigma, u[:, _BLUR] < self.spec.blur_p, k).repeat_interleave(3, dim=0)  # (N*3, k)
-        planes = x.reshape(1, n * 3, size, size)
+        kernel = gaussian_kernels(sigma, u[:, _BLUR] < self.spec.blur_p, k).repeat_interleave(c, dim=0)  # (N*C, k)
+        planes = x.reshape(1, n * c, height, width)
         if k > 1:
             planes = F.pad(planes, (k // 2,) * 4, mode="reflect")
-            planes = F.conv2d(planes, kernel[:, None, None, :], groups=n * 3)
+            planes = F.conv2d(planes, kernel[:, None, None, :], groups=n * c)
         vertical = (kernel / std[:, None])[:, None, :, None]
-        planes = F.conv2d(planes, vertical, bias=-mean / std, groups=n * 3)
-        return planes.reshape(n, 3, size, size)
+        planes = F.conv2d(planes, vertical, bias=-mean / std, groups=n * c)
+        return planes.reshape(n, c, height, width)
 
     def _solarize(self, x: Tensor, u: Tensor) -> Tensor:
         """Invert pixels at or above the threshold, for the drawn images; x is already normalised."""

@@ -100,8 +100,18 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def probe(backbone: Backbone, image_size: int, channels: int = 3) -> tuple[int, list[str]]:
+def first_conv_channels(net: nn.Module) -> Optional[int]:
+    """Input channels of the first `nn.Conv2d` in `net.modules()` order (None if it has none, or a lazy one)."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels > 0:
+            return module.in_channels
+    return None
+
+
+def probe(backbone: Backbone, image_size: Union[int, tuple[int, int]], channels: int = 3) -> tuple[int, list[str]]:
     """Embedding width, and names of `backbone.net` parameters the embedding does not depend on.
+
+    Probed with two zero images of `channels` x `image_size` (one side or (height, width)).
 
     One forward in eval mode (BatchNorm running statistics never move; every module's own training
     flag is restored afterwards) and one `autograd.grad` (no `.grad` is written). The unused names
@@ -113,7 +123,8 @@ def probe(backbone: Backbone, image_size: int, channels: int = 3) -> tuple[int, 
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     trainable = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
     with eval_mode(backbone), torch.enable_grad():
-        hidden = backbone(torch.zeros(2, channels, image_size, image_size, device=device, dtype=dtype))
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        hidden = backbone(torch.zeros(2, channels, height, width, device=device, dtype=dtype))
         if hidden.requires_grad and trainable:
             grads = torch.autograd.grad(hidden.sum(), [p for _, p in trainable], allow_unused=True)
         else:

@@ -27,8 +27,10 @@ def build_learner(
     train_cfg: TrainConfig,
     device: Union[str, torch.device],
     augment_cfg: AugmentConfig = AugmentConfig(),
+    channels: int = 3,
 ) -> BYOL:
-    """The encoder named by `model_cfg` wrapped in BYOL on `device`, initialised from `train_cfg.seed`.
+    """The encoder named by `model_cfg` wrapped in BYOL on `device`, initialised from `train_cfg.seed`,
+    for `channels`-channel images (`capture.channels`; 1: mono, colour views off).
 
     The encoder is channels_last when `train_cfg.channels_last` (faster on CPU and GPU; the views
     follow). The views draw from their own generator seeded with `train_cfg.seed`, so a run
@@ -37,7 +39,7 @@ def build_learner(
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # encoder and heads from the seed; the global RNG is left alone
         torch.manual_seed(train_cfg.seed)
-        net = build_encoder(model_cfg).to(device)
+        net = build_encoder(model_cfg, channels).to(device)
         if train_cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return BYOL(
@@ -53,6 +55,7 @@ def build_learner(
             total_steps=train_cfg.total_steps,
             generator=torch.Generator(device=device).manual_seed(train_cfg.seed),
             views=view_specs(augment_cfg),
+            channels=channels,
         )
 
 

@@ -2,7 +2,7 @@
 
     learner = BYOL(net, image_size=64, hidden_layer="avgpool")
     opt = torch.optim.Adam(learner.parameters(), lr=3e-4)
-    loss = learner(images)            # float NCHW in [0, 1]
+    loss = learner(images)            # float NCHW in [0, 1] (LearnerError naming the range otherwise)
     opt.zero_grad(); loss.backward(); opt.step()
     learner.update_moving_average()
 
@@ -12,6 +12,10 @@ Parts: `Backbone` (hidden-layer capture), `MLP` heads, `View` augmentations, `by
 - Views are drawn per image (the paper's asymmetric view 1 / view 2) on the images' device.
 - Each view runs through the encoders separately (per-view BatchNorm statistics, as the
   reference); the heads take both views as one batch but keep per-view BN statistics.
+- Any input channel count C (`channels=`, else the net's first Conv2d, else 3): colour ops only
+  for C == 3; `normalize=True` has ImageNet statistics for C = 3 and their channel average for
+  C = 1. Any (height, width): `image_size` is one side or a pair. byol-pytorch's mock forward
+  feeds 3-channel squares, so it cannot wrap a mono camera's net at all.
 - No mock forward: the embedding width is read from one eval-mode forward that leaves every
   BatchNorm statistic and training flag as it was.
 - The target is state, not a parameter: it is in `state_dict()` (with the heads, the step and the
@@ -33,21 +37,24 @@ stay fp32) and with a channels_last encoder (views are produced in the encoder's
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterator, Optional, Union
+import logging
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW1, VIEW2, View, ViewSpec
-from trainer.backbone import Backbone, HiddenLayer, eval_mode, probe
-from trainer.checks import LearnerError, check_images
+from trainer.augment import IMAGENET_MEAN, IMAGENET_STD, MONO_MEAN, MONO_STD, VIEW1, VIEW2, View, ViewSpec
+from trainer.backbone import Backbone, HiddenLayer, eval_mode, first_conv_channels, probe
+from trainer.byol_pytorch_state import ByolPytorchLoad, is_byol_pytorch_state, plan
+from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.heads import MLP, byol_head, distributed_world, simsiam_projector
 from trainer.loss import byol_loss
 from trainer.momentum import check_schedule, ema_update, tau_at
 
 Augment = Callable[[Tensor], Tensor]
+log = logging.getLogger(__name__)
 
 
 class Branch(nn.Module):
@@ -70,7 +77,7 @@ class BYOL(nn.Module):
     def __init__(
         self,
         net: nn.Module,
-        image_size: int,
+        image_size: ImageSize,
         hidden_layer: HiddenLayer = -2,
         projection_size: int = 256,
         projection_hidden_size: int = 4096,
@@ -79,6 +86,10 @@ class BYOL(nn.Module):
         moving_average_decay: float = 0.99,
         use_momentum: bool = True,
         sync_batchnorm: Optional[bool] = None,
+        use_simplicial_embeddings: bool = False,
+        sem_num_simplices: int = 32,
+        sem_simplex_dim: int = 8,
+        sem_temperature: float = 0.1,
         *,
         tau_schedule: str = "constant",
         tau_final: float = 1.0,
@@ -87,12 +98,15 @@ class BYOL(nn.Module):
         normalize: bool = True,
         generator: Optional[torch.Generator] = None,
         views: tuple[ViewSpec, ViewSpec] = (VIEW1, VIEW2),
+        channels: Optional[int] = None,
     ) -> None:
         super().__init__()
         check_schedule(tau_schedule, moving_average_decay, tau_final, tau_warmup_steps, total_steps)
-        if image_size < 2:
-            raise LearnerError(f"image_size must be >= 2; got {image_size}")
-        self.image_size = image_size
+        height, width = image_hw(image_size)
+        self.image_size: ImageSize = image_size if isinstance(image_size, int) else (height, width)
+        if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int) or channels < 1):
+            raise LearnerError(f"channels must be a positive int; got {channels!r}")
+        self.channels: int = channels if channels is not None else first_conv_channels(net) or 3
         self.use_momentum = use_momentum
         self.tau_schedule = tau_schedule
         self.tau_base = moving_average_decay
@@ -100,15 +114,27 @@ class BYOL(nn.Module):
         self.tau_warmup_steps = tau_warmup_steps
         self.total_steps = total_steps
         self.step = 0
-        self.mean = IMAGENET_MEAN if normalize else (0.0, 0.0, 0.0)
-        self.std = IMAGENET_STD if normalize else (1.0, 1.0, 1.0)
+        self.mean, self.std = view_statistics(self.channels, normalize)
         self.generator = generator
 
         backbone = Backbone(net, hidden_layer)
-        dim, unused = probe(backbone, image_size)
+        try:
+            dim, unused = probe(backbone, (height, width), self.channels)
+        except RuntimeError as exc:
+            if channels is None:
+                raise
+            first = first_conv_channels(net)
+            reason = (
+                f"its first convolution takes {first} input channels; pass channels={first}"
+                if first is not None and first != channels
+                else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            )
+            raise LearnerError(f"channels={channels} does not fit the net: {reason}") from None
         sync = distributed_world() if sync_batchnorm is None else sync_batchnorm
         projector_spec = byol_head if use_momentum else simsiam_projector
-        self.online = Branch(backbone, MLP(dim, projector_spec(projection_hidden_size, projection_size), sync))
+        simplicial = (sem_num_simplices, sem_simplex_dim, sem_temperature) if use_simplicial_embeddings else None
+        self.simplicial = simplicial is not None
+        self.online = Branch(backbone, MLP(dim, projector_spec(projection_hidden_size, projection_size, simplicial), sync))
         self.predictor = MLP(projection_size, byol_head(projection_hidden_size, projection_size), sync)
         self.target: Optional[Branch] = copy.deepcopy(self.online).requires_grad_(False) if use_momentum else None
         self._target_fresh = True
@@ -119,9 +145,9 @@ class BYOL(nn.Module):
 
         fmt = self._memory_format()
         if augment_fn is None:
-            augment_fn = View(image_size, views[0], self.mean, self.std, generator, fmt)
+            augment_fn = View(self.image_size, views[0], self.mean, self.std, generator, fmt)
             augment_fn2 = augment_fn2 if augment_fn2 is not None else View(
-                image_size, views[1], self.mean, self.std, generator, fmt
+                self.image_size, views[1], self.mean, self.std, generator, fmt
             )
         self.augment1: Augment = augment_fn
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn
@@ -189,10 +215,15 @@ class BYOL(nn.Module):
             )
         if self.training and self._target_fresh and self.target is not None:
             self._copy_online_to_target()
+        # Our views assume [0, 1]: one range check per input tensor they see (a user augment_fn takes what it takes).
+        if isinstance(self.augment1, View) or (images2 is None and isinstance(self.augment2, View)):
+            check_range(images)
+        if images2 is not None and isinstance(self.augment2, View):
+            check_range(images2, "images2")
         fmt = self._memory_format()
         views = [
-            self.augment1(images).contiguous(memory_format=fmt),
-            self.augment2(images if images2 is None else images2).contiguous(memory_format=fmt),
+            _augment(self.augment1, images).contiguous(memory_format=fmt),
+            _augment(self.augment2, images if images2 is None else images2).contiguous(memory_format=fmt),
         ]
         projections, _ = self.online(views)
         predictions = self.predictor(projections, len(views))
@@ -242,6 +273,44 @@ class BYOL(nn.Module):
             generator.set_state(state["generator"])  # a CUDA generator's state cannot seed a CPU one
         self._target_fresh = False
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """As torch's; a byol-pytorch state dict is refused with a pointer to `load_byol_pytorch`."""
+        if is_byol_pytorch_state(state_dict):
+            raise LearnerError(
+                "this state dict is byol-pytorch's (online_encoder.*, online_predictor.* keys): "
+                "load it with learner.load_byol_pytorch(state_dict)"
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @torch.no_grad()
+    def load_byol_pytorch(self, state_dict: Mapping[str, Tensor], strict: bool = False) -> ByolPytorchLoad:
+        """Continue a byol-pytorch 0.9.1 run: load its `BYOL.state_dict()` (net, projectors, target, predictor).
+
+        Build this learner as theirs was built (same net, hidden_layer, projection sizes and, for
+        their default projector, `use_simplicial_embeddings=True` with their sem_* sizes); the key
+        mapping is in trainer/byol_pytorch_state.py. Their target is loaded when present, else
+        copied from their online branch. Returns what was loaded and what was not (their keys
+        unused, our tensors left as they were), and logs a warning when anything was not; with
+        `strict=True` that is a LearnerError instead, and nothing is loaded. Raises LearnerError
+        for a state dict that is not byol-pytorch's or whose tensor shapes differ from ours.
+        """
+        ours = self.state_dict()
+        mapping, unmapped, missing, notes = plan(state_dict, ours, self.simplicial)
+        report = ByolPytorchLoad(loaded=len(mapping), unmapped=unmapped, missing=missing, notes=notes)
+        if unmapped or missing:
+            summary = (
+                f"could not map {len(unmapped)} of byol-pytorch's tensors ({', '.join(unmapped[:3])}"
+                f"{', ...' if len(unmapped) > 3 else ''}); {len(missing)} of ours keep their values ({notes})"
+            )
+            if strict:
+                raise LearnerError(summary)
+            log.warning("byol-pytorch state: %s", summary)
+        for key, value in mapping.items():
+            ours[key].copy_(value)
+        if self.target is not None and any(key.startswith("target.") for key in mapping):
+            self._target_fresh = False
+        return report
+
     def _branch(self, which: str) -> Branch:
         if which not in ("target", "online"):
             raise LearnerError(f"which must be 'target' or 'online'; got {which!r}")
@@ -266,6 +335,30 @@ class BYOL(nn.Module):
                 channels_last = param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
                 return torch.channels_last if channels_last else torch.contiguous_format
         return torch.contiguous_format
+
+
+def view_statistics(channels: int, normalize: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel that the views normalise with and an export folds into its graph.
+
+    normalize=False: zeros and ones (views stay in [0, 1]). normalize=True: ImageNet's RGB statistics
+    for 3 channels, their channel average (MONO_MEAN / MONO_STD) for 1; other counts have no
+    standard statistics, so LearnerError asks for normalize=False.
+    """
+    if not normalize:
+        return (0.0,) * channels, (1.0,) * channels
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    if channels == 1:
+        return MONO_MEAN, MONO_STD
+    raise LearnerError(
+        f"normalize=True has statistics for 1 or 3 channels only, and the net takes {channels}: "
+        "pass normalize=False (views stay in [0, 1]) or an augment_fn that normalises"
+    )
+
+
+def _augment(augment: Augment, images: Tensor) -> Tensor:
+    """A view of `images`; our View skips its own range check, which `BYOL.forward` made once per tensor."""
+    return augment.apply(images) if isinstance(augment, View) else augment(images)
 
 
 def _embedding_std(projections: Tensor, views: int) -> Tensor:

@@ -19,6 +19,7 @@ import difflib
 import importlib
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import torch
 import torchvision
 from torch import Tensor, nn
 
@@ -123,14 +124,48 @@ def check_file_model(model_cfg: "ModelConfig", operator: Optional["ModelConfig"]
         )
 
 
-def build_encoder(model_cfg: "ModelConfig") -> nn.Module:
-    """`create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)` with `model_cfg.stem` applied.
+def build_encoder(model_cfg: "ModelConfig", channels: int = 3) -> nn.Module:
+    """`create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)` with `model_cfg.stem` applied,
+    taking `channels`-channel images (`capture.channels`: 1 for a mono camera).
 
-    Random weights from the global RNG (callers seed it). ConfigError as `create_encoder`, or when a
-    non-standard stem is asked of a network that has no ResNet stem.
+    Random weights from the global RNG (callers seed it). ConfigError as `create_encoder`, when a
+    non-standard stem is asked of a network that has no ResNet stem, or as `adapt_input_channels`.
     """
     net = create_encoder(model_cfg.encoder, **model_cfg.encoder_kwargs)
-    return adapt_stem(net, model_cfg.stem, model_cfg.encoder, model_cfg.image_size)
+    net = adapt_stem(net, model_cfg.stem, model_cfg.encoder, max(model_cfg.image_hw))
+    return adapt_input_channels(net, channels, model_cfg.encoder)
+
+
+def adapt_input_channels(net: nn.Module, channels: int, name: str = "the encoder") -> nn.Module:
+    """`net` with its first Conv2d (in `net.modules()` order) taking `channels` input channels.
+
+    Unchanged when it already does. From 3 to 1 channel the kernel is summed over its RGB inputs,
+    so the mono net responds to a gray image exactly as the RGB net to that image replicated into
+    three channels (the usual way to give an RGB architecture a gray input, e.g. timm's
+    `adapt_input_conv`). Any other change raises ConfigError: there is no weight mapping to
+    keep, and a factory that takes the channel count (`in_channels` in model.encoder_kwargs) is
+    the way to build such a net.
+    """
+    found = next(((path, m) for path, m in net.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if found is None or found[1].in_channels == channels:
+        return net
+    path, conv = found
+    if not (conv.in_channels == 3 and channels == 1 and conv.groups == 1):
+        raise ConfigError(
+            f"{name!r}: its first convolution takes {conv.in_channels} channels and only 3 -> 1 is adapted here; "
+            f"build it for {channels} channels (e.g. model.encoder_kwargs in_channels={channels})"
+        )
+    mono = nn.Conv2d(
+        1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        bias=conv.bias is not None, padding_mode=conv.padding_mode,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        mono.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            mono.bias.copy_(conv.bias)
+    parent, _, attr = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, attr, mono)
+    return net
 
 
 def has_resnet_stem(net: nn.Module) -> bool:

@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from agent.core.config import ModelConfig
 from agent.core.errors import ConfigError, ModelFileError, SourceError
-from agent.core.frames import read_image_bgr
+from agent.core.frames import fit_frame, read_image_bgr
 from trainer.backbone import Backbone
 from trainer.encoders import build_encoder, check_file_model
 
@@ -106,16 +106,22 @@ class EvalResult:
 # --------------------------------------------------------------------------- datasets
 
 
-def load_digits(image_size: int) -> LabelledImages:
-    """scikit-learn's bundled 8x8 digits (1,797 images), upsampled to RGB: labelled data that exists anywhere."""
+def _hw(image_size: Union[int, tuple[int, int]]) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else (image_size[0], image_size[1])
+
+
+def load_digits(image_size: Union[int, tuple[int, int]]) -> LabelledImages:
+    """scikit-learn's bundled 8x8 digits (1,797 images), upsampled to RGB at `image_size` (one side or
+    (height, width)): labelled data that exists anywhere."""
     digits = sklearn_digits()
     small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    big = np.stack([cv2.resize(im, (image_size, image_size), interpolation=cv2.INTER_LINEAR) for im in small])
+    height, width = _hw(image_size)
+    big = np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR) for im in small])
     rgb = np.repeat(big[..., None], 3, axis=-1)
     return LabelledImages(rgb, digits.target.astype(np.int64), [str(c) for c in range(10)], "digits")
 
 
-def load_image_folder(path: Union[str, Path], image_size: int, max_images: int, seed: int = 0) -> LabelledImages:
+def load_image_folder(path: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0) -> LabelledImages:
     """One class per subfolder (images found recursively), centre-cropped and resized to `image_size`.
 
     Above `max_images`, a seeded random subset keeps the class proportions roughly intact.
@@ -141,18 +147,15 @@ def load_image_folder(path: Union[str, Path], image_size: int, max_images: int, 
     return LabelledImages(images, labels, classes, str(root))
 
 
-def _read_square(path: Path, size: int) -> np.ndarray:
+def _read_square(path: Path, size: Union[int, tuple[int, int]]) -> np.ndarray:
+    """The image centre-cropped to the aspect of `size` (one side or (height, width)) and resized to it, RGB."""
     bgr = read_image_bgr(str(path))
     if bgr is None:
         raise SourceError(f"image {str(path)!r} cannot be decoded; remove it from the eval folder")
-    h, w = bgr.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = bgr[top : top + side, left : left + side]
-    return cv2.cvtColor(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(fit_frame(bgr, *_hw(size), mode="crop"), cv2.COLOR_BGR2RGB)
 
 
-def load_train_test_folder(path: Union[str, Path], image_size: int, max_images: int, seed: int = 0) -> LabelledImages:
+def load_train_test_folder(path: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0) -> LabelledImages:
     """A folder holding `train/` and `test/` image folders (same class names): train is the kNN bank
     and the linear probe's training set, test the queries; each capped at `max_images`."""
     root = Path(path)
@@ -172,7 +175,7 @@ def load_train_test_folder(path: Union[str, Path], image_size: int, max_images: 
     )
 
 
-def load_eval_data(data: Union[str, Path], image_size: int, max_images: int, seed: int = 0) -> LabelledImages:
+def load_eval_data(data: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0) -> LabelledImages:
     """`"digits"`, a folder with `train/` and `test/` halves, or one image folder (split at random later)."""
     if str(data) == "digits":
         return load_digits(image_size)

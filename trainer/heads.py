@@ -2,7 +2,10 @@
 
 A head is `MLPSpec`: hidden widths (each Linear -> BatchNorm -> ReLU) then a Linear to the output.
 BYOL's projector and predictor are `byol_head` (the paper's Linear(d, 4096) -> BN -> ReLU ->
-Linear(4096, 256)); SimSiam mode's projector is `simsiam_projector`, as in byol-pytorch.
+Linear(4096, 256)); SimSiam mode's projector is `simsiam_projector`, as in byol-pytorch. Either
+may start with byol-pytorch's simplicial embedding (`MLPSpec.simplicial`: Linear -> BN -> softmax
+over groups of features, Lavoie et al., arXiv 2204.00616; on by default in byol-pytorch 0.9, off
+here), laid out so that a byol-pytorch projector's weights map onto it one to one.
 
 Both views go through a head as one stacked batch (one large matmul per Linear, about 30 % faster
 on a CPU than one call per view), while `ViewBatchNorm1d` still normalises each view with its own
@@ -12,6 +15,7 @@ batch statistics, so the result is the same as running the views one at a time, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -21,22 +25,44 @@ from torch.distributed.nn.functional import all_reduce
 
 @dataclass(frozen=True)
 class MLPSpec:
-    """A head: `hidden` widths (each Linear -> BN -> ReLU), then Linear to `out` (+ BN without affine if out_bn)."""
+    """A head: optionally a simplicial embedding, then `hidden` widths (each Linear -> BN -> ReLU), then
+    Linear to `out` (+ BN without affine if out_bn).
+
+    `simplicial` = (simplices L, simplex size V, temperature): Linear(in, L*V) -> BN -> softmax over
+    each of the L groups of V features at the temperature, before the rest (byol-pytorch's SEM).
+    """
 
     hidden: tuple[int, ...]
     out: int
     bias: bool = True
     out_bn: bool = False
+    simplicial: Optional[tuple[int, int, float]] = None
 
 
-def byol_head(hidden: int, out: int) -> MLPSpec:
-    """The BYOL paper's projector and predictor."""
-    return MLPSpec(hidden=(hidden,), out=out)
+def byol_head(hidden: int, out: int, simplicial: Optional[tuple[int, int, float]] = None) -> MLPSpec:
+    """The BYOL paper's projector and predictor (with byol-pytorch's simplicial embedding first, if given)."""
+    return MLPSpec(hidden=(hidden,), out=out, simplicial=simplicial)
 
 
-def simsiam_projector(hidden: int, out: int) -> MLPSpec:
+def simsiam_projector(hidden: int, out: int, simplicial: Optional[tuple[int, int, float]] = None) -> MLPSpec:
     """SimSiam's three-layer projector (no biases, BN on the output), byol-pytorch's use_momentum=False head."""
-    return MLPSpec(hidden=(hidden, hidden), out=out, bias=False, out_bn=True)
+    return MLPSpec(hidden=(hidden, hidden), out=out, bias=False, out_bn=True, simplicial=simplicial)
+
+
+class SimplicialEmbedding(nn.Module):
+    """Softmax over consecutive groups of `simplex` features at `temperature`: (N, L*V) -> (N, L*V).
+
+    Lavoie et al., "Simplicial Embeddings in Self-Supervised Learning" (arXiv 2204.00616), as
+    byol-pytorch 0.9.1's `SEM`.
+    """
+
+    def __init__(self, simplex: int, temperature: float) -> None:
+        super().__init__()
+        self.simplex = simplex
+        self.temperature = temperature
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.unflatten(-1, (-1, self.simplex)) / self.temperature).softmax(dim=-1).flatten(-2)
 
 
 def distributed_world() -> bool:
@@ -89,6 +115,14 @@ class MLP(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
+        if spec.simplicial is not None:
+            simplices, simplex, temperature = spec.simplicial
+            width = simplices * simplex
+            layers += [
+                nn.Linear(in_dim, width),
+                ViewBatchNorm1d(width, sync=sync_batchnorm),
+                SimplicialEmbedding(simplex, temperature),
+            ]
         for hidden in spec.hidden:
             layers += [
                 nn.Linear(width, hidden, bias=spec.bias),

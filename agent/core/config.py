@@ -38,6 +38,9 @@ class CaptureConfig(_Section):
     height: int = Field(96, ge=8, le=MAX_SIDE, description="stored frame height (resized on capture)")
     width: int = Field(96, ge=8, le=MAX_SIDE, description="stored frame width (resized on capture)")
     resize: Literal["crop", "stretch"] = "crop"
+    channels: Literal[1, 3] = Field(
+        3, description="3: RGB; 1: mono (gray) frames, and an encoder whose first convolution takes 1 channel"
+    )
     jpeg_quality: Optional[int] = Field(None, ge=1, le=100, description="None sends raw RGB")
     novelty_threshold: float = Field(
         0.01, ge=0, le=1, description="skip a frame whose mean |diff| to the last kept one is below this (0 = off)"
@@ -119,9 +122,28 @@ class ModelConfig(_Section):
         "auto (small for a ResNet at image_size <= 64, else standard)",
     )
     hidden_layer: Union[int, str] = "avgpool"
-    image_size: int = Field(64, ge=8, le=1024)
+    image_size: Union[int, tuple[int, int]] = Field(
+        64, description="encoder input in px: one side (square) or [height, width], each 8-1024"
+    )
     projection_size: int = Field(256, ge=1)
     projection_hidden_size: int = Field(4096, ge=1)
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _check_image_size(cls, value: Any) -> Any:
+        sides = list(value) if isinstance(value, (list, tuple)) else [value]
+        ok = len(sides) == (2 if isinstance(value, (list, tuple)) else 1) and all(
+            isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 1024 for s in sides
+        )
+        if not ok:
+            raise ValueError(f"expected one side or [height, width], each an int from 8 to 1024 px; got {value!r}")
+        return tuple(sides) if len(sides) == 2 else value
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """`image_size` as (height, width) in px."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
 
 
 class AugmentConfig(_Section):

@@ -20,7 +20,7 @@ from agent.core.errors import ByolAgentError
 
 
 def fit_frame(image: np.ndarray, height: int, width: int, mode: Literal["crop", "stretch"] = "crop") -> np.ndarray:
-    """Resize an HxWx3 uint8 image to (height, width); `crop` first centre-crops to the target aspect.
+    """Resize an HxWxC uint8 image (C = 3 or 1) to (height, width); `crop` first centre-crops to the target aspect.
 
     INTER_AREA averages source pixels, so downscaling does not alias fine texture into noise.
     """
@@ -32,11 +32,36 @@ def fit_frame(image: np.ndarray, height: int, width: int, mode: Literal["crop", 
         crop_h, crop_w = min(h, round(height * scale)), min(w, round(width * scale))
         top, left = (h - crop_h) // 2, (w - crop_w) // 2
         image = image[top : top + crop_h, left : left + crop_w]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return _resize(image, height, width)
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """INTER_AREA resize that keeps an HxWx1 image's channel axis (OpenCV drops it)."""
+    out = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return out.reshape(height, width, -1) if image.ndim == 3 else out
+
+
+def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (..., H, W, C) frames with `channels` channels: unchanged when C already fits; RGB -> gray with
+    OpenCV's RGB2GRAY (ITU-R BT.601 luma 0.299 R + 0.587 G + 0.114 B, rounded), the one conversion used by
+    mono capture, export verification and serving alike. Gray frames for an RGB encoder raise
+    FrameFormatError: replicating them would serve the encoder colourless frames it never trained on.
+    """
+    have = frames.shape[-1]
+    if have == channels:
+        return frames
+    if (have, channels) == (3, 1):
+        flat = np.ascontiguousarray(frames).reshape(-1, frames.shape[-2], 3)
+        return cv2.cvtColor(flat, cv2.COLOR_RGB2GRAY).reshape(*frames.shape[:-1], 1)
+    kind = {1: "gray", 3: "RGB"}
+    raise FrameFormatError(
+        f"frames have {have} channel(s) ({kind.get(have, '?')}) but the encoder takes {channels} "
+        f"({kind.get(channels, '?')}); only RGB frames convert to gray"
+    )
 
 
 def fit_frames(frames: np.ndarray, height: int, width: int, mode: Literal["crop", "stretch"] = "crop") -> np.ndarray:
-    """`fit_frame` over a uint8 (N,H,W,3) batch; the batch itself when it already has that size."""
+    """`fit_frame` over a uint8 (N,H,W,C) batch; the batch itself when it already has that size."""
     if frames.shape[1:3] == (height, width):
         return frames
     return np.stack([fit_frame(frame, height, width, mode) for frame in frames])
@@ -69,7 +94,7 @@ class NoveltyGate:
 
 
 def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    gray = to_channels(image, 1)[..., 0] if image.ndim == 3 else image
     small = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA)
     return small.astype(np.float32) / 255.0
 
@@ -254,17 +279,17 @@ def bgr_to_rgb(image: np.ndarray) -> np.ndarray:
 
 
 class FrameFormatError(ByolAgentError, ValueError):
-    """Frames handed to an encoder are not uint8 RGB images (N,H,W,3) or (H,W,3)."""
+    """Frames handed to an encoder are not uint8 RGB or gray images (N,H,W,C) or (H,W,C), C = 3 or 1."""
 
 
 def as_frame_batch(frames: np.ndarray) -> np.ndarray:
-    """Validate uint8 RGB frames and return them as an (N, H, W, 3) batch (a view when possible)."""
+    """Validate uint8 RGB (C = 3) or gray (C = 1) frames and return them as an (N, H, W, C) batch (a view when possible)."""
     if not isinstance(frames, np.ndarray):
         raise FrameFormatError(f"frames must be a numpy array, got {type(frames).__name__}")
     if frames.ndim == 3:
         frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise FrameFormatError(f"frames must be (N,H,W,3) or (H,W,3) RGB, got shape {frames.shape}")
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3):
+        raise FrameFormatError(f"frames must be (N,H,W,3) RGB or (N,H,W,1) gray, or one (H,W,C) frame; got shape {frames.shape}")
     if frames.dtype != np.uint8:
         raise FrameFormatError(f"frames must be uint8, got {frames.dtype}")
     if frames.shape[0] == 0:
@@ -273,17 +298,18 @@ def as_frame_batch(frames: np.ndarray) -> np.ndarray:
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a uint8 (N,H,W,3) batch to the encoder's size; INTER_AREA keeps small features when shrinking."""
+    """Resize a uint8 (N,H,W,C) batch to the encoder's size; INTER_AREA keeps small features when shrinking."""
     if frames.shape[1:3] == (height, width):
         return np.ascontiguousarray(frames)
-    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
+    out = np.empty((frames.shape[0], height, width, frames.shape[-1]), dtype=np.uint8)
     for i, frame in enumerate(frames):
-        out[i] = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+        out[i] = _resize(frame, height, width)
     return out
 
 
 def normalise_nchw(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 NHWC RGB → float32 NCHW, x/255 then (x - mean)/std: the input of a `float_nchw` export."""
+    """uint8 NHWC (RGB or gray: one mean/std per channel) → float32 NCHW, x/255 then (x - mean)/std: the input
+    of a `float_nchw` export."""
     scale = 1.0 / (255.0 * np.asarray(std, dtype=np.float32))
     shift = -np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
     out = frames.astype(np.float32) * scale + shift

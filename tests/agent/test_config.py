@@ -40,6 +40,10 @@ def test_overrides_are_typed_and_applied() -> None:
         ("augment.crop_scale=[0.2, 1.5]", "'augment.crop_scale'"),
         ("augment.blur_p=[1.0, 2]", "'augment.blur_p'"),
         ("augment.hue=0.7", "'augment.hue'"),
+        ("model.image_size=[32]", "'model.image_size': expected one side or [height, width]"),
+        ("model.image_size=[32, 4]", "'model.image_size'"),
+        ("model.image_size=[32, 48, 3]", "'model.image_size'"),
+        ("capture.channels=2", "'capture.channels'"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override: str, needle: str) -> None:
@@ -56,7 +60,8 @@ def test_unknown_key_lists_the_allowed_ones() -> None:
 
 
 def test_dump_then_load_is_identity(tmp_path: Path) -> None:
-    cfg = load_config(overrides=["train.batch_size=8", "export.every_steps=null"])
+    cfg = load_config(overrides=["train.batch_size=8", "export.every_steps=null", "model.image_size=[32, 48]", "capture.channels=1"])
+    assert cfg.model.image_hw == (32, 48) and cfg.capture.channels == 1
     dump_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
 
@@ -143,3 +148,15 @@ def test_capture_bit_depth_is_8_to_16_or_auto() -> None:
     for bad in (7, 17):
         with pytest.raises(ValueError, match="bit_depth"):
             CaptureConfig(bit_depth=bad)
+
+
+@pytest.mark.parametrize("command", ["train", "capture", "run"])
+def test_a_mono_capture_is_refused_by_the_pipeline_commands_until_they_carry_it(tmp_path: Path, command: str) -> None:
+    # capture.channels=1 reaches the learner API and export only (issue 12, item 8): the live pipeline must
+    # say so in one line rather than train an RGB encoder under a mono config.
+    args = ["--run-dir", str(tmp_path / "run")] if command != "capture" else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", command, *args, "capture.channels=1"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "capture.channels=1" in proc.stderr

@@ -114,3 +114,18 @@ def test_pgm_maxval_gives_the_depth(tmp_path) -> None:
     path.write_bytes(b"P5\n# 12-bit\n16 16\n4095\n" + ramp.astype(">u2").tobytes())
     image = read_image_bgr(str(path))
     assert np.abs(image[..., 1].astype(float) - np.round(ramp.astype(float) * 255 / 4095)).max() <= 1
+
+
+def test_to_channels_converts_rgb_to_gray_as_opencv_and_refuses_gray_for_rgb() -> None:
+    import cv2
+
+    from agent.core.frames import FrameFormatError, fit_frames, resize_frames, to_channels
+
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 10, 14, 3), dtype=np.uint8)
+    gray = to_channels(rgb, 1)
+    assert gray.shape == (3, 10, 14, 1) and gray.dtype == np.uint8
+    np.testing.assert_array_equal(gray[1, :, :, 0], cv2.cvtColor(rgb[1], cv2.COLOR_RGB2GRAY))
+    assert to_channels(rgb, 3) is rgb
+    assert resize_frames(gray, 5, 7).shape == (3, 5, 7, 1) and fit_frames(gray, 6, 6).shape == (3, 6, 6, 1)
+    with pytest.raises(FrameFormatError, match="RGB"):
+        to_channels(gray, 3)

@@ -152,3 +152,41 @@ def test_collapse_metric_separates_collapsed_from_spread_embeddings() -> None:
     collapsed = np.ones((64, 128)) + 1e-6 * rng.standard_normal((64, 128))
     assert collapse_std(collapsed) < 1e-5
     assert collapse_std(np.zeros((8, 16))) == 0.0  # dead features: all-zero rows do not divide by zero
+
+
+def _mono_encoder(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.AdaptiveAvgPool2d(1))
+    return net.eval()
+
+
+@pytest.mark.parametrize("stored_channels", [3, 1])
+def test_a_mono_non_square_encoder_exports_uint8_nhwc_with_one_channel(tmp_path: Path, stored_channels: int) -> None:
+    import cv2
+
+    from agent.core.config import ModelConfig
+    from trainer.augment import MONO_MEAN, MONO_STD
+
+    rgb = scene_frames(12)
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])[..., None]  # written out independently
+    frames = rgb if stored_channels == 3 else gray  # buffer frames from an RGB capture, or a mono one
+    encoder = _mono_encoder(0)
+    version = export_encoder(
+        0, encoder, frames, export_cfg=ExportConfig(), model_cfg=ModelConfig(encoder="tiny", image_size=(24, 32)),
+        publisher=Publisher(tmp_path, 5), mean=MONO_MEAN, std=MONO_STD,
+    )
+    manifest = read_manifest(tmp_path / f"encoder-{version:06d}.json")
+    spec = manifest.input
+    assert (spec.height, spec.width, spec.channels, spec.channel_order) == (24, 32, 1, "GRAY")
+    assert manifest.raw["input"]["channels"] == 1 and manifest.raw["model"]["image_size"] == [24, 32]
+    session = _session(tmp_path / manifest.model_file)
+    graph_in = session.get_inputs()[0]
+    assert graph_in.type == "tensor(uint8)" and graph_in.shape[1:] == [24, 32, 1]
+    # Serving: robot frames (RGB, any size) prepared by the manifest's spec, as the runtime does.
+    got = session.run(None, {spec.name: spec.prepare(rgb[:5])})[0]
+    resized = [cv2.resize(f, (32, 24), interpolation=cv2.INTER_AREA) for f in rgb[:5]]  # no stored size: a plain resize
+    small = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in resized])
+    x = torch.from_numpy(small).float()[:, None] / 255.0
+    with torch.no_grad():
+        expected = encoder((x - MONO_MEAN[0]) / MONO_STD[0]).flatten(1).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)

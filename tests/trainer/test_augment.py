@@ -213,3 +213,32 @@ def test_bad_input_is_a_clear_error(bad: object, message: str) -> None:
 def _jitter(batch: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     n = batch.shape[0]
     return colour(batch, factors, order, torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
+
+
+def test_views_of_other_channel_counts_skip_the_colour_ops_and_keep_the_rest() -> None:
+    colourful = ViewSpec(**{**IDENTITY.__dict__, "jitter_p": 1.0, "grayscale_p": 1.0, "solarize_p": 1.0})
+    for channels in (1, 2, 4):
+        batch = torch.rand(3, channels, 24, 24, generator=seeded(channels))
+        mean, std = (0.5,) * channels, (0.25,) * channels
+        view = View(24, colourful, mean=mean, std=std)(batch)
+        solarized = torch.where(batch >= 0.5, 1 - batch, batch)  # TF.solarize takes 1 or 3 channels only
+        torch.testing.assert_close(view * 0.25 + 0.5, solarized, atol=1e-5, rtol=1e-5)
+        blurred = View(24, VIEW1, mean=mean, std=std, generator=seeded(0))(batch)
+        assert blurred.shape == (3, channels, 24, 24) and blurred.std() < ((batch - 0.5) / 0.25).std()
+    with pytest.raises(LearnerError, match="one value per channel"):
+        View(24, VIEW1, mean=(0.5,), std=(0.2, 0.2))
+
+
+def test_non_square_views_resample_the_crop_to_height_by_width() -> None:
+    batch = images(2, 30, 40)
+    whole = ViewSpec(**{**IDENTITY.__dict__, "crop_ratio": (4 / 3, 4 / 3)})  # the whole 30x40 frame
+    view = View((15, 20), whole, **RAW)(batch)
+    torch.testing.assert_close(view, torch.nn.functional.avg_pool2d(batch, 2), atol=1e-5, rtol=1e-5)
+    assert View((16, 24), VIEW2, generator=seeded(0))(batch).shape == (2, 3, 16, 24)
+    assert View((16, 24), VIEW1).kernel_size == blur_kernel_size(16)
+
+
+@pytest.mark.parametrize("values, message", [(images(2) * 255, "0-255"), (images(2) * 1.2 - 0.1, "clamp")])
+def test_values_outside_0_1_are_refused_by_a_view(values: torch.Tensor, message: str) -> None:
+    with pytest.raises(LearnerError, match=rf"must be float in \[0, 1\]; got values from .*{message}"):
+        View(16, VIEW1)(values)

@@ -94,3 +94,18 @@ def test_lars_matches_the_per_tensor_reference() -> None:
         reference_lars(reference[1:2], grads[1:2], buffers[1:2], 0.5, 0.9, 0.0, 0.001, True)
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a.detach(), b)
+
+
+def test_a_mono_non_square_config_builds_a_learner_that_trains() -> None:
+    from agent.core.config import load_config
+
+    cfg = load_config(None, ["model.encoder=tiny_cnn", "model.encoder_kwargs={width: 4}", "model.image_size=[16, 24]",
+                             "model.projection_size=8", "model.projection_hidden_size=16", "capture.channels=1"])
+    assert cfg.model.image_size == (16, 24) and cfg.model.image_hw == (16, 24) and cfg.capture.channels == 1
+    learner = build_learner(cfg.model, train_cfg(), "cpu", channels=cfg.capture.channels)
+    assert learner.channels == 1 and learner.image_size == (16, 24) and len(learner.mean) == 1
+    images = torch.rand(4, 1, 20, 30)
+    assert learner.augment1(images).shape == (4, 1, 16, 24)
+    loss = learner(images)
+    loss.backward()
+    assert torch.isfinite(loss)

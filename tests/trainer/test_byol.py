@@ -39,7 +39,8 @@ def train_step(learner: BYOL, opt: torch.optim.Optimizer, images: torch.Tensor) 
 
 
 def test_readme_example_runs_with_only_the_import_changed(tmp_path) -> None:
-    # byol-pytorch's README, verbatim but for the import, weights=None, tiny sizes and 2 steps.
+    # byol-pytorch's README, verbatim but for the import, weights=None, tiny sizes, 2 steps, and torch.rand
+    # for its torch.randn: our views take images in [0, 1] and refuse anything else (issue 12, item 7).
     import torch
     from torchvision import models
 
@@ -51,7 +52,7 @@ def test_readme_example_runs_with_only_the_import_changed(tmp_path) -> None:
     opt = torch.optim.Adam(learner.parameters(), lr=3e-4)
 
     def sample_unlabelled_images():
-        return torch.randn(4, 3, 32, 32)
+        return torch.rand(4, 3, 32, 32)
 
     for _ in range(2):
         images = sample_unlabelled_images()
@@ -309,3 +310,59 @@ def test_normalize_flag_sets_the_views_and_the_exported_statistics() -> None:
     views = raw.augment2(batch(8))
     assert views.min() >= 0 and views.max() <= 1
     assert normalised.augment1(batch(8)).min() < 0
+
+
+@pytest.mark.parametrize(
+    "images, images2, message",
+    [
+        (batch() * 255, None, r"images must be float in \[0, 1\]; got values from 0\.0\d* to 25\d\.\d+ .*/ 255"),
+        (batch(), batch() - 0.5, r"images2 must be float in \[0, 1\]; got values from -0\.\d+ to 0\.\d+"),
+        (torch.full((4, 3, 20, 20), float("nan")), None, "nan"),
+    ],
+)
+def test_float_images_outside_0_1_are_refused_naming_the_range(images, images2, message: str) -> None:
+    learner = tiny_learner()
+    with pytest.raises(LearnerError, match=message) as info:
+        learner(images, images2)
+    assert "\n" not in str(info.value)
+
+
+def test_a_one_channel_net_is_wrapped_with_the_channels_of_its_first_conv() -> None:
+    torch.manual_seed(0)
+    net = TinyCNN(width=8, in_channels=1)
+    learner = BYOL(net, image_size=16, hidden_layer="avgpool", generator=torch.Generator().manual_seed(0), **HEADS)
+    assert learner.channels == 1 and len(learner.mean) == 1 and len(learner.std) == 1
+    mono = torch.rand(6, 1, 20, 20, generator=torch.Generator().manual_seed(0))
+    assert learner.augment1(mono).shape == learner.augment2(mono).shape == (6, 1, 16, 16)
+    train_step(learner, torch.optim.Adam(learner.parameters(), lr=1e-3), mono)
+    assert learner.embed(mono[:, :, :16, :16]).shape == (6, 32)
+    with pytest.raises(LearnerError, match="must have 1 channel;"):
+        learner(batch())  # RGB images into the mono learner's views
+
+
+def test_channels_argument_and_its_clear_errors() -> None:
+    torch.manual_seed(0)
+    raw = BYOL(TinyCNN(width=8, in_channels=4), image_size=16, hidden_layer="avgpool", channels=4, normalize=False, **HEADS)
+    assert raw.channels == 4 and raw.mean == (0.0,) * 4
+    assert torch.isfinite(raw(torch.rand(4, 4, 16, 16)))
+    with pytest.raises(LearnerError, match=r"channels=3 .* first convolution takes 1"):
+        BYOL(TinyCNN(width=8, in_channels=1), image_size=16, hidden_layer="avgpool", channels=3, **HEADS)
+    with pytest.raises(LearnerError, match="normalize=False"):
+        BYOL(TinyCNN(width=8, in_channels=4), image_size=16, hidden_layer="avgpool", **HEADS)
+
+
+def test_non_square_image_size_gives_non_square_views_and_trains() -> None:
+    torch.manual_seed(0)
+    learner = BYOL(TinyCNN(width=8), image_size=(16, 24), hidden_layer="avgpool", **HEADS)
+    assert learner.image_size == (16, 24)
+    images = batch(4, 30)
+    assert learner.augment1(images).shape == learner.augment2(images).shape == (4, 3, 16, 24)
+    train_step(learner, torch.optim.Adam(learner.parameters(), lr=1e-3), images)
+    assert learner.embed(torch.rand(2, 3, 16, 24)).shape == (2, 32)
+
+
+@pytest.mark.parametrize("size", [(16,), (16, 24, 3), (1, 16), "16", 1.5, True])
+def test_a_bad_image_size_is_a_one_line_error(size) -> None:
+    with pytest.raises(LearnerError, match="image_size must be") as info:
+        BYOL(TinyCNN(width=8), image_size=size, hidden_layer="avgpool", **HEADS)
+    assert "\n" not in str(info.value)

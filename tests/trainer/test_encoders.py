@@ -67,3 +67,25 @@ def test_auto_stem_is_small_for_a_resnet_on_small_inputs_only() -> None:
     assert build_encoder(ModelConfig(encoder="resnet18", stem="auto", image_size=32)).conv1.kernel_size == (3, 3)
     assert build_encoder(ModelConfig(encoder="resnet18", stem="auto", image_size=112)).conv1.kernel_size == (7, 7)
     assert isinstance(build_encoder(ModelConfig(encoder="tiny_cnn", stem="auto", image_size=32)), TinyCNN)
+
+
+def test_a_mono_encoder_sees_a_gray_image_as_the_rgb_encoder_sees_it_replicated() -> None:
+    from trainer.encoders import adapt_input_channels
+
+    torch.manual_seed(0)
+    rgb = create_encoder("resnet18").eval()
+    gray = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = rgb(gray.expand(2, 3, 32, 32))
+        mono = adapt_input_channels(rgb, 1)
+        assert mono.conv1.in_channels == 1 and mono.conv1.weight.shape == (64, 1, 7, 7)
+        torch.testing.assert_close(mono(gray), expected, atol=1e-5, rtol=1e-5)
+    assert build_encoder(ModelConfig(encoder="tiny_cnn"), channels=1).features[0].in_channels == 1
+    with pytest.raises(ConfigError, match="first convolution takes 3 channels"):
+        adapt_input_channels(create_encoder("tiny_cnn"), 4)
+
+
+def test_a_non_square_image_size_picks_the_stem_by_its_longer_side() -> None:
+    small = build_encoder(ModelConfig(encoder="resnet18", stem="auto", image_size=(32, 64)))
+    standard = build_encoder(ModelConfig(encoder="resnet18", stem="auto", image_size=(32, 96)))
+    assert small.conv1.kernel_size == (3, 3) and standard.conv1.kernel_size == (7, 7)

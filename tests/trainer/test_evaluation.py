@@ -180,3 +180,16 @@ def test_bad_encoders_are_one_line_model_file_errors(tmp_path: Path) -> None:
     model.write_bytes(model.read_bytes()[:-100])
     with pytest.raises(ModelFileError, match="sha256"):
         resolve_encoder(tmp_path / "exports")
+
+
+def test_eval_data_loads_at_a_non_square_size(tmp_path) -> None:
+    import cv2
+
+    from trainer.evaluation import load_digits, load_image_folder
+
+    assert load_digits((12, 20)).images.shape[1:] == (12, 20, 3)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        cv2.imwrite(str(tmp_path / name / "x.png"), np.full((30, 40, 3), 90 if name == "a" else 200, np.uint8))
+    assert load_image_folder(tmp_path, (12, 20), max_images=10).images.shape == (2, 12, 20, 3)
+    assert load_image_folder(tmp_path, 16, max_images=10).images.shape == (2, 16, 16, 3)
