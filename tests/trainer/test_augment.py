@@ -242,3 +242,12 @@ def test_non_square_views_resample_the_crop_to_height_by_width() -> None:
 def test_values_outside_0_1_are_refused_by_a_view(values: torch.Tensor, message: str) -> None:
     with pytest.raises(LearnerError, match=rf"must be float in \[0, 1\]; got values from .*{message}"):
         View(16, VIEW1)(values)
+
+
+def test_blurred_views_stay_in_range_despite_float_rounding() -> None:
+    # the folded blur + normalisation gave 1 + 2.4e-7 for some draws (torch seeds 16, 39, 49, 64 of the first 80)
+    for seed in range(80):
+        torch.manual_seed(seed)
+        batch = images(5, 40, 56).contiguous(memory_format=torch.channels_last)
+        view = View(32, VIEW1, memory_format=torch.channels_last, **RAW)(batch)
+        assert view.min() >= 0 and view.max() <= 1, f"seed {seed}: {float(view.min())}..{float(view.max())}"
