@@ -59,6 +59,7 @@ class CaptureStats:
 class _Grab:
     image: np.ndarray
     timestamp: float  # time.time() when the frame was grabbed (after pacing)
+    camera_id: Optional[int] = None  # the relayed camera of a several-camera source; None: the reader's own
 
 
 class _Handoff:
@@ -187,7 +188,7 @@ class SourceReader(Worker):
         image = fit_frame(raw, *self._fit)
         if self._pacer is not None:
             self._pacer.wait(self.source.media_time_s, self.stop_event)
-        self._handoff.put(_Grab(image=image, timestamp=time.time()), self.stop_event)
+        self._handoff.put(_Grab(image=image, timestamp=time.time(), camera_id=self.source.camera_id), self.stop_event)
         return True
 
     def shutdown(self) -> None:
@@ -228,8 +229,8 @@ class _CaptureLoop:
         self._cfg, self._readers, self._sender, self._pace, self._stop = cfg, readers, sender, pace, stop
         self._period = 1.0 / cfg.fps
         self._due = [0.0] * len(readers)
-        self._gates = [NoveltyGate(cfg.novelty_threshold) for _ in readers]
-        self._seq = [0] * len(readers)
+        self._gates: dict[int, NoveltyGate] = {}  # per camera id
+        self._seq: dict[int, int] = {}  # per camera id: frames sent
         self.kept = self.skipped_novelty = 0
 
     def poll(self) -> float:
@@ -253,14 +254,15 @@ class _CaptureLoop:
         return sleep
 
     def _process(self, index: int, grab: _Grab) -> None:
-        if not self._gates[index].admit(grab.image):
+        camera = self._cfg.camera_id_base + index if grab.camera_id is None else grab.camera_id
+        gate = self._gates.setdefault(camera, NoveltyGate(self._cfg.novelty_threshold))
+        if not gate.admit(grab.image):
             self.skipped_novelty += 1
             return
         self.kept += 1
-        frame = Frame(
-            camera_id=self._cfg.camera_id_base + index, seq=self._seq[index], timestamp=grab.timestamp, image=grab.image
-        )
-        self._seq[index] += 1
+        seq = self._seq.get(camera, 0)
+        frame = Frame(camera_id=camera, seq=seq, timestamp=grab.timestamp, image=grab.image)
+        self._seq[camera] = seq + 1
         if not self._sender.lossless:
             self._sender.send(frame, self._cfg.jpeg_quality)
             return
@@ -299,9 +301,9 @@ def run_capture(
     SourceError / EndpointError before anything is sent. `status_path` gets the stats as JSON about
     once a second (for the `run` supervisor's status line).
     """
-    sources = [open_source(spec, capture, wire) for spec in capture.sources]
+    security = WireSecurity.from_config(wire)  # loaded once: for the sender and any subscription source
+    sources = [open_source(spec, capture, wire, security) for spec in capture.sources]
     wake, halt = threading.Event(), threading.Event()
-    security = WireSecurity.from_config(wire)
     with FrameSender(wire.endpoint, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish, security=security) as sender:
         readers = [
             SourceReader(src, capture, pace=pace, wake=wake, halt=halt, name=f"capture-{i}")

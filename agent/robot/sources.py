@@ -43,13 +43,17 @@ class FrameSource(ABC):
     """One stream of RGB frames. Use from a single thread; `connect` again after a loss to reopen.
 
     `live` sources (cameras, streams, subscriptions) deliver at their own pace; the others are
-    paced by the reader (a video by its own timestamps, the rest at the configured fps).
+    paced by the reader (a video by its own timestamps, the rest at the configured fps). A source
+    that relays several cameras (a subscription) sets `camera_id` to the camera of each frame it
+    returns; capture keeps those ids, where a one-camera source gets `capture.camera_id_base` + its index.
     """
 
     live: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.camera_id: Optional[int] = None  # set by a source of several cameras: whose was the last frame read
+
 
     @property
     def finite(self) -> bool:
@@ -388,13 +392,19 @@ class SubscriptionSource(FrameSource):
 
     live = True
 
-    def __init__(self, endpoint: str, wire: Optional[WireConfig] = None, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        wire: Optional[WireConfig] = None,
+        timeout_s: float = 5.0,
+        security: Optional[WireSecurity] = None,
+    ) -> None:
         super().__init__(f"subscription {endpoint!r}")
         self.endpoint, self.timeout_s = endpoint, timeout_s
         self._wire = wire if wire is not None else WireConfig()
-        self._security = WireSecurity.from_config(self._wire)  # key files checked now, not at first connect
+        # key files checked now, not at first connect; a capture hands in the keys it loaded for its sender
+        self._security = security if security is not None else WireSecurity.from_config(self._wire)
         self._sub: Optional[LatestFrameSubscriber] = None
-        self.camera_id: Optional[int] = None  # the camera id the last frame read was published with
 
     def connect(self) -> None:
         self.disconnect()
@@ -416,8 +426,11 @@ class SubscriptionSource(FrameSource):
             self._sub = None
 
 
-def open_source(spec: str, cfg: CaptureConfig, wire: Optional[WireConfig] = None) -> FrameSource:
-    """Pick the source for `spec` (not yet connected); `wire` gives a zmq+ subscription its limits and keys.
+def open_source(
+    spec: str, cfg: CaptureConfig, wire: Optional[WireConfig] = None, security: Optional[WireSecurity] = None
+) -> FrameSource:
+    """Pick the source for `spec` (not yet connected); `wire` gives a zmq+ subscription its limits, and its
+    keys unless `security` (keys already loaded from that wire section) is given.
 
     "0" / "/dev/videoN" camera · "demo" or "demo:SEED" · "zmq+tcp://..." subscription ·
     rtsp/http(s)/... URL · a path with * ? [ glob · a directory (recursive) · otherwise a video file.
@@ -433,7 +446,7 @@ def open_source(spec: str, cfg: CaptureConfig, wire: Optional[WireConfig] = None
     if demo:
         return DemoSource(cfg.height, cfg.width, cfg.fps, seed=int(demo.group(1) or 0))
     if spec.startswith(SUBSCRIBE_PREFIX):
-        return SubscriptionSource(spec[len(SUBSCRIBE_PREFIX) :], wire)
+        return SubscriptionSource(spec[len(SUBSCRIBE_PREFIX) :], wire, security=security)
     if spec.lower().startswith(STREAM_SCHEMES):
         return StreamSource(spec)
     if any(ch in spec for ch in "*?[") or Path(spec).is_dir():

@@ -90,6 +90,28 @@ def test_demo_sources_stream_to_the_trainer_and_publish(free_endpoint: str) -> N
     assert stats.frames_read >= stats.kept + stats.skipped_novelty
 
 
+def test_a_subscription_relays_every_camera_under_its_own_id(free_endpoint: str) -> None:
+    """A capture fed by another capture's PUB labelled every relayed camera with its own one id (so the
+    trainer's per-camera bookkeeping and temporal positives mixed cameras)."""
+    upstream = CaptureConfig(sources=["demo:1", "demo:2"], fps=30, height=24, width=40, camera_id_base=10)
+    publish, upstream_sink = free_tcp_endpoint(), free_tcp_endpoint()
+    relay = CaptureConfig(sources=["zmq+" + publish], fps=30, height=24, width=40, camera_id_base=0)
+    with FrameReceiver(free_endpoint, hwm=256) as receiver, CaptureThread(upstream, _wire(upstream_sink, publish)):
+        with CaptureThread(relay, _wire(free_endpoint)):
+            frames = []
+
+            def receive() -> None:
+                frame = receiver.recv(0.2)
+                if frame is not None:
+                    frames.append(frame)
+
+            wait_for(lambda: {10, 11} <= {f.camera_id for f in frames}, timeout_s=30, poll=receive)
+    assert {f.camera_id for f in frames} == {10, 11}
+    for cam in (10, 11):
+        seqs = [f.seq for f in frames if f.camera_id == cam]
+        assert seqs == list(range(len(seqs)))  # each relayed camera counts its own frames
+
+
 def test_lossless_asap_replay_delivers_every_video_frame_then_ends(tmp_path: Path, free_endpoint: str) -> None:
     path = tmp_path / "walk.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (80, 60))
