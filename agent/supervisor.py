@@ -158,6 +158,13 @@ class Supervisor:
             codes[child.spec.name] = proc.returncode
         return codes
 
+    def finished_ok(self, name: str) -> bool:
+        """Child `name` has exited 0 on its own (its job is done) and is not running again."""
+        return any(
+            child.spec.name == name and child.proc is None and child.restart_at is None and child.exit_codes[-1:] == [0]
+            for child in self._children
+        )
+
     @property
     def finished(self) -> bool:
         """Every child has exited and none is waiting for a restart."""
@@ -235,9 +242,11 @@ def supervise(
     duration_s: Optional[float],
     status_every_s: float,
     stop: StopFlag,
+    finish_with: Optional[str] = None,
     out=sys.stderr,
 ) -> int:
-    """Run until the duration passes, a signal arrives, or a child fails for good; then stop in order."""
+    """Run until the duration passes, a signal arrives, a child fails for good, or child `finish_with`
+    has finished its job (exit 0: the trainer, once every finite source has ended); then stop in order."""
     start = time.monotonic()
     tty = out.isatty()
     failed = False
@@ -247,6 +256,9 @@ def supervise(
             elapsed = time.monotonic() - start
             if not sup.check(lambda msg: print(("\n" if tty else "") + msg, file=out, flush=True)):
                 failed = True
+                break
+            if finish_with is not None and sup.finished_ok(finish_with):
+                print(f"{finish_with} has finished: its sources have ended", file=out, flush=True)
                 break
             line = format_pipeline_status(read_status(run_dir), elapsed, sup.restarts)
             print(("\r" + line[:200]) if tty else line, end="" if tty else "\n", file=out, flush=True)

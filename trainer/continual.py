@@ -142,7 +142,9 @@ class ContinualTrainer:
         input_done: Optional[threading.Event] = None,
         on_bound: Optional[Callable[[str], None]] = None,
     ) -> int:
-        """Train until `stop` is set, `train.max_steps` is reached, or `input_done` is set and drained.
+        """Train until `stop` is set, `train.max_steps` is reached, or the input has ended and is drained:
+        `input_done` set, or every camera sent its end-of-stream. Ended input is trained on even below
+        `buffer.min_fill` (two frames suffice), up to `train.replay_ratio` updates per frame, then the run stops.
 
         `on_bound(endpoint)` is called once frames can be received, with the endpoint actually bound
         (a `tcp://HOST:*` config picks a free port). Returns 0; raises what `open_receiver` raises (an
@@ -189,8 +191,14 @@ class ContinualTrainer:
             self._log_exports()
             if tc.max_steps is not None and self.step >= tc.max_steps:
                 break
-            if input_done is not None and input_done_at is None and input_done.is_set():
+            ended = (input_done is not None and input_done.is_set()) or self.ingest.input_ended
+            if ended and input_done_at is None:
                 input_done_at = time.monotonic()
+                if self.ingest.input_ended:
+                    log.info("every camera's source has ended (cameras %s); training on the %d frames held",
+                             sorted(self.ingest.cameras_ended), len(self.buffer))
+            elif not ended:
+                input_done_at = None  # a camera is back: wait for its frames again
             drained = input_done_at is not None and self.ingest.idle_for() > DRAINED_AFTER_S and (
                 time.monotonic() - input_done_at > DRAINED_AFTER_S
             )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 from agent.core.frames import fit_frame
-from agent.core.wire import Frame
+from agent.core.wire import EndOfStream, Frame
 from agent.core.worker import Worker
 from trainer.buffer import ReplayBuffer
 
@@ -32,7 +32,7 @@ class FrameInbox(Protocol):
     @property
     def stats(self) -> Any: ...
 
-    def recv(self, timeout_s: Optional[float]) -> Optional[Frame]: ...
+    def recv(self, timeout_s: Optional[float]) -> Optional[Union[Frame, EndOfStream]]: ...
 
     def close(self) -> None: ...
 
@@ -69,6 +69,8 @@ class Ingestor(Worker):
         self.frames_rejected = 0
         self.idle_since: Optional[float] = None  # set while receiving finds nothing, None otherwise
         self.arrived = threading.Event()  # set on every stored frame; the trainer clears it
+        self.cameras_seen: set[int] = set()
+        self.cameras_ended: set[int] = set()  # cameras whose finite source said it ended (and sent nothing since)
 
     def idle_for(self) -> float:
         """Seconds the receiver has been polling and finding nothing (0 while frames flow or ingest is held)."""
@@ -83,6 +85,12 @@ class Ingestor(Worker):
     def connections_refused(self) -> int:
         """Senders whose CURVE handshake failed (no key, or one not authorised)."""
         return self._receiver.stats.refused
+
+    @property
+    def input_ended(self) -> bool:
+        """Every camera that has sent anything has since said that its source ended (`wire.EndOfStream`)."""
+        ended = self.cameras_ended
+        return bool(ended) and self.cameras_seen <= ended
 
     def wake(self) -> None:
         self._wake.set()
@@ -99,6 +107,13 @@ class Ingestor(Worker):
                 self.idle_since = time.monotonic()
             return
         self.idle_since = None
+        if isinstance(frame, EndOfStream):
+            self.cameras_seen.add(frame.camera_id)
+            self.cameras_ended.add(frame.camera_id)
+            self.arrived.set()
+            return
+        self.cameras_seen.add(frame.camera_id)
+        self.cameras_ended.discard(frame.camera_id)  # the camera is back (a restarted capture, a new file)
         stored = self._buffer.add(fit_to_buffer(frame, self._buffer.frame_shape))
         self.frames_in += 1
         self.frames_rejected += not stored

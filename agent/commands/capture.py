@@ -22,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", default=None, help="the trainer's PULL endpoint (default from wire.endpoint)")
     parser.add_argument("--publish", default=None, help="bind a PUB for latest-frame subscribers here, or 'none'")
     parser.add_argument("--fps", type=float, default=None, help="per-source frame-rate cap")
-    parser.add_argument("--lossless", action="store_true", help="wait for the trainer instead of dropping frames")
+    parser.add_argument(
+        "--lossless", action="store_true", default=None,
+        help="wait for the trainer instead of dropping frames (the default when every source is a file or folder)",
+    )
     parser.add_argument(
         "--pace", choices=("realtime", "asap"), default="realtime",
         help="realtime: recordings at recorded speed, fps cap applies; asap: every frame, as fast as possible",

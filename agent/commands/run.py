@@ -63,5 +63,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"run dir {run_dir}; sources {', '.join(cfg.capture.sources)}; Ctrl-C stops cleanly", file=sys.stderr)
     sup = Supervisor(child_specs(cfg, run_dir, config_path), run_dir / "logs", max_restarts=cfg.run.max_restarts)
     return supervise(
-        sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=StopFlag()
+        sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=StopFlag(),
+        finish_with="trainer",
     )

@@ -46,6 +46,11 @@ class CaptureConfig(_Section):
         0.01, ge=0, le=1, description="skip a frame whose mean |diff| to the last kept one is below this (0 = off)"
     )
     camera_id_base: int = Field(0, ge=0, le=60000, description="camera id of the first source")
+    lossless: Optional[bool] = Field(
+        None,
+        description="wait for the trainer instead of dropping frames; None = lossless when every source is finite "
+        "(files, folders, globs: nothing is lost, each camera's end is sent on the wire), never for live ones",
+    )
     reconnect_backoff_s: float = Field(0.5, gt=0)
     reconnect_max_backoff_s: float = Field(10.0, gt=0)
     loop_video: bool = Field(False, description="restart a video file or image folder at its end instead of stopping")

@@ -12,7 +12,7 @@ Header layout (40 bytes, little-endian):
     0      4     magic b"BYOF"
     4      1     version (1)
     5      2     camera_id (u16)
-    7      1     encoding (0 = raw RGB, 1 = JPEG)
+    7      1     encoding (0 = raw RGB, 1 = JPEG, 2 = end of stream: no image, 0x0x0, empty payload)
     8      8     seq (u64, per camera, counts frames sent)
     16     8     timestamp (f64, time.time() when the frame was grabbed)
     24     4     height (u32)
@@ -20,6 +20,10 @@ Header layout (40 bytes, little-endian):
     32     1     channels (u8, 3)
     33     3     reserved (ignored)
     36     4     payload length (u32)
+
+An end-of-stream message says that a camera's finite source (a file, a folder) has ended; its `seq`
+is the number of frames that camera sent. A trainer whose cameras have all ended trains on what it
+holds instead of waiting for more. Receivers that predate it count it as malformed and go on.
 
 Limits: a receiver accepts sides up to its `max_side` (default and ceiling `MAX_SIDE`, the largest
 frame the config allows a capture to store), so no message it accepts exceeds
@@ -42,7 +46,8 @@ MAGIC = b"BYOF"
 VERSION = 1
 ENCODING_RAW = 0
 ENCODING_JPEG = 1
-_ENCODINGS = {ENCODING_RAW: "raw", ENCODING_JPEG: "jpeg"}
+ENCODING_END = 2
+_ENCODINGS = {ENCODING_RAW: "raw", ENCODING_JPEG: "jpeg", ENCODING_END: "end of stream"}
 
 _HEADER = struct.Struct("<4sBHBQdIIB3xI")
 HEADER_SIZE = _HEADER.size
@@ -68,6 +73,22 @@ class Frame:
     seq: int
     timestamp: float
     image: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """Camera `camera_id`'s source has ended after sending `seq` frames (at `timestamp`, time.time())."""
+
+    camera_id: int
+    seq: int
+    timestamp: float
+
+
+def encode_end_of_stream(camera_id: int, frames_sent: int, timestamp: float) -> bytes:
+    """The end-of-stream message of one camera; ValueError for an id that does not fit in 16 bits."""
+    if not 0 <= camera_id <= 0xFFFF:
+        raise ValueError(f"camera_id must fit in 16 bits, got {camera_id}")
+    return _HEADER.pack(MAGIC, VERSION, camera_id, ENCODING_END, frames_sent, timestamp, 0, 0, 0, 0)
 
 
 def subscription_prefix(camera_id: Optional[int] = None) -> bytes:
@@ -151,11 +172,20 @@ def max_message_bytes(max_side: int = MAX_SIDE) -> int:
 
 
 def decode_frame(buf: Buffer, max_side: int = MAX_SIDE) -> Frame:
-    """Parse one message; raises WireError naming the problem for anything that is not a valid frame.
+    """Parse one frame message; raises WireError naming the problem for anything that is not a valid frame
+    (an end-of-stream message included: readers that take them use `decode_message`).
 
     Frames with a side over `max_side` px are refused from the header, before any decoding or
     allocation; a JPEG is decoded only when the size in its own frame header equals the message's.
     """
+    message = decode_message(buf, max_side)
+    if isinstance(message, EndOfStream):
+        raise WireError(f"end-of-stream message of camera {message.camera_id}, not a frame")
+    return message
+
+
+def decode_message(buf: Buffer, max_side: int = MAX_SIDE) -> Union[Frame, EndOfStream]:
+    """Parse one message: a `Frame`, or an `EndOfStream`; WireError (as `decode_frame`) for anything else."""
     view = memoryview(buf).cast("B")
     if len(view) < HEADER_SIZE:
         raise WireError(f"message of {len(view)} bytes is shorter than the {HEADER_SIZE}-byte header")
@@ -166,6 +196,10 @@ def decode_frame(buf: Buffer, max_side: int = MAX_SIDE) -> Frame:
         raise WireError(f"unsupported wire version {version} (this build reads version {VERSION})")
     if encoding not in _ENCODINGS:
         raise WireError(f"unknown encoding {encoding}")
+    if encoding == ENCODING_END:
+        if (height, width, channels, length) != (0, 0, 0, 0) or len(view) != HEADER_SIZE or not math.isfinite(timestamp):
+            raise WireError("malformed end-of-stream message (it carries no image)")
+        return EndOfStream(camera_id=camera_id, seq=seq, timestamp=timestamp)
     if channels != 3 or height == 0 or width == 0:
         raise WireError(f"bad image shape {height}x{width}x{channels}")
     if height > max_side or width > max_side:

@@ -34,6 +34,7 @@ from agent.robot.transport import FrameSender
 log = logging.getLogger(__name__)
 
 LOSSLESS_RETRY_S = 0.2
+END_TIMEOUT_S = 5.0  # a lossy capture waits this long for a trainer to take a camera's end-of-stream
 JOIN_TIMEOUT_S = 2.0
 STATUS_EVERY_S = 1.0
 
@@ -129,11 +130,16 @@ class SourceReader(Worker):
         pace: Pace,
         wake: threading.Event,
         halt: threading.Event,
+        lossless: bool = False,
         name: str = "capture-reader",
     ) -> None:
         super().__init__(name, stop_event=halt)
         self.source, self._cfg, self._pace = source, cfg, pace
-        self._handoff = _Handoff(overwrite=pace == "realtime", depth=1 if pace == "realtime" else 2, wake=wake)
+        # a lossless capture keeps every frame of a finite source: the reader waits for the main loop
+        # (a recording faster than capture.fps then plays slower instead of being thinned)
+        self.keep_all = lossless and source.finite
+        overwrite = pace == "realtime" and not self.keep_all
+        self._handoff = _Handoff(overwrite=overwrite, depth=1 if overwrite else 2, wake=wake)
         self._wake_main = wake
         self._opened = threading.Event()
         self._retries = 0  # reopen attempts since the last frame read; sets the back-off
@@ -231,6 +237,7 @@ class _CaptureLoop:
         self._due = [0.0] * len(readers)
         self._gates: dict[int, NoveltyGate] = {}  # per camera id
         self._seq: dict[int, int] = {}  # per camera id: frames sent
+        self._ended: set[int] = set()  # readers whose end-of-stream was sent
         self.kept = self.skipped_novelty = 0
 
     def poll(self) -> float:
@@ -243,7 +250,7 @@ class _CaptureLoop:
             if self._pace == "realtime" and now < self._due[i] - 0.25 * self._period:
                 sleep = min(sleep, self._due[i] - 0.25 * self._period - now)
                 continue
-            grab = reader.read_latest(max_age)
+            grab = reader.read_latest(None if reader.keep_all else max_age)
             if grab is None:
                 continue
             if self._pace == "realtime":
@@ -270,6 +277,25 @@ class _CaptureLoop:
             if self._stop.is_set():
                 return
 
+    def send_ends(self) -> None:
+        """Send the end-of-stream message of each finite source that has run out (once each).
+
+        Waited for like a lossless frame (until `stop`), or up to END_TIMEOUT_S by a lossy sender.
+        """
+        for i, reader in enumerate(self._readers):
+            if i in self._ended or not (reader.exhausted and reader.done):
+                continue
+            camera = self._cfg.camera_id_base + i
+            frames = self._seq.get(camera, 0)
+            if self._sender.lossless:
+                while not self._sender.send_end(camera, frames, LOSSLESS_RETRY_S):
+                    if self._stop.is_set():
+                        return
+            elif not self._sender.send_end(camera, frames, END_TIMEOUT_S):
+                log.warning("end of %s not delivered: no trainer took it within %.0f s", reader.source.name, END_TIMEOUT_S)
+            self._ended.add(i)
+            log.info("%s ended after %d frames sent as camera %d; told the trainer", reader.source.name, frames, camera)
+
     def stats(self) -> CaptureStats:
         sender = self._sender.stats
         return CaptureStats(
@@ -288,7 +314,7 @@ def run_capture(
     wire: WireConfig,
     stop: threading.Event,
     *,
-    lossless: bool = False,
+    lossless: Optional[bool] = None,
     pace: Pace = "realtime",
     log_every_s: float = 10.0,
     status_path: Optional[Path] = None,
@@ -297,16 +323,21 @@ def run_capture(
 
     `pace="realtime"` plays recordings at their recorded speed and caps each source at `capture.fps`;
     `pace="asap"` hands over every frame as fast as it can be read (offline replay; combine with
-    `lossless=True` to go exactly as fast as the trainer consumes). Bad sources or endpoints raise
+    `lossless=True` to go exactly as fast as the trainer consumes). `lossless=None` takes
+    `capture.lossless`, whose default is lossless exactly when every source is finite: a file or
+    folder then waits for a connected trainer and loses no frame, and each camera's end is sent on
+    the wire (`wire.EndOfStream`) so the trainer stops waiting for more. Bad sources or endpoints raise
     SourceError / EndpointError before anything is sent. `status_path` gets the stats as JSON about
     once a second (for the `run` supervisor's status line).
     """
     security = WireSecurity.from_config(wire)  # loaded once: for the sender and any subscription source
     sources = [open_source(spec, capture, wire, security) for spec in capture.sources]
+    if lossless is None:
+        lossless = capture.lossless if capture.lossless is not None else all(src.finite for src in sources)
     wake, halt = threading.Event(), threading.Event()
     with FrameSender(wire.endpoint, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish, security=security) as sender:
         readers = [
-            SourceReader(src, capture, pace=pace, wake=wake, halt=halt, name=f"capture-{i}")
+            SourceReader(src, capture, pace=pace, wake=wake, halt=halt, lossless=lossless, name=f"capture-{i}")
             for i, src in enumerate(sources)
         ]
         loop = _CaptureLoop(capture, readers, sender, pace, stop)
@@ -316,14 +347,16 @@ def run_capture(
             for reader in readers:
                 reader.wait_opened(stop)
             log.info(
-                "capturing %s -> %s%s", ", ".join(s.name for s in sources), wire.endpoint,
+                "capturing %s -> %s%s%s", ", ".join(s.name for s in sources), wire.endpoint,
                 f" (latest frames on {sender.publish_endpoint})" if sender.publish_endpoint else "",
+                " losslessly (waits for the trainer)" if lossless else "",
             )
             next_log = time.monotonic() + log_every_s
             next_status = time.monotonic() if status_path is not None else float("inf")
             while not stop.is_set():
                 wake.clear()
                 sleep = loop.poll()
+                loop.send_ends()
                 if all(reader.done for reader in readers):
                     for reader in readers:
                         reader.check()

@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -41,8 +41,11 @@ from agent.core.wire import (
     MAX_SIDE,
     Frame,
     FrameEncoder,
+    EndOfStream,
     WireError,
     decode_frame,
+    decode_message,
+    encode_end_of_stream,
     max_message_bytes,
     peek_camera_id,
     subscription_prefix,
@@ -144,6 +147,7 @@ class FrameSender:
         self.lossless = lossless
         self.publish_endpoint: Optional[str] = None
         self._sent = self._dropped = 0
+        self._ended = False
         self._encoder = FrameEncoder()
         self._ctx = zmq.Context(io_threads=1)
         self._pub: Optional[zmq.Socket] = None
@@ -195,10 +199,22 @@ class FrameSender:
         self._sent += 1
         return True
 
+    def send_end(self, camera_id: int, frames_sent: int, timeout_s: Optional[float]) -> bool:
+        """Tell the trainer that camera `camera_id` has ended after `frames_sent` frames (`wire.EndOfStream`).
+
+        Waits for room up to `timeout_s` (None = forever) in either mode: the marker is what lets a
+        trainer stop waiting for frames. True if it was queued, False on timeout (not counted as a drop).
+        """
+        if timeout_s is not None and not self._push.poll(_timeout_ms(timeout_s), zmq.POLLOUT):
+            return False
+        self._push.send(encode_end_of_stream(camera_id, frames_sent, time.time()), copy=True)
+        self._ended = True  # close() lingers so that the marker is delivered even by a lossy sender
+        return True
+
     def close(self, linger_s: Optional[float] = None) -> None:
         """Close the sockets; lossless mode first lets queued frames reach the trainer (default 10 s)."""
         if linger_s is None:
-            linger_s = LOSSLESS_LINGER_S if self.lossless else 0.0
+            linger_s = LOSSLESS_LINGER_S if self.lossless or self._ended else 0.0
         self._push.close(linger=int(linger_s * 1000))
         if self._pub is not None:
             self._pub.close(linger=0)
@@ -217,6 +233,7 @@ class _Inbox:
     """Receiving half shared by the PULL and SUB readers: poll, decode, count and drop garbage."""
 
     endpoint: str
+    _decode = staticmethod(decode_frame)  # what a message may be: a frame (the trainer's PULL also takes end-of-stream)
 
     def __init__(self, kind: int, max_side: int) -> None:
         if not 0 < max_side <= MAX_SIDE:
@@ -261,7 +278,7 @@ class _Inbox:
                         self.endpoint,
                     )
 
-    def _next_frame(self, timeout_s: Optional[float]) -> Optional[Frame]:
+    def _next_frame(self, timeout_s: Optional[float]) -> Optional[Union[Frame, EndOfStream]]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             try:  # a queued message needs no poll (one syscall less per frame under load)
@@ -274,7 +291,7 @@ class _Inbox:
                     return None
                 continue
             try:
-                frame = decode_frame(msg.buffer, self._max_side)
+                frame = self._decode(msg.buffer, self._max_side)
             except WireError as exc:
                 self._count_malformed(exc)
                 continue
@@ -324,8 +341,11 @@ class FrameReceiver(_Inbox):
             self.close()
             raise
 
-    def recv(self, timeout_s: Optional[float]) -> Optional[Frame]:
-        """Next valid frame, or None if none arrived within `timeout_s` (None = wait forever, 0 = poll)."""
+    _decode = staticmethod(decode_message)
+
+    def recv(self, timeout_s: Optional[float]) -> Optional[Union[Frame, EndOfStream]]:
+        """Next valid frame or end-of-stream message (a camera whose finite source ended), or None if
+        nothing arrived within `timeout_s` (None = wait forever, 0 = poll)."""
         return self._next_frame(timeout_s)
 
 

@@ -16,6 +16,7 @@ import pytest
 from agent.robot.capture import CaptureStats, run_capture
 from agent.core.config import CaptureConfig, WireConfig
 from agent.core.errors import EndpointError, SourceError
+from agent.core.wire import EndOfStream
 from agent.robot.transport import FrameReceiver, LatestFrameSubscriber
 from tests.conftest import free_tcp_endpoint
 
@@ -144,9 +145,10 @@ def test_novelty_gate_skips_a_robot_standing_still(tmp_path: Path, free_endpoint
     with FrameReceiver(free_endpoint, hwm=16) as receiver:
         with CaptureThread(capture, _wire(free_endpoint), lossless=True, pace="asap") as cap:
             stats = cap.finish()
-        got = [receiver.recv(5), receiver.recv(5), receiver.recv(0.2)]
+        got = [receiver.recv(5), receiver.recv(5), receiver.recv(5), receiver.recv(0.2)]
     assert (stats.frames_read, stats.kept, stats.skipped_novelty) == (7, 2, 5)
-    assert got[2] is None
+    assert got[2] == EndOfStream(camera_id=0, seq=2, timestamp=got[2].timestamp)  # the folder's end, after its frames
+    assert got[3] is None
     np.testing.assert_array_equal(got[1].image, cv2.cvtColor(moved, cv2.COLOR_BGR2RGB))
 
 

@@ -191,3 +191,17 @@ def test_progressive_jpegs_are_refused_before_decoding() -> None:
     assert ok
     with pytest.raises(WireError, match="not baseline or extended sequential"):
         decode_frame(_jpeg_message(progressive.tobytes(), 8, 8))
+
+
+def test_end_of_stream_round_trips_and_is_not_a_frame() -> None:
+    from agent.core.wire import EndOfStream, decode_message, encode_end_of_stream
+
+    data = encode_end_of_stream(7, 250, 123.5)
+    assert len(data) == HEADER_SIZE
+    assert decode_message(data) == EndOfStream(camera_id=7, seq=250, timestamp=123.5)
+    with pytest.raises(WireError, match="end-of-stream"):
+        decode_frame(data)  # readers of frames only (a latest-frame subscriber) never get one
+    with pytest.raises(WireError, match="end-of-stream"):
+        decode_message(data + b"x")  # an end marker carries no payload
+    with pytest.raises(ValueError):
+        encode_end_of_stream(70000, 1, 0.0)
