@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO))
 
 from agent.core.config import WireConfig  # noqa: E402
 from agent.robot.curve import WireSecurity, create_keys  # noqa: E402
-from agent.robot.transport import FrameReceiver, FrameSender, LatestFrameSubscriber  # noqa: E402
+from agent.robot.subscriber import LatestFrameSubscriber  # noqa: E402
+from agent.robot.transport import FrameReceiver, FrameSender  # noqa: E402
 from agent.core.wire import Frame  # noqa: E402
 
 SIZES = [(224, 224), (480, 640)]

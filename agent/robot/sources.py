@@ -26,7 +26,7 @@ from agent.robot.curve import WireSecurity
 from agent.core.demo_scene import DemoScene
 from agent.core.errors import SourceError
 from agent.core.frames import bgr_to_rgb, read_image_bgr
-from agent.robot.transport import LatestFrameSubscriber
+from agent.robot.subscriber import LatestFrameSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ class DemoSource(FrameSource):
 
 class SubscriptionSource(FrameSource):
     """Newest frames of another capture process, via its PUB ("zmq+tcp://HOST:PORT", "zmq+ipc://PATH"):
-    every camera it publishes, taken in turn (agent/robot/transport.py, `LatestFrameSubscriber`)."""
+    every camera it publishes, taken in turn (agent/robot/subscriber.py, `LatestFrameSubscriber`)."""
 
     live = True
 

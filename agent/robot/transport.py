@@ -6,7 +6,7 @@ does not fit is dropped and counted. `lossless=True` waits instead, for offline 
 exactly as fast as training consumes. Many capture processes connect to one trainer's bound PULL.
 
 Latest-frame consumers subscribe to the PUB and keep the newest frame of each camera
-(`LatestFrameSubscriber`); the PUB queues at most `PUB_HWM` frames per subscriber and, as ZeroMQ does,
+(`agent/robot/subscriber.py`, `LatestFrameSubscriber`); the PUB queues at most `PUB_HWM` frames per subscriber and, as ZeroMQ does,
 drops the newest past that: a burst larger than that, or a link slower than the cameras, loses frames
 until there is room again.
 Neither side uses ZMQ_CONFLATE: it keeps one message across all cameras, so a subscriber to all of them
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -47,8 +46,6 @@ from agent.core.wire import (
     decode_message,
     encode_end_of_stream,
     max_message_bytes,
-    peek_camera_id,
-    subscription_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -59,9 +56,6 @@ MONITOR_EVERY = 256  # frames between looks at a busy receiver's refused-handsha
 # A capture publishes its cameras back to back each tick: measured on loopback with 8 cameras at 30 fps
 # and a subscriber that reads everything, a PUB HWM of 4 dropped 240 of 480 frames (96 px), 16 none.
 PUB_HWM = 16
-SUB_HWM = 16  # messages libzmq queues for a latest-frame subscriber's drain thread, which empties it at once
-MAX_CAMERAS = 32  # cameras a latest-frame subscriber keeps a frame of; frames of more are dropped and counted
-DRAIN_POLL_S = 0.1  # how often the drain thread looks whether its subscriber is closing
 PLAIN = WireSecurity()
 
 
@@ -102,7 +96,7 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def _connect(sock: zmq.Socket, endpoint: str) -> None:
+def connect_socket(sock: zmq.Socket, endpoint: str) -> None:
     validate_endpoint(endpoint, bind=False)
     try:
         sock.connect(endpoint)
@@ -158,7 +152,7 @@ class FrameSender:
             self._push.setsockopt(zmq.SNDHWM, hwm)
             validate_endpoint(endpoint, bind=False)
             security.connect_to(self._push, endpoint, security.trainer_key, "wire.trainer_key")
-            _connect(self._push, endpoint)
+            connect_socket(self._push, endpoint)
             if publish is not None:
                 self._pub = self._ctx.socket(zmq.PUB)
                 self._pub.setsockopt(zmq.SNDHWM, PUB_HWM)  # per subscriber; frames past it are dropped
@@ -229,7 +223,7 @@ class FrameSender:
         self.close()
 
 
-class _Inbox:
+class Inbox:
     """Receiving half shared by the PULL and SUB readers: poll, decode, count and drop garbage."""
 
     endpoint: str
@@ -315,14 +309,14 @@ class _Inbox:
             self._auth.stop()
         self._ctx.term()
 
-    def __enter__(self) -> "_Inbox":
+    def __enter__(self) -> "Inbox":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class FrameReceiver(_Inbox):
+class FrameReceiver(Inbox):
     """The trainer's side: binds a PULL that any number of captures connect to.
 
     Malformed, foreign or truncated messages are counted and dropped; `recv` never raises on input.
@@ -347,121 +341,3 @@ class FrameReceiver(_Inbox):
         """Next valid frame or end-of-stream message (a camera whose finite source ended), or None if
         nothing arrived within `timeout_s` (None = wait forever, 0 = poll)."""
         return self._next_frame(timeout_s)
-
-
-class LatestFrameSubscriber(_Inbox):
-    """Newest frame of each camera from a capture's PUB: for consumers that want freshness, not completeness.
-
-    A drain thread, the socket's only user, receives every message as it arrives and keeps just the
-    newest per camera, undecoded (the camera id is read from the header by `peek_camera_id`); `latest`
-    decodes the one it returns, taking the cameras in turn (the one returned longest ago first). So
-    a reader slower than the cameras still gets fresh frames of every camera, and memory stays flat:
-    at most SUB_HWM queued plus MAX_CAMERAS kept messages (frames of further cameras are counted as
-    malformed and dropped). Measured on loopback, 2-3 cameras sent back to back at 30 fps:
-
-    - ZMQ_CONFLATE (what this did before) keeps one message across all cameras, on the SUB and on
-      the PUB alike: a reader saw only the camera sent last (PUB CONFLATE alone delivered 0 of 90
-      frames of camera 0 to a subscriber that read everything).
-    - No CONFLATE, a small RCVHWM and the newest per camera kept when reading (no thread): fresh while
-      each read finds fewer frames than RCVHWM, but a slower reader makes libzmq stop reading the
-      TCP socket, the kernel buffers fill with old frames, and at 10 reads/s with RCVHWM 4 (96 px)
-      frames were 1.2 s old after 8 s and growing; RCVHWM large enough for the slowest reader costs
-      RCVHWM x max_message_bytes.
-    - One CONFLATE socket per camera topic needs the camera ids in advance, which "all cameras" does
-      not give.
-
-    Use `latest` and `close` from one thread (the drain thread is internal).
-    """
-
-    def __init__(
-        self,
-        endpoint: str,
-        camera_id: Optional[int] = None,
-        *,
-        max_side: int = MAX_SIDE,
-        security: WireSecurity = PLAIN,
-    ) -> None:
-        super().__init__(zmq.SUB, max_side)
-        self.endpoint = endpoint
-        self._newest: dict[int, zmq.Frame] = {}  # camera id -> its newest message not yet returned
-        self._served: dict[int, int] = {}  # camera id -> turn it was last returned at (at most 65,536 ints)
-        self._turn = 0
-        self._ready = threading.Condition()
-        self._closing = threading.Event()
-        self._error: Optional[BaseException] = None
-        self._thread: Optional[threading.Thread] = None
-        try:
-            self._sock.setsockopt(zmq.RCVHWM, SUB_HWM)
-            self._sock.setsockopt(zmq.SUBSCRIBE, subscription_prefix(camera_id))
-            validate_endpoint(endpoint, bind=False)
-            security.connect_to(self._sock, endpoint, security.publisher_key, "wire.publisher_key")
-            _connect(self._sock, endpoint)
-        except Exception:
-            self.close()
-            raise
-        self._thread = threading.Thread(target=self._drain, name="latest-frame-drain", daemon=True)
-        self._thread.start()
-
-    def latest(self, timeout_s: Optional[float]) -> Optional[Frame]:
-        """The newest frame not yet returned of the camera returned longest ago, waiting up to `timeout_s`
-        (None = forever) for one; None on timeout. Re-raises an error that stopped the drain thread."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            with self._ready:
-                while not self._newest:
-                    if self._error is not None:
-                        raise self._error
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return None
-                    self._ready.wait(remaining)
-                camera = min(self._newest, key=lambda cam: self._served.get(cam, -1))
-                msg = self._newest.pop(camera)
-            try:
-                frame = decode_frame(msg.buffer, self._max_side)
-            except WireError as exc:
-                with self._ready:
-                    self._count_malformed(exc)
-                continue
-            self._turn += 1
-            self._served[camera] = self._turn
-            self._received += 1
-            return frame
-
-    def _drain(self) -> None:
-        """The drain thread: receive everything as it arrives, keep the newest message per camera."""
-        try:
-            while not self._closing.is_set():
-                try:
-                    msg = self._sock.recv(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    self._sock.poll(int(DRAIN_POLL_S * 1000), zmq.POLLIN)
-                    continue
-                self._keep(msg)
-        except Exception as exc:  # a bug, not bad input: stored, and raised by the next `latest`
-            with self._ready:
-                self._error = exc
-                self._ready.notify_all()
-
-    def _keep(self, msg: zmq.Frame) -> None:
-        try:
-            camera = peek_camera_id(msg.buffer)
-        except WireError as exc:
-            with self._ready:
-                self._count_malformed(exc)
-            return
-        with self._ready:
-            if camera not in self._newest and len(self._newest) >= MAX_CAMERAS:
-                self._count_malformed(WireError(f"camera {camera}: over {MAX_CAMERAS} cameras with unread frames"))
-                return
-            self._newest[camera] = msg
-            self._ready.notify()
-
-    def close(self) -> None:
-        """Stop the drain thread (within DRAIN_POLL_S), then close the socket."""
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join()
-        with self._ready:
-            self._newest.clear()
-        super().close()

@@ -17,7 +17,8 @@ from agent.robot.capture import CaptureStats, run_capture
 from agent.core.config import CaptureConfig, WireConfig
 from agent.core.errors import EndpointError, SourceError
 from agent.core.wire import EndOfStream
-from agent.robot.transport import FrameReceiver, LatestFrameSubscriber
+from agent.robot.subscriber import LatestFrameSubscriber
+from agent.robot.transport import FrameReceiver
 from tests.conftest import free_tcp_endpoint
 
 

@@ -15,7 +15,8 @@ from agent.cli import main as cli_main
 from agent.core.config import WireConfig, load_config
 from agent.robot.curve import WireSecurity, create_keys, is_loopback
 from agent.core.errors import ConfigError, EndpointError
-from agent.robot.transport import FrameReceiver, FrameSender, LatestFrameSubscriber
+from agent.robot.subscriber import LatestFrameSubscriber
+from agent.robot.transport import FrameReceiver, FrameSender
 from agent.core.wire import Frame, encode_frame, max_message_bytes
 
 
