@@ -205,7 +205,8 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
 
     parts = [
         f"t={elapsed_s:5.0f}s",
-        f"frames sent {num(cap, 'sent')} dropped {num(cap, 'dropped')}",
+        f"frames read {num(cap, 'frames_read')} kept {num(cap, 'kept')} (novelty skipped {num(cap, 'skipped_novelty')})",
+        f"sent {num(cap, 'sent')} dropped {num(cap, 'dropped')}",
         f"in {num(trn, 'frames_in')}",
         f"buffer {num(trn, 'buffer_size')} ({num(trn, 'buffer_fill', '{:.0%}')})",
         f"step {num(trn, 'step')} ({num(trn, 'steps_per_s', '{:.2f}')}/s)",

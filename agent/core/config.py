@@ -42,8 +42,13 @@ class CaptureConfig(_Section):
         3, description="3: RGB; 1: mono (gray) frames, and an encoder whose first convolution takes 1 channel"
     )
     jpeg_quality: Optional[int] = Field(None, ge=1, le=100, description="None sends raw RGB")
-    novelty_threshold: float = Field(
-        0.01, ge=0, le=1, description="skip a frame whose mean |diff| to the last kept one is below this (0 = off)"
+    novelty_threshold: Optional[float] = Field(
+        None,
+        ge=0,
+        le=1,
+        description="skip a frame whose mean |diff| (16x16 gray thumbnails, [0, 1]) to the last kept one is below "
+        "this (0 = off); None = off for recordings (files, folders: every frame was wanted) and "
+        "LIVE_NOVELTY_THRESHOLD (0.003) for live sources, above a still camera's noise (benchmarks/bench_novelty.py)",
     )
     camera_id_base: int = Field(0, ge=0, le=60000, description="camera id of the first source")
     lossless: Optional[bool] = Field(

@@ -23,7 +23,7 @@ import numpy as np
 from agent.core.atomic import write_status
 from agent.core.config import CaptureConfig, Pace, WireConfig
 from agent.core.errors import ByolAgentError, SourceError
-from agent.core.frames import NoveltyGate, fit_frame
+from agent.core.frames import LIVE_NOVELTY_THRESHOLD, NoveltyGate, fit_frame
 from agent.core.repeats import backoff_s
 from agent.core.wire import Frame
 from agent.core.worker import Worker
@@ -262,7 +262,12 @@ class _CaptureLoop:
 
     def _process(self, index: int, grab: _Grab) -> None:
         camera = self._cfg.camera_id_base + index if grab.camera_id is None else grab.camera_id
-        gate = self._gates.setdefault(camera, NoveltyGate(self._cfg.novelty_threshold))
+        gate = self._gates.get(camera)
+        if gate is None:
+            threshold = self._cfg.novelty_threshold
+            if threshold is None:  # recordings: every frame was wanted; live: skip a camera standing still
+                threshold = 0.0 if self._readers[index].source.finite else LIVE_NOVELTY_THRESHOLD
+            gate = self._gates[camera] = NoveltyGate(threshold)
         if not gate.admit(grab.image):
             self.skipped_novelty += 1
             return

@@ -153,6 +153,25 @@ def test_novelty_gate_skips_a_robot_standing_still(tmp_path: Path, free_endpoint
     np.testing.assert_array_equal(got[1].image, cv2.cvtColor(moved, cv2.COLOR_BGR2RGB))
 
 
+def test_a_recording_keeps_every_frame_of_slow_camera_motion_by_default(tmp_path: Path, free_endpoint: str) -> None:
+    """The gate's old default (0.01) kept 45 of 120 frames of a real clip: slow, steady motion looked still."""
+    from benchmarks.make_pan_video import pan_frames
+
+    photo = cv2.resize(np.random.default_rng(1).integers(0, 256, (12, 12, 3), dtype=np.uint8), (96, 96),
+                       interpolation=cv2.INTER_CUBIC)
+    frames = pan_frames(photo, 60, 48, np.random.default_rng(2))
+    path = tmp_path / "slow.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (48, 48))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    capture = CaptureConfig(sources=[str(path)], height=48, width=48)
+    with FrameReceiver(free_endpoint, hwm=256):
+        with CaptureThread(capture, _wire(free_endpoint), pace="asap") as cap:
+            stats = cap.finish()
+    assert (stats.frames_read, stats.kept, stats.skipped_novelty) == (60, 60, 0)
+
+
 def test_jpeg_frames_resized_on_the_capture_side(tmp_path: Path, free_endpoint: str) -> None:
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((90, 160, 3), (40 * i, 90, 200), np.uint8))
