@@ -83,3 +83,16 @@ def test_run_on_a_recording_ends_when_the_trainer_has_used_it(tmp_path: Path) ->
     assert "trainer has finished" in proc.stderr and time.monotonic() - started < 400
     assert status(run)["frames_in"] == FRAMES and status(run)["step"] == 2 * FRAMES
     assert (run / "exports" / "LATEST").exists()  # the exporter published the final checkpoint on the way out
+
+
+def test_a_run_that_trained_on_nothing_says_so_and_fails(tmp_path: Path) -> None:
+    import subprocess
+
+    run = tmp_path / "run"
+    ports = [f"wire.endpoint={free_tcp_endpoint()}", "wire.publish=null"]
+    argv = [*CLI, "run", "--source", "demo", "--run-dir", str(run), "--duration", "12", *TINY, *ports,
+            "buffer.capacity_frames=4096", "buffer.min_fill=4000"]  # never reached in 12 s
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("byol-agent run: trained on nothing") and "buffer.min_fill" in last

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 from agent.commands._common import add_config_arguments, config_from_args, refuse_mono_pipeline
 from agent.core.config import Config, dump_config
-from agent.supervisor import ChildSpec, StopFlag, Supervisor, supervise
+from agent.supervisor import ChildSpec, StopFlag, Supervisor, read_status, supervise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +63,28 @@ def main(args: argparse.Namespace) -> int:
     dump_config(cfg, config_path)
     print(f"run dir {run_dir}; sources {', '.join(cfg.capture.sources)}; Ctrl-C stops cleanly", file=sys.stderr)
     sup = Supervisor(child_specs(cfg, run_dir, config_path), run_dir / "logs", max_restarts=cfg.run.max_restarts)
-    return supervise(
+    code = supervise(
         sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=StopFlag(),
         finish_with="trainer",
     )
+    problem = untrained(read_status(run_dir), cfg)
+    if problem is not None:
+        print(f"byol-agent run: {problem}", file=sys.stderr)
+        return code or 1
+    return code
+
+
+def untrained(status: dict[str, dict], cfg: Config) -> Optional[str]:
+    """Why a run that ended trained nothing (one line), or None when the trainer took at least one step."""
+    trainer, capture = status.get("trainer", {}), status.get("capture", {})
+    if trainer.get("step", 0) > 0:
+        return None
+    stored, needed = trainer.get("buffer_size", 0), cfg.buffer.min_fill
+    if not capture:
+        flow = "capture never reported (see logs/capture.log)"
+    else:
+        flow = (f"capture read {capture.get('frames_read', 0)}, kept {capture.get('kept', 0)} "
+                f"(novelty skipped {capture.get('skipped_novelty', 0)}), sent {capture.get('sent', 0)}, "
+                f"dropped {capture.get('dropped', 0)}")
+    return (f"trained on nothing: {flow}; the trainer stored {stored} of the {needed} frames it waits for "
+            f"(buffer.min_fill) and took no step; nothing was exported")
