@@ -44,15 +44,15 @@ class ReplayBuffer:
 
     def __init__(self, cfg: BufferConfig, frame_shape: tuple[int, int, int], device: torch.device, seed: int = 0):
         h, w, c = frame_shape
-        if c != 3:
-            raise ConfigError(f"replay buffer stores RGB frames; got {c} channels")
+        if c not in (1, 3):
+            raise ConfigError(f"replay buffer stores RGB or gray frames; got {c} channels")
         frame_bytes = h * w * c
         capacity = cfg.capacity_frames
         if cfg.capacity_bytes is not None:
             capacity = min(capacity, cfg.capacity_bytes // frame_bytes)
         if capacity < 2:
             raise ConfigError(
-                f"buffer.capacity_bytes ({cfg.capacity_bytes}) holds {capacity} frame(s) of {h}x{w}x3; at least 2 are needed"
+                f"buffer.capacity_bytes ({cfg.capacity_bytes}) holds {capacity} frame(s) of {h}x{w}x{c}; at least 2 are needed"
             )
         self.cfg = cfg
         self.frame_shape = (h, w, c)

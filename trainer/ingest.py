@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Protocol, Union
 
-from agent.core.frames import fit_frame
+from agent.core.frames import FrameFormatError, fit_frame, to_channels
 from agent.core.wire import EndOfStream, Frame
 from agent.core.worker import Worker
 from trainer.buffer import ReplayBuffer
@@ -37,12 +37,17 @@ class FrameInbox(Protocol):
     def close(self) -> None: ...
 
 
-def fit_to_buffer(frame: Frame, shape: tuple[int, int, int]) -> Frame:
-    """The frame resized to the buffer's frame shape (a capture configured differently still feeds us)."""
-    h, w, _ = shape
-    if frame.image.shape[:2] == (h, w):
+def fit_to_buffer(frame: Frame, shape: tuple[int, int, int]) -> Optional[Frame]:
+    """The frame resized (and RGB turned gray) to the buffer's frame shape, so a capture configured
+    differently still feeds us; None for a gray frame offered to an RGB buffer (it cannot be coloured)."""
+    h, w, c = shape
+    if frame.image.shape == (h, w, c):
         return frame
-    image = fit_frame(frame.image, h, w, "crop")
+    try:
+        image = to_channels(frame.image, c)
+    except FrameFormatError:
+        return None
+    image = fit_frame(image, h, w, "crop")
     return Frame(camera_id=frame.camera_id, seq=frame.seq, timestamp=frame.timestamp, image=image)
 
 
@@ -114,7 +119,8 @@ class Ingestor(Worker):
             return
         self.cameras_seen.add(frame.camera_id)
         self.cameras_ended.discard(frame.camera_id)  # the camera is back (a restarted capture, a new file)
-        stored = self._buffer.add(fit_to_buffer(frame, self._buffer.frame_shape))
+        fitted = fit_to_buffer(frame, self._buffer.frame_shape)
+        stored = fitted is not None and self._buffer.add(fitted)
         self.frames_in += 1
         self.frames_rejected += not stored
         self.arrived.set()

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from agent.robot.capture import run_capture, stop_on_signals
-from agent.commands._common import add_config_arguments, config_from_args, refuse_mono_pipeline
+from agent.commands._common import add_config_arguments, config_from_args
 
 _OFF = ("none", "off", "null")
 
@@ -51,7 +51,6 @@ def main(args: argparse.Namespace) -> int:
     else:
         flags["wire.publish"] = args.publish
     cfg = config_from_args(args, flags)
-    refuse_mono_pipeline(cfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     stop_on_signals(stop)

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from agent.commands._common import config_from_args, refuse_mono_pipeline
+from agent.commands._common import config_from_args
 from agent.commands.train import configure_logging
 from agent.supervisor import StopFlag
 
@@ -39,7 +39,6 @@ def main(args: argparse.Namespace) -> int:
     videos, overrides = split_items(args.items)
     args.overrides = [*overrides, *args.overrides]  # overrides after the options arrive via agent.cli
     cfg = config_from_args(args, {"train.max_steps": args.max_steps})
-    refuse_mono_pipeline(cfg)
     stop = StopFlag()
     configure_logging()
     from agent.replay import replay

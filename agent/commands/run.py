@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from agent.commands._common import add_config_arguments, config_from_args, refuse_mono_pipeline
+from agent.commands._common import add_config_arguments, config_from_args
 from agent.core.config import Config, dump_config
 from agent.supervisor import ChildSpec, StopFlag, Supervisor, read_status, supervise
 
@@ -56,7 +56,6 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"capture.sources": args.source, "run.duration_s": args.duration})
-    refuse_mono_pipeline(cfg)
     run_dir = Path(args.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from agent.commands._common import add_config_arguments, config_from_args, refuse_mono_pipeline
+from agent.commands._common import add_config_arguments, config_from_args
 from agent.supervisor import StopFlag
 from agent.robot.transport import validate_endpoint
 
@@ -29,7 +29,6 @@ def run_dir_config_is_input(config: str | None, run_dir: Path) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"wire.endpoint": args.endpoint, "train.max_steps": args.max_steps})
-    refuse_mono_pipeline(cfg)
     validate_endpoint(cfg.wire.endpoint, bind=True)
     stop = StopFlag()  # SIGINT/SIGTERM only set the event; the loop checkpoints and exits
     configure_logging()

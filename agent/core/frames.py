@@ -107,8 +107,9 @@ def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    """RGB uint8 → JPEG bytes (OpenCV works in BGR, so the channels are swapped on the way)."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    """RGB uint8 HxWx3 (or gray HxWx1) → JPEG bytes (OpenCV works in BGR, so RGB is swapped on the way)."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 and image.shape[2] == 3 else image
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
     return buf.tobytes()
@@ -160,8 +161,8 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int]:
     raise ValueError("JPEG has no frame header (SOF) before its scan data or its end")
 
 
-def decode_jpeg(data: bytes | memoryview) -> Optional[np.ndarray]:
-    """JPEG bytes → RGB uint8 HxWx3, or None if the bytes are not a decodable image.
+def decode_jpeg(data: bytes | memoryview, channels: int = 3) -> Optional[np.ndarray]:
+    """JPEG bytes → RGB uint8 HxWx3 (`channels=1`: gray HxWx1), or None if the bytes are not a decodable image.
 
     Check `jpeg_size` first when the bytes come from outside: this decodes whatever size they
     declare (up to OpenCV's own pixel limit, past which it also returns None). EXIF orientation
@@ -171,12 +172,13 @@ def decode_jpeg(data: bytes | memoryview) -> Optional[np.ndarray]:
     if arr.size == 0:
         return None
     try:
-        bgr = cv2.imdecode(arr, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        flags = cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE
+        bgr = cv2.imdecode(arr, flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error:  # OpenCV raises (rather than returning None) for sizes past CV_IO_MAX_IMAGE_PIXELS
         return None
     if bgr is None:
         return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if channels == 3 else bgr[..., None]
 
 
 def read_image_bgr(path: str, bit_depth: Optional[int] = None) -> Optional[np.ndarray]:

@@ -17,7 +17,7 @@ Header layout (40 bytes, little-endian):
     16     8     timestamp (f64, time.time() when the frame was grabbed)
     24     4     height (u32)
     28     4     width (u32)
-    32     1     channels (u8, 3)
+    32     1     channels (u8: 3 = RGB, 1 = gray)
     33     3     reserved (ignored)
     36     4     payload length (u32)
 
@@ -53,6 +53,7 @@ _HEADER = struct.Struct("<4sBHBQdIIB3xI")
 HEADER_SIZE = _HEADER.size
 _PREFIX = struct.Struct("<4sBH")
 MAX_SIDE = 4096  # px: the largest height or width a capture may store (config.capture.height/width)
+CHANNELS = (1, 3)  # gray (a mono camera, `capture.channels: 1`) or RGB
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -65,8 +66,9 @@ class WireError(ValueError):
 class Frame:
     """One captured image with where and when it came from.
 
-    `image` is uint8 HxWx3 RGB. A decoded raw frame is a read-only view on the received message
-    (no copy): copy it into your own storage before writing to it. Frames compare by identity.
+    `image` is uint8 HxWx3 RGB, or HxWx1 gray from a mono camera. A decoded raw frame is a read-only
+    view on the received message (no copy): copy it into your own storage before writing to it.
+    Frames compare by identity.
     """
 
     camera_id: int
@@ -116,8 +118,8 @@ def peek_camera_id(buf: Buffer) -> int:
 def _header(frame: Frame, jpeg_quality: Optional[int]) -> tuple[bytes, Optional[bytes]]:
     """Validate and pack the header; returns it with the JPEG payload (None: the payload is the raw image)."""
     image = frame.image
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"frame image must be uint8 HxWx3, got {image.dtype} {image.shape}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in CHANNELS:
+        raise ValueError(f"frame image must be uint8 HxWx3 (RGB) or HxWx1 (gray), got {image.dtype} {image.shape}")
     if not 0 <= frame.camera_id <= 0xFFFF:
         raise ValueError(f"camera_id must fit in 16 bits, got {frame.camera_id}")
     height, width, channels = image.shape
@@ -200,7 +202,7 @@ def decode_message(buf: Buffer, max_side: int = MAX_SIDE) -> Union[Frame, EndOfS
         if (height, width, channels, length) != (0, 0, 0, 0) or len(view) != HEADER_SIZE or not math.isfinite(timestamp):
             raise WireError("malformed end-of-stream message (it carries no image)")
         return EndOfStream(camera_id=camera_id, seq=seq, timestamp=timestamp)
-    if channels != 3 or height == 0 or width == 0:
+    if channels not in CHANNELS or height == 0 or width == 0:
         raise WireError(f"bad image shape {height}x{width}x{channels}")
     if height > max_side or width > max_side:
         raise WireError(f"frame of {height}x{width} exceeds the {max_side} px side limit (wire.max_frame_side)")
@@ -220,7 +222,7 @@ def decode_message(buf: Buffer, max_side: int = MAX_SIDE) -> Union[Frame, EndOfS
             raise WireError(f"JPEG payload is malformed: {exc}") from None
         if declared != (height, width):
             raise WireError(f"JPEG declares {declared[0]}x{declared[1]}, header says {height}x{width}")
-        image = decode_jpeg(payload)
+        image = decode_jpeg(payload, channels)
         if image is None:
             raise WireError("JPEG payload cannot be decoded")
         if image.shape != (height, width, channels):

@@ -23,7 +23,7 @@ import numpy as np
 from agent.core.atomic import write_status
 from agent.core.config import CaptureConfig, Pace, WireConfig
 from agent.core.errors import ByolAgentError, SourceError
-from agent.core.frames import LIVE_NOVELTY_THRESHOLD, NoveltyGate, fit_frame
+from agent.core.frames import LIVE_NOVELTY_THRESHOLD, NoveltyGate, fit_frame, to_channels
 from agent.core.repeats import backoff_s
 from agent.core.wire import Frame
 from agent.core.worker import Worker
@@ -191,7 +191,7 @@ class SourceReader(Worker):
             return True
         self._retries = 0
         self.frames_read += 1
-        image = fit_frame(raw, *self._fit)
+        image = to_channels(fit_frame(raw, *self._fit), self._cfg.channels)  # a mono capture stores gray
         if self._pacer is not None:
             self._pacer.wait(self.source.media_time_s, self.stop_event)
         self._handoff.put(_Grab(image=image, timestamp=time.time(), camera_id=self.source.camera_id), self.stop_event)

@@ -148,15 +148,3 @@ def test_capture_bit_depth_is_8_to_16_or_auto() -> None:
     for bad in (7, 17):
         with pytest.raises(ValueError, match="bit_depth"):
             CaptureConfig(bit_depth=bad)
-
-
-@pytest.mark.parametrize("command", ["train", "capture", "run"])
-def test_a_mono_capture_is_refused_by_the_pipeline_commands_until_they_carry_it(tmp_path: Path, command: str) -> None:
-    # capture.channels=1 reaches the learner API and export only (issue 12, item 8): the live pipeline must
-    # say so in one line rather than train an RGB encoder under a mono config.
-    args = ["--run-dir", str(tmp_path / "run")] if command != "capture" else []
-    proc = subprocess.run(
-        [sys.executable, "-m", "agent.cli", command, *args, "capture.channels=1"], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "capture.channels=1" in proc.stderr
