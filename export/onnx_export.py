@@ -9,9 +9,12 @@ the TorchScript tracer could bake in.
 from __future__ import annotations
 
 import io
+import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import onnx
 import torch
@@ -95,11 +98,10 @@ def _exporter_args(spec: InputSpec, cfg: ExportConfig) -> dict[str, Any]:
     }
 
 
-def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig) -> Exported:
-    """Export `wrapped` (eval mode, dynamic batch) to `path`.
+def export_graph(wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig) -> tuple[bytes, int]:
+    """The ONNX file of `wrapped` (eval mode, dynamic batch) as bytes, and the embedding width D.
 
-    Raises ExportRefused when the exporter cannot handle the module, so the caller keeps the last
-    good version; StorageError when the file cannot be written (a full disk is not a refusal).
+    Raises ExportRefused naming the exporter and its reason (one line) when it cannot handle the module.
     """
     wrapped.eval()
     batch = example_batch(cfg)
@@ -109,7 +111,7 @@ def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: 
         example = torch.randn(spec.shape(batch), generator=torch.Generator().manual_seed(0))
     graph = io.BytesIO()  # in memory first: a full disk must not look like an exporter failure
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _attention_fast_path(False):
             out = wrapped(example)
             if out.ndim != 2 or out.shape[0] != batch:
                 raise ExportRefused(f"encoder output has shape {tuple(out.shape)}, expected (N, D)")
@@ -117,12 +119,58 @@ def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: 
     except ExportRefused:
         raise
     except Exception as exc:  # the encoder and the exporters raise many unrelated types
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise ExportRefused(f"{cfg.exporter} ONNX export failed: {first[:300]}") from exc
+        raise ExportRefused(f"{cfg.exporter} ONNX export failed: {_reason(exc)}") from exc
+    return graph.getvalue(), int(out.shape[1])
+
+
+def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig) -> Exported:
+    """Export `wrapped` (eval mode, dynamic batch) to `path`.
+
+    Raises ExportRefused when the exporter cannot handle the module, so the caller keeps the last
+    good version; StorageError when the file cannot be written (a full disk is not a refusal).
+    """
+    graph, output_dim = export_graph(wrapped, spec, cfg)
     try:
         with open(path, "wb") as f:
-            f.write(graph.getbuffer())
+            f.write(graph)
     except OSError as exc:
         raise StorageError(f"cannot write the ONNX export to {path.parent}: {exc.strerror or exc}") from None
     opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
-    return Exported(output_dim=int(out.shape[1]), opset=int(opset))
+    return Exported(output_dim=output_dim, opset=int(opset))
+
+
+_FAST_PATH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _attention_fast_path(enabled: bool) -> Iterator[None]:
+    """`torch.backends.mha` fast path switched for the block, then restored.
+
+    In eval mode without grad, `nn.MultiheadAttention` (so torchvision's ViT encoder blocks) runs
+    the fused `aten::_native_multi_head_attention`, which the TorchScript exporter cannot write (the
+    dynamo exporter decomposes it); with the fast path off the same weights take the composite path
+    (matmuls and softmax), so both exporters write the same graph.
+    The switch is process-wide and export runs beside training on another thread: training takes
+    the composite path anyway (training mode), so only another eval forward in the block is slowed.
+    """
+    with _FAST_PATH_LOCK:
+        before = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(enabled)
+        try:
+            yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(before)
+
+
+_SUMMARY = re.compile(r"^## Exception summary\s*\n\s*\n?(.+)$", re.MULTILINE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why an exporter failed: the dynamo exporter's own first line is a generic banner
+    ("Failed to export the model with torch.export. This is step 1/3 ..."), its cause sits in the
+    "## Exception summary" section of the message."""
+    text = _ANSI.sub("", str(exc)).strip()
+    summary = _SUMMARY.search(text)
+    first = summary.group(1) if summary else (text.splitlines() or [exc.__class__.__name__])[0]
+    return first.strip()[:300]
