@@ -12,16 +12,19 @@ the TorchScript tracer could bake in.
 from __future__ import annotations
 
 import io
+import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import onnx
 import torch
 from torch import nn
 
-from agent.core.config import CaptureConfig, ExportConfig
-from agent.core.errors import ExportRefused, StorageError
+from agent.core.config import CaptureConfig, ExportConfig, ModelConfig
+from agent.core.errors import ConfigError, ExportRefused, StorageError
 from export.manifest import CHANNEL_ORDERS, InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -108,11 +111,10 @@ def _exporter_args(spec: InputSpec, cfg: ExportConfig) -> dict[str, Any]:
     }
 
 
-def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig) -> Exported:
-    """Export `wrapped` (eval mode, dynamic batch) to `path`.
+def export_graph(wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig) -> tuple[bytes, int]:
+    """The ONNX file of `wrapped` (eval mode, dynamic batch) as bytes, and the embedding width D.
 
-    Raises ExportRefused when the exporter cannot handle the module, so the caller keeps the last
-    good version; StorageError when the file cannot be written (a full disk is not a refusal).
+    Raises ExportRefused naming the exporter and its reason (one line) when it cannot handle the module.
     """
     wrapped.eval()
     batch = example_batch(cfg)
@@ -122,7 +124,7 @@ def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: 
         example = torch.randn(spec.shape(batch), generator=torch.Generator().manual_seed(0))
     graph = io.BytesIO()  # in memory first: a full disk must not look like an exporter failure
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _attention_fast_path(False):
             out = wrapped(example)
             if out.ndim != 2 or out.shape[0] != batch:
                 raise ExportRefused(f"encoder output has shape {tuple(out.shape)}, expected (N, D)")
@@ -130,12 +132,102 @@ def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: 
     except ExportRefused:
         raise
     except Exception as exc:  # the encoder and the exporters raise many unrelated types
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise ExportRefused(f"{cfg.exporter} ONNX export failed: {first[:300]}") from exc
+        raise ExportRefused(f"{cfg.exporter} ONNX export failed: {_reason(exc)}") from exc
+    return graph.getvalue(), int(out.shape[1])
+
+
+def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig) -> Exported:
+    """Export `wrapped` (eval mode, dynamic batch) to `path`.
+
+    Raises ExportRefused when the exporter cannot handle the module, so the caller keeps the last
+    good version; StorageError when the file cannot be written (a full disk is not a refusal).
+    """
+    graph, output_dim = export_graph(wrapped, spec, cfg)
     try:
         with open(path, "wb") as f:
-            f.write(graph.getbuffer())
+            f.write(graph)
     except OSError as exc:
         raise StorageError(f"cannot write the ONNX export to {path.parent}: {exc.strerror or exc}") from None
     opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
-    return Exported(output_dim=int(out.shape[1]), opset=int(opset))
+    return Exported(output_dim=output_dim, opset=int(opset))
+
+
+def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels: int = 3) -> None:
+    """Refuse, before any training, an encoder that `export_cfg.exporter` cannot export.
+
+    Builds `model_cfg`'s encoder untrained (its own RNG: the global one is left alone), cuts it at
+    the hidden layer as the learner does and exports it into memory with the configured exporter
+    and input format. What can be exported depends on the architecture, the hidden layer and the
+    image size, not on the weights, so this is the export every later version will take (e.g. the
+    TorchScript exporter cannot write AlexNet at 64 px: its adaptive pooling to 6x6 does not divide
+    the 1x1 map it gets there). Costs one export, measured with TorchScript on a loaded 2-core
+    machine: 0.3 s for the default tiny_cnn, 5 s for configs/robot-resnet18.yaml, plus ~2 s of
+    torch.onnx imports on first use; the dynamo exporter takes 4-30 s per encoder. Raises ConfigError (one line, naming encoder, hidden layer,
+    image size and exporter) when the export fails, or naming encoder and size when the encoder cannot
+    even run at that size; ConfigError from the encoder registry as it is.
+    """
+    from trainer.backbone import Backbone  # the learner's modules load only for this check
+    from trainer.byol import view_statistics
+    from trainer.encoders import build_encoder
+
+    size, (height, width) = model_cfg.image_size, model_cfg.image_hw
+    mean, std = view_statistics(channels, normalize=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = Backbone(build_encoder(model_cfg, channels), model_cfg.hidden_layer).eval()
+        try:  # a net that cannot even run at this size is no exporter's fault: say so
+            with torch.no_grad():
+                backbone(torch.rand(2, channels, height, width))
+        except Exception as exc:  # the encoder may raise anything
+            raise ConfigError(
+                f"model.encoder={model_cfg.encoder!r} (hidden_layer {model_cfg.hidden_layer!r}) fails on a "
+                f"{height}x{width} input ({channels} channel(s)): {_reason(exc)}; change model.image_size or model.encoder"
+            ) from None
+    spec = input_spec(export_cfg.input_format, size, mean, std)
+    try:
+        wrapped = PreprocessedEncoder(backbone, mean, std, export_cfg.input_format)
+        export_graph(wrapped, spec, export_cfg)
+    except ExportRefused as exc:
+        other = "dynamo" if export_cfg.exporter == "torchscript" else "torchscript"
+        raise ConfigError(
+            f"model.encoder={model_cfg.encoder!r} (hidden_layer {model_cfg.hidden_layer!r}, image_size "
+            f"{size}) cannot be exported with export.exporter={export_cfg.exporter}, so no version "
+            f"would ever be published: {exc}; try export.exporter={other} or another model.image_size"
+        ) from None
+
+
+_FAST_PATH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _attention_fast_path(enabled: bool) -> Iterator[None]:
+    """`torch.backends.mha` fast path switched for the block, then restored.
+
+    In eval mode without grad, `nn.MultiheadAttention` (so torchvision's ViT encoder blocks) runs
+    the fused `aten::_native_multi_head_attention`, which the TorchScript exporter cannot write (the
+    dynamo exporter decomposes it); with the fast path off the same weights take the composite path
+    (matmuls and softmax), so both exporters write the same graph.
+    The switch is process-wide and export runs beside training on another thread: training takes
+    the composite path anyway (training mode), so only another eval forward in the block is slowed.
+    """
+    with _FAST_PATH_LOCK:
+        before = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(enabled)
+        try:
+            yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(before)
+
+
+_SUMMARY = re.compile(r"^## Exception summary\s*\n\s*\n?(.+)$", re.MULTILINE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why an exporter failed: the dynamo exporter's own first line is a generic banner
+    ("Failed to export the model with torch.export. This is step 1/3 ..."), its cause sits in the
+    "## Exception summary" section of the message."""
+    text = _ANSI.sub("", str(exc)).strip()
+    summary = _SUMMARY.search(text)
+    first = summary.group(1) if summary else (text.splitlines() or [exc.__class__.__name__])[0]
+    return first.strip()[:300]

@@ -6,6 +6,8 @@ only for the duration of one call and stops the forward right there, so
 
 - nothing after the hidden layer runs (a ResNet's `fc` costs nothing and gets no gradient),
 - a deep copy or an ONNX trace of the wrapper carries no hooks,
+- under graph capture (torch.export, the dynamo ONNX exporter, torch.compile) the hook only
+  records and the net runs on: the layers after the hidden one are dead code (the ONNX exporter drops it),
 - two copies (online and target, or DataParallel replicas) never share capture state.
 """
 
@@ -69,6 +71,9 @@ class Backbone(nn.Module):
         if module is None:
             return _flat(self.net(images), self.layer)
 
+        if torch.compiler.is_compiling():  # torch.export / the dynamo ONNX exporter / torch.compile
+            return self._forward_captured(images, module)
+
         def stop(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
             raise _HiddenReached(output)
 
@@ -79,7 +84,33 @@ class Backbone(nn.Module):
             return _flat(reached.output, self.layer)
         finally:
             handle.remove()
-        raise ConfigError(f"hidden layer {self.layer!r} exists but never ran in {type(self.net).__name__}'s forward")
+        raise self._never_ran()
+
+    def _forward_captured(self, images: Tensor, module: nn.Module) -> Tensor:
+        """The hidden layer's first output, taken by a hook that does not stop the forward.
+
+        For graph capture: an exception unwinding out of a submodule's call leaves torch.export's
+        module-stack bookkeeping behind (`Unexpected key ..._export_root.encoder.net.avgpool,
+        expected ..._export_root.encoder`), so here the net runs to its end and the layers after
+        the hidden one become dead code (their output is unused; the ONNX exporter drops it).
+        """
+        captured: list[Tensor] = []
+
+        def keep(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+            if not captured:
+                captured.append(output)
+
+        handle = module.register_forward_hook(keep)
+        try:
+            self.net(images)
+        finally:
+            handle.remove()
+        if not captured:
+            raise self._never_ran()
+        return _flat(captured[0], self.layer)
+
+    def _never_ran(self) -> ConfigError:
+        return ConfigError(f"hidden layer {self.layer!r} exists but never ran in {type(self.net).__name__}'s forward")
 
 
 def _flat(output: object, layer: HiddenLayer) -> Tensor:

@@ -33,6 +33,9 @@ def main(args: argparse.Namespace) -> int:
     stop = StopFlag()  # SIGINT/SIGTERM only set the event; the loop checkpoints and exits
     configure_logging()
     from agent.pipeline import build_trainer  # torch loads after the arguments are known good
+    from export.onnx_export import check_exportable
+
+    check_exportable(cfg.model, cfg.export, cfg.capture.channels)  # an encoder nothing can publish fails now, not after hours of training
 
     run_dir = Path(args.run_dir)
     trainer = build_trainer(cfg, run_dir, write_config=not run_dir_config_is_input(args.config, run_dir))

@@ -145,6 +145,25 @@ def test_an_unexportable_encoder_is_refused_with_the_exporters_reason(tmp_path: 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_dynamo_refusal_names_its_cause_not_the_exporters_banner(tmp_path: Path) -> None:
+    class DataBranch(nn.Module):  # runs eagerly; torch.export cannot guard on the data
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = tiny_encoder(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x) if x.sum() > 0 else -self.net(x)
+
+    with pytest.raises(ExportRefused) as info:
+        export_encoder(
+            1, DataBranch(), scene_frames(4), export_cfg=ExportConfig(exporter="dynamo"), model_cfg=model_cfg(),
+            publisher=Publisher(tmp_path, 5),
+        )
+    message = str(info.value)
+    assert "data-dependent" in message and "step 1/3" not in message and "\x1b" not in message, message
+    assert "\n" not in message and list(tmp_path.iterdir()) == []
+
+
 def test_collapse_metric_separates_collapsed_from_spread_embeddings() -> None:
     rng = np.random.default_rng(0)
     spread = rng.standard_normal((64, 128))

@@ -91,3 +91,12 @@ def test_a_layer_that_never_runs_is_reported() -> None:
     net.unused = nn.Identity()
     with pytest.raises(ConfigError, match="never ran"):
         Backbone(net, "unused")(torch.rand(2, 3, 12, 12))
+
+
+def test_torch_export_captures_the_hidden_layer_and_drops_the_layers_after_it() -> None:
+    """The dynamo ONNX exporter traces with torch.export: the cut must not unwind through a module call."""
+    net = tiny().eval()
+    x = torch.rand(3, 3, 12, 12)
+    program = torch.export.export(Backbone(net, "avgpool").eval(), (x,), strict=False)
+    torch.testing.assert_close(program.module()(x), net.avgpool(net.features(x)).flatten(1))
+    assert all(not m._forward_hooks for m in net.modules())
