@@ -16,7 +16,7 @@ import os
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 import cv2
 import numpy as np
@@ -456,3 +456,25 @@ def open_source(
             glob.escape(spec), loop=cfg.loop_video, pattern=True, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth
         )
     return VideoFileSource(spec, loop=cfg.loop_video, max_bad_frames=cfg.max_bad_frames)
+
+
+def check_sources(
+    specs: Iterable[str], cfg: CaptureConfig, wire: Optional[WireConfig] = None
+) -> list[FrameSource]:
+    """Pick the source of each spec and open once (then close) each one that cannot come back by waiting.
+
+    A source that is not `live` (a video file, image folder or glob, an image, the demo scene) fails
+    the same way every time, so it is checked before anything starts: opened and its first frame
+    decoded. Live sources (cameras, streams, subscriptions) are only picked, not connected: they may
+    come up later, and capture waits for them. Used by `run` and `replay` before they start any process.
+    Returns the sources (closed), in the order of `specs`. Raises SourceError (one line) naming the
+    first bad source, or EndpointError / ConfigError for a subscription's endpoint or key files.
+    """
+    sources = []
+    for spec in specs:
+        source = open_source(spec, cfg, wire)
+        if not source.live:
+            with source:
+                pass
+        sources.append(source)
+    return sources

@@ -39,6 +39,7 @@ def error_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         "endpoint": ("--source", "demo", "--endpoint", "tcp://127.0.0.1:notaport", "--publish", "none"),
         "publish": ("--source", "demo", "--endpoint", free_tcp_endpoint(), "--publish", taken),
         "junk": ("--source", str(junk), "--endpoint", free_tcp_endpoint(), "--publish", "none"),
+        "missing": ("--source", str(video.parent / "missing.mp4"), "--endpoint", free_tcp_endpoint(), "--publish", "none"),
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {
@@ -85,6 +86,10 @@ def test_unbindable_publish_endpoint_is_a_one_line_error(error_runs: dict) -> No
 def test_a_folder_of_only_unreadable_images_is_a_one_line_error(error_runs: dict) -> None:
     """It used to exit 0 after sending nothing."""
     _assert_one_line_error(error_runs["junk"], "junk-images", "none of its 2 files could be read")
+
+
+def test_a_missing_video_is_a_one_line_error(error_runs: dict) -> None:
+    _assert_one_line_error(error_runs["missing"], "missing.mp4", "does not exist")
 
 
 def test_capture_keeps_running_and_counts_drops_with_no_trainer() -> None:
