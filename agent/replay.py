@@ -17,7 +17,7 @@ from typing import Optional
 
 from agent.core.config import CaptureConfig, Config, Pace
 from agent.core.errors import SourceError
-from agent.robot.sources import open_source
+from agent.robot.sources import check_sources
 from agent.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,13 @@ WATCH_EVERY_S = 0.2
 
 
 def check_recordings(paths: list[str], capture_cfg: CaptureConfig) -> None:
-    """Open each recording and decode its first frame; SourceError (one line) names the first bad one."""
+    """Open each recording and decode its first frame (`check_sources`, the check `run` makes too);
+    SourceError (one line) names the first bad one, or a source that is not a recording."""
     if not paths:
         raise SourceError("no recordings given (expected one or more video files, image folders or globs)")
-    for spec in paths:
-        source = open_source(spec, capture_cfg)
+    for source in check_sources(paths, capture_cfg):
         if not source.finite:
             raise SourceError(f"{source.name} is not a recording (replay takes video files, image folders or globs)")
-        source.connect()
-        source.disconnect()
 
 
 def replay_config(cfg: Config, paths: list[str]) -> Config:

@@ -207,6 +207,7 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
         f"t={elapsed_s:5.0f}s",
         f"frames read {num(cap, 'frames_read')} kept {num(cap, 'kept')} (novelty skipped {num(cap, 'skipped_novelty')})",
         f"sent {num(cap, 'sent')} dropped {num(cap, 'dropped')}",
+        *_source_notes(cap.get("sources")),
         f"in {num(trn, 'frames_in')}",
         f"buffer {num(trn, 'buffer_size')} ({num(trn, 'buffer_fill', '{:.0%}')})",
         f"step {num(trn, 'step')} ({num(trn, 'steps_per_s', '{:.2f}')}/s)",
@@ -219,6 +220,26 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
     if dead:
         parts.append("restarts " + ",".join(f"{k}={v}" for k, v in dead.items()))
     return " | ".join(parts)
+
+
+def _source_notes(sources: object) -> list[str]:
+    """The capture sources that are not delivering, from status-capture.json's "sources" (one part
+    for all of them, none when all are fine): "waiting for camera 0", "stream '...' stale 12 s",
+    "camera 1 lost, reopening". States: agent/robot/capture.py, `SourceReader.state`."""
+    if not isinstance(sources, list):
+        return []
+    notes = []
+    for source in sources:
+        if not isinstance(source, dict):
+            continue
+        name, state, age = source.get("name", "?"), source.get("state"), source.get("last_frame_age_s")
+        if state == "waiting":
+            notes.append(f"waiting for {name}")
+        elif state == "stale":
+            notes.append(f"{name} stale" + (f" {age:.0f} s" if isinstance(age, (int, float)) else ""))
+        elif state == "lost":
+            notes.append(f"{name} lost, reopening")
+    return [", ".join(notes)] if notes else []
 
 
 class StopFlag:

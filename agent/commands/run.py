@@ -56,6 +56,9 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"capture.sources": args.source, "run.duration_s": args.duration})
+    from agent.robot.sources import check_sources
+
+    check_sources(cfg.capture.sources, cfg.capture, cfg.wire)  # a bad file fails now, not as 3 capture restarts
     run_dir = Path(args.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"

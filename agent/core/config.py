@@ -56,8 +56,16 @@ class CaptureConfig(_Section):
         description="wait for the trainer instead of dropping frames; None = lossless when every source is finite "
         "(files, folders, globs: nothing is lost, each camera's end is sent on the wire), never for live ones",
     )
-    reconnect_backoff_s: float = Field(0.5, gt=0)
-    reconnect_max_backoff_s: float = Field(10.0, gt=0)
+    reconnect_backoff_s: float = Field(
+        0.5, gt=0, description="first wait before reopening a lost source, or retrying a live one absent at start"
+    )
+    reconnect_max_backoff_s: float = Field(10.0, gt=0, description="the wait doubles up to this")
+    read_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="live sources (cameras, streams, subscriptions): no frame for this long shows the source as "
+        "stale and has it reopened; also how long a stream may take to open",
+    )
     loop_video: bool = Field(False, description="restart a video file or image folder at its end instead of stopping")
     shuffle: bool = Field(False, description="image folders and globs: a new seeded random order every pass")
     bit_depth: Optional[int] = Field(

@@ -5,6 +5,13 @@ it reads, reopens a lost source with exponential backoff, paces recordings and t
 hands frames to the main loop. The main loop alone owns the `FrameSender` (ZeroMQ sockets are not
 thread-safe); it applies the per-source fps cap and the novelty gate and never waits for the trainer
 unless asked to be lossless. Errors in a reader thread are stored and re-raised in the main loop.
+
+What can come back is waited for; what cannot fails at start-up. A live source (camera, stream,
+subscription) that is not there when capture starts is retried with the same back-off as a lost
+one and shown as `waiting`; one that delivers nothing for `capture.read_timeout_s` is `stale` (the
+main loop's watchdog logs it) and is reopened once its read fails (streams and subscriptions time
+out after `read_timeout_s`). A file, folder or glob that cannot be opened is an error before
+anything is sent (`SourceError`, exit 2). Each source's state goes into the status file.
 """
 
 from __future__ import annotations
@@ -143,6 +150,9 @@ class SourceReader(Worker):
         self._wake_main = wake
         self._opened = threading.Event()
         self._retries = 0  # reopen attempts since the last frame read; sets the back-off
+        self._reopening = False  # in `_reopen`: lost (or not there yet) and being retried
+        self._last_frame_at: Optional[float] = None  # time.monotonic() of the last frame read
+        self._read_timeout_s = cfg.read_timeout_s
         self._fit = cfg.height, cfg.width, cfg.resize
         self._pacer = _Pacer(cfg.fps) if pace == "realtime" and not source.live else None
         self.frames_read = 0
@@ -170,9 +180,42 @@ class SourceReader(Worker):
             return None
         return grab
 
+    def state(self, now: Optional[float] = None) -> str:
+        """What the source is doing, for the status file and the `run` status line:
+
+        "failed" (its error ended the reader) · "ended" (a finite source ran out) · "waiting" (a live
+        source that has not delivered a frame yet: not there, or connected and silent) · "stale" (a
+        live source whose last frame is `capture.read_timeout_s` or more old, lost or not) · "lost"
+        (being reopened) · "ok". `now`: time.monotonic().
+        """
+        if self.error is not None:
+            return "failed"
+        if self.exhausted:
+            return "ended"
+        if self.source.live:
+            if self._last_frame_at is None:
+                return "waiting"
+            if (time.monotonic() if now is None else now) - self._last_frame_at >= self._read_timeout_s:
+                return "stale"
+        return "lost" if self._reopening else "ok"
+
+    def status(self, now: Optional[float] = None) -> dict:
+        """The source's line in the status file: name, state, frames read, reopens, age of the newest frame (s)."""
+        now = time.monotonic() if now is None else now
+        age = None if self._last_frame_at is None else round(now - self._last_frame_at, 2)
+        return {
+            "name": self.source.name, "state": self.state(now), "frames_read": self.frames_read,
+            "reconnects": self.reconnects, "last_frame_age_s": age,
+        }
+
     def initialize(self) -> None:
         try:
             self.source.connect()
+        except SourceError as exc:
+            if not self.source.live:
+                raise  # a file that cannot be opened now will not open later: a start-up error
+            self._opened.set()  # a camera or stream that is not up yet is waited for like a lost one
+            self._reopen(exc)
         finally:
             self._opened.set()
 
@@ -190,6 +233,7 @@ class SourceReader(Worker):
                 self._pacer.reset()
             return True
         self._retries = 0
+        self._last_frame_at = time.monotonic()
         self.frames_read += 1
         image = to_channels(fit_frame(raw, *self._fit), self._cfg.channels)  # a mono capture stores gray
         if self._pacer is not None:
@@ -202,9 +246,22 @@ class SourceReader(Worker):
         self._wake_main.set()
 
     def _reopen(self, exc: SourceError) -> bool:
-        """Reopen with exponential backoff until it works (True) or capture is stopping (False)."""
+        """Reopen with exponential backoff until it works (True) or capture is stopping (False).
+
+        A live source that has not delivered a frame yet (absent at start) is waited for the same way."""
+        self._reopening = True
+        try:
+            return self._reopen_with_backoff(exc, waiting=self.source.live and self.frames_read == 0)
+        finally:
+            self._reopening = False
+
+    def _reopen_with_backoff(self, exc: SourceError, waiting: bool) -> bool:
+        name = self.source.name
         delay = self._next_delay()
-        log.warning("%s lost: %s; reopening in %.1f s", self.source.name, exc, delay)
+        if waiting:
+            log.warning("%s is not there: %s; waiting for it (next try in %.1f s)", name, exc, delay)
+        else:
+            log.warning("%s lost: %s; reopening in %.1f s", name, exc, delay)
         attempts = 0
         while True:
             self.source.disconnect()
@@ -215,10 +272,14 @@ class SourceReader(Worker):
                 self.source.connect()
             except ByolAgentError as err:
                 delay = self._next_delay()
-                log.warning("%s: reopen attempt %d failed: %s; next in %.1f s", self.source.name, attempts, err, delay)
+                what = "still waiting, attempt" if waiting else "reopen attempt"
+                log.warning("%s: %s %d failed: %s; next in %.1f s", name, what, attempts, err, delay)
                 continue
-            self.reconnects += 1
-            log.warning("%s reopened after %d attempt(s)", self.source.name, attempts)
+            if waiting:
+                log.warning("%s connected after %d attempt(s)", name, attempts)
+            else:
+                self.reconnects += 1
+                log.warning("%s reopened after %d attempt(s)", name, attempts)
             return True
 
     def _next_delay(self) -> float:
@@ -238,6 +299,7 @@ class _CaptureLoop:
         self._gates: dict[int, NoveltyGate] = {}  # per camera id
         self._seq: dict[int, int] = {}  # per camera id: frames sent
         self._ended: set[int] = set()  # readers whose end-of-stream was sent
+        self._stale: set[int] = set()  # readers the watchdog has reported stale (until they deliver again)
         self.kept = self.skipped_novelty = 0
 
     def poll(self) -> float:
@@ -301,6 +363,27 @@ class _CaptureLoop:
             self._ended.add(i)
             log.info("%s ended after %d frames sent as camera %d; told the trainer", reader.source.name, frames, camera)
 
+    def watch(self) -> None:
+        """The watchdog: log once when a live source goes stale (no frame for `capture.read_timeout_s`,
+        whether or not its backend can time out a read) and once when it delivers again."""
+        now = time.monotonic()
+        for i, reader in enumerate(self._readers):
+            stale = reader.state(now) == "stale"
+            if stale and i not in self._stale:
+                self._stale.add(i)
+                log.warning(
+                    "%s is stale: no frame for %g s (capture.read_timeout_s); reopened when its read fails",
+                    reader.source.name, self._cfg.read_timeout_s,
+                )
+            elif not stale and i in self._stale:
+                self._stale.discard(i)
+                log.info("%s delivers again", reader.source.name)
+
+    def source_status(self) -> list[dict]:
+        """Each source's state for the status file (`SourceReader.status`), in source order."""
+        now = time.monotonic()
+        return [reader.status(now) for reader in self._readers]
+
     def stats(self) -> CaptureStats:
         sender = self._sender.stats
         return CaptureStats(
@@ -331,9 +414,11 @@ def run_capture(
     `lossless=True` to go exactly as fast as the trainer consumes). `lossless=None` takes
     `capture.lossless`, whose default is lossless exactly when every source is finite: a file or
     folder then waits for a connected trainer and loses no frame, and each camera's end is sent on
-    the wire (`wire.EndOfStream`) so the trainer stops waiting for more. Bad sources or endpoints raise
-    SourceError / EndpointError before anything is sent. `status_path` gets the stats as JSON about
-    once a second (for the `run` supervisor's status line).
+    the wire (`wire.EndOfStream`) so the trainer stops waiting for more. A file, folder or glob that
+    cannot be opened, or a bad endpoint, raises SourceError / EndpointError before anything is sent; a
+    live source that is not there is waited for (state "waiting"). `status_path` gets the stats as JSON
+    about once a second, with each source's `SourceReader.status` under "sources" (for the `run`
+    supervisor's status line).
     """
     security = WireSecurity.from_config(wire)  # loaded once: for the sender and any subscription source
     sources = [open_source(spec, capture, wire, security) for spec in capture.sources]
@@ -350,7 +435,8 @@ def run_capture(
             for reader in readers:
                 reader.start()
             for reader in readers:
-                reader.wait_opened(stop)
+                if not reader.source.live:  # a live source absent at start is waited for, not an error
+                    reader.wait_opened(stop)
             log.info(
                 "capturing %s -> %s%s%s", ", ".join(s.name for s in sources), wire.endpoint,
                 f" (latest frames on {sender.publish_endpoint})" if sender.publish_endpoint else "",
@@ -362,6 +448,7 @@ def run_capture(
                 wake.clear()
                 sleep = loop.poll()
                 loop.send_ends()
+                loop.watch()
                 if all(reader.done for reader in readers):
                     for reader in readers:
                         reader.check()
@@ -371,7 +458,7 @@ def run_capture(
                     log.info("capture: %s", loop.stats().line())
                     next_log += log_every_s
                 if status_path is not None and now >= next_status:
-                    write_status(status_path, {"time": time.time(), **asdict(loop.stats())})
+                    write_status(status_path, {"time": time.time(), **asdict(loop.stats()), "sources": loop.source_status()})
                     next_status = now + STATUS_EVERY_S
                 wake.wait(min(sleep, max(0.0, min(next_log, next_status) - time.monotonic())))
         finally:

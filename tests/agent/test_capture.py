@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -19,6 +20,8 @@ from agent.core.errors import EndpointError, SourceError
 from agent.core.wire import EndOfStream
 from agent.robot.subscriber import LatestFrameSubscriber
 from agent.robot.transport import FrameReceiver
+from agent.supervisor import format_pipeline_status
+from tests.agent.mjpeg_server import MjpegServer
 from tests.conftest import free_tcp_endpoint
 
 
@@ -216,3 +219,34 @@ def test_bad_source_or_endpoint_fails_before_capturing(tmp_path: Path, free_endp
         run_capture(CaptureConfig(sources=["demo", str(tmp_path / "missing.mp4")]), _wire(free_endpoint), stop)
     with pytest.raises(EndpointError, match="cannot resolve host"):
         run_capture(CaptureConfig(sources=["demo"]), _wire("tcp://no-such-host.invalid:5555"), stop)
+
+
+def _source_states(status_path: Path) -> list[dict]:
+    try:
+        return json.loads(status_path.read_text()).get("sources", [])
+    except (OSError, ValueError):
+        return []
+
+
+def test_a_stalled_stream_is_shown_stale_and_reopened(tmp_path: Path, free_endpoint: str) -> None:
+    """Issue 12 item 4: a stream whose connection stays open but sends nothing was invisible for 30 s
+    (FFmpeg's default read timeout). Now it is stale after `capture.read_timeout_s`, in the status file
+    and the `run` status line, and reopened; it delivers again once the camera does."""
+    status_path = tmp_path / "status-capture.json"
+    # 1st connection: 30 frames, then silence on an open connection; later ones: a header, then silence
+    with MjpegServer(plan=[30, 0]) as server:
+        capture = CaptureConfig(
+            sources=[server.url], fps=30, height=16, width=16, novelty_threshold=0.0,
+            read_timeout_s=1.0, reconnect_backoff_s=0.1, reconnect_max_backoff_s=0.2,
+        )
+        with CaptureThread(capture, _wire(free_endpoint), status_path=status_path) as cap:
+            wait_for(lambda: [s["state"] for s in _source_states(status_path)] == ["stale"], poll=lambda: time.sleep(0.1))
+            line = format_pipeline_status(
+                {"capture": json.loads(status_path.read_text())}, elapsed_s=9.0, restarts={}
+            )
+            assert f"stream '{server.url}' stale" in line, line
+            server.plan = [None]  # the camera comes back: the next reopen gets frames
+            wait_for(lambda: [s["state"] for s in _source_states(status_path)] == ["ok"], poll=lambda: time.sleep(0.1))
+        stats = cap.finish()
+    assert stats.reconnects >= 1 and stats.frames_read > 30
+    assert server.connections >= 2  # the stalled connection was given up and the stream reopened

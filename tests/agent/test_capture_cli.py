@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -9,11 +10,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 import zmq
 
+from tests.agent.mjpeg_server import MjpegServer
 from tests.conftest import REPO, free_tcp_endpoint
 
 
@@ -39,6 +43,7 @@ def error_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         "endpoint": ("--source", "demo", "--endpoint", "tcp://127.0.0.1:notaport", "--publish", "none"),
         "publish": ("--source", "demo", "--endpoint", free_tcp_endpoint(), "--publish", taken),
         "junk": ("--source", str(junk), "--endpoint", free_tcp_endpoint(), "--publish", "none"),
+        "missing": ("--source", str(video.parent / "missing.mp4"), "--endpoint", free_tcp_endpoint(), "--publish", "none"),
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {
@@ -85,6 +90,56 @@ def test_unbindable_publish_endpoint_is_a_one_line_error(error_runs: dict) -> No
 def test_a_folder_of_only_unreadable_images_is_a_one_line_error(error_runs: dict) -> None:
     """It used to exit 0 after sending nothing."""
     _assert_one_line_error(error_runs["junk"], "junk-images", "none of its 2 files could be read")
+
+
+def test_a_missing_video_is_a_one_line_error(error_runs: dict) -> None:
+    _assert_one_line_error(error_runs["missing"], "missing.mp4", "does not exist")
+
+
+def test_a_camera_stream_absent_at_start_is_waited_for(tmp_path: Path) -> None:
+    """Issue 12 item 3: a live source whose first connect failed made capture exit 2 at once (and `run`
+    restart it until its budget was spent). Now it is waited for with the reconnect back-off, shown as
+    waiting in the status file, and read once it appears."""
+    port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+    url = f"http://127.0.0.1:{port}/video.mjpg"
+    status_path = tmp_path / "status-capture.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = _capture_cmd(
+        "--source", url, "--endpoint", free_tcp_endpoint(), "--publish", "none", "--status-file", str(status_path),
+        "capture.height=16", "capture.width=16", "capture.reconnect_backoff_s=0.2", "capture.reconnect_max_backoff_s=0.5",
+    )
+    log_path = tmp_path / "capture.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+
+    def sources() -> list[dict]:
+        assert proc.poll() is None, f"capture exited ({proc.returncode}): {log_path.read_text()[-2000:]}"
+        try:
+            return json.loads(status_path.read_text()).get("sources", [])
+        except (OSError, ValueError):
+            return []
+
+    def wait_until(predicate, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.1)
+
+    try:
+        wait_until(lambda: [(s["name"], s["state"]) for s in sources()] == [(f"stream {url!r}", "waiting")])
+        time.sleep(1.0)  # a few refused connects later it is still there
+        assert [s["state"] for s in sources()] == ["waiting"]
+        with MjpegServer(port=port) as server:
+            wait_until(lambda: [s["state"] for s in sources()] == ["ok"] and sources()[0]["frames_read"] > 0)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 0, log_path.read_text()[-2000:]
+        assert server.connections >= 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = log_path.read_text()
+    assert "waiting for it" in log and "Traceback" not in log, log[-2000:]
 
 
 def test_capture_keeps_running_and_counts_drops_with_no_trainer() -> None:
