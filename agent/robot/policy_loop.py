@@ -20,7 +20,7 @@ import numpy as np
 from agent.core.atomic import write_status
 from agent.core.errors import SourceError
 from agent.robot.runtime import HotEncoder
-from agent.robot.sources import FrameSource, SourceExhausted
+from agent.robot.source_base import FrameSource, SourceExhausted
 
 log = logging.getLogger(__name__)
 _RECONNECT_S = 1.0

@@ -1,0 +1,106 @@
+"""A folder (read recursively) or a glob of image files as one finite frame source."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from agent.core.errors import SourceError
+from agent.core.frames import bgr_to_rgb, read_image_bgr
+from agent.robot.source_base import FrameSource, SourceExhausted
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class ImageFilesSource(FrameSource):
+    """Still images from a folder (searched recursively) or a glob pattern, in sorted path order.
+
+    With `shuffle`, each pass goes through the files in a new random order (seeded, so a run
+    reproduces it): a folder sorted by class is otherwise a class-after-class stream.
+
+    An unreadable file is skipped with a warning; a folder that vanishes is a lost source, and
+    reopening it resumes at the same position. Images with 16-bit samples are scaled by `bit_depth`
+    or the depth the file states (`agent.core.frames.read_image_bgr`).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        loop: bool = False,
+        pattern: Optional[bool] = None,
+        shuffle: bool = False,
+        bit_depth: Optional[int] = None,
+    ) -> None:
+        self._is_glob = any(ch in spec for ch in "*?[") if pattern is None else pattern
+        super().__init__(f"image glob {spec!r}" if self._is_glob else f"image folder '{spec}'")
+        self.spec, self.loop, self.bit_depth = spec, loop, bit_depth
+        self._order = np.random.default_rng(0) if shuffle else None
+        self._files: list[str] = []
+        self._index = 0
+        self.skipped = 0
+        self.delivered = 0
+
+    @property
+    def finite(self) -> bool:
+        return not self.loop
+
+    def _list(self) -> list[str]:
+        if self._is_glob:
+            files = [p for p in glob.glob(self.spec, recursive=True) if os.path.isfile(p)]
+            if not files:
+                raise SourceError(f"{self.name} matches no files")
+            return sorted(files)
+        root = Path(self.spec)
+        if not root.is_dir():
+            raise SourceError(f"{self.name} does not exist")
+        files = [str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        if not files:
+            raise SourceError(f"{self.name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return sorted(files)
+
+    def connect(self) -> None:
+        """List the files; before the first image is delivered, also check that one decodes, so a
+        folder of only unreadable files is a start-up error rather than a capture that sends nothing."""
+        files = self._list()
+        if self.delivered == 0 and not any(read_image_bgr(path, self.bit_depth) is not None for path in files):
+            raise SourceError(f"{self.name}: none of its {len(files)} files could be read as an image")
+        self._files = files
+        if self._index == 0:  # a reconnect resumes the pass it was in
+            self._shuffle()
+
+    def _shuffle(self) -> None:
+        if self._order is not None:
+            self._files = [self._files[i] for i in self._order.permutation(len(self._files))]
+
+    def read(self) -> np.ndarray:
+        if not self._files:
+            raise SourceError(f"{self.name} is not connected")
+        for _ in range(len(self._files)):
+            if self._index >= len(self._files):
+                if self.delivered == 0:
+                    break  # a whole pass without one readable image
+                if not self.loop:
+                    raise SourceExhausted(f"{self.name} has no more images")
+                self._index = 0
+                self._shuffle()
+            path = self._files[self._index]
+            self._index += 1
+            bgr = read_image_bgr(path, self.bit_depth)
+            if bgr is not None:
+                self.delivered += 1
+                return bgr_to_rgb(bgr)
+            if not os.path.exists(path):
+                raise SourceError(f"{self.name}: {path} has disappeared")
+            self.skipped += 1
+            log.warning("%s: skipping unreadable image %s", self.name, path)
+        raise SourceError(f"{self.name}: none of its {len(self._files)} files could be read as an image")
+
+    def disconnect(self) -> None:
+        self._files = []

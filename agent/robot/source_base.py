@@ -1,0 +1,70 @@
+"""What every frame source is: `FrameSource` (connect / read / disconnect, a context manager) and its end.
+
+`read()` returns uint8 HxWx3 RGB at the source's native size and raises `SourceError` when the
+source is lost (the capture loop reopens it) or `SourceExhausted` when a finite source has ended.
+The kinds of source live in agent/robot/opencv_sources.py (camera, stream URL, video file),
+agent/robot/image_files.py (folder, glob) and agent/robot/sources.py (the demo scene, another
+capture's PUB, and `open_source`, which picks one for a spec).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Optional
+
+import numpy as np
+
+from agent.core.errors import SourceError
+
+
+class SourceExhausted(SourceError):
+    """A finite source (video file, image folder) has delivered its last frame: an end, not a failure."""
+
+
+class FrameSource(ABC):
+    """One stream of RGB frames. Use from a single thread; `connect` again after a loss to reopen.
+
+    `live` sources (cameras, streams, subscriptions) deliver at their own pace; the others are
+    paced by the reader (a video by its own timestamps, the rest at the configured fps). A source
+    that relays several cameras (a subscription) sets `camera_id` to the camera of each frame it
+    returns; capture keeps those ids, where a one-camera source gets `capture.camera_id_base` + its index.
+    """
+
+    live: bool = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.camera_id: Optional[int] = None  # set by a source of several cameras: whose was the last frame read
+
+
+    @property
+    def finite(self) -> bool:
+        """True if the source ends (capture stops when all its finite sources have)."""
+        return False
+
+    @property
+    def media_time_s(self) -> Optional[float]:
+        """Position of the last frame read within a recording, in seconds; None for live sources."""
+        return None
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the source; raises SourceError naming what could not be opened."""
+
+    @abstractmethod
+    def read(self) -> np.ndarray:
+        """Next frame as uint8 HxWx3 RGB; SourceError when lost, SourceExhausted at the end."""
+
+    @abstractmethod
+    def disconnect(self) -> None:
+        """Release the device or file; safe to call when not connected."""
+
+    def __enter__(self) -> "FrameSource":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

@@ -1,0 +1,252 @@
+"""One source's background read loop (`SourceReader`), written once for every kind of source.
+
+It connects (a live source absent at start is waited for with back-off), reads, fits each frame to
+the stored size and channels, paces recordings and the demo scene (`_Pacer`), reopens a lost source
+with exponential back-off and hands frames to capture's main loop (`_Handoff`: the newest only for
+live pacing, a short waiting queue when every frame must be kept). An `agent.core.worker.Worker`:
+its errors are stored and re-raised in the main loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from agent.core.config import CaptureConfig, Pace
+from agent.core.errors import ByolAgentError, SourceError
+from agent.core.frames import fit_frame, to_channels
+from agent.core.repeats import backoff_s
+from agent.core.worker import Worker
+from agent.robot.source_base import FrameSource, SourceExhausted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Grab:
+    image: np.ndarray
+    timestamp: float  # time.time() when the frame was grabbed (after pacing)
+    camera_id: Optional[int] = None  # the relayed camera of a several-camera source; None: the reader's own
+
+
+class _Handoff:
+    """Reader → main loop: keep only the newest frame (realtime) or a bounded queue that waits (asap)."""
+
+    def __init__(self, overwrite: bool, depth: int, wake: threading.Event) -> None:
+        self._overwrite, self._depth, self._wake = overwrite, depth, wake
+        self._items: collections.deque[Grab] = collections.deque()
+        self._cond = threading.Condition()
+
+    def put(self, item: Grab, halt: threading.Event) -> None:
+        with self._cond:
+            if self._overwrite:
+                if len(self._items) >= self._depth:
+                    self._items.popleft()
+            else:
+                while len(self._items) >= self._depth and not halt.is_set():
+                    self._cond.wait(0.1)
+            self._items.append(item)
+        self._wake.set()
+
+    def take(self) -> Optional[Grab]:
+        with self._cond:
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
+
+
+class _Pacer:
+    """Releases a recording's frames at the speed they were recorded (or at `fps` without timestamps)."""
+
+    def __init__(self, fps: float) -> None:
+        self._period = 1.0 / fps
+        self.reset()
+
+    def reset(self) -> None:
+        self._anchor: Optional[float] = None
+        self._base = 0.0
+        self._count = 0
+
+    def wait(self, media_time: Optional[float], halt: threading.Event) -> None:
+        now = time.monotonic()
+        self._count += 1
+        offset = (media_time - self._base) if media_time is not None else self._count * self._period
+        if self._anchor is None or offset < 0 or now - (self._anchor + offset) > 1.0:
+            # first frame, a looped video, or far behind: restart the clock rather than burst
+            self._anchor, self._base, self._count = now, media_time or 0.0, 0
+            return
+        halt.wait(max(0.0, self._anchor + offset - now))
+
+
+class SourceReader(Worker):
+    """One source's background read loop (an `agent.core.worker.Worker`): read, fit, pace, hand off;
+    reopen with backoff when lost. `halt` is the stop event shared by all of a capture's readers."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        cfg: CaptureConfig,
+        *,
+        pace: Pace,
+        wake: threading.Event,
+        halt: threading.Event,
+        lossless: bool = False,
+        name: str = "capture-reader",
+    ) -> None:
+        super().__init__(name, stop_event=halt)
+        self.source, self._cfg, self._pace = source, cfg, pace
+        # a lossless capture keeps every frame of a finite source: the reader waits for the main loop
+        # (a recording faster than capture.fps then plays slower instead of being thinned)
+        self.keep_all = lossless and source.finite
+        overwrite = pace == "realtime" and not self.keep_all
+        self._handoff = _Handoff(overwrite=overwrite, depth=1 if overwrite else 2, wake=wake)
+        self._wake_main = wake
+        self._opened = threading.Event()
+        self._retries = 0  # reopen attempts since the last frame read; sets the back-off
+        self._reopening = False  # in `_reopen`: lost (or not there yet) and being retried
+        self._last_frame_at: Optional[float] = None  # time.monotonic() of the last frame read
+        self._read_timeout_s = cfg.read_timeout_s
+        self._fit = cfg.height, cfg.width, cfg.resize
+        self._pacer = _Pacer(cfg.fps) if pace == "realtime" and not source.live else None
+        self.frames_read = 0
+        self.stale = 0
+        self.reconnects = 0
+        self.exhausted = False
+
+    def wait_opened(self, stop: threading.Event) -> None:
+        """Block until the first connect finished; re-raise its error (a bad source fails at start-up)."""
+        while not self._opened.wait(0.1):
+            if stop.is_set():
+                return
+        self.check()
+
+    @property
+    def done(self) -> bool:
+        """The loop has ended (source exhausted, failed or halted) and every frame was taken."""
+        return not self.alive and self._handoff.empty()
+
+    def read_latest(self, max_age_s: Optional[float] = None) -> Optional[Grab]:
+        """The newest frame not yet taken, or None; a frame older than `max_age_s` is refused (stale)."""
+        grab = self._handoff.take()
+        if grab is not None and max_age_s is not None and time.time() - grab.timestamp > max_age_s:
+            self.stale += 1
+            return None
+        return grab
+
+    def state(self, now: Optional[float] = None) -> str:
+        """What the source is doing, for the status file and the `run` status line:
+
+        "failed" (its error ended the reader) · "ended" (a finite source ran out) · "waiting" (a live
+        source that has not delivered a frame yet: not there, or connected and silent) · "stale" (a
+        live source whose last frame is `capture.read_timeout_s` or more old, lost or not) · "lost"
+        (being reopened) · "ok". `now`: time.monotonic().
+        """
+        if self.error is not None:
+            return "failed"
+        if self.exhausted:
+            return "ended"
+        if self.source.live:
+            if self._last_frame_at is None:
+                return "waiting"
+            if (time.monotonic() if now is None else now) - self._last_frame_at >= self._read_timeout_s:
+                return "stale"
+        return "lost" if self._reopening else "ok"
+
+    def status(self, now: Optional[float] = None) -> dict:
+        """The source's line in the status file: name, state, frames read, reopens, age of the newest frame (s)."""
+        now = time.monotonic() if now is None else now
+        age = None if self._last_frame_at is None else round(now - self._last_frame_at, 2)
+        return {
+            "name": self.source.name, "state": self.state(now), "frames_read": self.frames_read,
+            "reconnects": self.reconnects, "last_frame_age_s": age,
+        }
+
+    def initialize(self) -> None:
+        try:
+            self.source.connect()
+        except SourceError as exc:
+            if not self.source.live:
+                raise  # a file that cannot be opened now will not open later: a start-up error
+            self._opened.set()  # a camera or stream that is not up yet is waited for like a lost one
+            self._reopen(exc)
+        finally:
+            self._opened.set()
+
+    def loop_once(self) -> bool:
+        try:
+            raw = self.source.read()
+        except SourceExhausted:
+            self.exhausted = True
+            log.info("%s: end of input after %d frames", self.source.name, self.frames_read)
+            return False
+        except SourceError as exc:
+            if not self._reopen(exc):
+                return False
+            if self._pacer is not None:
+                self._pacer.reset()
+            return True
+        self._retries = 0
+        self._last_frame_at = time.monotonic()
+        self.frames_read += 1
+        image = to_channels(fit_frame(raw, *self._fit), self._cfg.channels)  # a mono capture stores gray
+        if self._pacer is not None:
+            self._pacer.wait(self.source.media_time_s, self.stop_event)
+        self._handoff.put(Grab(image=image, timestamp=time.time(), camera_id=self.source.camera_id), self.stop_event)
+        return True
+
+    def shutdown(self) -> None:
+        self.source.disconnect()
+        self._wake_main.set()
+
+    def _reopen(self, exc: SourceError) -> bool:
+        """Reopen with exponential backoff until it works (True) or capture is stopping (False).
+
+        A live source that has not delivered a frame yet (absent at start) is waited for the same way."""
+        self._reopening = True
+        try:
+            return self._reopen_with_backoff(exc, waiting=self.source.live and self.frames_read == 0)
+        finally:
+            self._reopening = False
+
+    def _reopen_with_backoff(self, exc: SourceError, waiting: bool) -> bool:
+        name = self.source.name
+        delay = self._next_delay()
+        if waiting:
+            log.warning("%s is not there: %s; waiting for it (next try in %.1f s)", name, exc, delay)
+        else:
+            log.warning("%s lost: %s; reopening in %.1f s", name, exc, delay)
+        attempts = 0
+        while True:
+            self.source.disconnect()
+            if self.stop_event.wait(delay):
+                return False
+            attempts += 1
+            try:
+                self.source.connect()
+            except ByolAgentError as err:
+                delay = self._next_delay()
+                what = "still waiting, attempt" if waiting else "reopen attempt"
+                log.warning("%s: %s %d failed: %s; next in %.1f s", name, what, attempts, err, delay)
+                continue
+            if waiting:
+                log.warning("%s connected after %d attempt(s)", name, attempts)
+            else:
+                self.reconnects += 1
+                log.warning("%s reopened after %d attempt(s)", name, attempts)
+            return True
+
+    def _next_delay(self) -> float:
+        self._retries += 1
+        return backoff_s(self._retries, first_s=self._cfg.reconnect_backoff_s, max_s=self._cfg.reconnect_max_backoff_s)
