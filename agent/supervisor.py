@@ -208,7 +208,7 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
         f"frames read {num(cap, 'frames_read')} kept {num(cap, 'kept')} (novelty skipped {num(cap, 'skipped_novelty')})",
         f"sent {num(cap, 'sent')} dropped {num(cap, 'dropped')}",
         *_source_notes(cap.get("sources")),
-        f"in {num(trn, 'frames_in')}",
+        f"in {num(trn, 'frames_in_session' if 'frames_in_session' in trn else 'frames_in')}",
         f"buffer {num(trn, 'buffer_size')} ({num(trn, 'buffer_fill', '{:.0%}')})",
         f"step {num(trn, 'step')} ({num(trn, 'steps_per_s', '{:.2f}')}/s)",
         f"loss {num(trn, 'loss', '{:.3f}')}",

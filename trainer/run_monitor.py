@@ -10,6 +10,7 @@ logs their results; a failed probe is logged, never fatal. Handed the `train` se
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import asdict
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_CLOSE_TIMEOUT_S = 120.0
+RATE_WINDOW_S = 10.0  # the status line's steps/s and images/s average over this
 
 
 class _Window:
@@ -49,6 +51,29 @@ class _Window:
         return steps_per_s, steps_per_s * batch_size
 
 
+class StepRate:
+    """Steps per second over the last `window_s` seconds of samples, for the status line.
+
+    Unlike a metrics window (which restarts every `train.metrics_every` steps and has no rate until
+    its first step), this always has a value once two samples lie `min_span_s` apart, and it falls
+    to 0 while training waits instead of flipping to "-".
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, min_span_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s, self._min_span_s, self._clock = window_s, min_span_s, clock
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def update(self, step: int) -> Optional[float]:
+        """Record `step` now; the rate over the window (None until samples span `min_span_s`)."""
+        now = self._clock()
+        self._samples.append((now, step))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self._window_s:
+            self._samples.popleft()
+        t0, s0 = self._samples[0]
+        return (step - s0) / (now - t0) if now - t0 >= self._min_span_s else None
+
+
 class RunMonitor:
     """Reports a run through `metrics`; see the module docstring."""
 
@@ -66,6 +91,8 @@ class RunMonitor:
         self._train_step, self._buffer, self._state = train_step, buffer, state
         self.quality = quality
         self._window = _Window(state.step)
+        self._rate = StepRate()
+        self._frames_in_at_start = state.counters.frames_in  # frames in before this process (a resumed run)
         self._last_probe: Optional["EvalResult"] = None
         self._probe_submitted_at: Optional[int] = None
 
@@ -97,7 +124,11 @@ class RunMonitor:
         if state == "waiting for frames":
             state = f"waiting for frames ({len(self._buffer)}/{self._buffer.min_fill} stored)"
         if force or self.metrics.due():
-            self.metrics.status(self._fields(state), force=force)
+            fields = self._fields(state)
+            steps_per_s = self._rate.update(self._state.step)
+            fields["steps_per_s"] = steps_per_s
+            fields["img_per_s"] = None if steps_per_s is None else steps_per_s * self._cfg.batch_size
+            self.metrics.status(fields, force=force)
 
     # -- quality probes ---------------------------------------------------------------------------
 
@@ -152,6 +183,7 @@ class RunMonitor:
             "steps_per_s": steps_per_s,
             "img_per_s": img_per_s,
             "frames_in": c.frames_in,
+            "frames_in_session": c.frames_in - self._frames_in_at_start,
             "frames_malformed": c.frames_malformed,
             "frames_dropped": c.frames_malformed + c.frames_rejected,
             "connections_refused": c.connections_refused,

@@ -27,3 +27,19 @@ def test_metrics_lines_status_file_and_live_line(tmp_path):
     assert [r["step"] for r in lines] == [1, 2] and lines[0]["loss"] is None and lines[1]["loss"] == 1.5
     live = out.getvalue().splitlines()
     assert len(live) == 1 and "step 2" in live[0] and "buffer 50%" in live[0]
+
+
+def test_status_rate_is_averaged_over_a_window_and_falls_to_zero_while_waiting() -> None:
+    from trainer.run_monitor import StepRate
+
+    now = [0.0]
+    rate = StepRate(window_s=10.0, min_span_s=1.0, clock=lambda: now[0])
+    seen = []
+    for t in range(0, 21):  # 2 steps/s for 20 s, sampled every second
+        now[0] = float(t)
+        seen.append(rate.update(2 * t))
+    assert seen[0] is None and all(abs(r - 2.0) < 1e-9 for r in seen[1:])  # never "-" once it has a span
+    for t in range(21, 40):  # training waits: the step stays at 40
+        now[0] = float(t)
+        last = rate.update(40)
+    assert last == 0.0
