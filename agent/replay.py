@@ -12,29 +12,39 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from agent.core.config import CaptureConfig, Config, Pace
+from agent.core.config import CaptureConfig, Config, Pace, dump_config
 from agent.core.errors import SourceError
+from agent.core.worker import Worker
 from agent.robot.sources import check_sources
 from agent.supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from trainer.continual import ContinualTrainer
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_ANY_PORT = "tcp://127.0.0.1:*"
 CAPTURE_STOP_TIMEOUT_S = 15.0
 WATCH_EVERY_S = 0.2
+PROGRESS_EVERY_S = 0.5
 
 
-def check_recordings(paths: list[str], capture_cfg: CaptureConfig) -> None:
+def check_recordings(paths: list[str], capture_cfg: CaptureConfig) -> list[Optional[int]]:
     """Open each recording and decode its first frame (`check_sources`, the check `run` makes too);
-    SourceError (one line) names the first bad one, or a source that is not a recording."""
+    returns each one's frame count (None where the container does not say). SourceError (one line)
+    names the first bad one, or a source that is not a recording."""
     if not paths:
         raise SourceError("no recordings given (expected one or more video files, image folders or globs)")
+    counts = []
     for source in check_sources(paths, capture_cfg):
         if not source.finite:
             raise SourceError(f"{source.name} is not a recording (replay takes video files, image folders or globs)")
+        counts.append(source.frame_count)
+    return counts
 
 
 def replay_config(cfg: Config, paths: list[str]) -> Config:
@@ -90,19 +100,103 @@ class ReplayCapture:
         self._supervisor.stop()
 
 
-def replay(cfg: Config, paths: list[str], run_dir: Path, *, pace: Pace, stop: threading.Event) -> int:
-    """Train on `paths` through capture → wire → trainer; returns 0, raises SourceError for bad input."""
-    check_recordings(paths, cfg.capture)
+def replay(
+    cfg: Config, paths: list[str], run_dir: Path, *, pace: Pace, stop: threading.Event, progress: Optional[bool] = None
+) -> int:
+    """Train on `paths` through capture → wire → trainer; returns 0, raises SourceError for bad input.
+
+    Each frame gets `train.replay_ratio` updates (so the run takes about ratio × frames steps, and a
+    frame appears in about ratio × batch samples). A rerun on the same run dir resumes the trainer
+    from its checkpoint and capture from the frames each recording already delivered
+    (`capture.start_frames`, from the checkpoint's per-camera counts): nothing is read twice.
+    `progress` (default: when stderr is a terminal) shows a bar with steps, frames and an ETA; the
+    trainer's own status lines then go to RUN_DIR/logs/replay-trainer.log.
+    """
+    counts = check_recordings(paths, cfg.capture)
     from agent.pipeline import build_trainer  # torch loads only once the recordings are known good
 
     cfg = replay_config(cfg, paths)
     run_dir = Path(run_dir)
-    trainer = build_trainer(cfg, run_dir, lossless=pace == "asap")
-    capture = ReplayCapture(run_dir / "config.yaml", pace, run_dir / "logs")
+    show = sys.stderr.isatty() if progress is None else progress
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    trainer_log = open(run_dir / "logs" / "replay-trainer.log", "a") if show else None
     try:
-        trainer.run(stop, input_done=capture.done, on_bound=capture.start)
+        trainer = build_trainer(cfg, run_dir, lossless=pace == "asap", stream=trainer_log)
+        base = cfg.capture.camera_id_base
+        delivered = [trainer.counters.frames_per_camera.get(base + i, 0) for i in range(len(paths))]
+        capture_cfg = cfg.model_copy(update={"capture": cfg.capture.model_copy(update={"start_frames": delivered})})
+        capture_config = run_dir / "replay-capture.yaml"
+        dump_config(capture_cfg, capture_config)
+        plan = ReplayPlan(counts, delivered, cfg.train.replay_ratio, cfg.train.batch_size, trainer.step)
+        print(f"replay: {plan.describe()}", file=sys.stderr, flush=True)
+        capture = ReplayCapture(capture_config, pace, run_dir / "logs")
+        bar = ReplayProgress(trainer, plan) if show else None
+        try:
+            if bar is not None:
+                bar.start()
+            trainer.run(stop, input_done=capture.done, on_bound=capture.start)
+        finally:
+            capture.stop()
+            if bar is not None:
+                bar.stop(timeout_s=5.0)
+                bar.close()
     finally:
-        capture.stop()
+        if trainer_log is not None:
+            trainer_log.close()
     if capture.failure is not None:
         raise SourceError(capture.failure)
     return 0
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """How much work a replay is: frames per recording (None: unknown), already delivered, updates per frame."""
+
+    counts: list[Optional[int]]
+    delivered: list[int]
+    ratio: float
+    batch_size: int
+    start_step: int
+
+    @property
+    def total_frames(self) -> Optional[int]:
+        return None if any(c is None for c in self.counts) else sum(self.counts)
+
+    @property
+    def total_steps(self) -> Optional[int]:
+        frames = self.total_frames
+        return None if frames is None else int(self.ratio * frames)
+
+    def describe(self) -> str:
+        frames, done = self.total_frames, sum(self.delivered)
+        what = f"{frames} frames" if frames is not None else "frames (count unknown)"
+        resumed = f", resuming after {done} already trained on (step {self.start_step})" if done else ""
+        steps = f" = about {self.total_steps} steps" if self.total_steps is not None else ""
+        return (f"{what} in {len(self.counts)} recording(s){resumed}; train.replay_ratio {self.ratio:g} updates per "
+                f"frame{steps} (each frame in ~{self.ratio * self.batch_size:.0f} samples of batch {self.batch_size}); "
+                "lower train.replay_ratio for a faster, lighter pass")
+
+
+class ReplayProgress(Worker):
+    """A progress bar (tqdm, on stderr) of the trainer's steps against the plan, with frames in and an ETA."""
+
+    def __init__(self, trainer: "ContinualTrainer", plan: ReplayPlan) -> None:
+        super().__init__("replay-progress")
+        from tqdm import tqdm
+
+        self._trainer, self._plan = trainer, plan
+        self._bar = tqdm(total=plan.total_steps, initial=plan.start_step, unit="step", desc="replay",
+                         dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+
+    def loop_once(self) -> None:
+        self._refresh()
+        self.stop_event.wait(PROGRESS_EVERY_S)
+
+    def _refresh(self) -> None:
+        frames = self._plan.total_frames
+        self._bar.n = self._trainer.step
+        self._bar.set_postfix_str(f"frames {self._trainer.counters.frames_in}/{frames if frames is not None else '?'}")
+
+    def close(self) -> None:
+        self._refresh()
+        self._bar.close()

@@ -158,6 +158,24 @@ def test_replay_of_a_video_trains_until_it_is_used_up_and_exports(tmp_path):
     assert (run / "exports" / "LATEST").exists()
 
 
+def test_a_resumed_replay_continues_where_it_stopped_instead_of_reading_again(tmp_path):
+    """Issue 13 item 3: a rerun re-read every video from the start (frames in 128 -> 256, a growing step target)."""
+    video, run = tmp_path / "clip.avi", tmp_path / "run"
+    write_video(video, 40)
+    argv = [*CLI, "replay", "--run-dir", str(run), "--pace", "asap", str(video), *TINY, "train.replay_ratio=2",
+            "train.checkpoint_every=1000", "export.every_steps=null"]
+    first = subprocess.run([*argv, "--max-steps", "50"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    stopped = read_checkpoint(list_checkpoints(run)[0][1])
+    assert stopped["step"] == 50 and 0 < stopped["counters"]["frames_in"] < 40
+    second = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"resuming after {stopped['counters']['frames_in']} already trained on" in second.stderr
+    final = read_checkpoint(list_checkpoints(run)[0][1])
+    assert final["counters"]["frames_in"] == 40 and final["counters"]["frames_per_camera"] == {0: 40}
+    assert final["step"] == 2 * 40  # the same budget as one uninterrupted replay
+
+
 def test_unreadable_video_and_bad_endpoint_are_one_line_errors(tmp_path):
     fake = tmp_path / "notes.avi"
     fake.write_bytes(b"this is not a video" * 10)

@@ -160,7 +160,7 @@ class ContinualTrainer:
             except OSError as exc:  # a record for people, not needed to train
                 log.warning("config.yaml not written: %s", exc.strerror or exc)
         receiver = self._open_receiver()
-        self._prior = copy.copy(self.counters)
+        self._prior = copy.deepcopy(self.counters)
         self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
         self.monitor = RunMonitor(
             MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
@@ -243,6 +243,9 @@ class ContinualTrainer:
         c.frames_malformed = p.frames_malformed + ing.frames_malformed
         c.frames_rejected = p.frames_rejected + ing.frames_rejected
         c.connections_refused = p.connections_refused + ing.connections_refused
+        received = dict(ing.per_camera)  # a copy: the ingest thread adds cameras
+        c.frames_per_camera = {cam: p.frames_per_camera.get(cam, 0) + received.get(cam, 0)
+                               for cam in set(p.frames_per_camera) | set(received)}
 
     def _train_step(self) -> Optional[float]:
         """One BYOL update; None when the loss was not finite (step skipped and counted)."""

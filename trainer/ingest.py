@@ -74,6 +74,7 @@ class Ingestor(Worker):
         self.frames_rejected = 0
         self.idle_since: Optional[float] = None  # set while receiving finds nothing, None otherwise
         self.arrived = threading.Event()  # set on every stored frame; the trainer clears it
+        self.per_camera: dict[int, int] = {}  # frames received by camera id
         self.cameras_seen: set[int] = set()
         self.cameras_ended: set[int] = set()  # cameras whose finite source said it ended (and sent nothing since)
 
@@ -119,6 +120,7 @@ class Ingestor(Worker):
             return
         self.cameras_seen.add(frame.camera_id)
         self.cameras_ended.discard(frame.camera_id)  # the camera is back (a restarted capture, a new file)
+        self.per_camera[frame.camera_id] = self.per_camera.get(frame.camera_id, 0) + 1
         fitted = fit_to_buffer(frame, self._buffer.frame_shape)
         stored = fitted is not None and self._buffer.add(fitted)
         self.frames_in += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -50,6 +50,7 @@ class Counters:
     restores: int = 0
     last_export_version: Optional[int] = None
     last_export_step: int = 0
+    frames_per_camera: dict[int, int] = field(default_factory=dict)  # frames received, by camera id
 
 
 class RunState:
@@ -99,6 +100,7 @@ class RunState:
         restore_rng(ckpt["rng"])
         self.sampler.set_state(ckpt["rng"]["sampler"])
         self.counters = Counters(**{k: v for k, v in ckpt["counters"].items() if k in Counters.__dataclass_fields__})
+        self.counters.frames_per_camera = {int(k): int(v) for k, v in self.counters.frames_per_camera.items()}
         if ckpt.get("buffer") is not None:
             try:
                 self._buffer.load_state_dict(ckpt["buffer"])

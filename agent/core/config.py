@@ -51,6 +51,11 @@ class CaptureConfig(_Section):
         "LIVE_NOVELTY_THRESHOLD (0.003) for live sources, above a still camera's noise (benchmarks/bench_novelty.py)",
     )
     camera_id_base: int = Field(0, ge=0, le=60000, description="camera id of the first source")
+    start_frames: list[int] = Field(
+        default_factory=list,
+        description="per source, in order: frames of a recording to skip at the start (a resumed replay continues "
+        "where it stopped); missing entries are 0",
+    )
     lossless: Optional[bool] = Field(
         None,
         description="wait for the trainer instead of dropping frames; None = lossless when every source is finite "

@@ -199,7 +199,8 @@ def run_capture(
     wake, halt = threading.Event(), threading.Event()
     with FrameSender(wire.endpoint, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish, security=security) as sender:
         readers = [
-            SourceReader(src, capture, pace=pace, wake=wake, halt=halt, lossless=lossless, name=f"capture-{i}")
+            SourceReader(src, capture, pace=pace, wake=wake, halt=halt, lossless=lossless, name=f"capture-{i}",
+                         start_frame=capture.start_frames[i] if i < len(capture.start_frames) else 0)
             for i, src in enumerate(sources)
         ]
         loop = _CaptureLoop(capture, readers, sender, pace, stop)

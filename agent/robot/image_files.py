@@ -65,6 +65,13 @@ class ImageFilesSource(FrameSource):
             raise SourceError(f"{self.name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return sorted(files)
 
+    @property
+    def frame_count(self) -> Optional[int]:
+        return len(self._files) or None
+
+    def start_at(self, frame: int) -> None:
+        self._index = max(0, int(frame))  # the first pass starts there (in the sorted or seeded order)
+
     def connect(self) -> None:
         """List the files; before the first image is delivered, also check that one decodes, so a
         folder of only unreadable files is a start-up error rather than a capture that sends nothing."""

@@ -159,16 +159,23 @@ class VideoFileSource(_OpenCVSource):
         if not self.path.is_file() or not os.access(self.path, os.R_OK):
             raise SourceError(f"{self.name} is not a readable file")
         super().connect()
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self._reported = int(count) if math.isfinite(count) and count > 0 else 0
         if self._position:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, self._position)
             return
-        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        self._reported = int(count) if math.isfinite(count) and count > 0 else 0
         self._pending = self._decode()
         if self._pending is None:
             self.disconnect()
             raise SourceError(f"{self.name} has no decodable frames (not a video, or a codec OpenCV lacks)")
         self._media_time = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+
+    @property
+    def frame_count(self) -> Optional[int]:
+        return self._reported or None
+
+    def start_at(self, frame: int) -> None:
+        self._position = max(0, int(frame))  # connect seeks there (CAP_PROP_POS_FRAMES), as a reopen does
 
     def _open_error(self) -> str:
         return f"{self.name} cannot be decoded (not a video, or a container OpenCV lacks)"

@@ -47,6 +47,17 @@ class FrameSource(ABC):
         """Position of the last frame read within a recording, in seconds; None for live sources."""
         return None
 
+    @property
+    def frame_count(self) -> Optional[int]:
+        """Frames a recording holds (known once connected); None when unknown or unbounded."""
+        return None
+
+    def start_at(self, frame: int) -> None:
+        """Begin `frame` frames in at the first connect, skipping those before (a resumed replay continues
+        where it stopped). SourceError for a source that cannot (only recordings can)."""
+        if frame:
+            raise SourceError(f"{self.name} cannot start part-way: only recordings (files, folders) can")
+
     @abstractmethod
     def connect(self) -> None:
         """Open the source; raises SourceError naming what could not be opened."""

@@ -103,10 +103,12 @@ class SourceReader(Worker):
         wake: threading.Event,
         halt: threading.Event,
         lossless: bool = False,
+        start_frame: int = 0,
         name: str = "capture-reader",
     ) -> None:
         super().__init__(name, stop_event=halt)
         self.source, self._cfg, self._pace = source, cfg, pace
+        self._start_frame = start_frame
         # a lossless capture keeps every frame of a finite source: the reader waits for the main loop
         # (a recording faster than capture.fps then plays slower instead of being thinned)
         self.keep_all = lossless and source.finite
@@ -175,6 +177,9 @@ class SourceReader(Worker):
 
     def initialize(self) -> None:
         try:
+            if self._start_frame:
+                self.source.start_at(self._start_frame)
+                log.info("%s: starting at frame %d (already delivered)", self.source.name, self._start_frame)
             self.source.connect()
         except SourceError as exc:
             if not self.source.live:
