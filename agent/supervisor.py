@@ -72,8 +72,13 @@ class Supervisor:
         max_restarts: int,
         backoff_max_s: float = RESTART_BACKOFF_MAX_S,
         healthy_after_s: float = HEALTHY_AFTER_S,
+        pass_fds: tuple[int, ...] = (),
+        env: Optional[dict[str, str]] = None,
     ) -> None:
+        """`pass_fds` and `env` go to every child (e.g. `DirLock.inheritance()`: the run-dir lock)."""
         self._children = [_Child(spec, log_dir / f"{spec.name}.log") for spec in specs]
+        self._pass_fds = tuple(pass_fds)
+        self._env = dict(env or {})
         self._max_restarts = max_restarts
         self._backoff_max_s = backoff_max_s
         self._healthy_after_s = healthy_after_s
@@ -90,7 +95,7 @@ class Supervisor:
             out = open(child.log_path, "ab")
         except OSError:  # the log cannot be opened (disk full): run the child without it
             out = open(os.devnull, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self._env)
         child.proc = subprocess.Popen(
             child.spec.argv,
             stdout=out,
@@ -99,6 +104,7 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=_die_with_parent,
             env=env,
+            pass_fds=self._pass_fds,
         )
         out.close()
         log.info("started %s (pid %d)", child.spec.name, child.proc.pid)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, Optional
 
 from agent.core.config import Config, load_config
 from agent.core.errors import ConfigError
+from agent.core.run_lock import PUBLISH_LOCK_NAME, DirLock, lock_directory
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,3 +36,27 @@ def refuse_mono_pipeline(cfg: Config) -> None:
             f"capture.channels={cfg.capture.channels} is not carried by capture and the training loop yet "
             "(only the learner API and export take mono); use capture.channels=3"
         )
+
+
+def exports_in_process(cfg: Config) -> bool:
+    """The trainer publishes into RUN_DIR/exports itself (export.every_steps or every_seconds set)."""
+    return cfg.export.every_steps is not None or cfg.export.every_seconds is not None
+
+
+def lock_export_dir(export_dir: Path, command: str) -> DirLock:
+    """The export directory's publisher lock (agent/core/run_lock.py): one publisher per directory."""
+    return lock_directory(export_dir, command, lock_name=PUBLISH_LOCK_NAME, what="export directory")
+
+
+def lock_run_dir(run_dir: Path, command: str, cfg: Config) -> ExitStack:
+    """Hold RUN_DIR's lock, and RUN_DIR/exports' too when this process publishes there in-process;
+    DirectoryBusy (one line naming the holder's pid) when another live process holds either."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(lock_directory(run_dir, command))
+        if exports_in_process(cfg):
+            stack.enter_context(lock_export_dir(Path(run_dir) / "exports", command))
+    except BaseException:
+        stack.close()
+        raise
+    return stack

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from agent.commands._common import config_from_args, refuse_mono_pipeline
+from agent.commands._common import config_from_args, lock_run_dir, refuse_mono_pipeline
 from agent.commands.train import configure_logging
 from agent.supervisor import StopFlag
 
@@ -42,6 +42,8 @@ def main(args: argparse.Namespace) -> int:
     refuse_mono_pipeline(cfg)
     stop = StopFlag()
     configure_logging()
-    from agent.replay import replay
+    run_dir = Path(args.run_dir)
+    with lock_run_dir(run_dir, "replay", cfg):
+        from agent.replay import replay
 
-    return replay(cfg, videos, Path(args.run_dir), pace="realtime" if args.pace == "timestamps" else args.pace, stop=stop.event)
+        return replay(cfg, videos, run_dir, pace="realtime" if args.pace == "timestamps" else args.pace, stop=stop.event)

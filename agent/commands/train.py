@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from agent.commands._common import add_config_arguments, config_from_args, refuse_mono_pipeline
+from agent.commands._common import add_config_arguments, config_from_args, lock_run_dir, refuse_mono_pipeline
 from agent.supervisor import StopFlag
 from agent.robot.transport import validate_endpoint
 
@@ -33,8 +33,9 @@ def main(args: argparse.Namespace) -> int:
     validate_endpoint(cfg.wire.endpoint, bind=True)
     stop = StopFlag()  # SIGINT/SIGTERM only set the event; the loop checkpoints and exits
     configure_logging()
-    from agent.pipeline import build_trainer  # torch loads after the arguments are known good
-
     run_dir = Path(args.run_dir)
-    trainer = build_trainer(cfg, run_dir, write_config=not run_dir_config_is_input(args.config, run_dir))
-    return trainer.run(stop.event)
+    with lock_run_dir(run_dir, "train", cfg):  # under `byol-agent run`: the lock its supervisor handed down
+        from agent.pipeline import build_trainer  # torch loads after the arguments are known good
+
+        trainer = build_trainer(cfg, run_dir, write_config=not run_dir_config_is_input(args.config, run_dir))
+        return trainer.run(stop.event)
