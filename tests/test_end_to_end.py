@@ -86,7 +86,7 @@ def test_run_publishes_swaps_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     _wait_for(proc, log1, "the runtime's first swap", lambda: (_status(run_dir, "runtime").get("swaps") or 0) >= 1, 240)
     # The pipeline's own trainer and exporter work under run's lock; a second run (other ports) is refused.
     second = subprocess.run(_start_argv(run_dir), cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 2 and f"in use by `byol-agent run` (pid {proc.pid}" in second.stderr, second
+    assert second.returncode == 2 and f"in use by byol-agent run (pid {proc.pid}" in second.stderr, second
     _interrupt(proc, log1)
 
     out = log1.read_text()

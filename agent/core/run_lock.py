@@ -167,5 +167,5 @@ def _describe(holder: dict[str, Any]) -> str:
     since = ""
     if isinstance(started, (int, float)):
         since = ", since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
-    name = f"`byol-agent {command}`" if isinstance(command, str) and command else "a process"
+    name = f"byol-agent {command}" if isinstance(command, str) and command else "a process"
     return f"{name} (pid {pid}{since})"

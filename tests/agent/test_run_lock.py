@@ -93,7 +93,7 @@ def test_the_lock_is_handed_to_children_and_refuses_everyone_else(tmp_path: Path
         )
         assert (child.returncode, child.stdout.strip()) == (0, "inherited"), child
         outsider = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
-        assert outsider.returncode == 2 and "in use by `byol-agent run`" in outsider.stdout, outsider
+        assert outsider.returncode == 2 and "in use by byol-agent run (pid" in outsider.stdout, outsider
     free = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (free.returncode, free.stdout.strip()) == (0, "taken"), free
 
@@ -102,6 +102,11 @@ def test_export_refuses_an_export_dir_another_publisher_holds(tmp_path: Path) ->
     out_dir = tmp_path / "exports"
     with lock_export_dir(out_dir, "export"):
         proc = _cli("export", "--run-dir", str(tmp_path), "--out", str(out_dir))
-        out, err = proc.communicate(timeout=LOCK_TIMEOUT_S)
+        try:
+            out, err = proc.communicate(timeout=LOCK_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 2 and f"export directory {out_dir} is in use" in err and f"pid {os.getpid()}" in err, err
     assert len(err.strip().splitlines()) == 1
