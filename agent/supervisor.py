@@ -57,6 +57,14 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _child_setup() -> None:
+    """In the child, before exec: die with the parent, and hold SIGINT pending until `agent.cli.main`
+    unblocks it. A stop that arrives while the new interpreter is still starting (site, imports) then
+    lands in our code (exit 130, no traceback) instead of killing Python inside its start-up."""
+    _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 RESTART_BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0  # a child that ran this long before failing starts over with a full restart budget
 
@@ -102,7 +110,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup,
             env=env,
             pass_fds=self._pass_fds,
         )
