@@ -43,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
     stop = StopFlag()
     configure_logging()
     run_dir = Path(args.run_dir)
-    with lock_run_dir(run_dir, "replay", cfg):
-        from agent.replay import replay
+    from agent.replay import check_recordings, replay
 
+    check_recordings(videos, cfg.capture)  # a bad recording is refused before the run dir is even made
+    with lock_run_dir(run_dir, "replay", cfg):
         return replay(cfg, videos, run_dir, pace="realtime" if args.pace == "timestamps" else args.pace, stop=stop.event)

@@ -14,6 +14,12 @@ holder (`DirectoryBusy`: pid, command, start time).
   restarted ones too) inherit the locked open file (`inheritance()` → `Popen(pass_fds=..., env=...)`)
   and, finding it in `BYOL_AGENT_LOCKS`, hold the very same lock instead of being refused. A child
   never unlocks it (that would unlock its parent too); closing its descriptor is enough.
+- Who takes which: `run`, `train` and `replay` own a run directory's checkpoint lineage (`run.lock`;
+  `train`/`replay` also `publish.lock` in RUN_DIR/exports when they export in-process); `export` holds
+  `publish.lock` in its `--out` (a `train` plus an `export --watch` into its own directory is the
+  documented manual pipeline, so the exporter does not take `run.lock`). `eval --run-dir` (one
+  appended event), `report` (its own RUN_DIR/report) and the status files of capture and runtime
+  do not lock: they are meant to run beside a live run.
 - Advisory only (readers never take it), Linux/macOS (`fcntl`); where `fcntl` does not exist the
   lock is not taken (logged once). Like any flock, it does not coordinate hosts sharing an NFS mount.
 """
@@ -105,15 +111,21 @@ def lock_directory(directory: Union[str, Path], command: str, *, lock_name: str 
         return DirLock(path, None, inherited=False)
     inherited = _inherited_fd(fd)
     if inherited is not None:
-        os.close(fd)
-        fcntl.flock(inherited, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the parent's open file: already ours
-        return DirLock(path, inherited, inherited=True)
+        try:
+            fcntl.flock(inherited, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the parent's open file: already locked for us
+        except OSError:
+            pass  # not the lock after all: contend for it like anyone else
+        else:
+            os.close(fd)
+            return DirLock(path, inherited, inherited=True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # BlockingIOError: held by a live process
         holder = _read_holder(fd)
         os.close(fd)
-        raise DirectoryBusy(f"{what} {directory} is in use by {_describe(holder)}; stop it first or use another directory") from None
+        raise DirectoryBusy(
+            f"{what} {directory} is in use by {_describe(holder)}; stop it first or use another directory"
+        ) from None
     previous = _read_holder(fd, tries=1)
     if previous.get("pid") not in (None, os.getpid()):
         log.warning("took over %s from %s, which ended without releasing it", path, _describe(previous))
