@@ -3,6 +3,11 @@
 Each subcommand module offers `add_arguments(parser)` and `main(args) -> int`; the work lives in
 the library. User-facing failures (`ByolAgentError`) print as one line, never a traceback.
 
+Start-up stays light and interruptible: only the chosen subcommand's module is imported (each
+keeps torch, matplotlib, sklearn and onnx to the code paths that use them), and a Ctrl-C at any
+moment before a subcommand installs its own stop handling ends the process with exit 130 and no
+traceback (after it, the subcommand stops cleanly: exit 0).
+
 Process output is advisory: when stdout/stderr is a log file on a full disk, a failed write is
 dropped instead of raising inside whatever loop printed it, and a file-size limit (SIGXFSZ) makes
 writes fail with EFBIG instead of killing the process.
@@ -16,8 +21,6 @@ import io
 import signal
 import sys
 from typing import Any, Optional, TextIO
-
-from agent.core.errors import ByolAgentError
 
 COMMANDS = {
     "run": "capture, train, export and a runtime consumer as supervised processes (the main job)",
@@ -71,34 +74,51 @@ def _harden_process_output() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The full parser (`command=None`), or one that imports only `command`'s module ("" imports none:
+    enough for `--help` and for argparse's own errors)."""
     parser = argparse.ArgumentParser(prog="byol-agent", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"agent.commands.{name}")
         child = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(child)
-        child.set_defaults(_main=module.main)
+        if command is None or name == command:
+            module = importlib.import_module(f"agent.commands.{name}")
+            module.add_arguments(child)
+            child.set_defaults(_main=module.main)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        # A supervisor (agent/supervisor.py) starts its children with SIGINT blocked, so that a stop
+        # during interpreter start-up waits for us: delivered here, it ends in the `except` below.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while importing or parsing, or in a command without its own stop
+        if argv is None:  # the process is ending anyway: a second Ctrl-C must not interrupt its shutdown
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return 130
+
+
+def _main(argv: Optional[list[str]]) -> int:
     if argv is None:  # the process's entry point (console script or python -m), not a caller's function call
         _harden_process_output()
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words[0] if words and words[0] in COMMANDS else "")
     args, extra = parser.parse_known_args(argv)
     # argparse cannot take positionals after options; accept `key=value` overrides anywhere.
     unknown = [item for item in extra if "=" not in item or item.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
+    from agent.core.errors import ByolAgentError
+
     try:
         return int(args._main(args) or 0)
     except ByolAgentError as exc:
         print(f"byol-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

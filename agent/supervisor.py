@@ -57,6 +57,14 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _child_setup() -> None:
+    """In the child, before exec: die with the parent, and hold SIGINT pending until `agent.cli.main`
+    unblocks it. A stop that arrives while the new interpreter is still starting (site, imports) then
+    lands in our code (exit 130, no traceback) instead of killing Python inside its start-up."""
+    _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 RESTART_BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0  # a child that ran this long before failing starts over with a full restart budget
 
@@ -72,8 +80,13 @@ class Supervisor:
         max_restarts: int,
         backoff_max_s: float = RESTART_BACKOFF_MAX_S,
         healthy_after_s: float = HEALTHY_AFTER_S,
+        pass_fds: tuple[int, ...] = (),
+        env: Optional[dict[str, str]] = None,
     ) -> None:
+        """`pass_fds` and `env` go to every child (e.g. `DirLock.inheritance()`: the run-dir lock)."""
         self._children = [_Child(spec, log_dir / f"{spec.name}.log") for spec in specs]
+        self._pass_fds = tuple(pass_fds)
+        self._env = dict(env or {})
         self._max_restarts = max_restarts
         self._backoff_max_s = backoff_max_s
         self._healthy_after_s = healthy_after_s
@@ -90,15 +103,16 @@ class Supervisor:
             out = open(child.log_path, "ab")
         except OSError:  # the log cannot be opened (disk full): run the child without it
             out = open(os.devnull, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self._env)
         child.proc = subprocess.Popen(
             child.spec.argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup,
             env=env,
+            pass_fds=self._pass_fds,
         )
         out.close()
         log.info("started %s (pid %d)", child.spec.name, child.proc.pid)

@@ -33,10 +33,13 @@ TINY = [
 ]
 
 
-def _start(run_dir: Path, log_path: Path) -> subprocess.Popen:
+def _start_argv(run_dir: Path) -> list[str]:
     ports = [f"wire.endpoint={free_tcp_endpoint()}", f"wire.publish={free_tcp_endpoint()}"]
-    argv = [sys.executable, "-m", "agent.cli", "run", "--run-dir", str(run_dir), "--duration", "600", *TINY, *ports]
-    return subprocess.Popen(argv, cwd=REPO, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    return [sys.executable, "-m", "agent.cli", "run", "--run-dir", str(run_dir), "--duration", "600", *TINY, *ports]
+
+
+def _start(run_dir: Path, log_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(_start_argv(run_dir), cwd=REPO, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
 
 
 def _status(run_dir: Path, name: str) -> dict:
@@ -81,6 +84,9 @@ def test_run_publishes_swaps_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     run_dir, log1 = tmp_path / "run", tmp_path / "run1.log"
     proc = _start(run_dir, log1)
     _wait_for(proc, log1, "the runtime's first swap", lambda: (_status(run_dir, "runtime").get("swaps") or 0) >= 1, 240)
+    # The pipeline's own trainer and exporter work under run's lock; a second run (other ports) is refused.
+    second = subprocess.run(_start_argv(run_dir), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and f"in use by byol-agent run (pid {proc.pid}" in second.stderr, second
     _interrupt(proc, log1)
 
     out = log1.read_text()

@@ -14,13 +14,23 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from agent.core.errors import ByolAgentError, StorageError
 from trainer.metrics import METRICS_NAME
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as _Figure
+
+
+def Figure(*args: Any, **kwargs: Any) -> "_Figure":  # noqa: N802 (stands in for the class)
+    """`matplotlib.figure.Figure(...)`, importing matplotlib (~1 s) only when a plot is drawn: every
+    process that appends events through this module (trainer, exporter, eval) would pay it otherwise."""
+    from matplotlib.figure import Figure as _Figure
+
+    return _Figure(*args, **kwargs)
 
 
 class RunDirError(ByolAgentError):

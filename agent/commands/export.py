@@ -12,7 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from agent.commands._common import add_config_arguments, config_from_args
+from agent.commands._common import add_config_arguments, config_from_args, lock_export_dir
+from agent.supervisor import StopFlag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,21 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"export.weights": args.weights})
     run_dir, out = Path(args.run_dir), Path(args.out)
-    from export.from_checkpoint import export_checkpoint, watch  # torch loads after the arguments are known good
-    from export.publish import Publisher
+    # --watch: from here SIGINT/SIGTERM only set the event, so a stop during start-up still ends
+    # with the final export; a one-shot export is simply interrupted (exit 130).
+    stop = StopFlag() if args.watch else None
+    with lock_export_dir(out, "export"):  # one publisher per export directory
+        from export.from_checkpoint import export_checkpoint, watch  # torch loads after the arguments are known good
+        from export.publish import Publisher
 
-    publisher = Publisher(out, cfg.export.keep)
-    if not args.watch:
-        step, version = export_checkpoint(run_dir, publisher, cfg.export, cfg.model, cfg.eval)
-        print(f"published version {version} (step {step}) to {out}")
-        return 0
-    from agent.supervisor import StopFlag
-
-    stop = StopFlag()  # SIGINT/SIGTERM only set the event; the final export still runs
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    status = run_dir / "status-exporter.json"
-    watch(
-        run_dir, publisher, cfg.export, stop.event,
-        poll_s=args.poll, status_path=status, operator_model=cfg.model, eval_cfg=cfg.eval,
-    )
+        publisher = Publisher(out, cfg.export.keep)
+        if stop is None:
+            step, version = export_checkpoint(run_dir, publisher, cfg.export, cfg.model, cfg.eval)
+            print(f"published version {version} (step {step}) to {out}")
+            return 0
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        status = run_dir / "status-exporter.json"
+        watch(
+            run_dir, publisher, cfg.export, stop.event,
+            poll_s=args.poll, status_path=status, operator_model=cfg.model, eval_cfg=cfg.eval,
+        )
     return 0

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from agent.commands._common import config_from_args
+from agent.commands._common import config_from_args, lock_run_dir
 from agent.commands.train import configure_logging
 from agent.supervisor import StopFlag
 
@@ -41,6 +41,9 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"train.max_steps": args.max_steps})
     stop = StopFlag()
     configure_logging()
-    from agent.replay import replay
+    run_dir = Path(args.run_dir)
+    from agent.replay import check_recordings, replay
 
-    return replay(cfg, videos, Path(args.run_dir), pace="realtime" if args.pace == "timestamps" else args.pace, stop=stop.event)
+    check_recordings(videos, cfg.capture)  # a bad recording is refused before the run dir is even made
+    with lock_run_dir(run_dir, "replay", cfg):
+        return replay(cfg, videos, run_dir, pace="realtime" if args.pace == "timestamps" else args.pace, stop=stop.event)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.report import write_report
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding metrics.jsonl")
@@ -13,6 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from trainer.report import write_report  # numpy (and matplotlib, once plotting) load after parsing
+
     report = write_report(args.run_dir, args.out)
     for path in report.plots + [report.summary]:
         print(path)

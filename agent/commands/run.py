@@ -9,6 +9,7 @@ from typing import Optional
 
 from agent.commands._common import add_config_arguments, config_from_args
 from agent.core.config import Config, dump_config
+from agent.core.run_lock import lock_directory
 from agent.supervisor import ChildSpec, StopFlag, Supervisor, read_status, supervise
 
 
@@ -60,15 +61,22 @@ def main(args: argparse.Namespace) -> int:
 
     check_sources(cfg.capture.sources, cfg.capture, cfg.wire)  # a bad file fails now, not as 3 capture restarts
     run_dir = Path(args.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    dump_config(cfg, config_path)
-    print(f"run dir {run_dir}; sources {', '.join(cfg.capture.sources)}; Ctrl-C stops cleanly", file=sys.stderr)
-    sup = Supervisor(child_specs(cfg, run_dir, config_path), run_dir / "logs", max_restarts=cfg.run.max_restarts)
-    code = supervise(
-        sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=StopFlag(),
-        finish_with="trainer",
-    )
+    # Held for the whole pipeline and handed down to the children (the trainer holds it as its own),
+    # so a second `run` or `train` on this directory is refused before it writes anything.
+    with lock_directory(run_dir, "run") as lock:
+        config_path = run_dir / "config.yaml"
+        dump_config(cfg, config_path)
+        (run_dir / "exports").mkdir(exist_ok=True)  # the runtime child waits in it; it must exist from the start
+        print(f"run dir {run_dir}; sources {', '.join(cfg.capture.sources)}; Ctrl-C stops cleanly", file=sys.stderr)
+        pass_fds, env = lock.inheritance()
+        sup = Supervisor(
+            child_specs(cfg, run_dir, config_path), run_dir / "logs", max_restarts=cfg.run.max_restarts,
+            pass_fds=pass_fds, env=env,
+        )
+        code = supervise(
+            sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=StopFlag(),
+            finish_with="trainer",
+        )
     problem = untrained(read_status(run_dir), cfg)
     if problem is not None:
         print(f"byol-agent run: {problem}", file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from agent.commands._common import add_config_arguments, config_from_args
+from agent.commands._common import add_config_arguments, config_from_args, lock_run_dir
 from agent.supervisor import StopFlag
 from agent.robot.transport import validate_endpoint
 
@@ -32,11 +32,12 @@ def main(args: argparse.Namespace) -> int:
     validate_endpoint(cfg.wire.endpoint, bind=True)
     stop = StopFlag()  # SIGINT/SIGTERM only set the event; the loop checkpoints and exits
     configure_logging()
-    from agent.pipeline import build_trainer  # torch loads after the arguments are known good
-    from export.onnx_export import check_exportable
-
-    check_exportable(cfg.model, cfg.export, cfg.capture.channels)  # an encoder nothing can publish fails now, not after hours of training
-
     run_dir = Path(args.run_dir)
-    trainer = build_trainer(cfg, run_dir, write_config=not run_dir_config_is_input(args.config, run_dir))
-    return trainer.run(stop.event)
+    with lock_run_dir(run_dir, "train", cfg):  # under `byol-agent run`: the lock its supervisor handed down
+        from agent.pipeline import build_trainer  # torch loads after the arguments are known good
+        from export.onnx_export import check_exportable
+
+        # an encoder nothing can publish fails now, not after hours of training
+        check_exportable(cfg.model, cfg.export, cfg.capture.channels)
+        trainer = build_trainer(cfg, run_dir, write_config=not run_dir_config_is_input(args.config, run_dir))
+        return trainer.run(stop.event)

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ def _runtime(*args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _finish(proc: subprocess.Popen, timeout_s: float = 90.0) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _status(path: Path) -> dict:
@@ -60,7 +70,29 @@ def test_policy_loop_keeps_serving_across_a_swap(tmp_path: Path) -> None:
 
 
 def test_no_wait_without_an_export_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    proc = _runtime("--export-dir", str(tmp_path / "none"), "--source", "demo", "--no-wait")
+    (tmp_path / "empty").mkdir()
+    proc = _runtime("--export-dir", str(tmp_path / "empty"), "--source", "demo", "--no-wait")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert err.strip().count("\n") == 0 and "no servable encoder" in err and "Traceback" not in err
+
+
+def test_a_missing_export_dir_is_an_error_not_a_wait(tmp_path: Path) -> None:
+    """A mistyped --export-dir used to wait for a first encoder forever, --duration or not (issue 13 item 5)."""
+    proc = _runtime("--export-dir", str(tmp_path / "exprots"), "--source", "demo", "--duration", "600")
+    out, err = _finish(proc)
+    assert proc.returncode == 2, (out, err)
+    assert err.strip().count("\n") == 0 and "exprots does not exist" in err and "Traceback" not in err
+
+
+def test_duration_bounds_the_wait_for_a_first_encoder(tmp_path: Path) -> None:
+    """An existing, still empty export dir is waited for, but no longer than --duration."""
+    (tmp_path / "exports").mkdir()
+    start = time.monotonic()
+    proc = _runtime("--export-dir", str(tmp_path / "exports"), "--source", "demo", "--duration", "3")
+    out, err = _finish(proc)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, (out, err)
+    assert "waiting for the first encoder" in out and "no encoder was published" in err, (out, err)
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert elapsed >= 3.0
