@@ -14,13 +14,15 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from agent.core.errors import ByolAgentError, StorageError
 from trainer.metrics import METRICS_NAME
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class RunDirError(ByolAgentError):
@@ -119,12 +121,10 @@ _LINE_PLOTS = (
 )
 
 
-def write_report(run_dir: Union[str, Path], out_dir: Optional[Union[str, Path]] = None) -> Report:
-    """Write RUN_DIR/report/*.png and summary.md; return what was written and which series were missing."""
+def report_figures(run_dir: Union[str, Path]) -> tuple[dict[str, "Figure"], list[str]]:
+    """The report's figures by file stem, and the series that were not recorded (so not drawn)."""
     metrics = read_metrics(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    plots: list[Path] = []
+    figures: dict[str, "Figure"] = {}
     missing: list[str] = []
     exports = [e for e in metrics.of("export") if isinstance(e.get("step"), (int, float))]
     for stem, key, title, ylabel in _LINE_PLOTS:
@@ -132,20 +132,34 @@ def write_report(run_dir: Union[str, Path], out_dir: Optional[Union[str, Path]] 
         if len(y) == 0:
             missing.append(key)
             continue
-        plots.append(_line_plot(out / f"{stem}.png", x, y, title, ylabel, exports if key == "loss" else []))
+        figures[stem] = _line_figure(x, y, title, ylabel, exports if key == "loss" else [])
     evals = _eval_by_version(metrics.of("eval"))
     if evals:
-        plots.append(_eval_plot(out / "eval.png", evals))
+        figures["eval"] = _eval_figure(evals)
     else:
         missing.append("eval events")
+    return figures, missing
+
+
+def write_report(run_dir: Union[str, Path], out_dir: Optional[Union[str, Path]] = None) -> Report:
+    """Write RUN_DIR/report/*.png and summary.md; return what was written and which series were missing."""
+    metrics = read_metrics(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    figures, missing = report_figures(run_dir)
+    plots = []
+    for stem, fig in figures.items():
+        fig.savefig(out / f"{stem}.png")
+        plots.append(out / f"{stem}.png")
+    evals = _eval_by_version(metrics.of("eval"))
     summary = out / "summary.md"
     summary.write_text(_summary(Path(run_dir), metrics, evals, plots, missing))
     return Report(plots, summary, missing)
 
 
-def _line_plot(
-    path: Path, x: np.ndarray, y: np.ndarray, title: str, ylabel: str, exports: list[dict[str, Any]]
-) -> Path:
+def _line_figure(x: np.ndarray, y: np.ndarray, title: str, ylabel: str, exports: list[dict[str, Any]]) -> "Figure":
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     ax.plot(x, y, lw=0.8, alpha=0.5 if len(y) > 20 else 1.0, label="recorded")
@@ -159,8 +173,7 @@ def _line_plot(
     ax.grid(alpha=0.3)
     if len(y) > 20 or exports:
         ax.legend(loc="best", fontsize=8)
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def _eval_by_version(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -174,7 +187,9 @@ def _eval_by_version(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [latest[v] for v in sorted(latest)]
 
 
-def _eval_plot(path: Path, evals: list[dict[str, Any]]) -> Path:
+def _eval_figure(evals: list[dict[str, Any]]) -> "Figure":
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     labels = [str(e.get("version", "?")) for e in evals]
@@ -192,8 +207,7 @@ def _eval_plot(path: Path, evals: list[dict[str, Any]]) -> Path:
     ax.set(title="Frozen-encoder accuracy per exported version", xlabel="export version", ylabel="top-1", ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.savefig(path)
-    return path
+    return fig
 
 
 # --------------------------------------------------------------------------- summary
