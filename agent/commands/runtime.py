@@ -1,7 +1,8 @@
 """`byol-agent runtime`: a toy policy loop on the hot-swapping ONNX encoder, over any frame source.
 
 Prints a line per second (version, p50/p99 latency, swaps, failures); with `--status-dir` also
-writes `status-runtime.json` there for the `run` supervisor.
+writes `status-runtime.json` there for the `run` supervisor and appends swaps and latency
+percentiles to `runtime.jsonl` there for `byol-agent report`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, help="camera index, video, URL, image folder/glob, 'demo' or zmq+tcp://...")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
     parser.add_argument("--no-wait", action="store_true", help="fail at once if nothing is published yet")
-    parser.add_argument("--status-dir", default=None, help="write status-runtime.json here (atomically, each second)")
+    parser.add_argument("--status-dir", default=None, help="write status-runtime.json here (atomically, each second) and append runtime.jsonl")
     add_config_arguments(parser)
 
 
@@ -49,5 +50,7 @@ def main(args: argparse.Namespace) -> int:
         stop = StopFlag()  # from here on SIGINT/SIGTERM end the loop cleanly
         print(f"serving version {encoder.version} (D={encoder.output_dim}) on {', '.join(encoder.providers)}", flush=True)
         status = Path(args.status_dir) / "status-runtime.json" if args.status_dir else None
-        run_policy_loop(encoder, source, fps=cfg.capture.fps, stop=stop.event, duration_s=args.duration, status_path=status)
+        history = Path(args.status_dir) / "runtime.jsonl" if args.status_dir else None
+        run_policy_loop(encoder, source, fps=cfg.capture.fps, stop=stop.event, duration_s=args.duration,
+                        status_path=status, history_path=history)
     return 0
