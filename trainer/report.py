@@ -1,16 +1,30 @@
-"""A run directory's metrics.jsonl as PNG plots and a short markdown summary.
+"""`byol-agent report`: one page on a run directory — is it learning, is data flowing, is the robot served.
 
-The trainer writes one JSON object per line: training lines (step, loss, embedding_std,
-img_per_s, buffer_fill, ...) and event lines ({"event": "export" | "export_refused" | "eval"}).
-Runs differ in what they record, so the report plots what exists and names what is missing
-instead of failing. Figures are drawn with matplotlib's object API (no pyplot, no global backend
-state), which renders headless.
+Reads what the pipeline appends to the run directory:
+- metrics.jsonl (trainer, `trainer/run_monitor.py`): a training line every `train.metrics_every`
+  steps (step, loss, embedding_std, img_per_s, frames_in, frames_dropped, buffer_fill as a
+  fraction 0..1, frames_per_camera, ...) and event lines ("start", "stop" with the final step and
+  counters, "export", "export_refused", "restore", "eval" with knn_top1 / random_knn_top1 per version);
+- capture.jsonl (capture, `agent/robot/capture.py`): cumulative frames read / kept / novelty
+  skipped / sent / dropped, and frames read per source, every 10 s and at the end;
+- runtime.jsonl (runtime consumer, `agent/robot/policy_loop.py`): "serve" / "swap" records and
+  every 10 s the latency percentiles (ms) of the calls since the previous record;
+- config.yaml: `model.projection_size` d for the embedding-std references.
+Every record carries a wall-clock "time"; the overview's x axis is seconds since the earliest one.
+
+Writes RUN_DIR/report/: summary.md, overview.png (the three questions, on a wall clock) and the
+detailed PNGs (per step). Runs differ in what they record, so the report draws what exists and
+names what is missing instead of failing; a torn last line (a crash mid-write) is skipped and
+counted. Exported versions are drawn as one step function of the version number, so hundreds of
+them stay readable. Figures use matplotlib's object API (no pyplot, no global backend state),
+imported only when a report is drawn.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +36,21 @@ from agent.core.errors import ByolAgentError, StorageError
 from trainer.metrics import METRICS_NAME
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure as _Figure
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-
-def Figure(*args: Any, **kwargs: Any) -> "_Figure":  # noqa: N802 (stands in for the class)
-    """`matplotlib.figure.Figure(...)`, importing matplotlib (~1 s) only when a plot is drawn: every
-    process that appends events through this module (trainer, exporter, eval) would pay it otherwise."""
-    from matplotlib.figure import Figure as _Figure
-
-    return _Figure(*args, **kwargs)
+CAPTURE_HISTORY = "capture.jsonl"
+RUNTIME_HISTORY = "runtime.jsonl"
+TIME_LABEL = "seconds since start"
+MAX_SERIES = 6  # per-camera / per-source lines drawn at most (the rest are summed in the summary)
 
 
 class RunDirError(ByolAgentError):
     """A run directory is missing or holds no readable metrics."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -50,14 +66,18 @@ class RunMetrics:
         xs, ys = [], []
         for i, row in enumerate(self.train):
             value = row.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if _number(value):
                 step = row.get("step")
-                xs.append(step if isinstance(step, (int, float)) else i)
+                xs.append(step if _number(step) else i)
                 ys.append(float(value))
         return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
     def of(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == event]
+
+    def times(self) -> list[float]:
+        """The wall-clock "time" of every record, training and event lines alike, in file order."""
+        return [float(r["time"]) for r in self.train + self.events if _number(r.get("time"))]
 
 
 @dataclass(frozen=True)
@@ -69,26 +89,33 @@ class Report:
 
 def read_metrics(run_dir: Union[str, Path]) -> RunMetrics:
     """Parse RUN_DIR/metrics.jsonl, skipping (and counting) lines a crash may have left half-written."""
-    path = _metrics_path(run_dir)
-    train: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    bad = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if not isinstance(row, dict):
-                bad += 1
-            elif "event" in row:
-                events.append(row)
-            else:
-                train.append(row)
+    rows, bad = _read_jsonl(_metrics_path(run_dir))
+    train = [row for row in rows if "event" not in row]
+    events = [row for row in rows if "event" in row]
     return RunMetrics(train, events, bad)
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(objects, unreadable line count) of a JSON-lines file; RunDirError when it cannot be read."""
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    bad += 1
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+                else:
+                    bad += 1
+    except OSError as exc:
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return rows, bad
 
 
 def append_event(run_dir: Union[str, Path], event: dict[str, Any]) -> Path:
@@ -118,136 +145,491 @@ def _metrics_path(run_dir: Union[str, Path]) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- plots
+# --------------------------------------------------------------------------- the run's records
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """Everything the report reads from one run directory (see the module docstring)."""
+
+    run_dir: Path
+    metrics: RunMetrics
+    capture: list[dict[str, Any]]  # capture.jsonl, [] when not recorded
+    runtime: list[dict[str, Any]]  # runtime.jsonl, [] when not recorded
+    bad_lines: dict[str, int]  # unreadable lines per file
+    embedding_dim: Optional[int]  # model.projection_size from config.yaml
+    probe_data: Optional[str]  # train.probe_data from config.yaml
+    t0: float  # earliest wall-clock time of any record (s since the epoch); 0 when none has one
+    t_end: float  # latest such time, in seconds since t0
+
+    def since_start(self, rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds since start, value * scale) of the rows holding both a "time" and a numeric `key`."""
+        pairs = [(r["time"] - self.t0, r[key] * scale) for r in rows if _number(r.get("time")) and _number(r.get(key))]
+        return (np.asarray([p[0] for p in pairs], dtype=float), np.asarray([p[1] for p in pairs], dtype=float))
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        return _eval_by_version(self.metrics.of("eval"))
+
+
+def read_run(run_dir: Union[str, Path]) -> RunRecords:
+    """Read RUN_DIR's metrics.jsonl (required), capture.jsonl, runtime.jsonl and config.yaml (optional)."""
+    run = Path(run_dir)
+    metrics = read_metrics(run)
+    bad = {METRICS_NAME: metrics.bad_lines}
+    histories = {}
+    for name in (CAPTURE_HISTORY, RUNTIME_HISTORY):
+        rows, bad[name] = _read_jsonl(run / name) if (run / name).is_file() else ([], 0)
+        histories[name] = rows
+    dim, probe_data = _from_config(run / "config.yaml")
+    times = metrics.times() + [r["time"] for rows in histories.values() for r in rows if _number(r.get("time"))]
+    t0 = min(times) if times else 0.0
+    return RunRecords(run, metrics, histories[CAPTURE_HISTORY], histories[RUNTIME_HISTORY], bad, dim, probe_data,
+                      t0, max(times) - t0 if times else 0.0)
+
+
+def _from_config(path: Path) -> tuple[Optional[int], Optional[str]]:
+    """(model.projection_size, train.probe_data) of the run's config.yaml; (None, None) when unreadable."""
+    if not path.is_file():
+        return None, None
+    from agent.core.config import load_config
+
+    try:
+        cfg = load_config(path)
+    except ByolAgentError:
+        return None, None
+    return cfg.model.projection_size, cfg.train.probe_data
+
+
+# --------------------------------------------------------------------------- figures
 
 _LINE_PLOTS = (
-    # file stem, training key, title, y label
-    ("loss", "loss", "BYOL loss", "loss (2 - 2 cos, both views)"),
-    ("embedding_std", "embedding_std", "Embedding std (collapse monitor)", "std of l2-normalised embedding"),
-    ("throughput", "img_per_s", "Training throughput", "images / s"),
-    ("buffer_fill", "buffer_fill", "Replay buffer fill", "buffer fill"),
+    # file stem, training key, title, y label, scale
+    ("loss", "loss", "BYOL loss", "loss (2 - 2 cos, both views)", 1.0),
+    ("embedding_std", "embedding_std", "Embedding std (collapse monitor)", "std of l2-normalised embedding", 1.0),
+    ("throughput", "img_per_s", "Training throughput", "images / s", 1.0),
+    ("buffer_fill", "buffer_fill", "Replay buffer fill", "buffer fill (% of buffer.capacity_frames)", 100.0),
 )
 
 
-def write_report(run_dir: Union[str, Path], out_dir: Optional[Union[str, Path]] = None) -> Report:
-    """Write RUN_DIR/report/*.png and summary.md; return what was written and which series were missing."""
-    metrics = read_metrics(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    plots: list[Path] = []
+def report_figures(run_dir: Union[str, Path]) -> tuple[dict[str, "Figure"], list[str]]:
+    """The report's figures by file stem ("overview" first), and the series that were not recorded."""
+    return _figures(read_run(run_dir))
+
+
+def _figures(run: RunRecords) -> tuple[dict[str, "Figure"], list[str]]:
+    metrics = run.metrics
+    figures: dict[str, "Figure"] = {"overview": _overview_figure(run)}
     missing: list[str] = []
-    exports = [e for e in metrics.of("export") if isinstance(e.get("step"), (int, float))]
-    for stem, key, title, ylabel in _LINE_PLOTS:
+    for stem, key, title, ylabel, scale in _LINE_PLOTS:
         x, y = metrics.series(key)
         if len(y) == 0:
             missing.append(key)
             continue
-        plots.append(_line_plot(out / f"{stem}.png", x, y, title, ylabel, exports if key == "loss" else []))
-    evals = _eval_by_version(metrics.of("eval"))
+        fig, ax = _new_figure()
+        _smoothed(ax, x, y * scale, "step")
+        if key == "loss":
+            steps = _step_range(metrics)
+            _versions_twin(ax, *_exported_versions(metrics, by="step"), end=steps[1] if steps else None)
+        elif key == "embedding_std":
+            _std_references(ax, run.embedding_dim, y)
+        elif key == "buffer_fill":
+            ax.set_ylim(0, 105)
+        ax.set(title=title, ylabel=ylabel)
+        _legend(ax)
+        figures[stem] = fig
+    evals = run.evals
     if evals:
-        plots.append(_eval_plot(out / "eval.png", evals))
+        fig, ax = _new_figure()
+        _eval_axes(ax, evals)
+        figures["eval"] = fig
     else:
         missing.append("eval events")
-    summary = out / "summary.md"
-    summary.write_text(_summary(Path(run_dir), metrics, evals, plots, missing))
+    if run.capture:
+        fig, ax = _new_figure()
+        _capture_axes(run, ax)
+        figures["frames"] = fig
+    else:
+        missing.append(CAPTURE_HISTORY)
+    if run.runtime:
+        fig = _figure_of(1, 2, (12, 4))
+        _runtime_version_axes(run, fig.axes[0])
+        _latency_axes(run, fig.axes[1])
+        figures["runtime"] = fig
+    else:
+        missing.append(RUNTIME_HISTORY)
+    return figures, missing
+
+
+def write_report(run_dir: Union[str, Path], out_dir: Optional[Union[str, Path]] = None) -> Report:
+    """Write RUN_DIR/report/ (or `out_dir`): summary.md, overview.png and the detailed PNGs.
+
+    Returns what was written and which series were not recorded. Raises RunDirError for a run
+    directory without a readable metrics.jsonl, StorageError when the report cannot be written.
+    """
+    run = read_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    figures, missing = _figures(run)
+    plots = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for stem, fig in figures.items():
+            fig.savefig(out / f"{stem}.png")
+            plots.append(out / f"{stem}.png")
+        summary = out / "summary.md"
+        summary.write_text(_summary(run, plots, missing))
+    except OSError as exc:
+        raise StorageError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
     return Report(plots, summary, missing)
 
 
-def _line_plot(
-    path: Path, x: np.ndarray, y: np.ndarray, title: str, ylabel: str, exports: list[dict[str, Any]]
-) -> Path:
-    fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
+def _figure_of(rows: int, cols: int, size: tuple[float, float]) -> "Figure":
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    fig.subplots(rows, cols, squeeze=False)
+    return fig
+
+
+def _new_figure() -> tuple["Figure", "Axes"]:
+    fig = _figure_of(1, 1, (7, 4))
+    return fig, fig.axes[0]
+
+
+def _overview_figure(run: RunRecords) -> "Figure":
+    """3 x 3 panels on a wall clock; rows: is it learning, is data flowing, is the robot being served."""
+    fig = _figure_of(3, 3, (16, 11))
+    (loss, std, quality), (capture, trainer, fill), (progress, version, latency) = np.asarray(fig.axes).reshape(3, 3)
+    fig.suptitle(f"{run.run_dir.name}: is it learning? (top) is data flowing? (middle) is the robot served? (bottom)")
+    rows = run.metrics.train
+
+    t, y = run.since_start(rows, "loss")
+    if len(y):
+        _smoothed(loss, t, y, TIME_LABEL)
+    else:
+        _not_recorded(loss, "no training lines with a loss")
+    _versions_twin(loss, *_exported_versions(run.metrics, by="time", t0=run.t0), end=run.t_end)
+    loss.set(title="Loss", ylabel="loss (2 - 2 cos)")
+    _legend(loss)
+
+    t, y = run.since_start(rows, "embedding_std")
+    if len(y):
+        _smoothed(std, t, y, TIME_LABEL)
+    else:
+        _not_recorded(std, "no embedding_std recorded")
+    _std_references(std, run.embedding_dim, y)
+    std.set(title="Embedding std", ylabel="std of l2-normalised embedding")
+    _legend(std)
+
+    if run.evals:
+        _eval_axes(quality, run.evals)
+    else:
+        _not_recorded(quality, "no eval events:\nsee summary.md for the eval command")
+    quality.set(title="Quality per exported version")
+
+    if run.capture:
+        _capture_axes(run, capture)
+    else:
+        _not_recorded(capture, f"no {CAPTURE_HISTORY} (capture runs under `byol-agent run` write it)")
+    capture.set(title="Frames (capture)", xlabel=TIME_LABEL)
+
+    _trainer_frames_axes(run, trainer)
+
+    t, y = run.since_start(rows, "buffer_fill", scale=100.0)
+    if len(y):
+        fill.plot(t, y, lw=1.2)
+    else:
+        _not_recorded(fill, "no buffer_fill recorded")
+    fill.set(title="Replay buffer fill", xlabel=TIME_LABEL, ylabel="% of buffer.capacity_frames", ylim=(0, 105))
+    fill.grid(alpha=0.3)
+
+    t, y = run.since_start(sorted(rows + run.metrics.of("stop"), key=lambda r: r["time"] if _number(r.get("time")) else 0.0), "step")
+    if len(y):
+        progress.plot(t, y, lw=1.2, label="step")
+        rate_t, rate = run.since_start(rows, "img_per_s")
+        if len(rate):
+            twin = progress.twinx()
+            twin.plot(rate_t, rate, color="tab:gray", lw=0.8, alpha=0.7, label="images / s")
+            twin.set_ylabel("images / s")
+            twin.legend(loc="lower right", fontsize=8)
+    else:
+        _not_recorded(progress, "no training lines")
+    progress.set(title="Training progress", xlabel=TIME_LABEL, ylabel="step")
+    progress.grid(alpha=0.3)
+    _legend(progress, loc="upper left")
+
+    _runtime_version_axes(run, version)
+    _latency_axes(run, latency)
+    for ax in (loss, std, capture, trainer, fill, progress, version, latency):  # one wall clock for all
+        ax.set_xlim(0, max(run.t_end, 1.0) * 1.02)
+    return fig
+
+
+def _smoothed(ax: "Axes", x: np.ndarray, y: np.ndarray, xlabel: str) -> None:
+    """The recorded values, and over more than 20 of them a running mean of 1/20th of them."""
     ax.plot(x, y, lw=0.8, alpha=0.5 if len(y) > 20 else 1.0, label="recorded")
     if len(y) > 20:
         window = max(len(y) // 20, 2)
-        smooth = np.convolve(y, np.ones(window) / window, mode="valid")
-        ax.plot(x[window - 1 :], smooth, lw=2, label=f"mean of {window}")
-    for i, event in enumerate(exports):
-        ax.axvline(event["step"], color="tab:green", lw=0.8, ls=":", label="export" if i == 0 else None)
-    ax.set(title=title, xlabel="step", ylabel=ylabel)
+        ax.plot(x[window - 1 :], np.convolve(y, np.ones(window) / window, mode="valid"), lw=2,
+                label=f"mean of {window}")
+    ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
-    if len(y) > 20 or exports:
-        ax.legend(loc="best", fontsize=8)
-    fig.savefig(path)
-    return path
+
+
+def _exported_versions(metrics: RunMetrics, *, by: str, t0: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(step or seconds since start, version) of each "export" event, in the order of `by`."""
+    pairs = sorted(
+        (float(e[by]) - t0, float(e["version"])) for e in metrics.of("export") if _number(e.get(by)) and _number(e.get("version"))
+    )
+    return np.asarray([p[0] for p in pairs], dtype=float), np.asarray([p[1] for p in pairs], dtype=float)
+
+
+def _held(x: np.ndarray, y: np.ndarray, end: Optional[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A step function's points with its last value held until `end` (when that lies further right)."""
+    if end is not None and len(x) and end > x[-1]:
+        return np.append(x, end), np.append(y, y[-1])
+    return x, y
+
+
+def _versions_twin(ax: "Axes", x: np.ndarray, versions: np.ndarray, end: Optional[float] = None) -> None:
+    """The exported version number as one step line on a right-hand axis (readable for any count)."""
+    if not len(versions):
+        return
+    twin = ax.twinx()
+    twin.step(*_held(x, versions, end), where="post", color="tab:green", lw=1.0, alpha=0.8,
+              marker="|" if len(versions) <= 30 else None, label="exported version")
+    twin.set_ylabel("exported version", color="tab:green")
+    from matplotlib.ticker import MaxNLocator
+
+    twin.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+    twin.legend(loc="upper right", fontsize=8)
+
+
+def _std_references(ax: "Axes", dim: Optional[int], y: np.ndarray) -> None:
+    """Collapse references: 0 (every embedding the same) and 1/sqrt(d) (unit vectors spread over the
+    sphere: each coordinate has variance 1/d), the healthy level lightly / solo-learn monitor against."""
+    ax.axhline(0.0, color="tab:red", lw=1, ls="--", label="collapsed (0)")
+    top = float(np.max(y)) if len(y) else 0.0
+    if dim:
+        healthy = 1 / math.sqrt(dim)
+        ax.axhline(healthy, color="tab:green", lw=1, ls="--", label=f"healthy ~ 1/sqrt(d) = {healthy:.3f} (d={dim})")
+        top = max(top, healthy)
+    if top > 0:
+        ax.set_ylim(-0.03 * top, 1.15 * top)
 
 
 def _eval_by_version(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Last eval per exported version (re-evaluations overwrite), ordered by version."""
     latest: dict[int, dict[str, Any]] = {}
     for i, event in enumerate(evals):
-        if not isinstance(event.get("knn_top1"), (int, float)):
+        if not _number(event.get("knn_top1")):
             continue
         version = event.get("version")
         latest[version if isinstance(version, int) else -1 - i] = event
     return [latest[v] for v in sorted(latest)]
 
 
-def _eval_plot(path: Path, evals: list[dict[str, Any]]) -> Path:
-    fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    labels = [str(e.get("version", "?")) for e in evals]
-    x = np.arange(len(evals))
+def _eval_axes(ax: "Axes", evals: list[dict[str, Any]]) -> None:
+    """Accuracy against the version number (a numeric axis: hundreds of versions keep a few ticks)."""
+    from matplotlib.ticker import MaxNLocator
+
+    x = np.asarray([e["version"] if isinstance(e.get("version"), int) else np.nan for e in evals], dtype=float)
+    markers = len(evals) <= 30
     for key, name, style, colour in (
-        ("knn_top1", "kNN top-1", "o-", "tab:blue"),
-        ("linear_top1", "linear top-1", "s-", "tab:orange"),
-        ("random_knn_top1", "kNN, random init", "o--", "tab:blue"),
-        ("random_linear_top1", "linear, random init", "s--", "tab:orange"),
+        ("knn_top1", "kNN top-1", "-", "tab:blue"),
+        ("linear_top1", "linear top-1", "-", "tab:orange"),
+        ("random_knn_top1", "kNN, random init", "--", "tab:blue"),
+        ("random_linear_top1", "linear, random init", "--", "tab:orange"),
     ):
-        values = [e.get(key) if isinstance(e.get(key), (int, float)) else np.nan for e in evals]
-        if not all(np.isnan(values)):
-            ax.plot(x, values, style, color=colour, label=name, alpha=0.5 if "random" in key else 1.0)
-    ax.set_xticks(x, labels)
+        values = np.asarray([e[key] if _number(e.get(key)) else np.nan for e in evals], dtype=float)
+        if not np.all(np.isnan(values)):
+            ax.plot(x, values, style, marker="o" if markers else None, color=colour, label=name,
+                    alpha=0.5 if "random" in key else 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     ax.set(title="Frozen-encoder accuracy per exported version", xlabel="export version", ylabel="top-1", ylim=(0, 1))
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.savefig(path)
-    return path
+    _legend(ax)
+
+
+def _capture_axes(run: RunRecords, ax: "Axes") -> None:
+    """Capture's cumulative counters over time, and frames read per source when there are several."""
+    for key, label in (("frames_read", "read"), ("kept", "kept"), ("skipped_novelty", "novelty skipped"),
+                       ("sent", "sent"), ("dropped", "dropped")):
+        t, y = run.since_start(run.capture, key)
+        if len(y):
+            ax.plot(t, y, lw=1.2, label=label, ls="--" if key in ("skipped_novelty", "dropped") else "-")
+    rows = [r for r in run.capture if _number(r.get("time")) and isinstance(r.get("frames_per_source"), list)]
+    names = rows[-1].get("source_names") if rows else None
+    width = len(rows[-1]["frames_per_source"]) if rows else 0
+    if width > 1:
+        for i in range(min(width, MAX_SERIES)):
+            pts = [(r["time"] - run.t0, r["frames_per_source"][i]) for r in rows
+                   if len(r["frames_per_source"]) > i and _number(r["frames_per_source"][i])]
+            name = names[i] if isinstance(names, list) and i < len(names) else f"source {i}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8, ls=":", label=f"read: {name}")
+    ax.set(title="Frames (capture)", xlabel=TIME_LABEL, ylabel="frames (cumulative)")
+    ax.grid(alpha=0.3)
+    _legend(ax, loc="upper left")
+
+
+def _trainer_frames_axes(run: RunRecords, ax: "Axes") -> None:
+    """Frames the trainer received (per camera when there are several) and dropped, over time."""
+    rows = run.metrics.train + run.metrics.of("stop")
+    rows = sorted((r for r in rows if _number(r.get("time"))), key=lambda r: r["time"])
+    t, y = run.since_start(rows, "frames_in")
+    if not len(y):
+        _not_recorded(ax, "no frames_in recorded")
+    else:
+        ax.plot(t, y, lw=1.2, label="in")
+        cameras = sorted({c for r in rows if isinstance(r.get("frames_per_camera"), dict) for c in r["frames_per_camera"]})
+        if len(cameras) > 1:
+            for camera in cameras[:MAX_SERIES]:
+                pts = [(r["time"] - run.t0, r["frames_per_camera"][camera]) for r in rows
+                       if isinstance(r.get("frames_per_camera"), dict) and _number(r["frames_per_camera"].get(camera))]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8, ls=":", label=f"camera {camera}")
+        t, y = run.since_start(rows, "frames_dropped")
+        if len(y):
+            ax.plot(t, y, lw=1.2, ls="--", color="tab:red", label="dropped (malformed or rejected)")
+    ax.set(title="Frames (trainer)", xlabel=TIME_LABEL, ylabel="frames (cumulative)")
+    ax.grid(alpha=0.3)
+    _legend(ax, loc="upper left")
+
+
+def _runtime_version_axes(run: RunRecords, ax: "Axes") -> None:
+    """The version the runtime served and the version exported, as step lines; swaps as one rug."""
+    t, v = run.since_start(run.runtime, "version")
+    exported_t, exported = _exported_versions(run.metrics, by="time", t0=run.t0)
+    if not len(v) and not len(exported):
+        _not_recorded(ax, f"no {RUNTIME_HISTORY} and no exports")
+    if len(exported):
+        ax.step(*_held(exported_t, exported, run.t_end), where="post", color="tab:green", lw=1.0, alpha=0.7, label="exported")
+    if len(v):
+        ax.step(*_held(t, v, run.t_end), where="post", color="tab:blue", lw=1.5, label="served")
+        swap_t, swap_v = run.since_start([r for r in run.runtime if r.get("event") == "swap"], "version")
+        if len(swap_t):
+            ax.plot(swap_t, swap_v, ls="none", marker="|", ms=10, color="tab:blue",
+                    label=f"swaps ({len(swap_t)})")
+    elif len(exported):
+        ax.text(0.5, 0.9, f"no {RUNTIME_HISTORY}: runtime not recorded", ha="center", transform=ax.transAxes, fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+    ax.set(title="Runtime version", xlabel=TIME_LABEL, ylabel="encoder version")
+    ax.grid(alpha=0.3)
+    _legend(ax, loc="upper left")
+
+
+def _latency_axes(run: RunRecords, ax: "Axes") -> None:
+    """p50 / p99 latency of the runtime's calls per recorded window."""
+    t50, p50 = run.since_start(run.runtime, "p50_ms")
+    t99, p99 = run.since_start(run.runtime, "p99_ms")
+    if len(p50) or len(p99):
+        ax.plot(t50, p50, marker=".", lw=1.2, label="p50")
+        ax.plot(t99, p99, marker=".", lw=1.2, label="p99")
+        ax.set_ylim(bottom=0)
+    else:
+        _not_recorded(ax, f"no latency in {RUNTIME_HISTORY}")
+    ax.set(title="Runtime latency", xlabel=TIME_LABEL, ylabel="ms per call")
+    ax.grid(alpha=0.3)
+    _legend(ax, loc="upper left")
+
+
+def _not_recorded(ax: "Axes", why: str) -> None:
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="tab:gray")
+
+
+def _legend(ax: "Axes", loc: str = "best") -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=loc, fontsize=8)
 
 
 # --------------------------------------------------------------------------- summary
 
 
-def _summary(
-    run_dir: Path, metrics: RunMetrics, evals: list[dict[str, Any]], plots: list[Path], missing: list[str]
-) -> str:
-    lines = [f"# Run report: {run_dir}", ""]
-    steps, _ = metrics.series("step")
-    if len(steps):
-        lines.append(f"- steps: {int(steps[0])} to {int(steps[-1])} ({len(metrics.train)} metric lines)")
-    else:
-        lines.append(f"- steps: not recorded ({len(metrics.train)} metric lines)")
-    _, times = metrics.series("time")
+def _summary(run: RunRecords, plots: list[Path], missing: list[str]) -> str:
+    metrics = run.metrics
+    lines = [f"# Run report: {run.run_dir}", ""]
+    if any(p.stem == "overview" for p in plots):
+        lines += ["![overview](overview.png)", ""]
+    lines += ["## Is it learning?", ""]
+    lines.append(_steps_line(metrics))
+    times = metrics.times()
     if len(times) >= 2:
-        lines.append(f"- wall time: {times[-1] - times[0]:.1f} s between the first and last metric line")
-    for key, label, fmt in (("loss", "last loss", ".4f"), ("embedding_std", "last embedding std", ".4f")):
-        _, y = metrics.series(key)
-        if len(y):
-            lines.append(f"- {label}: {y[-1]:{fmt}}")
+        lines.append(f"- wall time: {max(times) - min(times):.1f} s from the first to the last record of {METRICS_NAME}")
+    _, loss = metrics.series("loss")
+    if len(loss):
+        lines.append(f"- last loss: {loss[-1]:.4f} (first {loss[0]:.4f})")
+    _, std = metrics.series("embedding_std")
+    if len(std):
+        ref = (f" (healthy ~ 1/sqrt({run.embedding_dim}) = {1 / math.sqrt(run.embedding_dim):.4f}, collapsed -> 0)"
+               if run.embedding_dim else " (collapsed -> 0)")
+        lines.append(f"- last embedding std: {std[-1]:.4f}{ref}")
     _, rate = metrics.series("img_per_s")
     if len(rate):
         lines.append(f"- throughput: median {np.median(rate):.1f} img/s, last {rate[-1]:.1f} img/s")
-    _, fill = metrics.series("buffer_fill")
-    if len(fill):
-        lines.append(f"- buffer fill: last {fill[-1]:g}")
-    _, frames_in = metrics.series("frames_in")
-    _, dropped = metrics.series("frames_dropped")
-    if len(frames_in):
-        lost = f", {dropped[-1]:g} dropped" if len(dropped) else ""
-        lines.append(f"- frames in: {frames_in[-1]:g}{lost}")
     starts, restores = metrics.of("start"), metrics.of("restore")
     if len(starts) > 1 or restores:
         lines.append(f"- trainer starts: {len(starts)} (resumed {sum(1 for e in starts if e.get('resumed_from'))}), "
                      f"restores after non-finite losses: {len(restores)}")
     lines.append(_exports_line(metrics))
-    lines.append(_best_eval_line(evals))
-    if metrics.bad_lines:
-        lines.append(f"- skipped {metrics.bad_lines} unreadable line(s) of {METRICS_NAME}")
+    lines.append(_best_eval_line(run.evals))
+    lines.append(_eval_command_line(run))
+
+    lines += ["", "## Is data flowing?", ""]
+    if run.capture:
+        last = run.capture[-1]
+        counts = ", ".join(f"{label} {last[key]}" for key, label in (
+            ("frames_read", "read"), ("kept", "kept"), ("skipped_novelty", "novelty skipped"), ("sent", "sent"),
+            ("dropped", "dropped")) if _number(last.get(key)))
+        if counts:
+            lines.append(f"- capture (last record of {CAPTURE_HISTORY}): {counts}")
+    frames_in = _last(metrics, "frames_in")
+    if frames_in is not None:
+        dropped = _last(metrics, "frames_dropped")
+        per_camera = _last(metrics, "frames_per_camera")
+        cams = (" (" + ", ".join(f"camera {k}: {v}" for k, v in per_camera.items()) + ")"
+                if isinstance(per_camera, dict) and len(per_camera) > 1 else "")
+        lines.append(f"- frames in: {frames_in:g}{cams}" + (f", {dropped:g} dropped" if dropped is not None else ""))
+    _, fill = metrics.series("buffer_fill")
+    if len(fill):
+        lines.append(f"- buffer fill: last {fill[-1]:.0%} (of buffer.capacity_frames)")
+
+    lines += ["", "## Is the robot being served?", ""]
+    lines.append(_runtime_line(run))
+
+    lines += [""]
+    for name, count in run.bad_lines.items():
+        if count:
+            lines.append(f"- skipped {count} unreadable line(s) of {name}")
     if missing:
         lines.append(f"- not recorded, so not plotted: {', '.join(missing)}")
-    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p.stem != "overview"]
     return "\n".join(lines) + "\n"
+
+
+def _last(metrics: RunMetrics, key: str) -> Any:
+    """The value of `key` in the last training line or stop event holding it (counters are cumulative)."""
+    rows = [r for r in metrics.train + metrics.of("stop") if key in r and r[key] is not None]
+    rows.sort(key=lambda r: r["time"] if _number(r.get("time")) else -math.inf)
+    return rows[-1][key] if rows else None
+
+
+def _step_range(metrics: RunMetrics) -> Optional[tuple[int, int]]:
+    """(first, final) step: first from the first start event (else the first training line); final the
+    highest step of a training line or stop event (the stop event holds the step reached after the
+    last metrics window, which a training line recorded only every `train.metrics_every` steps misses)."""
+    starts = [e["step"] for e in metrics.of("start") if _number(e.get("step"))]
+    steps, _ = metrics.series("step")
+    reached = [float(s) for s in steps] + [float(e["step"]) for e in metrics.of("stop") if _number(e.get("step"))]
+    if not reached:
+        return None
+    return int(starts[0] if starts else min(reached)), int(max(reached))
+
+
+def _steps_line(metrics: RunMetrics) -> str:
+    steps = _step_range(metrics)
+    lines = f"{len(metrics.train)} metric lines"
+    return f"- steps: {steps[0]} to {steps[1]} ({lines})" if steps else f"- steps: not recorded ({lines})"
 
 
 def _exports_line(metrics: RunMetrics) -> str:
@@ -266,16 +648,46 @@ def _exports_line(metrics: RunMetrics) -> str:
 
 def _best_eval_line(evals: list[dict[str, Any]]) -> str:
     if not evals:
-        return "- best eval: none recorded (run `byol-agent eval --run-dir`)"
+        return "- best eval: none recorded"
     best = max(evals, key=lambda e: e["knn_top1"])
     text = f"- best eval: version {best.get('version', '?')}, kNN top-1 {best['knn_top1']:.3f}"
-    if isinstance(best.get("linear_top1"), (int, float)):
+    if _number(best.get("linear_top1")):
         text += f", linear top-1 {best['linear_top1']:.3f}"
-    if isinstance(best.get("random_knn_top1"), (int, float)):
+    if _number(best.get("random_knn_top1")):
         text += f" (random init: kNN {best['random_knn_top1']:.3f}"
-        if isinstance(best.get("random_linear_top1"), (int, float)):
+        if _number(best.get("random_linear_top1")):
             text += f", linear {best['random_linear_top1']:.3f}"
         text += ")"
     if best.get("data"):
         text += f" on {best['data']}"
+    return text
+
+
+def _eval_command_line(run: RunRecords) -> str:
+    """A `byol-agent eval` line that scores the latest export and appends it to this run's metrics."""
+    exports = run.run_dir / "exports"
+    if not (exports / "LATEST").is_file():
+        return f"- nothing to evaluate yet: {exports} holds no published export (no LATEST)"
+    data = run.probe_data or "digits"
+    words = ["byol-agent", "eval", "--encoder", str(exports), "--data", data, "--run-dir", str(run.run_dir)]
+    if run.embedding_dim is not None:  # config.yaml was read: score with the run's own model section
+        words += ["--config", str(run.run_dir / "config.yaml")]
+    hint = "" if run.probe_data else " (for your cameras' scenes, replace digits with a folder of labelled images, one subfolder per class)"
+    return f"- score the latest export (kNN and linear vs random init): `{shlex.join(words)}`{hint}"
+
+
+def _runtime_line(run: RunRecords) -> str:
+    if not run.runtime:
+        return f"- runtime: not recorded (no {RUNTIME_HISTORY}; `byol-agent run` starts a runtime consumer that writes it)"
+    last = run.runtime[-1]
+    latency = [r for r in run.runtime if _number(r.get("p50_ms"))]
+    swaps = sum(1 for r in run.runtime if r.get("event") == "swap")
+    text = f"- runtime: serving version {last.get('version', '?')}, {swaps} swap(s)"
+    counted = [r for r in run.runtime if _number(r.get("calls"))]
+    if counted:
+        text += f", {counted[-1]['calls']} calls, {counted[-1].get('failures', 0)} failed"
+    if latency:
+        p99 = latency[-1]["p99_ms"] if _number(latency[-1].get("p99_ms")) else math.nan
+        text += (f"; latency p50 {latency[-1]['p50_ms']:.2f} ms, p99 {p99:.2f} ms (last window), "
+                 f"worst p99 {max((r['p99_ms'] for r in latency if _number(r.get('p99_ms'))), default=math.nan):.2f} ms")
     return text

@@ -113,6 +113,7 @@ class RunMonitor:
                 buffer_age_mean_s=stats["age_mean_s"],
                 buffer_age_max_s=stats["age_max_s"],
                 buffer_per_camera=stats["per_camera"],
+                frames_per_camera=dict(self._state.counters.frames_per_camera),  # received, by camera id
             )
             for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step"):
                 del fields[key]

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="realtime: recordings at recorded speed, fps cap applies; asap: every frame, as fast as possible",
     )
     parser.add_argument("--status-file", default=None, help="write the capture stats here as JSON about once a second")
+    parser.add_argument("--history-file", default=None, help="append the capture stats here as JSON lines every 10 s")
     parser.add_argument(
         "--stats-every", type=_positive, default=10.0, metavar="S", help="seconds between stats log lines"
     )
@@ -57,5 +58,6 @@ def main(args: argparse.Namespace) -> int:
     run_capture(
         cfg.capture, cfg.wire, stop, lossless=args.lossless, pace=args.pace, log_every_s=args.stats_every,
         status_path=Path(args.status_file) if args.status_file else None,
+        history_path=Path(args.history_file) if args.history_file else None,
     )
     return 0

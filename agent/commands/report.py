@@ -1,4 +1,4 @@
-"""`byol-agent report RUN_DIR`: PNG plots and a markdown summary of a run's metrics.jsonl."""
+"""`byol-agent report RUN_DIR`: summary.md, overview.png and detailed PNGs of a run (metrics.jsonl, capture.jsonl, runtime.jsonl)."""
 
 from __future__ import annotations
 

@@ -34,7 +34,12 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
     cfg_arg = ["--config", str(config_path)]
     exports = run_dir / "exports"
     specs = [
-        ChildSpec("capture", _cli("capture", *cfg_arg, "--status-file", str(run_dir / "status-capture.json")), 15.0),
+        ChildSpec(
+            "capture",
+            _cli("capture", *cfg_arg, "--status-file", str(run_dir / "status-capture.json"),
+                 "--history-file", str(run_dir / "capture.jsonl")),
+            15.0,
+        ),
         # The exporter process owns publishing in this job, so the trainer's in-process exporter is off.
         ChildSpec(
             "trainer",

@@ -1,7 +1,8 @@
 """`byol-agent runtime`: a toy policy loop on the hot-swapping ONNX encoder, over any frame source.
 
 Prints a line per second (version, p50/p99 latency, swaps, failures); with `--status-dir` also
-writes `status-runtime.json` there for the `run` supervisor.
+writes `status-runtime.json` there for the `run` supervisor and appends swaps and latency
+percentiles to `runtime.jsonl` there for `byol-agent report`.
 
 `--duration S` bounds the whole command, the wait for a first encoder included: nothing published
 within S seconds is a one-line error (exit 2), as is an export directory that does not exist (a
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this many seconds, the wait for a first encoder included (default: until Ctrl-C)",
     )
     parser.add_argument("--no-wait", action="store_true", help="fail at once if nothing is published yet")
-    parser.add_argument("--status-dir", default=None, help="write status-runtime.json here (atomically, each second)")
+    parser.add_argument("--status-dir", default=None, help="write status-runtime.json here (atomically, each second) and append runtime.jsonl")
     add_config_arguments(parser)
 
 
@@ -74,5 +75,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"serving version {encoder.version} (D={encoder.output_dim}) on {', '.join(encoder.providers)}", flush=True)
         status = Path(args.status_dir) / "status-runtime.json" if args.status_dir else None
         left = None if args.duration is None else max(0.0, args.duration - (time.monotonic() - start))
-        run_policy_loop(encoder, source, fps=cfg.capture.fps, stop=stop.event, duration_s=left, status_path=status)
+        history = Path(args.status_dir) / "runtime.jsonl" if args.status_dir else None
+        run_policy_loop(encoder, source, fps=cfg.capture.fps, stop=stop.event, duration_s=left,
+                        status_path=status, history_path=history)
     return 0

@@ -129,3 +129,28 @@ def write_status(path: Path, data: dict[str, Any]) -> bool:
     if _status_failures.pop(key, 0):
         log.info("status file %s written again", path)
     return True
+
+
+_history_failures: dict[str, int] = {}
+
+
+def append_record(path: Path, record: dict[str, Any]) -> bool:
+    """Append `record` as one JSON line to an append-only history (capture.jsonl, runtime.jsonl).
+
+    One `write` of one line to a file opened for appending, so concurrent readers see whole lines
+    (a crash can leave a torn last line, which `byol-agent report` skips and counts). Advisory like
+    `write_status`: an OSError is logged (the first, then every 100th in a row) and swallowed.
+    Returns whether the line was written.
+    """
+    key = str(path)
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(jsonable(record)) + "\n")
+    except OSError as exc:
+        failures = _history_failures.get(key, 0) + 1
+        _history_failures[key] = failures
+        if worth_logging(failures):
+            log.warning("history %s not appended (%d in a row): %s; carrying on", path, failures, exc.strerror or exc)
+        return False
+    _history_failures.pop(key, None)
+    return True

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 
-from agent.core.atomic import write_status
+from agent.core.atomic import append_record, write_status
 from agent.core.config import CaptureConfig, Pace, WireConfig
 from agent.core.frames import LIVE_NOVELTY_THRESHOLD, NoveltyGate
 from agent.core.wire import Frame
@@ -40,6 +40,7 @@ LOSSLESS_RETRY_S = 0.2
 END_TIMEOUT_S = 5.0  # a lossy capture waits this long for a trainer to take a camera's end-of-stream
 JOIN_TIMEOUT_S = 2.0
 STATUS_EVERY_S = 1.0
+HISTORY_EVERY_S = 10.0  # capture.jsonl: one record of the counters this often, and one at the end
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def run_capture(
     pace: Pace = "realtime",
     log_every_s: float = 10.0,
     status_path: Optional[Path] = None,
+    history_path: Optional[Path] = None,
 ) -> CaptureStats:
     """Stream every source in `capture.sources` to `wire.endpoint` until `stop` is set or all finite sources end.
 
@@ -190,7 +192,9 @@ def run_capture(
     cannot be opened, or a bad endpoint, raises SourceError / EndpointError before anything is sent; a
     live source that is not there is waited for (state "waiting"). `status_path` gets the stats as JSON
     about once a second, with each source's `SourceReader.status` under "sources" (for the `run`
-    supervisor's status line).
+    supervisor's status line). `history_path` (capture.jsonl in a run directory) gets the counters
+    appended every HISTORY_EVERY_S and at the end, with frames read per source (in source order)
+    under "frames_per_source" and their names under "source_names" (for `byol-agent report`'s frames-over-time plot).
     """
     security = WireSecurity.from_config(wire)  # loaded once: for the sender and any subscription source
     sources = [open_source(spec, capture, wire, security) for spec in capture.sources]
@@ -217,6 +221,7 @@ def run_capture(
             )
             next_log = time.monotonic() + log_every_s
             next_status = time.monotonic() if status_path is not None else float("inf")
+            next_history = time.monotonic() if history_path is not None else float("inf")
             while not stop.is_set():
                 wake.clear()
                 sleep = loop.poll()
@@ -233,14 +238,25 @@ def run_capture(
                 if status_path is not None and now >= next_status:
                     write_status(status_path, {"time": time.time(), **asdict(loop.stats()), "sources": loop.source_status()})
                     next_status = now + STATUS_EVERY_S
-                wake.wait(min(sleep, max(0.0, min(next_log, next_status) - time.monotonic())))
+                if history_path is not None and now >= next_history:
+                    _append_history(history_path, loop)
+                    next_history = now + HISTORY_EVERY_S
+                wake.wait(min(sleep, max(0.0, min(next_log, next_status, next_history) - time.monotonic())))
         finally:
             halt.set()
             for reader in readers:
                 reader.join(JOIN_TIMEOUT_S)
         stats = loop.stats()
+        if history_path is not None:
+            _append_history(history_path, loop)
     log.info("capture finished: %s", stats.line())
     return stats
+
+
+def _append_history(path: Path, loop: "_CaptureLoop") -> None:
+    sources = loop.source_status()
+    append_record(path, {"time": time.time(), **asdict(loop.stats()), "source_names": [s["name"] for s in sources],
+                         "frames_per_source": [s["frames_read"] for s in sources]})
 
 
 def stop_on_signals(stop: threading.Event) -> None:

@@ -2,7 +2,10 @@
 
 It exists to show, and to let the `run` supervisor watch, that a policy keeps being served while
 encoders are swapped under it: every call's latency and outcome is counted, once a second a line
-is reported and `status-runtime.json` is rewritten atomically.
+is reported and `status-runtime.json` is rewritten atomically. With a history path
+(`runtime.jsonl` in a run directory) it also appends, for `byol-agent report`, a `{"event": "serve"}`
+record for the first version served, a `{"event": "swap"}` record each time the version changes and every `history_every_s` a record of the latency
+percentiles over the calls since the previous one.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from agent.core.atomic import write_status
+from agent.core.atomic import append_record, write_status
 from agent.core.errors import SourceError
 from agent.robot.runtime import HotEncoder
 from agent.robot.source_base import FrameSource, SourceExhausted
 
 log = logging.getLogger(__name__)
 _RECONNECT_S = 1.0
+HISTORY_EVERY_S = 10.0
 
 
 @dataclass
@@ -56,6 +60,36 @@ class LoopStats:
         }
 
 
+class _History:
+    """What `run_policy_loop` appends to its history file; see the module docstring."""
+
+    def __init__(self, path: Path, every_s: float) -> None:
+        self._path, self._every_s = path, every_s
+        self._latencies_ms: list[float] = []
+        self._next = 0.0  # the first record goes out at the first call
+        self._version: Optional[int] = None
+
+    def called(self, latency_ms: float) -> None:
+        self._latencies_ms.append(latency_ms)
+
+    def watch(self, encoder: HotEncoder, stats: LoopStats, now: float, final: bool = False) -> None:
+        """A swap record when the version changed, a latency record when one is due (or `final`)."""
+        version = encoder.version
+        if version != self._version:  # the first version served is a "serve" record, later ones "swap"
+            append_record(self._path, {"time": time.time(), "event": "serve" if self._version is None else "swap",
+                                       "version": version, "previous": self._version, "swaps": encoder.swaps})
+            self._version = version
+        if final or (now >= self._next and self._latencies_ms):
+            window = np.asarray(self._latencies_ms, dtype=float)
+            p50, p99 = (float(v) for v in np.percentile(window, [50, 99])) if len(window) else (None, None)
+            append_record(self._path, {
+                "time": time.time(), "version": version, "swaps": encoder.swaps, "calls": stats.calls,
+                "failures": stats.failures, "window_calls": len(window), "p50_ms": p50, "p99_ms": p99,
+            })
+            self._latencies_ms.clear()
+            self._next = now + self._every_s
+
+
 def format_line(elapsed_s: float, status: dict[str, Any]) -> str:
     def ms(value: Optional[float]) -> str:
         return "-" if value is None else f"{value:.2f}"
@@ -77,9 +111,15 @@ def run_policy_loop(
     status_path: Optional[Path] = None,
     report: Callable[[str], None] = lambda line: print(line, flush=True),
     report_every_s: float = 1.0,
+    history_path: Optional[Path] = None,
+    history_every_s: float = HISTORY_EVERY_S,
 ) -> LoopStats:
-    """Embed one frame per tick at `fps` until `stop`, `duration_s` or the end of a finite source."""
+    """Embed one frame per tick at `fps` until `stop`, `duration_s` or the end of a finite source.
+
+    `history_path`: append swap and latency records there (see the module docstring; latencies in ms).
+    """
     stats = LoopStats()
+    history = _History(history_path, history_every_s) if history_path is not None else None
     start = time.monotonic()
     next_report = start + report_every_s
     next_tick = start
@@ -117,7 +157,11 @@ def run_policy_loop(
             else:
                 stats.latencies_ms.append((time.perf_counter() - t0) * 1e3)
                 stats.calls += 1
+                if history is not None:
+                    history.called(stats.latencies_ms[-1])
             now = time.monotonic()
+            if history is not None:
+                history.watch(encoder, stats, now)
             if now >= next_report:
                 publish_status()
                 next_report = now + report_every_s
@@ -126,4 +170,6 @@ def run_policy_loop(
     finally:
         source.disconnect()
     publish_status()
+    if history is not None:
+        history.watch(encoder, stats, time.monotonic(), final=True)
     return stats

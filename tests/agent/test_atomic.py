@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.atomic import atomic_write_bytes, remove_stale_temps, temp_name, write_status
+from agent.core.atomic import append_record, atomic_write_bytes, remove_stale_temps, temp_name, write_status
 
 
 def _dead_pid() -> int:
@@ -41,3 +42,14 @@ def test_status_write_failure_is_a_warning_not_an_exception(tmp_path: Path, capl
     assert write_status(tmp_path / "status-capture.json", {"sent": 2}) is True
     atomic_write_bytes(tmp_path / "x.json", b"{}")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_history_append_failure_is_a_warning_and_lines_stay_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "gone" / "runtime.jsonl"
+    with caplog.at_level(logging.WARNING, logger="agent.core.atomic"):
+        for _ in range(3):
+            assert append_record(missing, {"version": 1}) is False
+    assert caplog.text.count("not appended") == 1
+    path = tmp_path / "runtime.jsonl"
+    assert append_record(path, {"version": 1, "p50_ms": float("nan")}) and append_record(path, {"version": 2})
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"version": 1, "p50_ms": None}, {"version": 2}]
