@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agent.core.repeats import worth_logging
 
@@ -26,7 +26,6 @@ TEMP_PREFIX = ".tmp-"
 _TEMP_PID = re.compile(r"^\.tmp-(\d+)-")
 _UNOWNED_TEMP_S = 3600.0  # a temp name without a pid (older versions) is stale after this long
 log = logging.getLogger(__name__)
-_status_failures: dict[str, int] = {}
 
 
 def temp_name(final_name: str) -> str:
@@ -117,21 +116,8 @@ def write_status(path: Path, data: dict[str, Any]) -> bool:
     Advisory: an OSError (disk full, directory gone) is logged (the first, then every 100th in a
     row) and swallowed, so a full disk never stops the process writing it. Returns whether it was written.
     """
-    key = str(path)
-    try:
-        atomic_write_bytes(path, json.dumps(jsonable(data)).encode(), durable=False)
-    except OSError as exc:
-        failures = _status_failures.get(key, 0) + 1
-        _status_failures[key] = failures
-        if worth_logging(failures):
-            log.warning("status file %s not written (%d in a row): %s; carrying on", path, failures, exc.strerror or exc)
-        return False
-    if _status_failures.pop(key, 0):
-        log.info("status file %s written again", path)
-    return True
-
-
-_history_failures: dict[str, int] = {}
+    payload = json.dumps(jsonable(data)).encode()
+    return _advisory("status file", "written", path, lambda: atomic_write_bytes(path, payload, durable=False))
 
 
 def append_record(path: Path, record: dict[str, Any]) -> bool:
@@ -142,15 +128,30 @@ def append_record(path: Path, record: dict[str, Any]) -> bool:
     `write_status`: an OSError is logged (the first, then every 100th in a row) and swallowed.
     Returns whether the line was written.
     """
-    key = str(path)
-    try:
+    line = json.dumps(jsonable(record)) + "\n"
+
+    def append() -> None:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(jsonable(record)) + "\n")
+            fh.write(line)
+
+    return _advisory("history", "appended", path, append)
+
+
+_advisory_failures: dict[tuple[str, str], int] = {}  # (kind, path) -> failures in a row
+
+
+def _advisory(kind: str, verb: str, path: Path, write: Callable[[], None]) -> bool:
+    """Run `write`; an OSError is counted per file, logged the first and every 100th time in a row, and
+    swallowed (False); the first success after failures says so."""
+    key = (kind, str(path))
+    try:
+        write()
     except OSError as exc:
-        failures = _history_failures.get(key, 0) + 1
-        _history_failures[key] = failures
+        failures = _advisory_failures.get(key, 0) + 1
+        _advisory_failures[key] = failures
         if worth_logging(failures):
-            log.warning("history %s not appended (%d in a row): %s; carrying on", path, failures, exc.strerror or exc)
+            log.warning("%s %s not %s (%d in a row): %s; carrying on", kind, path, verb, failures, exc.strerror or exc)
         return False
-    _history_failures.pop(key, None)
+    if _advisory_failures.pop(key, 0):
+        log.info("%s %s %s again", kind, path, verb)
     return True
