@@ -29,6 +29,7 @@ COMMANDS = {
     "replay": "train on recorded video through the same pipeline, offline",
     "export": "export a checkpoint's encoder to a verified, versioned ONNX file",
     "runtime": "toy policy loop: hot-swapping ONNX encoder over a frame source",
+    "rollback": "point an export directory's LATEST back at an earlier verified version",
     "eval": "kNN and linear-probe accuracy of an exported encoder vs a random-init one",
     "report": "PNG plots and a markdown summary of a run directory",
     "keys": "make a CURVE key pair that authenticates and encrypts the wire between machines",

@@ -24,6 +24,7 @@ from agent.core.config import CaptureConfig, EvalConfig, ExportConfig, ModelConf
 from agent.core.errors import ByolAgentError, StorageError
 from agent.core.frames import as_frame_batch
 from agent.core.worker import Worker
+from export.compat import fit_for_export
 from export.manifest import InputSpec
 from export.onnx_export import (
     IMAGENET_MEAN,
@@ -87,14 +88,21 @@ def export_encoder(
     std: Sequence[float] = IMAGENET_STD,
     capture: Optional[CaptureConfig] = None,
     eval_cfg: EvalConfig = EvalConfig(),
+    calibrate: bool = True,
 ) -> int:
     """Export `encoder` (normalised float NCHW → (N, D)), verify it on `frames` (uint8 NHWC, any size), publish.
 
     `capture` is the section the training frames were stored with: the manifest records it so that
     serving fits camera frames exactly as capture did (None: frames are resized straight to the input).
 
+    The first time it is given ≥ 32 frames it keeps up to `export_cfg.calibration_frames` of them as
+    the directory's calibration set; each later version gets a map into the previous version's
+    embedding space fit on it (`export.compat`), recorded in the manifest's "compat" section.
+    `calibrate=False`: `frames` are not the robot's (demo stand-ins); never draw the set from them.
+
     Returns the published version; raises ExportRefused (nothing published) when a gate fails
-    (parity, collapse, and the probe gate when `export_cfg.probe_gate` names a labelled set).
+    (parity, collapse, the drift gate `export_cfg.min_compatibility`, and the probe gate when
+    `export_cfg.probe_gate` names a labelled set).
     """
     frames = as_frame_batch(frames)
     encoder = encoder.eval()
@@ -106,7 +114,10 @@ def export_encoder(
         fields = manifest_fields(step, spec, exported, verification, export_cfg, model_cfg)
         if export_cfg.probe_gate is not None:
             fields["eval"] = probe_gate(tmp, publisher.export_dir, export_cfg, eval_cfg)
-        return publisher.publish(tmp, fields)
+        fields["compat"], map_data = fit_for_export(
+            tmp, spec, OUTPUT_NAME, publisher.export_dir, frames if calibrate else None, export_cfg
+        )
+        return publisher.publish(tmp, fields, map_data)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -47,8 +47,11 @@ class CheckpointEncoder:
     frames: Optional[np.ndarray]  # from the saved buffer, if it was saved
 
 
-def load_checkpoint_encoder(run_dir: Path, weights: str, operator_model: Optional[ModelConfig] = None) -> CheckpointEncoder:
-    """Rebuild the learner from the newest readable checkpoint and take its target/online encoder.
+def load_checkpoint_encoder(
+    run_dir: Path, weights: str, operator_model: Optional[ModelConfig] = None, n_frames: int = VERIFY_FRAMES
+) -> CheckpointEncoder:
+    """Rebuild the learner from the newest readable checkpoint and take its target/online encoder,
+    with up to `n_frames` frames of its saved replay buffer (verification and calibration).
 
     The architecture comes from the checkpoint, but an encoder import string in it is honoured
     only when `operator_model` (this machine's config) names the same one (ModelFileError otherwise).
@@ -74,15 +77,20 @@ def load_checkpoint_encoder(run_dir: Path, weights: str, operator_model: Optiona
         capture=cfg.capture,
         mean=tuple(learner.mean),
         std=tuple(learner.std),
-        frames=_buffer_frames(ckpt.get("buffer")),
+        frames=_buffer_frames(ckpt.get("buffer"), n_frames),
     )
 
 
-def _buffer_frames(buffer: Any) -> Optional[np.ndarray]:
+def _buffer_frames(buffer: Any, wanted: int) -> Optional[np.ndarray]:
     if not isinstance(buffer, dict) or buffer.get("images") is None or int(buffer["images"].shape[0]) < 2:
         return None
     images = buffer["images"].numpy()
-    return pick_frames(images, min(VERIFY_FRAMES, len(images)))
+    return pick_frames(images, min(wanted, len(images)))
+
+
+def frames_wanted(export_cfg: ExportConfig) -> int:
+    """Buffer frames an export asks for: enough to verify, and to draw the calibration set from."""
+    return max(VERIFY_FRAMES, export_cfg.calibration_frames)
 
 
 def demo_frames(capture: CaptureConfig, n: int = VERIFY_FRAMES) -> np.ndarray:
@@ -104,7 +112,7 @@ def export_checkpoint(
     Raises CheckpointError when there is nothing to export, ExportRefused when a gate fails,
     ModelFileError when the checkpoint names an import string `operator_model` does not.
     """
-    source = load_checkpoint_encoder(run_dir, export_cfg.weights, operator_model)
+    source = load_checkpoint_encoder(run_dir, export_cfg.weights, operator_model, frames_wanted(export_cfg))
     return source.step, export_loaded(source, publisher, export_cfg, eval_cfg)
 
 
@@ -123,6 +131,7 @@ def export_loaded(
         std=source.std,
         capture=source.capture,
         eval_cfg=eval_cfg,
+        calibrate=source.frames is not None,
     )
 
 
@@ -215,7 +224,7 @@ def _export_once(
     eval_cfg: EvalConfig,
 ) -> None:
     try:
-        source = load_checkpoint_encoder(run_dir, cfg.weights, operator_model)
+        source = load_checkpoint_encoder(run_dir, cfg.weights, operator_model, frames_wanted(cfg))
     except ByolAgentError as exc:  # e.g. no readable checkpoint yet: try again at the next poll
         log.warning("export skipped: %s", exc)
         return

@@ -23,7 +23,7 @@ from agent.core.wire import MAX_SIDE
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"
 LATEST_NAME = "LATEST"
-_FILE_RE = re.compile(r"^encoder-(\d{6,})\.(onnx|json)$")
+_FILE_RE = re.compile(r"^encoder-(\d{6,})\.(onnx|json|map\.npz)$")
 _ONNX_DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
 CHANNEL_ORDERS = {3: "RGB", 1: "GRAY"}  # channels -> channel_order
 
@@ -37,7 +37,7 @@ def manifest_filename(version: int) -> str:
 
 
 def parse_version(name: str) -> Optional[int]:
-    """Version number of an `encoder-NNNNNN.onnx|json` name; None for anything else (temp files included)."""
+    """Version number of an `encoder-NNNNNN.onnx|json|map.npz` name; None for anything else (temp files included)."""
     match = _FILE_RE.match(name)
     return int(match.group(1)) if match else None
 

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from agent.core.atomic import atomic_write_bytes, fsync_dir, remove_stale_temps, temp_name
 from agent.core.errors import ModelFileError, StorageError
+from export.compat import chain_of, map_filename, read_pins
 from export.manifest import (
     LATEST_NAME,
     MANIFEST_FORMAT,
@@ -26,6 +27,7 @@ from export.manifest import (
     model_filename,
     parse_version,
     read_latest,
+    read_manifest,
     sha256_file,
 )
 
@@ -60,11 +62,12 @@ class Publisher:
         """A private file name in the export directory (same filesystem, so the final rename is atomic)."""
         return self.export_dir / temp_name(f"model{suffix}")
 
-    def publish(self, model_tmp: Path, manifest: dict[str, Any]) -> int:
+    def publish(self, model_tmp: Path, manifest: dict[str, Any], map_data: Optional[bytes] = None) -> int:
         """Move `model_tmp` (a temp_path) into place under a new version; return the version.
 
         `manifest` holds everything but the fields fixed here: format, version, model_file,
-        sha256, size_bytes and the publication time.
+        sha256, size_bytes and the publication time. `map_data`: the version's compatibility map
+        (`export.compat`), written as `encoder-NNNNNN.map.npz` before the manifest that names it.
         """
         try:
             with open(model_tmp, "rb+") as f:
@@ -85,6 +88,9 @@ class Publisher:
                 created_unix=now,
                 created_utc=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
             )
+            if map_data is not None:
+                atomic_write_bytes(self.export_dir / map_filename(version), map_data)
+                tree["compat"] = {**tree["compat"], "map_file": map_filename(version)}
             name = manifest_filename(version)
             atomic_write_bytes(self.export_dir / name, json.dumps(tree, indent=2).encode())
             self._point_latest()
@@ -128,13 +134,16 @@ class Publisher:
         return parse_version(name) if name else None
 
     def prune(self) -> list[Path]:
-        """Delete all but the newest `keep` complete versions; never what LATEST names. Returns what went.
+        """Delete all but the newest `keep` complete versions; never what LATEST names, nor a pinned version
+        (`pins/`, written by a runtime with `compatible_with`). Versions on the maps_to chain from a kept
+        version down to a pin lose only their model file: a pinned runtime composes their maps.
+        Returns what went.
 
         Also removes what killed publishers leave: temp files whose writer is gone, and a model
         file that has waited over a minute for its manifest (`publish` writes it right after).
         """
         files = self._versions_on_disk()
-        complete = sorted((v for v, paths in files.items() if len(paths) == 2), reverse=True)
+        complete = sorted((v for v, paths in files.items() if _complete(paths)), reverse=True)
         kept = set(complete[: self.keep])
         latest = self._latest_version()
         if latest is not None:
@@ -142,11 +151,19 @@ class Publisher:
         if not kept:
             return []
         oldest_kept = min(kept)
+        pins = read_pins(self.export_dir)
+        chain: set[int] = set()  # their manifests and maps stay (a pinned runtime composes them), models go
+        for pin in pins:
+            for version in [v for v in kept if v >= pin]:
+                chain.update(chain_of(self.export_dir, version, pin))
+        kept |= pins
         removed = []
         for version, paths in files.items():
             # Incomplete versions above the oldest kept one may be another publisher's work in progress.
-            if version in kept or version > oldest_kept:
+            if version in kept or (version > oldest_kept and not _complete(paths)):
                 continue
+            if version in chain:
+                paths = [p for p in paths if p.suffix == ".onnx"]
             for path in sorted(paths, key=lambda p: p.suffix != ".json"):  # manifest first
                 path.unlink(missing_ok=True)
                 removed.append(path)
@@ -165,14 +182,22 @@ class Publisher:
             if version is not None:
                 files.setdefault(version, []).append(path)
         for version, paths in list(files.items()):
-            if len(paths) == 1 and paths[0].suffix == ".onnx" and _age_s(paths[0]) > _ORPHAN_S:
+            model = [p for p in paths if p.suffix == ".onnx"]
+            if model and not any(p.suffix == ".json" for p in paths) and _age_s(model[0]) > _ORPHAN_S:
                 try:
-                    paths[0].unlink()
+                    for path in paths:
+                        path.unlink()
                 except OSError:
                     continue
-                log.info("removed %s: its manifest was never written (publisher interrupted)", paths[0].name)
+                log.info("removed %s: its manifest was never written (publisher interrupted)", ", ".join(p.name for p in paths))
                 del files[version]
         return files
+
+
+def _complete(paths: list[Path]) -> bool:
+    """A published version: its model and its manifest are both there (a map file is optional)."""
+    suffixes = {p.suffix for p in paths}
+    return ".onnx" in suffixes and ".json" in suffixes
 
 
 def _age_s(path: Path) -> float:
@@ -180,3 +205,44 @@ def _age_s(path: Path) -> float:
         return time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def rollback(export_dir: Path, to: Optional[int] = None) -> tuple[Optional[int], int]:
+    """Point LATEST at an earlier published version (default: the newest complete one below what LATEST
+    names); returns (version LATEST named before, version it names now).
+
+    The target is checked first (its manifest parses, its model file is there and matches the
+    sha256), then LATEST is replaced atomically; a running HotEncoder follows at its next poll. The
+    next version a publisher writes is pointed at as usual. ModelFileError (one line, nothing
+    changed) for an unknown version, a missing or corrupt file, or nothing earlier to go back to.
+    """
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise ModelFileError(f"export directory {export_dir} does not exist")
+    name = read_latest(export_dir)
+    current = parse_version(name) if name else None
+    published = sorted({v for p in export_dir.glob("encoder-*.json") if (v := parse_version(p.name)) is not None})
+    if to is None:
+        below = [v for v in published if current is None or v < current]
+        if not below:
+            raise ModelFileError(f"nothing to roll back to in {export_dir}: no version below {current}")
+        to = below[-1]
+    elif to not in published:
+        listing = ", ".join(str(v) for v in published) or "none"
+        raise ModelFileError(f"version {to} is not published in {export_dir} (versions there: {listing})")
+    manifest = read_manifest(export_dir / manifest_filename(to))
+    model = export_dir / manifest.model_file
+    try:
+        digest = sha256_file(model)
+    except FileNotFoundError:
+        raise ModelFileError(f"cannot roll back to version {to}: its model file {model} is gone") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot roll back to version {to}: {model} is unreadable ({exc.strerror})") from None
+    if digest != manifest.sha256:
+        raise ModelFileError(f"cannot roll back to version {to}: {model} does not match the sha256 in its manifest")
+    try:
+        atomic_write_bytes(export_dir / LATEST_NAME, (manifest_filename(to) + "\n").encode())
+    except OSError as exc:
+        raise StorageError(f"cannot rewrite {export_dir / LATEST_NAME}: {exc.strerror or exc}") from None
+    log.info("LATEST rolled back from version %s to %d", current, to)
+    return current, to

@@ -310,7 +310,8 @@ class ContinualTrainer:
     def _submit_export(self) -> None:
         """Hand an eval copy of the encoder and real frames to the export thread (returns at once)."""
         gen = torch.Generator().manual_seed(self.step)
-        frames, _ = self.buffer.sample(self.cfg.export.verify_batch, gen)
+        ec = self.cfg.export  # enough frames to verify, and to draw the exporter's calibration set from
+        frames, _ = self.buffer.sample(max(ec.verify_batch, ec.calibration_frames), gen)
         encoder = self.learner.encoder_module(self.cfg.export.weights)
         self.exporter.submit(self.step, encoder, frames.cpu().numpy())
         self.counters.last_export_step = self.step

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this many seconds, the wait for a first encoder included (default: until Ctrl-C)",
     )
     parser.add_argument("--no-wait", action="store_true", help="fail at once if nothing is published yet")
+    parser.add_argument("--compatible-with", type=int, default=None, metavar="VERSION",
+                        help="serve later versions mapped into this version's embedding space (runtime.compatible_with)")
     parser.add_argument("--status-dir", default=None, help="write status-runtime.json here (atomically, each second) and append runtime.jsonl")
     add_config_arguments(parser)
 
@@ -66,13 +68,15 @@ def main(args: argparse.Namespace) -> int:
             timeout_s=waited,
             providers=rc.providers,
             threads=rc.threads,
+            compatible_with=args.compatible_with if args.compatible_with is not None else rc.compatible_with,
         )
     except KeyboardInterrupt:  # stopped (Ctrl-C or the run supervisor) before anything was published
         print("stopped before the first encoder was published", flush=True)
         return 0
     with encoder:
         stop = StopFlag()  # from here on SIGINT/SIGTERM end the loop cleanly
-        print(f"serving version {encoder.version} (D={encoder.output_dim}) on {', '.join(encoder.providers)}", flush=True)
+        pinned = f", in version {encoder.compatible_with}'s space" if encoder.compatible_with is not None else ""
+        print(f"serving version {encoder.version} (D={encoder.output_dim}{pinned}) on {', '.join(encoder.providers)}", flush=True)
         status = Path(args.status_dir) / "status-runtime.json" if args.status_dir else None
         left = None if args.duration is None else max(0.0, args.duration - (time.monotonic() - start))
         history = Path(args.status_dir) / "runtime.jsonl" if args.status_dir else None

@@ -3,6 +3,12 @@
     with HotEncoder("runs/default/exports") as enc:
         z = enc.embed(frames_uint8)      # (N,H,W,3) or (H,W,3) RGB, any size → (N, D) float32
 
+Pinned to a version (`compatible_with=P`, for a policy head fit on P's embeddings), every later
+version is served mapped into P's space through the maps the exporter stored beside each version
+(`export.compat`), composed into one matrix when the version is loaded; serving adds one matmul and
+a bias. A version whose chain down to P is broken (map missing, corrupt, past the pin) is refused
+like a broken file; `repin(V)` moves the pin once the head has been refit on V.
+
 A watcher thread polls `LATEST`. A new version is loaded entirely off the serving path by a
 `VersionLoader` (agent/robot/version_loader.py: hash check, session from the very file checked,
 warm-up, same output dimension as the one serving, at most two sessions resident).
@@ -20,7 +26,7 @@ import logging
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -29,6 +35,7 @@ import numpy as np
 from agent.core.errors import ModelFileError
 from agent.core.frames import as_frame_batch
 from agent.robot.version_loader import Loaded, VersionLoader, file_stamp
+from export.compat import compose_to, map_filename, remove_pin, write_pin
 from export.manifest import LATEST_NAME, Manifest, manifest_filename, model_filename, parse_version, read_latest
 from export.sessions import resolve_providers
 
@@ -45,6 +52,7 @@ class SwapEvent:
     output_dim: int
     load_s: float
     manifest: dict[str, Any]
+    compatible_with: Optional[int] = None  # the pinned version whose space embeddings are served in
 
 
 class HotEncoder:
@@ -60,8 +68,13 @@ class HotEncoder:
         on_swap: Optional[Callable[[SwapEvent], None]] = None,
         providers: str = "auto",
         threads: Optional[int] = None,
+        compatible_with: Optional[int] = None,
     ) -> None:
         self.export_dir = Path(export_dir)
+        self._pin = compatible_with
+        self._pin_lock = threading.Lock()  # held by the watcher from attaching a map to swapping, and by repin
+        if compatible_with is not None:
+            self._record_pin(compatible_with)
         self._poll_interval_s = poll_interval_s
         self._on_swap = on_swap
         self._providers = resolve_providers(providers)
@@ -105,7 +118,42 @@ class HotEncoder:
         spec = loaded.manifest.input
         x = spec.prepare(as_frame_batch(frames))
         out = loaded.session.run([loaded.manifest.output_name], {spec.name: x})[0]
+        if loaded.mapping is not None:  # pinned: into the pinned version's space (one matmul + bias)
+            out = loaded.mapping.apply(out)
         return out, loaded.manifest.version
+
+    @property
+    def compatible_with(self) -> Optional[int]:
+        """The pinned version whose embedding space `embed` answers in (None: each version's own)."""
+        return self._pin
+
+    def repin(self, version: Optional[int]) -> None:
+        """Serve embeddings in `version`'s space from now on (None: unpinned), e.g. after the policy head
+        was refit on the version serving now. The next call already uses the new map; the pin marker
+        in `pins/` moves with it. ModelFileError (pin unchanged) when the serving version cannot be
+        mapped into `version`'s space."""
+        with self._pin_lock:
+            current = self._current
+            if current is None:
+                raise ModelFileError("HotEncoder is closed")
+            mapping = None if version is None else compose_to(self.export_dir, current.manifest.version, version)
+            if version is not None:
+                self._record_pin(version)
+            old, self._pin = self._pin, version
+            self._current = replace(current, mapping=mapping)
+            if old is not None and old != version:
+                try:
+                    remove_pin(self.export_dir, old)
+                except OSError as exc:
+                    log.warning("could not remove the pin of version %d: %s", old, exc)
+        log.info("pinned to version %s (was %s); serving version %d", version, old, current.manifest.version)
+
+    def _record_pin(self, version: int) -> None:
+        try:
+            write_pin(self.export_dir, version)
+        except OSError as exc:  # e.g. a read-only copy of the exports: serving works, retention is not told
+            log.warning("pin of version %d not recorded in %s (%s): retention may remove its maps",
+                        version, self.export_dir, exc.strerror or exc)
 
     @property
     def version(self) -> int:
@@ -179,17 +227,33 @@ class HotEncoder:
         if name is None or name == self._serving_name():
             return None
         version = parse_version(name)
-        signature = (name, file_stamp(self.export_dir / name), file_stamp(self.export_dir / model_filename(version)))
+        signature = (
+            name,
+            file_stamp(self.export_dir / name),
+            file_stamp(self.export_dir / model_filename(version)),
+            file_stamp(self.export_dir / map_filename(version)),
+            self._pin,
+        )
         if signature == self._failed_signature:
             return None  # same broken files as last time: wait for them to change
         start = time.perf_counter()
         try:
             loaded = self._loader.load(name, self._serving_manifest())
+            if self._stop.is_set():
+                return None
+            return self._install(loaded, time.perf_counter() - start)
         except ModelFileError as exc:
             return self._fall_back(signature, exc, version)
-        if self._stop.is_set():
-            return None
-        return self._swap(loaded, time.perf_counter() - start)
+
+    def _attach(self, loaded: Loaded) -> Loaded:
+        """`loaded` with the composed map into the pinned version's space (ModelFileError if there is none)."""
+        if self._pin is None:
+            return replace(loaded, mapping=None)
+        return replace(loaded, mapping=compose_to(self.export_dir, loaded.manifest.version, self._pin))
+
+    def _install(self, loaded: Loaded, load_s: float) -> SwapEvent:
+        with self._pin_lock:  # a repin between attaching and swapping would otherwise be undone
+            return self._swap(self._attach(loaded), load_s)
 
     def _fall_back(self, signature: tuple, exc: ModelFileError, below: Optional[int]) -> Optional[SwapEvent]:
         """Record the failure; while nothing serves yet, swap in the newest version below `below` (None:
@@ -200,7 +264,7 @@ class HotEncoder:
         loaded = self._newest_good_before(below)
         if loaded is None or self._stop.is_set():
             return None
-        return self._swap(loaded, 0.0)
+        return self._install(loaded, 0.0)
 
     def _has_manifests(self) -> bool:
         return any(parse_version(p.name) is not None for p in self.export_dir.glob("encoder-*.json"))
@@ -211,7 +275,7 @@ class HotEncoder:
         candidates = sorted((v for v in found if v is not None and (version is None or v < version)), reverse=True)
         for candidate in candidates:
             try:
-                loaded = self._loader.load(manifest_filename(candidate), self._serving_manifest())
+                loaded = self._attach(self._loader.load(manifest_filename(candidate), self._serving_manifest()))
             except ModelFileError as exc:
                 log.warning("skipping version %d as well: %s", candidate, exc)
                 continue
@@ -257,6 +321,7 @@ class HotEncoder:
             output_dim=loaded.manifest.output_dim,
             load_s=load_s,
             manifest=loaded.manifest.raw,
+            compatible_with=self._pin,
         )
 
     def _notify(self, event: Optional[SwapEvent]) -> None:

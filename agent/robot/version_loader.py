@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.core.errors import ModelFileError
+from export.compat import LinearMap
 from export.manifest import Manifest, read_manifest, sha256_file
 from export.sessions import TENSORRT, create_session
 
@@ -36,11 +37,15 @@ ProviderList = list[Union[str, tuple[str, dict[str, Any]]]]
 
 @dataclass(frozen=True, eq=False)
 class Loaded:
-    """One servable version: never mutated, replaced as a whole."""
+    """One servable version: never mutated, replaced as a whole.
+
+    `mapping`: for a pinned runtime, the composed map into the pinned version's space (None: raw).
+    """
 
     name: str
     session: ort.InferenceSession
     manifest: Manifest
+    mapping: Optional[LinearMap] = None
 
 
 class VersionLoader:

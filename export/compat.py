@@ -1,0 +1,388 @@
+"""Backward-compatible embeddings: a light linear map from each version into the previous one's space.
+
+A policy head fit on version P's embeddings reads coordinates that later versions no longer mean.
+Following BC-Aligner (Hu et al., KDD 2022, "Learning Backward Compatible Embeddings"), each new
+version V gets one affine map `z_prev ≈ z_V @ matrix + bias`, fit in closed form on a fixed
+calibration set of frames, stored beside the version (`encoder-NNNNNN.map.npz`, hashed in its
+manifest) and composed down the chain V → maps_to → ... → P when a runtime is pinned to P.
+
+Files in the export directory (besides what `export.publish` writes):
+  calibration.npy            uint8 (N, H, W, C) frames as the replay buffer held them, drawn once
+  encoder-NNNNNN.map.npz     arrays "matrix" (D_new, D_prev) and "bias" (D_prev,), float32
+  pins/encoder-NNNNNN.pin    a runtime is pinned to that version: retention keeps its chain
+
+The manifest's "compat" section: {"maps_to", "map_file", "sha256", "method", "r2", "cka",
+"fit_frames", "holdout_frames"} — or {"maps_to": null, "reason"} when no map could be fit.
+
+Torch-free (numpy, onnxruntime through `export.sessions`): the runtime composes maps with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from agent.core.atomic import atomic_write_bytes
+from agent.core.config import ExportConfig
+from agent.core.errors import ExportRefused, ModelFileError
+from agent.core.frames import as_frame_batch
+from export.manifest import InputSpec, Manifest, manifest_filename, read_latest, read_manifest, sha256_file
+from export.sessions import CPU, create_session
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_NAME = "calibration.npy"
+PINS_DIR = "pins"
+MIN_CALIBRATION_FRAMES = 32  # below this a held-out R² means little: no calibration set is made
+HOLDOUT_EVERY = 4  # every 4th calibration frame is held out to measure the fit
+METHODS = ("ridge", "procrustes")
+_PIN_RE = re.compile(r"^encoder-(\d{6,})\.pin$")
+
+
+def map_filename(version: int) -> str:
+    return f"encoder-{version:06d}.map.npz"
+
+
+# --------------------------------------------------------------------------- the maps
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """`apply(z) = z @ matrix + bias`: (N, D_in) float32 → (N, D_out) float32."""
+
+    matrix: np.ndarray  # (D_in, D_out) float32
+    bias: np.ndarray  # (D_out,) float32
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return int(self.matrix.shape[0]), int(self.matrix.shape[1])
+
+    def apply(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.matrix + self.bias
+
+    def then(self, older: "LinearMap") -> "LinearMap":
+        """This map followed by `older` (this one's output space is `older`'s input space), as one map:
+        (z A + a) B + b = z (A B) + (a B + b). Composed in float64, stored as float32."""
+        a, b = self.matrix.astype(np.float64), older.matrix.astype(np.float64)
+        matrix = a @ b
+        bias = self.bias.astype(np.float64) @ b + older.bias.astype(np.float64)
+        return LinearMap(matrix.astype(np.float32), bias.astype(np.float32))
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> LinearMap:
+    """Least squares with a ridge and a bias: argmin_W ||Xc W - Yc||² + λ||W||², b = ȳ - x̄ W.
+
+    x: (N, D_in), y: (N, D_out). λ = `ridge` × trace(Xcᵀ Xc) / D_in, so the penalty is relative to
+    the features' scale (1e-3 barely shrinks a well-posed fit, and keeps N < D_in solvable).
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    gram = xc.T @ xc
+    lam = ridge * max(np.trace(gram) / gram.shape[0], 1e-12)
+    matrix = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xc.T @ yc)
+    return LinearMap(matrix.astype(np.float32), (my - mx @ matrix).astype(np.float32))
+
+
+def fit_procrustes(x: np.ndarray, y: np.ndarray) -> LinearMap:
+    """Orthogonal Procrustes with scale and bias: W = s R, R orthogonal (semi-orthogonal when D_in ≠ D_out).
+
+    Source: Schönemann (1966) / Gower & Dijksterhuis, "Procrustes Problems" (2004): with centred
+    X, Y and Xcᵀ Yc = U Σ Vᵀ, R = U Vᵀ minimises ||Xc R - Yc||_F and s = tr(Σ) / ||Xc||_F².
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    u, sigma, vt = np.linalg.svd(xc.T @ yc, full_matrices=False)
+    scale = sigma.sum() / max(float((xc**2).sum()), 1e-12)
+    matrix = scale * (u @ vt)
+    return LinearMap(matrix.astype(np.float32), (my - mx @ matrix).astype(np.float32))
+
+
+def fit_method(x: np.ndarray, y: np.ndarray, method: str, ridge: float = 1e-3) -> LinearMap:
+    if method == "ridge":
+        return fit_ridge(x, y, ridge)
+    if method == "procrustes":
+        return fit_procrustes(x, y)
+    raise ValueError(f"unknown compatibility map method {method!r}; allowed: {', '.join(METHODS)}")
+
+
+def r2_score(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Fraction of the target's variance (summed over dimensions) the prediction explains: 1 - SS_res / SS_tot.
+    1 is a perfect map, 0 no better than the mean; negative is worse than the mean."""
+    target = np.asarray(target, np.float64)
+    residual = float(((target - predicted) ** 2).sum())
+    total = float(((target - target.mean(0)) ** 2).sum())
+    return 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else float("-inf"))
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA of two representations of the same N inputs, x: (N, D1), y: (N, D2), in [0, 1].
+
+    Kornblith et al., ICML 2019, "Similarity of Neural Network Representations Revisited", eq. for
+    linear CKA on centred X, Y: ||Yᵀ X||_F² / (||Xᵀ X||_F ||Yᵀ Y||_F). Invariant to orthogonal
+    transforms and isotropic scaling, so it measures drift a linear map cannot undo only partly;
+    1 means the same space up to rotation and scale.
+    """
+    x = np.asarray(x, np.float64) - np.mean(x, 0)
+    y = np.asarray(y, np.float64) - np.mean(y, 0)
+    denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(np.linalg.norm(y.T @ x) ** 2 / denominator) if denominator > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CompatFit:
+    """A map new → previous and how well it holds on calibration frames it was not fit on."""
+
+    linear: LinearMap
+    method: str
+    r2: float  # of the map fit without the held-out frames, measured on them
+    cka: float  # linear CKA of the two versions' embeddings on the held-out frames
+    fit_frames: int
+    holdout_frames: int
+
+
+def fit_compat(new: np.ndarray, previous: np.ndarray, method: str = "ridge", ridge: float = 1e-3) -> CompatFit:
+    """Fit a map from `new` (N, D_new) to `previous` (N, D_prev) embeddings of the same N frames.
+
+    Every `HOLDOUT_EVERY`-th frame is held out: a map fit on the others is scored there (R²), and
+    CKA is measured there. The map returned is then refit on all N frames (more data, same method).
+    """
+    new, previous = np.asarray(new, np.float64), np.asarray(previous, np.float64)
+    if new.shape[0] != previous.shape[0] or new.shape[0] < MIN_CALIBRATION_FRAMES:
+        raise ValueError(f"need the same ≥ {MIN_CALIBRATION_FRAMES} frames on both sides, got {new.shape[0]} and {previous.shape[0]}")
+    held = np.zeros(len(new), dtype=bool)
+    held[::HOLDOUT_EVERY] = True
+    trial = fit_method(new[~held], previous[~held], method, ridge)
+    r2 = r2_score(trial.apply(new[held]), previous[held])
+    cka = linear_cka(new[held], previous[held])
+    linear = fit_method(new, previous, method, ridge)
+    return CompatFit(linear, method, r2, cka, int((~held).sum()), int(held.sum()))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def map_bytes(linear: LinearMap) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, matrix=linear.matrix.astype(np.float32), bias=linear.bias.astype(np.float32))
+    return buffer.getvalue()
+
+
+def read_map(export_dir: Path, manifest: Manifest) -> tuple[int, LinearMap]:
+    """The map a version's manifest describes: (version it maps to, map). ModelFileError (one line)
+    when the manifest has none, or the file is missing, fails its sha256, or holds wrong arrays."""
+    compat = manifest.raw.get("compat")
+    version = manifest.version
+    if not isinstance(compat, dict) or compat.get("maps_to") is None:
+        reason = compat.get("reason") if isinstance(compat, dict) else None
+        raise ModelFileError(f"version {version} has no compatibility map" + (f" ({reason})" if reason else ""))
+    try:
+        maps_to = int(compat["maps_to"])
+        name, digest = str(compat["map_file"]), str(compat["sha256"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelFileError(f"version {version}'s manifest has a malformed compat section") from None
+    if name != map_filename(version) or maps_to >= version:
+        raise ModelFileError(f"version {version}'s manifest names map {name!r} to version {maps_to}: not allowed")
+    path = Path(export_dir) / name
+    try:
+        actual = sha256_file(path)
+    except FileNotFoundError:
+        raise ModelFileError(f"compatibility map {path} is missing") from None
+    except OSError as exc:
+        raise ModelFileError(f"compatibility map {path} is unreadable: {exc.strerror}") from None
+    if actual != digest:
+        raise ModelFileError(f"compatibility map {path} does not match the sha256 in its manifest: corrupt or replaced")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            matrix, bias = np.asarray(data["matrix"], np.float32), np.asarray(data["bias"], np.float32)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"compatibility map {path} is unreadable ({exc.__class__.__name__})") from None
+    if matrix.ndim != 2 or bias.shape != (matrix.shape[1],) or matrix.shape[0] != manifest.output_dim:
+        raise ModelFileError(f"compatibility map {path} has shapes {matrix.shape}/{bias.shape}, not ({manifest.output_dim}, D)/(D,)")
+    if not (np.isfinite(matrix).all() and np.isfinite(bias).all()):
+        raise ModelFileError(f"compatibility map {path} holds non-finite values")
+    return maps_to, LinearMap(matrix, bias)
+
+
+def compose_to(export_dir: Path, version: int, pin: int) -> Optional[LinearMap]:
+    """One map taking `version`'s embeddings into `pin`'s space, composed down the maps_to chain.
+
+    None when `version` is the pin (nothing to map). ModelFileError (one line) naming the broken
+    link when the chain cannot reach `pin`: `version` older than the pin, a manifest or map missing,
+    corrupt or failing its hash, or a chain that skips past the pin (e.g. after a rollback).
+    """
+    export_dir = Path(export_dir)
+    if version < pin:
+        raise ModelFileError(f"version {version} is older than the pinned version {pin}; a pinned encoder serves {pin} or later")
+    composed: Optional[LinearMap] = None
+    current = version
+    while current != pin:
+        try:
+            manifest = read_manifest(export_dir / manifest_filename(current))
+            maps_to, linear = read_map(export_dir, manifest)
+        except ModelFileError as exc:
+            raise ModelFileError(f"version {version} cannot be mapped into pinned version {pin}'s space: {exc}") from None
+        if maps_to < pin:
+            raise ModelFileError(
+                f"version {version} cannot be mapped into pinned version {pin}'s space: its chain goes from "
+                f"{current} to {maps_to}, past the pin"
+            )
+        if composed is not None and composed.dims[1] != linear.dims[0]:
+            raise ModelFileError(f"version {version}: map of version {current} takes D={linear.dims[0]}, chain gives D={composed.dims[1]}")
+        composed = linear if composed is None else composed.then(linear)
+        current = maps_to
+    return composed
+
+
+def chain_of(export_dir: Path, version: int, floor: int) -> list[int]:
+    """Versions on `version`'s maps_to chain down to `floor` (both included when reached); best effort,
+    for retention: a broken link ends the walk."""
+    chain, current = [version], version
+    while current > floor:
+        try:
+            tree = json.loads((Path(export_dir) / manifest_filename(current)).read_text())
+            nxt = tree.get("compat", {}).get("maps_to")
+            current = int(nxt) if nxt is not None and int(nxt) < current else -1
+        except (OSError, ValueError, TypeError, AttributeError):
+            break
+        if current < floor:
+            break
+        chain.append(current)
+    return chain
+
+
+# --------------------------------------------------------------------------- pins
+
+
+def pin_path(export_dir: Path, version: int) -> Path:
+    return Path(export_dir) / PINS_DIR / f"encoder-{version:06d}.pin"
+
+
+def write_pin(export_dir: Path, version: int) -> None:
+    """Mark `version` as pinned by a runtime (kept after it stops: retention keeps its chain until
+    the pin is moved with `repin` or the file is deleted). Raises OSError if it cannot be written."""
+    path = pin_path(export_dir, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, f"{version}\n".encode())
+
+
+def remove_pin(export_dir: Path, version: int) -> None:
+    pin_path(export_dir, version).unlink(missing_ok=True)
+
+
+def read_pins(export_dir: Path) -> set[int]:
+    """Versions some runtime is pinned to (names under pins/; anything else there is ignored)."""
+    try:
+        names = [p.name for p in (Path(export_dir) / PINS_DIR).iterdir()]
+    except OSError:
+        return set()
+    return {int(m.group(1)) for n in names if (m := _PIN_RE.match(n))}
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibration_set(export_dir: Path, frames: Optional[np.ndarray], size: int) -> Optional[np.ndarray]:
+    """The directory's calibration frames, uint8 (N, H, W, C); made from `frames` the first time.
+
+    Made once from up to `size` of the given frames (spread evenly over them; they come from the
+    replay buffer) and written atomically as `calibration.npy`; from then on the stored set is
+    returned whatever `frames` are, so every version is compared on the same frames. None when
+    there is no set yet and fewer than MIN_CALIBRATION_FRAMES (or None) were given. A stored set that is
+    unreadable is replaced (logged): maps fit before then stay valid, they are only numbers.
+    """
+    path = Path(export_dir) / CALIBRATION_NAME
+    if path.exists():
+        try:
+            stored = np.load(path, allow_pickle=False)
+            return as_frame_batch(stored)
+        except Exception as exc:  # a damaged file: np.load raises several types
+            log.warning("calibration set %s is unreadable (%s); drawing a new one", path, exc.__class__.__name__)
+    if frames is None or size < MIN_CALIBRATION_FRAMES or len(frames) < MIN_CALIBRATION_FRAMES:
+        return None
+    frames = as_frame_batch(frames)
+    index = np.linspace(0, len(frames) - 1, num=min(size, len(frames))).round().astype(int)
+    chosen = np.ascontiguousarray(frames[np.unique(index)])
+    buffer = io.BytesIO()
+    np.save(buffer, chosen, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+    log.info("calibration set of %d frames written to %s", len(chosen), path)
+    return chosen
+
+
+def embed_file(model_path: Path, spec: InputSpec, output_name: str, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Embeddings (N, D) float32 of uint8 frames by the ONNX file at `model_path`, prepared as serving does."""
+    session = create_session(model_path, [CPU], threads=1)
+    out = [session.run([output_name], {spec.name: spec.prepare(frames[i : i + batch])})[0] for i in range(0, len(frames), batch)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def previous_version(export_dir: Path) -> Optional[Manifest]:
+    """The version a new one maps to: the one LATEST names (what serves; after a rollback, the rolled-back-to
+    version), checked against its sha256. None when nothing is published or it does not verify."""
+    try:
+        name = read_latest(Path(export_dir))
+        if name is None:
+            return None
+        manifest = read_manifest(Path(export_dir) / name)
+        if sha256_file(Path(export_dir) / manifest.model_file) != manifest.sha256:
+            raise ModelFileError(f"{manifest.model_file} does not match its sha256")
+        return manifest
+    except (ModelFileError, OSError) as exc:
+        log.warning("no compatibility map for this export: the previous version is unusable (%s)", exc)
+        return None
+
+
+def fit_for_export(
+    model_path: Path, spec: InputSpec, output_name: str, export_dir: Path, frames: Optional[np.ndarray], cfg: ExportConfig
+) -> tuple[dict[str, Any], Optional[bytes]]:
+    """The compat section for a new export at `model_path`, and its map file's bytes (None: no map).
+
+    `frames`: replay-buffer frames to draw the calibration set from if there is none yet (None:
+    these frames are not the robot's, e.g. the demo scene standing in for a missing buffer).
+
+    Embeds the calibration set with the new file and with the version LATEST names, fits
+    `cfg.compat_map` new → previous, and applies the drift gate: ExportRefused when the held-out R²
+    is below `cfg.min_compatibility`. No map (and no refusal) for the first version, without a
+    calibration set, or when the previous version's files do not verify; the reason is recorded.
+    """
+    if cfg.calibration_frames == 0:
+        return {"maps_to": None, "reason": "export.calibration_frames is 0"}, None
+    calibration = calibration_set(export_dir, frames, cfg.calibration_frames)
+    if calibration is None:
+        given = "none from the replay buffer" if frames is None else len(frames)
+        reason = f"no calibration set yet (needs {MIN_CALIBRATION_FRAMES}+ replay-buffer frames, got {given})"
+        return {"maps_to": None, "reason": reason}, None
+    previous = previous_version(export_dir)
+    if previous is None:
+        return {"maps_to": None, "reason": "no usable previous version"}, None
+    new = embed_file(model_path, spec, output_name, calibration)
+    old = embed_file(Path(export_dir) / previous.model_file, previous.input, previous.output_name, calibration)
+    fit = fit_compat(new, old, cfg.compat_map, cfg.compat_ridge)
+    if cfg.min_compatibility is not None and not fit.r2 >= cfg.min_compatibility:
+        raise ExportRefused(
+            f"drift gate: a {fit.method} map back to version {previous.version} explains R² = {fit.r2:.3f} of its embeddings "
+            f"on {fit.holdout_frames} held-out calibration frames (CKA {fit.cka:.3f}) < export.min_compatibility "
+            f"{cfg.min_compatibility:g}; refit the policy head on the newest version and repin, or lower the threshold"
+        )
+    data = map_bytes(fit.linear)
+    section = {
+        "maps_to": previous.version,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "method": fit.method,
+        "r2": round(fit.r2, 6),
+        "cka": round(fit.cka, 6),
+        "fit_frames": fit.fit_frames,
+        "holdout_frames": fit.holdout_frames,
+    }
+    return section, data

@@ -1,0 +1,155 @@
+"""Compatibility maps, the drift gate, pins and retention: real exports, real ONNX files, real onnxruntime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agent.core.config import ExportConfig
+from agent.core.errors import ExportRefused
+from agent.core.frames import resize_frames
+from agent.robot.runtime import HotEncoder
+from export.compat import (
+    CALIBRATION_NAME,
+    fit_compat,
+    fit_procrustes,
+    fit_ridge,
+    linear_cka,
+    map_filename,
+    read_pins,
+    write_pin,
+)
+from export.exporter import export_encoder
+from export.publish import Publisher
+from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
+from export.verify import torch_reference
+from tests.export.tiny import IMAGE_SIZE, model_cfg, scene_frames, tiny_encoder
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+CALIBRATION = scene_frames(48, seed=3)  # ≥ 32: enough for a calibration set (12 held out)
+
+
+def random_rotation(dim: int, seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(dim, dim)))
+    return q * np.sign(np.diag(r))
+
+
+def transformed(base: nn.Module, seed: int, scale: float, width: int = 16) -> nn.Module:
+    """`base` followed by z → scale·z·Q + b (Q orthogonal): an exact linear relative of `base`."""
+    linear = nn.Linear(width, width)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(scale * random_rotation(width, seed).T).float())
+        linear.bias.copy_(torch.from_numpy(np.random.default_rng(seed + 1).normal(size=width)).float())
+    return nn.Sequential(base, nn.Flatten(), linear).eval()
+
+
+def publish(export_dir: Path, encoder: nn.Module, frames: np.ndarray = CALIBRATION, keep: int = 50, **cfg: object) -> int:
+    return export_encoder(0, encoder, frames, export_cfg=ExportConfig(keep=keep, **cfg),
+                          model_cfg=model_cfg(), publisher=Publisher(export_dir, keep))
+
+
+def reference(encoder: nn.Module, frames: np.ndarray) -> np.ndarray:
+    """What `encoder` answers in torch for frames prepared as serving prepares them."""
+    spec = input_spec("uint8_nhwc", IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    return torch_reference(encoder, resize_frames(frames, IMAGE_SIZE, IMAGE_SIZE), spec)
+
+
+def manifest(export_dir: Path, version: int) -> dict:
+    return json.loads((export_dir / f"encoder-{version:06d}.json").read_text())
+
+
+@pytest.mark.parametrize("method", ["procrustes", "ridge"])
+def test_map_recovers_a_known_rotation_scale_and_shift(method: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 24))
+    q, scale, shift = random_rotation(24, 1), 2.5, rng.normal(size=24)
+    y = scale * x @ q + shift
+    fit = fit_procrustes(x, y) if method == "procrustes" else fit_ridge(x, y, ridge=1e-9)
+    np.testing.assert_allclose(fit.matrix, scale * q, atol=1e-4)
+    np.testing.assert_allclose(fit.bias, shift, atol=1e-4)
+    result = fit_compat(x, y, method, ridge=1e-9)
+    assert result.r2 > 0.999999 and abs(result.cka - 1) < 1e-9
+    assert (result.fit_frames, result.holdout_frames) == (150, 50)
+
+
+def test_linear_cka_follows_its_definition() -> None:
+    """Kornblith et al. 2019: ||YᵀX||²_F / (||XᵀX||_F ||YᵀY||_F) on centred X, Y."""
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(100, 8)), rng.normal(size=(100, 5))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    assert linear_cka(x, y) == pytest.approx(expected, rel=1e-12)
+    assert linear_cka(x, 3 * x @ random_rotation(8, 2) + 1) == pytest.approx(1.0)
+    assert linear_cka(x, y) < 0.2
+
+
+def test_maps_compose_over_three_versions_into_the_pinned_space(tmp_path: Path) -> None:
+    base = tiny_encoder(1)
+    v2 = transformed(base, seed=10, scale=1.7)
+    v3 = transformed(v2, seed=20, scale=0.6)
+    for encoder in (base, v2, v3):
+        publish(tmp_path, encoder, compat_map="procrustes")
+    assert (tmp_path / CALIBRATION_NAME).exists()
+    m2, m3 = manifest(tmp_path, 2)["compat"], manifest(tmp_path, 3)["compat"]
+    assert manifest(tmp_path, 1)["compat"]["maps_to"] is None
+    assert (m2["maps_to"], m3["maps_to"]) == (1, 2) and m3["map_file"] == map_filename(3)
+    assert m2["r2"] > 0.9999 and m3["cka"] > 0.9999
+    frames = scene_frames(6, seed=11)
+    z1, z3 = reference(base, frames), reference(v3, frames)
+    with HotEncoder(tmp_path, providers="cpu", wait=False, compatible_with=1) as pinned:
+        mapped, version = pinned.embed_with_version(frames)
+        assert version == 3 and pinned.compatible_with == 1
+        np.testing.assert_allclose(mapped, z1, atol=1e-3 * np.abs(z1).max())  # v3 → v2 → v1, composed
+        assert np.abs(z3 - z1).max() > 0.1  # raw version 3 answers in another space
+        pinned.repin(3)  # the head was refit on version 3: raw version 3 embeddings from now on
+        np.testing.assert_allclose(pinned.embed(frames), z3, atol=1e-5)
+        assert read_pins(tmp_path) == {3}
+
+
+def test_the_drift_gate_refuses_a_version_that_cannot_be_mapped_back(tmp_path: Path) -> None:
+    publish(tmp_path, tiny_encoder(1))
+    with pytest.raises(ExportRefused, match="drift gate.*R² = .*export.min_compatibility 0.99"):
+        publish(tmp_path, tiny_encoder(2), min_compatibility=0.99)  # another random network: unrelated space
+    assert sorted(p.name for p in tmp_path.glob("encoder-*")) == ["encoder-000001.json", "encoder-000001.onnx"]
+    assert publish(tmp_path, transformed(tiny_encoder(1), seed=5, scale=2.0), min_compatibility=0.99) == 2
+
+
+def test_the_calibration_set_is_drawn_once_from_enough_frames(tmp_path: Path) -> None:
+    publish(tmp_path, tiny_encoder(1), frames=scene_frames(12))  # too few to calibrate on
+    assert not (tmp_path / CALIBRATION_NAME).exists()
+    assert "no calibration set" in manifest(tmp_path, 1)["compat"]["reason"]
+    publish(tmp_path, tiny_encoder(1), frames=CALIBRATION)  # drawn now, and version 2 is mapped at once
+    assert manifest(tmp_path, 2)["compat"]["maps_to"] == 1
+    stored = np.load(tmp_path / CALIBRATION_NAME)
+    assert stored.shape == CALIBRATION.shape and stored.dtype == np.uint8
+    publish(tmp_path, tiny_encoder(1), frames=scene_frames(64, seed=7))
+    np.testing.assert_array_equal(np.load(tmp_path / CALIBRATION_NAME), stored)  # fixed from then on
+    assert manifest(tmp_path, 3)["compat"]["maps_to"] == 2
+
+
+def test_a_pinned_version_and_the_maps_down_to_it_survive_retention(tmp_path: Path) -> None:
+    base = tiny_encoder(1)
+    publish(tmp_path, base, keep=2)
+    write_pin(tmp_path, 1)  # what HotEncoder(compatible_with=1) records
+    encoder = base
+    for seed in range(2, 7):
+        encoder = transformed(encoder, seed=seed, scale=1.1)
+        publish(tmp_path, encoder, keep=2, compat_map="procrustes")
+    names = sorted(p.name for p in tmp_path.glob("encoder-*"))
+    assert {"encoder-000001.onnx", "encoder-000001.json", "encoder-000005.onnx", "encoder-000006.onnx"} <= set(names)
+    for version in (2, 3, 4):  # on the chain: manifest and map stay, the model goes
+        assert f"encoder-{version:06d}.json" in names and map_filename(version) in names
+        assert f"encoder-{version:06d}.onnx" not in names
+    frames = scene_frames(4, seed=2)
+    with HotEncoder(tmp_path, providers="cpu", wait=False, compatible_with=1) as pinned:
+        assert pinned.version == 6
+        z1 = reference(base, frames)
+        np.testing.assert_allclose(pinned.embed(frames), z1, atol=1e-3 * np.abs(z1).max())
+    (tmp_path / "pins" / "encoder-000001.pin").unlink()  # unpinned: the next publish prunes as usual
+    publish(tmp_path, transformed(encoder, seed=9, scale=1.0), keep=2)
+    assert sorted(p.name for p in tmp_path.glob("encoder-*.json")) == ["encoder-000006.json", "encoder-000007.json"]
