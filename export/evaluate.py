@@ -19,9 +19,9 @@ import torch
 from agent.core.config import EvalConfig, ModelConfig
 from agent.core.errors import ConfigError, ModelFileError
 from agent.core.frames import resize_frames
-from export.manifest import LATEST_NAME, InputSpec, Manifest, read_latest, read_manifest, sha256_file
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD
+from export.manifest import CHANNEL_ORDERS, LATEST_NAME, InputSpec, Manifest, read_latest, read_manifest, sha256_file
 from export.sessions import create_session, resolve_providers
+from trainer.byol import view_statistics
 from trainer.evaluation import (
     EvalResult,
     LabelledImages,
@@ -94,19 +94,22 @@ def _spec_from_graph(session: ort.InferenceSession, encoder: EncoderFile) -> Inp
     shape = list(inp.shape)
     hw = shape[1:3] if uint8 else shape[2:4]
     channels = shape[3] if uint8 else shape[1]
-    if len(shape) != 4 or channels != 3 or not all(isinstance(d, int) for d in hw):
+    if len(shape) != 4 or channels not in CHANNEL_ORDERS or not all(isinstance(d, int) for d in hw):
         raise ModelFileError(
-            f"{str(encoder.onnx_path)!r} input {inp.name!r} {inp.type} {shape} is not a fixed-size RGB batch, "
-            "and no manifest beside it says how to feed it"
+            f"{str(encoder.onnx_path)!r} input {inp.name!r} {inp.type} {shape} is not a fixed-size RGB or gray "
+            "batch, and no manifest beside it says how to feed it"
         )
+    mean, std = view_statistics(channels, normalize=True)  # what our exports fold in (a bare float graph: assumed)
     return InputSpec(
         name=inp.name,
         dtype="uint8" if uint8 else "float32",
         layout="NHWC" if uint8 else "NCHW",
         height=hw[0],
         width=hw[1],
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=tuple(mean),
+        std=tuple(std),
+        channel_order=CHANNEL_ORDERS[channels],
+        channels=channels,
     )
 
 
@@ -144,7 +147,8 @@ def evaluate_export(
     model_section = encoder.manifest.raw.get("model") if encoder.manifest is not None else None
     if reference and isinstance(model_section, dict) and model_section.get("encoder"):
         try:
-            module = random_init_encoder(model_section, seed, operator_model, f"the manifest of {encoder.onnx_path.name}")
+            module = random_init_encoder(model_section, seed, operator_model, f"the manifest of {encoder.onnx_path.name}",
+                                         channels=extractor.spec.channels)
         except ConfigError as exc:
             notes.append(f"no random-init reference: {exc}")
         else:

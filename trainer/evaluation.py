@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from agent.core.config import ModelConfig
 from agent.core.errors import ConfigError, ModelFileError, SourceError
-from agent.core.frames import fit_frame, read_image_bgr
+from agent.core.frames import fit_frame, read_image_bgr, to_channels
 from trainer.backbone import Backbone
 from trainer.encoders import build_encoder, check_file_model
 
@@ -248,11 +248,13 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 def torch_features(
     module: torch.nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int = 256
 ) -> np.ndarray:
-    """Features of a torch encoder (normalised float NCHW in, (N, D) out) on uint8 RGB images, in eval mode."""
+    """Features of a torch encoder (normalised float NCHW in, (N, D) out) on uint8 RGB images, in eval mode;
+    with one mean/std value the encoder is mono and the images are turned gray (`frames.to_channels`)."""
     device = next(module.parameters()).device
     module.eval()
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    images = to_channels(images, len(mean))  # a mono encoder sees gray frames, converted as capture does
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
@@ -267,7 +269,11 @@ def finite_features(feats: np.ndarray, what: str) -> np.ndarray:
 
 
 def random_init_encoder(
-    model_section: dict[str, Any], seed: int, operator_model: Optional[ModelConfig] = None, source: str = "the manifest"
+    model_section: dict[str, Any],
+    seed: int,
+    operator_model: Optional[ModelConfig] = None,
+    source: str = "the manifest",
+    channels: int = 3,
 ) -> torch.nn.Module:
     """The same architecture as an export, initialised as `build_learner` does under `seed`, cut at its hidden layer.
 
@@ -282,7 +288,7 @@ def random_init_encoder(
     check_file_model(model_cfg, operator_model, source)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_encoder(model_cfg)
+        net = build_encoder(model_cfg, channels)
     return Backbone(net, model_cfg.hidden_layer).eval()
 
 
