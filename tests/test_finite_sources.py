@@ -83,6 +83,10 @@ def test_run_on_a_recording_ends_when_the_trainer_has_used_it(tmp_path: Path) ->
     assert "trainer has finished" in proc.stderr and time.monotonic() - started < 400
     assert status(run)["frames_in"] == FRAMES and status(run)["step"] == 2 * FRAMES
     assert (run / "exports" / "LATEST").exists()  # the exporter published the final checkpoint on the way out
+    import json
+
+    final_capture = json.loads((run / "status-capture.json").read_text())  # what the last status line shows
+    assert (final_capture["frames_read"], final_capture["kept"], final_capture["sent"]) == (FRAMES, FRAMES, FRAMES)
 
 
 def test_a_run_that_trained_on_nothing_says_so_and_fails(tmp_path: Path) -> None:

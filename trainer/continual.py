@@ -165,6 +165,7 @@ class ContinualTrainer:
         self.monitor = RunMonitor(
             MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
             train_step=self.train_step, buffer=self.buffer, state=self.state, quality=self.quality,
+            sync=self._sync_counters,
         )
         self.exporter = self._make_exporter()
         self.monitor.event({"event": "start", "step": self.step, "resumed_from": self.resumed_from,

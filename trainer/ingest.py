@@ -122,8 +122,8 @@ class Ingestor(Worker):
         self.cameras_ended.discard(frame.camera_id)  # the camera is back (a restarted capture, a new file)
         self.per_camera[frame.camera_id] = self.per_camera.get(frame.camera_id, 0) + 1
         fitted = fit_to_buffer(frame, self._buffer.frame_shape)
+        self.frames_in += 1  # counted before it is stored: a reader never sees more stored than received
         stored = fitted is not None and self._buffer.add(fitted)
-        self.frames_in += 1
         self.frames_rejected += not stored
         self.arrived.set()
 

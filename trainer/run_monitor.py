@@ -86,10 +86,14 @@ class RunMonitor:
         buffer: ReplayBuffer,
         state: RunState,
         quality: Optional["QualityMonitor"] = None,
+        sync: Callable[[], None] = lambda: None,
     ) -> None:
+        """`sync()` brings the state's counters up to date with the ingest thread; it is called after the
+        buffer is read, so the frames counted in are never fewer than the frames the buffer was seen holding."""
         self.metrics, self._cfg = metrics, train_cfg
         self._train_step, self._buffer, self._state = train_step, buffer, state
         self.quality = quality
+        self._sync = sync
         self._window = _Window(state.step)
         self._rate = StepRate()
         self._frames_in_at_start = state.counters.frames_in  # frames in before this process (a resumed run)
@@ -173,6 +177,7 @@ class RunMonitor:
         step = self._state.step
         steps_per_s, img_per_s = self._window.rates(step, self._cfg.batch_size)
         stats = self._buffer.stats()
+        self._sync()
         learner, c, probe = self._train_step.learner, self._state.counters, self._last_probe
         return {
             "step": step,

@@ -247,6 +247,8 @@ def run_capture(
             for reader in readers:
                 reader.join(JOIN_TIMEOUT_S)
         stats = loop.stats()
+        if status_path is not None:  # the final counts: the `run` status line and report read these last
+            write_status(status_path, {"time": time.time(), **asdict(stats), "sources": loop.source_status()})
         if history_path is not None:
             _append_history(history_path, loop)
     log.info("capture finished: %s", stats.line())

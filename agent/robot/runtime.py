@@ -95,7 +95,7 @@ class HotEncoder:
         if self._current is None and not self._wait_first(timeout_s):
             self.close()
             reason = f" (last error: {self.last_error})" if self.last_error else ""
-            raise ModelFileError(f"no encoder was published in {self.export_dir} within {timeout_s:g} s{reason}")
+            raise ModelFileError(f"no encoder was published in {self.export_dir} within {timeout_s:.1f} s{reason}")
 
     def _wait_first(self, timeout_s: Optional[float]) -> bool:
         try:
