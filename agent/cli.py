@@ -110,8 +110,9 @@ def _main(argv: Optional[list[str]]) -> int:
     args, extra = parser.parse_known_args(argv)
     # argparse cannot take positionals after options; accept `key=value` overrides anywhere.
     unknown = [item for item in extra if "=" not in item or item.startswith("-")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # the subcommand's usage, not the top level's: `run --duraton 5` is a `run` mistake
+        subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+        subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
     from agent.core.errors import ByolAgentError
 

@@ -69,8 +69,10 @@ class ReplayCapture:
 
     def start(self, endpoint: str) -> None:
         """Start capture sending to `endpoint` (the trainer's bound PULL)."""
+        run_dir = self._log_dir.parent  # the counts `byol-agent report` reads, as `run`'s capture writes them
         argv = [sys.executable, "-m", "agent.cli", "capture", "--config", str(self._config_path),
-                "--endpoint", endpoint, "--publish", "none"]
+                "--endpoint", endpoint, "--publish", "none", "--status-file", str(run_dir / "status-capture.json"),
+                "--history-file", str(run_dir / "capture.jsonl")]
         argv += ["--pace", "asap", "--lossless"] if self._pace == "asap" else ["--pace", "realtime"]
         spec = ChildSpec("replay-capture", argv, stop_timeout_s=CAPTURE_STOP_TIMEOUT_S)
         self._supervisor = Supervisor([spec], self._log_dir, max_restarts=0)

@@ -153,6 +153,7 @@ def test_replay_of_a_video_trains_until_it_is_used_up_and_exports(tmp_path):
     assert final["counters"]["frames_in"] == 40
     assert final["step"] == 2 * 40
     assert (run / "logs" / "replay-capture.log").exists()
+    assert (run / "capture.jsonl").exists() and (run / "status-capture.json").exists()  # what `report` reads
     exports = [r for r in metrics(run) if r.get("event", "").startswith("export")]
     assert exports == [{"time": exports[0]["time"], "event": "export", "step": 80, "version": 1}], exports
     assert (run / "exports" / "LATEST").exists()

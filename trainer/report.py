@@ -597,12 +597,10 @@ def _summary(run: RunRecords, plots: list[Path], missing: list[str]) -> str:
     lines += ["", "## Is the robot being served?", ""]
     lines.append(_runtime_line(run))
 
-    lines += [""]
-    for name, count in run.bad_lines.items():
-        if count:
-            lines.append(f"- skipped {count} unreadable line(s) of {name}")
-    if missing:
-        lines.append(f"- not recorded, so not plotted: {', '.join(missing)}")
+    skipped = [f"- skipped {count} unreadable line(s) of {name}" for name, count in run.bad_lines.items() if count]
+    not_recorded = [f"- not recorded, so not plotted: {', '.join(missing)}"] if missing else []
+    if skipped or not_recorded:
+        lines += ["", "## Not recorded or unreadable", "", *skipped, *not_recorded]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p.stem != "overview"]
     return "\n".join(lines) + "\n"
 

@@ -93,3 +93,11 @@ def test_a_child_stopped_while_its_interpreter_starts_exits_130_without_tracebac
     codes = sup.stop()  # SIGINT within milliseconds of each spawn
     logs = "".join(path.read_text() for path in tmp_path.glob("*.log"))
     assert set(codes.values()) <= {0, 130} and "Traceback" not in logs, (codes, logs)
+
+
+def test_an_unknown_flag_is_reported_against_its_subcommand() -> None:
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--duraton", "5"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "byol-agent run: error: unrecognized arguments: --duraton"
+    assert "usage: byol-agent run" in proc.stderr
