@@ -35,7 +35,7 @@ from agent.core.atomic import atomic_write_bytes
 from agent.core.config import ExportConfig
 from agent.core.errors import ExportRefused, ModelFileError
 from agent.core.frames import as_frame_batch
-from export.manifest import InputSpec, Manifest, manifest_filename, read_latest, read_manifest, sha256_file
+from export.manifest import InputSpec, Manifest, check_sha256, manifest_filename, read_latest, read_manifest, sha256_file
 from export.sessions import CPU, create_session
 
 log = logging.getLogger(__name__)
@@ -194,14 +194,7 @@ def read_map(export_dir: Path, manifest: Manifest) -> tuple[int, LinearMap]:
     if name != map_filename(version) or maps_to >= version:
         raise ModelFileError(f"version {version}'s manifest names map {name!r} to version {maps_to}: not allowed")
     path = Path(export_dir) / name
-    try:
-        actual = sha256_file(path)
-    except FileNotFoundError:
-        raise ModelFileError(f"compatibility map {path} is missing") from None
-    except OSError as exc:
-        raise ModelFileError(f"compatibility map {path} is unreadable: {exc.strerror}") from None
-    if actual != digest:
-        raise ModelFileError(f"compatibility map {path} does not match the sha256 in its manifest: corrupt or replaced")
+    check_sha256(path, digest, f"compatibility map {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             matrix, bias = np.asarray(data["matrix"], np.float32), np.asarray(data["bias"], np.float32)

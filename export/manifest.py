@@ -50,6 +50,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_sha256(path: Path, expected: str, what: str, gone: str = "is missing") -> None:
+    """ModelFileError (one line starting with `what`) unless the file at `path` hashes to `expected`:
+    "`what` `gone`" when it is not there, "... is unreadable (...)", or "... does not match the sha256 in
+    its manifest". The one check of a published file against its manifest (model, compatibility map)."""
+    try:
+        actual = sha256_file(path)
+    except FileNotFoundError:
+        raise ModelFileError(f"{what} {gone}") from None
+    except OSError as exc:
+        raise ModelFileError(f"{what} is unreadable ({exc.strerror})") from None
+    if actual != expected:
+        raise ModelFileError(f"{what} does not match the sha256 in its manifest: truncated, corrupt or replaced")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What the graph takes; `prepare` turns robot frames (uint8 NHWC RGB, any size) into exactly that.

@@ -23,6 +23,7 @@ from export.compat import chain_of, map_filename, read_pins
 from export.manifest import (
     LATEST_NAME,
     MANIFEST_FORMAT,
+    check_sha256,
     manifest_filename,
     model_filename,
     parse_version,
@@ -232,14 +233,7 @@ def rollback(export_dir: Path, to: Optional[int] = None) -> tuple[Optional[int],
         raise ModelFileError(f"version {to} is not published in {export_dir} (versions there: {listing})")
     manifest = read_manifest(export_dir / manifest_filename(to))
     model = export_dir / manifest.model_file
-    try:
-        digest = sha256_file(model)
-    except FileNotFoundError:
-        raise ModelFileError(f"cannot roll back to version {to}: its model file {model} is gone") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot roll back to version {to}: {model} is unreadable ({exc.strerror})") from None
-    if digest != manifest.sha256:
-        raise ModelFileError(f"cannot roll back to version {to}: {model} does not match the sha256 in its manifest")
+    check_sha256(model, manifest.sha256, f"cannot roll back to version {to}: its model file {model}", gone="is gone")
     try:
         atomic_write_bytes(export_dir / LATEST_NAME, (manifest_filename(to) + "\n").encode())
     except OSError as exc:

@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from agent.core.errors import ModelFileError
 from export.compat import LinearMap
-from export.manifest import Manifest, read_manifest, sha256_file
+from export.manifest import Manifest, check_sha256, read_manifest
 from export.sessions import TENSORRT, create_session
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,8 @@ class VersionLoader:
                 f"{serving.version} serves D={serving.output_dim}; the policy head depends on D"
             )
         identity = file_identity(model_path)
-        try:
-            digest = sha256_file(model_path)
-        except OSError as exc:
-            raise ModelFileError(f"model file {model_path} is unreadable: {exc.strerror}") from None
-        if digest != manifest.sha256:
-            size = identity[2] if identity else "?"
-            raise ModelFileError(
-                f"model file {model_path} ({size} bytes) does not match the sha256 in {name}: truncated or replaced"
-            )
+        size = identity[2] if identity else "?"
+        check_sha256(model_path, manifest.sha256, f"model file {model_path} ({size} bytes)", gone="is unreadable (missing)")
         self._wait_for_slot()
         session = self._new_session(model_path, manifest)
         if file_identity(model_path) != identity:
