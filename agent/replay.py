@@ -98,8 +98,12 @@ class ReplayCapture:
         if self._supervisor is None:
             return
         self._stopping.set()
-        self._watcher.join()
-        self._supervisor.stop()
+        if self._watcher is not None:
+            self._watcher.join()
+        codes = self._supervisor.stop()
+        code = codes.get("replay-capture")
+        if self.failure is None and code not in (None, 0, 130):  # it failed after the watcher's last look
+            self.failure = f"replay-capture exited with code {code} (see {self._log_dir / 'replay-capture.log'})"
 
 
 def replay(

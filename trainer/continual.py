@@ -162,12 +162,16 @@ class ContinualTrainer:
         receiver = self._open_receiver()
         self._prior = copy.deepcopy(self.counters)
         self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
-        self.monitor = RunMonitor(
-            MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
-            train_step=self.train_step, buffer=self.buffer, state=self.state, quality=self.quality,
-            sync=self._sync_counters,
-        )
-        self.exporter = self._make_exporter()
+        try:
+            self.monitor = RunMonitor(
+                MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
+                train_step=self.train_step, buffer=self.buffer, state=self.state, quality=self.quality,
+                sync=self._sync_counters,
+            )
+            self.exporter = self._make_exporter()
+        except BaseException:  # the ingest thread that would close the receiver never started
+            receiver.close()
+            raise
         self.monitor.event({"event": "start", "step": self.step, "resumed_from": self.resumed_from,
                             "device": str(self.device), "endpoint": receiver.endpoint})
         self.ingest.start()

@@ -228,6 +228,7 @@ def run_capture(
                 loop.send_ends()
                 loop.watch()
                 if all(reader.done for reader in readers):
+                    loop.send_ends()  # a reader may have finished after the call above: its end must still go out
                     for reader in readers:
                         reader.check()
                     break

@@ -183,11 +183,13 @@ class SourceReader(Worker):
             self.source.connect()
         except SourceError as exc:
             if not self.source.live:
-                raise  # a file that cannot be opened now will not open later: a start-up error
+                raise  # a file that cannot be opened now will not open later: a start-up error (see on_error)
             self._opened.set()  # a camera or stream that is not up yet is waited for like a lost one
             self._reopen(exc)
-        finally:
-            self._opened.set()
+        self._opened.set()
+
+    def on_error(self, exc: BaseException) -> None:
+        self._opened.set()  # only now: the error is stored, so `wait_opened` re-raises it
 
     def loop_once(self) -> bool:
         try:
