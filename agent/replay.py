@@ -107,7 +107,14 @@ class ReplayCapture:
 
 
 def replay(
-    cfg: Config, paths: list[str], run_dir: Path, *, pace: Pace, stop: threading.Event, progress: Optional[bool] = None
+    cfg: Config,
+    paths: list[str],
+    run_dir: Path,
+    *,
+    pace: Pace,
+    stop: threading.Event,
+    progress: Optional[bool] = None,
+    frame_counts: Optional[list[Optional[int]]] = None,
 ) -> int:
     """Train on `paths` through capture → wire → trainer; returns 0, raises SourceError for bad input.
 
@@ -116,9 +123,10 @@ def replay(
     from its checkpoint and capture from the frames each recording already delivered
     (`capture.start_frames`, from the checkpoint's per-camera counts): nothing is read twice.
     `progress` (default: when stderr is a terminal) shows a bar with steps, frames and an ETA; the
-    trainer's own status lines then go to RUN_DIR/logs/replay-trainer.log.
+    trainer's own status lines then go to RUN_DIR/logs/replay-trainer.log. `frame_counts`: what
+    `check_recordings(paths)` returned, when the caller has already checked them (not checked again).
     """
-    counts = check_recordings(paths, cfg.capture)
+    counts = check_recordings(paths, cfg.capture) if frame_counts is None else frame_counts
     from agent.pipeline import build_trainer  # torch loads only once the recordings are known good
 
     cfg = replay_config(cfg, paths)

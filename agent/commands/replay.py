@@ -44,6 +44,7 @@ def main(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     from agent.replay import check_recordings, replay
 
-    check_recordings(videos, cfg.capture)  # a bad recording is refused before the run dir is even made
+    counts = check_recordings(videos, cfg.capture)  # a bad recording is refused before the run dir is even made
     with lock_run_dir(run_dir, "replay", cfg):
-        return replay(cfg, videos, run_dir, pace="realtime" if args.pace == "timestamps" else args.pace, stop=stop.event)
+        pace = "realtime" if args.pace == "timestamps" else args.pace
+        return replay(cfg, videos, run_dir, pace=pace, stop=stop.event, frame_counts=counts)
