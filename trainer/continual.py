@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContinualTrainer", "Counters", "Exporter", "TrainingDiverged", "resolve_device"]
-
 MAX_RESTORES_WITHOUT_PROGRESS = 3  # restores with no checkpoint between them: the run diverges, stop
 DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with nothing arriving
 EXPORT_CLOSE_TIMEOUT_S = 120.0
@@ -130,9 +128,6 @@ class ContinualTrainer:
     @property
     def resumed_from(self) -> Optional[str]:
         return self.state.resumed_from
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return self.state.state()
 
     # -- the loop ----------------------------------------------------------------------------
 
