@@ -94,6 +94,11 @@ class WireConfig(_Section):
     """
 
     endpoint: str = "tcp://127.0.0.1:5555"
+    endpoints: Optional[list[str]] = Field(
+        None,
+        description="fleet: one PULL endpoint per trainer rank (global rank r binds endpoints[r]) and the list a "
+        "capture connects to; unset: rank r binds `endpoint` with its port + r, a capture connects to `endpoint`",
+    )
     publish: Optional[str] = Field(
         "tcp://127.0.0.1:5556", description="capture binds a PUB here for latest-frame subscribers (None = off)"
     )
@@ -115,6 +120,16 @@ class WireConfig(_Section):
     def _check_endpoint(cls, value: Optional[str]) -> Optional[str]:
         if value is not None and not value.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"{value!r} is not a ZeroMQ endpoint (expected tcp://HOST:PORT or ipc://PATH)")
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_endpoints(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None:
+            if not value:
+                raise ValueError("an empty list (leave it unset for one trainer)")
+            for item in value:
+                cls._check_endpoint(item)
         return value
 
 
@@ -241,6 +256,9 @@ class TrainConfig(_Section):
     probe_every: int = Field(500, ge=1, description="steps between online quality scores (train.probe_data)")
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on the CPU")
+    collective_timeout_s: float = Field(
+        600.0, gt=0, description="multi-rank runs: a collective that waits this long for another rank fails the run"
+    )
 
 
 # Measured (benchmarks/bench_compat.py, digits, tiny_cnn D=64, 256 calibration frames): every hop between
