@@ -1,18 +1,26 @@
-"""Backward-compatible embeddings: a light linear map from each version into the previous one's space.
+"""Backward-compatible embeddings: light linear maps from each version into older versions' spaces.
 
 A policy head fit on version P's embeddings reads coordinates that later versions no longer mean.
 Following BC-Aligner (Hu et al., KDD 2022, "Learning Backward Compatible Embeddings"), each new
-version V gets one affine map `z_prev ≈ z_V @ matrix + bias`, fit in closed form on a fixed
-calibration set of frames, stored beside the version (`encoder-NNNNNN.map.npz`, hashed in its
-manifest) and composed down the chain V → maps_to → ... → P when a runtime is pinned to P.
+version V gets one affine map `z_prev ≈ z_V @ matrix + bias` into the previous version's space, fit
+in closed form on a fixed calibration set of frames and stored beside the version
+(`encoder-NNNNNN.map.npz`, hashed in its manifest). For every version a runtime is pinned to
+(`pins/`) whose model is still on disk, V also gets a direct map into that version's space
+(`encoder-NNNNNN.to-PPPPPP.map.npz`): a pinned runtime uses the direct map, and composes the chain
+V → maps_to → ... → P only where there is none (a pin set after V was published). Measured on
+benchmarks/bench_compat.py: the composed chain loses accuracy hop by hop (small per-hop errors
+compound), the direct map does not.
 
 Files in the export directory (besides what `export.publish` writes):
-  calibration.npy            uint8 (N, H, W, C) frames as the replay buffer held them, drawn once
-  encoder-NNNNNN.map.npz     arrays "matrix" (D_new, D_prev) and "bias" (D_prev,), float32
-  pins/encoder-NNNNNN.pin    a runtime is pinned to that version: retention keeps its chain
+  calibration.npy                     uint8 (N, H, W, C) frames as the replay buffer held them, drawn once
+  encoder-NNNNNN.map.npz              arrays "matrix" (D_new, D_prev) and "bias" (D_prev,), float32
+  encoder-NNNNNN.to-PPPPPP.map.npz    the same arrays, straight into pinned version P's space
+  pins/encoder-NNNNNN.pin             a runtime is pinned to that version: retention keeps it and its chain
 
 The manifest's "compat" section: {"maps_to", "map_file", "sha256", "method", "r2", "cka",
-"fit_frames", "holdout_frames"} — or {"maps_to": null, "reason"} when no map could be fit.
+"fit_frames", "holdout_frames", "direct"} — or {"maps_to": null, "reason"} when no map to the
+previous version could be fit. "direct" is a list of {"maps_to": P, "map_file", "sha256", "method",
+"r2", "cka", "fit_frames", "holdout_frames"}, one per pinned version (empty without pins).
 
 Torch-free (numpy, onnxruntime through `export.sessions`): the runtime composes maps with it.
 """
@@ -35,7 +43,7 @@ from agent.core.atomic import atomic_write_bytes
 from agent.core.config import ExportConfig
 from agent.core.errors import ExportRefused, ModelFileError
 from agent.core.frames import as_frame_batch
-from export.manifest import InputSpec, Manifest, check_sha256, manifest_filename, read_latest, read_manifest, sha256_file
+from export.manifest import InputSpec, Manifest, check_sha256, manifest_filename, read_latest, read_manifest, read_verified
 from export.sessions import CPU, create_session
 
 log = logging.getLogger(__name__)
@@ -48,8 +56,9 @@ METHODS = ("ridge", "procrustes")
 _PIN_RE = re.compile(r"^encoder-(\d{6,})\.pin$")
 
 
-def map_filename(version: int) -> str:
-    return f"encoder-{version:06d}.map.npz"
+def map_filename(version: int, to: Optional[int] = None) -> str:
+    """`encoder-NNNNNN.map.npz` (the map to the previous version), or with `to` the direct map into `to`'s space."""
+    return f"encoder-{version:06d}.map.npz" if to is None else f"encoder-{version:06d}.to-{to:06d}.map.npz"
 
 
 # --------------------------------------------------------------------------- the maps
@@ -179,19 +188,45 @@ def map_bytes(linear: LinearMap) -> bytes:
 
 
 def read_map(export_dir: Path, manifest: Manifest) -> tuple[int, LinearMap]:
-    """The map a version's manifest describes: (version it maps to, map). ModelFileError (one line)
-    when the manifest has none, or the file is missing, fails its sha256, or holds wrong arrays."""
+    """The map a version's manifest describes into the previous version's space: (version it maps to,
+    map). ModelFileError (one line) when the manifest has none, or the file is missing, fails its
+    sha256, or holds wrong arrays."""
     compat = manifest.raw.get("compat")
     version = manifest.version
     if not isinstance(compat, dict) or compat.get("maps_to") is None:
         reason = compat.get("reason") if isinstance(compat, dict) else None
         raise ModelFileError(f"version {version} has no compatibility map" + (f" ({reason})" if reason else ""))
+    return _read_entry(export_dir, manifest, compat, direct=False)
+
+
+def direct_targets(manifest: Manifest) -> list[int]:
+    """Versions the manifest lists a direct map into (its "compat" → "direct" entries); [] when none or malformed."""
+    compat = manifest.raw.get("compat")
+    entries = compat.get("direct") if isinstance(compat, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [int(e["maps_to"]) for e in entries if isinstance(e, dict) and isinstance(e.get("maps_to"), int)]
+
+
+def read_direct_map(export_dir: Path, manifest: Manifest, pin: int) -> LinearMap:
+    """The version's direct map into `pin`'s space. ModelFileError (one line) when the manifest lists
+    none, or its file is missing, fails its sha256, or holds wrong arrays."""
+    compat = manifest.raw.get("compat")
+    entries = compat.get("direct") if isinstance(compat, dict) else None
+    entry = next((e for e in entries or [] if isinstance(e, dict) and e.get("maps_to") == pin), None)
+    if entry is None:
+        raise ModelFileError(f"version {manifest.version} has no direct map into version {pin}'s space")
+    return _read_entry(export_dir, manifest, entry, direct=True)[1]
+
+
+def _read_entry(export_dir: Path, manifest: Manifest, entry: dict[str, Any], *, direct: bool) -> tuple[int, LinearMap]:
+    version = manifest.version
     try:
-        maps_to = int(compat["maps_to"])
-        name, digest = str(compat["map_file"]), str(compat["sha256"])
+        maps_to = int(entry["maps_to"])
+        name, digest = str(entry["map_file"]), str(entry["sha256"])
     except (KeyError, TypeError, ValueError):
         raise ModelFileError(f"version {version}'s manifest has a malformed compat section") from None
-    if name != map_filename(version) or maps_to >= version:
+    if name != map_filename(version, maps_to if direct else None) or maps_to >= version:
         raise ModelFileError(f"version {version}'s manifest names map {name!r} to version {maps_to}: not allowed")
     path = Path(export_dir) / name
     check_sha256(path, digest, f"compatibility map {path}")
@@ -208,7 +243,9 @@ def read_map(export_dir: Path, manifest: Manifest) -> tuple[int, LinearMap]:
 
 
 def compose_to(export_dir: Path, version: int, pin: int) -> Optional[LinearMap]:
-    """One map taking `version`'s embeddings into `pin`'s space, composed down the maps_to chain.
+    """One map taking `version`'s embeddings into `pin`'s space: the version's direct map into `pin`
+    when it has one, else composed down the maps_to chain (taking the first direct map into `pin`
+    found on the way). A direct map that fails to load is logged and the chain is used instead.
 
     None when `version` is the pin (nothing to map). ModelFileError (one line) naming the broken
     link when the chain cannot reach `pin`: `version` older than the pin, a manifest or map missing,
@@ -222,7 +259,14 @@ def compose_to(export_dir: Path, version: int, pin: int) -> Optional[LinearMap]:
     while current != pin:
         try:
             manifest = read_manifest(export_dir / manifest_filename(current))
-            maps_to, linear = read_map(export_dir, manifest)
+            linear, maps_to = None, pin
+            if pin in direct_targets(manifest):
+                try:
+                    linear = read_direct_map(export_dir, manifest, pin)
+                except ModelFileError as exc:
+                    log.warning("%s; composing version %d's chain of maps instead", exc, current)
+            if linear is None:
+                maps_to, linear = read_map(export_dir, manifest)
         except ModelFileError as exc:
             raise ModelFileError(f"version {version} cannot be mapped into pinned version {pin}'s space: {exc}") from None
         if maps_to < pin:
@@ -325,52 +369,16 @@ def previous_version(export_dir: Path) -> Optional[Manifest]:
     version), checked against its sha256. None when nothing is published or it does not verify."""
     try:
         name = read_latest(Path(export_dir))
-        if name is None:
-            return None
-        manifest = read_manifest(Path(export_dir) / name)
-        if sha256_file(Path(export_dir) / manifest.model_file) != manifest.sha256:
-            raise ModelFileError(f"{manifest.model_file} does not match its sha256")
-        return manifest
+        return None if name is None else read_verified(export_dir, name)
     except (ModelFileError, OSError) as exc:
         log.warning("no compatibility map for this export: the previous version is unusable (%s)", exc)
         return None
 
 
-def fit_for_export(
-    model_path: Path, spec: InputSpec, output_name: str, export_dir: Path, frames: Optional[np.ndarray], cfg: ExportConfig
-) -> tuple[dict[str, Any], Optional[bytes]]:
-    """The compat section for a new export at `model_path`, and its map file's bytes (None: no map).
-
-    `frames`: replay-buffer frames to draw the calibration set from if there is none yet (None:
-    these frames are not the robot's, e.g. the demo scene standing in for a missing buffer).
-
-    Embeds the calibration set with the new file and with the version LATEST names, fits
-    `cfg.compat_map` new → previous, and applies the drift gate: ExportRefused when the held-out R²
-    is below `cfg.min_compatibility`. No map (and no refusal) for the first version, without a
-    calibration set, or when the previous version's files do not verify; the reason is recorded.
-    """
-    if cfg.calibration_frames == 0:
-        return {"maps_to": None, "reason": "export.calibration_frames is 0"}, None
-    calibration = calibration_set(export_dir, frames, cfg.calibration_frames)
-    if calibration is None:
-        given = "none from the replay buffer" if frames is None else len(frames)
-        reason = f"no calibration set yet (needs {MIN_CALIBRATION_FRAMES}+ replay-buffer frames, got {given})"
-        return {"maps_to": None, "reason": reason}, None
-    previous = previous_version(export_dir)
-    if previous is None:
-        return {"maps_to": None, "reason": "no usable previous version"}, None
-    new = embed_file(model_path, spec, output_name, calibration)
-    old = embed_file(Path(export_dir) / previous.model_file, previous.input, previous.output_name, calibration)
-    fit = fit_compat(new, old, cfg.compat_map, cfg.compat_ridge)
-    if cfg.min_compatibility is not None and not fit.r2 >= cfg.min_compatibility:
-        raise ExportRefused(
-            f"drift gate: a {fit.method} map back to version {previous.version} explains R² = {fit.r2:.3f} of its embeddings "
-            f"on {fit.holdout_frames} held-out calibration frames (CKA {fit.cka:.3f}) < export.min_compatibility "
-            f"{cfg.min_compatibility:g}; refit the policy head on the newest version and repin, or lower the threshold"
-        )
-    data = map_bytes(fit.linear)
-    section = {
-        "maps_to": previous.version,
+def _entry(target: int, fit: CompatFit, data: bytes) -> dict[str, Any]:
+    """A manifest entry for a map into `target`'s space (the publisher adds "map_file")."""
+    return {
+        "maps_to": target,
         "sha256": hashlib.sha256(data).hexdigest(),
         "method": fit.method,
         "r2": round(fit.r2, 6),
@@ -378,4 +386,69 @@ def fit_for_export(
         "fit_frames": fit.fit_frames,
         "holdout_frames": fit.holdout_frames,
     }
-    return section, data
+
+
+def _gate(fit: CompatFit, target: int, cfg: ExportConfig, pinned: bool) -> None:
+    """The drift gate: ExportRefused (one line) when the map's held-out R² is below `cfg.min_compatibility`."""
+    if cfg.min_compatibility is None or fit.r2 >= cfg.min_compatibility:
+        return
+    what = f"pinned version {target}" if pinned else f"version {target}"
+    advice = "refit the policy head on the newest version and repin"
+    if pinned:
+        advice += f" (or delete {PINS_DIR}/encoder-{target:06d}.pin if no runtime uses that pin any more)"
+    raise ExportRefused(
+        f"drift gate: a {fit.method} map back to {what} explains R² = {fit.r2:.3f} of its embeddings "
+        f"on {fit.holdout_frames} held-out calibration frames (CKA {fit.cka:.3f}) < export.min_compatibility "
+        f"{cfg.min_compatibility:g}; {advice}, or lower the threshold"
+    )
+
+
+def fit_for_export(
+    model_path: Path, spec: InputSpec, output_name: str, export_dir: Path, frames: Optional[np.ndarray], cfg: ExportConfig
+) -> tuple[dict[str, Any], dict[Optional[int], bytes]]:
+    """The compat section for a new export at `model_path`, and its map files' bytes by target: key None
+    is the map into the previous version's space, key P a direct map into pinned version P's ({}: no map).
+
+    `frames`: replay-buffer frames to draw the calibration set from if there is none yet (None:
+    these frames are not the robot's, e.g. the demo scene standing in for a missing buffer).
+
+    Embeds the calibration set with the new file, with the version LATEST names and with each
+    pinned version (`pins/`) whose model verifies, fits `cfg.compat_map` new → each of them, and
+    applies the drift gate to every map: ExportRefused when a held-out R² is below
+    `cfg.min_compatibility`. No map (and no refusal) for the first version, without a calibration
+    set, or when the previous version's files do not verify; the reason is recorded. A pinned
+    version whose model is gone or corrupt gets no direct map (logged): its runtime composes the chain.
+    """
+    if cfg.calibration_frames == 0:
+        return {"maps_to": None, "reason": "export.calibration_frames is 0"}, {}
+    calibration = calibration_set(export_dir, frames, cfg.calibration_frames)
+    if calibration is None:
+        given = "none from the replay buffer" if frames is None else len(frames)
+        reason = f"no calibration set yet (needs {MIN_CALIBRATION_FRAMES}+ replay-buffer frames, got {given})"
+        return {"maps_to": None, "reason": reason}, {}
+    previous = previous_version(export_dir)
+    if previous is None:
+        return {"maps_to": None, "reason": "no usable previous version"}, {}
+    new = embed_file(model_path, spec, output_name, calibration)
+
+    def fit_to(manifest: Manifest, pinned: bool) -> tuple[dict[str, Any], bytes]:
+        old = embed_file(Path(export_dir) / manifest.model_file, manifest.input, manifest.output_name, calibration)
+        fit = fit_compat(new, old, cfg.compat_map, cfg.compat_ridge)
+        _gate(fit, manifest.version, cfg, pinned)
+        data = map_bytes(fit.linear)
+        return _entry(manifest.version, fit, data), data
+
+    section, data = fit_to(previous, pinned=previous.version in read_pins(export_dir))
+    maps: dict[Optional[int], bytes] = {None: data}
+    section["direct"] = []
+    for pin in sorted(read_pins(export_dir) - {previous.version}):
+        if pin > previous.version:
+            continue  # pinned to a version above what serves (a rollback went below it): it maps to nothing older
+        try:
+            pinned = read_verified(export_dir, manifest_filename(pin))
+        except (ModelFileError, OSError) as exc:
+            log.warning("no direct map into pinned version %d (%s); its runtime composes the chain of maps", pin, exc)
+            continue
+        entry, maps[pin] = fit_to(pinned, pinned=True)
+        section["direct"].append(entry)
+    return section, maps

@@ -114,10 +114,10 @@ def export_encoder(
         fields = manifest_fields(step, spec, exported, verification, export_cfg, model_cfg)
         if export_cfg.probe_gate is not None:
             fields["eval"] = probe_gate(tmp, publisher.export_dir, export_cfg, eval_cfg)
-        fields["compat"], map_data = fit_for_export(
+        fields["compat"], maps = fit_for_export(
             tmp, spec, OUTPUT_NAME, publisher.export_dir, frames if calibrate else None, export_cfg
         )
-        return publisher.publish(tmp, fields, map_data)
+        return publisher.publish(tmp, fields, maps)
     finally:
         tmp.unlink(missing_ok=True)
 

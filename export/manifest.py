@@ -23,7 +23,7 @@ from agent.core.wire import MAX_SIDE
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"
 LATEST_NAME = "LATEST"
-_FILE_RE = re.compile(r"^encoder-(\d{6,})\.(onnx|json|map\.npz)$")
+_FILE_RE = re.compile(r"^encoder-(\d{6,})\.(onnx|json|map\.npz|to-\d{6,}\.map\.npz)$")
 _ONNX_DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
 CHANNEL_ORDERS = {3: "RGB", 1: "GRAY"}  # channels -> channel_order
 
@@ -37,7 +37,7 @@ def manifest_filename(version: int) -> str:
 
 
 def parse_version(name: str) -> Optional[int]:
-    """Version number of an `encoder-NNNNNN.onnx|json|map.npz` name; None for anything else (temp files included)."""
+    """Version number of an `encoder-NNNNNN.onnx|json|map.npz|to-PPPPPP.map.npz` name; None for anything else (temp files included)."""
     match = _FILE_RE.match(name)
     return int(match.group(1)) if match else None
 
@@ -62,6 +62,17 @@ def check_sha256(path: Path, expected: str, what: str, gone: str = "is missing")
         raise ModelFileError(f"{what} is unreadable ({exc.strerror})") from None
     if actual != expected:
         raise ModelFileError(f"{what} does not match the sha256 in its manifest: truncated, corrupt or replaced")
+
+
+def read_verified(export_dir: Path, name: str, context: Optional[str] = None) -> "Manifest":
+    """The manifest `name` in `export_dir` with its model file checked against its sha256.
+    ModelFileError (one line, "`context`: its model file ..." when given) for a bad manifest or a
+    model file that is gone, unreadable or does not match."""
+    manifest = read_manifest(Path(export_dir) / name)
+    model = Path(export_dir) / manifest.model_file
+    what = f"version {manifest.version}'s model file {model}" if context is None else f"{context}: its model file {model}"
+    check_sha256(model, manifest.sha256, what, gone="is gone")
+    return manifest
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from agent.core.atomic import atomic_write_bytes, fsync_dir, remove_stale_temps, temp_name
 from agent.core.errors import ModelFileError, StorageError
@@ -23,12 +23,11 @@ from export.compat import chain_of, map_filename, read_pins
 from export.manifest import (
     LATEST_NAME,
     MANIFEST_FORMAT,
-    check_sha256,
     manifest_filename,
     model_filename,
     parse_version,
     read_latest,
-    read_manifest,
+    read_verified,
     sha256_file,
 )
 
@@ -63,12 +62,14 @@ class Publisher:
         """A private file name in the export directory (same filesystem, so the final rename is atomic)."""
         return self.export_dir / temp_name(f"model{suffix}")
 
-    def publish(self, model_tmp: Path, manifest: dict[str, Any], map_data: Optional[bytes] = None) -> int:
+    def publish(self, model_tmp: Path, manifest: dict[str, Any], maps: Optional[Mapping[Optional[int], bytes]] = None) -> int:
         """Move `model_tmp` (a temp_path) into place under a new version; return the version.
 
         `manifest` holds everything but the fields fixed here: format, version, model_file,
-        sha256, size_bytes and the publication time. `map_data`: the version's compatibility map
-        (`export.compat`), written as `encoder-NNNNNN.map.npz` before the manifest that names it.
+        sha256, size_bytes and the publication time. `maps`: the version's compatibility maps
+        (`export.compat.fit_for_export`): key None the map into the previous version's space, written
+        as `encoder-NNNNNN.map.npz`, key P a direct map into version P's, `encoder-NNNNNN.to-PPPPPP.map.npz`;
+        all written before the manifest that names them.
         """
         try:
             with open(model_tmp, "rb+") as f:
@@ -89,9 +90,8 @@ class Publisher:
                 created_unix=now,
                 created_utc=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
             )
-            if map_data is not None:
-                atomic_write_bytes(self.export_dir / map_filename(version), map_data)
-                tree["compat"] = {**tree["compat"], "map_file": map_filename(version)}
+            if maps:
+                tree["compat"] = self._write_maps(version, tree["compat"], maps)
             name = manifest_filename(version)
             atomic_write_bytes(self.export_dir / name, json.dumps(tree, indent=2).encode())
             self._point_latest()
@@ -101,6 +101,17 @@ class Publisher:
             model_tmp.unlink(missing_ok=True)
         self.prune()
         return version
+
+    def _write_maps(self, version: int, compat: dict[str, Any], maps: Mapping[Optional[int], bytes]) -> dict[str, Any]:
+        """Write each map file and return the compat section with the file names filled in."""
+        compat = {**compat, "direct": [dict(entry) for entry in compat.get("direct", [])]}
+        for target, data in maps.items():
+            atomic_write_bytes(self.export_dir / map_filename(version, target), data)
+        if None in maps:
+            compat["map_file"] = map_filename(version)
+        for entry in compat["direct"]:
+            entry["map_file"] = map_filename(version, int(entry["maps_to"]))
+        return compat
 
     def _claim(self, model_tmp: Path) -> int:
         while True:
@@ -231,9 +242,7 @@ def rollback(export_dir: Path, to: Optional[int] = None) -> tuple[Optional[int],
     elif to not in published:
         listing = ", ".join(str(v) for v in published) or "none"
         raise ModelFileError(f"version {to} is not published in {export_dir} (versions there: {listing})")
-    manifest = read_manifest(export_dir / manifest_filename(to))
-    model = export_dir / manifest.model_file
-    check_sha256(model, manifest.sha256, f"cannot roll back to version {to}: its model file {model}", gone="is gone")
+    read_verified(export_dir, manifest_filename(to), f"cannot roll back to version {to}")
     try:
         atomic_write_bytes(export_dir / LATEST_NAME, (manifest_filename(to) + "\n").encode())
     except OSError as exc:

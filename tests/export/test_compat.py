@@ -98,6 +98,7 @@ def test_maps_compose_over_three_versions_into_the_pinned_space(tmp_path: Path) 
     m2, m3 = manifest(tmp_path, 2)["compat"], manifest(tmp_path, 3)["compat"]
     assert manifest(tmp_path, 1)["compat"]["maps_to"] is None
     assert (m2["maps_to"], m3["maps_to"]) == (1, 2) and m3["map_file"] == map_filename(3)
+    assert m3["direct"] == []  # nothing pinned: no direct maps
     assert m2["r2"] > 0.9999 and m3["cka"] > 0.9999
     frames = scene_frames(6, seed=11)
     z1, z3 = reference(base, frames), reference(v3, frames)
@@ -109,6 +110,37 @@ def test_maps_compose_over_three_versions_into_the_pinned_space(tmp_path: Path) 
         pinned.repin(3)  # the head was refit on version 3: raw version 3 embeddings from now on
         np.testing.assert_allclose(pinned.embed(frames), z3, atol=1e-5)
         assert read_pins(tmp_path) == {3}
+
+
+def test_a_pinned_runtime_uses_a_direct_map_where_the_chain_would_compound(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    base = tiny_encoder(1)
+    publish(tmp_path, base)
+    write_pin(tmp_path, 1)  # a runtime serves version 1's space from here on
+    publish(tmp_path, tiny_encoder(2), min_compatibility=None)  # an unrelated space: the hop 2 → 1 is poor
+    publish(tmp_path, transformed(base, seed=4, scale=1.5), min_compatibility=None, compat_map="procrustes")  # v1's exact relative
+    direct = manifest(tmp_path, 3)["compat"]["direct"]
+    assert [(d["maps_to"], d["map_file"]) for d in direct] == [(1, map_filename(3, 1))]
+    assert direct[0]["r2"] > 0.9999 and manifest(tmp_path, 3)["compat"]["maps_to"] == 2
+    frames = scene_frames(6, seed=11)
+    z1 = reference(base, frames)
+    with HotEncoder(tmp_path, providers="cpu", wait=False, compatible_with=1) as pinned:
+        np.testing.assert_allclose(pinned.embed(frames), z1, atol=1e-3 * np.abs(z1).max())
+    (tmp_path / map_filename(3, 1)).write_bytes(b"damaged")  # the direct map fails its hash: the chain serves
+    with HotEncoder(tmp_path, providers="cpu", wait=False, compatible_with=1) as pinned:
+        chained, version = pinned.embed_with_version(frames)
+    assert version == 3 and np.abs(chained - z1).max() > 1e-2 * np.abs(z1).max()  # through unrelated version 2
+    assert "composing version 3's chain of maps instead" in caplog.text
+
+
+def test_the_drift_gate_refuses_a_version_too_far_from_a_pinned_one(tmp_path: Path) -> None:
+    publish(tmp_path, tiny_encoder(1))
+    write_pin(tmp_path, 1)
+    unrelated = tiny_encoder(2)
+    publish(tmp_path, unrelated, min_compatibility=None)
+    with pytest.raises(ExportRefused, match=r"pinned version 1 .*R² = .*delete pins/encoder-000001.pin"):
+        publish(tmp_path, transformed(unrelated, seed=3, scale=1.2), min_compatibility=0.99)  # near 2, far from 1
+    (tmp_path / "pins" / "encoder-000001.pin").unlink()
+    assert publish(tmp_path, transformed(unrelated, seed=3, scale=1.2), min_compatibility=0.99) == 3
 
 
 def test_the_drift_gate_refuses_a_version_that_cannot_be_mapped_back(tmp_path: Path) -> None:
