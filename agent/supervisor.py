@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from agent.core.repeats import backoff_s
+from trainer.metrics import drift_text
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +228,19 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
         f"step {num(trn, 'step')} ({num(trn, 'steps_per_s', '{:.2f}')}/s)",
         f"loss {num(trn, 'loss', '{:.3f}')}",
         f"emb std {num(trn, 'embedding_std', '{:.3f}')}",
-        f"export v{num(exp, 'last_export_version')} (refused {num(exp, 'refusals')})",
+        f"export v{num(exp, 'last_export_version')} (refused {num(exp, 'refusals')}{_drift_note(exp)})",
         f"runtime v{num(rt, 'version')} swaps {num(rt, 'swaps')}",
     ]
     dead = {name: n for name, n in restarts.items() if n}
     if dead:
         parts.append("restarts " + ",".join(f"{k}={v}" for k, v in dead.items()))
     return " | ".join(parts)
+
+
+def _drift_note(exporter: dict) -> str:
+    """", CKA 0.998 prev, 0.861 v1" from status-exporter.json (export.compat.drift_record fields), or ""."""
+    text = drift_text({**exporter, "last_export_version": None})
+    return f", {text}" if text else ""
 
 
 def _source_notes(sources: object) -> list[str]:

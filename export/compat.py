@@ -178,6 +178,23 @@ def fit_compat(new: np.ndarray, previous: np.ndarray, method: str = "ridge", rid
     return CompatFit(linear, method, r2, cka, int((~held).sum()), int(held.sum()))
 
 
+def drift_record(export_dir: Path, version: int) -> dict[str, Any]:
+    """How far `version` moved, from its manifest's compat section, for metrics and status lines:
+    {"r2": held-out R² of the map to the previous version, "cka_prev": linear CKA to it,
+    "cka_pinned": {"P": linear CKA to pinned version P}} (JSON keys are strings). {} when the version
+    has no map (the first one, no calibration set) or its manifest cannot be read."""
+    try:
+        compat = read_manifest(Path(export_dir) / manifest_filename(version)).raw.get("compat")
+    except ModelFileError:
+        return {}
+    if not isinstance(compat, dict) or compat.get("maps_to") is None:
+        return {}
+    pinned = {str(d["maps_to"]): d.get("cka") for d in compat.get("direct", []) if isinstance(d, dict) and "maps_to" in d}
+    if compat["maps_to"] in read_pins(export_dir):
+        pinned[str(compat["maps_to"])] = compat.get("cka")
+    return {"r2": compat.get("r2"), "cka_prev": compat.get("cka"), "cka_pinned": pinned}
+
+
 # --------------------------------------------------------------------------- files
 
 

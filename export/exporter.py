@@ -24,7 +24,7 @@ from agent.core.config import CaptureConfig, EvalConfig, ExportConfig, ModelConf
 from agent.core.errors import ByolAgentError, StorageError
 from agent.core.frames import as_frame_batch
 from agent.core.worker import Worker
-from export.compat import fit_for_export
+from export.compat import drift_record, fit_for_export
 from export.manifest import InputSpec
 from export.onnx_export import (
     IMAGENET_MEAN,
@@ -174,7 +174,8 @@ class BackgroundExporter(Worker):
             self._cond.notify_all()
 
     def poll(self) -> list[dict[str, Any]]:
-        """Results since the last poll: {"event": "export", "step", "version"} or {"event": "export_refused", "step", "reason"}."""
+        """Results since the last poll: {"event": "export", "step", "version", and `export.compat.drift_record`'s
+        "r2", "cka_prev", "cka_pinned" when the version has a map} or {"event": "export_refused", "step", "reason"}."""
         self.check()
         with self._cond:
             events, self._events = self._events, []
@@ -229,4 +230,4 @@ class BackgroundExporter(Worker):
             log.warning("export at step %d refused, keeping the last good version: %s", job.step, exc)
             return {"event": "export_refused", "step": job.step, "reason": str(exc)}
         log.info("published encoder version %d (step %d)", version, job.step)
-        return {"event": "export", "step": job.step, "version": version}
+        return {"event": "export", "step": job.step, "version": version, **drift_record(self._publisher.export_dir, version)}

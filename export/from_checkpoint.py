@@ -1,8 +1,9 @@
 """Export from a run directory's checkpoints: once (`byol-agent export`) or following them (`--watch`).
 
 The architecture comes from the checkpoint's own config (the weights only fit that), the export
-settings from the caller's config. Verification frames are the checkpoint's saved replay buffer
-when it has one (real frames from the robot), else frames of the built-in demo scene.
+settings from the caller's config. Verification and calibration frames are the checkpoint's saved
+replay buffer, or the sample of it each checkpoint carries (real frames from the robot); frames of
+the built-in demo scene only for a checkpoint with neither (written before that sample existed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+import torch
 from torch import nn
 
 from agent.core.atomic import write_status
@@ -22,6 +24,7 @@ from agent.core.config import CaptureConfig, Config, EvalConfig, ExportConfig, M
 from agent.core.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
 from agent.core.repeats import backoff_s
 from agent.core.demo_scene import DemoScene
+from export.compat import drift_record
 from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
@@ -44,7 +47,7 @@ class CheckpointEncoder:
     capture: CaptureConfig
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    frames: Optional[np.ndarray]  # from the saved buffer, if it was saved
+    frames: Optional[np.ndarray]  # from the saved buffer or the checkpoint's sample of it (None: neither)
 
 
 def load_checkpoint_encoder(
@@ -77,14 +80,18 @@ def load_checkpoint_encoder(
         capture=cfg.capture,
         mean=tuple(learner.mean),
         std=tuple(learner.std),
-        frames=_buffer_frames(ckpt.get("buffer"), n_frames),
+        frames=_buffer_frames(ckpt, n_frames),
     )
 
 
-def _buffer_frames(buffer: Any, wanted: int) -> Optional[np.ndarray]:
-    if not isinstance(buffer, dict) or buffer.get("images") is None or int(buffer["images"].shape[0]) < 2:
+def _buffer_frames(ckpt: dict[str, Any], wanted: int) -> Optional[np.ndarray]:
+    """Up to `wanted` frames of the checkpoint's saved replay buffer, or of the sample of it every
+    checkpoint carries ("export_frames", trainer/run_state.py); None when it has neither."""
+    buffer = ckpt.get("buffer")
+    images = buffer.get("images") if isinstance(buffer, dict) else ckpt.get("export_frames")
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or int(images.shape[0]) < 2:
         return None
-    images = buffer["images"].numpy()
+    images = images.numpy()
     return pick_frames(images, min(wanted, len(images)))
 
 
@@ -157,6 +164,7 @@ class WatchState:
     io_failures: int = 0  # exports that could not be written (disk full): retried, never refusals
     failures_in_a_row: int = 0
     retry_at: float = 0.0  # time.monotonic() before which no export is tried after an I/O failure
+    drift: dict[str, Any] = field(default_factory=dict)  # the last published version's `drift_record`
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,6 +174,7 @@ class WatchState:
             "refusals": self.refusals,
             "last_refusal": self.last_refusal,
             "io_failures": self.io_failures,
+            **self.drift,
             "time": time.time(),
         }
 
@@ -251,7 +260,8 @@ def _export_once(
     state.exports += 1
     state.failures_in_a_row, state.retry_at = 0, 0.0
     state.last_export_version, state.last_export_step = version, source.step
-    _record(run_dir, {"event": "export", "time": time.time(), "step": source.step, "version": version})
+    state.drift = drift_record(publisher.export_dir, version)
+    _record(run_dir, {"event": "export", "time": time.time(), "step": source.step, "version": version, **state.drift})
     report(f"published version {version} (step {source.step}) to {publisher.export_dir}")
 
 

@@ -12,8 +12,10 @@ bytes, every key and primitive, in a fixed order), recomputed on load; floating-
 optimizer tensors must also be finite. A file that fails any check is skipped like a torn one.
 
 Content (format 2; keys stable, the export command rebuilds the learner from "config"):
-{"format", "step", "learner", "optimizer", "rng", "config", "counters", "buffer", "checksum"}
-(bf16 autocast needs no loss scaler, so there is none to save).
+{"format", "step", "learner", "optimizer", "rng", "config", "counters", "buffer", "export_frames", "checksum"}
+(bf16 autocast needs no loss scaler, so there is none to save). "export_frames" (optional, uint8
+NHWC, None when "buffer" is saved): a sample of the replay buffer for an exporter working from
+checkpoints to verify and calibrate on.
 Format 1 (before checksums) still loads, with a warning.
 """
 

@@ -111,7 +111,9 @@ class ContinualTrainer:
         self.train_step = TrainStep(self.learner, self.optimizer, tc, self.device)
         self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, cfg.capture.channels), self.device, seed=tc.seed)
         self.sampler = torch.Generator().manual_seed(tc.seed)
-        self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, cfg.model_dump(mode="json"))
+        ec = cfg.export  # checkpoints carry frames for an exporter that works from them (`run`)
+        self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, cfg.model_dump(mode="json"),
+                              export_frames=max(ec.verify_batch, ec.calibration_frames))
         self.state.resume()
         self.quality = self._make_quality_monitor()
         self.train_step.mark_good()

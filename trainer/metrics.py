@@ -112,5 +112,20 @@ def format_status(f: dict[str, Any]) -> str:
         + (f"refused {f['connections_refused']} | " if f.get("connections_refused") else "")
         + (f"kNN {num('probe_knn', '.3f')} (random {num('probe_random_knn', '.3f')}, step {f.get('probe_step')}) | "
            if f.get("probe_knn") is not None else "")
+        + (f"{drift_text(f)} | " if drift_text(f) else "")
         + f"{f.get('state', '')}"
     )
+
+
+def drift_text(f: dict[str, Any]) -> str:
+    """"v12 CKA 0.998 prev, 0.861 v1": the last exported version's drift to the previous version and to
+    each pinned one (status fields "last_export_version", "cka_prev", "cka_pinned"); "" when not known."""
+    prev, pinned = f.get("cka_prev"), f.get("cka_pinned")
+    if not isinstance(prev, (int, float)):
+        return ""
+    parts = [f"CKA {prev:.3f} prev"]
+    if isinstance(pinned, dict):
+        parts += [f"{cka:.3f} v{pin}" for pin, cka in sorted(pinned.items(), key=lambda kv: str(kv[0]).zfill(12))
+                  if isinstance(cka, (int, float))]
+    version = f.get("last_export_version")
+    return (f"v{version} " if version is not None else "") + ", ".join(parts)

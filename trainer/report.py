@@ -245,6 +245,12 @@ def _figures(run: RunRecords) -> tuple[dict[str, "Figure"], list[str]]:
         figures["eval"] = fig
     else:
         missing.append("eval events")
+    if _drift_events(metrics):
+        fig, ax = _new_figure()
+        _drift_axes(ax, _drift_events(metrics))
+        figures["drift"] = fig
+    else:
+        missing.append("drift (export events with cka_prev)")
     if run.capture:
         fig, ax = _new_figure()
         _capture_axes(run, ax)
@@ -451,6 +457,40 @@ def _eval_axes(ax: "Axes", evals: list[dict[str, Any]]) -> None:
     _legend(ax)
 
 
+def _drift_events(metrics: RunMetrics) -> list[dict[str, Any]]:
+    """Export events that carry drift figures (export.compat.drift_record), ordered by version."""
+    events = [e for e in metrics.of("export") if isinstance(e.get("version"), int) and _number(e.get("cka_prev"))]
+    return sorted(events, key=lambda e: e["version"])
+
+
+def _pinned_cka(event: dict[str, Any]) -> dict[int, float]:
+    """{pinned version: CKA} of an export event's "cka_pinned" (malformed entries skipped)."""
+    pinned = event.get("cka_pinned")
+    if not isinstance(pinned, dict):
+        return {}
+    return {int(k): float(v) for k, v in pinned.items() if str(k).isdigit() and _number(v)}
+
+
+def _drift_axes(ax: "Axes", events: list[dict[str, Any]]) -> None:
+    """Linear CKA of each exported version to the previous one and to each pinned version; R² of its map back."""
+    from matplotlib.ticker import MaxNLocator
+
+    x = np.asarray([e["version"] for e in events], dtype=float)
+    markers = "o" if len(events) <= 30 else None
+    ax.plot(x, [e["cka_prev"] for e in events], marker=markers, color="tab:blue", label="CKA to previous version")
+    r2 = np.asarray([e["r2"] if _number(e.get("r2")) else np.nan for e in events], dtype=float)
+    ax.plot(x, r2, "--", color="tab:blue", alpha=0.5, label="R² of the map to previous")
+    pins = sorted({pin for e in events for pin in _pinned_cka(e)})
+    for i, pin in enumerate(pins):
+        y = np.asarray([_pinned_cka(e).get(pin, np.nan) for e in events], dtype=float)
+        ax.plot(x, y, marker=markers, color=f"C{(i + 1) % 10}", label=f"CKA to pinned version {pin}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    ax.set(title="Embedding drift per exported version (1 = same space up to rotation and scale)",
+           xlabel="export version", ylabel="linear CKA / R²", ylim=(min(0.0, float(np.nanmin(r2)) if not np.all(np.isnan(r2)) else 0.0), 1.02))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+
+
 def _capture_axes(run: RunRecords, ax: "Axes") -> None:
     """Capture's cumulative counters over time, and frames read per source when there are several."""
     for key, label in (("frames_read", "read"), ("kept", "kept"), ("skipped_novelty", "novelty skipped"),
@@ -641,6 +681,13 @@ def _exports_line(metrics: RunMetrics) -> str:
     if refused:
         reasons = Counter(str(e.get("reason", "no reason given")) for e in refused)
         text += " (" + "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(3)) + ")"
+    drift = _drift_events(metrics)
+    if drift:
+        low = min(drift, key=lambda e: e["cka_prev"])
+        text += f"; lowest CKA to the previous version {low['cka_prev']:.3f} (version {low['version']})"
+        last = drift[-1]
+        for pin, cka in sorted(_pinned_cka(last).items()):
+            text += f"; version {last['version']} to pinned version {pin}: CKA {cka:.3f}"
     return text
 
 

@@ -99,9 +99,13 @@ class RunMonitor:
         self._frames_in_at_start = state.counters.frames_in  # frames in before this process (a resumed run)
         self._last_probe: Optional["EvalResult"] = None
         self._probe_submitted_at: Optional[int] = None
+        self._drift: dict[str, Any] = {}  # the last published version's drift (export.compat.drift_record)
 
     def event(self, record: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl (a lost record on a full disk is counted, never raised)."""
+        """Append one record to metrics.jsonl (a lost record on a full disk is counted, never raised);
+        an "export" record's drift figures (cka_prev, cka_pinned) go into the status from then on."""
+        if record.get("event") == "export":
+            self._drift = {key: record.get(key) for key in ("cka_prev", "cka_pinned")}
         self.metrics.log(record)
 
     def stepped(self, loss: Optional[float]) -> None:
@@ -119,7 +123,7 @@ class RunMonitor:
                 buffer_per_camera=stats["per_camera"],
                 frames_per_camera=dict(self._state.counters.frames_per_camera),  # received, by camera id
             )
-            for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step"):
+            for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step", "cka_prev", "cka_pinned"):
                 del fields[key]
             self.metrics.log(fields)
             self._window = _Window(self._state.step)
@@ -198,6 +202,8 @@ class RunMonitor:
             "nan_skips": c.nan_skips,
             "restores": c.restores,
             "last_export_version": c.last_export_version,
+            "cka_prev": self._drift.get("cka_prev"),
+            "cka_pinned": self._drift.get("cka_pinned"),
             "max_steps": self._cfg.max_steps,
             "probe_knn": probe.knn_top1 if probe else None,
             "probe_random_knn": probe.random_knn_top1 if probe else None,

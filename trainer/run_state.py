@@ -69,8 +69,13 @@ class RunState:
         buffer: ReplayBuffer,
         sampler: torch.Generator,
         config_record: dict[str, Any],
+        export_frames: int = 0,
     ) -> None:
+        """`export_frames`: without `train.save_buffer`, each checkpoint still carries up to this many
+        replay-buffer frames, so an exporter working from checkpoints (`byol-agent run`) verifies on
+        real frames and draws its compatibility calibration set from them (export/compat.py)."""
         self.run_dir = Path(run_dir)
+        self._export_frames = export_frames
         self._cfg = train_cfg
         self._train_step, self._buffer, self.sampler = train_step, buffer, sampler
         self._config_record = config_record
@@ -121,7 +126,17 @@ class RunState:
             "config": self._config_record,
             "counters": asdict(self.counters),
             "buffer": self._buffer.state_dict() if self._cfg.save_buffer else None,
+            "export_frames": None if self._cfg.save_buffer else self._export_sample(),
         }
+
+    def _export_sample(self) -> Optional[torch.Tensor]:
+        """Up to `export_frames` distinct buffer frames, uint8 NHWC on the CPU (None: fewer than 2 held),
+        drawn with their own generator so that the training sampler's sequence is untouched."""
+        n = min(self._export_frames, len(self._buffer))
+        if n < 2:
+            return None
+        images, _ = self._buffer.sample(n, torch.Generator().manual_seed(self.step))
+        return images.cpu()
 
     def checkpoint_due(self) -> bool:
         """`train.checkpoint_every` steps since the last one, and not inside a full-disk back-off."""

@@ -24,11 +24,12 @@ from export.compat import (
     read_pins,
     write_pin,
 )
-from export.exporter import export_encoder
+from export.exporter import BackgroundExporter, export_encoder
 from export.publish import Publisher
 from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
 from export.verify import torch_reference
 from tests.export.tiny import IMAGE_SIZE, model_cfg, scene_frames, tiny_encoder
+from trainer.metrics import format_status
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CALIBRATION = scene_frames(48, seed=3)  # ≥ 32: enough for a calibration set (12 held out)
@@ -141,6 +142,26 @@ def test_the_drift_gate_refuses_a_version_too_far_from_a_pinned_one(tmp_path: Pa
         publish(tmp_path, transformed(unrelated, seed=3, scale=1.2), min_compatibility=0.99)  # near 2, far from 1
     (tmp_path / "pins" / "encoder-000001.pin").unlink()
     assert publish(tmp_path, transformed(unrelated, seed=3, scale=1.2), min_compatibility=0.99) == 3
+
+
+def test_each_export_event_carries_its_drift_for_the_status_line_and_report(tmp_path: Path) -> None:
+    base = tiny_encoder(1)
+    exporter = BackgroundExporter(ExportConfig(compat_map="procrustes"), model_cfg(), tmp_path)
+    exporter.submit(10, base, CALIBRATION)
+    exporter.close(timeout_s=60)
+    write_pin(tmp_path, 1)
+    events = exporter.poll()
+    for step, seed, unrelated in ((20, 4, False), (30, 5, True)):
+        exporter = BackgroundExporter(ExportConfig(compat_map="procrustes", min_compatibility=None), model_cfg(), tmp_path)
+        exporter.submit(step, tiny_encoder(seed) if unrelated else transformed(base, seed=seed, scale=1.3), CALIBRATION)
+        exporter.close(timeout_s=60)
+        events += exporter.poll()
+    first, second, third = events
+    assert first == {"event": "export", "step": 10, "version": 1}  # nothing to compare version 1 with
+    assert second["cka_prev"] > 0.9999 and second["cka_pinned"] == {"1": second["cka_prev"]} and second["r2"] > 0.9999
+    assert third["cka_prev"] < 0.99 and set(third["cka_pinned"]) == {"1"}  # its direct map into version 1's space
+    line = format_status({"step": 30, "last_export_version": 3, "cka_prev": third["cka_prev"], "cka_pinned": third["cka_pinned"]})
+    assert f"v3 CKA {third['cka_prev']:.3f} prev, {third['cka_pinned']['1']:.3f} v1" in line
 
 
 def test_the_drift_gate_refuses_a_version_that_cannot_be_mapped_back(tmp_path: Path) -> None:

@@ -14,16 +14,17 @@ import pytest
 import torch
 
 from agent.cli import main as cli_main
+from agent.supervisor import format_pipeline_status
 from agent.core.config import Config, load_config
 from agent.core.frames import resize_frames
 from export.manifest import read_latest, read_manifest
 from export.onnx_export import input_spec
 from export.verify import torch_reference
 from tests.agent.test_runtime import wait_until
-from tests.conftest import REPO
+from tests.conftest import REPO, free_tcp_endpoint
 from tests.export.tiny import scene_frames
 from trainer.build import build_learner
-from trainer.checkpoint import save_checkpoint
+from trainer.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 OVERRIDES = [
@@ -40,7 +41,7 @@ def _config() -> Config:
     return load_config(overrides=OVERRIDES)
 
 
-def _write_checkpoint(run_dir: Path, step: int, seed: int, with_buffer: bool = False) -> torch.nn.Module:
+def _write_checkpoint(run_dir: Path, step: int, seed: int, with_buffer: bool = False, export_frames: int = 0) -> torch.nn.Module:
     """A checkpoint as the trainer writes it; returns the target encoder it holds."""
     cfg = _config()
     learner = build_learner(cfg.model, cfg.train.model_copy(update={"seed": seed}), "cpu")
@@ -55,6 +56,8 @@ def _write_checkpoint(run_dir: Path, step: int, seed: int, with_buffer: bool = F
     }
     if with_buffer:
         state["buffer"] = {"images": torch.from_numpy(scene_frames(20, size=48, seed=seed))}
+    if export_frames:
+        state["export_frames"] = torch.from_numpy(scene_frames(export_frames, size=48, seed=seed))
     save_checkpoint(run_dir, state, keep=5)
     return learner.encoder_module("target")
 
@@ -91,15 +94,15 @@ def test_refused_export_exits_2_and_publishes_nothing(tmp_path: Path, capsys: py
 
 def test_watch_follows_checkpoints_and_exports_the_final_one_on_sigint(tmp_path: Path) -> None:
     run_dir, out = tmp_path / "run", tmp_path / "exports"
-    _write_checkpoint(run_dir, step=100, seed=1)
+    _write_checkpoint(run_dir, step=100, seed=1, export_frames=40)
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "export", "--run-dir", str(run_dir), "--out", str(out), "--watch",
-         "--poll", "0.1", *OVERRIDES, "export.every_steps=1000"],
+         "--poll", "0.1", *OVERRIDES, "export.every_steps=1000", "export.min_compatibility=null"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         wait_until(lambda: read_latest(out) is not None or proc.poll() is not None, 120)
-        _write_checkpoint(run_dir, step=150, seed=2)  # under every_steps: not exported while running...
+        _write_checkpoint(run_dir, step=150, seed=2, export_frames=40)  # under every_steps: not exported while running...
         proc.send_signal(signal.SIGINT)  # ...but the final pass on stop exports it
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -110,6 +113,8 @@ def test_watch_follows_checkpoints_and_exports_the_final_one_on_sigint(tmp_path:
     assert "published version 2 (step 150)" in stdout
     status = json.loads((run_dir / "status-exporter.json").read_text())
     assert status["last_export_version"] == 2 and status["exports"] == 2 and status["refusals"] == 0
+    assert 0 <= status["cka_prev"] <= 1 and status["cka_pinned"] == {}  # version 2's drift, in `run`'s status line
+    assert f"(refused 0, CKA {status['cka_prev']:.3f} prev)" in format_pipeline_status({"exporter": status}, 1.0, {})
 
 
 def _with_model(run_dir: Path, **model: object) -> None:
@@ -144,3 +149,25 @@ def test_an_import_string_the_operator_names_too_is_honoured(tmp_path: Path, cap
     ours = [*OVERRIDES, "model.encoder=trainer.encoders:TinyCNN"]
     assert cli_main(["export", "--run-dir", str(run_dir), "--out", str(out), *ours]) == 0
     assert "published version 1 (step 10)" in capsys.readouterr().out
+
+
+def test_checkpoints_carry_real_frames_so_exports_from_them_get_compatibility_maps(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`byol-agent run` publishes from checkpoints; without a saved buffer it used to verify on the demo scene
+    and never draw a calibration set, so no version there had a compatibility map."""
+    from tests.trainer.test_continual import run_trainer, tiny_config
+
+    run_dir, out = tmp_path / "run", tmp_path / "exports"
+    settings = ["train.checkpoint_every=2", "buffer.min_fill=40", "export.calibration_frames=40", "export.min_compatibility=null"]
+    for steps in (2, 4):
+        run_trainer(tiny_config(free_tcp_endpoint(), f"train.max_steps={steps}", *settings), run_dir)
+        saved = read_checkpoint(list_checkpoints(run_dir)[0][1])
+        assert saved["buffer"] is None and saved["export_frames"].dtype == torch.uint8
+        assert saved["export_frames"].shape[1:] == (32, 32, 3) and len(saved["export_frames"]) == 40
+        assert cli_main(["export", "--run-dir", str(run_dir), "--out", str(out), *settings]) == 0
+    assert "published version 2 (step 4)" in capsys.readouterr().out
+    calibration = np.load(out / "calibration.npy")
+    assert calibration.shape == (40, 32, 32, 3)
+    compat = read_manifest(out / "encoder-000002.json").raw["compat"]
+    assert compat["maps_to"] == 1 and compat["r2"] > 0.5

@@ -36,7 +36,9 @@ def _write_run(run: Path, steps: int = 300, with_eval: bool = True) -> None:
             "buffer_fill": min(1.0, step / 200), "time": t0 + 2.0 * step,
         })
         if step and step % 100 == 0:
-            lines.append({"event": "export", "step": step, "version": step // 100, "time": t0 + 2.0 * step})
+            version = step // 100
+            drift = {} if version == 1 else {"r2": 0.99, "cka_prev": 1.0 - 0.01 * version, "cka_pinned": {"1": 1.0 - 0.05 * version}}
+            lines.append({"event": "export", "step": step, "version": version, "time": t0 + 2.0 * step, **drift})
     lines.append({"event": "export_refused", "step": 305, "reason": "collapse: embedding std 0.004 < 0.02"})
     lines.insert(0, {"event": "start", "step": 0, "resumed_from": None})
     lines.insert(12, {"event": "start", "step": 100, "resumed_from": "ckpt-000100.pt"})
@@ -56,7 +58,7 @@ def test_report_writes_pngs_and_summary_with_the_numbers(tmp_path: Path) -> None
     report = write_report(run)
 
     names = sorted(p.name for p in report.plots)
-    assert names == ["buffer_fill.png", "embedding_std.png", "eval.png", "loss.png", "overview.png", "throughput.png"]
+    assert names == ["buffer_fill.png", "drift.png", "embedding_std.png", "eval.png", "loss.png", "overview.png", "throughput.png"]
     for path in report.plots:
         data = path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000, path
@@ -69,6 +71,10 @@ def test_report_writes_pngs_and_summary_with_the_numbers(tmp_path: Path) -> None
     assert "wall time: 600.0 s" in summary
     assert f"last loss: {last['loss']:.4f}" in summary
     assert "3 published (versions 1 to 3), 1 refused (1x collapse" in summary
+    assert "lowest CKA to the previous version 0.970 (version 3); version 3 to pinned version 1: CKA 0.850" in summary
+    drift = report_figures(run)[0]["drift"].axes[0]
+    assert sorted(line.get_label() for line in drift.get_lines()) == [
+        "CKA to pinned version 1", "CKA to previous version", "R² of the map to previous"]
     assert "best eval: version 2, kNN top-1 0.740, linear top-1 0.840 (random init: kNN 0.550, linear 0.660)" in summary
     assert "skipped 1 unreadable line" in summary
     assert "trainer starts: 2 (resumed 1), restores after non-finite losses: 1" in summary
@@ -81,10 +87,11 @@ def test_report_plots_what_exists_and_names_the_rest(tmp_path: Path) -> None:
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     report = write_report(run, tmp_path / "out")
     assert [p.name for p in report.plots] == ["overview.png", "loss.png"]
-    assert report.missing == ["embedding_std", "img_per_s", "buffer_fill", "eval events", "capture.jsonl", "runtime.jsonl"]
+    assert report.missing == ["embedding_std", "img_per_s", "buffer_fill", "eval events", "drift (export events with cka_prev)",
+                              "capture.jsonl", "runtime.jsonl"]
     summary = report.summary.read_text()
     assert "0 published" in summary and "none recorded" in summary and "holds no published export" in summary
-    assert "not recorded, so not plotted: embedding_std, img_per_s, buffer_fill, eval events, capture.jsonl" in summary
+    assert "not recorded, so not plotted: embedding_std, img_per_s, buffer_fill, eval events, drift" in summary
 
 
 def test_append_event_round_trips(tmp_path: Path) -> None:
