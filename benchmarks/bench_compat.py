@@ -10,9 +10,10 @@ into a temp dir. A linear policy head (standardise + logistic regression) is fit
                    chained  the per-hop maps to the previous version as published, composed
                    pinned   what a HotEncoder pinned to version 1 serves (`compose_to`): a runtime pin on
                             version 1 is written before version 2, so the exporter also fits each version
-                            straight into version 1's space
-                 and offline variants of the direct map on the same embeddings: Procrustes, a weaker
-                 ridge, and a calibration set of every head-train image instead of 256 frames
+                            straight into version 1's space, on the calibration set as it stands then
+                            (default size 1024, grown from each export's 256 buffer frames)
+                 and offline variants of the direct map: Procrustes on the final calibration set, and
+                 ridge on the set's first 256 frames (the set of the old default size)
   (c) refit      a head refit on that version (the upper bound)
 plus each map's held-out R², CKA to the previous and to version 1, and the per-call cost of the map
 in a pinned HotEncoder. Goal (issue 14): (b) ≥ 0.95 × version 1's accuracy at every version, > (a).
@@ -51,9 +52,8 @@ from trainer.evaluation import load_digits  # noqa: E402
 from trainer.train_step import TrainStep  # noqa: E402
 
 SIZE = 32
-# offline direct maps into version 1's space: (method, ridge, calibration on every head-train image)
-OFFLINE = {"procrustes": ("procrustes", 0.0, False), "ridge 1e-5": ("ridge", 1e-5, False),
-           "ridge, big calibration": ("ridge", 1e-3, True)}
+# offline direct maps into version 1's space: (method, ridge, calibration frames used: None = all)
+OFFLINE = {"procrustes": ("procrustes", 0.0, None), "ridge, 256 frames": ("ridge", 1e-3, 256)}
 
 
 def stream(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +82,7 @@ def run_stream(name: str, versions: int, steps: int, seed: int, work: Path) -> d
     cfg = config(seed)
     learner = build_learner(cfg.model, cfg.train, "cpu", cfg.augment)
     step = TrainStep(learner, build_optimizer(learner, cfg.train), cfg.train, torch.device("cpu"))
-    export_cfg = ExportConfig(keep=1000, calibration_frames=256, min_compatibility=None, compat_map="ridge")
+    export_cfg = ExportConfig(keep=1000, min_compatibility=None, compat_map="ridge")  # calibration_frames: the default
     export_dir = work / name
     publisher = Publisher(export_dir, export_cfg.keep)
     pool = torch.from_numpy(images[train_idx])  # the unlabelled stream the learner sees
@@ -119,8 +119,8 @@ def run_stream(name: str, versions: int, steps: int, seed: int, work: Path) -> d
         chained = hop if chained is None else hop.then(chained)
         pinned = compose_to(export_dir, v, 1)  # what a runtime pinned to version 1 serves
         offline = {
-            key: fit_compat(emb_train[v] if big else emb_cal[v], emb_train[1] if big else emb_cal[1], method, strength).linear
-            for key, (method, strength, big) in OFFLINE.items()
+            key: fit_compat(emb_cal[v][:frames], emb_cal[1][:frames], method, strength).linear
+            for key, (method, strength, frames) in OFFLINE.items()
         }
         refit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(emb_train[v], labels[train_idx])
         compat = manifests[v].raw["compat"]
@@ -130,6 +130,7 @@ def run_stream(name: str, versions: int, steps: int, seed: int, work: Path) -> d
             "step": manifests[v].step,
             "r2": compat["r2"],
             "r2_v1": direct[1]["r2"] if 1 in direct else compat["r2"],
+            "fit_frames": (direct[1] if 1 in direct else compat)["fit_frames"],
             "cka_prev": compat["cka"],
             "cka_v1": linear_cka(emb_test[v], emb_test[1]),
             "raw": head.score(emb_test[v], y),
@@ -179,12 +180,12 @@ def report(result: dict) -> list[str]:
         f"## {result['name']}: {len(rows) + 1} versions, D={result['dim']}, calibration {result['calibration']} frames, "
         f"head train/test {result['n_train']}/{result['n_test']}, training+export {result['train_s']:.0f} s",
         f"version 1 head accuracy: {acc1:.3f}",
-        "| version | step | R² to prev | R² to v1 | CKA prev | CKA v1 | (a) raw | "
+        "| version | step | calibration fit frames | R² to prev | R² to v1 | CKA prev | CKA v1 | (a) raw | "
         + " | ".join(f"(b) {k}" for k in COLUMNS) + " | (c) refit |",
-        "|---" * (8 + len(COLUMNS)) + "|",
+        "|---" * (9 + len(COLUMNS)) + "|",
     ]
     for r in rows:
-        lines.append(f"| {r['version']} | {r['step']} | {r['r2']:.3f} | {r['r2_v1']:.3f} | {r['cka_prev']:.3f} | "
+        lines.append(f"| {r['version']} | {r['step']} | {r['fit_frames']} | {r['r2']:.3f} | {r['r2_v1']:.3f} | {r['cka_prev']:.3f} | "
                      f"{r['cka_v1']:.3f} | {r['raw']:.3f} | " + " | ".join(f"{r[k]:.3f}" for k in COLUMNS)
                      + f" | {r['refit']:.3f} |")
     for method in COLUMNS:

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 MAX_RESTORES_WITHOUT_PROGRESS = 3  # restores with no checkpoint between them: the run diverges, stop
 DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with nothing arriving
 EXPORT_CLOSE_TIMEOUT_S = 120.0
+# Replay frames each checkpoint carries for an exporter working from checkpoints: its calibration set grows
+# from one checkpoint's sample to the next (export/compat.py), so a bounded sample keeps checkpoints small
+# (256 x 96 x 96 x 3 = 7 MB at the default capture size).
+CHECKPOINT_EXPORT_FRAMES = 256
 
 
 class TrainingDiverged(ByolAgentError):
@@ -113,7 +117,7 @@ class ContinualTrainer:
         self.sampler = torch.Generator().manual_seed(tc.seed)
         ec = cfg.export  # checkpoints carry frames for an exporter that works from them (`run`)
         self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, cfg.model_dump(mode="json"),
-                              export_frames=max(ec.verify_batch, ec.calibration_frames))
+                              export_frames=max(ec.verify_batch, min(ec.calibration_frames, CHECKPOINT_EXPORT_FRAMES)))
         self.state.resume()
         self.quality = self._make_quality_monitor()
         self.train_step.mark_good()
@@ -312,8 +316,8 @@ class ContinualTrainer:
     def _submit_export(self) -> None:
         """Hand an eval copy of the encoder and real frames to the export thread (returns at once)."""
         gen = torch.Generator().manual_seed(self.step)
-        ec = self.cfg.export  # enough frames to verify, and to draw the exporter's calibration set from
-        frames, _ = self.buffer.sample(max(ec.verify_batch, ec.calibration_frames), gen)
+        ec = self.cfg.export  # enough frames to verify, and distinct ones to grow the exporter's calibration set from
+        frames, _ = self.buffer.sample(max(ec.verify_batch, min(ec.calibration_frames, len(self.buffer))), gen)
         encoder = self.learner.encoder_module(self.cfg.export.weights)
         self.exporter.submit(self.step, encoder, frames.cpu().numpy())
         self.counters.last_export_step = self.step

@@ -293,7 +293,11 @@ class ExportConfig(_Section):
     )
     probe_tolerance: float = Field(0.01, ge=0, le=1, description="accuracy drop the probe gate tolerates")
     calibration_frames: int = Field(
-        256, ge=0, description="replay-buffer frames kept once as calibration.npy for compatibility maps (0 = no maps)"
+        1024,
+        ge=0,
+        description="replay-buffer frames kept as calibration.npy for compatibility maps, gathered over the first "
+        "exports (0 = no maps); 1024 not 256: fit on ~800-900 frames a fixed head kept >= 0.95x, on 256 not "
+        "(benchmarks/RESULTS.md, 'Backward-compatible embeddings')",
     )
     compat_map: Literal["ridge", "procrustes"] = Field(
         "ridge", description="map from each version's embeddings to the previous one's (benchmarks/bench_compat.py)"

@@ -172,17 +172,23 @@ def test_the_drift_gate_refuses_a_version_that_cannot_be_mapped_back(tmp_path: P
     assert publish(tmp_path, transformed(tiny_encoder(1), seed=5, scale=2.0), min_compatibility=0.99) == 2
 
 
-def test_the_calibration_set_is_drawn_once_from_enough_frames(tmp_path: Path) -> None:
-    publish(tmp_path, tiny_encoder(1), frames=scene_frames(12))  # too few to calibrate on
+def test_the_calibration_set_starts_from_enough_frames_grows_to_its_size_then_stays(tmp_path: Path) -> None:
+    publish(tmp_path, tiny_encoder(1), frames=scene_frames(12), calibration_frames=60)  # too few to calibrate on
     assert not (tmp_path / CALIBRATION_NAME).exists()
     assert "no calibration set" in manifest(tmp_path, 1)["compat"]["reason"]
-    publish(tmp_path, tiny_encoder(1), frames=CALIBRATION)  # drawn now, and version 2 is mapped at once
+    publish(tmp_path, tiny_encoder(1), frames=CALIBRATION, calibration_frames=60)  # drawn now; version 2 is mapped at once
     assert manifest(tmp_path, 2)["compat"]["maps_to"] == 1
-    stored = np.load(tmp_path / CALIBRATION_NAME)
-    assert stored.shape == CALIBRATION.shape and stored.dtype == np.uint8
-    publish(tmp_path, tiny_encoder(1), frames=scene_frames(64, seed=7))
-    np.testing.assert_array_equal(np.load(tmp_path / CALIBRATION_NAME), stored)  # fixed from then on
+    first = np.load(tmp_path / CALIBRATION_NAME)
+    np.testing.assert_array_equal(first, CALIBRATION)  # all 48, below the size of 60
+    later = scene_frames(64, seed=7)
+    publish(tmp_path, tiny_encoder(1), frames=np.concatenate([CALIBRATION[:8], later]), calibration_frames=60)
+    grown = np.load(tmp_path / CALIBRATION_NAME)
+    assert grown.shape == (60, *CALIBRATION.shape[1:]) and grown.dtype == np.uint8
+    np.testing.assert_array_equal(grown[:48], first)  # kept, and 12 new frames added (none it already held)
+    assert {f.tobytes() for f in grown[48:]} <= {f.tobytes() for f in later}
     assert manifest(tmp_path, 3)["compat"]["maps_to"] == 2
+    publish(tmp_path, tiny_encoder(1), frames=scene_frames(64, seed=9), calibration_frames=60)
+    np.testing.assert_array_equal(np.load(tmp_path / CALIBRATION_NAME), grown)  # full: fixed from then on
 
 
 def test_a_pinned_version_and_the_maps_down_to_it_survive_retention(tmp_path: Path) -> None:
