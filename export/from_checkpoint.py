@@ -26,7 +26,7 @@ from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
 from export.verify import pick_frames
-from trainer.checkpoint import list_checkpoints, load_latest_checkpoint
+from trainer.checkpoint import list_checkpoints, load_latest_checkpoint, saved_buffer
 from trainer.report import append_event
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def load_checkpoint_encoder(
         capture=cfg.capture,
         mean=tuple(learner.mean),
         std=tuple(learner.std),
-        frames=_buffer_frames(ckpt.get("buffer"), n_frames),
+        frames=_buffer_frames(saved_buffer(ckpt), n_frames),
     )
 
 
