@@ -73,7 +73,10 @@ def main(args: argparse.Namespace) -> int:
         if any(os.environ.get(name) for name in TORCHRUN_ENV):
             raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out")
         from agent.launch import run_ranks
+        from agent.pipeline import rank_endpoint
 
+        for rank in range(args.nproc):  # one line here rather than one per rank from under torchrun
+            validate_endpoint(rank_endpoint(cfg.wire, rank, args.nproc), bind=True)
         configure_logging()
         with lock_run_dir(run_dir, "train", cfg):  # held here for the ranks (they cannot inherit it through torchrun)
             return run_ranks(rank_words(args), args.nproc)

@@ -66,3 +66,17 @@ def test_a_rank_given_too_few_endpoints_stops_with_one_line_before_training(tmp_
         "give one per rank (global rank r binds endpoints[r]) or leave it unset"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_nproc_checks_every_rank_endpoint_before_it_starts_torchrun(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "train", "--nproc", "3", "--run-dir", str(tmp_path / "run"),
+         "wire.endpoint=tcp://127.0.0.1:65534"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done
+    assert done.stderr.strip().splitlines() == [
+        "byol-agent train: error: wire.endpoint 'tcp://127.0.0.1:65534': rank 2 would bind port 65536, past 65535; "
+        "pick a lower port or list wire.endpoints"
+    ]
+    assert not (tmp_path / "run").exists()
