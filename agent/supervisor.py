@@ -49,8 +49,9 @@ class _Child:
     restart_at: Optional[float] = None  # time.monotonic() of a scheduled restart
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGTERM the child if the supervisor dies without cleaning up."""
+def die_with_parent() -> None:
+    """In a child before exec (Linux): have the kernel SIGTERM it if its parent (the supervisor, the
+    `train --nproc` launcher) dies without cleaning up."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -62,7 +63,7 @@ def _child_setup() -> None:
     """In the child, before exec: die with the parent, and hold SIGINT pending until `agent.cli.main`
     unblocks it. A stop that arrives while the new interpreter is still starting (site, imports) then
     lands in our code (exit 130, no traceback) instead of killing Python inside its start-up."""
-    _die_with_parent()
+    die_with_parent()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 

@@ -29,7 +29,7 @@ from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
 from export.verify import pick_frames
-from trainer.checkpoint import list_checkpoints, load_latest_checkpoint
+from trainer.checkpoint import list_checkpoints, load_latest_checkpoint, saved_buffer
 from trainer.report import append_event
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def load_checkpoint_encoder(
 def _buffer_frames(ckpt: dict[str, Any], wanted: int) -> Optional[np.ndarray]:
     """Up to `wanted` frames of the checkpoint's saved replay buffer, or of the sample of it every
     checkpoint carries ("export_frames", trainer/run_state.py); None when it has neither."""
-    buffer = ckpt.get("buffer")
+    buffer = saved_buffer(ckpt)  # its own, or rank 0's in a multi-rank checkpoint
     images = buffer.get("images") if isinstance(buffer, dict) else ckpt.get("export_frames")
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or int(images.shape[0]) < 2:
         return None

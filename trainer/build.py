@@ -28,13 +28,15 @@ def build_learner(
     device: Union[str, torch.device],
     augment_cfg: AugmentConfig = AugmentConfig(),
     channels: int = 3,
+    rank: int = 0,
 ) -> BYOL:
     """The encoder named by `model_cfg` wrapped in BYOL on `device`, initialised from `train_cfg.seed`,
     for `channels`-channel images (`capture.channels`; 1: mono, colour views off).
 
     The encoder is channels_last when `train_cfg.channels_last` (faster on CPU and GPU; the views
-    follow). The views draw from their own generator seeded with `train_cfg.seed`, so a run
-    reproduces its views without touching the global RNG.
+    follow). The views draw from their own generator seeded with `train_cfg.seed` + `rank`, so a run
+    reproduces its views without touching the global RNG, and the ranks of a multi-rank run (which
+    all start from the same weights) draw different views.
     """
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # encoder and heads from the seed; the global RNG is left alone
@@ -53,7 +55,7 @@ def build_learner(
             tau_final=train_cfg.tau_final,
             tau_warmup_steps=train_cfg.tau_warmup_steps,
             total_steps=train_cfg.total_steps,
-            generator=torch.Generator(device=device).manual_seed(train_cfg.seed),
+            generator=torch.Generator(device=device).manual_seed(train_cfg.seed + rank),
             views=view_specs(augment_cfg),
             channels=channels,
         )

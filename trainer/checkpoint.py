@@ -14,8 +14,10 @@ optimizer tensors must also be finite. A file that fails any check is skipped li
 Content (format 2; keys stable, the export command rebuilds the learner from "config"):
 {"format", "step", "learner", "optimizer", "rng", "config", "counters", "buffer", "export_frames", "checksum"}
 (bf16 autocast needs no loss scaler, so there is none to save). "export_frames" (optional, uint8
-NHWC, None when "buffer" is saved): a sample of the replay buffer for an exporter working from
-checkpoints to verify and calibrate on.
+NHWC, None when "buffer" is saved): a sample of the replay buffer (rank 0's) for an exporter working
+from checkpoints to verify and calibrate on. A multi-rank run adds "world_size"
+and "ranks" (one part per rank: its RNGs, counters, buffer, weights digest; trainer/run_state.py),
+with "counters" the whole run's, "rng" rank 0's and "buffer" None (`saved_buffer` finds rank 0's).
 Format 1 (before checksums) still loads, with a warning.
 """
 
@@ -131,6 +133,14 @@ def content_checksum(state: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(learner: torch.nn.Module) -> str:
+    """SHA-256 (hex) of every parameter of `learner`, the EMA target's included, but not its buffers or
+    extra state: what the ranks of a DDP run hold identically (BatchNorm statistics follow each rank's
+    own last batch, and each rank has its own view generator)."""
+    # nn.Module's own listing: BYOL's named_parameters() leaves the target out (it is not trained)
+    return content_checksum(dict(torch.nn.Module.named_parameters(learner)))
+
+
 def _feed(digest: "hashlib._Hash", obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         flat = obj.detach().to("cpu").contiguous().reshape(-1)
@@ -196,6 +206,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         if bad:
             raise ValueError(f"{path.name} holds non-finite values (NaN/inf) in {bad}")
     return state
+
+
+def saved_buffer(state: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The replay buffer a checkpoint saved (`train.save_buffer`): its own, or rank 0's in a multi-rank one."""
+    if state.get("buffer") is not None:
+        return state["buffer"]
+    ranks = state.get("ranks")
+    return ranks[0].get("buffer") if isinstance(ranks, list) and ranks and isinstance(ranks[0], dict) else None
 
 
 def quarantine_newer(run_dir: Path, step: Optional[int]) -> list[Path]:

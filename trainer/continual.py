@@ -9,15 +9,25 @@ Training starts once the buffer holds `buffer.min_fill` frames and never runs mo
 overfitting on a frozen buffer. A non-finite loss skips its step; `train.nan_tolerance` in a row
 restore the last good state. Every exit that is not a kill -9 (max steps, SIGINT/SIGTERM, drained
 replay input, an error) ends with a checkpoint from which a restart continues exactly.
+
+Under torchrun (`ranks`, trainer/distributed.py) one trainer runs per rank, each on its own frame
+inbox and replay-buffer shard, with the learner under DDP. The ranks agree on everything collective
+through one small all_reduce per loop turn (trainer/lockstep.py): start, the replay-ratio gate over
+the fleet's frames, stop, drain and checkpoints happen at the same step everywhere. Rank 0 alone
+writes into the run directory (checkpoints, metrics, status, config) and runs the exporter and the
+quality probes. A rank whose peer is gone cannot checkpoint and stops with a one-line error
+(`CollectiveError`); every other exit of a multi-rank run checkpoints as above.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO
 
@@ -30,10 +40,12 @@ from agent.core.errors import ByolAgentError, ConfigError
 from trainer.buffer import ReplayBuffer
 from trainer.build import build_learner, build_optimizer
 from trainer.checkpoint import checkpoint_dir
+from trainer.distributed import SOLO, CollectiveError, Ranks
 from trainer.ingest import FrameInbox, Ingestor
+from trainer.lockstep import RankCounts, RankFacts, Turn, agree
 from trainer.metrics import MetricsWriter
 from trainer.run_monitor import RunMonitor
-from trainer.run_state import Counters, RunState
+from trainer.run_state import RECEIVED, Counters, RunState
 from trainer.train_step import TrainStep
 
 if TYPE_CHECKING:
@@ -81,6 +93,8 @@ class ContinualTrainer:
     and, for in-process publishing, `make_exporter(mean, std)` (agent/pipeline.py builds both).
     `lossless=True` (replay as fast as training consumes) holds ingestion back until training has
     used the frames it has, so every frame gets its share of updates and the sender blocks.
+    `ranks`: this process's place in a multi-rank run (joined by the caller before building the
+    trainer, so the heads' BatchNorm syncs across ranks); `SOLO` for a single process.
     """
 
     def __init__(
@@ -93,8 +107,10 @@ class ContinualTrainer:
         lossless: bool = False,
         write_config: bool = True,
         stream: Optional[TextIO] = None,
+        ranks: Ranks = SOLO,
     ) -> None:
         self.cfg = cfg
+        self.ranks = ranks
         self._open_receiver = open_receiver
         self._make_exporter_fn = make_exporter
         self.run_dir = Path(run_dir)
@@ -104,24 +120,27 @@ class ContinualTrainer:
         tc = cfg.train
         if tc.threads is not None:
             torch.set_num_threads(tc.threads)
-        self.device = resolve_device(tc)
+        self.device = resolve_device(tc) if ranks.solo else ranks.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed batch and image size: autotuned kernels pay off
-        torch.manual_seed(tc.seed)
-        np.random.seed(tc.seed % 2**32)
-        random.seed(tc.seed)
-        self.learner = build_learner(cfg.model, tc, self.device, cfg.augment, channels=cfg.capture.channels)
+        seed = tc.seed + ranks.rank  # each rank its own RNGs, batches and views; the weights start from tc.seed
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        self.learner = build_learner(cfg.model, tc, self.device, cfg.augment, channels=cfg.capture.channels, rank=ranks.rank)
         self.optimizer = build_optimizer(self.learner, tc)
-        self.train_step = TrainStep(self.learner, self.optimizer, tc, self.device)
-        self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, cfg.capture.channels), self.device, seed=tc.seed)
-        self.sampler = torch.Generator().manual_seed(tc.seed)
+        self.train_step = TrainStep(self.learner, self.optimizer, tc, self.device, ranks)
+        self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, cfg.capture.channels), self.device, seed=seed)
+        self.sampler = torch.Generator().manual_seed(seed)
         ec = cfg.export  # checkpoints carry frames for an exporter that works from them (`run`)
-        self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, cfg.model_dump(mode="json"),
+        self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, cfg.model_dump(mode="json"), ranks,
                               export_frames=max(ec.verify_batch, min(ec.calibration_frames, CHECKPOINT_EXPORT_FRAMES)))
         self.state.resume()
         self.quality = self._make_quality_monitor()
         self.train_step.mark_good()
         self._restores_in_a_row = 0
+        self._turn: Optional[Turn] = None  # the last agreed turn (multi-rank runs report the fleet's figures from it)
+        self.monitor: Optional[RunMonitor] = None  # rank 0's; other ranks write nothing into the run directory
 
     @property
     def step(self) -> int:
@@ -150,40 +169,50 @@ class ContinualTrainer:
         `on_bound(endpoint)` is called once frames can be received, with the endpoint actually bound
         (a `tcp://HOST:*` config picks a free port). Returns 0; raises what `open_receiver` raises (an
         EndpointError for an endpoint that cannot be bound), and re-raises an ingest-thread failure
-        after the final checkpoint.
+        after the final checkpoint. In a multi-rank run every rank calls it; a CollectiveError means
+        a peer is gone and this rank stopped without a final checkpoint.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (self.run_dir, checkpoint_dir(self.run_dir)):
-            remove_stale_temps(folder)  # what a killed predecessor was writing
-        if self._write_config:
-            try:
-                dump_config(self.cfg, self.run_dir / "config.yaml")
-            except OSError as exc:  # a record for people, not needed to train
-                log.warning("config.yaml not written: %s", exc.strerror or exc)
+        writes = self.ranks.rank == 0
+        if writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.run_dir, checkpoint_dir(self.run_dir)):
+                remove_stale_temps(folder)  # what a killed predecessor was writing
+            if self._write_config:
+                try:
+                    dump_config(self.cfg, self.run_dir / "config.yaml")
+                except OSError as exc:  # a record for people, not needed to train
+                    log.warning("config.yaml not written: %s", exc.strerror or exc)
         receiver = self._open_receiver()
         self._prior = copy.deepcopy(self.counters)
         self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
         try:
-            self.monitor = RunMonitor(
-                MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
-                train_step=self.train_step, buffer=self.buffer, state=self.state, quality=self.quality,
-                sync=self._sync_counters,
-            )
+            if writes:
+                self.monitor = RunMonitor(
+                    MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
+                    train_step=self.train_step, buffer=self.buffer, state=self.state, quality=self.quality,
+                    sync=self._sync_counters, **self._fleet_reporting(),
+                )
             self.exporter = self._make_exporter()
         except BaseException:  # the ingest thread that would close the receiver never started
             receiver.close()
             raise
-        self.monitor.event({"event": "start", "step": self.step, "resumed_from": self.resumed_from,
-                            "device": str(self.device), "endpoint": receiver.endpoint})
+        start = {"event": "start", "step": self.step, "resumed_from": self.resumed_from,
+                 "device": str(self.device), "endpoint": receiver.endpoint}
+        if not self.ranks.solo:
+            start["world_size"] = self.ranks.world_size
+            log.info("%s (pid %d, %s): frames on %s", self.ranks, os.getpid(), self.device, receiver.endpoint)
+        self._event(start)
         self.ingest.start()
+        together = self.ranks.solo  # a multi-rank final checkpoint needs every rank to have left the loop in step
         try:
             if on_bound is not None:
                 on_bound(receiver.endpoint)
             self._loop(stop, input_done)
+            together = True
         finally:
             self.ingest.stop()
             self._sync_counters()
-            self._shutdown()
+            self._shutdown(together)
         self.ingest.check()
         return 0
 
@@ -191,12 +220,9 @@ class ContinualTrainer:
         tc = self.cfg.train
         last_export_time = time.monotonic()
         input_done_at: Optional[float] = None
-        while not stop.is_set():
-            self.ingest.check()
+        while True:
             self._sync_counters()
             self._log_exports()
-            if tc.max_steps is not None and self.step >= tc.max_steps:
-                break
             ended = (input_done is not None and input_done.is_set()) or self.ingest.input_ended
             if ended and input_done_at is None:
                 input_done_at = time.monotonic()
@@ -208,19 +234,28 @@ class ContinualTrainer:
             drained = input_done_at is not None and self.ingest.idle_for() > DRAINED_AFTER_S and (
                 time.monotonic() - input_done_at > DRAINED_AFTER_S
             )
+            turn = self._agree(stop, drained)  # the one collective of a turn in a multi-rank run
+            if turn.stop:
+                break
+            if tc.max_steps is not None and self.step >= tc.max_steps:
+                break
             if self.buffer.wants_embeddings:
                 self._embed_pending()
-            if not self._can_step(drained):
-                if drained:
+            if not turn.may_step(self.step, tc.replay_ratio):
+                if turn.drained:
                     break
-                self.monitor.status("waiting for frames")
+                self._status("waiting for frames")
                 self.ingest.arrived.wait(0.1)
                 self.ingest.arrived.clear()
                 continue
             loss = self._train_step()
             self.ingest.wake()
-            self.monitor.stepped(loss)
-            if self.train_step.nan_streak == 0 and self.state.checkpoint_due():
+            if not self.ranks.solo and loss is not None and self.step % tc.metrics_every == 0:
+                self.state.gather_counters()  # the run's frames per camera for rank 0's metrics record
+            if self.monitor is not None:
+                self.monitor.stepped(loss)
+            clear = None if self.ranks.solo else turn.checkpoint_clear
+            if self.train_step.nan_streak == 0 and self.state.checkpoint_due(clear):
                 self._save_checkpoint()
             refresh = self.cfg.buffer.refresh_every_steps
             if self.buffer.wants_embeddings and refresh is not None and self.step % refresh == 0:
@@ -228,13 +263,28 @@ class ContinualTrainer:
             if self._export_due(last_export_time):
                 self._submit_export()
                 last_export_time = time.monotonic()
-            self.monitor.maybe_probe(self.counters.last_export_version, lambda: self.learner.encoder_module("target"))
-            self.monitor.status("training")
+            if self.monitor is not None:
+                self.monitor.maybe_probe(self.counters.last_export_version, lambda: self.learner.encoder_module("target"))
+            self._status("training")
 
-    def _can_step(self, drained: bool) -> bool:
+    def _agree(self, stop: threading.Event, drained: bool) -> Turn:
+        """This turn's decisions, from every rank's facts (its own alone in a single process).
+
+        A failed ingest thread votes to stop, so that every rank leaves the loop together; its error
+        is raised after the final checkpoint (`run`)."""
         stored = len(self.buffer)
-        ready = stored >= self.buffer.min_fill or (drained and stored >= 2)
-        return ready and self.step < self.cfg.train.replay_ratio * self.counters.frames_in
+        c = self.counters
+        facts = RankFacts(
+            stop=stop.is_set() or self.ingest.error is not None,
+            ready=stored >= self.buffer.min_fill or (drained and stored >= 2),
+            drained=drained,
+            checkpoint_clear=self.state.retry_passed(),
+            counts=RankCounts(c.frames_in, c.frames_malformed, c.frames_rejected, c.connections_refused, stored),
+        )
+        self._turn = agree(self.ranks, facts)
+        if not self.ranks.solo:
+            self.state.fleet = replace(self.state.fleet, **{name: self._turn.total(name) for name in RECEIVED})
+        return self._turn
 
     def _may_take(self, frames_in_now: int) -> bool:
         """Lossless ingest: take a frame while filling, or once training has used all but one frame's updates."""
@@ -261,6 +311,37 @@ class ContinualTrainer:
             self._on_nonfinite()
         return value
 
+    def _event(self, record: dict[str, Any]) -> None:
+        if self.monitor is not None:
+            self.monitor.event(record)
+
+    def _status(self, state: str) -> None:
+        if self.monitor is not None:
+            self.monitor.status(state)
+
+    def _fleet_reporting(self) -> dict[str, Any]:
+        """RunMonitor's options that make rank 0 of a multi-rank run report the whole run, not itself."""
+        if self.ranks.solo:
+            return {}
+        return {"counters": self._reported_counters, "extra": self._per_rank_fields}
+
+    def _reported_counters(self) -> Counters:
+        """Rank 0's counters with the frames every rank received (as of the last turn; per camera as of the
+        last gather, at each metrics record and checkpoint)."""
+        fleet = self.state.fleet
+        received = {name: getattr(fleet, name) for name in RECEIVED}
+        return replace(self.counters, **received, frames_per_camera=dict(fleet.frames_per_camera))
+
+    def _per_rank_fields(self) -> dict[str, Any]:
+        turn = self._turn
+        if turn is None:
+            return {"world_size": self.ranks.world_size}
+        return {
+            "world_size": turn.world_size,
+            "frames_in_per_rank": [counts.frames_in for counts in turn.ranks],
+            "buffer_fill_per_rank": [counts.stored / self.buffer.capacity for counts in turn.ranks],
+        }
+
     def _on_nonfinite(self) -> None:
         self.counters.nan_skips += 1
         streak = self.train_step.nan_streak
@@ -272,8 +353,8 @@ class ContinualTrainer:
             self._restores_in_a_row += 1
             log.warning("%d non-finite losses in a row: restored the last good state (step %d)",
                         self.cfg.train.nan_tolerance, self.step)
-            self.monitor.event({"event": "restore", "from_step": bad_step, "step": self.step,
-                                "restores": self.counters.restores, "nan_skips": self.counters.nan_skips})
+            self._event({"event": "restore", "from_step": bad_step, "step": self.step,
+                         "restores": self.counters.restores, "nan_skips": self.counters.nan_skips})
             if self._restores_in_a_row >= MAX_RESTORES_WITHOUT_PROGRESS:
                 raise TrainingDiverged(
                     f"loss stays non-finite after {self._restores_in_a_row} restores of the step-{self.step} state; "
@@ -281,8 +362,9 @@ class ContinualTrainer:
                 )
 
     def _save_checkpoint(self) -> None:
-        """A checkpoint of now; once written it is also the state a NaN streak falls back to."""
-        if self.state.save(self.monitor.event):
+        """A checkpoint of now; once written it is also the state a NaN streak falls back to.
+        A collective in a multi-rank run (rank 0 writes, every rank learns whether it was written)."""
+        if self.state.save(self.monitor.event if self.monitor is not None else None):
             self.train_step.mark_good()
             self._restores_in_a_row = 0
 
@@ -298,7 +380,7 @@ class ContinualTrainer:
 
     def _make_exporter(self) -> Optional[Exporter]:
         ec = self.cfg.export
-        if ec.every_steps is None and ec.every_seconds is None:
+        if (ec.every_steps is None and ec.every_seconds is None) or self.ranks.rank != 0:
             return None
         if self._make_exporter_fn is None:
             log.warning("export.every_steps/every_seconds is set but this trainer was given no exporter; not exporting")
@@ -328,25 +410,45 @@ class ContinualTrainer:
         for event in self.exporter.poll():
             if event.get("event") == "export":
                 self.counters.last_export_version = event["version"]
-            self.monitor.event(event)
+            self._event(event)
 
     def _make_quality_monitor(self) -> Optional["QualityMonitor"]:
         tc = self.cfg.train
-        if tc.probe_data is None:
+        if tc.probe_data is None or self.ranks.rank != 0:
             return None
         from trainer.quality_monitor import QualityMonitor  # sklearn and onnxruntime load only when probing
 
         return QualityMonitor(tc.probe_data, self.cfg.model, self.cfg.eval, tc.seed, self.learner.mean, self.learner.std)
 
-    def _shutdown(self) -> None:
-        """Final checkpoint, final export, last status line; runs on every exit but a kill -9."""
+    def _shutdown(self, together: bool) -> None:
+        """Final checkpoint, final export, last status line; runs on every exit but a kill -9.
+
+        `together`: every rank left the loop at the same turn (always so for a single process), so the
+        final checkpoint's collective can run; otherwise (a peer is gone, an error on this rank) no
+        checkpoint can be written and the last one stays the one to resume from."""
+        lost: Optional[CollectiveError] = None
         try:
             if self.state.unsaved and self.train_step.nan_streak == 0:
-                self._save_checkpoint()
+                if together:
+                    try:
+                        self._save_checkpoint()
+                    except CollectiveError as exc:  # a peer died during the final checkpoint
+                        lost = exc
+                else:
+                    log.warning("%s: no final checkpoint without the other ranks; the last one is step %d",
+                                self.ranks, self.state.last_checkpoint_step)
+            if together and not self.ranks.solo and lost is None:
+                try:
+                    self.state.gather_counters()  # the stop record's figures, exact
+                except CollectiveError as exc:
+                    lost = exc
             if self.exporter is not None:
                 if self.step > self.counters.last_export_step and len(self.buffer) > 0:
                     self._submit_export()
                 self.exporter.close(EXPORT_CLOSE_TIMEOUT_S)
                 self._log_exports()
         finally:
-            self.monitor.close()
+            if self.monitor is not None:
+                self.monitor.close()
+        if lost is not None:
+            raise lost

@@ -6,6 +6,8 @@ steps) becomes one `metrics.jsonl` record with the mean loss and the throughput 
 the status file and the live line are refreshed at their own pace by `MetricsWriter`. With a
 `QualityMonitor` (`train.probe_data`), it also schedules the kNN probes of the target encoder and
 logs their results; a failed probe is logged, never fatal. Handed the `train` section only.
+Rank 0 of a multi-rank run reports the whole run: the trainer hands in the run's counters and
+per-rank fields (`counters`, `extra`) in place of this process's own.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from agent.core.config import TrainConfig
 from trainer.buffer import ReplayBuffer
 from trainer.metrics import MetricsWriter
-from trainer.run_state import RunState
+from trainer.run_state import Counters, RunState
 from trainer.train_step import TrainStep
 
 if TYPE_CHECKING:
@@ -87,16 +89,22 @@ class RunMonitor:
         state: RunState,
         quality: Optional["QualityMonitor"] = None,
         sync: Callable[[], None] = lambda: None,
+        counters: Optional[Callable[[], Counters]] = None,
+        extra: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         """`sync()` brings the state's counters up to date with the ingest thread; it is called after the
-        buffer is read, so the frames counted in are never fewer than the frames the buffer was seen holding."""
+        buffer is read, so the frames counted in are never fewer than the frames the buffer was seen holding.
+        `counters()`: the counters to report (default: the state's); `extra()`: fields added to every
+        status and metrics record (a multi-rank run's per-rank figures)."""
         self.metrics, self._cfg = metrics, train_cfg
         self._train_step, self._buffer, self._state = train_step, buffer, state
         self.quality = quality
         self._sync = sync
+        self._counters = counters if counters is not None else lambda: state.counters
+        self._extra = extra
         self._window = _Window(state.step)
         self._rate = StepRate()
-        self._frames_in_at_start = state.counters.frames_in  # frames in before this process (a resumed run)
+        self._frames_in_at_start = self._counters().frames_in  # frames in before this process (a resumed run)
         self._last_probe: Optional["EvalResult"] = None
         self._probe_submitted_at: Optional[int] = None
         self._drift: dict[str, Any] = {}  # the last published version's drift (export.compat.drift_record)
@@ -121,7 +129,7 @@ class RunMonitor:
                 buffer_age_mean_s=stats["age_mean_s"],
                 buffer_age_max_s=stats["age_max_s"],
                 buffer_per_camera=stats["per_camera"],
-                frames_per_camera=dict(self._state.counters.frames_per_camera),  # received, by camera id
+                frames_per_camera=dict(self._counters().frames_per_camera),  # received, by camera id
             )
             for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step", "cka_prev", "cka_pinned"):
                 del fields[key]
@@ -173,7 +181,7 @@ class RunMonitor:
             self._log_probes(final=True)
             self._window = _Window(self._state.step)
             self.status("stopped", force=True)
-            self.metrics.log({"event": "stop", "step": self._state.step, **asdict(self._state.counters)})
+            self.metrics.log({"event": "stop", "step": self._state.step, **asdict(self._counters())})
         finally:
             self.metrics.close()
 
@@ -182,7 +190,7 @@ class RunMonitor:
         steps_per_s, img_per_s = self._window.rates(step, self._cfg.batch_size)
         stats = self._buffer.stats()
         self._sync()
-        learner, c, probe = self._train_step.learner, self._state.counters, self._last_probe
+        learner, c, probe = self._train_step.learner, self._counters(), self._last_probe
         return {
             "step": step,
             "state": state,
@@ -208,6 +216,7 @@ class RunMonitor:
             "probe_knn": probe.knn_top1 if probe else None,
             "probe_random_knn": probe.random_knn_top1 if probe else None,
             "probe_step": probe.step if probe else None,
+            **self._extra(),
         }
 
 

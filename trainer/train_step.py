@@ -4,6 +4,11 @@ Handed the `train` section only. A non-finite loss skips the update and puts bac
 running statistics its forward pass moved (one NaN folded into a running mean would stay there);
 after `train.nan_tolerance` such losses in a row the caller restores the last good state, which
 `mark_good` records at each checkpoint.
+
+In a multi-rank run (`ranks`, trainer/distributed.py) the forward runs through DDP and the loss is
+averaged over the ranks before anything is updated: a non-finite loss on any rank is non-finite on
+all of them (NaN propagates through the sum), so every rank skips that step together and their
+NaN streaks, restores and weights stay the same. The EMA target is updated on the module itself.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 
 from agent.core.config import TrainConfig
 from trainer.byol import BYOL
+from trainer.distributed import SOLO, Ranks
 from trainer.lr_schedule import lr_at, set_lr
 
 
@@ -37,11 +43,24 @@ def cpu_copy(obj: Any) -> Any:
 
 
 class TrainStep:
-    """Runs updates of `learner` with `optimizer` on `device`; tracks the non-finite streak and the last good state."""
+    """Runs updates of `learner` with `optimizer` on `device`; tracks the non-finite streak and the last good state.
 
-    def __init__(self, learner: BYOL, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, device: torch.device):
+    `ranks`: the run's ranks; in a multi-rank run the learner is wrapped in DDP here (a collective:
+    every rank constructs its TrainStep at the same point) and each update is one.
+    """
+
+    def __init__(
+        self,
+        learner: BYOL,
+        optimizer: torch.optim.Optimizer,
+        train_cfg: TrainConfig,
+        device: torch.device,
+        ranks: Ranks = SOLO,
+    ):
         self.learner, self.optimizer, self.device = learner, optimizer, device
         self._cfg = train_cfg
+        self._ranks = ranks
+        self._forward = ranks.wrap(learner)  # DDP over the ranks, or the learner itself
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(train_cfg, device) else nullcontext()
         self._buffers = list(learner.buffers())
         self._buffers_before = [b.clone() for b in self._buffers]
@@ -78,14 +97,21 @@ class TrainStep:
         return vectors.float().cpu()
 
     def __call__(self, images: torch.Tensor, partners: Optional[torch.Tensor] = None) -> Optional[float]:
-        """One update on uint8 NHWC `images` (and their temporal `partners`); the loss, or None when it was
-        not finite (nothing updated, BatchNorm statistics put back, `nan_streak` counted)."""
+        """One update on uint8 NHWC `images` (and their temporal `partners`); the loss (averaged over the
+        ranks), or None when it was not finite on some rank (nothing updated, BatchNorm statistics put
+        back, `nan_streak` counted). CollectiveError when a peer rank is gone."""
+        if self._ranks.solo:
+            return self._update(images, partners)
+        with self._ranks.guard("a training step"):
+            return self._update(images, partners)
+
+    def _update(self, images: torch.Tensor, partners: Optional[torch.Tensor]) -> Optional[float]:
         x = self.to_input(images)
         x2 = self.to_input(partners) if partners is not None else None
         torch._foreach_copy_(self._buffers_before, self._buffers)
         with self.autocast:
-            loss = self.learner(x, images2=x2)
-        value = float(loss.detach())
+            loss = self._forward(x, images2=x2)
+        value = self._ranks.mean(loss.detach())
         if not math.isfinite(value):
             torch._foreach_copy_(self._buffers, self._buffers_before)
             self.optimizer.zero_grad(set_to_none=True)

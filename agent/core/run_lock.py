@@ -14,6 +14,11 @@ holder (`DirectoryBusy`: pid, command, start time).
   restarted ones too) inherit the locked open file (`inheritance()` → `Popen(pass_fds=..., env=...)`)
   and, finding it in `BYOL_AGENT_LOCKS`, hold the very same lock instead of being refused. A child
   never unlocks it (that would unlock its parent too); closing its descriptor is enough.
+- `byol-agent train --nproc N` holds the locks in the launcher while torchrun runs the ranks, but
+  torchrun closes every inherited descriptor. So the launcher names itself in
+  `BYOL_AGENT_LOCK_HOLDERS` (`holder_env()`), and a process refused a lock whose recorded holder is
+  a pid listed there and one of its own ancestors (Linux /proc; elsewhere only its parent counts)
+  holds it through that ancestor: it runs, and it never releases what it does not own.
 - Who takes which: `run`, `train` and `replay` own a run directory's checkpoint lineage (`run.lock`;
   `train`/`replay` also `publish.lock` in RUN_DIR/exports when they export in-process); `export` holds
   `publish.lock` in its `--out` (a `train` plus an `export --watch` into its own directory is the
@@ -40,6 +45,8 @@ from agent.core.errors import ByolAgentError, StorageError
 RUN_LOCK_NAME = "run.lock"
 PUBLISH_LOCK_NAME = "publish.lock"
 LOCKS_ENV = "BYOL_AGENT_LOCKS"  # "FD:DEV:INO,..." locked open files a child inherited from its parent
+HOLDERS_ENV = "BYOL_AGENT_LOCK_HOLDERS"  # "PID,..." ancestors that hold their locks for their descendants
+MAX_ANCESTORS = 64
 log = logging.getLogger(__name__)
 
 try:
@@ -62,7 +69,7 @@ class DirLock:
     def __init__(self, path: Path, fd: Optional[int], inherited: bool) -> None:
         self.path = path
         self._fd = fd
-        self.inherited = inherited
+        self.inherited = inherited  # handed down by the parent, or held by an ancestor (`holder_env`)
 
     def inheritance(self) -> tuple[tuple[int, ...], dict[str, str]]:
         """(pass_fds, env) for `subprocess.Popen`, so that a child holds this same lock (see module doc)."""
@@ -123,6 +130,8 @@ def lock_directory(directory: Union[str, Path], command: str, *, lock_name: str 
     except OSError:  # BlockingIOError: held by a live process
         holder = _read_holder(fd)
         os.close(fd)
+        if _held_by_ancestor(holder):
+            return DirLock(path, None, inherited=True)
         raise DirectoryBusy(
             f"{what} {directory} is in use by {_describe(holder)}; stop it first or use another directory"
         ) from None
@@ -131,6 +140,33 @@ def lock_directory(directory: Union[str, Path], command: str, *, lock_name: str 
         log.warning("took over %s from %s, which ended without releasing it", path, _describe(previous))
     _write_holder(fd, command)
     return DirLock(path, fd, inherited=False)
+
+
+def holder_env() -> dict[str, str]:
+    """Environment for descendants that cannot inherit lock descriptors (torchrun's ranks): this process
+    holds its locks for them (see the module docstring)."""
+    holders = [e for e in os.environ.get(HOLDERS_ENV, "").split(",") if e]
+    return {HOLDERS_ENV: ",".join([*holders, str(os.getpid())])}
+
+
+def _held_by_ancestor(holder: dict[str, Any]) -> bool:
+    """The lock's recorded holder is an ancestor of ours that said it holds its locks for its descendants."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or str(pid) not in os.environ.get(HOLDERS_ENV, "").split(","):
+        return False
+    return pid in _ancestors()
+
+
+def _ancestors() -> list[int]:
+    """Our parent, its parent, ... (from /proc on Linux; only the parent where there is no /proc)."""
+    found = [os.getppid()]
+    while len(found) < MAX_ANCESTORS and found[-1] > 1:
+        try:
+            stat = Path(f"/proc/{found[-1]}/stat").read_text()
+            found.append(int(stat.rsplit(")", 1)[1].split()[1]))  # "pid (comm) state ppid ..."
+        except (OSError, ValueError, IndexError):
+            break
+    return found
 
 
 def _inherited_fd(fd: int) -> Optional[int]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from agent.commands._common import lock_export_dir
-from agent.core.run_lock import lock_directory
+from agent.core.run_lock import HOLDERS_ENV, holder_env, lock_directory
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 
 LOCK_TIMEOUT_S = 90.0  # a loaded 2-core machine takes a few seconds to start Python and parse the config
@@ -110,3 +110,44 @@ def test_export_refuses_an_export_dir_another_publisher_holds(tmp_path: Path) ->
                 proc.wait()
     assert proc.returncode == 2 and f"export directory {out_dir} is in use" in err and f"pid {os.getpid()}" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_launcher_holds_the_lock_for_descendants_that_cannot_inherit_it(tmp_path: Path) -> None:
+    """`train --nproc`: torchrun closes inherited descriptors, so the ranks hold the lock through their
+    launcher, named in their environment; naming a holder that is not an ancestor gets nothing."""
+    probe = (
+        "import sys; from agent.core.errors import ByolAgentError; from agent.core.run_lock import lock_directory\n"
+        "try:\n    lock = lock_directory(sys.argv[1], 'train')\nexcept ByolAgentError as exc:\n"
+        "    print(exc); sys.exit(2)\nprint('inherited' if lock.inherited else 'taken')\n"
+    )
+    # like torchrun: a middle process that starts the rank with every inherited descriptor closed
+    middle = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:], close_fds=True).returncode)"
+    with lock_directory(tmp_path, "train") as lock:
+        assert lock.inheritance()[0]  # a descriptor to hand down, which the middle process will close
+        grandchild = subprocess.run(
+            [sys.executable, "-c", middle, sys.executable, "-c", probe, str(tmp_path)], cwd=REPO,
+            capture_output=True, text=True, timeout=60, env={**os.environ, **holder_env()},
+        )
+        assert (grandchild.returncode, grandchild.stdout.strip()) == (0, "inherited"), grandchild
+        unnamed = subprocess.run(
+            [sys.executable, "-c", middle, sys.executable, "-c", probe, str(tmp_path)], cwd=REPO,
+            capture_output=True, text=True, timeout=60,
+        )
+        assert unnamed.returncode == 2 and f"in use by byol-agent train (pid {os.getpid()}" in unnamed.stdout, unnamed
+
+    # A lock held by a process that is not our ancestor is refused even when the environment names it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from agent.core.run_lock import lock_directory\n"
+         "lock = lock_directory(sys.argv[1], 'train'); print('locked', flush=True); time.sleep(120)", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        named = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60,
+            env={**os.environ, HOLDERS_ENV: str(holder.pid)},
+        )
+        assert named.returncode == 2 and f"(pid {holder.pid}" in named.stdout, named
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,7 +1,9 @@
 """Run by test_ddp.py under torchrun: 2 ranks, gloo on CPU, BYOL wrapped in DDP as the docs tell users to.
 
 Each rank starts from a different seed and sees different images; it saves what must agree
-across ranks (online weights, target, step) and a check of the heads' synced BatchNorm.
+across ranks (online weights, target, step) and a check of the heads' synced BatchNorm. Then the
+continual loop's TrainStep on the same process group: the loss it reports is the mean over the
+ranks, and a non-finite loss on one rank makes every rank skip that update.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from agent.core.config import TrainConfig  # noqa: E402
 from trainer import BYOL  # noqa: E402
+from trainer.distributed import RankInfo, Ranks  # noqa: E402
 from trainer.encoders import TinyCNN  # noqa: E402
 from trainer.heads import ViewBatchNorm1d  # noqa: E402
+from trainer.train_step import TrainStep  # noqa: E402
 
 
 def synced_batchnorm_error(rank: int, world: int) -> float:
@@ -40,6 +45,22 @@ def synced_batchnorm_error(rank: int, world: int) -> float:
         (x.grad - everything.grad[rows]).abs().max().item(),
         (bn.running_var - plain.running_var).abs().max().item(),
     )
+
+
+def shared_nan_skip(rank: int, world: int) -> dict:
+    """Two TrainStep updates under DDP; before the second, rank 1 alone poisons its own copy of a weight."""
+    torch.manual_seed(7)
+    learner = BYOL(TinyCNN(width=4), image_size=16, hidden_layer="avgpool", projection_size=8, projection_hidden_size=16)
+    step = TrainStep(learner, torch.optim.Adam(learner.parameters(), lr=1e-2), TrainConfig(), torch.device("cpu"),
+                     Ranks(RankInfo(rank, world)))
+    images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(rank))
+    first = step(images)
+    if rank == 1:
+        with torch.no_grad():
+            next(learner.net.parameters()).fill_(float("nan"))
+    second = step(images)
+    return {"first": first, "second": second, "streak": step.nan_streak, "step": step.step,
+            "weights_finite": all(bool(torch.isfinite(p).all()) for p in learner.online.parameters())}
 
 
 def main(out: Path) -> None:
@@ -67,6 +88,7 @@ def main(out: Path) -> None:
             "target": {n: p.detach() for n, p in learner.target.named_parameters()},
             "fc": learner.net.fc.weight.detach(),
             "synced_bn_error": synced_batchnorm_error(rank, world),
+            "nan": shared_nan_skip(rank, world),
         },
         out / f"rank{rank}.pt",
     )

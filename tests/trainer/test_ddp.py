@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -31,3 +32,10 @@ def test_two_ranks_keep_identical_online_and_target_weights(tmp_path: Path) -> N
         assert all(torch.isfinite(torch.tensor(rank["losses"])))
         assert rank["synced_bn_error"] < 1e-4
     assert ranks[0]["losses"] != ranks[1]["losses"], "each rank trains on its own images"
+
+    # The continual loop's TrainStep: one mean loss for all ranks, and one rank's NaN skips the step everywhere.
+    nan = [rank["nan"] for rank in ranks]
+    assert nan[0]["first"] == nan[1]["first"] and math.isfinite(nan[0]["first"]), "the reported loss is the ranks' mean"
+    for rank in nan:
+        assert rank["second"] is None and rank["streak"] == 1 and rank["step"] == 1, rank
+    assert nan[0]["weights_finite"] and not nan[1]["weights_finite"]  # rank 0 did not step on rank 1's NaN
