@@ -51,7 +51,7 @@ def replay_config(cfg: Config, paths: list[str]) -> Config:
     """The run's config for replay: these recordings, played once, into a trainer on a free loopback port."""
     tree = cfg.model_dump(mode="json")
     tree["capture"].update(sources=[str(Path(p).resolve()) if Path(p).exists() else p for p in paths], loop_video=False)
-    tree["wire"].update(endpoint=LOOPBACK_ANY_PORT, endpoints=None, publish=None)  # one trainer, its own port
+    tree["wire"].update(endpoint=LOOPBACK_ANY_PORT, endpoints=None, publish=None)  # one trainer, never a fleet's ranks
     return Config.model_validate(tree)
 
 

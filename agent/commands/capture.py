@@ -19,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="camera index, video file, rtsp/http URL, image folder or glob, 'demo[:SEED]', "
         "or zmq+tcp://HOST:PORT; repeatable",
     )
-    parser.add_argument("--endpoint", default=None, help="the trainer's PULL endpoint (default from wire.endpoint)")
+    parser.add_argument(
+        "--endpoint", action="append", default=None, metavar="EP",
+        help="a trainer's PULL endpoint; repeat it for each rank of a fleet trainer, frames are spread over them "
+        "(default: wire.endpoints, else wire.endpoint)",
+    )
     parser.add_argument("--publish", default=None, help="bind a PUB for latest-frame subscribers here, or 'none'")
     parser.add_argument("--fps", type=float, default=None, help="per-source frame-rate cap")
     parser.add_argument(
@@ -46,7 +50,7 @@ def _positive(text: str) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = {"capture.sources": args.source, "wire.endpoint": args.endpoint, "capture.fps": args.fps}
+    flags = {"capture.sources": args.source, "wire.endpoints": args.endpoint, "capture.fps": args.fps}
     if args.publish is not None and args.publish.lower() in _OFF:
         args.overrides = [*args.overrides, "wire.publish=null"]
     else:

@@ -55,9 +55,19 @@ class CaptureStats:
     sent: int = 0
     dropped: int = 0
     reconnects: int = 0
+    sent_per_endpoint: tuple[int, ...] = ()  # in the order of the trainer endpoints (`trainer_endpoints`)
 
     def line(self) -> str:
-        return " ".join(f"{name}={value}" for name, value in vars(self).items())
+        """`name=value` pairs for the log; the per-endpoint counts (`sent_per_endpoint=A/B`) only for several endpoints."""
+        parts = [f"{name}={value}" for name, value in vars(self).items() if name != "sent_per_endpoint"]
+        if len(self.sent_per_endpoint) > 1:
+            parts.append("sent_per_endpoint=" + "/".join(str(n) for n in self.sent_per_endpoint))
+        return " ".join(parts)
+
+
+def trainer_endpoints(wire: WireConfig) -> list[str]:
+    """Where a capture sends frames: every rank's PULL in `wire.endpoints` (a fleet trainer), else `wire.endpoint`."""
+    return list(wire.endpoints) if wire.endpoints else [wire.endpoint]
 
 
 class _CaptureLoop:
@@ -167,6 +177,7 @@ class _CaptureLoop:
             sent=sender.sent,
             dropped=sender.dropped,
             reconnects=sum(r.reconnects for r in self._readers),
+            sent_per_endpoint=sender.sent_per_endpoint,
         )
 
 
@@ -181,7 +192,10 @@ def run_capture(
     status_path: Optional[Path] = None,
     history_path: Optional[Path] = None,
 ) -> CaptureStats:
-    """Stream every source in `capture.sources` to `wire.endpoint` until `stop` is set or all finite sources end.
+    """Stream every source in `capture.sources` to the trainer until `stop` is set or all finite sources end.
+
+    The trainer is every endpoint in `wire.endpoints` (one per rank of a fleet trainer; frames are spread
+    over the ranks that can take them, each rank gets each camera's end) or else `wire.endpoint`.
 
     `pace="realtime"` plays recordings at their recorded speed and caps each source at `capture.fps`;
     `pace="asap"` hands over every frame as fast as it can be read (offline replay; combine with
@@ -189,7 +203,7 @@ def run_capture(
     `capture.lossless`, whose default is lossless exactly when every source is finite: a file or
     folder then waits for a connected trainer and loses no frame, and each camera's end is sent on
     the wire (`wire.EndOfStream`) so the trainer stops waiting for more. A file, folder or glob that
-    cannot be opened, or a bad endpoint, raises SourceError / EndpointError before anything is sent; a
+    cannot be opened, or a bad, repeated or unreachable endpoint, raises SourceError / EndpointError before anything is sent; a
     live source that is not there is waited for (state "waiting"). `status_path` gets the stats as JSON
     about once a second, with each source's `SourceReader.status` under "sources" (for the `run`
     supervisor's status line). `history_path` (capture.jsonl in a run directory) gets the counters
@@ -201,7 +215,8 @@ def run_capture(
     if lossless is None:
         lossless = capture.lossless if capture.lossless is not None else all(src.finite for src in sources)
     wake, halt = threading.Event(), threading.Event()
-    with FrameSender(wire.endpoint, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish, security=security) as sender:
+    endpoints = trainer_endpoints(wire)
+    with FrameSender(endpoints, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish, security=security) as sender:
         readers = [
             SourceReader(src, capture, pace=pace, wake=wake, halt=halt, lossless=lossless, name=f"capture-{i}",
                          start_frame=capture.start_frames[i] if i < len(capture.start_frames) else 0)
@@ -215,7 +230,7 @@ def run_capture(
                 if not reader.source.live:  # a live source absent at start is waited for, not an error
                     reader.wait_opened(stop)
             log.info(
-                "capturing %s -> %s%s%s", ", ".join(s.name for s in sources), wire.endpoint,
+                "capturing %s -> %s%s%s", ", ".join(s.name for s in sources), ", ".join(endpoints),
                 f" (latest frames on {sender.publish_endpoint})" if sender.publish_endpoint else "",
                 " losslessly (waits for the trainer)" if lossless else "",
             )

@@ -5,6 +5,13 @@ queue builds up for a peer that is not there), a small send HWM, and sends with 
 does not fit is dropped and counted. `lossless=True` waits instead, for offline replay that should go
 exactly as fast as training consumes. Many capture processes connect to one trainer's bound PULL.
 
+A fleet trainer has one PULL per rank, and a capture connects to all of them (issue 15): one PUSH
+socket per endpoint, balanced here the way one PUSH connected to N peers would be (round robin over
+the sockets that can take a frame now; a rank at its HWM or not up yet is skipped, so it gets fewer
+frames or none and never stalls the others). Our own sockets rather than libzmq's balancing because
+a camera's end-of-stream must reach every rank, after that rank's frames: a single PUSH would hand
+it to one peer only, and the other ranks would wait forever. Each socket keeps its own order.
+
 Latest-frame consumers subscribe to the PUB and keep the newest frame of each camera
 (`agent/robot/subscriber.py`, `LatestFrameSubscriber`); the PUB queues at most `PUB_HWM` frames per subscriber and, as ZeroMQ does,
 drops the newest past that: a burst larger than that, or a link slower than the cameras, loses frames
@@ -28,7 +35,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -87,6 +94,21 @@ def validate_endpoint(endpoint: str, *, bind: bool) -> None:
         raise EndpointError(f"endpoint {endpoint!r}: cannot resolve host {host!r} ({exc.strerror})") from None
 
 
+def validate_endpoints(endpoints: Union[str, Sequence[str]], *, bind: bool) -> tuple[str, ...]:
+    """The endpoints as a tuple, each checked by `validate_endpoint`; one endpoint may be given as a str.
+
+    Raises EndpointError (one line) for an empty list, an endpoint listed twice, or the first bad one.
+    """
+    listed = (endpoints,) if isinstance(endpoints, str) else tuple(endpoints)
+    if not listed:
+        raise EndpointError("no endpoint given: name at least one trainer endpoint (tcp://HOST:PORT)")
+    for i, endpoint in enumerate(listed):
+        if endpoint in listed[:i]:
+            raise EndpointError(f"endpoint {endpoint!r} is listed twice: each trainer rank has its own, name it once")
+        validate_endpoint(endpoint, bind=bind)
+    return listed
+
+
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
     validate_endpoint(endpoint, bind=True)
     try:
@@ -110,8 +132,11 @@ def _timeout_ms(timeout_s: Optional[float]) -> Optional[int]:
 
 @dataclass(frozen=True)
 class SenderStats:
+    """Frames queued for the trainer (in total, and per endpoint in the sender's order) or dropped."""
+
     sent: int = 0
     dropped: int = 0
+    sent_per_endpoint: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,40 +148,53 @@ class ReceiverStats:
 
 
 class FrameSender:
-    """Capture's side of the wire: PUSH to the trainer (connect), optional PUB for latest-frame readers (bind).
+    """Capture's side of the wire: PUSH to the trainer's ranks (connect), optional PUB for latest-frame readers (bind).
 
-    Not thread-safe: create, use and close it from one thread.
+    `endpoint` is one trainer endpoint or a list of them (one per rank of a fleet trainer); frames
+    are spread over them (module docstring), end-of-stream goes to each. One endpoint behaves as a
+    single PUSH socket always did. Not thread-safe: create, use and close it from one thread.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Union[str, Sequence[str]],
         *,
         hwm: int,
         lossless: bool = False,
         publish: Optional[str] = None,
         security: WireSecurity = PLAIN,
     ) -> None:
-        self.endpoint = endpoint
+        """Raises EndpointError (one line) for a bad, duplicate or missing endpoint, an unbindable
+        `publish`, or one that leaves the machine without CURVE keys; nothing is sent by then."""
+        self.endpoints = validate_endpoints(endpoint, bind=False)
+        if publish is not None:
+            validate_endpoint(publish, bind=True)
         self.lossless = lossless
         self.publish_endpoint: Optional[str] = None
-        self._sent = self._dropped = 0
+        self._sent = [0] * len(self.endpoints)
+        self._dropped = 0
+        self._next = 0  # round robin: the socket tried first for the next frame
+        self._ends_owed: dict[int, list[int]] = {}  # camera id -> sockets its end-of-stream has yet to go to
         self._ended = False
         self._encoder = FrameEncoder()
         self._ctx = zmq.Context(io_threads=1)
         self._pub: Optional[zmq.Socket] = None
         self._auth = None
-        self._push = self._ctx.socket(zmq.PUSH)
+        self._pushes: list[zmq.Socket] = []
+        self._writable = zmq.Poller()
         try:
-            self._push.setsockopt(zmq.IMMEDIATE, 1)
-            self._push.setsockopt(zmq.SNDHWM, hwm)
-            validate_endpoint(endpoint, bind=False)
-            security.connect_to(self._push, endpoint, security.trainer_key, "wire.trainer_key")
-            connect_socket(self._push, endpoint)
+            for ep in self.endpoints:  # every socket is set up (CURVE checked per endpoint) before any connects
+                push = self._ctx.socket(zmq.PUSH)
+                self._pushes.append(push)
+                push.setsockopt(zmq.IMMEDIATE, 1)
+                push.setsockopt(zmq.SNDHWM, hwm)
+                security.connect_to(push, ep, security.trainer_key, "wire.trainer_key")
+                self._writable.register(push, zmq.POLLOUT)
+            for push, ep in zip(self._pushes, self.endpoints):
+                connect_socket(push, ep)
             if publish is not None:
                 self._pub = self._ctx.socket(zmq.PUB)
                 self._pub.setsockopt(zmq.SNDHWM, PUB_HWM)  # per subscriber; frames past it are dropped
-                validate_endpoint(publish, bind=True)
                 self._auth = security.serve(self._ctx, self._pub, publish)
                 self.publish_endpoint = _bind(self._pub, publish)
         except Exception:
@@ -165,14 +203,14 @@ class FrameSender:
 
     @property
     def stats(self) -> SenderStats:
-        return SenderStats(sent=self._sent, dropped=self._dropped)
+        return SenderStats(sent=sum(self._sent), dropped=self._dropped, sent_per_endpoint=tuple(self._sent))
 
     def send(self, frame: Frame, jpeg_quality: Optional[int] = None, timeout_s: Optional[float] = None) -> bool:
-        """Send one frame; True if it was queued for the trainer.
+        """Send one frame to one of the endpoints; True if it was queued for a trainer rank.
 
-        Lossy mode never waits: a full queue or no trainer drops the frame and counts it. Lossless
-        mode waits for room up to `timeout_s` (None = forever) and returns False on timeout without
-        counting a drop, so the caller can retry or give up on shutdown.
+        Lossy mode never waits: when no endpoint can take it (all full or absent) the frame is dropped
+        and counted. Lossless mode waits for room on any endpoint up to `timeout_s` (None = forever)
+        and returns False on timeout without counting a drop, so the caller can retry or give up on shutdown.
         """
         data = self._encoder.encode(frame, jpeg_quality)  # reused buffer: every send below must copy
         if self._pub is not None:
@@ -180,36 +218,76 @@ class FrameSender:
                 self._pub.send(data, zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 pass
-        if self.lossless:
-            if timeout_s is not None and not self._push.poll(_timeout_ms(timeout_s), zmq.POLLOUT):
+        if self._send_to_any(data):
+            return True
+        if not self.lossless:
+            self._dropped += 1
+            return False
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._writable.poll(_timeout_ms(remaining)):
                 return False
-            self._push.send(data, copy=True)
-        else:
+            if self._send_to_any(data):
+                return True
+
+    def _send_to_any(self, data: memoryview) -> bool:
+        """Queue `data` on the first socket, in round-robin order, that takes it without waiting."""
+        count = len(self._pushes)
+        if count == 1:  # one endpoint: the single PUSH of before, without the loop (measured: benchmarks/bench_fanout.py)
             try:
-                self._push.send(data, zmq.NOBLOCK, copy=True)
+                self._pushes[0].send(data, zmq.NOBLOCK, copy=True)
             except zmq.Again:
-                self._dropped += 1
                 return False
-        self._sent += 1
-        return True
+            self._sent[0] += 1
+            return True
+        for _ in range(count):
+            i = self._next
+            self._next = i + 1 if i + 1 < count else 0
+            try:
+                self._pushes[i].send(data, zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                continue
+            self._sent[i] += 1
+            return True
+        return False
 
     def send_end(self, camera_id: int, frames_sent: int, timeout_s: Optional[float]) -> bool:
-        """Tell the trainer that camera `camera_id` has ended after `frames_sent` frames (`wire.EndOfStream`).
+        """Tell every endpoint that camera `camera_id` has ended after `frames_sent` frames in all (`wire.EndOfStream`).
 
-        Waits for room up to `timeout_s` (None = forever) in either mode: the marker is what lets a
-        trainer stop waiting for frames. True if it was queued, False on timeout (not counted as a drop).
+        Each endpoint gets the marker after the frames queued to it. Waits for room up to `timeout_s`
+        (None = forever) in either mode, on all endpoints at once: the marker is what lets a trainer
+        rank stop waiting for frames. True once every endpoint has it queued; False on timeout (not
+        counted as a drop), when the endpoints that had room have theirs: a repeated call sends only
+        to the others.
         """
-        if timeout_s is not None and not self._push.poll(_timeout_ms(timeout_s), zmq.POLLOUT):
-            return False
-        self._push.send(encode_end_of_stream(camera_id, frames_sent, time.time()), copy=True)
-        self._ended = True  # close() lingers so that the marker is delivered even by a lossy sender
-        return True
+        owed = self._ends_owed.setdefault(camera_id, list(range(len(self._pushes))))
+        message = encode_end_of_stream(camera_id, frames_sent, time.time())
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            for i in list(owed):
+                try:
+                    self._pushes[i].send(message, zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    continue
+                owed.remove(i)
+                self._ended = True  # close() lingers so that the marker is delivered even by a lossy sender
+            if not owed:
+                del self._ends_owed[camera_id]
+                return True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            waiting = zmq.Poller()
+            for i in owed:
+                waiting.register(self._pushes[i], zmq.POLLOUT)
+            if not waiting.poll(_timeout_ms(remaining)):
+                return False
 
     def close(self, linger_s: Optional[float] = None) -> None:
         """Close the sockets; lossless mode first lets queued frames reach the trainer (default 10 s)."""
         if linger_s is None:
             linger_s = LOSSLESS_LINGER_S if self.lossless or self._ended else 0.0
-        self._push.close(linger=int(linger_s * 1000))
+        for push in self._pushes:
+            push.close(linger=int(linger_s * 1000))
         if self._pub is not None:
             self._pub.close(linger=0)
         if self._auth is not None:

@@ -250,3 +250,48 @@ def test_a_stalled_stream_is_shown_stale_and_reopened(tmp_path: Path, free_endpo
         stats = cap.finish()
     assert stats.reconnects >= 1 and stats.frames_read > 30
     assert server.connections >= 2  # the stalled connection was given up and the stream reopened
+
+
+def test_a_folder_fanned_out_to_two_ranks_reaches_each_once_and_each_rank_gets_the_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15: `wire.endpoints` lists one PULL per trainer rank; capture spreads the frames over them and
+    every rank gets the camera's end-of-stream after its own frames (else a rank would wait forever)."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for i in range(24):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), np.full((20, 20, 3), 10 * i, np.uint8))
+    a, b = free_tcp_endpoint(), free_tcp_endpoint()
+    wire = WireConfig(endpoints=[a, b], publish=None, send_hwm=2)
+    status_path = tmp_path / "status-capture.json"
+    caplog.set_level(logging.INFO, logger="agent.robot.capture")
+    got: dict[str, list] = {a: [], b: []}
+    with FrameReceiver(a, hwm=2) as ra, FrameReceiver(b, hwm=2) as rb:
+        with CaptureThread(CaptureConfig(sources=[str(folder)], height=16, width=16), wire, pace="asap",
+                           status_path=status_path, log_every_s=0.05) as cap:
+
+            def receive() -> None:
+                for endpoint, receiver in ((a, ra), (b, rb)):
+                    message = receiver.recv(0.02)
+                    if message is not None:
+                        got[endpoint].append(message)
+
+            wait_for(lambda: all(got[e] and isinstance(got[e][-1], EndOfStream) for e in (a, b)), poll=receive)
+            stats = cap.finish()
+    seqs = {e: [m.seq for m in got[e] if not isinstance(m, EndOfStream)] for e in (a, b)}
+    assert sorted(seqs[a] + seqs[b]) == list(range(24))  # lossless (a folder): every frame, each once
+    assert stats.sent == 24 and stats.sent_per_endpoint == (len(seqs[a]), len(seqs[b]))
+    for endpoint in (a, b):
+        assert seqs[endpoint] == sorted(seqs[endpoint])
+        assert got[endpoint][-1] == EndOfStream(camera_id=0, seq=24, timestamp=got[endpoint][-1].timestamp)
+    assert json.loads(status_path.read_text())["sent_per_endpoint"] == list(stats.sent_per_endpoint)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"-> {a}, {b}" in m for m in messages), messages
+    assert any(m.startswith("capture finished: ") and f"sent_per_endpoint={len(seqs[a])}/{len(seqs[b])}" in m
+               for m in messages), messages
+
+
+def test_one_endpoint_keeps_the_stats_line_of_before() -> None:
+    assert CaptureStats(sent=3, dropped=1, sent_per_endpoint=(3,)).line() == (
+        "frames_read=0 kept=0 skipped_novelty=0 stale=0 sent=3 dropped=1 reconnects=0"
+    )

@@ -170,3 +170,96 @@ def test_capture_keeps_running_and_counts_drops_with_no_trainer() -> None:
         tail.append(lines.get())
     final = [line for line in tail if "capture finished" in line]
     assert final and re.search(r"sent=0 dropped=\d+", final[0])
+
+
+def test_endpoint_twice_feeds_two_ranks_every_frame_once_and_each_an_end(tmp_path: Path) -> None:
+    """Issue 15: `--endpoint A --endpoint B` (one PULL per trainer rank) spreads a recording over both
+    ranks, losslessly, and each rank gets the camera's end-of-stream after its frames."""
+    import cv2
+    import numpy as np
+
+    from agent.core.wire import EndOfStream
+    from agent.robot.transport import FrameReceiver
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (32, 32))
+    for i in range(30):
+        writer.write(np.full((32, 32, 3), 8 * i, np.uint8))
+    writer.release()
+    a, b = free_tcp_endpoint(), free_tcp_endpoint()
+    got: dict[str, list] = {a: [], b: []}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = _capture_cmd("--source", str(video), "--endpoint", a, "--endpoint", b, "--publish", "none", "--pace", "asap",
+                       "capture.height=16", "capture.width=16", "wire.send_hwm=2")
+    with FrameReceiver(a, hwm=2) as ra, FrameReceiver(b, hwm=2) as rb:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not all(got[e] and isinstance(got[e][-1], EndOfStream) for e in (a, b)):
+                assert time.monotonic() < deadline and proc.poll() in (None, 0), (proc.poll(), got)
+                for endpoint, receiver in ((a, ra), (b, rb)):
+                    message = receiver.recv(0.02)
+                    if message is not None:
+                        got[endpoint].append(message)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    seqs = {e: [m.seq for m in got[e] if not isinstance(m, EndOfStream)] for e in (a, b)}
+    assert sorted(seqs[a] + seqs[b]) == list(range(30))
+    assert seqs[a] and seqs[b]  # both ranks were up from the start: each gets a share
+    assert [m.seq for m in got[a] + got[b] if isinstance(m, EndOfStream)] == [30, 30]
+    final = [line for line in err.splitlines() if "capture finished" in line]
+    assert final and "sent=30 dropped=0" in final[0], err[-2000:]
+    assert f"sent_per_endpoint={len(seqs[a])}/{len(seqs[b])}" in final[0]
+
+
+@pytest.fixture(scope="module")
+def endpoint_list_errors() -> Iterator[dict[str, subprocess.CompletedProcess]]:
+    """Bad endpoint lists, started together; each must stop with one line before anything is sent."""
+    good, other = free_tcp_endpoint(), free_tcp_endpoint()
+    cases = {
+        "duplicate": ("--endpoint", good, "--endpoint", good),
+        "malformed": ("--endpoint", "tcp://127.0.0.1:notaport", "--endpoint", good),  # any place in the list
+        "unresolvable": ("--endpoint", good, "--endpoint", "tcp://no-such-host.invalid:5555", "--endpoint", other),
+        "empty": ("wire.endpoints=[]",),
+        "config_duplicate": (f"wire.endpoints=[{good}, {good}]",),
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = {
+        name: subprocess.Popen(_capture_cmd("--source", "demo", "--publish", "none", *args), cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, args in cases.items()
+    }
+    try:
+        results = {}
+        for name, proc in procs.items():
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # it is capturing instead of refusing
+                proc.kill()
+                out, err = proc.communicate()
+            results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        yield {**results, "good": good}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("duplicate", ["is listed twice"]),
+        ("malformed", ["malformed endpoint", "tcp://127.0.0.1:notaport"]),
+        ("unresolvable", ["cannot resolve host", "no-such-host.invalid"]),
+        ("empty", ["wire.endpoints", "empty list"]),
+        ("config_duplicate", ["is listed twice"]),
+    ],
+)
+def test_bad_endpoint_lists_are_one_line_errors(endpoint_list_errors: dict, case: str, needles: list[str]) -> None:
+    _assert_one_line_error(endpoint_list_errors[case], *needles)
+    if case in ("duplicate", "config_duplicate"):
+        assert endpoint_list_errors["good"] in endpoint_list_errors[case].stderr

@@ -213,3 +213,60 @@ def test_damaged_key_files_are_one_line_errors_and_never_kill_the_zap_handler(
 def test_host_names_other_than_localhost_need_keys(endpoint: str) -> None:
     """A name that resolves to loopback now may resolve elsewhere at libzmq's next reconnect."""
     assert not is_loopback(endpoint)
+
+
+def test_a_capture_feeding_two_ranks_authenticates_to_each(keys: dict[str, Path]) -> None:
+    """Issue 15: every rank binds its own PULL with the trainer's key pair; the capture's one socket per
+    endpoint authenticates with wire.trainer_key to each, and an unauthorised sender reaches neither."""
+    from tests.conftest import free_tcp_endpoint
+    from agent.core.wire import EndOfStream
+
+    server = _security(secret_key=keys["trainer"], authorized_keys=keys["authorized"])  # shared by both ranks
+    good = _security(secret_key=keys["robot7"], trainer_key=keys["trainer_public"])
+    intruder = _security(secret_key=keys["intruder"], trainer_key=keys["trainer_public"])
+    a, b = free_tcp_endpoint(), free_tcp_endpoint()
+    got: dict[str, list] = {a: [], b: []}
+    with FrameReceiver(a, hwm=64, security=server) as ra, FrameReceiver(b, hwm=64, security=server) as rb:
+        receivers = {a: ra, b: rb}
+
+        def drain() -> None:
+            for endpoint, receiver in receivers.items():
+                while (message := receiver.recv(0.01)) is not None:
+                    got[endpoint].append(message)
+
+        with FrameSender([a, b], hwm=8, security=intruder) as bad:
+            for seq in range(10):
+                bad.send(_frame(1000 + seq))
+        with FrameSender([a, b], hwm=8, lossless=True, security=good) as sender:
+            seq, deadline = 0, time.monotonic() + 10
+            while min(sender.stats.sent_per_endpoint) == 0:  # until both handshakes are done
+                assert time.monotonic() < deadline, sender.stats
+                assert sender.send(_frame(seq), timeout_s=5)
+                seq += 1
+            for _ in range(10):
+                assert sender.send(_frame(seq), timeout_s=5)
+                seq += 1
+            assert sender.send_end(0, seq, timeout_s=5)
+            deadline = time.monotonic() + 10
+            while not all(got[e] and isinstance(got[e][-1], EndOfStream) for e in (a, b)):
+                assert time.monotonic() < deadline, got
+                drain()
+        while min(ra.stats.refused, rb.stats.refused) < 1 and time.monotonic() < deadline + 10:
+            drain()
+    frames = [m.seq for e in (a, b) for m in got[e] if not isinstance(m, EndOfStream)]
+    assert sorted(frames) == list(range(seq))  # only the authorised feed, every frame once
+    assert ra.stats.refused >= 1 and rb.stats.refused >= 1  # the intruder's key was refused by each rank
+
+
+def test_keys_are_required_per_endpoint(keys: dict[str, Path]) -> None:
+    """A loopback first endpoint does not excuse a second one that leaves the machine."""
+    from tests.conftest import free_tcp_endpoint
+
+    with pytest.raises(EndpointError, match="refusing to connect to tcp://192.0.2.1:5555 without CURVE keys"):
+        FrameSender([free_tcp_endpoint(), "tcp://192.0.2.1:5555"], hwm=4)
+    with pytest.raises(EndpointError, match="refusing to connect to tcp://192.0.2.1:5555 without CURVE keys"):
+        FrameSender([free_tcp_endpoint(), "tcp://192.0.2.1:5555"], hwm=4,
+                    security=_security(secret_key=keys["robot7"]))  # no trainer key: no CURVE
+    with FrameSender(["tcp://192.0.2.1:5555", "tcp://192.0.2.2:5555"], hwm=4,
+                     security=_security(secret_key=keys["robot7"], trainer_key=keys["trainer_public"])) as sender:
+        assert sender.endpoints == ("tcp://192.0.2.1:5555", "tcp://192.0.2.2:5555")

@@ -40,3 +40,16 @@ def test_replay_shows_its_plan_and_a_progress_bar_with_steps_frames_and_total(tm
     assert "replay: 40 frames in 1 recording(s); train.replay_ratio 2 updates per frame = about 80 steps" in err
     assert "80/80" in err and "frames 40/40" in err  # the bar ends at the planned step count
     assert (tmp_path / "run" / "logs" / "replay-trainer.log").read_text().strip()  # the trainer's lines went here
+
+
+def test_replay_trains_one_trainer_on_loopback_whatever_fleet_endpoints_the_config_lists() -> None:
+    """Issue 15: a config made for a fleet trainer (`wire.endpoints`, one per rank) must not send replay's
+    one trainer or its capture child there: replay binds one free loopback port and captures into it."""
+    from agent.core.config import load_config
+    from agent.replay import LOOPBACK_ANY_PORT, replay_config
+    from agent.robot.capture import trainer_endpoints
+
+    cfg = load_config(None, ["wire.endpoints=[tcp://10.0.0.1:5555, tcp://10.0.0.2:5555]"])
+    replayed = replay_config(cfg, ["clip.avi"])
+    assert replayed.wire.endpoints is None and replayed.wire.endpoint == LOOPBACK_ANY_PORT
+    assert trainer_endpoints(replayed.wire) == [LOOPBACK_ANY_PORT]
