@@ -101,3 +101,14 @@ def test_a_camera_absent_at_start_is_waited_for_without_using_up_restarts(tmp_pa
     assert any("| waiting for camera /dev/video99 |" in line for line in status_lines), text
     capture_log = (run_dir / "logs" / "capture.log").read_text()
     assert "camera /dev/video99 is not there" in capture_log and "still waiting" in capture_log, capture_log[-2000:]
+
+
+def test_run_refuses_a_fleet_config_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`run` starts one trainer; a capture it started would also push to ranks nobody runs."""
+    from agent.cli import main as cli_main
+
+    run_dir = tmp_path / "run"
+    assert cli_main(["run", "--run-dir", str(run_dir), "wire.endpoints=[tcp://127.0.0.1:5555, tcp://127.0.0.1:5556]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("byol-agent run: error: wire.endpoints lists 2 trainer ranks") and "\n" not in err
+    assert not run_dir.exists()

@@ -9,6 +9,7 @@ from typing import Optional
 
 from agent.commands._common import add_config_arguments, config_from_args
 from agent.core.config import Config, dump_config
+from agent.core.errors import ConfigError
 from agent.core.run_lock import lock_directory
 from agent.supervisor import ChildSpec, StopFlag, Supervisor, read_status, supervise
 
@@ -62,6 +63,12 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"capture.sources": args.source, "run.duration_s": args.duration})
+    if cfg.wire.endpoints is not None and len(cfg.wire.endpoints) > 1:
+        raise ConfigError(
+            f"wire.endpoints lists {len(cfg.wire.endpoints)} trainer ranks, but `run` starts one trainer; run "
+            "`byol-agent train --nproc N` and `byol-agent capture --endpoint ...` (README, 'Several GPUs or machines'), "
+            "or set wire.endpoints=null"
+        )
     from agent.robot.sources import check_sources
 
     check_sources(cfg.capture.sources, cfg.capture, cfg.wire)  # a bad file fails now, not as 3 capture restarts
