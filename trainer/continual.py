@@ -244,7 +244,7 @@ class ContinualTrainer:
             if not turn.may_step(self.step, tc.replay_ratio):
                 if turn.drained:
                     break
-                self._status("waiting for frames")
+                self._status(turn.waiting(self.buffer.min_fill))
                 self.ingest.arrived.wait(0.1)
                 self.ingest.arrived.clear()
                 continue

@@ -72,6 +72,15 @@ class Turn:
     def frames_in(self) -> int:
         return self.total("frames_in")
 
+    def waiting(self, min_fill: int) -> str:
+        """The status of a turn that may not step: "waiting for frames", naming the shards still below
+        `min_fill` in a multi-rank run ("waiting for frames (rank 1: 0/16 stored)"), so that a rank no
+        capture feeds is visible rather than hidden behind rank 0's own fill."""
+        short = [f"rank {r}: {c.stored}/{min_fill}" for r, c in enumerate(self.ranks) if c.stored < min_fill]
+        if self.world_size == 1 or not short:
+            return "waiting for frames"
+        return f"waiting for frames ({', '.join(short)} stored)"
+
     def may_step(self, step: int, replay_ratio: float) -> bool:
         """Every shard is ready and one more step (a batch per rank) stays within the replay ratio."""
         return self.ready and step * self.world_size < replay_ratio * self.frames_in

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 
 from agent.core.atomic import append_record, write_status
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 LOSSLESS_RETRY_S = 0.2
 END_TIMEOUT_S = 5.0  # a lossy capture waits this long for a trainer to take a camera's end-of-stream
 JOIN_TIMEOUT_S = 2.0
+BLOCKED_LOG_S = 5.0  # a lossless capture whose frames no trainer takes says so after this, then at 2x, 4x, ...
 STATUS_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0  # capture.jsonl: one record of the counters this often, and one at the end
 
@@ -74,9 +75,15 @@ class _CaptureLoop:
     """The main loop's state: fps cap per source, novelty gate, sequence numbers, sending."""
 
     def __init__(
-        self, cfg: CaptureConfig, readers: list[SourceReader], sender: FrameSender, pace: Pace, stop: threading.Event
+        self, cfg: CaptureConfig, readers: list[SourceReader], sender: FrameSender, pace: Pace, stop: threading.Event,
+        tick: Callable[[], None] = lambda: None,
     ) -> None:
+        """`tick()` is called while a lossless send waits for a trainer, so stats lines and the status file
+        stay fresh (run_capture passes its periodic reporting)."""
         self._cfg, self._readers, self._sender, self._pace, self._stop = cfg, readers, sender, pace, stop
+        self._tick = tick
+        self._blocked_since: Optional[float] = None
+        self._blocked_logged = 0.0  # how long the wait was when it was last logged
         self._period = 1.0 / cfg.fps
         self._due = [0.0] * len(readers)
         self._gates: dict[int, NoveltyGate] = {}  # per camera id
@@ -126,6 +133,22 @@ class _CaptureLoop:
         while not self._sender.send(frame, self._cfg.jpeg_quality, timeout_s=LOSSLESS_RETRY_S):
             if self._stop.is_set():
                 return
+            self._waiting()
+        self._blocked_since = None
+
+    def _waiting(self) -> None:
+        """A lossless send found no trainer ready to take it: report now and then, keep the status fresh."""
+        now = time.monotonic()
+        if self._blocked_since is None:
+            self._blocked_since, self._blocked_logged = now, 0.0
+        waited = now - self._blocked_since
+        if waited >= BLOCKED_LOG_S and waited >= 2 * self._blocked_logged:  # after 5 s, 10 s, 20 s, ...
+            log.warning(
+                "no trainer has taken a frame for %.0f s (%s): is it running, and does it accept this capture's "
+                "key (wire.secret_key / wire.trainer_key)?", waited, ", ".join(self._sender.endpoints),
+            )
+            self._blocked_logged = waited
+        self._tick()
 
     def send_ends(self) -> None:
         """Send the end-of-stream message of each finite source that has run out (once each).
@@ -141,6 +164,8 @@ class _CaptureLoop:
                 while not self._sender.send_end(camera, frames, LOSSLESS_RETRY_S):
                     if self._stop.is_set():
                         return
+                    self._waiting()
+                self._blocked_since = None
             elif not self._sender.send_end(camera, frames, END_TIMEOUT_S):
                 log.warning("end of %s not delivered: no trainer took it within %.0f s", reader.source.name, END_TIMEOUT_S)
             self._ended.add(i)
@@ -179,6 +204,34 @@ class _CaptureLoop:
             reconnects=sum(r.reconnects for r in self._readers),
             sent_per_endpoint=sender.sent_per_endpoint,
         )
+
+
+class _Reporting:
+    """Capture's periodic output: the stats line every `log_every_s`, the status file about once a second,
+    a capture.jsonl record every HISTORY_EVERY_S. Called from the main loop and while a send waits."""
+
+    def __init__(self, log_every_s: float, status_path: Optional[Path], history_path: Optional[Path]) -> None:
+        now = time.monotonic()
+        self._log_every_s, self._status_path, self._history_path = log_every_s, status_path, history_path
+        self._next_log = now + log_every_s
+        self._next_status = now if status_path is not None else float("inf")
+        self._next_history = now if history_path is not None else float("inf")
+
+    @property
+    def next_due(self) -> float:
+        return min(self._next_log, self._next_status, self._next_history)
+
+    def __call__(self, loop: "_CaptureLoop") -> None:
+        now = time.monotonic()
+        if now >= self._next_log:
+            log.info("capture: %s", loop.stats().line())
+            self._next_log += self._log_every_s
+        if self._status_path is not None and now >= self._next_status:
+            write_status(self._status_path, {"time": time.time(), **asdict(loop.stats()), "sources": loop.source_status()})
+            self._next_status = now + STATUS_EVERY_S
+        if self._history_path is not None and now >= self._next_history:
+            _append_history(self._history_path, loop)
+            self._next_history = now + HISTORY_EVERY_S
 
 
 def run_capture(
@@ -222,7 +275,8 @@ def run_capture(
                          start_frame=capture.start_frames[i] if i < len(capture.start_frames) else 0)
             for i, src in enumerate(sources)
         ]
-        loop = _CaptureLoop(capture, readers, sender, pace, stop)
+        report = _Reporting(log_every_s, status_path, history_path)
+        loop = _CaptureLoop(capture, readers, sender, pace, stop, tick=lambda: report(loop))
         try:
             for reader in readers:
                 reader.start()
@@ -234,9 +288,6 @@ def run_capture(
                 f" (latest frames on {sender.publish_endpoint})" if sender.publish_endpoint else "",
                 " losslessly (waits for the trainer)" if lossless else "",
             )
-            next_log = time.monotonic() + log_every_s
-            next_status = time.monotonic() if status_path is not None else float("inf")
-            next_history = time.monotonic() if history_path is not None else float("inf")
             while not stop.is_set():
                 wake.clear()
                 sleep = loop.poll()
@@ -247,17 +298,8 @@ def run_capture(
                     for reader in readers:
                         reader.check()
                     break
-                now = time.monotonic()
-                if now >= next_log:
-                    log.info("capture: %s", loop.stats().line())
-                    next_log += log_every_s
-                if status_path is not None and now >= next_status:
-                    write_status(status_path, {"time": time.time(), **asdict(loop.stats()), "sources": loop.source_status()})
-                    next_status = now + STATUS_EVERY_S
-                if history_path is not None and now >= next_history:
-                    _append_history(history_path, loop)
-                    next_history = now + HISTORY_EVERY_S
-                wake.wait(min(sleep, max(0.0, min(next_log, next_status, next_history) - time.monotonic())))
+                report(loop)
+                wake.wait(min(sleep, max(0.0, report.next_due - time.monotonic())))
         finally:
             halt.set()
             for reader in readers:

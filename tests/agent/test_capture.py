@@ -295,3 +295,22 @@ def test_one_endpoint_keeps_the_stats_line_of_before() -> None:
     assert CaptureStats(sent=3, dropped=1, sent_per_endpoint=(3,)).line() == (
         "frames_read=0 kept=0 skipped_novelty=0 stale=0 sent=3 dropped=1 reconnects=0"
     )
+
+
+def test_a_lossless_capture_no_trainer_takes_from_says_so_and_keeps_its_status_fresh(
+    tmp_path: Path, free_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder (lossless) sent to an endpoint nobody binds (or a trainer refusing the key): the first send
+    waits. It used to wait in silence, with no stats line and no status file for `run` to show."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((16, 16, 3), 60 * i, np.uint8))
+    status_path = tmp_path / "status-capture.json"
+    capture = CaptureConfig(sources=[str(folder)], fps=30, height=16, width=16)
+    caplog.set_level("WARNING", logger="agent.robot.capture")
+    with CaptureThread(capture, _wire(free_endpoint), status_path=status_path):
+        wait_for(lambda: status_path.exists(), timeout_s=5.0, poll=lambda: time.sleep(0.1))
+        assert json.loads(status_path.read_text())["sent"] == 0
+        wait_for(lambda: "no trainer has taken a frame for 5 s" in caplog.text, timeout_s=15.0, poll=lambda: time.sleep(0.2))
+    assert free_endpoint in caplog.text and "wire.trainer_key" in caplog.text

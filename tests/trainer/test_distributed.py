@@ -71,3 +71,15 @@ def test_only_failed_collectives_count_as_a_lost_peer() -> None:
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")
     assert is_collective_failure(gloo) and is_collective_failure(dist.DistNetworkError("store down"))
     assert not is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x2)"))
+
+
+def test_a_waiting_turn_names_the_shards_below_min_fill() -> None:
+    from trainer.lockstep import RankCounts, Turn
+
+    def turn(*stored: int) -> Turn:
+        return Turn(False, False, False, True, tuple(RankCounts(frames_in=n, stored=n) for n in stored))
+
+    assert turn(48, 0).waiting(16) == "waiting for frames (rank 1: 0/16 stored)"
+    assert turn(3, 40, 5).waiting(16) == "waiting for frames (rank 0: 3/16, rank 2: 5/16 stored)"
+    assert turn(5).waiting(16) == "waiting for frames"  # one process: RunMonitor adds its own fill
+    assert turn(48, 20).waiting(16) == "waiting for frames"  # every shard is ready: the replay ratio holds it back
