@@ -20,7 +20,6 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,29 @@ class SimplicialEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (x.unflatten(-1, (-1, self.simplex)) / self.temperature).softmax(dim=-1).flatten(-2)
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """all_reduce(SUM) with a gradient: the gradient of each rank's input is the sum of every rank's
+    output gradient (what torch.distributed.nn.functional.all_reduce does; that function is deprecated
+    in favour of a private module, so the few lines live here)."""
+
+    @staticmethod
+    def forward(ctx: object, tensor: Tensor) -> Tensor:  # noqa: ARG004
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:  # noqa: ARG004
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce(tensor: Tensor) -> Tensor:
+    """The sum of `tensor` over every rank of the default process group, differentiable."""
+    return _SumAcrossRanks.apply(tensor)
 
 
 def distributed_world() -> bool:
