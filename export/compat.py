@@ -43,7 +43,16 @@ from agent.core.atomic import atomic_write_bytes
 from agent.core.config import ExportConfig
 from agent.core.errors import ExportRefused, ModelFileError
 from agent.core.frames import as_frame_batch
-from export.manifest import InputSpec, Manifest, check_sha256, manifest_filename, read_latest, read_manifest, read_verified
+from export.manifest import (
+    InputSpec,
+    Manifest,
+    check_sha256,
+    manifest_filename,
+    parse_version,
+    read_latest,
+    read_manifest,
+    read_verified,
+)
 from export.sessions import CPU, create_session
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,7 @@ CALIBRATION_NAME = "calibration.npy"
 PINS_DIR = "pins"
 MIN_CALIBRATION_FRAMES = 32  # below this a held-out R² means little: no calibration set is made
 HOLDOUT_EVERY = 4  # every 4th calibration frame is held out to measure the fit
+MIN_GATE_HOLDOUT = 32  # the drift gate refuses only on an R² measured on at least this many held-out frames
 METHODS = ("ridge", "procrustes")
 _PIN_RE = re.compile(r"^encoder-(\d{6,})\.pin$")
 
@@ -187,9 +197,10 @@ def drift_record(export_dir: Path, version: int) -> dict[str, Any]:
         compat = read_manifest(Path(export_dir) / manifest_filename(version)).raw.get("compat")
     except ModelFileError:
         return {}
-    if not isinstance(compat, dict) or compat.get("maps_to") is None:
+    if not isinstance(compat, dict) or not isinstance(compat.get("maps_to"), int):
         return {}
-    pinned = {str(d["maps_to"]): d.get("cka") for d in compat.get("direct", []) if isinstance(d, dict) and "maps_to" in d}
+    direct = compat.get("direct") if isinstance(compat.get("direct"), list) else []
+    pinned = {str(d["maps_to"]): d.get("cka") for d in direct if isinstance(d, dict) and isinstance(d.get("maps_to"), int)}
     if compat["maps_to"] in read_pins(export_dir):
         pinned[str(compat["maps_to"])] = compat.get("cka")
     return {"r2": compat.get("r2"), "cka_prev": compat.get("cka"), "cka_pinned": pinned}
@@ -330,8 +341,18 @@ def write_pin(export_dir: Path, version: int) -> None:
     atomic_write_bytes(path, f"{version}\n".encode())
 
 
-def remove_pin(export_dir: Path, version: int) -> None:
-    pin_path(export_dir, version).unlink(missing_ok=True)
+def check_pinnable(export_dir: Path, version: int) -> None:
+    """ModelFileError (one line) when `version` can never be served as a pin in `export_dir`: its
+    manifest is gone while later versions exist (retention removed it, or it never was published).
+    A version not published yet (nothing newer on disk) is allowed: the runtime waits for it."""
+    present = sorted({v for p in Path(export_dir).glob("encoder-*.json") if (v := parse_version(p.name)) is not None})
+    if version in present or not present or max(present) < version:
+        return
+    listing = f"{present[0]}-{present[-1]}" if len(present) > 3 else ", ".join(map(str, present))
+    raise ModelFileError(
+        f"cannot pin version {version}: it is not in {export_dir} (versions there: {listing}); refit the policy head "
+        "on a version that is, and pin that one"
+    )
 
 
 def read_pins(export_dir: Path) -> set[int]:
@@ -426,8 +447,14 @@ def _entry(target: int, fit: CompatFit, data: bytes) -> dict[str, Any]:
 
 
 def _gate(fit: CompatFit, target: int, cfg: ExportConfig, pinned: bool) -> None:
-    """The drift gate: ExportRefused (one line) when the map's held-out R² is below `cfg.min_compatibility`."""
+    """The drift gate: ExportRefused (one line) when the map's held-out R² is below `cfg.min_compatibility`,
+    measured on at least MIN_GATE_HOLDOUT frames (a young calibration set only records its R²: on a dozen
+    held-out frames even a good map can score low)."""
     if cfg.min_compatibility is None or fit.r2 >= cfg.min_compatibility:
+        return
+    if fit.holdout_frames < MIN_GATE_HOLDOUT:
+        log.warning("map to version %d: R² %.3f on only %d held-out calibration frames; the drift gate waits for %d",
+                    target, fit.r2, fit.holdout_frames, MIN_GATE_HOLDOUT)
         return
     what = f"pinned version {target}" if pinned else f"version {target}"
     advice = "refit the policy head on the newest version and repin"

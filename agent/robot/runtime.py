@@ -35,7 +35,7 @@ import numpy as np
 from agent.core.errors import ModelFileError
 from agent.core.frames import as_frame_batch
 from agent.robot.version_loader import Loaded, VersionLoader, file_stamp
-from export.compat import compose_to, map_filename, remove_pin, write_pin
+from export.compat import check_pinnable, compose_to, map_filename, pin_path, write_pin
 from export.manifest import LATEST_NAME, Manifest, manifest_filename, model_filename, parse_version, read_latest
 from export.sessions import resolve_providers
 
@@ -74,6 +74,7 @@ class HotEncoder:
         self._pin = compatible_with
         self._pin_lock = threading.Lock()  # held by the watcher from attaching a map to swapping, and by repin
         if compatible_with is not None:
+            check_pinnable(self.export_dir, compatible_with)
             self._record_pin(compatible_with)
         self._poll_interval_s = poll_interval_s
         self._on_swap = on_swap
@@ -129,9 +130,10 @@ class HotEncoder:
 
     def repin(self, version: Optional[int]) -> None:
         """Serve embeddings in `version`'s space from now on (None: unpinned), e.g. after the policy head
-        was refit on the version serving now. The next call already uses the new map; the pin marker
-        in `pins/` moves with it. ModelFileError (pin unchanged) when the serving version cannot be
-        mapped into `version`'s space."""
+        was refit on the version serving now. The next call already uses the new map; a pin marker for
+        `version` is written in `pins/`, and the old version's marker stays (pins are per version, and
+        another runtime may still serve it: delete its file once none does). ModelFileError (pin
+        unchanged) when the serving version cannot be mapped into `version`'s space."""
         with self._pin_lock:
             current = self._current
             if current is None:
@@ -141,12 +143,11 @@ class HotEncoder:
                 self._record_pin(version)
             old, self._pin = self._pin, version
             self._current = replace(current, mapping=mapping)
-            if old is not None and old != version:
-                try:
-                    remove_pin(self.export_dir, old)
-                except OSError as exc:
-                    log.warning("could not remove the pin of version %d: %s", old, exc)
-        log.info("pinned to version %s (was %s); serving version %d", version, old, current.manifest.version)
+        # The old pin file stays: another runtime may still serve that version's space (pins are per
+        # version, not per runtime). Delete pins/encoder-OLD.pin once nothing uses it.
+        log.info("pinned to version %s (was %s); serving version %d%s", version, old, current.manifest.version,
+                 f"; delete {pin_path(self.export_dir, old)} once no runtime serves version {old}'s space"
+                 if old is not None and old != version else "")
 
     def _record_pin(self, version: int) -> None:
         try:

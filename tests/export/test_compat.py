@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from agent.core.config import ExportConfig
-from agent.core.errors import ExportRefused
+from agent.core.errors import ExportRefused, ModelFileError
 from agent.core.frames import resize_frames
 from agent.robot.runtime import HotEncoder
 from export.compat import (
@@ -32,7 +32,7 @@ from tests.export.tiny import IMAGE_SIZE, model_cfg, scene_frames, tiny_encoder
 from trainer.metrics import format_status
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-CALIBRATION = scene_frames(48, seed=3)  # ≥ 32: enough for a calibration set (12 held out)
+CALIBRATION = scene_frames(128, seed=3)  # 32 held out: enough for the drift gate to judge (MIN_GATE_HOLDOUT)
 
 
 def random_rotation(dim: int, seed: int) -> np.ndarray:
@@ -110,7 +110,7 @@ def test_maps_compose_over_three_versions_into_the_pinned_space(tmp_path: Path) 
         assert np.abs(z3 - z1).max() > 0.1  # raw version 3 answers in another space
         pinned.repin(3)  # the head was refit on version 3: raw version 3 embeddings from now on
         np.testing.assert_allclose(pinned.embed(frames), z3, atol=1e-5)
-        assert read_pins(tmp_path) == {3}
+        assert read_pins(tmp_path) == {1, 3}  # version 1's pin stays: another runtime may still serve its space
 
 
 def test_a_pinned_runtime_uses_a_direct_map_where_the_chain_would_compound(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -164,6 +164,22 @@ def test_each_export_event_carries_its_drift_for_the_status_line_and_report(tmp_
     assert f"v3 CKA {third['cka_prev']:.3f} prev, {third['cka_pinned']['1']:.3f} v1" in line
 
 
+def test_the_drift_gate_waits_for_enough_held_out_frames(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    few = CALIBRATION[:64]  # 16 held out: an R² there says little
+    publish(tmp_path, tiny_encoder(1), frames=few)
+    assert publish(tmp_path, tiny_encoder(2), frames=few, min_compatibility=0.99) == 2  # recorded, not refused
+    assert manifest(tmp_path, 2)["compat"]["holdout_frames"] == 16
+    assert "the drift gate waits for 32" in caplog.text
+
+
+def test_a_runtime_cannot_pin_a_version_retention_removed(tmp_path: Path) -> None:
+    for seed in (1, 2, 3):
+        publish(tmp_path, tiny_encoder(seed), keep=1, min_compatibility=None)
+    with pytest.raises(ModelFileError, match=r"cannot pin version 1: it is not in .*versions there: 3"):
+        HotEncoder(tmp_path, providers="cpu", wait=False, compatible_with=1)
+    assert read_pins(tmp_path) == set()
+
+
 def test_the_drift_gate_refuses_a_version_that_cannot_be_mapped_back(tmp_path: Path) -> None:
     publish(tmp_path, tiny_encoder(1))
     with pytest.raises(ExportRefused, match="drift gate.*R² = .*export.min_compatibility 0.99"):
@@ -173,21 +189,21 @@ def test_the_drift_gate_refuses_a_version_that_cannot_be_mapped_back(tmp_path: P
 
 
 def test_the_calibration_set_starts_from_enough_frames_grows_to_its_size_then_stays(tmp_path: Path) -> None:
-    publish(tmp_path, tiny_encoder(1), frames=scene_frames(12), calibration_frames=60)  # too few to calibrate on
+    publish(tmp_path, tiny_encoder(1), frames=scene_frames(12), calibration_frames=160)  # too few to calibrate on
     assert not (tmp_path / CALIBRATION_NAME).exists()
     assert "no calibration set" in manifest(tmp_path, 1)["compat"]["reason"]
-    publish(tmp_path, tiny_encoder(1), frames=CALIBRATION, calibration_frames=60)  # drawn now; version 2 is mapped at once
+    publish(tmp_path, tiny_encoder(1), frames=CALIBRATION, calibration_frames=160)  # drawn now; version 2 is mapped at once
     assert manifest(tmp_path, 2)["compat"]["maps_to"] == 1
     first = np.load(tmp_path / CALIBRATION_NAME)
-    np.testing.assert_array_equal(first, CALIBRATION)  # all 48, below the size of 60
+    np.testing.assert_array_equal(first, CALIBRATION)  # all 128, below the size of 160
     later = scene_frames(64, seed=7)
-    publish(tmp_path, tiny_encoder(1), frames=np.concatenate([CALIBRATION[:8], later]), calibration_frames=60)
+    publish(tmp_path, tiny_encoder(1), frames=np.concatenate([CALIBRATION[:8], later]), calibration_frames=160)
     grown = np.load(tmp_path / CALIBRATION_NAME)
-    assert grown.shape == (60, *CALIBRATION.shape[1:]) and grown.dtype == np.uint8
-    np.testing.assert_array_equal(grown[:48], first)  # kept, and 12 new frames added (none it already held)
-    assert {f.tobytes() for f in grown[48:]} <= {f.tobytes() for f in later}
+    assert grown.shape == (160, *CALIBRATION.shape[1:]) and grown.dtype == np.uint8
+    np.testing.assert_array_equal(grown[:128], first)  # kept, and 32 new frames added (none it already held)
+    assert {f.tobytes() for f in grown[128:]} <= {f.tobytes() for f in later}
     assert manifest(tmp_path, 3)["compat"]["maps_to"] == 2
-    publish(tmp_path, tiny_encoder(1), frames=scene_frames(64, seed=9), calibration_frames=60)
+    publish(tmp_path, tiny_encoder(1), frames=scene_frames(64, seed=9), calibration_frames=160)
     np.testing.assert_array_equal(np.load(tmp_path / CALIBRATION_NAME), grown)  # full: fixed from then on
 
 
