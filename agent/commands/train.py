@@ -17,7 +17,7 @@ from pathlib import Path
 from agent.commands._common import add_config_arguments, config_from_args, lock_run_dir
 from agent.core.errors import ConfigError
 from agent.supervisor import StopFlag
-from agent.robot.transport import validate_endpoint
+from agent.robot.transport import check_bindable, validate_endpoint, validate_endpoints
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -75,8 +75,13 @@ def main(args: argparse.Namespace) -> int:
         from agent.launch import run_ranks
         from agent.pipeline import rank_endpoint
 
-        for rank in range(args.nproc):  # one line here rather than one per rank from under torchrun
-            validate_endpoint(rank_endpoint(cfg.wire, rank, args.nproc), bind=True)
+        endpoints = [rank_endpoint(cfg.wire, rank, args.nproc) for rank in range(args.nproc)]
+        for endpoint in endpoints:  # one line here rather than a torchrun traceback from the ranks
+            validate_endpoint(endpoint, bind=True)
+        validate_endpoints([e for e in endpoints if not e.endswith(":*")] or endpoints, bind=True)  # no port twice
+        for endpoint in endpoints:
+            if endpoint.startswith("tcp://"):  # a port in use (ipc paths are taken over by the bind itself)
+                check_bindable(endpoint)
         configure_logging()
         with lock_run_dir(run_dir, "train", cfg):  # held here for the ranks (they cannot inherit it through torchrun)
             return run_ranks(rank_words(args), args.nproc)

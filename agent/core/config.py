@@ -130,6 +130,9 @@ class WireConfig(_Section):
                 raise ValueError("an empty list (leave it unset for one trainer)")
             for item in value:
                 cls._check_endpoint(item)
+            repeated = sorted({item for item in value if value.count(item) > 1})
+            if repeated:
+                raise ValueError(f"{', '.join(repeated)} listed more than once (one endpoint per rank)")
         return value
 
 

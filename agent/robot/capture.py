@@ -143,10 +143,11 @@ class _CaptureLoop:
             self._blocked_since, self._blocked_logged = now, 0.0
         waited = now - self._blocked_since
         if waited >= BLOCKED_LOG_S and waited >= 2 * self._blocked_logged:  # after 5 s, 10 s, 20 s, ...
-            log.warning(
-                "no trainer has taken a frame for %.0f s (%s): is it running, and does it accept this capture's "
-                "key (wire.secret_key / wire.trainer_key)?", waited, ", ".join(self._sender.endpoints),
-            )
+            owed = self._sender.ends_owed()
+            what = (f"the end of stream is still owed to {', '.join(owed)} after {waited:.0f} s" if owed else
+                    f"no trainer has taken a frame for {waited:.0f} s ({', '.join(self._sender.endpoints)})")
+            log.warning("%s: is a trainer (rank) listening there, and does it accept this capture's key "
+                        "(wire.secret_key / wire.trainer_key)?", what)
             self._blocked_logged = waited
         self._tick()
 

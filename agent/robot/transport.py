@@ -109,6 +109,17 @@ def validate_endpoints(endpoints: Union[str, Sequence[str]], *, bind: bool) -> t
     return listed
 
 
+def check_bindable(endpoint: str) -> None:
+    """EndpointError (one line) unless `endpoint` can be bound now (tried with a throw-away socket and
+    released at once): catches a port in use before several processes are started to bind it."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PULL)
+    try:
+        _bind(sock, endpoint)
+    finally:
+        sock.close(linger=0)
+
+
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
     validate_endpoint(endpoint, bind=True)
     try:
@@ -281,6 +292,10 @@ class FrameSender:
                 waiting.register(self._pushes[i], zmq.POLLOUT)
             if not waiting.poll(_timeout_ms(remaining)):
                 return False
+
+    def ends_owed(self) -> list[str]:
+        """Endpoints some camera's end-of-stream could not be queued to yet (a rank not listening, or full)."""
+        return [self.endpoints[i] for i in sorted({i for owed in self._ends_owed.values() for i in owed})]
 
     def close(self, linger_s: Optional[float] = None) -> None:
         """Close the sockets; lossless mode first lets queued frames reach the trainer (default 10 s)."""

@@ -314,3 +314,20 @@ def test_a_lossless_capture_no_trainer_takes_from_says_so_and_keeps_its_status_f
         assert json.loads(status_path.read_text())["sent"] == 0
         wait_for(lambda: "no trainer has taken a frame for 5 s" in caplog.text, timeout_s=15.0, poll=lambda: time.sleep(0.2))
     assert free_endpoint in caplog.text and "wire.trainer_key" in caplog.text
+
+
+def test_an_end_of_stream_owed_to_a_rank_nobody_runs_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """All frames went to the rank that is up; the end for the other can never be queued. The warning used
+    to say no trainer took a frame (wrong: one took them all) without naming the endpoint still owed."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((16, 16, 3), 30 * i, np.uint8))
+    up, down = free_tcp_endpoint(), free_tcp_endpoint()
+    caplog.set_level(logging.WARNING, logger="agent.robot.capture")
+    with FrameReceiver(up, hwm=64) as receiver:
+        with CaptureThread(CaptureConfig(sources=[str(folder)], height=16, width=16),
+                           WireConfig(endpoints=[up, down], publish=None), pace="asap"):
+            wait_for(lambda: "still owed" in caplog.text, timeout_s=20.0, poll=lambda: receiver.recv(0.1))
+    assert f"the end of stream is still owed to {down} after" in caplog.text
+    assert "no trainer has taken a frame" not in caplog.text

@@ -12,7 +12,7 @@ import pytest
 from agent.core.config import load_config
 from agent.core.errors import ConfigError
 from agent.pipeline import rank_endpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, free_tcp_endpoint
 
 
 def wire(*overrides: str):
@@ -80,3 +80,29 @@ def test_nproc_checks_every_rank_endpoint_before_it_starts_torchrun(tmp_path: Pa
         "pick a lower port or list wire.endpoints"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_nproc_refuses_a_rank_port_in_use_and_a_port_listed_twice_in_one_line(tmp_path: Path) -> None:
+    """Each used to start torchrun, whose ranks then failed with a ~45-line traceback."""
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        cases = {
+            "in use": ([f"wire.endpoints=[{free_tcp_endpoint()}, tcp://127.0.0.1:{port}]"], f"cannot bind tcp://127.0.0.1:{port}"),
+            "twice": ([f"wire.endpoints=[{free_tcp_endpoint()}, tcp://127.0.0.1:{port}, tcp://127.0.0.1:{port}]"],
+                      "listed more than once"),
+        }
+        for name, (overrides, needle) in cases.items():
+            done = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "train", "--nproc", "2", "--run-dir", str(tmp_path / name), *overrides],
+                cwd=REPO, capture_output=True, text=True, timeout=120,
+            )
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], (name, done.stderr[-3000:])
+            assert not (tmp_path / name).exists()
+    finally:
+        busy.close()
