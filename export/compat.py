@@ -310,13 +310,18 @@ def compose_to(export_dir: Path, version: int, pin: int) -> Optional[LinearMap]:
 
 
 def chain_of(export_dir: Path, version: int, floor: int) -> list[int]:
-    """Versions on `version`'s maps_to chain down to `floor` (both included when reached); best effort,
-    for retention: a broken link ends the walk."""
+    """Versions whose maps `compose_to(version, floor)` reads: `version`'s maps_to chain down to `floor`
+    (both included when reached), ending early at a version with a direct map into `floor`'s space.
+    Best effort, for retention: a broken link ends the walk."""
     chain, current = [version], version
     while current > floor:
         try:
             tree = json.loads((Path(export_dir) / manifest_filename(current)).read_text())
-            nxt = tree.get("compat", {}).get("maps_to")
+            compat = tree.get("compat", {})
+            direct = compat.get("direct") if isinstance(compat.get("direct"), list) else []
+            if any(isinstance(d, dict) and d.get("maps_to") == floor for d in direct):
+                break  # served through its direct map: nothing below it is read
+            nxt = compat.get("maps_to")
             current = int(nxt) if nxt is not None and int(nxt) < current else -1
         except (OSError, ValueError, TypeError, AttributeError):
             break

@@ -234,13 +234,14 @@ def rollback(export_dir: Path, to: Optional[int] = None) -> tuple[Optional[int],
     name = read_latest(export_dir)
     current = parse_version(name) if name else None
     published = sorted({v for p in export_dir.glob("encoder-*.json") if (v := parse_version(p.name)) is not None})
+    servable = [v for v in published if (export_dir / model_filename(v)).exists()]  # pinned chains keep manifests only
     if to is None:
-        below = [v for v in published if current is None or v < current]
+        below = [v for v in servable if current is None or v < current]
         if not below:
             raise ModelFileError(f"nothing to roll back to in {export_dir}: no version below {current}")
         to = below[-1]
     elif to not in published:
-        listing = ", ".join(str(v) for v in published) or "none"
+        listing = ", ".join(str(v) for v in servable) or "none"
         raise ModelFileError(f"version {to} is not published in {export_dir} (versions there: {listing})")
     read_verified(export_dir, manifest_filename(to), f"cannot roll back to version {to}")
     try:

@@ -209,22 +209,27 @@ def test_the_calibration_set_starts_from_enough_frames_grows_to_its_size_then_st
 
 def test_a_pinned_version_and_the_maps_down_to_it_survive_retention(tmp_path: Path) -> None:
     base = tiny_encoder(1)
-    publish(tmp_path, base, keep=2)
-    write_pin(tmp_path, 1)  # what HotEncoder(compatible_with=1) records
     encoder = base
-    for seed in range(2, 7):
+    publish(tmp_path, base, keep=10)
+    for seed in range(2, 7):  # published before anything was pinned: maps to the previous version only
         encoder = transformed(encoder, seed=seed, scale=1.1)
-        publish(tmp_path, encoder, keep=2, compat_map="procrustes")
+        publish(tmp_path, encoder, keep=10, compat_map="procrustes")
+    write_pin(tmp_path, 1)  # what HotEncoder(compatible_with=1) records
+    encoder = transformed(encoder, seed=7, scale=1.1)
+    publish(tmp_path, encoder, keep=2, compat_map="procrustes")  # version 7: also a direct map into version 1
     names = sorted(p.name for p in tmp_path.glob("encoder-*"))
-    assert {"encoder-000001.onnx", "encoder-000001.json", "encoder-000005.onnx", "encoder-000006.onnx"} <= set(names)
-    for version in (2, 3, 4):  # on the chain: manifest and map stay, the model goes
+    assert {"encoder-000001.onnx", "encoder-000006.onnx", "encoder-000007.onnx", map_filename(7, 1)} <= set(names)
+    for version in (2, 3, 4, 5):  # on version 6's chain down to the pin: manifest and map stay, the model goes
         assert f"encoder-{version:06d}.json" in names and map_filename(version) in names
         assert f"encoder-{version:06d}.onnx" not in names
     frames = scene_frames(4, seed=2)
+    z1 = reference(base, frames)
     with HotEncoder(tmp_path, providers="cpu", wait=False, compatible_with=1) as pinned:
-        assert pinned.version == 6
-        z1 = reference(base, frames)
+        assert pinned.version == 7  # through its direct map
         np.testing.assert_allclose(pinned.embed(frames), z1, atol=1e-3 * np.abs(z1).max())
+    publish(tmp_path, transformed(encoder, seed=8, scale=1.0), keep=2, compat_map="procrustes")
+    names = sorted(p.name for p in tmp_path.glob("encoder-*.json"))
+    assert names == ["encoder-000001.json", "encoder-000007.json", "encoder-000008.json"]  # 7 and 8 map straight to 1
     (tmp_path / "pins" / "encoder-000001.pin").unlink()  # unpinned: the next publish prunes as usual
     publish(tmp_path, transformed(encoder, seed=9, scale=1.0), keep=2)
-    assert sorted(p.name for p in tmp_path.glob("encoder-*.json")) == ["encoder-000006.json", "encoder-000007.json"]
+    assert sorted(p.name for p in tmp_path.glob("encoder-*.json")) == ["encoder-000008.json", "encoder-000009.json"]
