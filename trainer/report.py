@@ -485,7 +485,7 @@ def _drift_axes(ax: "Axes", events: list[dict[str, Any]]) -> None:
         y = np.asarray([_pinned_cka(e).get(pin, np.nan) for e in events], dtype=float)
         ax.plot(x, y, marker=markers, color=f"C{(i + 1) % 10}", label=f"CKA to pinned version {pin}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
-    ax.set(title="Embedding drift per exported version (1 = same space up to rotation and scale)",
+    ax.set(title="Embedding drift per exported version (CKA 1 = same space)",
            xlabel="export version", ylabel="linear CKA / R²", ylim=(min(0.0, float(np.nanmin(r2)) if not np.all(np.isnan(r2)) else 0.0), 1.02))
     ax.grid(alpha=0.3)
     _legend(ax)
