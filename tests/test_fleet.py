@@ -218,6 +218,9 @@ def test_both_shards_ingest_and_the_steps_advance_in_lockstep(nproc_run: FleetRu
     last = lines[-1]
     assert last["world_size"] == 2 and min(last["frames_in_per_rank"]) > 0, last
     assert last["frames_in"] == sum(last["frames_in_per_rank"]) and set(last["frames_per_camera"]) == {"0", "1"}
+    rated = [line for line in lines if line.get("steps_per_s")]
+    assert rated and all(line["img_per_s"] == pytest.approx(line["steps_per_s"] * 8 * 2) for line in rated), \
+        "images per second count a batch of 8 on each of the 2 ranks"
     for step, path in list_checkpoints(nproc_run.run_dir):
         ckpt = read_checkpoint(path)
         parts = ckpt["ranks"]

@@ -190,7 +190,7 @@ class ContinualTrainer:
                 self.monitor = RunMonitor(
                     MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
                     train_step=self.train_step, buffer=self.buffer, state=self.state, quality=self.quality,
-                    sync=self._sync_counters, **self._fleet_reporting(),
+                    sync=self._sync_counters, world_size=self.ranks.world_size, **self._fleet_reporting(),
                 )
             self.exporter = self._make_exporter()
         except BaseException:  # the ingest thread that would close the receiver never started

@@ -44,13 +44,13 @@ class _Window:
         self.start_time = time.monotonic()
         self.losses: list[float] = []
 
-    def rates(self, step: int, batch_size: int) -> tuple[Optional[float], Optional[float]]:
+    def rates(self, step: int, images_per_step: int) -> tuple[Optional[float], Optional[float]]:
         """(steps/s, images/s) since the window opened, or (None, None) before its first step."""
         elapsed = time.monotonic() - self.start_time
         if step <= self.start_step or elapsed <= 0:
             return None, None
         steps_per_s = (step - self.start_step) / elapsed
-        return steps_per_s, steps_per_s * batch_size
+        return steps_per_s, steps_per_s * images_per_step
 
 
 class StepRate:
@@ -91,17 +91,20 @@ class RunMonitor:
         sync: Callable[[], None] = lambda: None,
         counters: Optional[Callable[[], Counters]] = None,
         extra: Callable[[], dict[str, Any]] = dict,
+        world_size: int = 1,
     ) -> None:
         """`sync()` brings the state's counters up to date with the ingest thread; it is called after the
         buffer is read, so the frames counted in are never fewer than the frames the buffer was seen holding.
         `counters()`: the counters to report (default: the state's); `extra()`: fields added to every
-        status and metrics record (a multi-rank run's per-rank figures)."""
+        status and metrics record (a multi-rank run's per-rank figures). `world_size`: ranks each taking a
+        batch per step, so img_per_s counts the whole run's images."""
         self.metrics, self._cfg = metrics, train_cfg
         self._train_step, self._buffer, self._state = train_step, buffer, state
         self.quality = quality
         self._sync = sync
         self._counters = counters if counters is not None else lambda: state.counters
         self._extra = extra
+        self._images_per_step = train_cfg.batch_size * world_size
         self._window = _Window(state.step)
         self._rate = StepRate()
         self._frames_in_at_start = self._counters().frames_in  # frames in before this process (a resumed run)
@@ -144,7 +147,7 @@ class RunMonitor:
             fields = self._fields(state)
             steps_per_s = self._rate.update(self._state.step)
             fields["steps_per_s"] = steps_per_s
-            fields["img_per_s"] = None if steps_per_s is None else steps_per_s * self._cfg.batch_size
+            fields["img_per_s"] = None if steps_per_s is None else steps_per_s * self._images_per_step
             self.metrics.status(fields, force=force)
 
     # -- quality probes ---------------------------------------------------------------------------
@@ -187,7 +190,7 @@ class RunMonitor:
 
     def _fields(self, state: str) -> dict[str, Any]:
         step = self._state.step
-        steps_per_s, img_per_s = self._window.rates(step, self._cfg.batch_size)
+        steps_per_s, img_per_s = self._window.rates(step, self._images_per_step)
         stats = self._buffer.stats()
         self._sync()
         learner, c, probe = self._train_step.learner, self._counters(), self._last_probe
