@@ -252,11 +252,11 @@ def endpoint_list_errors() -> Iterator[dict[str, subprocess.CompletedProcess]]:
 @pytest.mark.parametrize(
     "case, needles",
     [
-        ("duplicate", ["is listed twice"]),
+        ("duplicate", ["listed more than once"]),
         ("malformed", ["malformed endpoint", "tcp://127.0.0.1:notaport"]),
         ("unresolvable", ["cannot resolve host", "no-such-host.invalid"]),
         ("empty", ["wire.endpoints", "empty list"]),
-        ("config_duplicate", ["is listed twice"]),
+        ("config_duplicate", ["listed more than once"]),
     ],
 )
 def test_bad_endpoint_lists_are_one_line_errors(endpoint_list_errors: dict, case: str, needles: list[str]) -> None:
