@@ -54,12 +54,13 @@ class FillableDisk:
 
     def fill(self, pid: Optional[int] = None) -> None:
         if self.tmpfs:
-            with open(self.root / "ballast", "wb") as f:
+            # Unbuffered: a buffered writer keeps the part of a chunk ENOSPC cut off and raises ENOSPC again
+            # when the file is closed (seen whenever the free space was not a whole number of chunks).
+            with open(self.root / "ballast", "wb", buffering=0) as f:
                 chunk = bytes(1 << 20)
                 try:
                     while True:
                         f.write(chunk)
-                        f.flush()
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC, exc
             return
