@@ -142,20 +142,12 @@ def rank_pids(log: Path) -> list[int]:
 
 
 def records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's training records (a line being written is left out)."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
+    """metrics.jsonl's training records (a line being written is left out: trainer.report reads it)."""
+    from trainer.report import read_metrics  # the repo is on sys.path once main() runs
+
+    if not (run_dir / "metrics.jsonl").exists():
         return []
-    found = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if "event" not in record and "loss" in record:
-            found.append(record)
-    return found
+    return [record for record in read_metrics(run_dir).train if "loss" in record]
 
 
 def read_json(path: Path) -> Optional[dict]:

@@ -34,6 +34,7 @@ from agent.robot.transport import FrameSender
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 from trainer.build import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, weights_digest
+from trainer.report import read_metrics
 
 TINY = [
     *TINY_MODEL,
@@ -151,19 +152,11 @@ def rank_pids(log: Path) -> list[tuple[int, int]]:
 
 
 def records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's records (while the run is live, a line being written is left out)."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
+    """metrics.jsonl's records, training lines then events (a line being written is left out: trainer.report reads it)."""
+    if not (run_dir / "metrics.jsonl").exists():
         return []
-    found = []
-    for line in lines:
-        try:
-            found.append(json.loads(line))
-        except ValueError:
-            pass
-    return found
-
+    metrics = read_metrics(run_dir)
+    return metrics.train + metrics.events
 
 def starts(run_dir: Path) -> list[dict]:
     return [r for r in records(run_dir) if r.get("event") == "start"]
