@@ -16,6 +16,7 @@ from agent.core.frames import resize_frames
 from agent.robot.runtime import HotEncoder
 from export.compat import (
     CALIBRATION_NAME,
+    drift_record,
     fit_compat,
     fit_procrustes,
     fit_ridge,
@@ -233,3 +234,18 @@ def test_a_pinned_version_and_the_maps_down_to_it_survive_retention(tmp_path: Pa
     (tmp_path / "pins" / "encoder-000001.pin").unlink()  # unpinned: the next publish prunes as usual
     publish(tmp_path, transformed(encoder, seed=9, scale=1.0), keep=2)
     assert sorted(p.name for p in tmp_path.glob("encoder-*.json")) == ["encoder-000008.json", "encoder-000009.json"]
+
+
+def test_drift_of_a_version_with_a_malformed_compat_section_is_left_out_not_raised(tmp_path: Path) -> None:
+    publish(tmp_path, tiny_encoder(1))
+    publish(tmp_path, transformed(tiny_encoder(1), seed=5, scale=2.0))
+    path = tmp_path / "encoder-000002.json"
+    tree = json.loads(path.read_text())
+    assert set(drift_record(tmp_path, 2)) == {"r2", "cka_prev", "cka_pinned"}
+    for junk in (None, 5, "x", [None, {"maps_to": "1"}]):
+        tree["compat"]["direct"] = junk
+        path.write_text(json.dumps(tree))
+        assert drift_record(tmp_path, 2)["cka_pinned"] == {}, junk
+    tree["compat"]["maps_to"] = [1]
+    path.write_text(json.dumps(tree))
+    assert drift_record(tmp_path, 2) == {}
