@@ -507,10 +507,11 @@ def fit_for_export(
         data = map_bytes(fit.linear)
         return _entry(manifest.version, fit, data), data
 
-    section, data = fit_to(previous, pinned=previous.version in read_pins(export_dir))
+    pins = read_pins(export_dir)
+    section, data = fit_to(previous, pinned=previous.version in pins)
     maps: dict[Optional[int], bytes] = {None: data}
     section["direct"] = []
-    for pin in sorted(read_pins(export_dir) - {previous.version}):
+    for pin in sorted(pins - {previous.version}):
         if pin > previous.version:
             continue  # pinned to a version above what serves (a rollback went below it): it maps to nothing older
         try:
