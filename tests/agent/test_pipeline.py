@@ -52,14 +52,16 @@ def test_a_list_shorter_than_the_world_and_a_port_past_65535_are_one_line_errors
         rank_endpoint(wire("wire.endpoint=tcp://127.0.0.1:65535"), 1, 2)
 
 
+def _train(run_dir: Path, *words: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`byol-agent train --run-dir RUN_DIR WORDS...` as a real subprocess (stdout and stderr captured)."""
+    return subprocess.run([sys.executable, "-m", "agent.cli", "train", "--run-dir", str(run_dir), *words],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+
 def test_a_rank_given_too_few_endpoints_stops_with_one_line_before_training(tmp_path: Path) -> None:
     """What a torchrun rank sees: the command fails in one line, no traceback, before it joins anyone."""
     env = {**os.environ, "RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "train", "--run-dir", str(tmp_path / "run"),
-         "wire.endpoints=['tcp://127.0.0.1:5555', 'tcp://127.0.0.1:5556']"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
-    )
+    done = _train(tmp_path / "run", "wire.endpoints=['tcp://127.0.0.1:5555', 'tcp://127.0.0.1:5556']", env=env)
     assert done.returncode == 2, done
     assert done.stderr.strip().splitlines() == [
         "byol-agent train: error: wire.endpoints lists 2 endpoint(s) for 3 trainer ranks; "
@@ -69,11 +71,7 @@ def test_a_rank_given_too_few_endpoints_stops_with_one_line_before_training(tmp_
 
 
 def test_nproc_checks_every_rank_endpoint_before_it_starts_torchrun(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "train", "--nproc", "3", "--run-dir", str(tmp_path / "run"),
-         "wire.endpoint=tcp://127.0.0.1:65534"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
+    done = _train(tmp_path / "run", "--nproc", "3", "wire.endpoint=tcp://127.0.0.1:65534")
     assert done.returncode == 2, done
     assert done.stderr.strip().splitlines() == [
         "byol-agent train: error: wire.endpoint 'tcp://127.0.0.1:65534': rank 2 would bind port 65536, past 65535; "
@@ -97,10 +95,7 @@ def test_nproc_refuses_a_rank_port_in_use_and_a_port_listed_twice_in_one_line(tm
                       "listed more than once"),
         }
         for name, (overrides, needle) in cases.items():
-            done = subprocess.run(
-                [sys.executable, "-m", "agent.cli", "train", "--nproc", "2", "--run-dir", str(tmp_path / name), *overrides],
-                cwd=REPO, capture_output=True, text=True, timeout=120,
-            )
+            done = _train(tmp_path / name, "--nproc", "2", *overrides)
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], (name, done.stderr[-3000:])
             assert not (tmp_path / name).exists()
