@@ -218,45 +218,63 @@ def test_serving_prepares_a_camera_frame_exactly_as_capture_stored_it(tmp_path: 
         np.testing.assert_allclose(enc.embed(camera), enc.embed(stored), atol=1e-5)
 
 
+class CheckedCallers:
+    """`threads` threads calling `enc.embed_with_version(frames)` until the block ends, each answer checked
+    against `expected[version]` (it must come wholly from the version that claims it). `served` counts
+    calls per version, `errors` holds any failure at all (what these tests count), `most_resident` the
+    most sessions seen loaded at once."""
+
+    def __init__(self, enc: HotEncoder, frames: np.ndarray, expected: dict[int, np.ndarray], threads: int = 2) -> None:
+        self._enc, self._frames, self._expected = enc, frames, expected
+        self.served: dict[int, int] = {}
+        self.errors: list[BaseException] = []
+        self.most_resident = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._call) for _ in range(threads)]
+
+    def _call(self) -> None:
+        while not self._stop.is_set():
+            try:
+                out, version = self._enc.embed_with_version(self._frames)
+                np.testing.assert_allclose(out, self._expected[version], atol=1e-4)
+            except BaseException as exc:  # any failure at all is what this test counts
+                self.errors.append(exc)
+                return
+            with self._lock:
+                self.served[version] = self.served.get(version, 0) + 1
+                self.most_resident = max(self.most_resident, self._enc.resident_sessions)
+
+    def served_at_least(self, version: int, calls: int = 5) -> bool:
+        """For wait_until: `version` served `calls` times, or a call failed (then stop waiting)."""
+        return self.served.get(version, 0) >= calls or bool(self.errors)
+
+    def __enter__(self) -> "CheckedCallers":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
 def test_swaps_under_concurrent_load_drop_nothing_and_serve_every_version(tmp_path: Path, frames: np.ndarray) -> None:
     seeds = {1: 21, 2: 22, 3: 23, 4: 24}
     expected = {version: reference(seed, frames[:1]) for version, seed in seeds.items()}
     publish_version(tmp_path, seed=seeds[1])
     swaps: list[SwapEvent] = []
-    served: dict[int, int] = {}
-    errors: list[BaseException] = []
-    most_resident = 0
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def caller(enc: HotEncoder) -> None:
-        nonlocal most_resident
-        while not stop.is_set():
-            try:
-                out, version = enc.embed_with_version(frames[:1])
-                # Each answer must come wholly from the version that claims it.
-                np.testing.assert_allclose(out, expected[version], atol=1e-4)
-            except BaseException as exc:  # any failure at all is what this test counts
-                errors.append(exc)
-                return
-            with lock:
-                served[version] = served.get(version, 0) + 1
-                most_resident = max(most_resident, enc.resident_sessions)
 
     with HotEncoder(tmp_path, poll_interval_s=POLL, on_swap=swaps.append, providers="cpu", threads=1) as enc:
-        callers = [threading.Thread(target=caller, args=(enc,)) for _ in range(2)]
-        for t in callers:
-            t.start()
-        for version in (2, 3, 4):
-            publish_version(tmp_path, seed=seeds[version])
-            wait_until(lambda: served.get(version, 0) >= 5 or bool(errors))
-        stop.set()
-        for t in callers:
-            t.join(30)
-        assert not errors, errors[0]
-        assert set(served) == {1, 2, 3, 4} and enc.swaps == 3
+        with CheckedCallers(enc, frames[:1], expected) as callers:
+            for version in (2, 3, 4):
+                publish_version(tmp_path, seed=seeds[version])
+                wait_until(lambda: callers.served_at_least(version))
+        assert not callers.errors, callers.errors[0]
+        assert set(callers.served) == {1, 2, 3, 4} and enc.swaps == 3
         assert [(s.old_version, s.new_version) for s in swaps] == [(None, 1), (1, 2), (2, 3), (3, 4)]
-        assert most_resident <= 2
+        assert callers.most_resident <= 2
         wait_until(lambda: enc.resident_sessions == 1)  # the old session is released once calls let go
 
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ import pytest
 from agent.robot.runtime import HotEncoder
 from export.compat import map_filename
 from export.manifest import sha256_file
-from tests.agent.test_runtime import POLL, reference, wait_until
+from tests.agent.test_runtime import POLL, CheckedCallers, reference, wait_until
 from tests.export.test_compat import publish, reference as torch_answer, transformed
 from tests.export.tiny import publish_version, scene_frames, tiny_encoder
 
@@ -94,46 +93,24 @@ def test_rollback_under_two_thread_load_drops_no_call_and_publishing_resumes(tmp
     expected = {version: reference(seed, frames) for version, seed in seeds.items()}
     for version in (1, 2, 3):
         publish_version(tmp_path, seed=seeds[version])
-    served: dict[int, int] = {}
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def caller(enc: HotEncoder) -> None:
-        while not stop.is_set():
-            try:
-                out, version = enc.embed_with_version(frames)
-                np.testing.assert_allclose(out, expected[version], atol=1e-4)
-            except BaseException as exc:  # any failure at all is what this test counts
-                errors.append(exc)
-                return
-            with lock:
-                served[version] = served.get(version, 0) + 1
 
     with HotEncoder(tmp_path, poll_interval_s=POLL, providers="cpu", threads=1) as enc:
-        callers = [threading.Thread(target=caller, args=(enc,)) for _ in range(2)]
-        for t in callers:
-            t.start()
-        try:
-            wait_until(lambda: served.get(3, 0) >= 5 or bool(errors))
+        with CheckedCallers(enc, frames, expected) as callers:
+            wait_until(lambda: callers.served_at_least(3))
             done = _cli("rollback", "--export-dir", str(tmp_path))  # default: the version below LATEST
             assert done.returncode == 0, done.stderr
             assert "now names version 2 (was 3)" in done.stdout
             returned = time.monotonic()
             wait_until(lambda: enc.version == 2)
             assert time.monotonic() - returned < POLL + 2.0  # one poll, plus loading a tiny model
-            wait_until(lambda: served.get(2, 0) >= 5 or bool(errors))
+            wait_until(lambda: callers.served_at_least(2))
             assert _cli("rollback", "--export-dir", str(tmp_path), "--to", "1").returncode == 0
             wait_until(lambda: enc.version == 1)
-            wait_until(lambda: served.get(1, 0) >= 5 or bool(errors))
+            wait_until(lambda: callers.served_at_least(1))
             publish_version(tmp_path, seed=seeds[4])  # the exporter's next version is published as usual
             assert (tmp_path / "LATEST").read_text().strip() == "encoder-000004.json"
-            wait_until(lambda: served.get(4, 0) >= 5 or bool(errors))
-        finally:
-            stop.set()
-            for t in callers:
-                t.join(30)
-        assert not errors, errors[0]
+            wait_until(lambda: callers.served_at_least(4))
+        assert not callers.errors, callers.errors[0]
         assert enc.swaps == 3
 
 
