@@ -68,7 +68,13 @@ class _Handoff:
 
 
 class _Pacer:
-    """Releases a recording's frames at the speed they were recorded (or at `fps` without timestamps)."""
+    """Releases a recording's frames at the speed they were recorded (or at `fps` without timestamps).
+
+    A jump of more than `PAUSE_S` between two frames' media times is a pause in the recording, not a wait:
+    the next episode of a LeRobot dataset (agent/robot/lerobot_dataset.py, EPISODE_GAP_S), a log resumed later.
+    """
+
+    PAUSE_S = 10.0
 
     def __init__(self, fps: float) -> None:
         self._period = 1.0 / fps
@@ -78,13 +84,16 @@ class _Pacer:
         self._anchor: Optional[float] = None
         self._base = 0.0
         self._count = 0
+        self._last: Optional[float] = None
 
     def wait(self, media_time: Optional[float], halt: threading.Event) -> None:
         now = time.monotonic()
         self._count += 1
         offset = (media_time - self._base) if media_time is not None else self._count * self._period
-        if self._anchor is None or offset < 0 or now - (self._anchor + offset) > 1.0:
-            # first frame, a looped video, or far behind: restart the clock rather than burst
+        paused = media_time is not None and self._last is not None and media_time - self._last > self.PAUSE_S
+        self._last = media_time
+        if self._anchor is None or offset < 0 or paused or now - (self._anchor + offset) > 1.0:
+            # first frame, a looped video, a pause in the recording, or far behind: restart the clock rather than burst
             self._anchor, self._base, self._count = now, media_time or 0.0, 0
             return
         halt.wait(max(0.0, self._anchor + offset - now))
