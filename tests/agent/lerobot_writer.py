@@ -1,7 +1,8 @@
 """Writes LeRobot datasets (videos + metadata) the way LeRobot does, for tests and benchmarks/bench_sources.py.
 
 Follows huggingface/lerobot (src/lerobot/datasets/video_utils.py `encode_video_frames` and
-`concatenate_video_files`, configs/video.py `VideoEncoderConfig`: libsvtav1, yuv420p, g=2, crf=30):
+`concatenate_video_files`, configs/video.py `VideoEncoderConfig`: libsvtav1 at preset 12, yuv420p, g=2, crf=30,
+the same g and crf for its "h264" option):
 frames encoded with PyAV at the dataset's fps; v2.1 one mp4 per episode and camera (moov at the end, as
 `encode_video_frames` leaves it), v3.0 one mp4 per camera with the episodes back to back and `faststart`
 (as `concatenate_video_files` writes it), their stretches in `meta/episodes/chunk-000/file-000.parquet`.
@@ -19,7 +20,7 @@ import numpy as np
 
 V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 V30_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-CODEC_OPTIONS = {"libsvtav1": {"g": "2", "crf": "30", "preset": "12"}, "libx264": {"g": "2", "crf": "23"}}
+CODEC_OPTIONS = {"libsvtav1": {"g": "2", "crf": "30", "preset": "12"}, "libx264": {"g": "2", "crf": "30"}}
 
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config per file otherwise (1 = errors only)
 
