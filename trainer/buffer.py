@@ -150,20 +150,25 @@ class ReplayBuffer:
             members, times = members[order], s.timestamp[members][order]
             rows = np.flatnonzero(cams == cam)
             anchor_times = s.timestamp[anchors[rows]]
-            targets = anchor_times + signs[rows] * self.cfg.temporal_delta_s
-            # near either end of the camera's stored stretch, look the other way in time
-            outside = (targets < times[0]) | (targets > times[-1])
-            targets = np.where(outside, anchor_times - signs[rows] * self.cfg.temporal_delta_s, targets)
-            right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
-            left = np.clip(right - 1, 0, len(times) - 1)
-            nearest = np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)
+            # each direction's nearest frame; the drawn one unless the other lands nearer its target time: past either
+            # end of the camera's stored stretch, or in a pause in the recording (a LeRobot episode's end, the next
+            # being EPISODE_GAP_S later; a log recorded in two goes), look the other way in time
+            ahead = anchor_times + signs[rows] * self.cfg.temporal_delta_s
+            back = anchor_times - signs[rows] * self.cfg.temporal_delta_s
+            near_ahead, near_back = _nearest(times, ahead), _nearest(times, back)
+            miss_ahead = np.where(members[near_ahead] == anchors[rows], np.inf, np.abs(times[near_ahead] - ahead))
+            miss_back = np.where(members[near_back] == anchors[rows], np.inf, np.abs(times[near_back] - back))
+            nearest = np.where(miss_back < miss_ahead, near_back, near_ahead)
             chosen = members[nearest]
-            # landing on the anchor itself means its camera's stretch is shorter than delta:
-            # take an adjacent frame of the same camera, when there is one
             same = chosen == anchors[rows]
+            # still the anchor itself: its camera's stretch is shorter than delta; take the adjacent frame of the
+            # same camera nearer in time, when there is one
             if same.any() and len(members) > 1:
                 pos = nearest[same]
-                chosen[same] = members[np.where(pos + 1 < len(members), pos + 1, pos - 1)]
+                after, before = np.minimum(pos + 1, len(members) - 1), np.maximum(pos - 1, 0)
+                nearer_after = times[after] - times[pos] <= times[pos] - times[before]
+                use_after = (after != pos) & ((before == pos) | nearer_after)
+                chosen[same] = members[np.where(use_after, after, before)]
             partners[rows] = chosen
         return partners
 
@@ -267,3 +272,10 @@ class ReplayBuffer:
             self._per_camera = Counter(int(c) for c in s.camera_id[:n])
             if state.get("policy") == self.cfg.policy:
                 self._policy.load_state_dict(reindex_policy_state(state["policy_state"], order))
+
+
+def _nearest(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index into sorted `times` of the entry nearest to each of `targets` (ties to the earlier)."""
+    right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
+    left = np.clip(right - 1, 0, len(times) - 1)
+    return np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)

@@ -110,6 +110,20 @@ def test_temporal_positives_come_from_the_same_camera_about_delta_apart():
     assert ((seq2 > seq1).any() and (seq2 < seq1).any())
 
 
+def test_temporal_positives_never_cross_a_pause_in_the_recording():
+    """Two LeRobot episodes of one camera, 1e6 s apart (agent/robot/lerobot_dataset.py, EPISODE_GAP_S): the partner of
+    an episode's last frames is drawn from before them, never from the next episode."""
+    buf = buffer(capacity_frames=200, temporal_positives=True, temporal_delta_s=0.5)
+    for seq in range(20):
+        episode, k = divmod(seq, 10)
+        buf.add(frame(seq, timestamp=episode * 1e6 + 0.1 * k))
+    images, images2 = buf.sample(400, torch.Generator().manual_seed(0))  # with replacement: every frame, both signs
+    seq1, seq2 = images[:, 0, 0, 0].long(), images2[:, 0, 0, 0].long()
+    assert torch.equal(seq1 // 10, seq2 // 10)  # same episode
+    gap = (seq2 - seq1).abs()
+    assert gap.min() >= 4 and gap.max() <= 6  # about 0.5 s apart, every anchor (the last ones look back)
+
+
 def test_sampling_is_reproducible_from_the_generator_and_plain_sampling_has_no_partner():
     buf = buffer(capacity_frames=50)
     for seq in range(50):
