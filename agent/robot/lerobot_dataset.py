@@ -282,11 +282,12 @@ class LeRobotSource(FrameSource):
         if self._media_time is not None:
             return  # a reopen: resume where it was
         item = next(self._frames, None)
-        if item is None:
+        if item is not None:
+            self._pending = self._deliver(item)
+        elif not self._position:  # (a replay resumed past the end is exhausted, not broken: read says so)
             self.disconnect()
             why = f": {self.errors} video file(s) unreadable, first: {self.first_error}" if self.errors else ""
-            raise SourceError(f"{self.name} has no decodable frames" + (why or f" after frame {self._position}"))
-        self._pending = self._deliver(item)
+            raise SourceError(f"{self.name} has no decodable frames{why}")
 
     def read(self) -> np.ndarray:
         if self._pending is not None:

@@ -99,13 +99,13 @@ def test_every_frame_of_every_episode_in_order_with_episode_aware_times(dataset:
     assert source.errors == 0 and source.skipped == 0
 
 
-@pytest.mark.parametrize("skip", [2, 5, 7, 9])
+@pytest.mark.parametrize("skip", [2, 5, 7, 9, 12])
 def test_start_at_continues_after_the_frames_already_delivered(dataset: Path, skip: int) -> None:
     key = "observation.images.top"
     source = open_lerobot(f"{dataset}#{key}", CaptureConfig())
     source.start_at(skip)
-    frames = _read_all(source) if skip < sum(LENGTHS) else []
-    expected = [(e, f) for e, n in enumerate(LENGTHS) for f in range(n)][skip:]
+    frames = _read_all(source)
+    expected = [(e, f) for e, n in enumerate(LENGTHS) for f in range(n)][skip:]  # past the end: none, no error
     assert [_which(image, key)[:2] for image, _ in frames] == expected
     assert [round(t, 3) for _, t in frames] == [round(e * EPISODE_GAP_S + f / FPS, 3) for e, f in expected]
 
@@ -198,3 +198,22 @@ def test_realtime_pacing_does_not_wait_through_the_gap_between_episodes(dataset:
         halt.set()
         reader.join(10)
     assert len(got) == sum(LENGTHS)
+
+
+def test_bad_episode_metadata_is_one_line_naming_the_file(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = shutil.copytree(dataset, tmp_path / "bad")
+    if (copy / "meta" / "episodes.jsonl").exists():  # v2.1: a torn last line (power lost while appending) is skipped
+        path = copy / "meta" / "episodes.jsonl"
+        path.write_text(path.read_text() + '{"episode_index": 2, "len')
+        assert len(_read_all(open_lerobot(f"{copy}#observation.images.top", CaptureConfig()))) == sum(LENGTHS)
+        path.write_text("")
+        match = "episodes.jsonl lists no episodes"
+    else:  # v3.0: an episodes parquet that is not one, or lacks the camera's columns
+        path = copy / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+        path.write_bytes(b"PAR1 cut short")
+        match = "file-000.parquet cannot be read for camera 'observation.images.top'"
+    with pytest.raises(SourceError, match=match) as caught:
+        open_lerobot(f"{copy}#observation.images.top", CaptureConfig()).connect()
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
