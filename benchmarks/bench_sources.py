@@ -28,6 +28,7 @@ decoder below that rate would starve the trainer (one source; capture reads each
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import statistics
@@ -93,7 +94,8 @@ def _ros_messages(frames: list[np.ndarray], kind: str) -> Iterator[tuple[int, st
         ns = 1_700_000_000 * 10**9 + i * 10**9 // FPS
         header = header_t(stamp=time_t(sec=ns // 10**9, nanosec=ns % 10**9), frame_id="camera")
         if kind == "jpeg":
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+            ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             msg = store.types["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=data.reshape(-1))
             yield ns, "sensor_msgs/msg/CompressedImage", msg
         else:
@@ -189,10 +191,14 @@ def through_registry(spec: str, count: int) -> bool:
     """True if `open_source` reads `spec` whole: it connects and delivers its `count` frames at 640x480.
 
     (On main, OpenCV's FFmpeg opens a JPEG MCAP as a video and finds some of its JPEGs: measured, 19 of 48.)"""
+    quiet = logging.getLogger("agent.robot")
+    level, quiet.level = quiet.level, logging.ERROR  # the misread's own warnings (skipped frames) are not news here
     try:
         frames = list(read_source(open_source(spec, CaptureConfig())))
     except SourceError:
         return False
+    finally:
+        quiet.setLevel(level)
     return len(frames) == count and all(f.shape[:2] == (H, W) for f in frames)
 
 
@@ -275,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             how[kind] = "open_source (the registry)"
         else:
             readers[kind] = library[kind]
-            how[kind] = ("open_lerobot (agent/robot/lerobot_dataset.py; not in the registry)" if kind.startswith("lerobot")
-                         else "the libraries directly (the registry does not open this kind)")
+            lerobot = kind.startswith("lerobot")
+            how[kind] = ("open_lerobot (agent/robot/lerobot_dataset.py; not in the registry)" if lerobot
+                         else "the libraries directly (the registry does not open it)")
     sizes = {"opencv": (work / "pan.avi").stat().st_size, "mcap-jpeg": (work / "jpeg.mcap").stat().st_size,
              "mcap-bayer": (work / "bayer.mcap").stat().st_size,
              "rosbag2": sum(p.stat().st_size for p in (work / "rosbag2").rglob("*") if p.is_file()),
@@ -295,17 +302,19 @@ def main(argv: list[str] | None = None) -> int:
             ratios[kind].append(rate / base)
 
     steps_s, need, batch, ratio = trainer_need(frames, args.steps)
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {args.frames} frames {W}x{H}, {args.reps} interleaved rounds")
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"load {os.getloadavg()[0]:.1f}; {args.frames} frames {W}x{H}, {args.reps} interleaved rounds")
     print(f"trainer at the default config: {steps_s:.2f} steps/s x batch {batch} / replay_ratio {ratio:g} "
           f"= {need:.0f} frames/s needed")
-    print(f"{'kind':13} {'frames/s':>9} {'vs opencv':>9} {'vs need':>8} {'frames':>6} {'|diff|':>6} {'MB':>6}  read through")
+    print(f"{'kind':13} {'frames/s':>9} {'vs opencv':>9} {'vs need':>8} {'frames':>6} {'|diff|':>6} {'MB':>6}  "
+          "read through")
     for kind in readers:
         med = statistics.median(rates[kind])
         print(f"{kind:13} {med:9.0f} {statistics.median(ratios[kind]):8.2f}x {med / need:7.1f}x {counts[kind]:6d} "
               f"{diffs[kind]:6.2f} {sizes[kind] / 1e6:6.1f}  {how[kind]}")
     starved = [k for k in readers if statistics.median(rates[k]) < need]
-    print("starved by: " + (", ".join(starved) if starved else "none (every kind decodes faster than the trainer uses frames)"))
+    print("starved by: " + (", ".join(starved) or "none (each kind decodes faster than the trainer uses frames)"))
     return 0
 
 
