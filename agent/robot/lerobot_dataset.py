@@ -226,8 +226,10 @@ class LeRobotSource(FrameSource):
     `media_time_s` is episode-aware (`EPISODE_GAP_S`). `start_at(n)` skips n frames: whole episodes by their
     metadata `length`, then decoded frames within one episode. A video file that cannot be opened, or that ends or
     breaks before the frames its metadata promises (a truncated or damaged file), is counted in `errors` and
-    logged with its path; the frames before the damage are delivered, then the next episode. An undecodable
-    packet is skipped and counted in `skipped`; more than `max_bad_frames` in a row end that file.
+    logged with its path; the frames before the damage are delivered, then the next episode. (A v2.1 episode
+    file cut short loses all its frames: LeRobot writes the mp4 index at the end, so nothing locates them; a v3.0
+    file has it at the front, `faststart`, and keeps the frames before the cut.) An undecodable packet is
+    skipped and counted in `skipped`; more than `max_bad_frames` in a row end that file.
     Reopening after a loss resumes at the frame it had reached.
     """
 

@@ -1,6 +1,7 @@
 """LeRobot datasets as sources (agent/robot/lerobot_dataset.py), on datasets written here in both layouts.
 
-Real files: videos encoded by PyAV (AV1 by libsvtav1, LeRobot's default, and H.264 by libx264), a v3.0
+Real files: videos encoded by PyAV (AV1 by libsvtav1, LeRobot's default, and H.264 by libx264: this PyAV 18.1
+has libx264 and no libopenh264), a v3.0
 episodes parquet written by pyarrow (tests/agent/lerobot_writer.py). Two cameras, two episodes of
 different lengths, 64x48 frames; decoded frames are matched to the source images within codec tolerance.
 """
@@ -152,6 +153,27 @@ def test_a_truncated_video_gives_the_frames_before_the_damage_and_a_counted_erro
         assert [g[:2] for g in got] == expected[LENGTHS[0]:]
     else:  # one file, index at the front: the frames before the cut, then nothing
         assert [g[:2] for g in got] == expected[: len(got)]
+
+
+def test_a_damaged_packet_is_skipped_and_counted_and_the_frames_after_it_play(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import av
+
+    copy = shutil.copytree(dataset, tmp_path / "damaged")
+    key = "observation.images.top"
+    video = next(p for p in sorted((copy / "videos").rglob("*.mp4")) if key in str(p))  # holds episode 0
+    with av.open(str(video)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    pos, size = packets[3]  # frame 3 of episode 0: its AV1 data overwritten with noise
+    data = bytearray(video.read_bytes())
+    data[pos + 2 : pos + size] = np.random.default_rng(0).integers(0, 256, size - 2, dtype=np.uint8).tobytes()
+    video.write_bytes(bytes(data))
+    source = open_lerobot(f"{copy}#{key}", CaptureConfig())
+    got = [_which(image, key)[:2] for image, _ in _read_all(source)]
+    assert source.skipped == 1 and source.errors == 1  # the packet, and the file's shortfall
+    expected = [(e, f) for e, n in enumerate(LENGTHS) for f in range(n)]
+    assert got == [x for x in expected if x != (0, 3)]  # only the damaged frame is missing
 
 
 @pytest.mark.parametrize(
