@@ -51,10 +51,12 @@ def _info(version: str, fps: int, codecs: dict[str, str], shape: tuple[int, int]
 
 
 def write_dataset(
-    root: Path, version: str, episodes: dict[str, list[list[np.ndarray]]], codecs: dict[str, str], fps: int = 10
+    root: Path, version: str, episodes: dict[str, list[list[np.ndarray]]], codecs: dict[str, str], fps: int = 10,
+    file_per_episode: bool = False,
 ) -> Path:
     """A LeRobot dataset at `root` in layout `version` ("v2.1" or "v3.0"): `episodes[key][e]` = episode e's RGB
-    frames of camera `key`, encoded with `codecs[key]` ("libsvtav1", "libx264")."""
+    frames of camera `key`, encoded with `codecs[key]` ("libsvtav1", "libx264"). v3.0 with `file_per_episode`:
+    each episode in a file of its own (file-000, file-001, ...), as LeRobot starts a new file past its size limit."""
     keys = list(codecs)
     lengths = [len(ep) for ep in episodes[keys[0]]]
     shape = episodes[keys[0]][0][0].shape[:2]
@@ -77,9 +79,17 @@ def write_dataset(
                               "data/file_index": [0] * len(lengths)}
     starts = np.concatenate([[0], np.cumsum(lengths)]) / fps
     for key in keys:
+        table[f"videos/{key}/chunk_index"] = [0] * len(lengths)
+        if file_per_episode:
+            for e, frames in enumerate(episodes[key]):
+                path = root / V30_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=e)
+                encode(path, frames, fps, codecs[key], faststart=True)
+            table[f"videos/{key}/file_index"] = list(range(len(lengths)))
+            table[f"videos/{key}/from_timestamp"] = [0.0] * len(lengths)
+            table[f"videos/{key}/to_timestamp"] = [n / fps for n in lengths]
+            continue
         encode(root / V30_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0),
                [f for ep in episodes[key] for f in ep], fps, codecs[key], faststart=True)
-        table[f"videos/{key}/chunk_index"] = [0] * len(lengths)
         table[f"videos/{key}/file_index"] = [0] * len(lengths)
         table[f"videos/{key}/from_timestamp"] = [float(s) for s in starts[:-1]]
         table[f"videos/{key}/to_timestamp"] = [float(s) for s in starts[1:]]

@@ -100,6 +100,19 @@ def test_every_frame_of_every_episode_in_order_with_episode_aware_times(dataset:
     assert source.errors == 0 and source.skipped == 0
 
 
+def test_v3_episodes_spread_over_several_files(tmp_path: Path) -> None:
+    """LeRobot starts a new video file past its size limit: episode 1 in file-001, each file starting at 0 s."""
+    root = write_dataset(tmp_path / "split", "v3.0", SOURCE, CODECS, fps=FPS, file_per_episode=True)
+    for key in CODECS:
+        source = open_lerobot(f"{root}#{key}", CaptureConfig())
+        source.start_at(3)
+        frames = _read_all(source)
+        expected = [(e, f) for e, n in enumerate(LENGTHS) for f in range(n)][3:]
+        assert [_which(image, key)[:2] for image, _ in frames] == expected
+        assert [round(t, 3) for _, t in frames] == [round(e * EPISODE_GAP_S + f / FPS, 3) for e, f in expected]
+        assert source.errors == 0
+
+
 @pytest.mark.parametrize("skip", [2, 5, 7, 9, 12])
 def test_start_at_continues_after_the_frames_already_delivered(dataset: Path, skip: int) -> None:
     key = "observation.images.top"
