@@ -187,7 +187,7 @@ def used_state_keys(backbone: Backbone, image_size: Union[int, tuple[int, int]],
     finally:
         for handle in handles:
             handle.remove()
-    used = set()
+    used: set[str] = set()
     for name, module in net.named_modules():
         if name in ran:
             prefix = f"{name}." if name else ""

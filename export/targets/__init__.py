@@ -14,7 +14,7 @@ from export.targets.torch_weights import TorchWeights
 MODEL_TARGET = "onnx"  # the served model: written first, verified and gated, its fields the manifest's top level
 TARGETS: dict[str, ExportTarget] = {target.name: target for target in (OnnxModel(), TorchWeights())}
 
-__all__ = ["ExportJob", "ExportTarget", "MODEL_TARGET", "TARGETS", "wanted_targets"]
+__all__ = ["MODEL_TARGET", "TARGETS", "ExportJob", "ExportTarget", "wanted_targets"]
 
 
 def wanted_targets(export_cfg: ExportConfig) -> list[ExportTarget]:
