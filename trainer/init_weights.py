@@ -129,8 +129,8 @@ def fit_state(
             continue  # a classifier after the hidden layer of another size: never runs
         elif key == "conv1.weight" and value.ndim == 4 and value.shape[2:] != own[key].shape[2:]:
             log.warning("%s: its conv1 is %dx%d and model.stem builds a %dx%d one; the stem keeps its fresh "
-                        "initialisation, every other layer loads (model.stem=standard keeps the file's stem)",
-                        source, *value.shape[2:], *own[key].shape[2:])
+                        "initialisation, every other layer loads (set model.stem to the file's stem, standard for a "
+                        "torchvision checkpoint, to load it too)", source, *value.shape[2:], *own[key].shape[2:])
         elif value.ndim == 4 and value.shape[1] == 3 and shape[1] == 1 and tuple(value.shape[2:]) == shape[2:] \
                 and value.shape[0] == shape[0]:
             fitted[key] = value.sum(dim=1, keepdim=True)  # RGB -> mono as adapt_input_channels

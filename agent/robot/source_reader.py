@@ -2,7 +2,7 @@
 
 It connects (a live source absent at start is waited for with back-off), reads, fits each frame to
 the stored size and channels, paces recordings and the demo scene (`_Pacer`), reopens a lost source
-with exponential back-off and hands frames to capture's main loop (`_Handoff`: the newest only for
+with exponential back-off and hands frames to capture's main loop (`_Handoff`: the newest of each camera for
 live pacing, a short waiting queue when every frame must be kept). An `agent.core.worker.Worker`:
 its errors are stored and re-raised in the main loop.
 """
