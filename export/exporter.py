@@ -57,6 +57,9 @@ def export_encoder(
     embedding space fit on it (`export.compat`), recorded in the manifest's "compat" section.
     `calibrate=False`: `frames` are not the robot's (demo stand-ins); never draw the set from them.
 
+    Every export target `export_cfg` wants (export/targets/: the ONNX model always, `encoder-NNNNNN.pt`
+    with `export.torch_weights`) is written first and published with the version, listed in its manifest.
+
     Returns the published version; raises ExportRefused (nothing published) when a gate fails
     (parity, collapse, the drift gate `export_cfg.min_compatibility`, and the probe gate when
     `export_cfg.probe_gate` names a labelled set).
