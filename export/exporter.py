@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-import torch
 from torch import nn
 
 from agent.core.config import CaptureConfig, EvalConfig, ExportConfig, ModelConfig
@@ -25,55 +22,15 @@ from agent.core.errors import ByolAgentError, StorageError
 from agent.core.frames import as_frame_batch
 from agent.core.worker import Worker
 from export.compat import drift_record, fit_for_export
-from export.manifest import InputSpec
-from export.onnx_export import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    OUTPUT_NAME,
-    Exported,
-    PreprocessedEncoder,
-    export_onnx,
-    input_spec,
-)
+from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_NAME, input_spec
 from export.probe_gate import probe_gate
-from export.publish import Publisher
-from export.verify import Verification, verify_onnx
+from export.publish import Artifact, Publisher
+from export.targets import MODEL_TARGET, TARGETS, ExportJob, wanted_targets
+from export.targets.onnx_model import manifest_fields
+
+__all__ = ["BackgroundExporter", "export_encoder", "manifest_fields"]
 
 log = logging.getLogger(__name__)
-
-
-def manifest_fields(
-    step: int,
-    spec: InputSpec,
-    exported: Exported,
-    verification: Verification,
-    export_cfg: ExportConfig,
-    model_cfg: ModelConfig,
-) -> dict[str, Any]:
-    """Everything about an export except what the publisher fixes (version, file, hash, time)."""
-    return {
-        "step": int(step),
-        "weights": export_cfg.weights,
-        "input": spec.to_json(),
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "dim": exported.output_dim},
-        "model": {
-            "encoder": model_cfg.encoder,
-            "encoder_kwargs": model_cfg.encoder_kwargs,
-            "stem": model_cfg.stem,
-            "hidden_layer": model_cfg.hidden_layer,
-            "image_size": model_cfg.image_size,
-        },
-        "verification": {
-            "parity_max_abs": verification.parity_max_abs,
-            "parity_atol": export_cfg.parity_atol,
-            "batch_sizes": list(verification.batch_sizes),
-            "collapse_std": verification.collapse_std,
-            "collapse_std_min": export_cfg.collapse_std_min,
-        },
-        "exporter": export_cfg.exporter,
-        "opset": exported.opset,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-    }
 
 
 def export_encoder(
@@ -100,26 +57,34 @@ def export_encoder(
     embedding space fit on it (`export.compat`), recorded in the manifest's "compat" section.
     `calibrate=False`: `frames` are not the robot's (demo stand-ins); never draw the set from them.
 
+    Every export target `export_cfg` wants (export/targets/: the ONNX model always, `encoder-NNNNNN.pt`
+    with `export.torch_weights`) is written first and published with the version, listed in its manifest.
+
     Returns the published version; raises ExportRefused (nothing published) when a gate fails
     (parity, collapse, the drift gate `export_cfg.min_compatibility`, and the probe gate when
     `export_cfg.probe_gate` names a labelled set).
     """
     frames = as_frame_batch(frames)
-    encoder = encoder.eval()
-    spec = input_spec(export_cfg.input_format, model_cfg.image_size, mean, std, capture)
-    tmp = publisher.temp_path()
+    job = ExportJob(int(step), encoder.eval(), frames,
+                    input_spec(export_cfg.input_format, model_cfg.image_size, mean, std, capture), export_cfg, model_cfg)
+    written: dict[str, tuple[Path, dict[str, Any]]] = {}
+    temps: list[Path] = []
     try:
-        exported = export_onnx(PreprocessedEncoder(encoder, mean, std, export_cfg.input_format), spec, tmp, export_cfg)
-        verification = verify_onnx(tmp, encoder, frames, spec, export_cfg)
-        fields = manifest_fields(step, spec, exported, verification, export_cfg, model_cfg)
+        for target in wanted_targets(export_cfg):  # the model first: a refused model leaves the others unwritten
+            tmp = publisher.temp_path(target.suffix)
+            temps.append(tmp)
+            written[target.name] = (tmp, target.write(job, tmp))
+        model_tmp, fields = written.pop(MODEL_TARGET)
         if export_cfg.probe_gate is not None:
-            fields["eval"] = probe_gate(tmp, publisher.export_dir, export_cfg, eval_cfg)
+            fields["eval"] = probe_gate(model_tmp, publisher.export_dir, export_cfg, eval_cfg)
         fields["compat"], maps = fit_for_export(
-            tmp, spec, OUTPUT_NAME, publisher.export_dir, frames if calibrate else None, export_cfg
+            model_tmp, job.spec, OUTPUT_NAME, publisher.export_dir, frames if calibrate else None, export_cfg
         )
-        return publisher.publish(tmp, fields, maps)
+        artifacts = {name: Artifact(tmp, TARGETS[name].suffix, described) for name, (tmp, described) in written.items()}
+        return publisher.publish(model_tmp, fields, maps, artifacts)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 @dataclass

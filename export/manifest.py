@@ -23,13 +23,21 @@ from agent.core.wire import MAX_SIDE
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"
 LATEST_NAME = "LATEST"
-_FILE_RE = re.compile(r"^encoder-(\d{6,})\.(onnx|json|map\.npz|to-\d{6,}\.map\.npz)$")
+# Every file of version N is encoder-NNNNNN.<kind>: the manifest (.json), the served model (.onnx), what other
+# export targets write (export/targets/: .pt torch weights) and compatibility maps (.map.npz, .to-PPPPPP.map.npz).
+_FILE_RE = re.compile(r"^encoder-(\d{6,})\.(json|map\.npz|to-\d{6,}\.map\.npz|[a-z0-9_]+)$")
+MODEL_SUFFIX = ".onnx"  # the file a runtime serves (`model_file`); other artifacts are listed under "artifacts"
 _ONNX_DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
 CHANNEL_ORDERS = {3: "RGB", 1: "GRAY"}  # channels -> channel_order
 
 
+def artifact_filename(version: int, suffix: str) -> str:
+    """`encoder-NNNNNN<suffix>`: the name of a version's file of one export target (suffix with its dot)."""
+    return f"encoder-{version:06d}{suffix}"
+
+
 def model_filename(version: int) -> str:
-    return f"encoder-{version:06d}.onnx"
+    return artifact_filename(version, MODEL_SUFFIX)
 
 
 def manifest_filename(version: int) -> str:
@@ -37,7 +45,8 @@ def manifest_filename(version: int) -> str:
 
 
 def parse_version(name: str) -> Optional[int]:
-    """Version number of an `encoder-NNNNNN.onnx|json|map.npz|to-PPPPPP.map.npz` name; None for anything else (temp files included)."""
+    """Version number of an `encoder-NNNNNN.<kind>` name (.onnx, .json, .pt, .map.npz, .to-PPPPPP.map.npz); None for
+    anything else (temp files included)."""
     match = _FILE_RE.match(name)
     return int(match.group(1)) if match else None
 
@@ -73,6 +82,19 @@ def read_verified(export_dir: Path, name: str, context: Optional[str] = None) ->
     what = f"version {manifest.version}'s model file {model}" if context is None else f"{context}: its model file {model}"
     check_sha256(model, manifest.sha256, what, gone="is gone")
     return manifest
+
+
+def verified_artifact(export_dir: Path, manifest: "Manifest", name: str) -> Path:
+    """The path of `manifest`'s artifact `name` (e.g. "torch_weights", `export.torch_weights`), checked against
+    the sha256 its manifest records. ModelFileError (one line) when the version has no such artifact or the
+    file is gone, unreadable or altered."""
+    entry = manifest.raw.get("artifacts", {}).get(name) if isinstance(manifest.raw.get("artifacts"), dict) else None
+    if not isinstance(entry, dict) or parse_version(str(entry.get("file", ""))) != manifest.version:
+        listed = ", ".join(sorted(manifest.raw.get("artifacts") or {})) or "none"
+        raise ModelFileError(f"version {manifest.version} has no {name!r} artifact (it has: {listed})")
+    path = Path(export_dir) / str(entry["file"])
+    check_sha256(path, str(entry.get("sha256")), f"version {manifest.version}'s {name} file {path}")
+    return path
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from agent.core.atomic import atomic_write_bytes, fsync_dir, remove_stale_temps, temp_name
@@ -23,6 +24,8 @@ from export.compat import chain_of, map_filename, read_pins
 from export.manifest import (
     LATEST_NAME,
     MANIFEST_FORMAT,
+    MODEL_SUFFIX,
+    artifact_filename,
     manifest_filename,
     model_filename,
     parse_version,
@@ -33,10 +36,22 @@ from export.manifest import (
 
 log = logging.getLogger(__name__)
 _ORPHAN_S = 60.0  # a model file this long without its manifest was left by a killed publisher
+_KEPT_ON_CHAIN = (".json", ".npz")  # what a version on a pinned runtime's map chain keeps: manifest and maps
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file an export target wrote besides the model (export/targets/): published as `encoder-NNNNNN<suffix>`
+    and listed in the manifest's "artifacts" under the target's name with its sha256, size and `fields`."""
+
+    path: Path  # a Publisher.temp_path
+    suffix: str
+    fields: dict[str, Any]
 
 
 class Publisher:
-    """Publishes verified ONNX files as `encoder-NNNNNN.onnx` + `.json` and keeps the newest `keep`."""
+    """Publishes verified models as `encoder-NNNNNN.onnx` + `.json` (+ each export target's artifact) and keeps the
+    newest `keep` versions, every file of a version going with it."""
 
     def __init__(self, export_dir: Path, keep: int) -> None:
         if keep < 1:
@@ -58,26 +73,42 @@ class Publisher:
     def next_version(self) -> int:
         return max(self.versions(), default=0) + 1
 
-    def temp_path(self, suffix: str = ".onnx") -> Path:
+    def temp_path(self, suffix: str = MODEL_SUFFIX) -> Path:
         """A private file name in the export directory (same filesystem, so the final rename is atomic)."""
         return self.export_dir / temp_name(f"model{suffix}")
 
-    def publish(self, model_tmp: Path, manifest: dict[str, Any], maps: Optional[Mapping[Optional[int], bytes]] = None) -> int:
+    def publish(
+        self,
+        model_tmp: Path,
+        manifest: dict[str, Any],
+        maps: Optional[Mapping[Optional[int], bytes]] = None,
+        artifacts: Optional[Mapping[str, Artifact]] = None,
+    ) -> int:
         """Move `model_tmp` (a temp_path) into place under a new version; return the version.
 
         `manifest` holds everything but the fields fixed here: format, version, model_file,
         sha256, size_bytes and the publication time. `maps`: the version's compatibility maps
         (`export.compat.fit_for_export`): key None the map into the previous version's space, written
         as `encoder-NNNNNN.map.npz`, key P a direct map into version P's, `encoder-NNNNNN.to-PPPPPP.map.npz`;
-        all written before the manifest that names them.
+        all written before the manifest that names them. `artifacts`: the other export targets' files by
+        target name, moved into place after the model and listed (file, sha256, size_bytes, the target's
+        fields) under the manifest's "artifacts"; all temp files are gone afterwards, published or not.
         """
+        artifacts = dict(artifacts or {})
         try:
-            with open(model_tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            for path in [model_tmp, *(a.path for a in artifacts.values())]:
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
             digest = sha256_file(model_tmp)
             size = model_tmp.stat().st_size
+            listed = {name: {"sha256": sha256_file(a.path), "size_bytes": a.path.stat().st_size, **a.fields}
+                      for name, a in artifacts.items()}
             version = self._claim(model_tmp)
             model_tmp.unlink()
+            for name, artifact in artifacts.items():  # the claimed number is ours: no other file can take these names
+                final = artifact_filename(version, artifact.suffix)
+                os.replace(artifact.path, self.export_dir / final)
+                listed[name] = {"file": final, **listed[name]}
             fsync_dir(self.export_dir)
             now = time.time()
             tree = dict(manifest)
@@ -90,6 +121,8 @@ class Publisher:
                 created_unix=now,
                 created_utc=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
             )
+            if listed:
+                tree["artifacts"] = listed
             if maps:
                 tree["compat"] = self._write_maps(version, tree["compat"], maps)
             name = manifest_filename(version)
@@ -98,7 +131,8 @@ class Publisher:
         except OSError as exc:
             raise StorageError(f"cannot publish into {self.export_dir}: {exc.strerror or exc}") from None
         finally:
-            model_tmp.unlink(missing_ok=True)
+            for path in [model_tmp, *(a.path for a in artifacts.values())]:
+                path.unlink(missing_ok=True)
         self.prune()
         return version
 
@@ -155,7 +189,7 @@ class Publisher:
         file that has waited over a minute for its manifest (`publish` writes it right after).
         """
         files = self._versions_on_disk()
-        complete = sorted((v for v, paths in files.items() if _complete(paths)), reverse=True)
+        complete = sorted((v for v, paths in files.items() if _complete(v, paths)), reverse=True)
         kept = set(complete[: self.keep])
         latest = self._latest_version()
         if latest is not None:
@@ -172,10 +206,10 @@ class Publisher:
         removed = []
         for version, paths in files.items():
             # Incomplete versions above the oldest kept one may be another publisher's work in progress.
-            if version in kept or (version > oldest_kept and not _complete(paths)):
+            if version in kept or (version > oldest_kept and not _complete(version, paths)):
                 continue
             if version in chain:
-                paths = [p for p in paths if p.suffix == ".onnx"]
+                paths = [p for p in paths if p.suffix not in _KEPT_ON_CHAIN]
             for path in sorted(paths, key=lambda p: p.suffix != ".json"):  # manifest first
                 path.unlink(missing_ok=True)
                 removed.append(path)
@@ -194,7 +228,7 @@ class Publisher:
             if version is not None:
                 files.setdefault(version, []).append(path)
         for version, paths in list(files.items()):
-            model = [p for p in paths if p.suffix == ".onnx"]
+            model = [p for p in paths if p.name == model_filename(version)]
             if model and not any(p.suffix == ".json" for p in paths) and _age_s(model[0]) > _ORPHAN_S:
                 try:
                     for path in paths:
@@ -206,10 +240,10 @@ class Publisher:
         return files
 
 
-def _complete(paths: list[Path]) -> bool:
-    """A published version: its model and its manifest are both there (a map file is optional)."""
-    suffixes = {p.suffix for p in paths}
-    return ".onnx" in suffixes and ".json" in suffixes
+def _complete(version: int, paths: list[Path]) -> bool:
+    """A published version: its model and its manifest are both there (maps and other artifacts are optional)."""
+    names = {p.name for p in paths}
+    return model_filename(version) in names and manifest_filename(version) in names
 
 
 def _age_s(path: Path) -> float:

@@ -162,3 +162,34 @@ def probe(backbone: Backbone, image_size: Union[int, tuple[int, int]], channels:
             grads = (None,) * len(trainable)
     unused = [name for (name, _), grad in zip(trainable, grads) if grad is None]
     return hidden.shape[1], unused
+
+
+def used_state_keys(backbone: Backbone, image_size: Union[int, tuple[int, int]], channels: int = 3) -> set[str]:
+    """Keys of `backbone.net.state_dict()` that the embedding depends on: those of every module that runs up to
+    the hidden layer, found by one eval-mode forward of zero images with a pre-hook on each module.
+
+    What is left out belongs to modules after the hidden layer (a ResNet's `fc` for `avgpool`): never run,
+    never trained, so an exported state dict leaves it out and an initial one need not have it.
+    """
+    net = backbone.net
+    ran: set[str] = set()
+    handles = [
+        module.register_forward_pre_hook(lambda _m, _i, name=name: ran.add(name))
+        for name, module in net.named_modules()
+    ]
+    reference = next(net.parameters(), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    try:
+        with eval_mode(backbone), torch.no_grad():
+            backbone(torch.zeros(2, channels, height, width, device=device, dtype=dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+    used: set[str] = set()
+    for name, module in net.named_modules():
+        if name in ran:
+            prefix = f"{name}." if name else ""
+            used.update(prefix + key for key in module.state_dict(keep_vars=True) if "." not in key)
+    return used

@@ -39,6 +39,7 @@ from agent.core.config import Config, TrainConfig, dump_config
 from agent.core.errors import ByolAgentError, ConfigError
 from trainer.buffer import ReplayBuffer
 from trainer.build import build_learner, build_optimizer
+from trainer.init_weights import load_initial_weights
 from trainer.checkpoint import checkpoint_dir
 from trainer.distributed import SOLO, CollectiveError, Ranks
 from trainer.ingest import FrameInbox, Ingestor
@@ -136,6 +137,8 @@ class ContinualTrainer:
         self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, cfg.model_dump(mode="json"), ranks,
                               export_frames=max(ec.verify_batch, min(ec.calibration_frames, CHECKPOINT_EXPORT_FRAMES)))
         self.state.resume()
+        if self.resumed_from is None:  # a new run: from model.init_weights (or torchvision weights) when named
+            load_initial_weights(self.learner, cfg.model)
         self.quality = self._make_quality_monitor()
         self.train_step.mark_good()
         self._restores_in_a_row = 0

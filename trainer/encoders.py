@@ -2,7 +2,8 @@
 
 `build_encoder(cfg.model)` (name, kwargs and stem from the config) is the one way the project
 builds a network, so a typo in a config fails here with the list of valid names instead of deep
-inside training. Nothing is downloaded: torchvision models are always built with `weights=None`.
+inside training. Nothing is downloaded: torchvision models are always built with `weights=None` (a run
+starts from weights on disk through trainer/init_weights.py).
 
 Stems for small inputs: torchvision's ResNets begin with a 7x7/2 convolution and a 3x3/2 max-pool
 (output stride 4), sized for 224 px ImageNet photos. At 32-64 px that leaves 1x1-2x2 maps at the
@@ -69,15 +70,20 @@ def available_encoders() -> list[str]:
 
 
 def create_encoder(name: str, **kwargs: Any) -> nn.Module:
-    """Build the encoder `name` with random weights; raise ConfigError naming the problem if it cannot."""
+    """Build the encoder `name` with random weights; raise ConfigError naming the problem if it cannot.
+
+    A torchvision `weights` name is checked but not loaded here: a new run loads it from the local hub
+    cache when it starts (trainer/init_weights.py), and nothing is ever downloaded."""
     if ":" in name:
         factory = _import_factory(name)
     elif name in BUILTIN:
         factory = BUILTIN[name]
     elif name in torchvision.models.list_models(module=torchvision.models):
-        kwargs = {"weights": None, **kwargs}
-        if kwargs["weights"] is not None:
-            raise ConfigError(f"encoder {name!r}: pretrained weights cannot be downloaded here; use weights=None")
+        if kwargs.get("weights") is not None:  # loaded from the hub cache when a run starts (trainer/init_weights.py)
+            from trainer.init_weights import torchvision_weights
+
+            torchvision_weights(name, kwargs["weights"])  # a name that does not exist fails here, in one line
+        kwargs = {**kwargs, "weights": None}
         factory = getattr(torchvision.models, name)
     else:
         close = difflib.get_close_matches(name, available_encoders(), n=3)

@@ -168,6 +168,11 @@ class ModelConfig(_Section):
     )
     projection_size: int = Field(256, ge=1)
     projection_hidden_size: int = Field(4096, ge=1)
+    init_weights: Optional[str] = Field(
+        None,
+        description="a state_dict file of the encoder (torchvision checkpoint, our encoder-NNNNNN.pt or checkpoint) "
+        "that a new run starts from; online and target equal it at step 0",
+    )
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -307,6 +312,9 @@ class ExportConfig(_Section):
         "ridge", description="map from each version's embeddings to the previous one's (benchmarks/bench_compat.py)"
     )
     compat_ridge: float = Field(1e-3, gt=0, description="ridge strength, relative to the embeddings' mean variance")
+    torch_weights: bool = Field(
+        False, description="each version also gets encoder-NNNNNN.pt, the encoder's state_dict for PyTorch policies"
+    )
     min_compatibility: Optional[float] = Field(
         MIN_COMPATIBILITY_DEFAULT,
         le=1,

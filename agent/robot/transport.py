@@ -120,8 +120,27 @@ def check_bindable(endpoint: str) -> None:
         sock.close(linger=0)
 
 
+def is_ipv6(endpoint: str) -> bool:
+    """True for a tcp endpoint whose host is a bracketed IPv6 address (`tcp://[::1]:5555`, `tcp://[fe80::1%eth0]:*`)."""
+    match = TCP_ENDPOINT.match(endpoint)
+    return match is not None and match["host"].startswith("[")
+
+
+def _allow_ipv6(sock: zmq.Socket, endpoint: str) -> None:
+    """Set ZMQ_IPV6 on `sock` for an IPv6 endpoint, before it binds or connects.
+
+    libzmq resolves addresses as IPv4 only unless the socket has ZMQ_IPV6: binding `tcp://[::1]:P` then
+    fails ("No such device") and connecting to it never succeeds, so a sender with ZMQ_IMMEDIATE drops
+    every frame without an error. Only IPv6 literals get it: with ZMQ_IPV6 a host name such as
+    `localhost` may resolve to ::1 while the peer listens on 127.0.0.1.
+    """
+    if is_ipv6(endpoint):
+        sock.setsockopt(zmq.IPV6, 1)
+
+
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
     validate_endpoint(endpoint, bind=True)
+    _allow_ipv6(sock, endpoint)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
@@ -131,6 +150,7 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
 
 def connect_socket(sock: zmq.Socket, endpoint: str) -> None:
     validate_endpoint(endpoint, bind=False)
+    _allow_ipv6(sock, endpoint)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as exc:

@@ -17,9 +17,9 @@ import pytest
 from agent.robot.capture import CaptureStats, run_capture
 from agent.core.config import CaptureConfig, WireConfig
 from agent.core.errors import EndpointError, SourceError
-from agent.core.wire import EndOfStream
+from agent.core.wire import EndOfStream, Frame
 from agent.robot.subscriber import LatestFrameSubscriber
-from agent.robot.transport import FrameReceiver
+from agent.robot.transport import FrameReceiver, FrameSender
 from agent.supervisor import format_pipeline_status
 from tests.agent.mjpeg_server import MjpegServer
 from tests.conftest import free_tcp_endpoint
@@ -331,3 +331,27 @@ def test_an_end_of_stream_owed_to_a_rank_nobody_runs_is_named(tmp_path: Path, ca
             wait_for(lambda: "still owed" in caplog.text, timeout_s=20.0, poll=lambda: receiver.recv(0.1))
     assert f"the end of stream is still owed to {down} after" in caplog.text
     assert "no trainer has taken a frame" not in caplog.text
+
+
+def test_a_subscription_to_a_two_camera_publisher_gives_each_camera_its_share(free_endpoint: str) -> None:
+    """`capture --source zmq+tcp://...` reading our own FrameSender's PUB, one frame of each of two cameras every
+    10 ms, passed on 182 frames of camera 0 and 1 of camera 1: the reader overwrote its one-frame hand-off with
+    whichever camera arrived last, and the capture loop took whatever was there at its fps tick."""
+    publish = free_tcp_endpoint()
+    relay = CaptureConfig(sources=["zmq+" + publish], fps=30, height=16, width=16)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)  # every frame differs: the novelty gate keeps it
+    frames: list = []
+    with FrameSender(free_tcp_endpoint(), hwm=4, publish=publish) as upstream, \
+            FrameReceiver(free_endpoint, hwm=256) as receiver, CaptureThread(relay, _wire(free_endpoint)):
+        seq, deadline = 0, time.monotonic() + 20.0
+        while time.monotonic() < deadline and len(frames) < 60:
+            for camera in (0, 1):
+                upstream.send(Frame(camera_id=camera, seq=seq, timestamp=time.time(), image=images[(seq + 31 * camera) % 64]))
+            seq += 1
+            while (frame := receiver.recv(0.01)) is not None:
+                if isinstance(frame, Frame):
+                    frames.append(frame)
+    counts = [sum(f.camera_id == camera for f in frames) for camera in (0, 1)]
+    assert len(frames) >= 60, f"only {len(frames)} frames relayed"
+    assert min(counts) * 2 >= max(counts), f"frames per camera {counts}: one camera starved"

@@ -35,7 +35,8 @@ def test_kwargs_reach_the_factory() -> None:
         ("builtins:dict", {}, "returned dict, not a torch.nn.Module"),
         (":make", {}, "package.module:factory"),
         ("tiny_cnn", {"depth": 3}, "rejected encoder_kwargs"),
-        ("resnet18", {"weights": "DEFAULT"}, "cannot be downloaded"),
+        ("resnet18", {"weights": "IMAGENET1K_V9"}, "is not a weights name of 'resnet18'; allowed: DEFAULT, IMAGENET1K_V1"),
+        ("tiny_cnn", {"weights": "DEFAULT"}, "rejected encoder_kwargs"),
     ],
 )
 def test_bad_names_fail_with_a_clear_error(name: str, kwargs: dict, message: str) -> None:
