@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Grab:
     image: np.ndarray
-    timestamp: float  # time.time() when the frame was grabbed (after pacing)
+    timestamp: float  # time.time() when the frame was grabbed (after pacing): how stale it is
     camera_id: Optional[int] = None  # the relayed camera of a several-camera source; None: the reader's own
+    wire_time: Optional[float] = None  # the frame's time on the wire (s): the recording's clock, else `timestamp`
 
 
 class _Handoff:
@@ -90,6 +91,21 @@ class _Pacer:
         halt.wait(max(0.0, self._anchor + offset - now))
 
 
+class _RecordingClock:
+    """A recording's own clock (`FrameSource.media_time_s`) made to run forward over loops: when it steps
+    back (a looped video restarts at 0), later frames are shifted to follow the last one by one period.
+    Temporal positives pair frames by this time, so 3 s of video stay 3 s apart however fast they are read."""
+
+    def __init__(self, period_s: float) -> None:
+        self._period, self._offset, self._last = period_s, 0.0, None
+
+    def time(self, media_s: float) -> float:
+        if self._last is not None and media_s + self._offset < self._last:
+            self._offset = self._last + self._period - media_s
+        self._last = media_s + self._offset
+        return self._last
+
+
 class SourceReader(Worker):
     """One source's background read loop (an `agent.core.worker.Worker`): read, fit, pace, hand off;
     reopen with backoff when lost. `halt` is the stop event shared by all of a capture's readers."""
@@ -122,6 +138,7 @@ class SourceReader(Worker):
         self._read_timeout_s = cfg.read_timeout_s
         self._fit = cfg.height, cfg.width, cfg.resize
         self._pacer = _Pacer(cfg.fps) if pace == "realtime" and not source.live else None
+        self._clock = _RecordingClock(1.0 / cfg.fps)
         self.frames_read = 0
         self.stale = 0
         self.reconnects = 0
@@ -210,7 +227,11 @@ class SourceReader(Worker):
         image = to_channels(fit_frame(raw, *self._fit), self._cfg.channels)  # a mono capture stores gray
         if self._pacer is not None:
             self._pacer.wait(self.source.media_time_s, self.stop_event)
-        self._handoff.put(Grab(image=image, timestamp=time.time(), camera_id=self.source.camera_id), self.stop_event)
+        now = time.time()
+        media = self.source.media_time_s
+        wire_time = now if media is None else self._clock.time(media)
+        self._handoff.put(Grab(image=image, timestamp=now, camera_id=self.source.camera_id, wire_time=wire_time),
+                          self.stop_event)
         return True
 
     def shutdown(self) -> None:

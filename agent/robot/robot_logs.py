@@ -1,0 +1,486 @@
+"""Robot logs as frame sources: MCAP files, rosbag2 folders (sqlite3 or mcap storage) and ROS 1 `.bag` files.
+
+Each image topic of a log is its own camera: `log_camera_specs("drive.mcap")` gives one spec per image
+topic (`drive.mcap#/front/image_raw`, `drive.mcap#/rear/image_raw/compressed`), each read by one
+`RobotLogSource`; a user may give `PATH#TOPIC` directly, or list topics in
+`capture.source_options.robot_log.topics`. Non-image topics are ignored.
+
+Messages read: ROS 2 `sensor_msgs/msg/Image` and `CompressedImage` (CDR), ROS 1 `sensor_msgs/Image` and
+`CompressedImage`, and Foxglove's `RawImage` / `CompressedImage` in the three encodings the MCAP ecosystem
+writes them in: protobuf (`foxglove.RawImage`, what the Foxglove SDK writes), JSON (`jsonschema`) and
+ros2msg (`foxglove_msgs/msg/RawImage`). Pixel encodings (`RAW_ENCODINGS`): rgb8, bgr8, rgba8, bgra8,
+mono8, mono16, the four 8-bit Bayer patterns, yuv422 / uyvy, yuyv / yuv422_yuy2; compressed JPEG and
+PNG. Any other encoding is skipped and counted, with one warning per topic naming it.
+
+Clock: a frame's time is its header stamp (Foxglove: `timestamp`), else the log time when the stamp is
+zero or `clock: log` (`media_time_s`, seconds since the epoch); capture puts it on the wire, so
+`--pace realtime` follows it and the buffer pairs temporal positives by it. `start_at(n)` skips the
+first n deliverable messages of the topic (a resumed replay).
+
+Damage: a log cut short or damaged mid-way (a robot that lost power) gives the frames before the damage,
+then ends with one counted error (`errors`) naming the file; a message that does not decode is skipped
+and counted. Never a traceback: the libraries raise many types on bad bytes, so those calls catch
+`Exception` and turn it into the count.
+
+Libraries, chosen by measurement (benchmarks/bench_log_readers.py, the same 640x480 messages in one
+.mcap, 2 cores, 2026-12-05; numbers in the module's commit and benchmarks/RESULTS.md): MCAP files
+are read with `mcap` + `mcap-ros2-support`, which also decodes the Foxglove protobuf / JSON schemas
+(`rosbags` reads only CDR); rosbag2 folders, `.db3` and ROS 1 `.bag` files with `rosbags`, the one
+candidate that reads them without ROS. Pixel conversions are `rosbags-image`'s `convert_color` (OpenCV
+underneath); compressed images are decoded by OpenCV. No hand-written CDR or bag parser.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.core.errors import SourceError
+from agent.core.frames import decode_jpeg
+from agent.robot.source_base import FrameSource, SourceExhausted
+
+log = logging.getLogger(__name__)
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+ROSBAG1_MAGIC = b"#ROSBAG V2.0\n"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+LOG_SUFFIXES = (".mcap", ".bag", ".db3")
+TOPIC_SEP = "#"
+
+IMAGE_TYPES = {  # schema / message type name -> "raw" or "compressed"
+    "sensor_msgs/msg/Image": "raw", "sensor_msgs/Image": "raw", "sensor_msgs/msg/CompressedImage": "compressed",
+    "sensor_msgs/CompressedImage": "compressed", "foxglove.RawImage": "raw", "foxglove.CompressedImage": "compressed",
+    "foxglove_msgs/msg/RawImage": "raw", "foxglove_msgs/msg/CompressedImage": "compressed",
+}
+RAW_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8",
+                 "bayer_grbg8", "yuv422", "uyvy", "yuyv", "yuv422_yuy2")
+COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
+
+
+class RobotLogOptions(BaseModel):
+    """`capture.source_options.robot_log`: which topics of a log to read, and which clock stamps frames."""
+
+    model_config = ConfigDict(extra="forbid")
+    topics: list[str] = Field(default_factory=list, description="image topics to read (empty: every image topic)")
+    clock: Literal["header", "log"] = Field(
+        "header", description="header: the message's header stamp (log time where it is 0); log: the recorder's log time"
+    )
+
+
+class UnsupportedEncoding(ValueError):
+    """An image message in a pixel encoding or compressed format this reader does not convert."""
+
+
+# -- recognising a log ---------------------------------------------------------------------------------
+
+
+def split_topic(spec: str) -> tuple[str, Optional[str]]:
+    """`PATH#TOPIC` -> (PATH, TOPIC); a spec that exists as a path, or has no '#', is (spec, None)."""
+    if TOPIC_SEP not in spec or os.path.exists(spec):
+        return spec, None
+    path, _, topic = spec.rpartition(TOPIC_SEP)
+    return path, topic or None
+
+
+def log_format(path: str) -> Optional[str]:
+    """"mcap", "rosbag2" (a folder with metadata.yaml, or a .db3) or "ros1" for a robot log, else None.
+
+    Existing files are recognised by their first bytes, missing ones by suffix (so that opening says
+    "does not exist" rather than another kind's error)."""
+    p = Path(path)
+    if p.is_dir():
+        return "rosbag2" if (p / "metadata.yaml").is_file() else None
+    if p.is_file():
+        try:
+            with open(p, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            head = b""
+        if head.startswith(MCAP_MAGIC):
+            return "mcap"
+        if head.startswith(ROSBAG1_MAGIC):
+            return "ros1"
+        if head.startswith(SQLITE_MAGIC) and p.suffix.lower() == ".db3":
+            return "rosbag2"
+    suffix = p.suffix.lower()
+    return {".mcap": "mcap", ".bag": "ros1", ".db3": "rosbag2"}.get(suffix) if suffix in LOG_SUFFIXES else None
+
+
+def is_robot_log(spec: str) -> bool:
+    """A robot log, or `LOG#TOPIC`: the registry's recognition for this kind."""
+    return log_format(split_topic(spec)[0]) is not None
+
+
+# -- one log, through either library ---------------------------------------------------------------------
+
+
+class _Message:
+    """One image message: its topic, type kind ("raw" / "compressed"), decoded body and log time (ns)."""
+
+    __slots__ = ("topic", "kind", "msg", "log_time_ns")
+
+    def __init__(self, topic: str, kind: str, msg: Any, log_time_ns: int) -> None:
+        self.topic, self.kind, self.msg, self.log_time_ns = topic, kind, msg, log_time_ns
+
+
+class _LogFile:
+    """The library-specific part: which image topics a log holds (with message counts) and their messages.
+
+    `messages(topic)` yields `_Message`s in log-time order and raises whatever the library raises at damage."""
+
+    def __init__(self, path: str, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+
+    def image_topics(self) -> dict[str, Optional[int]]:
+        if self.fmt == "mcap":
+            return _mcap_image_topics(self.path)
+        return _rosbags_image_topics(self.path)
+
+    def messages(self, topic: str) -> Iterator[_Message]:
+        if self.fmt == "mcap":
+            return _mcap_messages(self.path, topic)
+        return _rosbags_messages(self.path, topic)
+
+
+def _mcap_image_topics(path: str) -> dict[str, Optional[int]]:
+    from mcap.reader import make_reader
+
+    with open(path, "rb") as f:
+        try:
+            summary = make_reader(f).get_summary()
+        except Exception:  # no footer (cut short): scan the records that are there
+            summary = None
+        if summary is not None and summary.channels:
+            counts = summary.statistics.channel_message_counts if summary.statistics else {}
+            topics: dict[str, Optional[int]] = {}
+            for cid, channel in summary.channels.items():
+                schema = summary.schemas.get(channel.schema_id)
+                if schema is not None and schema.name in IMAGE_TYPES:
+                    topics[channel.topic] = counts.get(cid) if counts else None
+            return topics
+        return _mcap_scan_topics(f)
+
+
+def _mcap_scan_topics(f: Any) -> dict[str, Optional[int]]:
+    """Image topics of an MCAP without a usable summary (a damaged or unfinished file): its channel records."""
+    from mcap.records import Channel, Schema
+    from mcap.stream_reader import StreamReader
+
+    f.seek(0)
+    schemas: dict[int, str] = {}
+    topics: dict[str, Optional[int]] = {}
+    try:
+        for record in StreamReader(f, skip_magic=False).records:
+            if isinstance(record, Schema):
+                schemas[record.id] = record.name
+            elif isinstance(record, Channel) and schemas.get(record.schema_id) in IMAGE_TYPES:
+                topics[record.topic] = None
+    except Exception:  # the damage: the channels announced before it are what there is
+        pass
+    return topics
+
+
+def _mcap_decoders() -> list:
+    from mcap_ros2.decoder import DecoderFactory as Ros2Decoders
+
+    return [Ros2Decoders(), _ProtobufDecoders(), _JsonDecoders()]
+
+
+class _ProtobufDecoders:
+    """MCAP `protobuf` schemas (a FileDescriptorSet, as the Foxglove SDK writes) decoded by protobuf's own
+    dynamic message classes: the same thing mcap-protobuf-support's DecoderFactory does."""
+
+    def __init__(self) -> None:
+        self._decoders: dict[int, Callable[[bytes], Any]] = {}
+
+    def decoder_for(self, message_encoding: str, schema: Any) -> Optional[Callable[[bytes], Any]]:
+        if message_encoding != "protobuf" or schema is None or schema.encoding != "protobuf":
+            return None
+        if schema.id not in self._decoders:
+            from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+            pool = descriptor_pool.DescriptorPool()
+            files = descriptor_pb2.FileDescriptorSet.FromString(schema.data)
+            for proto in files.file:
+                pool.Add(proto)
+            cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(schema.name))
+            self._decoders[schema.id] = cls.FromString
+        return self._decoders[schema.id]
+
+
+class _JsonDecoders:
+    """MCAP `json` messages (Foxglove's JSON schemas: `data` is base64): a namespace with the same fields."""
+
+    def decoder_for(self, message_encoding: str, schema: Any) -> Optional[Callable[[bytes], Any]]:
+        if message_encoding != "json":
+            return None
+        return _json_message
+
+    
+def _json_message(data: bytes) -> Any:
+    from types import SimpleNamespace
+
+    body = json.loads(data)
+    if isinstance(body.get("data"), str):
+        body["data"] = base64.b64decode(body["data"])
+    if isinstance(body.get("timestamp"), dict):
+        stamp = body["timestamp"]
+        body["timestamp"] = SimpleNamespace(sec=stamp.get("sec", 0), nanosec=stamp.get("nsec", 0))
+    return SimpleNamespace(**body)
+
+
+def _mcap_messages(path: str, topic: str) -> Iterator[_Message]:
+    from mcap.reader import NonSeekingReader, make_reader
+
+    with open(path, "rb") as f:
+        reader = make_reader(f, decoder_factories=_mcap_decoders())
+        try:
+            summary = reader.get_summary()
+        except Exception:
+            summary = None
+        if summary is None:  # cut short (no footer) or never finished: read the records in file order
+            f.seek(0)
+            reader = NonSeekingReader(f, decoder_factories=_mcap_decoders())
+            decoded = reader.iter_decoded_messages(topics=[topic], log_time_order=False)
+        else:
+            decoded = reader.iter_decoded_messages(topics=[topic], log_time_order=True)
+        for schema, _channel, message, body in decoded:
+            yield _Message(topic, IMAGE_TYPES.get(schema.name if schema else "", ""), body, message.log_time)
+
+
+def _rosbags_image_topics(path: str) -> dict[str, Optional[int]]:
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(path)]) as reader:
+        topics: dict[str, Optional[int]] = {}
+        for conn in reader.connections:
+            if conn.msgtype in IMAGE_TYPES:
+                topics[conn.topic] = (topics.get(conn.topic) or 0) + conn.msgcount
+        return topics
+
+
+def _rosbags_messages(path: str, topic: str) -> Iterator[_Message]:
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(path)]) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        for conn, timestamp, raw in reader.messages(connections=conns):
+            yield _Message(topic, IMAGE_TYPES.get(conn.msgtype, ""), reader.deserialize(raw, conn.msgtype), timestamp)
+
+
+# -- pixels and time ---------------------------------------------------------------------------------------
+
+
+def message_to_rgb(msg: Any) -> np.ndarray:
+    """An image message (any of the libraries' decoded forms) as uint8 HxWx3 RGB.
+
+    Raises UnsupportedEncoding for an encoding or format outside RAW_ENCODINGS / COMPRESSED_FORMATS and
+    ValueError for a message whose bytes do not hold the image it declares."""
+    if hasattr(msg, "format"):  # CompressedImage (ROS or Foxglove)
+        fmt = str(msg.format).lower()
+        if "compresseddepth" in fmt or not any(name in fmt for name in COMPRESSED_FORMATS):
+            raise UnsupportedEncoding(str(msg.format) or "(empty format)")
+        rgb = decode_jpeg(bytes(msg.data))  # OpenCV's imdecode: JPEG and PNG alike
+        if rgb is None:
+            raise ValueError(f"its {msg.format} data does not decode")
+        return rgb
+    encoding = str(msg.encoding)
+    if encoding not in RAW_ENCODINGS:
+        raise UnsupportedEncoding(encoding or "(empty encoding)")
+    from rosbags.image.image import convert_color, to_cvtype
+
+    _, _, typestr, nchan = to_cvtype(encoding)
+    dtype = np.dtype(typestr)
+    height, width = int(msg.height), int(msg.width)
+    row = width * nchan * dtype.itemsize
+    step = int(getattr(msg, "step", 0) or row)
+    data = np.frombuffer(memoryview(msg.data), np.uint8)
+    if height <= 0 or width <= 0 or step < row or data.size < (height - 1) * step + row:
+        raise ValueError(f"{encoding} {width}x{height} (step {step}) does not fit its {data.size} bytes")
+    padded = np.lib.stride_tricks.as_strided(data, (height, row), (step, 1))  # rows may be padded to `step`
+    image = np.ascontiguousarray(padded).view(dtype.newbyteorder(">" if getattr(msg, "is_bigendian", 0) else "<"))
+    image = image.astype(dtype, copy=False).reshape((height, width) if nchan == 1 else (height, width, nchan))
+    rgb = convert_color(image, encoding, "rgb8")
+    if rgb.dtype != np.uint8:  # rosbags-image scales 16 -> 8 bit as float
+        rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def stamp_ns(msg: Any) -> int:
+    """The message's own stamp in ns (ROS header.stamp, Foxglove timestamp); 0 when it has none."""
+    header = getattr(msg, "header", None)
+    stamp = getattr(header, "stamp", None) if header is not None else getattr(msg, "timestamp", None)
+    if stamp is None:
+        return 0
+    sec = getattr(stamp, "sec", None)
+    if sec is None:
+        sec = getattr(stamp, "seconds", 0)  # google.protobuf.Timestamp
+    nsec = getattr(stamp, "nanosec", None)
+    if nsec is None:
+        nsec = getattr(stamp, "nanos", getattr(stamp, "nsec", 0))
+    return int(sec) * 1_000_000_000 + int(nsec)
+
+
+def _supported(msg: Any) -> bool:
+    """Would `message_to_rgb` try this message's encoding (without converting its pixels)?"""
+    if hasattr(msg, "format"):
+        fmt = str(msg.format).lower()
+        return "compresseddepth" not in fmt and any(name in fmt for name in COMPRESSED_FORMATS)
+    return str(getattr(msg, "encoding", "")) in RAW_ENCODINGS
+
+
+# -- the kind: expansion and the source --------------------------------------------------------------------
+
+
+def log_camera_specs(spec: str, options: Optional[RobotLogOptions] = None) -> list[str]:
+    """One `LOG#TOPIC` spec per image topic of the log (those in `options.topics` when given), sorted by topic;
+    a spec that already names a topic is itself. SourceError when the log has no image topic or lacks a
+    named one."""
+    path, topic = split_topic(spec)
+    if topic is not None:
+        return [spec]
+    fmt = log_format(path)
+    if fmt is None or not os.path.exists(path):
+        return [spec]  # opening it says what is wrong
+    try:
+        topics = _LogFile(path, fmt).image_topics()
+    except Exception as exc:
+        raise SourceError(f"robot log '{path}' cannot be read: {_reason(exc)}") from None
+    wanted = list(options.topics) if options is not None and options.topics else sorted(topics)
+    missing = [t for t in wanted if t not in topics]
+    if missing:
+        raise SourceError(f"robot log '{path}' has no image topic {', '.join(missing)} (it has: "
+                          f"{', '.join(sorted(topics)) or 'none'})")
+    if not wanted:
+        raise SourceError(f"robot log '{path}' holds no image topic ({', '.join(sorted(IMAGE_TYPES))})")
+    return [f"{path}{TOPIC_SEP}{t}" for t in wanted]
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+class RobotLogSource(FrameSource):
+    """One image topic of a robot log (`LOG#TOPIC`): finite unless `loop`; `media_time_s` is the log's clock.
+
+    `frame_count` is the topic's message count where the log's index says it. `skipped` counts messages
+    not delivered (unsupported encoding, undecodable bytes), `errors` the damage that ended a pass early."""
+
+    def __init__(self, spec: str, options: Optional[RobotLogOptions] = None, loop: bool = False) -> None:
+        path, topic = split_topic(spec)
+        if topic is None:
+            raise SourceError(f"robot log '{path}': name one image topic as '{path}{TOPIC_SEP}TOPIC'")
+        super().__init__(f"robot log '{path}' topic {topic}")
+        self.path, self.topic, self.loop = path, topic, loop
+        self.options = options if options is not None else RobotLogOptions()
+        self.skipped = 0
+        self.errors = 0
+        self._fmt = log_format(path)
+        self._messages: Optional[Iterator[_Message]] = None
+        self._count: Optional[int] = None
+        self._start = 0  # deliverable messages to skip at the first connect
+        self._position = 0  # deliverable messages consumed in this pass: where a reconnect resumes
+        self._delivered = 0
+        self._media_time: Optional[float] = None
+        self._warned: set[str] = set()
+
+    @property
+    def finite(self) -> bool:
+        return not self.loop
+
+    @property
+    def media_time_s(self) -> Optional[float]:
+        return self._media_time
+
+    @property
+    def frame_count(self) -> Optional[int]:
+        return self._count
+
+    def start_at(self, frame: int) -> None:
+        self._start = max(0, int(frame))
+
+    def connect(self) -> None:
+        self.disconnect()
+        if not os.path.exists(self.path):
+            raise SourceError(f"{self.name}: '{self.path}' does not exist")
+        if self._fmt is None:
+            raise SourceError(f"{self.name}: '{self.path}' is not an MCAP file, rosbag2 folder or ROS 1 bag")
+        logfile = _LogFile(self.path, self._fmt)
+        try:
+            topics = logfile.image_topics()
+        except Exception as exc:
+            raise SourceError(f"robot log '{self.path}' cannot be read: {_reason(exc)}") from None
+        if self.topic not in topics:
+            raise SourceError(f"{self.name}: no such image topic (the log has: {', '.join(sorted(topics)) or 'none'})")
+        self._count = topics[self.topic]
+        self._messages = logfile.messages(self.topic)
+        skip = self._position or self._start
+        self._position = 0
+        while self._position < skip:
+            item = self._next_message()
+            if item is None:
+                break
+            if _supported(item.msg):
+                self._position += 1
+        self._start = 0
+
+    def read(self) -> np.ndarray:
+        if self._messages is None:
+            raise SourceError(f"{self.name} is not connected")
+        while True:
+            item = self._next_message()
+            if item is None:
+                if self.loop and self._delivered:
+                    self._position = 0
+                    self.connect()
+                    continue
+                raise SourceExhausted(f"{self.name} has no more frames")
+            try:
+                rgb = message_to_rgb(item.msg)
+            except UnsupportedEncoding as exc:
+                self._skip_unsupported(str(exc))
+                continue
+            except Exception as exc:  # bytes that do not hold the image they declare
+                self.skipped += 1
+                log.warning("%s: skipped a damaged message (%s; %d so far)", self.name, _reason(exc), self.skipped)
+                continue
+            self._position += 1
+            self._delivered += 1
+            stamp = 0 if self.options.clock == "log" else stamp_ns(item.msg)
+            self._media_time = (stamp or item.log_time_ns) / 1e9
+            return rgb
+
+    def _next_message(self) -> Optional[_Message]:
+        """The next message of the topic, or None at the end or at damage (counted, named, logged once)."""
+        assert self._messages is not None
+        try:
+            return next(self._messages)
+        except StopIteration:
+            return None
+        except Exception as exc:
+            self.errors += 1
+            self._messages = iter(())
+            log.warning("robot log '%s' is damaged or cut short after %d frames of %s: %s (error %d)",
+                        self.path, self._position, self.topic, _reason(exc), self.errors)
+            return None
+
+    def _skip_unsupported(self, encoding: str) -> None:
+        self.skipped += 1
+        if encoding not in self._warned:
+            self._warned.add(encoding)
+            log.warning("%s: skipping its %s images (not one of %s, or compressed %s); counted in skipped",
+                        self.name, encoding, ", ".join(RAW_ENCODINGS), "/".join(COMPRESSED_FORMATS[1:]))
+
+    def disconnect(self) -> None:
+        messages, self._messages = self._messages, None
+        close = getattr(messages, "close", None)
+        if close is not None:
+            close()
