@@ -89,7 +89,6 @@ class ImageFilesSource(FrameSource):
         self._order = np.random.default_rng(0) if shuffle else None
         self._files: list[str] = []
         self._index = 0
-        self.skipped = 0
         self.delivered = 0
 
     @property

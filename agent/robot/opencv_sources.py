@@ -165,7 +165,6 @@ class VideoFileSource(_OpenCVSource):
         # FFmpeg reads "NAME:rest" as a URL of protocol NAME: "2024-01-05T10:30:00.avi" is opened by its absolute path
         super().__init__(f"video file '{self.path}'", os.path.abspath(self.path), cv2.CAP_FFMPEG)
         self.loop, self.max_bad_frames = loop, max_bad_frames
-        self.skipped = 0  # undecodable frames skipped, over all passes
         self._position = 0  # frames consumed in this pass (delivered or skipped): where a reopen resumes
         self._reported = 0  # the frame count the container reports; 0 = unknown
         self._warned_short = False

@@ -90,13 +90,16 @@ def split_topic(spec: str) -> tuple[str, Optional[str]]:
 
 
 def log_format(path: str) -> Optional[str]:
-    """"mcap", "rosbag2" (a folder with metadata.yaml, or a .db3) or "ros1" for a robot log, else None.
+    """"mcap", "rosbag2" (a folder with metadata.yaml or .mcap / .db3 files, or a .db3) or "ros1" for a robot
+    log, else None.
 
     Existing files are recognised by their first bytes, missing ones by suffix (so that opening says
     "does not exist" rather than another kind's error)."""
     p = Path(path)
     if p.is_dir():
-        return "rosbag2" if (p / "metadata.yaml").is_file() else None
+        if (p / "metadata.yaml").is_file() or any(p.glob("*.mcap")) or any(p.glob("*.db3")):
+            return "rosbag2"
+        return None
     if p.is_file():
         try:
             with open(p, "rb") as f:
@@ -133,26 +136,61 @@ class _Message:
 class _LogFile:
     """The library-specific part: which image topics a log holds (with message counts) and their messages.
 
-    `messages(topic)` yields `_Message`s in log-time order and raises whatever the library raises at damage."""
+    A log is one or more parts, each read by one library: MCAP files (a .mcap, or the files of a rosbag2
+    folder in mcap storage) by `mcap`, whose stream reader also reads a file cut short; sqlite3 rosbag2
+    folders, .db3 files and ROS 1 bags by `rosbags`. `messages(topic)` yields `_Message`s in log-time
+    order per part and raises whatever the library raises at damage."""
 
     def __init__(self, path: str, fmt: str) -> None:
         self.path, self.fmt = path, fmt
+        self.parts = _log_parts(path, fmt)
 
     def image_topics(self) -> dict[str, Optional[int]]:
-        if self.fmt == "mcap":
-            return _mcap_image_topics(self.path)
-        return _rosbags_image_topics(self.path)
+        topics: dict[str, Optional[int]] = {}
+        for backend, part in self.parts:
+            found = _mcap_image_topics(part) if backend == "mcap" else _rosbags_image_topics(part)
+            for topic, count in found.items():
+                before = topics.get(topic, 0)
+                topics[topic] = None if before is None or count is None else before + count
+        return topics
 
     def messages(self, topic: str) -> Iterator[_Message]:
-        if self.fmt == "mcap":
-            return _mcap_messages(self.path, topic)
-        return _rosbags_messages(self.path, topic)
+        for backend, part in self.parts:
+            yield from (_mcap_messages(part, topic) if backend == "mcap" else _rosbags_messages(part, topic))
+
+
+def _log_parts(path: str, fmt: str) -> list[tuple[str, str]]:
+    """(library, path) of each part of a log, in recording order. A rosbag2 folder's metadata.yaml names its
+    storage and files; a folder without one (the recorder writes it last: a robot that lost power leaves
+    none) is read from the .mcap or .db3 files it holds."""
+    if fmt == "mcap":
+        return [("mcap", path)]
+    if fmt == "ros1" or os.path.isfile(path):
+        return [("rosbags", path)]
+    folder = Path(path)
+    meta = folder / "metadata.yaml"
+    if meta.is_file():
+        import yaml
+
+        try:
+            info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information", {})
+        except (OSError, yaml.YAMLError, AttributeError):
+            info = {}
+        if info.get("storage_identifier") == "mcap":
+            files = [str(folder / name) for name in info.get("relative_file_paths", [])]
+            return [("mcap", f) for f in files if os.path.isfile(f)] or [("mcap", str(f)) for f in sorted(folder.glob("*.mcap"))]
+        return [("rosbags", path)]
+    mcaps, dbs = sorted(folder.glob("*.mcap")), sorted(folder.glob("*.db3"))
+    return [("mcap", str(f)) for f in mcaps] + [("rosbags", str(f)) for f in dbs]
 
 
 def _mcap_image_topics(path: str) -> dict[str, Optional[int]]:
     from mcap.reader import make_reader
 
     with open(path, "rb") as f:
+        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            raise ValueError(f"'{path}' does not start with MCAP's magic bytes")
+        f.seek(0)
         try:
             summary = make_reader(f).get_summary()
         except Exception:  # no footer (cut short): scan the records that are there
@@ -347,7 +385,9 @@ def log_camera_specs(spec: str, options: Optional[RobotLogOptions] = None) -> li
     if topic is not None:
         return [spec]
     fmt = log_format(path)
-    if fmt is None or not os.path.exists(path):
+    if not os.path.exists(path):
+        raise SourceError(f"robot log '{path}' does not exist")
+    if fmt is None:
         return [spec]  # opening it says what is wrong
     try:
         topics = _LogFile(path, fmt).image_topics()
@@ -381,8 +421,6 @@ class RobotLogSource(FrameSource):
         super().__init__(f"robot log '{path}' topic {topic}")
         self.path, self.topic, self.loop = path, topic, loop
         self.options = options if options is not None else RobotLogOptions()
-        self.skipped = 0
-        self.errors = 0
         self._fmt = log_format(path)
         self._messages: Optional[Iterator[_Message]] = None
         self._count: Optional[int] = None

@@ -35,7 +35,8 @@ class FrameSource(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.camera_id: Optional[int] = None  # set by a source of several cameras: whose was the last frame read
-
+        self.skipped = 0  # frames or messages not delivered: undecodable, or in an encoding not read
+        self.errors = 0  # damage that ended a pass of a recording early (a log cut short)
 
     @property
     def finite(self) -> bool:

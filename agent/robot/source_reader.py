@@ -184,12 +184,14 @@ class SourceReader(Worker):
         return "lost" if self._reopening else "ok"
 
     def status(self, now: Optional[float] = None) -> dict:
-        """The source's line in the status file: name, state, frames read, reopens, age of the newest frame (s)."""
+        """The source's line in the status file: name, state, frames read, reopens, age of the newest frame (s),
+        frames skipped and damage met (`FrameSource.skipped`, `errors`)."""
         now = time.monotonic() if now is None else now
         age = None if self._last_frame_at is None else round(now - self._last_frame_at, 2)
         return {
             "name": self.source.name, "state": self.state(now), "frames_read": self.frames_read,
-            "reconnects": self.reconnects, "last_frame_age_s": age,
+            "reconnects": self.reconnects, "last_frame_age_s": age, "skipped": self.source.skipped,
+            "errors": self.source.errors,
         }
 
     def initialize(self) -> None:
