@@ -125,12 +125,18 @@ def is_robot_log(spec: str) -> bool:
 
 
 class _Message:
-    """One image message: its topic, type kind ("raw" / "compressed"), decoded body and log time (ns)."""
+    """One message of a topic: its log time (ns) and its bytes, decoded on demand (`body`), so that a message
+    that does not decode is one skipped message while damage to the file ends the pass."""
 
-    __slots__ = ("topic", "kind", "msg", "log_time_ns")
+    __slots__ = ("log_time_ns", "_raw", "_decode", "_body")
 
-    def __init__(self, topic: str, kind: str, msg: Any, log_time_ns: int) -> None:
-        self.topic, self.kind, self.msg, self.log_time_ns = topic, kind, msg, log_time_ns
+    def __init__(self, log_time_ns: int, raw: Any, decode: Callable[[Any], Any]) -> None:
+        self.log_time_ns, self._raw, self._decode, self._body = log_time_ns, raw, decode, None
+
+    def body(self) -> Any:
+        if self._body is None:
+            self._body = self._decode(self._raw)
+        return self._body
 
 
 class _LogFile:
@@ -233,7 +239,7 @@ def _mcap_decoders() -> list:
 
 class _ProtobufDecoders:
     """MCAP `protobuf` schemas (a FileDescriptorSet, as the Foxglove SDK writes) decoded by protobuf's own
-    dynamic message classes: the same thing mcap-protobuf-support's DecoderFactory does."""
+    dynamic message classes (a descriptor pool and `message_factory`); protobuf comes with onnx already."""
 
     def __init__(self) -> None:
         self._decoders: dict[int, Callable[[bytes], Any]] = {}
@@ -261,7 +267,7 @@ class _JsonDecoders:
             return None
         return _json_message
 
-    
+
 def _json_message(data: bytes) -> Any:
     from types import SimpleNamespace
 
@@ -277,20 +283,37 @@ def _json_message(data: bytes) -> Any:
 def _mcap_messages(path: str, topic: str) -> Iterator[_Message]:
     from mcap.reader import NonSeekingReader, make_reader
 
+    factories = _mcap_decoders()
+    decoders: dict[int, Callable[[bytes], Any]] = {}
     with open(path, "rb") as f:
-        reader = make_reader(f, decoder_factories=_mcap_decoders())
+        reader = make_reader(f)
         try:
             summary = reader.get_summary()
         except Exception:
             summary = None
         if summary is None:  # cut short (no footer) or never finished: read the records in file order
             f.seek(0)
-            reader = NonSeekingReader(f, decoder_factories=_mcap_decoders())
-            decoded = reader.iter_decoded_messages(topics=[topic], log_time_order=False)
+            records = NonSeekingReader(f).iter_messages(topics=[topic], log_time_order=False)
         else:
-            decoded = reader.iter_decoded_messages(topics=[topic], log_time_order=True)
-        for schema, _channel, message, body in decoded:
-            yield _Message(topic, IMAGE_TYPES.get(schema.name if schema else "", ""), body, message.log_time)
+            records = reader.iter_messages(topics=[topic], log_time_order=True)
+        for schema, channel, message in records:
+            decode = decoders.get(channel.id)
+            if decode is None:
+                decode = decoders[channel.id] = _mcap_decoder(factories, channel.message_encoding, schema)
+            yield _Message(message.log_time, message.data, decode)
+
+
+def _mcap_decoder(factories: list, message_encoding: str, schema: Any) -> Callable[[bytes], Any]:
+    for factory in factories:
+        decode = factory.decoder_for(message_encoding, schema)
+        if decode is not None:
+            return decode
+    what = f"message encoding {message_encoding!r} of {schema.name if schema is not None else 'no schema'}"
+
+    def unsupported(data: bytes) -> Any:
+        raise UnsupportedEncoding(what)
+
+    return unsupported
 
 
 def _rosbags_image_topics(path: str) -> dict[str, Optional[int]]:
@@ -310,7 +333,7 @@ def _rosbags_messages(path: str, topic: str) -> Iterator[_Message]:
     with AnyReader([Path(path)]) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
         for conn, timestamp, raw in reader.messages(connections=conns):
-            yield _Message(topic, IMAGE_TYPES.get(conn.msgtype, ""), reader.deserialize(raw, conn.msgtype), timestamp)
+            yield _Message(timestamp, raw, lambda data, msgtype=conn.msgtype: reader.deserialize(data, msgtype))
 
 
 # -- pixels and time ---------------------------------------------------------------------------------------
@@ -363,7 +386,7 @@ def stamp_ns(msg: Any) -> int:
     nsec = getattr(stamp, "nanosec", None)
     if nsec is None:
         nsec = getattr(stamp, "nanos", getattr(stamp, "nsec", 0))
-    return int(sec) * 1_000_000_000 + int(nsec)
+    return int(sec or 0) * 1_000_000_000 + int(nsec or 0)
 
 
 def _supported(msg: Any) -> bool:
@@ -466,8 +489,11 @@ class RobotLogSource(FrameSource):
             item = self._next_message()
             if item is None:
                 break
-            if _supported(item.msg):
-                self._position += 1
+            try:
+                deliverable = _supported(item.body())
+            except Exception:  # does not decode: it was skipped, not delivered, the first time too
+                deliverable = False
+            self._position += deliverable
         self._start = 0
 
     def read(self) -> np.ndarray:
@@ -482,7 +508,8 @@ class RobotLogSource(FrameSource):
                     continue
                 raise SourceExhausted(f"{self.name} has no more frames")
             try:
-                rgb = message_to_rgb(item.msg)
+                body = item.body()
+                rgb = message_to_rgb(body)
             except UnsupportedEncoding as exc:
                 self._skip_unsupported(str(exc))
                 continue
@@ -492,7 +519,7 @@ class RobotLogSource(FrameSource):
                 continue
             self._position += 1
             self._delivered += 1
-            stamp = 0 if self.options.clock == "log" else stamp_ns(item.msg)
+            stamp = 0 if self.options.clock == "log" else stamp_ns(body)
             self._media_time = (stamp or item.log_time_ns) / 1e9
             return rgb
 

@@ -97,13 +97,15 @@ class _RecordingClock:
     Temporal positives pair frames by this time, so 3 s of video stay 3 s apart however fast they are read."""
 
     def __init__(self, period_s: float) -> None:
-        self._period, self._offset, self._last = period_s, 0.0, None
+        self._period, self._offset = period_s, 0.0
+        self._last: Optional[float] = None
 
     def time(self, media_s: float) -> float:
         if self._last is not None and media_s + self._offset < self._last:
             self._offset = self._last + self._period - media_s
-        self._last = media_s + self._offset
-        return self._last
+        now = media_s + self._offset
+        self._last = now
+        return now
 
 
 class SourceReader(Worker):

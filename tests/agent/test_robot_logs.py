@@ -199,6 +199,27 @@ def test_a_log_cut_at_60_percent_gives_the_frames_before_the_damage_and_one_coun
     assert any(str(path) in r.getMessage() and "damaged or cut short" in r.getMessage() for r in caplog.records)
 
 
+def test_a_message_that_does_not_hold_its_image_is_skipped_and_counted_and_reading_goes_on(tmp_path: Path) -> None:
+    from mcap_ros2.writer import Writer
+
+    from tests.agent.robot_log_writers import _as_dict, ros2_image, ros2_typestore
+
+    ts = ros2_typestore()
+    path = tmp_path / "bad.mcap"
+    with open(path, "wb") as f:
+        writer = Writer(f)
+        schema = writer.register_msgdef("sensor_msgs/msg/Image", ts.generate_msgdef("sensor_msgs/msg/Image", ros_version=2)[0])
+        for i in range(3):
+            msg = _as_dict(ros2_image(ts, np.full((H, W, 3), 50 * i, np.uint8), "rgb8", T0_NS + i))
+            if i == 1:
+                msg["data"] = msg["data"][:100]  # declares 24x32 rgb8, holds 100 bytes
+            writer.write_message("/cam", schema, msg, log_time=T0_NS + i)
+        writer.finish()
+    source = open_source(f"{path}#/cam", CFG)
+    assert [int(f[0, 0, 0]) for f in read_all(source)] == [0, 100]
+    assert (source.skipped, source.errors) == (1, 0)
+
+
 def test_a_log_that_is_not_one_is_a_one_line_error(tmp_path: Path) -> None:
     fake = tmp_path / "fake.mcap"
     fake.write_bytes(b"not an mcap at all" * 10)

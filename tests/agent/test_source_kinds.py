@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.core.config import CaptureConfig, WireConfig
+from agent.core.config import CaptureConfig
 from agent.core.errors import SourceError
 from agent.core.wire import Frame
 from agent.robot.source_base import SourceExhausted
