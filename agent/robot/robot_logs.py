@@ -10,7 +10,8 @@ Messages read: ROS 2 `sensor_msgs/msg/Image` and `CompressedImage` (CDR), ROS 1 
 writes them in: protobuf (`foxglove.RawImage`, what the Foxglove SDK writes), JSON (`jsonschema`) and
 ros2msg (`foxglove_msgs/msg/RawImage`). Pixel encodings (`RAW_ENCODINGS`): rgb8, bgr8, rgba8, bgra8,
 mono8, mono16, the four 8-bit Bayer patterns, yuv422 / uyvy, yuyv / yuv422_yuy2; compressed JPEG and
-PNG. Any other encoding is skipped and counted, with one warning per topic naming it.
+PNG. Any other encoding is skipped and counted, with one warning per topic naming it. A message whose
+bytes do not hold the image it declares is skipped and counted too.
 
 Clock: a frame's time is its header stamp (Foxglove: `timestamp`), else the log time when the stamp is
 zero or `clock: log` (`media_time_s`, seconds since the epoch); capture puts it on the wire, so
@@ -26,8 +27,8 @@ Libraries, chosen by measurement (benchmarks/bench_log_readers.py, the same 640x
 .mcap, 2 cores, 2026-12-05; numbers in the module's commit and benchmarks/RESULTS.md): MCAP files
 are read with `mcap` + `mcap-ros2-support`, which also decodes the Foxglove protobuf / JSON schemas
 (`rosbags` reads only CDR); rosbag2 folders, `.db3` and ROS 1 `.bag` files with `rosbags`, the one
-candidate that reads them without ROS. Pixel conversions are `rosbags-image`'s `convert_color` (OpenCV
-underneath); compressed images are decoded by OpenCV. No hand-written CDR or bag parser.
+candidate that reads them without ROS. Pixel conversions are `rosbags-image`'s `image_to_cvimage` (OpenCV
+underneath, rows padded to `step` unpadded first); compressed images are decoded by OpenCV. No hand-written CDR or bag parser.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
@@ -59,8 +61,10 @@ IMAGE_TYPES = {  # schema / message type name -> "raw" or "compressed"
     "sensor_msgs/CompressedImage": "compressed", "foxglove.RawImage": "raw", "foxglove.CompressedImage": "compressed",
     "foxglove_msgs/msg/RawImage": "raw", "foxglove_msgs/msg/CompressedImage": "compressed",
 }
-RAW_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8",
-                 "bayer_grbg8", "yuv422", "uyvy", "yuyv", "yuv422_yuy2")
+BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 2, "bayer_rggb8": 1,
+                   "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1, "yuv422": 2, "uyvy": 2, "yuyv": 2,
+                   "yuv422_yuy2": 2}
+RAW_ENCODINGS = tuple(BYTES_PER_PIXEL)
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
 
 
@@ -269,8 +273,6 @@ class _JsonDecoders:
 
 
 def _json_message(data: bytes) -> Any:
-    from types import SimpleNamespace
-
     body = json.loads(data)
     if isinstance(body.get("data"), str):
         body["data"] = base64.b64decode(body["data"])
@@ -355,23 +357,19 @@ def message_to_rgb(msg: Any) -> np.ndarray:
     encoding = str(msg.encoding)
     if encoding not in RAW_ENCODINGS:
         raise UnsupportedEncoding(encoding or "(empty encoding)")
-    from rosbags.image.image import convert_color, to_cvtype
+    from rosbags.image import image_to_cvimage
 
-    _, _, typestr, nchan = to_cvtype(encoding)
-    dtype = np.dtype(typestr)
     height, width = int(msg.height), int(msg.width)
-    row = width * nchan * dtype.itemsize
+    row = width * BYTES_PER_PIXEL[encoding]
     step = int(getattr(msg, "step", 0) or row)
     data = np.frombuffer(memoryview(msg.data), np.uint8)
     if height <= 0 or width <= 0 or step < row or data.size < (height - 1) * step + row:
         raise ValueError(f"{encoding} {width}x{height} (step {step}) does not fit its {data.size} bytes")
-    padded = np.lib.stride_tricks.as_strided(data, (height, row), (step, 1))  # rows may be padded to `step`
-    image = np.ascontiguousarray(padded).view(dtype.newbyteorder(">" if getattr(msg, "is_bigendian", 0) else "<"))
-    image = image.astype(dtype, copy=False).reshape((height, width) if nchan == 1 else (height, width, nchan))
-    rgb = convert_color(image, encoding, "rgb8")
-    if rgb.dtype != np.uint8:  # rosbags-image scales 16 -> 8 bit as float
-        rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
+    if step != row or data.size != height * row:  # rows padded to `step`, which rosbags-image does not read
+        data = np.ascontiguousarray(np.lib.stride_tricks.as_strided(data, (height, row), (step, 1))).reshape(-1)
+    unpadded = SimpleNamespace(encoding=encoding, height=height, width=width, step=row, data=data,
+                               is_bigendian=int(getattr(msg, "is_bigendian", 0) or 0))
+    return np.ascontiguousarray(image_to_cvimage(unpadded, "rgb8"))  # OpenCV's conversions, 16 bit scaled to 8
 
 
 def stamp_ns(msg: Any) -> int:

@@ -214,9 +214,15 @@ def test_a_message_that_does_not_hold_its_image_is_skipped_and_counted_and_readi
             if i == 1:
                 msg["data"] = msg["data"][:100]  # declares 24x32 rgb8, holds 100 bytes
             writer.write_message("/cam", schema, msg, log_time=T0_NS + i)
+        padded = smooth_image(H, W)
+        rows = np.zeros((H, W * 3 + 8), np.uint8)  # each row padded to a step of 104 bytes, as some drivers send
+        rows[:, : W * 3] = padded.reshape(H, -1)
+        msg = _as_dict(ros2_image(ts, padded, "rgb8", T0_NS + 3))
+        writer.write_message("/cam", schema, dict(msg, step=W * 3 + 8, data=rows.tobytes()), log_time=T0_NS + 3)
         writer.finish()
     source = open_source(f"{path}#/cam", CFG)
-    assert [int(f[0, 0, 0]) for f in read_all(source)] == [0, 100]
+    frames = read_all(source)
+    assert [int(f[0, 0, 0]) for f in frames[:2]] == [0, 100] and (frames[2] == padded).all()
     assert (source.skipped, source.errors) == (1, 0)
 
 
