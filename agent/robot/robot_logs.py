@@ -23,12 +23,14 @@ then ends with one counted error (`errors`) naming the file; a message that does
 and counted. Never a traceback: the libraries raise many types on bad bytes, so those calls catch
 `Exception` and turn it into the count.
 
-Libraries, chosen by measurement (benchmarks/bench_log_readers.py, the same 640x480 messages in one
-.mcap, 2 cores, 2026-12-05; numbers in the module's commit and benchmarks/RESULTS.md): MCAP files
-are read with `mcap` + `mcap-ros2-support`, which also decodes the Foxglove protobuf / JSON schemas
-(`rosbags` reads only CDR); rosbag2 folders, `.db3` and ROS 1 `.bag` files with `rosbags`, the one
-candidate that reads them without ROS. Pixel conversions are `rosbags-image`'s `image_to_cvimage` (OpenCV
-underneath, rows padded to `step` unpadded first); compressed images are decoded by OpenCV. No hand-written CDR or bag parser.
+Libraries, chosen by measurement (benchmarks/bench_log_readers.py, the same 200 + 200 640x480 messages in one
+.mcap; benchmarks/RESULTS.md): rosbags decodes CDR 1.2-1.8x faster, but both exceed 500 messages/s (15x a
+30 fps camera) and the JPEG path is decode-bound and equal; `mcap` reads an MCAP cut short up to the damage
+(rosbags needs its footer) and Foxglove's protobuf / JSON schemas (rosbags reads CDR only). So MCAP files
+and mcap rosbag2 folders go through `mcap` + `mcap-ros2-support`; sqlite3 rosbag2 folders, `.db3` files
+and ROS 1 bags through `rosbags`, the one candidate that reads them without ROS. Pixels: `rosbags-image`'s
+`image_to_cvimage` (OpenCV underneath; rows padded to `step` unpadded first); compressed images: OpenCV's
+imdecode. No hand-written CDR or bag parser.
 """
 
 from __future__ import annotations
