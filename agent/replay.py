@@ -43,7 +43,7 @@ def check_recordings(paths: list[str], capture_cfg: CaptureConfig) -> list[Optio
     counts = []
     for source in check_sources(paths, capture_cfg):
         if not source.finite:
-            raise SourceError(f"{source.name} is not a recording (replay takes video files, image folders or globs)")
+            raise SourceError(f"{source.name} is not a recording (replay takes video files, robot logs, image folders or globs)")
         counts.append(source.frame_count)
     return counts
 

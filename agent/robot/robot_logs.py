@@ -295,7 +295,9 @@ def _mcap_messages(path: str, topic: str) -> Iterator[_Message]:
             summary = reader.get_summary()
         except Exception:
             summary = None
-        if summary is None:  # cut short (no footer) or never finished: read the records in file order
+        if summary is None or not summary.chunk_indexes:
+            # cut short (no footer), never finished, or unchunked: read the records in file order (mcap's own
+            # fallback for these sorts every message of the topic in memory first)
             f.seek(0)
             records = NonSeekingReader(f).iter_messages(topics=[topic], log_time_order=False)
         else:
