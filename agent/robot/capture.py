@@ -31,7 +31,7 @@ from agent.core.frames import LIVE_NOVELTY_THRESHOLD, NoveltyGate
 from agent.core.wire import Frame
 from agent.robot.curve import WireSecurity
 from agent.robot.source_reader import Grab, SourceReader
-from agent.robot.sources import expand_sources, open_source
+from agent.robot.sources import check_source_options, expand_sources, open_source
 from agent.robot.transport import FrameSender
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,7 @@ def run_capture(
     under "frames_per_source" and their names under "source_names" (for `byol-agent report`'s frames-over-time plot).
     """
     security = WireSecurity.from_config(wire)  # loaded once: for the sender and any subscription source
+    check_source_options(capture)
     sources = [open_source(spec, capture, wire, security) for spec in expand_sources(capture.sources, capture)]
     if lossless is None:
         lossless = capture.lossless if capture.lossless is not None else all(src.finite for src in sources)

@@ -140,6 +140,8 @@ def test_log_time_is_the_clock_where_the_header_has_none_or_when_asked(tmp_path:
     bad = CFG.model_copy(update={"source_options": {"robot_log": {"clock": "wall"}}})
     with pytest.raises(ConfigError, match="capture.source_options.robot_log.clock"):
         check_sources([str(stamped)], bad)
+    with pytest.raises(ConfigError, match="capture.source_options.robotlog: no source kind of that name"):
+        check_sources([str(stamped)], CFG.model_copy(update={"source_options": {"robotlog": {"clock": "log"}}}))
 
 
 def test_topics_are_chosen_by_spec_or_by_config_and_a_missing_one_is_named(tmp_path: Path) -> None:
