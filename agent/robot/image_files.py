@@ -42,7 +42,11 @@ def walk_files(root: str) -> list[str]:
     seen: set[tuple[int, int]] = set()
     files: list[str] = []
     for folder, subfolders, names in os.walk(root, followlinks=True):
-        st = os.stat(folder)
+        try:
+            st = os.stat(folder)
+        except OSError:  # gone since it was listed
+            subfolders[:] = []
+            continue
         if (st.st_dev, st.st_ino) in seen:
             subfolders[:] = []
             continue

@@ -92,8 +92,8 @@ class _Pacer:
 
 
 class _RecordingClock:
-    """A recording's own clock (`FrameSource.media_time_s`) made to run forward over loops: when it steps
-    back (a looped video restarts at 0), later frames are shifted to follow the last one by one period.
+    """A looping recording's own clock (`FrameSource.media_time_s`) made to run forward: when it steps back
+    (a looped video restarts at 0), later frames are shifted to follow the last one by one period.
     Temporal positives pair frames by this time, so 3 s of video stay 3 s apart however fast they are read."""
 
     def __init__(self, period_s: float) -> None:
@@ -233,7 +233,9 @@ class SourceReader(Worker):
             self._pacer.wait(self.source.media_time_s, self.stop_event)
         now = time.time()
         media = self.source.media_time_s
-        wire_time = now if media is None else self._clock.time(media)
+        # a looping recording's clock is made to run on over its restarts; a finite one's is sent as it is
+        # (a log's header stamps may step back a little between messages: that is their real time)
+        wire_time = now if media is None else media if self.source.finite else self._clock.time(media)
         self._handoff.put(Grab(image=image, timestamp=now, camera_id=self.source.camera_id, wire_time=wire_time),
                           self.stop_event)
         return True

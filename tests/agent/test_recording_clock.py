@@ -26,19 +26,31 @@ def receive(endpoint: str, capture: CaptureConfig, n: int) -> list:
                 assert frame is not None, f"only {len(frames)} of {n} frames arrived"
                 if isinstance(frame, Frame):  # not a camera's EndOfStream
                     frames.append(frame)
-            cap.finish()
+            if not capture.loop_video:
+                cap.finish()
     return frames
+
+
+def write_video(path: Path, n: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (32, 24))
+    for i in range(n):
+        writer.write(np.full((24, 32, 3), 8 * i, np.uint8))
+    writer.release()
 
 
 def test_asap_replay_of_a_video_stamps_frames_with_the_container_clock(tmp_path: Path, free_endpoint: str) -> None:
     path = tmp_path / "walk.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (32, 24))
-    for i in range(30):  # 3 s of video
-        writer.write(np.full((24, 32, 3), 8 * i, np.uint8))
-    writer.release()
+    write_video(path, 30)  # 3 s of video
     frames = receive(free_endpoint, CaptureConfig(sources=[str(path)], height=24, width=32), 30)
     times = [f.timestamp for f in frames]
     assert times == pytest.approx([0.1 * i for i in range(30)], abs=1e-3)  # read within ~0.02 s, recorded over 2.9 s
+
+
+def test_a_looping_video_keeps_its_clock_running_forward(tmp_path: Path, free_endpoint: str) -> None:
+    path = tmp_path / "loop.avi"
+    write_video(path, 3)
+    frames = receive(free_endpoint, CaptureConfig(sources=[str(path)], height=24, width=32, fps=10, loop_video=True), 7)
+    assert [f.timestamp for f in frames] == pytest.approx([0.1 * i for i in range(7)], abs=1e-3)  # 0.3 follows 0.2
 
 
 def test_each_topic_of_a_log_is_its_own_camera_stamped_by_its_headers(tmp_path: Path, free_endpoint: str) -> None:
