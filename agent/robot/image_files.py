@@ -33,7 +33,7 @@ def is_image_glob(spec: str) -> bool:
 
 def is_image_file(spec: str) -> bool:
     """One image file, by its suffix."""
-    return Path(spec).suffix.lower() in IMAGE_EXTENSIONS and (os.path.exists(spec) or not is_image_glob(spec))
+    return Path(spec).suffix.lower() in IMAGE_EXTENSIONS and not is_image_glob(spec)
 
 
 def walk_files(root: str) -> list[str]:

@@ -58,11 +58,10 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 LOG_SUFFIXES = (".mcap", ".bag", ".db3")
 TOPIC_SEP = "#"
 
-IMAGE_TYPES = {  # schema / message type name -> "raw" or "compressed"
-    "sensor_msgs/msg/Image": "raw", "sensor_msgs/Image": "raw", "sensor_msgs/msg/CompressedImage": "compressed",
-    "sensor_msgs/CompressedImage": "compressed", "foxglove.RawImage": "raw", "foxglove.CompressedImage": "compressed",
-    "foxglove_msgs/msg/RawImage": "raw", "foxglove_msgs/msg/CompressedImage": "compressed",
-}
+IMAGE_TYPES = frozenset({  # schema / message type names of image topics (ROS 2, ROS 1, Foxglove protobuf/JSON, ros2msg)
+    "sensor_msgs/msg/Image", "sensor_msgs/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/CompressedImage",
+    "foxglove.RawImage", "foxglove.CompressedImage", "foxglove_msgs/msg/RawImage", "foxglove_msgs/msg/CompressedImage",
+})
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 2, "bayer_rggb8": 1,
                    "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1, "yuv422": 2, "uyvy": 2, "yuyv": 2,
                    "yuv422_yuy2": 2}
