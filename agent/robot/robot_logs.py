@@ -416,7 +416,7 @@ def log_camera_specs(spec: str, options: Optional[RobotLogOptions] = None) -> li
     try:
         topics = _LogFile(path, fmt).image_topics()
     except Exception as exc:
-        raise SourceError(f"robot log '{path}' cannot be read: {_reason(exc)}") from None
+        raise _unreadable(path, fmt, exc) from None
     wanted = list(options.topics) if options is not None and options.topics else sorted(topics)
     missing = [t for t in wanted if t not in topics]
     if missing:
@@ -430,6 +430,16 @@ def log_camera_specs(spec: str, options: Optional[RobotLogOptions] = None) -> li
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:200]
+
+
+def _unreadable(path: str, fmt: str, exc: BaseException) -> SourceError:
+    """The one-line error for a log whose index or header cannot be read (damaged, cut short, or not a log)."""
+    hint = ""
+    if fmt == "ros1":
+        hint = "; a ROS 1 bag is read through the index at its end, which `rosbag reindex` rebuilds"
+    elif "malformed" in str(exc):
+        hint = "; SQLite does not open a database file cut short"
+    return SourceError(f"robot log '{path}' cannot be read: {_reason(exc)}{hint}")
 
 
 class RobotLogSource(FrameSource):
@@ -479,7 +489,7 @@ class RobotLogSource(FrameSource):
         try:
             topics = logfile.image_topics()
         except Exception as exc:
-            raise SourceError(f"robot log '{self.path}' cannot be read: {_reason(exc)}") from None
+            raise _unreadable(self.path, self._fmt, exc) from None
         if self.topic not in topics:
             raise SourceError(f"{self.name}: no such image topic (the log has: {', '.join(sorted(topics)) or 'none'})")
         self._count = topics[self.topic]
