@@ -553,7 +553,7 @@ class RobotLogSource(FrameSource):
         if encoding not in self._warned:
             self._warned.add(encoding)
             log.warning("%s: skipping its %s images (not one of %s, or compressed %s); counted in skipped",
-                        self.name, encoding, ", ".join(RAW_ENCODINGS), "/".join(COMPRESSED_FORMATS[1:]))
+                        self.name, encoding, ", ".join(RAW_ENCODINGS), "JPEG/PNG")
 
     def disconnect(self) -> None:
         messages, self._messages = self._messages, None
