@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 from agent.core.config import CaptureConfig, Config, Pace, dump_config
 from agent.core.errors import SourceError
 from agent.core.worker import Worker
-from agent.robot.sources import check_sources
+from agent.robot.sources import check_sources, expand_sources, resolve_spec
 from agent.supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
@@ -34,23 +34,26 @@ PROGRESS_EVERY_S = 0.5
 
 
 def check_recordings(paths: list[str], capture_cfg: CaptureConfig) -> list[Optional[int]]:
-    """Open each recording and decode its first frame (`check_sources`, the check `run` makes too);
-    returns each one's frame count (None where the container does not say). SourceError (one line)
-    names the first bad one, or a source that is not a recording."""
+    """Open each recording's cameras (a robot log: each image topic) and decode a first frame
+    (`check_sources`, the check `run` makes too); returns each camera's frame count (None where the
+    container does not say), in the order `replay_config` numbers them. SourceError (one line) names the
+    first bad one, or a source that is not a recording."""
     if not paths:
         raise SourceError("no recordings given (expected one or more video files, image folders or globs)")
     counts = []
     for source in check_sources(paths, capture_cfg):
         if not source.finite:
-            raise SourceError(f"{source.name} is not a recording (replay takes video files, image folders or globs)")
+            raise SourceError(f"{source.name} is not a recording (replay takes video files, robot logs, image folders or globs)")
         counts.append(source.frame_count)
     return counts
 
 
 def replay_config(cfg: Config, paths: list[str]) -> Config:
-    """The run's config for replay: these recordings, played once, into a trainer on a free loopback port."""
+    """The run's config for replay: these recordings, played once, into a trainer on a free loopback port;
+    one source per camera (`expand_sources`), existing paths made absolute (`resolve_spec`)."""
     tree = cfg.model_dump(mode="json")
-    tree["capture"].update(sources=[str(Path(p).resolve()) if Path(p).exists() else p for p in paths], loop_video=False)
+    sources = expand_sources([resolve_spec(p) for p in paths], cfg.capture)
+    tree["capture"].update(sources=sources, loop_video=False)
     tree["wire"].update(endpoint=LOOPBACK_ANY_PORT, endpoints=None, publish=None)  # one trainer, never a fleet's ranks
     return Config.model_validate(tree)
 
@@ -137,7 +140,7 @@ def replay(
     try:
         trainer = build_trainer(cfg, run_dir, lossless=pace == "asap", stream=trainer_log)
         base = cfg.capture.camera_id_base
-        delivered = [trainer.counters.frames_per_camera.get(base + i, 0) for i in range(len(paths))]
+        delivered = [trainer.counters.frames_per_camera.get(base + i, 0) for i in range(len(cfg.capture.sources))]
         capture_cfg = cfg.model_copy(update={"capture": cfg.capture.model_copy(update={"start_frames": delivered})})
         capture_config = run_dir / "replay-capture.yaml"
         dump_config(capture_cfg, capture_config)

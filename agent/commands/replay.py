@@ -15,8 +15,9 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "items", nargs="+", metavar="VIDEO|key=value",
-        help="recordings, then config overrides, in one run: `replay [options] a.mp4 b.mp4 train.lr=1e-3`",
+        "items", nargs="+", metavar="RECORDING|key=value",
+        help="recordings (videos, robot logs: drive.mcap, LOG#TOPIC, a rosbag2 folder, run.bag; image folders), then "
+        "config overrides, in one run: `replay [options] a.mp4 drive.mcap train.lr=1e-3`",
     )
     parser.add_argument("--run-dir", required=True, help="checkpoints, metrics.jsonl and exports go here; a rerun resumes")
     parser.add_argument(

@@ -83,6 +83,11 @@ class CaptureConfig(_Section):
     max_bad_frames: int = Field(
         50, ge=0, description="video files: undecodable frames in a row skipped (and counted) before the file counts as ended"
     )
+    source_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per source kind, that kind's own options (agent/robot/sources.py checks them against the kind's "
+        "model at start-up), e.g. {robot_log: {topics: [/front/image_raw], clock: log}}",
+    )
 
 
 class WireConfig(_Section):

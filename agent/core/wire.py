@@ -14,7 +14,7 @@ Header layout (40 bytes, little-endian):
     5      2     camera_id (u16)
     7      1     encoding (0 = raw RGB, 1 = JPEG, 2 = end of stream: no image, 0x0x0, empty payload)
     8      8     seq (u64, per camera, counts frames sent)
-    16     8     timestamp (f64, time.time() when the frame was grabbed)
+    16     8     timestamp (f64, s: a recording's own clock, else time.time() at grab)
     24     4     height (u32)
     28     4     width (u32)
     32     1     channels (u8: 3 = RGB, 1 = gray)

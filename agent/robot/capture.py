@@ -31,7 +31,7 @@ from agent.core.frames import LIVE_NOVELTY_THRESHOLD, NoveltyGate
 from agent.core.wire import Frame
 from agent.robot.curve import WireSecurity
 from agent.robot.source_reader import Grab, SourceReader
-from agent.robot.sources import open_source
+from agent.robot.sources import check_source_options, expand_sources, open_source
 from agent.robot.transport import FrameSender
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ class _CaptureLoop:
             return
         self.kept += 1
         seq = self._seq.get(camera, 0)
-        frame = Frame(camera_id=camera, seq=seq, timestamp=grab.timestamp, image=grab.image)
+        when = grab.timestamp if grab.wire_time is None else grab.wire_time  # a recording's own clock, where it has one
+        frame = Frame(camera_id=camera, seq=seq, timestamp=when, image=grab.image)
         self._seq[camera] = seq + 1
         if not self._sender.lossless:
             self._sender.send(frame, self._cfg.jpeg_quality)
@@ -248,6 +249,9 @@ def run_capture(
 ) -> CaptureStats:
     """Stream every source in `capture.sources` to the trainer until `stop` is set or all finite sources end.
 
+    A spec of several cameras (a robot log with several image topics) is one source per camera
+    (`expand_sources`), numbered `capture.camera_id_base` + index in that expanded order.
+
     The trainer is every endpoint in `wire.endpoints` (one per rank of a fleet trainer; frames are spread
     over the ranks that can take them, each rank gets each camera's end) or else `wire.endpoint`.
 
@@ -265,7 +269,8 @@ def run_capture(
     under "frames_per_source" and their names under "source_names" (for `byol-agent report`'s frames-over-time plot).
     """
     security = WireSecurity.from_config(wire)  # loaded once: for the sender and any subscription source
-    sources = [open_source(spec, capture, wire, security) for spec in capture.sources]
+    check_source_options(capture)
+    sources = [open_source(spec, capture, wire, security) for spec in expand_sources(capture.sources, capture)]
     if lossless is None:
         lossless = capture.lossless if capture.lossless is not None else all(src.finite for src in sources)
     wake, halt = threading.Event(), threading.Event()

@@ -1,4 +1,4 @@
-"""A folder (read recursively) or a glob of image files as one finite frame source."""
+"""A folder (read recursively, symlinked folders followed once), a glob or one image file as one finite frame source."""
 
 from __future__ import annotations
 
@@ -17,6 +17,55 @@ from agent.robot.source_base import FrameSource, SourceExhausted
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+GLOB_CHARS = "*?["
+
+
+def is_image_folder(spec: str) -> bool:
+    """An existing folder (its images are read recursively)."""
+    return os.path.isdir(spec)
+
+
+def is_image_glob(spec: str) -> bool:
+    """A glob pattern (* ? [) that is not itself an existing path: `drive[1].avi` or `run[3]` that exist are
+    the file and folder they name."""
+    return any(ch in spec for ch in GLOB_CHARS) and not os.path.exists(spec)
+
+
+def is_image_file(spec: str) -> bool:
+    """One image file, by its suffix."""
+    return Path(spec).suffix.lower() in IMAGE_EXTENSIONS and not is_image_glob(spec)
+
+
+def walk_files(root: str) -> list[str]:
+    """Every file under `root`, following symlinked folders once each and never round a loop: a real folder
+    (device, inode) already visited is not entered again, whatever link leads there."""
+    seen: set[tuple[int, int]] = set()
+    files: list[str] = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:  # gone since it was listed
+            subfolders[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        files.extend(os.path.join(folder, name) for name in names)
+    return files
+
+
+def unique_files(paths: list[str]) -> list[str]:
+    """Existing regular files, each once: paths reaching one file through symlinked folders (a glob with **
+    through a symlink loop lists it dozens of times) keep their first, sorted, spelling."""
+    seen: set[str] = set()
+    out = []
+    for path in sorted(paths):
+        real = os.path.realpath(path)
+        if real not in seen and os.path.isfile(path):
+            seen.add(real)
+            out.append(path)
+    return out
 
 
 class ImageFilesSource(FrameSource):
@@ -38,13 +87,12 @@ class ImageFilesSource(FrameSource):
         shuffle: bool = False,
         bit_depth: Optional[int] = None,
     ) -> None:
-        self._is_glob = any(ch in spec for ch in "*?[") if pattern is None else pattern
+        self._is_glob = is_image_glob(spec) if pattern is None else pattern
         super().__init__(f"image glob {spec!r}" if self._is_glob else f"image folder '{spec}'")
         self.spec, self.loop, self.bit_depth = spec, loop, bit_depth
         self._order = np.random.default_rng(0) if shuffle else None
         self._files: list[str] = []
         self._index = 0
-        self.skipped = 0
         self.delivered = 0
 
     @property
@@ -53,17 +101,16 @@ class ImageFilesSource(FrameSource):
 
     def _list(self) -> list[str]:
         if self._is_glob:
-            files = [p for p in glob.glob(self.spec, recursive=True) if os.path.isfile(p)]
+            files = unique_files(glob.glob(self.spec, recursive=True))
             if not files:
                 raise SourceError(f"{self.name} matches no files")
-            return sorted(files)
-        root = Path(self.spec)
-        if not root.is_dir():
+            return files
+        if not os.path.isdir(self.spec):
             raise SourceError(f"{self.name} does not exist")
-        files = [str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        files = unique_files([p for p in walk_files(self.spec) if Path(p).suffix.lower() in IMAGE_EXTENSIONS])
         if not files:
             raise SourceError(f"{self.name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return sorted(files)
+        return files
 
     @property
     def frame_count(self) -> Optional[int]:

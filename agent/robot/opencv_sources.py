@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -16,6 +17,31 @@ from agent.core.frames import bgr_to_rgb
 from agent.robot.source_base import FrameSource, SourceExhausted
 
 log = logging.getLogger(__name__)
+
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv",
+                  ".ogv", ".3gp", ".y4m", ".mjpeg", ".mjpg", ".h264", ".h265", ".hevc")
+CAMERA_DEVICE = re.compile(r"/dev/video\d+")
+
+
+def is_camera(spec: str) -> bool:
+    """A camera index ("0") or a V4L2 device path ("/dev/video2")."""
+    return spec.isdigit() or CAMERA_DEVICE.fullmatch(spec) is not None
+
+
+def camera_device(spec: str) -> Union[int, str]:
+    return int(spec) if spec.isdigit() else spec
+
+
+def is_stream(spec: str) -> bool:
+    """A network stream URL (rtsp, rtmp, http(s), udp, tcp)."""
+    return spec.lower().startswith(STREAM_SCHEMES)
+
+
+def is_video_file(spec: str) -> bool:
+    """A path with a video suffix (there or not: opening it says it is missing), or any existing regular file
+    (the registry gives this kind the lowest priority, so a file another kind recognises goes there)."""
+    return Path(spec).suffix.lower() in VIDEO_SUFFIXES or os.path.isfile(spec)
 
 
 def _quiet_opencv() -> None:
@@ -136,9 +162,9 @@ class VideoFileSource(_OpenCVSource):
         if max_bad_frames < 0:
             raise ValueError(f"max_bad_frames must be >= 0, got {max_bad_frames}")
         self.path = Path(path)
-        super().__init__(f"video file '{self.path}'", str(self.path), cv2.CAP_FFMPEG)
+        # FFmpeg reads "NAME:rest" as a URL of protocol NAME: "2024-01-05T10:30:00.avi" is opened by its absolute path
+        super().__init__(f"video file '{self.path}'", os.path.abspath(self.path), cv2.CAP_FFMPEG)
         self.loop, self.max_bad_frames = loop, max_bad_frames
-        self.skipped = 0  # undecodable frames skipped, over all passes
         self._position = 0  # frames consumed in this pass (delivered or skipped): where a reopen resumes
         self._reported = 0  # the frame count the container reports; 0 = unknown
         self._warned_short = False

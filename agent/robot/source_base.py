@@ -2,9 +2,9 @@
 
 `read()` returns uint8 HxWx3 RGB at the source's native size and raises `SourceError` when the
 source is lost (the capture loop reopens it) or `SourceExhausted` when a finite source has ended.
-The kinds of source live in agent/robot/opencv_sources.py (camera, stream URL, video file),
-agent/robot/image_files.py (folder, glob) and agent/robot/sources.py (the demo scene, another
-capture's PUB, and `open_source`, which picks one for a spec).
+The kinds of source are registered in agent/robot/sources.py (`KINDS`, `open_source` picks one for a
+spec), each in its own file: opencv_sources.py (camera, stream URL, video file), image_files.py (folder,
+glob, image), robot_logs.py (MCAP, rosbag2, ROS 1 bag), demo_source.py, subscriber.py (another capture's PUB).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class FrameSource(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.camera_id: Optional[int] = None  # set by a source of several cameras: whose was the last frame read
-
+        self.skipped = 0  # frames or messages not delivered: undecodable, or in an encoding not read
+        self.errors = 0  # damage that ended a pass of a recording early (a log cut short)
 
     @property
     def finite(self) -> bool:
@@ -44,7 +45,8 @@ class FrameSource(ABC):
 
     @property
     def media_time_s(self) -> Optional[float]:
-        """Position of the last frame read within a recording, in seconds; None for live sources."""
+        """The recording's own clock at the last frame read, in seconds (a video's container time, a log's
+        header stamp); None for live sources. Capture sends it as the frame's time on the wire."""
         return None
 
     @property

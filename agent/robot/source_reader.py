@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Grab:
     image: np.ndarray
-    timestamp: float  # time.time() when the frame was grabbed (after pacing)
+    timestamp: float  # time.time() when the frame was grabbed (after pacing): how stale it is
     camera_id: Optional[int] = None  # the relayed camera of a several-camera source; None: the reader's own
+    wire_time: Optional[float] = None  # the frame's time on the wire (s): the recording's clock, else `timestamp`
 
 
 class _Handoff:
@@ -109,6 +110,23 @@ class _Pacer:
         halt.wait(max(0.0, self._anchor + offset - now))
 
 
+class _RecordingClock:
+    """A looping recording's own clock (`FrameSource.media_time_s`) made to run forward: when it steps back
+    (a looped video restarts at 0), later frames are shifted to follow the last one by one period.
+    Temporal positives pair frames by this time, so 3 s of video stay 3 s apart however fast they are read."""
+
+    def __init__(self, period_s: float) -> None:
+        self._period, self._offset = period_s, 0.0
+        self._last: Optional[float] = None
+
+    def time(self, media_s: float) -> float:
+        if self._last is not None and media_s + self._offset < self._last:
+            self._offset = self._last + self._period - media_s
+        now = media_s + self._offset
+        self._last = now
+        return now
+
+
 class SourceReader(Worker):
     """One source's background read loop (an `agent.core.worker.Worker`): read, fit, pace, hand off;
     reopen with backoff when lost. `halt` is the stop event shared by all of a capture's readers."""
@@ -141,6 +159,7 @@ class SourceReader(Worker):
         self._read_timeout_s = cfg.read_timeout_s
         self._fit = cfg.height, cfg.width, cfg.resize
         self._pacer = _Pacer(cfg.fps) if pace == "realtime" and not source.live else None
+        self._clock = _RecordingClock(1.0 / cfg.fps)
         self.frames_read = 0
         self.stale = 0
         self.reconnects = 0
@@ -186,12 +205,14 @@ class SourceReader(Worker):
         return "lost" if self._reopening else "ok"
 
     def status(self, now: Optional[float] = None) -> dict:
-        """The source's line in the status file: name, state, frames read, reopens, age of the newest frame (s)."""
+        """The source's line in the status file: name, state, frames read, reopens, age of the newest frame (s),
+        frames skipped and damage met (`FrameSource.skipped`, `errors`)."""
         now = time.monotonic() if now is None else now
         age = None if self._last_frame_at is None else round(now - self._last_frame_at, 2)
         return {
             "name": self.source.name, "state": self.state(now), "frames_read": self.frames_read,
-            "reconnects": self.reconnects, "last_frame_age_s": age,
+            "reconnects": self.reconnects, "last_frame_age_s": age, "skipped": self.source.skipped,
+            "errors": self.source.errors,
         }
 
     def initialize(self) -> None:
@@ -229,7 +250,13 @@ class SourceReader(Worker):
         image = to_channels(fit_frame(raw, *self._fit), self._cfg.channels)  # a mono capture stores gray
         if self._pacer is not None:
             self._pacer.wait(self.source.media_time_s, self.stop_event)
-        self._handoff.put(Grab(image=image, timestamp=time.time(), camera_id=self.source.camera_id), self.stop_event)
+        now = time.time()
+        media = self.source.media_time_s
+        # a looping recording's clock is made to run on over its restarts; a finite one's is sent as it is
+        # (a log's header stamps may step back a little between messages: that is their real time)
+        wire_time = now if media is None else media if self.source.finite else self._clock.time(media)
+        self._handoff.put(Grab(image=image, timestamp=now, camera_id=self.source.camera_id, wire_time=wire_time),
+                          self.stop_event)
         return True
 
     def shutdown(self) -> None:

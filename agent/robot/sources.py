@@ -1,156 +1,298 @@
-"""Frame sources: camera, video file, stream URL, image folder or glob, the demo scene, another capture's PUB.
+"""The registry of source kinds: which kind of frame source a spec is, its options, and its reader.
 
-Every source has the same small surface (`FrameSource` in agent/robot/source_base.py: connect /
-read / disconnect, a context manager), so the capture loop, its reconnect logic and the runtime
-consumer are written once for all of them. `open_source` picks the source for a spec and
-`check_sources` opens the ones that cannot come back by waiting; the kinds live in
-agent/robot/opencv_sources.py (camera, stream, video file), agent/robot/image_files.py (folder,
-glob) and here (the demo scene, a subscription to another capture's PUB). Failures to open are
-one-line `SourceError`s that name the source.
+Every source has the same small surface (`FrameSource` in agent/robot/source_base.py: connect / read /
+disconnect, a context manager), so the capture loop, its reconnect logic and the runtime consumer are
+written once for all of them. A kind is one file plus one `SourceKind` registration (`KINDS` below):
+
+- `recognise(spec) -> bool`, with a `priority`: of the kinds that recognise a spec the highest priority
+  wins (PRIORITY_EXACT for prefixes and patterns, PRIORITY_FORMAT for paths whose content says what
+  they are, PRIORITY_GLOB, PRIORITY_PATH for folders and suffixes, PRIORITY_ANY_FILE for "some existing
+  file"); two at the same priority are an error, none is an error listing the kinds. Recognition never
+  depends on the order of registration, and nothing falls through to a default kind.
+- `open(spec, ctx) -> FrameSource` (not yet connected); `ctx` is a `SourceContext`: the capture and wire
+  sections, loaded CURVE keys, and `ctx.options(kind)`, the kind's own options.
+- `options`: a pydantic model, filled from `capture.source_options.<kind name>` and checked at start-up
+  (`check_source_options`); None for kinds without their own options. The older flat keys
+  (`capture.loop_video`, `shuffle`, `bit_depth`, `max_bad_frames`, `read_timeout_s`) keep their meaning.
+- `expand(spec, ctx) -> list[str]`, optional: a spec of several cameras (a robot log with several image
+  topics) becomes one spec per camera (`drive.mcap#/front/image_raw`, ...), each an ordinary
+  one-camera source. `expand_sources` applies it; capture numbers the results `capture.camera_id_base`
+  + index and keeps each source's name in the status file and capture.jsonl.
+- `examples`: specs the kind recognises (the contract test in tests/agent/test_source_kinds.py runs
+  over every registered kind).
+
+A kind written against `CaptureConfig` alone registers in one line:
+
+    register_source_kind(SourceKind.simple("lerobot", is_lerobot_dataset, open_lerobot,
+                                           expand=lerobot_camera_specs, priority=PRIORITY_FORMAT))
+
+Failures to open are one-line `SourceError`s that name the source.
 """
 
 from __future__ import annotations
 
 import glob
-import logging
-import re
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
-import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from agent.core.config import CaptureConfig, WireConfig
-from agent.core.demo_scene import DemoScene
-from agent.core.errors import SourceError
+from agent.core.errors import ConfigError, SourceError
 from agent.robot.curve import WireSecurity
-from agent.robot.image_files import IMAGE_EXTENSIONS, ImageFilesSource
-from agent.robot.opencv_sources import CameraSource, StreamSource, VideoFileSource
+from agent.robot.demo_source import DemoSource, demo_seed, is_demo
+from agent.robot.image_files import (
+    IMAGE_EXTENSIONS,
+    ImageFilesSource,
+    is_image_file,
+    is_image_folder,
+    is_image_glob,
+)
+from agent.robot.opencv_sources import (
+    VIDEO_SUFFIXES,
+    CameraSource,
+    StreamSource,
+    VideoFileSource,
+    camera_device,
+    is_camera,
+    is_stream,
+    is_video_file,
+)
+from agent.robot.lerobot_dataset import is_lerobot_dataset, lerobot_camera_specs, open_lerobot
+from agent.robot.robot_logs import RobotLogOptions, RobotLogSource, is_robot_log, log_camera_specs, split_topic
 from agent.robot.source_base import FrameSource, SourceExhausted
-from agent.robot.subscriber import LatestFrameSubscriber
+from agent.robot.subscriber import SUBSCRIBE_PREFIX, SubscriptionSource, is_subscription
 
 __all__ = [
-    "CameraSource", "DemoSource", "FrameSource", "IMAGE_EXTENSIONS", "ImageFilesSource", "SourceExhausted",
-    "StreamSource", "SubscriptionSource", "VideoFileSource", "check_sources", "open_source",
+    "CameraSource", "DemoSource", "FrameSource", "IMAGE_EXTENSIONS", "ImageFilesSource", "KINDS", "RobotLogSource",
+    "SourceContext", "SourceExhausted", "SourceKind", "StreamSource", "SubscriptionSource", "VideoFileSource",
+    "check_source_options", "check_sources", "expand_sources", "kind_of", "open_source", "register_source_kind",
+    "resolve_spec",
 ]
 
-log = logging.getLogger(__name__)
-
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-SUBSCRIBE_PREFIX = "zmq+"
-
-
-class DemoSource(FrameSource):
-    """The procedural demo scene (agent/core/demo_scene.py), rendered at the stored size: never ends."""
-
-    def __init__(self, height: int, width: int, fps: float, seed: int = 0) -> None:
-        super().__init__(f"demo scene (seed {seed})")
-        self.height, self.width, self.fps, self.seed = height, width, fps, seed
-        self._scene: Optional[DemoScene] = None
-        self._index = 0
-
-    def connect(self) -> None:
-        self._scene = DemoScene(self.height, self.width, seed=self.seed)
-
-    def read(self) -> np.ndarray:
-        if self._scene is None:
-            raise SourceError(f"{self.name} is not connected")
-        image = self._scene.render(self._index / self.fps)
-        self._index += 1
-        return image
-
-    def disconnect(self) -> None:
-        self._scene = None
+PRIORITY_EXACT = 100  # a prefix or a full pattern: "zmq+", "rtsp://", "demo:3", "0", "/dev/video0"
+PRIORITY_FORMAT = 50  # a path whose content or layout says what it is: a robot log, a dataset folder
+PRIORITY_GLOB = 20  # a pattern that is not an existing path
+PRIORITY_PATH = 10  # a folder, a suffix
+PRIORITY_ANY_FILE = 1  # some existing file no other kind claims: tried as a video
 
 
-class SubscriptionSource(FrameSource):
-    """Newest frames of another capture process, via its PUB ("zmq+tcp://HOST:PORT", "zmq+ipc://PATH"):
-    every camera it publishes, taken in turn (agent/robot/subscriber.py, `LatestFrameSubscriber`)."""
+@dataclass(frozen=True)
+class SourceContext:
+    """What opening a source may need besides its spec: the capture and wire sections and loaded keys."""
 
-    live = True
+    capture: CaptureConfig
+    wire: Optional[WireConfig] = None
+    security: Optional[WireSecurity] = None
 
-    def __init__(
-        self,
-        endpoint: str,
-        wire: Optional[WireConfig] = None,
-        timeout_s: float = 5.0,
-        security: Optional[WireSecurity] = None,
-    ) -> None:
-        super().__init__(f"subscription {endpoint!r}")
-        self.endpoint, self.timeout_s = endpoint, timeout_s
-        self._wire = wire if wire is not None else WireConfig()
-        # key files checked now, not at first connect; a capture hands in the keys it loaded for its sender
-        self._security = security if security is not None else WireSecurity.from_config(self._wire)
-        self._sub: Optional[LatestFrameSubscriber] = None
+    def options(self, kind: "SourceKind") -> Optional[BaseModel]:
+        """`capture.source_options.<kind.name>` checked against the kind's model (defaults where absent);
+        ConfigError naming the key when it does not fit."""
+        if kind.options is None:
+            return None
+        values = self.capture.source_options.get(kind.name) or {}
+        try:
+            return kind.options.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            raise ConfigError(f"capture.source_options.{kind.name}{'.' + where if where else ''}: {err['msg']}") from None
 
-    def connect(self) -> None:
-        self.disconnect()
-        self._sub = LatestFrameSubscriber(self.endpoint, max_side=self._wire.max_frame_side, security=self._security)
 
-    def read(self) -> np.ndarray:
-        """The newest frame of each publishing camera in turn (`camera_id` says whose)."""
-        if self._sub is None:
-            raise SourceError(f"{self.name} is not connected")
-        frame = self._sub.latest(self.timeout_s)
-        if frame is None:
-            raise SourceError(f"{self.name}: no frame for {self.timeout_s:g} s")
-        self.camera_id = frame.camera_id
-        return frame.image
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of frame source: how a spec is recognised, its options, and how it is opened (module docstring)."""
 
-    def disconnect(self) -> None:
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
+    name: str
+    recognise: Callable[[str], bool]
+    open: Callable[[str, SourceContext], FrameSource]
+    priority: int = PRIORITY_PATH
+    expand: Optional[Callable[[str, SourceContext], list[str]]] = None
+    options: Optional[type[BaseModel]] = None
+    examples: tuple[str, ...] = field(default=())
+    describe: str = ""
+
+    @classmethod
+    def simple(
+        cls,
+        name: str,
+        recognise: Callable[[str], bool],
+        open: Callable[[str, CaptureConfig], FrameSource],
+        *,
+        expand: Optional[Callable[[str], list[str]]] = None,
+        priority: int = PRIORITY_PATH,
+        examples: tuple[str, ...] = (),
+        describe: str = "",
+    ) -> "SourceKind":
+        """A kind whose reader needs only the capture section, and whose expansion only the spec."""
+        return cls(
+            name, recognise, lambda spec, ctx: open(spec, ctx.capture), priority,
+            (lambda spec, ctx: expand(spec)) if expand is not None else None, None, examples, describe or name,
+        )
+
+
+def _open_log(spec: str, ctx: SourceContext) -> FrameSource:
+    options = ctx.options(KINDS["robot_log"])
+    assert isinstance(options, RobotLogOptions)
+    return RobotLogSource(spec, options, loop=ctx.capture.loop_video)
+
+
+def _expand_log(spec: str, ctx: SourceContext) -> list[str]:
+    options = ctx.options(KINDS["robot_log"])
+    assert isinstance(options, RobotLogOptions)
+    return log_camera_specs(spec, options)
+
+
+def _open_folder(spec: str, ctx: SourceContext) -> FrameSource:
+    c = ctx.capture
+    return ImageFilesSource(spec, loop=c.loop_video, pattern=False, shuffle=c.shuffle, bit_depth=c.bit_depth)
+
+
+def _open_glob(spec: str, ctx: SourceContext) -> FrameSource:
+    c = ctx.capture
+    return ImageFilesSource(spec, loop=c.loop_video, pattern=True, shuffle=c.shuffle, bit_depth=c.bit_depth)
+
+
+def _open_image(spec: str, ctx: SourceContext) -> FrameSource:
+    c = ctx.capture
+    return ImageFilesSource(glob.escape(spec), loop=c.loop_video, pattern=True, shuffle=c.shuffle, bit_depth=c.bit_depth)
+
+
+KINDS: dict[str, SourceKind] = {}
+
+
+def register_source_kind(kind: SourceKind) -> SourceKind:
+    """Add a kind to the registry (a name already there is an error: each kind is registered once)."""
+    if kind.name in KINDS:
+        raise ValueError(f"source kind {kind.name!r} is already registered")
+    KINDS[kind.name] = kind
+    return kind
+
+
+for _kind in (
+    SourceKind("camera", is_camera, lambda s, ctx: CameraSource(camera_device(s)), PRIORITY_EXACT,
+               examples=("0", "/dev/video0"), describe="a camera index or /dev/videoN"),
+    SourceKind("demo", is_demo, lambda s, ctx: DemoSource(ctx.capture.height, ctx.capture.width, ctx.capture.fps,
+                                                           seed=demo_seed(s)),
+               PRIORITY_EXACT, examples=("demo", "demo:3"), describe="'demo' or 'demo:SEED'"),
+    SourceKind("subscription", is_subscription,
+               lambda s, ctx: SubscriptionSource(s[len(SUBSCRIBE_PREFIX):], ctx.wire, timeout_s=ctx.capture.read_timeout_s,
+                                                 security=ctx.security),
+               PRIORITY_EXACT, examples=("zmq+tcp://127.0.0.1:5556",), describe="zmq+tcp://HOST:PORT"),
+    SourceKind("stream", is_stream, lambda s, ctx: StreamSource(s, timeout_s=ctx.capture.read_timeout_s),
+               PRIORITY_EXACT, examples=("rtsp://10.0.0.2/stream", "http://cam.local/mjpg"), describe="a stream URL"),
+    SourceKind("robot_log", is_robot_log, _open_log, PRIORITY_FORMAT, expand=_expand_log, options=RobotLogOptions,
+               examples=("drive.mcap", "drive.mcap#/front/image_raw", "run.bag"),
+               describe="an MCAP file, rosbag2 folder or ROS 1 .bag (LOG#TOPIC for one topic)"),
+    SourceKind.simple("lerobot", is_lerobot_dataset, open_lerobot, expand=lerobot_camera_specs, priority=PRIORITY_FORMAT,
+                      examples=(), describe="a LeRobot dataset folder (meta/info.json; DIR#KEY for one camera)"),
+    SourceKind("image_glob", is_image_glob, _open_glob, PRIORITY_GLOB, examples=("frames/*.png",),
+               describe="a glob of images"),
+    SourceKind("image_folder", is_image_folder, _open_folder, PRIORITY_PATH, examples=("frames/",),
+               describe="a folder of images"),
+    SourceKind("image_file", is_image_file, _open_image, PRIORITY_PATH, examples=("photo.png",),
+               describe="an image file"),
+    SourceKind("video_file", is_video_file,
+               lambda s, ctx: VideoFileSource(s, loop=ctx.capture.loop_video, max_bad_frames=ctx.capture.max_bad_frames),
+               PRIORITY_PATH, examples=("clip.mp4",), describe="a video file"),
+):
+    register_source_kind(_kind)
+
+
+def kind_of(spec: str) -> SourceKind:
+    """The registered kind that recognises `spec` with the highest priority (module docstring).
+
+    A video file's kind also takes any existing file no other kind claims, at PRIORITY_ANY_FILE.
+    SourceError (one line) when none does or two tie."""
+    spec = spec.strip()
+    if not spec:
+        raise SourceError("empty source spec (expected a camera index, video, URL, folder, glob, robot log or 'demo')")
+    matches: list[tuple[int, SourceKind]] = []
+    for kind in KINDS.values():
+        if kind.recognise(spec):
+            priority = kind.priority
+            if kind.name == "video_file" and Path(spec).suffix.lower() not in VIDEO_SUFFIXES:
+                priority = PRIORITY_ANY_FILE
+            matches.append((priority, kind))
+    if not matches:
+        kinds = "; ".join(f"{k.describe or k.name} ({', '.join(k.examples)})" for k in KINDS.values())
+        what = "no such file or folder, and not" if not os.path.exists(spec) else "not"
+        raise SourceError(f"source {spec!r}: {what} a kind of source this reads: {kinds}")
+    best = max(p for p, _ in matches)
+    top = [k.name for p, k in matches if p == best]
+    if len(top) > 1:
+        raise SourceError(f"source {spec!r} is ambiguous: the kinds {', '.join(top)} all recognise it")
+    return next(k for p, k in matches if p == best)
 
 
 def open_source(
     spec: str, cfg: CaptureConfig, wire: Optional[WireConfig] = None, security: Optional[WireSecurity] = None
 ) -> FrameSource:
-    """Pick the source for `spec` (not yet connected); `wire` gives a zmq+ subscription its limits, and its
-    keys unless `security` (keys already loaded from that wire section) is given.
-
-    "0" / "/dev/videoN" camera · "demo" or "demo:SEED" · "zmq+tcp://..." subscription ·
-    rtsp/http(s)/... URL · a path with * ? [ glob · a directory (recursive) · otherwise a video file.
-    """
+    """The source for one camera's `spec` (not yet connected), by its kind (`kind_of`); `wire` gives a zmq+
+    subscription its limits, and its keys unless `security` (keys already loaded from that wire section) is
+    given. A spec of several cameras is expanded first (`expand_sources`), not here."""
     spec = spec.strip()
-    if not spec:
-        raise SourceError("empty source spec (expected a camera index, video, URL, folder, glob or 'demo')")
-    if spec.isdigit():
-        return CameraSource(int(spec))
-    if re.fullmatch(r"/dev/video\d+", spec):
-        return CameraSource(spec)
-    demo = re.fullmatch(r"demo(?::(\d+))?", spec)
-    if demo:
-        return DemoSource(cfg.height, cfg.width, cfg.fps, seed=int(demo.group(1) or 0))
-    if spec.startswith(SUBSCRIBE_PREFIX):
-        return SubscriptionSource(spec[len(SUBSCRIBE_PREFIX) :], wire, timeout_s=cfg.read_timeout_s, security=security)
-    if spec.lower().startswith(STREAM_SCHEMES):
-        return StreamSource(spec, timeout_s=cfg.read_timeout_s)
-    if any(ch in spec for ch in "*?[") or Path(spec).is_dir():
-        return ImageFilesSource(spec, loop=cfg.loop_video, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth)
-    if Path(spec).suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageFilesSource(
-            glob.escape(spec), loop=cfg.loop_video, pattern=True, shuffle=cfg.shuffle, bit_depth=cfg.bit_depth
-        )
-    return VideoFileSource(spec, loop=cfg.loop_video, max_bad_frames=cfg.max_bad_frames)
+    return kind_of(spec).open(spec, SourceContext(cfg, wire, security))
+
+
+def expand_sources(specs: Iterable[str], cfg: CaptureConfig) -> list[str]:
+    """One spec per camera: each spec whose kind has `expand` (a robot log with several image topics) is
+    replaced by its cameras' specs, the others kept. Idempotent. SourceError for a log that cannot be read."""
+    ctx = SourceContext(cfg)
+    out: list[str] = []
+    for spec in specs:
+        kind = kind_of(spec)
+        out.extend(kind.expand(spec.strip(), ctx) if kind.expand is not None else [spec])
+    return out
+
+
+def resolve_spec(spec: str) -> str:
+    """An existing path made absolute (so a child process in another directory finds it); `PATH#TOPIC` with
+    its PATH made absolute; anything else as it is."""
+    if os.path.exists(spec):
+        return str(Path(spec).resolve())
+    path, topic = split_topic(spec)
+    if topic is not None and os.path.exists(path):
+        return f"{Path(path).resolve()}#{topic}"
+    return spec
+
+
+def check_source_options(cfg: CaptureConfig) -> None:
+    """`capture.source_options` names only registered kinds with options, and each fits its kind's model."""
+    for name in cfg.source_options:
+        kind = KINDS.get(name)
+        if kind is None or kind.options is None:
+            with_options = [k.name for k in KINDS.values() if k.options is not None]
+            raise ConfigError(f"capture.source_options.{name}: no source kind of that name has options "
+                              f"(kinds with options: {', '.join(with_options)})")
+        SourceContext(cfg).options(kind)
 
 
 def check_sources(
     specs: Iterable[str], cfg: CaptureConfig, wire: Optional[WireConfig] = None
 ) -> list[FrameSource]:
-    """Pick the source of each spec and open once (then close) each one that cannot come back by waiting.
+    """Expand the specs to one per camera (`expand_sources`), pick each one's source and open once (then
+    close) each one that cannot come back by waiting.
 
-    A source that is not `live` (a video file, image folder or glob, an image, the demo scene) fails
-    the same way every time, so it is checked before anything starts: opened and its first frame
+    A source that is not `live` (a video file, robot log, image folder or glob, an image, the demo scene)
+    fails the same way every time, so it is checked before anything starts: opened and its first frame
     decoded. Live sources (cameras, streams, subscriptions) are only picked, not connected: they may
     come up later, and capture waits for them. Used by `run` and `replay` before they start any process.
-    Returns the sources (closed), in the order of `specs`. Raises SourceError (one line) naming the
-    first bad source, or EndpointError / ConfigError for a subscription's endpoint or key files.
+    Returns the sources (closed), one per camera in order. Raises SourceError (one line) naming the
+    first bad source, ConfigError for bad `capture.source_options`, or EndpointError / ConfigError for a
+    subscription's endpoint or key files.
     """
+    check_source_options(cfg)
     sources = []
-    for spec in specs:
+    for spec in expand_sources(specs, cfg):
         source = open_source(spec, cfg, wire)
         if not source.live:
             with source:
-                pass
+                try:
+                    source.read()
+                except SourceExhausted:
+                    raise SourceError(f"{source.name} holds no frame that can be read") from None
         sources.append(source)
     return sources

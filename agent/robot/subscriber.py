@@ -11,11 +11,15 @@ import threading
 import time
 from typing import Optional
 
+import numpy as np
 import zmq
 
+from agent.core.config import WireConfig
+from agent.core.errors import SourceError
 from agent.core.wire import MAX_SIDE, Frame, WireError, decode_frame, peek_camera_id, subscription_prefix
 from agent.core.worker import Worker
 from agent.robot.curve import WireSecurity
+from agent.robot.source_base import FrameSource
 from agent.robot.transport import PLAIN, Inbox, connect_socket, validate_endpoint
 
 SUB_HWM = 16  # messages libzmq queues for a latest-frame subscriber's drain thread, which empties it at once
@@ -148,3 +152,51 @@ class _Drain(Worker):
 
     def on_error(self, exc: BaseException) -> None:
         self._owner.wake_readers()
+
+
+SUBSCRIBE_PREFIX = "zmq+"
+
+
+def is_subscription(spec: str) -> bool:
+    """"zmq+tcp://HOST:PORT" or "zmq+ipc://PATH": another capture's PUB."""
+    return spec.startswith(SUBSCRIBE_PREFIX)
+
+
+class SubscriptionSource(FrameSource):
+    """Newest frames of another capture process, via its PUB ("zmq+tcp://HOST:PORT", "zmq+ipc://PATH"):
+    every camera it publishes, taken in turn (agent/robot/subscriber.py, `LatestFrameSubscriber`)."""
+
+    live = True
+
+    def __init__(
+        self,
+        endpoint: str,
+        wire: Optional[WireConfig] = None,
+        timeout_s: float = 5.0,
+        security: Optional[WireSecurity] = None,
+    ) -> None:
+        super().__init__(f"subscription {endpoint!r}")
+        self.endpoint, self.timeout_s = endpoint, timeout_s
+        self._wire = wire if wire is not None else WireConfig()
+        # key files checked now, not at first connect; a capture hands in the keys it loaded for its sender
+        self._security = security if security is not None else WireSecurity.from_config(self._wire)
+        self._sub: Optional[LatestFrameSubscriber] = None
+
+    def connect(self) -> None:
+        self.disconnect()
+        self._sub = LatestFrameSubscriber(self.endpoint, max_side=self._wire.max_frame_side, security=self._security)
+
+    def read(self) -> np.ndarray:
+        """The newest frame of each publishing camera in turn (`camera_id` says whose)."""
+        if self._sub is None:
+            raise SourceError(f"{self.name} is not connected")
+        frame = self._sub.latest(self.timeout_s)
+        if frame is None:
+            raise SourceError(f"{self.name}: no frame for {self.timeout_s:g} s")
+        self.camera_id = frame.camera_id
+        return frame.image
+
+    def disconnect(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
