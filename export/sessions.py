@@ -86,14 +86,15 @@ def create_session(
         raise ModelFileError(f"onnxruntime cannot load {model_path}: {first[:300]}") from None
 
 
-def trt_cache_dir(root: Path, sha256: str) -> Path:
-    """TensorRT's engine cache for one model file: `root/<first 16 hex digits of its sha256>`.
+def trt_cache_dir(root: Path, sha256: str, fp16: bool = False) -> Path:
+    """TensorRT's engine cache for one model file: `root/<first 16 hex digits of its sha256>[-fp16]`.
 
-    Keyed by content, not by name: onnxruntime keys its cache files by the model's path and graph,
-    so a model replaced under the same name could otherwise meet a stale engine. `root` is
-    normally EXPORT_DIR/trt-cache (one cache per export directory).
+    Keyed by content and precision: onnxruntime names its engine files by the model's graph, not
+    by its weights or by `trt_fp16_enable`, so a model replaced under the same name, or the same
+    model at another precision, would otherwise meet a stale engine. `root` is normally
+    EXPORT_DIR/trt-cache (one cache per export directory).
     """
-    return root / sha256[:TRT_KEY_CHARS].lower()
+    return root / (sha256[:TRT_KEY_CHARS].lower() + ("-fp16" if fp16 else ""))
 
 
 def tensorrt_options(
@@ -140,7 +141,7 @@ def prune_trt_cache(root: Path, keep_sha256: set[str]) -> list[str]:
     except OSError:
         return removed
     for entry in entries:
-        if entry.is_dir() and entry.name not in keep:
+        if entry.is_dir() and entry.name.split("-")[0] not in keep:
             try:
                 shutil.rmtree(entry)
             except OSError as exc:

@@ -176,7 +176,7 @@ class VersionLoader:
         for name in self._providers:
             if name == TENSORRT:
                 spec = manifest.input
-                cache: Optional[Path] = trt_cache_dir(self.trt_cache, manifest.sha256)
+                cache: Optional[Path] = trt_cache_dir(self.trt_cache, manifest.sha256, self._trt_fp16)
                 try:
                     cache.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:

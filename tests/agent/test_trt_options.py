@@ -22,6 +22,7 @@ from tests.export.tiny import publish_version
 def test_tensorrt_options_follow_the_config(tmp_path: Path) -> None:
     cache = trt_cache_dir(tmp_path / "trt-cache", "AB" * 32)
     assert cache == tmp_path / "trt-cache" / ("ab" * 8)
+    assert trt_cache_dir(tmp_path, "AB" * 32, fp16=True).name == "ab" * 8 + "-fp16"  # engines differ by precision
     on = tensorrt_options("frames", (1, 32, 32, 3), (64, 32, 32, 3), cache, fp16=True)
     assert on == {
         "trt_profile_min_shapes": "frames:1x32x32x3",
@@ -42,11 +43,12 @@ def test_tensorrt_options_follow_the_config(tmp_path: Path) -> None:
 def test_stale_engine_caches_are_pruned_and_the_timing_cache_stays(tmp_path: Path) -> None:
     keep, gone = "1" * 64, "2" * 64
     for sha in (keep, gone):
-        trt_cache_dir(tmp_path, sha).mkdir(parents=True)
-        (trt_cache_dir(tmp_path, sha) / "model.engine").write_bytes(b"e")
+        for fp16 in (False, True):
+            trt_cache_dir(tmp_path, sha, fp16).mkdir(parents=True)
+            (trt_cache_dir(tmp_path, sha, fp16) / "model.engine").write_bytes(b"e")
     (tmp_path / "timing.cache").write_bytes(b"t")
-    assert prune_trt_cache(tmp_path, {keep}) == ["2" * 16]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["1" * 16, "timing.cache"]
+    assert sorted(prune_trt_cache(tmp_path, {keep})) == ["2" * 16, "2" * 16 + "-fp16"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1" * 16, "1" * 16 + "-fp16", "timing.cache"]
     assert prune_trt_cache(tmp_path / "missing", {keep}) == []
 
 
@@ -63,4 +65,4 @@ def test_a_version_tensorrt_cannot_take_is_served_without_it_and_logged(tmp_path
     assert active == [CPU] and loaded.max_batch is None  # only an engine sets a batch ceiling
     assert any("TensorRT did not take version 1" in r.getMessage() for r in caplog.records)
     # the engine cache directory for this very file was prepared (keyed by content, under the export dir)
-    assert trt_cache_dir(tmp_path / "trt-cache", manifest.sha256).is_dir()
+    assert trt_cache_dir(tmp_path / "trt-cache", manifest.sha256, fp16=True).is_dir()
