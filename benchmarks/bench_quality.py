@@ -126,7 +126,8 @@ class CliRun:
         wire = [f"wire.endpoint=tcp://127.0.0.1:{free_port()}", "wire.publish=null"]
         self.overrides = list(overrides) + wire + [f"train.seed={seed}", f"train.threads={threads}"]
         self.logs = [open(work / f"{name}-seed{seed}.log", "w") for name in ("trainer", "capture")]
-        self.started, self.paused_s, self._paused_at = time.monotonic(), 0.0, 0.0
+        self.paused_s, self._paused_at = 0.0, 0.0
+        self._trained_at: Optional[float] = None
         self.trainer = subprocess.Popen(
             CLI + ["train", "--run-dir", str(self.run_dir)] + self.config + self.overrides,
             stdout=self.logs[0], stderr=subprocess.STDOUT, cwd=ROOT,
@@ -143,9 +144,16 @@ class CliRun:
         return process_cpu_s(self.trainer.pid)
 
     def wall_s(self) -> float:
-        """Wall seconds since the trainer started, less the time it spent paused for scoring."""
+        """Wall seconds since the trainer's first update (its metrics.jsonl has a training line), less the
+        time it spent paused for scoring; 0 until then (start-up and the buffer's first fill not counted)."""
         self.cpu_s()  # fails the same way when the trainer has exited
-        return time.monotonic() - self.started - self.paused_s
+        if self._trained_at is None:
+            metrics = self.run_dir / "metrics.jsonl"
+            text = metrics.read_text() if metrics.exists() else ""
+            if '"loss"' not in text:
+                return 0.0
+            self._trained_at = time.monotonic()
+        return time.monotonic() - self._trained_at - self.paused_s
 
     def export(self) -> Path:
         """The newest checkpoint → ONNX through `byol-agent export`; returns the export directory."""
@@ -251,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=1200.0, help="trainer CPU seconds (all threads) per learner and seed")
     parser.add_argument("--every", type=float, default=200.0, help="score every this many CPU seconds")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="budget in the trainer's CPU seconds, or wall seconds since it started (on a GPU the "
-                             "trainer's CPU time says little about its work)")
+                        help="budget in the trainer's CPU seconds, or wall seconds from its first update (on a GPU "
+                             "the trainer's CPU time says little about its work)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--learners", default="ours,byol-pytorch", help="comma list of ours, byol-pytorch")

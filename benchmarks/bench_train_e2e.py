@@ -124,8 +124,10 @@ def in_process_rates(cfg: Config, steps: int) -> tuple[float, float]:
     """(loop, learner) steps/s of the same config in this process."""
     tc = cfg.train
     device = resolve_device(tc)
+    if tc.threads is not None:  # as the trainer process sets them
+        torch.set_num_threads(tc.threads)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # as ContinualTrainer does
     torch.manual_seed(tc.seed)
     learner = build_learner(cfg.model, tc, device, cfg.augment, channels=cfg.capture.channels)
     optimizer = build_optimizer(learner, tc)

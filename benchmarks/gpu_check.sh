@@ -9,7 +9,8 @@
 # that fails writes its failure line and the script goes on.
 #
 # Without CUDA it stops within a minute on one line saying so. `--force-cpu` (or GPU_CHECK_FORCE_CPU=1)
-# instead runs every part in a tiny CPU mode, CUDA hidden, to prove the plumbing on any machine.
+# instead runs every part in a tiny CPU mode, CUDA hidden, to prove the plumbing on any machine (its
+# install part asks no index and unpacks the carried wheels where nothing uses them).
 #
 # Parts, in order (GPU mode):
 #   env       GPU, driver, CUDA, cuDNN, nccl, torch, onnxruntime (package, providers, which can run), deps
@@ -17,7 +18,8 @@
 #             so and the script uses what is installed, plus the wheels of .gpu-check/wheels/ if carried
 #             (made by benchmarks/gpu_prepare.sh: pyzmq, pydantic, byol-pytorch, kornia, ...)
 #   learning  in the background from here on: robot-resnet18 on the dev photos (.gpu-check/cifar10-dev.tar.gz
-#             or ../shared/data/) for 180 wall s of the trainer, kNN / linear probe vs its random-init twin
+#             or ../shared/data/) for 180 wall s from the trainer's first update, kNN / linear probe vs its
+#             random-init twin
 #             (bench_quality.py); it overlaps the tests, which are light on the GPU
 #   tests     tests/cuda (CUDA-only tests) + tests/agent/test_trt_options.py. Not the whole suite: it
 #             takes ~9 min on 2 cores and CI runs it on the CPU; what only a GPU box can show is here
@@ -115,28 +117,40 @@ note "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), mode $MODE, commi
 part env 60 "$PY" benchmarks/gpu_env.py
 
 # -- install --------------------------------------------------------------------------------------
-install() {
-    if timeout 25 "$PY" -m pip download -q --no-deps --retries 0 --timeout 8 -d "$WORK/probe" pytest-timeout >/dev/null 2>&1; then
-        echo "install: a package index answers; the README's command:"
+install() {  # $1 = "tiny": a rehearsal that asks no index and changes nothing the machine runs with
+    local site="$WORK/site"
+    if [ "${1:-}" = tiny ]; then
+        site="$WORK/site-rehearsal"  # not on PYTHONPATH: the wheels are unpacked, never used
+        echo "install (rehearsal): the package index is not asked and the project is not installed; carried wheels go to $site"
+    elif timeout 25 "$PY" -m pip download -q --no-deps --retries 0 --timeout 8 -d "$WORK/probe" pytest-timeout >/dev/null 2>&1; then
+        echo "install: a package index answers; the README's command, then the bench extra:"
         "$PY" -m pip install -q -e ".[dev]" && "$PY" -m pip install -q -e ".[bench]" || echo "install: pip failed (see above)"
+        "$PY" benchmarks/gpu_env.py | grep '^deps'
         return 0
+    else
+        echo "install: no package index is reachable from this machine; using what is installed"
     fi
-    echo "install: no package index is reachable from this machine; using what is installed"
     if ls .gpu-check/wheels/*.whl >/dev/null 2>&1; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .gpu-check/wheels/*.whl \
-            && echo "install: added the carried wheels: $(cd .gpu-check/wheels && ls *.whl | tr '\n' ' ')"
+        local wheel added="" skipped=""
+        for wheel in .gpu-check/wheels/*.whl; do  # one by one: a wheel for another Python is skipped, not fatal
+            if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheel" >/dev/null 2>&1
+            then added="$added $(basename "$wheel")"; else skipped="$skipped $(basename "$wheel")"; fi
+        done
+        echo "install: carried wheels added:${added:- none}; not for this Python:${skipped:- none}"
     else
         echo "install: no .gpu-check/wheels carried (benchmarks/gpu_prepare.sh makes them); missing dependencies stay missing"
     fi
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
-        && echo "install: the project itself installed editable (--no-index --no-deps)" \
-        || echo "install: editable install without an index failed; the project runs from PYTHONPATH=$REPO"
+    if [ "${1:-}" != tiny ]; then
+        "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+            && echo "install: the project itself installed editable (--no-index --no-deps)" \
+            || echo "install: editable install without an index failed; the project runs from PYTHONPATH=$REPO"
+    fi
     "$PY" benchmarks/gpu_env.py | grep '^deps'
 }
 if [ "$MODE" = tiny-cpu ]; then
-    note "== install: skipped in tiny-cpu mode (the machine's own environment is used)"
+    part install 120 bash -c "$(declare -f install); PY='$PY' WORK='$WORK' REPO='$REPO' install tiny"
 else
-    part install 120 bash -c "$(declare -f install); PY='$PY' WORK='$WORK' install"
+    part install 120 bash -c "$(declare -f install); PY='$PY' WORK='$WORK' REPO='$REPO' install"
 fi
 
 # -- data for the learning check ------------------------------------------------------------------
@@ -156,7 +170,7 @@ if [ "$MODE" = gpu ]; then
            train.device=cuda capture.fps=1000 capture.novelty_threshold=0 buffer.temporal_positives=false)
     LEARN_LIMIT=300
 else
-    LEARN=(--clock wall --budget 25 --every 25 --learners ours --seeds 0 --threads 1 train.threads=1)
+    LEARN=(--clock wall --budget 25 --every 25 --learners ours --seeds 0 --threads 1 train.threads=1 capture.fps=200)
     LEARN_LIMIT=240
 fi
 LEARN_PID=""
@@ -171,7 +185,7 @@ else
 fi
 
 # -- tests ----------------------------------------------------------------------------------------
-part tests 180 "$PY" -m pytest -q -rs -p no:cacheprovider --timeout 150 tests/cuda tests/agent/test_trt_options.py
+part tests 180 "$PY" -m pytest -q -rs -p no:cacheprovider -W ignore::DeprecationWarning --timeout 150 tests/cuda tests/agent/test_trt_options.py
 
 if [ -n "$LEARN_PID" ]; then
     wait "$LEARN_PID"
