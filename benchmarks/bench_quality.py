@@ -262,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="budget in the trainer's CPU seconds, or wall seconds from its first update (on a GPU "
                              "the trainer's CPU time says little about its work)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--max-images", type=int, default=100_000, help="images scored per half (train / test)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--learners", default="ours,byol-pytorch", help="comma list of ours, byol-pytorch")
     parser.add_argument("--config", default=None, help="our YAML config (default: the shipped default)")
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     base = load_config(args.config, list(args.overrides))
-    eval_cfg = base.eval.model_copy(update={"max_images": 100_000})
+    eval_cfg = base.eval.model_copy(update={"max_images": args.max_images})
     data_dir = prepare_data(args.data, work, base.model.image_size, seed=0)
     data = load_train_test_folder(data_dir, base.model.image_size, eval_cfg.max_images)
     n_bank, n_query = (len(s) for s in data.split)

@@ -147,11 +147,8 @@ install() {  # $1 = "tiny": a rehearsal that asks no index and changes nothing t
     fi
     "$PY" benchmarks/gpu_env.py | grep '^deps'
 }
-if [ "$MODE" = tiny-cpu ]; then
-    part install 120 bash -c "$(declare -f install); PY='$PY' WORK='$WORK' REPO='$REPO' install tiny"
-else
-    part install 120 bash -c "$(declare -f install); PY='$PY' WORK='$WORK' REPO='$REPO' install"
-fi
+{ declare -f install; echo 'install "$@"'; } > "$WORK/install.sh"
+part install 120 env PY="$PY" WORK="$WORK" REPO="$REPO" bash "$WORK/install.sh" $([ "$MODE" = tiny-cpu ] && echo tiny)
 
 # -- data for the learning check ------------------------------------------------------------------
 DATA=""
@@ -170,7 +167,8 @@ if [ "$MODE" = gpu ]; then
            train.device=cuda capture.fps=1000 capture.novelty_threshold=0 buffer.temporal_positives=false)
     LEARN_LIMIT=300
 else
-    LEARN=(--clock wall --budget 25 --every 25 --learners ours --seeds 0 --threads 1 train.threads=1 capture.fps=200)
+    LEARN=(--clock wall --budget 15 --every 15 --learners ours --seeds 0 --threads 1 --max-images 1000
+           train.threads=1 capture.fps=200)
     LEARN_LIMIT=240
 fi
 LEARN_PID=""
@@ -195,7 +193,7 @@ fi
 # -- benchmarks -----------------------------------------------------------------------------------
 if [ "$MODE" = gpu ]; then
     part learner 150 "$PY" benchmarks/bench_learner.py --device cuda --arch resnet50 --size 224 --batch 256 --rounds 4 --steps 2 --threads 8
-    part e2e 180 "$PY" benchmarks/bench_train_e2e.py --config configs/gpu-resnet50.yaml --size 224 --seconds 30 --steps 10
+    part e2e 180 "$PY" benchmarks/bench_train_e2e.py --config configs/gpu-resnet50.yaml --size 224 --seconds 30 --steps 10 train.metrics_every=20
     part runtime 120 "$PY" benchmarks/bench_runtime_providers.py --image-size 112 --swaps 20 --distinct 4 --calls 200
 else
     part learner 150 "$PY" benchmarks/bench_learner.py --device cpu --arch resnet18 --size 32 --batch 8 --rounds 2 --steps 1 --threads 1
