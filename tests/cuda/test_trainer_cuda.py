@@ -8,7 +8,9 @@ The same real pieces as tests/trainer/test_continual.py (real ZeroMQ feeder, rea
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -104,3 +106,32 @@ def test_a_cuda_trained_checkpoint_exports_with_parity_and_serves(tmp_path: Path
     expected = torch_reference(source.encoder, frames, spec)
     with HotEncoder(out, providers="cpu", threads=1) as enc:
         np.testing.assert_allclose(enc.embed(frames), expected, atol=1e-3, rtol=1e-3)
+
+
+def host_syncs(fn: Callable[[], object]) -> list[str]:
+    """The synchronizing CUDA operations `fn` runs, as torch's sync debug mode reports them."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+
+
+def test_a_training_step_syncs_with_the_host_only_for_the_nan_guard(tmp_path: Path) -> None:
+    trainer = build_trainer(tiny_config(free_tcp_endpoint(), *CUDA_RUN, "buffer.device=cuda"), tmp_path)
+    scene = DemoScene(32, 32, seed=0)
+    for seq in range(trainer.cfg.buffer.min_fill):
+        trainer.buffer.add(Frame(camera_id=0, seq=seq, timestamp=0.05 * seq, image=scene.render(0.05 * seq)))
+    for _ in range(3):  # warm-up: cudnn autotuning, the allocator, the target's first copy
+        assert trainer._train_step() is not None
+    images, _ = trainer.buffer.sample(8, trainer.sampler)
+    x = trainer.train_step.to_input(images)
+    with trainer.train_step.autocast:
+        assert host_syncs(lambda: trainer.learner(x)), "the library's range check reads the batch's min/max back"
+        assert host_syncs(lambda: trainer.learner(x, unit_range=True)) == []  # what the trainer's forward does
+    syncs = host_syncs(lambda: trainer.train_step(images))
+    assert len(syncs) == 1, syncs  # the NaN guard reading the loss before deciding on the update, nothing else
