@@ -9,7 +9,8 @@ measured in one run:
              buffer filled with demo frames, on the configured buffer device) + TrainStep (input
              conversion, BatchNorm snapshot, the NaN guard reading the loss, lr, optimizer, EMA);
   learner    the bare BYOL step on float images already on the device (loss = learner(x), backward,
-             optimizer, EMA; no loss read): what bench_learner.py times as "ours".
+             optimizer, EMA; no loss read, no range check): what bench_learner.py times as "ours", less
+             the range check a library caller gets.
 Ratios: e2e / loop (the input path: wire, ingest, status), e2e / learner (the issue's goal: >= 0.8),
 loop / learner (what TrainStep adds on top of the bare step, the per-step host sync included).
 
@@ -150,7 +151,7 @@ def in_process_rates(cfg: Config, steps: int) -> tuple[float, float]:
 
     def bare_step() -> None:
         with autocast:
-            loss = learner(x)
+            loss = learner(x, unit_range=True)  # x is uint8 / 255, as the trainer feeds it
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
