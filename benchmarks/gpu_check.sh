@@ -85,6 +85,11 @@ report() {
 }
 
 finish() {
+    note "== summary (the figures above, in one place)"
+    grep -E '^(gpu_check|nvidia-smi|torch:|onnxruntime:|runtime.providers|ours / |byol-pytorch / |ratio |e2e  |loop  |learner  |ours  |random init  |ours minus|[a-z]+ +(batch|swaps|memory|not run|providers)|[0-9]+ (passed|failed)|== [a-z]+: (FAILED|TIMED|SKIPPED))' \
+        "$OUT_FILE" | grep -v '^== summary' >> "$OUT_FILE.summary"
+    cat "$OUT_FILE.summary" >> "$OUT_FILE"
+    rm -f "$OUT_FILE.summary"
     tar -czf "$(dirname "$OUT_FILE")/gpu-check-logs.tar.gz" -C "$WORK" logs 2>/dev/null
     note "== done in $(elapsed) s ($MODE mode); figures in $OUT_FILE, logs in $(dirname "$OUT_FILE")/gpu-check-logs.tar.gz"
 }
