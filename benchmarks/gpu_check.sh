@@ -86,7 +86,7 @@ report() {
 
 finish() {
     note "== summary (the figures above, in one place)"
-    grep -E '^(gpu_check|nvidia-smi|torch:|onnxruntime:|runtime.providers|ours / |byol-pytorch / |ratio |e2e  |loop  |learner  |ours  |random init  |ours minus|[a-z]+ +(batch|swaps|memory|not run|providers)|[0-9]+ (passed|failed)|== [a-z]+: (FAILED|TIMED|SKIPPED))' \
+    grep -E '^(gpu_check|nvidia-smi|torch:|onnxruntime:|runtime.providers|ours / |byol-pytorch / |ratio |e2e  |loop  |learner  |ours  |random init  |ours minus|[a-z]+ +(batch|swaps|memory|not run|providers)|[0-9]+ (passed|failed)|== [a-z0-9]+: (FAILED|TIMED|SKIPPED))' \
         "$OUT_FILE" | grep -v '^== summary' >> "$OUT_FILE.summary"
     cat "$OUT_FILE.summary" >> "$OUT_FILE"
     rm -f "$OUT_FILE.summary"
@@ -177,8 +177,12 @@ else
     LEARN_LIMIT=240
 fi
 LEARN_PID=""
+left=$(( BUDGET_S - $(elapsed) - 5 ))
+[ "$left" -lt "$LEARN_LIMIT" ] && LEARN_LIMIT=$left
 if [ -z "$DATA" ]; then
     note "== learning: SKIPPED, no dev photos (carry .gpu-check/cifar10-dev.tar.gz, or set GPU_CHECK_DATA)"
+elif [ "$LEARN_LIMIT" -lt 15 ]; then
+    note "== learning: SKIPPED, the ${BUDGET_S} s budget is spent (at $(elapsed) s)"
 else
     note "== learning (background, limit ${LEARN_LIMIT} s, at $(elapsed) s): bench_quality.py --data $DATA ${LEARN[*]}"
     LEARN_T0=$(date +%s)
