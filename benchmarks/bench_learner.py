@@ -14,6 +14,7 @@ Candidates, each timed for --steps steps per round, rounds interleaved (the mach
            with the views separate and concatenated, the faster one (by median) is the floor
   floor_nchw  the concatenated floor on a plain (NCHW) net: byol-pytorch's own floor (for information)
 It also times the two views alone, ours vs the equivalent kornia pipeline (ms per batch).
+Without the `bench` extra (byol-pytorch, kornia) those candidates are left out, with one line saying so.
 Ratios are reported two ways: ratio of the median img/s, and the median over rounds of the
 per-round ratio (candidates of one round share the machine's load at that moment).
 On CUDA everything runs under bf16 autocast, channels_last, with the images already on the GPU.
@@ -169,6 +170,14 @@ def timed(fn: Callable[[], None], steps: int, device: torch.device, autocast) ->
     return time.perf_counter() - start
 
 
+def installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 def main() -> int:
     args = parse_args()
     if args.quick:
@@ -181,15 +190,22 @@ def main() -> int:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext  # noqa: E731
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
-    steps = {
-        "ours": ours(args, device, images),
-        "peer": peer(args, device, images, channels_last=False),
-        "peer_cl": peer(args, device, images, channels_last=not args.no_channels_last),
-        "floor_separate": floor(args, device, concat=False, channels_last=not args.no_channels_last),
-        "floor_concat": floor(args, device, concat=True, channels_last=not args.no_channels_last),
-        "floor_nchw": floor(args, device, concat=True, channels_last=False),
-    }
-    augments = {"views_ours": our_views(args, device, images), "views_kornia": kornia_views(args, device, images)}
+    has_peer, has_kornia = installed("byol_pytorch"), installed("kornia")
+    for name, present in (("byol-pytorch", has_peer), ("kornia", has_kornia)):
+        if not present:
+            print(f"{name} is not installed (pip install -e '.[bench]'): its candidates and ratios are left out", flush=True)
+    steps = {"ours": ours(args, device, images)}
+    if has_peer:
+        steps["peer"] = peer(args, device, images, channels_last=False)
+        steps["peer_cl"] = peer(args, device, images, channels_last=not args.no_channels_last)
+    steps.update(
+        floor_separate=floor(args, device, concat=False, channels_last=not args.no_channels_last),
+        floor_concat=floor(args, device, concat=True, channels_last=not args.no_channels_last),
+        floor_nchw=floor(args, device, concat=True, channels_last=False),
+    )
+    augments = {"views_ours": our_views(args, device, images)}
+    if has_kornia:
+        augments["views_kornia"] = kornia_views(args, device, images)
     print(
         f"# {args.arch} {args.size}x{args.size} batch {args.batch} on {device} ({torch.get_num_threads()} threads), "
         f"channels_last={not args.no_channels_last}, bf16={bf16}, "
@@ -214,9 +230,12 @@ def main() -> int:
         print(f"{name:15s} {statistics.median(view_ms[name]):8.1f} ms per batch, both views (median)")
     print(f"floor = {floor_name}")
     for label, other in (("floor", floor_name), ("byol-pytorch", "peer"), ("byol-pytorch on channels_last", "peer_cl")):
+        if other not in rates:
+            continue
         paired = statistics.median(a / b for a, b in zip(rates["ours"], rates[other]))
         print(f"ours / {label} = {median['ours'] / median[other]:.3f} (medians), {paired:.3f} (median of per-round ratios)")
-    print(f"byol-pytorch / its own floor (floor_nchw) = {median['peer'] / median['floor_nchw']:.3f}")
+    if "peer" in median:
+        print(f"byol-pytorch / its own floor (floor_nchw) = {median['peer'] / median['floor_nchw']:.3f}")
     return 0
 
 

@@ -126,6 +126,8 @@ class CliRun:
         wire = [f"wire.endpoint=tcp://127.0.0.1:{free_port()}", "wire.publish=null"]
         self.overrides = list(overrides) + wire + [f"train.seed={seed}", f"train.threads={threads}"]
         self.logs = [open(work / f"{name}-seed{seed}.log", "w") for name in ("trainer", "capture")]
+        self.paused_s, self._paused_at = 0.0, 0.0
+        self._trained_at: Optional[float] = None
         self.trainer = subprocess.Popen(
             CLI + ["train", "--run-dir", str(self.run_dir)] + self.config + self.overrides,
             stdout=self.logs[0], stderr=subprocess.STDOUT, cwd=ROOT,
@@ -141,6 +143,18 @@ class CliRun:
             raise SystemExit(f"bench_quality: the trainer exited with {self.trainer.returncode}; see {self.logs[0].name}")
         return process_cpu_s(self.trainer.pid)
 
+    def wall_s(self) -> float:
+        """Wall seconds since the trainer's first update (its metrics.jsonl has a training line), less the
+        time it spent paused for scoring; 0 until then (start-up and the buffer's first fill not counted)."""
+        self.cpu_s()  # fails the same way when the trainer has exited
+        if self._trained_at is None:
+            metrics = self.run_dir / "metrics.jsonl"
+            text = metrics.read_text() if metrics.exists() else ""
+            if '"loss"' not in text:
+                return 0.0
+            self._trained_at = time.monotonic()
+        return time.monotonic() - self._trained_at - self.paused_s
+
     def export(self) -> Path:
         """The newest checkpoint → ONNX through `byol-agent export`; returns the export directory."""
         subprocess.run(
@@ -151,9 +165,11 @@ class CliRun:
 
     def pause(self) -> None:
         self.trainer.send_signal(signal.SIGSTOP)
+        self._paused_at = time.monotonic()
 
     def resume(self) -> None:
         self.trainer.send_signal(signal.SIGCONT)
+        self.paused_s += time.monotonic() - self._paused_at
 
     def stop(self) -> None:
         """SIGINT both (the trainer writes its final checkpoint), then wait."""
@@ -242,7 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", default="dev", help="'dev' (the shared dev photos), 'procedural', or a folder with train/ and test/")
     parser.add_argument("--budget", type=float, default=1200.0, help="trainer CPU seconds (all threads) per learner and seed")
     parser.add_argument("--every", type=float, default=200.0, help="score every this many CPU seconds")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="budget in the trainer's CPU seconds, or wall seconds from its first update (on a GPU "
+                             "the trainer's CPU time says little about its work)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--max-images", type=int, default=100_000, help="images scored per half (train / test)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--learners", default="ours,byol-pytorch", help="comma list of ours, byol-pytorch")
     parser.add_argument("--config", default=None, help="our YAML config (default: the shipped default)")
@@ -260,14 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     base = load_config(args.config, list(args.overrides))
-    eval_cfg = base.eval.model_copy(update={"max_images": 100_000})
+    eval_cfg = base.eval.model_copy(update={"max_images": args.max_images})
     data_dir = prepare_data(args.data, work, base.model.image_size, seed=0)
     data = load_train_test_folder(data_dir, base.model.image_size, eval_cfg.max_images)
     n_bank, n_query = (len(s) for s in data.split)
     print(f"data {args.data} ({data_dir}): {n_bank} bank / {n_query} query images, {len(data.classes)} classes; "
           f"encoder {base.model.encoder} stem {base.model.stem} at {base.model.image_size} px, batch {base.train.batch_size}, "
           f"{base.train.optimizer} lr {base.train.lr:g} warm-up {base.train.lr_warmup_steps}, "
-          f"tau {base.train.tau_schedule} {base.train.tau_base}->{base.train.tau_final}; budget {args.budget:g} CPU s, "
+          f"tau {base.train.tau_schedule} {base.train.tau_base}->{base.train.tau_final}; budget {args.budget:g} {args.clock} s, "
           f"{args.threads} threads; stream {args.source or 'DATA/train'} {args.order}, buffer {base.buffer.policy} "
           f"{base.buffer.capacity_frames} frames, temporal positives {base.buffer.temporal_positives}; work dir {work}",
           flush=True)
@@ -284,16 +304,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = args.source or str(data_dir / "train")
             run = CliRun(work, source, args.order == "shuffled", args.config, list(args.overrides), seed, args.threads)
             started = time.perf_counter()
+            spent = run.cpu_s if args.clock == "cpu" else run.wall_s
             try:
                 for mark in marks:
-                    while run.cpu_s() < mark:
+                    while spent() < mark:
                         time.sleep(0.5)
                     if mark == marks[-1]:
                         run.stop()
                     else:
                         run.pause()
                     result = evaluate_export(run.export(), data, eval_cfg, seed=seed, reference=False)
-                    print(f"  ours          {mark:6.0f} CPU s  step {result.step:5d}  kNN {result.knn_top1:.3f}  "
+                    print(f"  ours          {mark:6.0f} {args.clock} s  step {result.step:5d}  kNN {result.knn_top1:.3f}  "
                           f"linear {result.linear_top1:.3f}  (wall {time.perf_counter() - started:.0f} s)", flush=True)
                     if mark != marks[-1]:
                         run.resume()
@@ -308,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  byol-pytorch  {mark:6.0f} CPU s  step {theirs.steps:5d}  kNN {knn:.3f}  linear {linear:.3f}", flush=True)
             finals.setdefault("byol-pytorch", []).append((knn, linear))
 
-    print(f"\nfinal, {args.budget:g} CPU s, seeds {args.seeds}:")
+    print(f"\nfinal, {args.budget:g} {args.clock} s, seeds {args.seeds}:")
     print(f"{'encoder':14s}" + "".join(f"{'kNN s' + str(s):>10s}{'lin s' + str(s):>10s}" for s in args.seeds) + f"{'kNN mean':>10s}")
     for name, rows in finals.items():
         cells = "".join(f"{knn:10.3f}{linear:10.3f}" for knn, linear in rows)

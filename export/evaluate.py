@@ -20,7 +20,7 @@ from agent.core.config import EvalConfig, ModelConfig
 from agent.core.errors import ConfigError, ModelFileError
 from agent.core.frames import resize_frames
 from export.manifest import CHANNEL_ORDERS, LATEST_NAME, InputSpec, Manifest, read_latest, read_manifest, sha256_file
-from export.sessions import create_session, resolve_providers
+from export.sessions import create_session, resolve_providers, without_tensorrt
 from trainer.byol import view_statistics
 from trainer.evaluation import (
     EvalResult,
@@ -74,7 +74,8 @@ class OnnxFeatureExtractor:
     """
 
     def __init__(self, encoder: EncoderFile) -> None:
-        self.session = create_session(encoder.onnx_path, resolve_providers("auto"))
+        # CUDA rather than TensorRT: a one-off scoring pass would spend minutes building an engine, uncached
+        self.session = create_session(encoder.onnx_path, without_tensorrt(resolve_providers("auto")))
         self.spec = encoder.manifest.input if encoder.manifest is not None else _spec_from_graph(self.session, encoder)
         self.image_size = (self.spec.height, self.spec.width)
 

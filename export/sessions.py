@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -14,9 +16,13 @@ import onnxruntime as ort
 
 from agent.core.errors import ConfigError, ModelFileError
 
+log = logging.getLogger(__name__)
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
+TRT_CACHE_DIR = "trt-cache"  # under an export dir: one subdirectory per model, named by its sha256
+TRT_KEY_CHARS = 16  # hex digits of the sha256 that name a model's cache directory (64 bits)
 
 
 def cuda_device_count() -> int:
@@ -78,3 +84,68 @@ def create_session(
     except Exception as exc:  # onnxruntime raises its own pybind types for bad models
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise ModelFileError(f"onnxruntime cannot load {model_path}: {first[:300]}") from None
+
+
+def trt_cache_dir(root: Path, sha256: str, fp16: bool = False) -> Path:
+    """TensorRT's engine cache for one model file: `root/<first 16 hex digits of its sha256>[-fp16]`.
+
+    Keyed by content and precision: onnxruntime names its engine files by the model's graph, not
+    by its weights or by `trt_fp16_enable`, so a model replaced under the same name, or the same
+    model at another precision, would otherwise meet a stale engine. `root` is normally
+    EXPORT_DIR/trt-cache (one cache per export directory).
+    """
+    return root / (sha256[:TRT_KEY_CHARS].lower() + ("-fp16" if fp16 else ""))
+
+
+def tensorrt_options(
+    input_name: str, one: tuple[int, ...], most: tuple[int, ...], cache_dir: Optional[Path], fp16: bool
+) -> dict[str, Any]:
+    """TensorRT provider options: one optimisation profile for batch shapes `one`..`most` (opt = `one`,
+    the policy's usual single frame), the engine and timing caches in `cache_dir` (None: no cache,
+    every session start rebuilds the engine, minutes for a ResNet-50), fp16 kernels where `fp16`.
+
+    Option names from onnxruntime's TensorRT execution provider docs ("Configurations").
+    """
+    def shape(dims: tuple[int, ...]) -> str:
+        return f"{input_name}:" + "x".join(str(d) for d in dims)
+
+    options: dict[str, Any] = {
+        "trt_profile_min_shapes": shape(one),
+        "trt_profile_opt_shapes": shape(one),
+        "trt_profile_max_shapes": shape(most),
+        "trt_fp16_enable": bool(fp16),
+    }
+    if cache_dir is not None:
+        options.update(
+            trt_engine_cache_enable=True,
+            trt_engine_cache_path=str(cache_dir),
+            trt_timing_cache_enable=True,  # layer timings: a later version of the same net builds faster
+            trt_timing_cache_path=str(cache_dir.parent),
+        )
+    return options
+
+
+def without_tensorrt(providers: Sequence[Union[str, tuple[str, dict[str, Any]]]]) -> list[Union[str, tuple[str, dict[str, Any]]]]:
+    """`providers` less TensorRT: what a version is loaded with when TensorRT cannot build its engine."""
+    return [p for p in providers if (p[0] if isinstance(p, tuple) else p) != TENSORRT]
+
+
+def prune_trt_cache(root: Path, keep_sha256: set[str]) -> list[str]:
+    """Delete model cache directories under `root` whose key matches none of `keep_sha256` (versions
+    retention removed); returns the names deleted. Files in `root` itself (the timing cache) stay.
+    A directory that cannot be deleted is logged and left."""
+    keep = {sha[:TRT_KEY_CHARS].lower() for sha in keep_sha256}
+    removed: list[str] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.is_dir() and entry.name.split("-")[0] not in keep:
+            try:
+                shutil.rmtree(entry)
+            except OSError as exc:
+                log.warning("could not remove the stale TensorRT cache %s: %s", entry, exc.strerror or exc)
+                continue
+            removed.append(entry.name)
+    return removed

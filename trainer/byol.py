@@ -192,12 +192,15 @@ class BYOL(nn.Module):
         images2: Optional[Tensor] = None,
         return_embedding: bool = False,
         return_projection: bool = True,
+        unit_range: bool = False,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """BYOL loss of a batch (view 2 from `images2` when given), or its online embedding.
 
         With `return_embedding=True` the images (already normalised, not augmented) go through the
         online encoder in eval mode, any batch size: (projection, embedding), or the embedding
-        alone with `return_projection=False`.
+        alone with `return_projection=False`. `unit_range=True`: the caller guarantees values in
+        [0, 1] (uint8 frames / 255, as the continual trainer feeds them), so the range check, which
+        reads two numbers back from the device (one sync per step on CUDA), is skipped.
         """
         if return_embedding:
             return self._embed_online(images, return_projection)
@@ -216,9 +219,9 @@ class BYOL(nn.Module):
         if self.training and self._target_fresh and self.target is not None:
             self._copy_online_to_target()
         # Our views assume [0, 1]: one range check per input tensor they see (a user augment_fn takes what it takes).
-        if isinstance(self.augment1, View) or (images2 is None and isinstance(self.augment2, View)):
+        if not unit_range and (isinstance(self.augment1, View) or (images2 is None and isinstance(self.augment2, View))):
             check_range(images)
-        if images2 is not None and isinstance(self.augment2, View):
+        if not unit_range and images2 is not None and isinstance(self.augment2, View):
             check_range(images2, "images2")
         fmt = self._memory_format()
         views = [

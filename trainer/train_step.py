@@ -109,8 +109,8 @@ class TrainStep:
         x = self.to_input(images)
         x2 = self.to_input(partners) if partners is not None else None
         torch._foreach_copy_(self._buffers_before, self._buffers)
-        with self.autocast:
-            loss = self._forward(x, images2=x2)
+        with self.autocast:  # x is uint8 / 255: in [0, 1] by construction, no range check (a device sync)
+            loss = self._forward(x, images2=x2, unit_range=True)
         value = self._ranks.mean(loss.detach())
         if not math.isfinite(value):
             torch._foreach_copy_(self._buffers, self._buffers_before)

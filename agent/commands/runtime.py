@@ -68,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
             timeout_s=waited,
             providers=rc.providers,
             threads=rc.threads,
+            trt_fp16=rc.trt_fp16,
             compatible_with=args.compatible_with if args.compatible_with is not None else rc.compatible_with,
         )
     except KeyboardInterrupt:  # stopped (Ctrl-C or the run supervisor) before anything was published

@@ -334,6 +334,7 @@ class RuntimeConfig(_Section):
     poll_interval_s: float = Field(0.5, gt=0)
     wait_for_first: bool = True
     providers: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    trt_fp16: bool = Field(False, description="TensorRT may use fp16 kernels (faster; embeddings differ slightly)")
     threads: Optional[int] = Field(None, ge=1)
     compatible_with: Optional[int] = Field(
         None, ge=1, description="serve every later version mapped into this version's embedding space (None = raw)"

@@ -69,7 +69,12 @@ class HotEncoder:
         providers: str = "auto",
         threads: Optional[int] = None,
         compatible_with: Optional[int] = None,
+        trt_fp16: bool = False,
+        trt_cache: Union[str, Path, None] = None,
     ) -> None:
+        """`providers`: "auto" | "cpu" | "cuda" | "tensorrt" (export.sessions.resolve_providers). With
+        TensorRT, `trt_fp16` lets it pick fp16 kernels and `trt_cache` is where built engines are kept
+        per model sha256 (None: EXPORT_DIR/trt-cache), so a restart reuses them instead of rebuilding."""
         self.export_dir = Path(export_dir)
         self._pin = compatible_with
         self._pin_lock = threading.Lock()  # held by the watcher from attaching a map to swapping, and by repin
@@ -81,7 +86,8 @@ class HotEncoder:
         self._providers = resolve_providers(providers)
         self._current: Optional[Loaded] = None
         self._stop = threading.Event()
-        self._loader = VersionLoader(self.export_dir, self._providers, threads, self._stop)
+        self._loader = VersionLoader(self.export_dir, self._providers, threads, self._stop, trt_fp16=trt_fp16,
+                                     trt_cache=Path(trt_cache) if trt_cache is not None else None)
         self._first = threading.Event()
         self._failed_signature: Optional[tuple] = None
         self.swaps = 0
@@ -118,7 +124,13 @@ class HotEncoder:
             raise ModelFileError("HotEncoder is closed")
         spec = loaded.manifest.input
         x = spec.prepare(as_frame_batch(frames))
-        out = loaded.session.run([loaded.manifest.output_name], {spec.name: x})[0]
+        if loaded.max_batch is not None and len(x) > loaded.max_batch:  # beyond TensorRT's engine: no rebuild here
+            step = loaded.max_batch
+            parts = [loaded.session.run([loaded.manifest.output_name], {spec.name: x[i : i + step]})[0]
+                     for i in range(0, len(x), step)]
+            out = np.concatenate(parts)
+        else:
+            out = loaded.session.run([loaded.manifest.output_name], {spec.name: x})[0]
         if loaded.mapping is not None:  # pinned: into the pinned version's space (one matmul + bias)
             out = loaded.mapping.apply(out)
         return out, loaded.manifest.version

@@ -7,6 +7,12 @@ session from that same file (its inode, size and mtime must not change across th
 file checked is the file loaded) and run one warm-up inference checked against the manifest's
 input and output. Any failure is a one-line `ModelFileError`. Sessions are counted: at most
 `max_resident` are alive at once (serving, draining, loading), and a load waits for a slot.
+
+TensorRT builds its engine lazily, at the first inference, so the warm-up inference is what builds
+it, here on the loader's thread, never on a serving call; the engine covers batches
+1..TRT_MAX_BATCH (`HotEncoder.embed` splits larger batches) and is cached per model sha256 under
+EXPORT_DIR/trt-cache, so a restart loads it in seconds. When TensorRT cannot build (or onnxruntime
+fell back on its own), the version is loaded on CUDA instead and a warning says so.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ import onnxruntime as ort
 from agent.core.errors import ModelFileError
 from export.compat import LinearMap
 from export.manifest import Manifest, check_sha256, read_manifest
-from export.sessions import TENSORRT, create_session
+from export.sessions import (
+    TENSORRT,
+    TRT_CACHE_DIR,
+    create_session,
+    prune_trt_cache,
+    tensorrt_options,
+    trt_cache_dir,
+    without_tensorrt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +60,15 @@ class Loaded:
     session: ort.InferenceSession
     manifest: Manifest
     mapping: Optional[LinearMap] = None
+    max_batch: Optional[int] = None  # TensorRT: the engine's largest batch; a larger call is split
 
 
 class VersionLoader:
     """Loads versions from `export_dir` with `providers` (resolved names) and `threads` intra-op threads.
 
     `stop`: set when the owner closes; a load waiting for a session slot then goes ahead at once.
+    `trt_fp16`: TensorRT may pick fp16 kernels. `trt_cache`: the root of TensorRT's engine caches
+    (None: EXPORT_DIR/trt-cache; it must be writable, else engines are not cached, with a warning).
     """
 
     def __init__(
@@ -61,8 +78,12 @@ class VersionLoader:
         threads: Optional[int],
         stop: threading.Event,
         max_resident: int = MAX_RESIDENT,
+        trt_fp16: bool = False,
+        trt_cache: Optional[Path] = None,
     ) -> None:
         self.export_dir, self._providers, self._threads, self._stop = export_dir, providers, threads, stop
+        self._trt_fp16 = trt_fp16
+        self.trt_cache = trt_cache if trt_cache is not None else export_dir / TRT_CACHE_DIR
         self._max_resident = max_resident
         self._resident = 0
         self._resident_cond = threading.Condition()
@@ -89,11 +110,41 @@ class VersionLoader:
         size = identity[2] if identity else "?"
         check_sha256(model_path, manifest.sha256, f"model file {model_path} ({size} bytes)", gone="is unreadable (missing)")
         self._wait_for_slot()
-        session = self._new_session(model_path, manifest)
+        session = self._open(model_path, manifest)
         if file_identity(model_path) != identity:
             raise ModelFileError(f"model file {model_path} was replaced while it was being loaded")
+        on_trt = TENSORRT in session.get_providers()
+        if on_trt:
+            self._prune_trt_cache()
+        return Loaded(name=name, session=session, manifest=manifest, max_batch=TRT_MAX_BATCH if on_trt else None)
+
+    def _open(self, model_path: Path, manifest: Manifest) -> ort.InferenceSession:
+        """A counted session that passed its warm-up; TensorRT's engine is built by that warm-up. When
+        TensorRT fails to build (or onnxruntime left it out), the version is loaded without it, logged."""
+        providers = self._provider_list(manifest)
+        if TENSORRT not in self._providers:
+            return self._checked(model_path, manifest, providers)
+        try:
+            session = self._checked(model_path, manifest, providers)
+        except ModelFileError as exc:
+            reason = str(exc)  # the failed session is released with `exc` at the end of this block
+        else:
+            active = session.get_providers()
+            if TENSORRT in active:
+                return session
+            log.warning("TensorRT did not take version %d (onnxruntime fell back on its own and printed why); "
+                        "serving it on %s", manifest.version, ", ".join(active))
+            return session
+        fallback = without_tensorrt(providers)
+        log.warning("TensorRT could not build version %d (%s); loading it on %s instead",
+                    manifest.version, reason, ", ".join(str(p) for p in fallback))
+        self._wait_for_slot()
+        return self._checked(model_path, manifest, fallback)
+
+    def _checked(self, model_path: Path, manifest: Manifest, providers: ProviderList) -> ort.InferenceSession:
+        session = self._new_session(model_path, providers)
         check_session(session, manifest, model_path)
-        return Loaded(name=name, session=session, manifest=manifest)
+        return session
 
     def _wait_for_slot(self) -> None:
         """Block until fewer than `max_resident` sessions are alive, so loading one more never happens."""
@@ -105,9 +156,9 @@ class VersionLoader:
                     log.warning("still waiting for the previous encoder session to be released")
                     warn_at = float("inf")
 
-    def _new_session(self, model_path: Path, manifest: Manifest) -> ort.InferenceSession:
+    def _new_session(self, model_path: Path, providers: ProviderList) -> ort.InferenceSession:
         """A counted session (`create_session`), released through a finalizer when the last call lets go."""
-        session = create_session(model_path, self._provider_list(manifest), self._threads)
+        session = create_session(model_path, providers, self._threads)
         with self._resident_cond:
             self._resident += 1
         weakref.finalize(session, self._released)
@@ -119,16 +170,37 @@ class VersionLoader:
             self._resident_cond.notify_all()
 
     def _provider_list(self, manifest: Manifest) -> ProviderList:
-        """The resolved providers, TensorRT given a batch profile of 1..TRT_MAX_BATCH for this input."""
+        """The resolved providers; TensorRT with a batch profile of 1..TRT_MAX_BATCH for this input and
+        this model's engine cache (created here; not writable: no cache, logged)."""
         providers: ProviderList = []
         for name in self._providers:
             if name == TENSORRT:
-                one, most = _trt_shape(manifest, 1), _trt_shape(manifest, TRT_MAX_BATCH)
-                options = {"trt_profile_min_shapes": one, "trt_profile_opt_shapes": one, "trt_profile_max_shapes": most}
+                spec = manifest.input
+                cache: Optional[Path] = trt_cache_dir(self.trt_cache, manifest.sha256, self._trt_fp16)
+                try:
+                    cache.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    log.warning("TensorRT engine cache %s cannot be created (%s): the engine is rebuilt at every start",
+                                cache, exc.strerror or exc)
+                    cache = None
+                options = tensorrt_options(spec.name, spec.shape(1), spec.shape(TRT_MAX_BATCH), cache, self._trt_fp16)
                 providers.append((TENSORRT, options))
             else:
                 providers.append(name)
         return providers
+
+    def _prune_trt_cache(self) -> None:
+        """Drop cached engines of versions no longer in the export directory (retention removed them)."""
+        published: set[str] = set()
+        for path in self.export_dir.glob("encoder-*.json"):
+            try:
+                published.add(read_manifest(path).sha256)
+            except ModelFileError:
+                continue
+        if published:
+            removed = prune_trt_cache(self.trt_cache, published)
+            if removed:
+                log.info("removed %d TensorRT engine caches of versions no longer published", len(removed))
 
 
 def check_session(session: ort.InferenceSession, manifest: Manifest, model_path: Path) -> None:
@@ -152,11 +224,6 @@ def check_session(session: ort.InferenceSession, manifest: Manifest, model_path:
             f"{model_path} warm-up gave shape {out.shape} (finite: {bool(np.isfinite(out).all())}), "
             f"expected (1, {manifest.output_dim})"
         )
-
-
-def _trt_shape(manifest: Manifest, batch: int) -> str:
-    spec = manifest.input
-    return f"{spec.name}:" + "x".join(str(d) for d in spec.shape(batch))
 
 
 def file_identity(path: Path) -> Optional[tuple[int, int, int, int]]:

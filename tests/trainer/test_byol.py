@@ -366,3 +366,13 @@ def test_a_bad_image_size_is_a_one_line_error(size) -> None:
     with pytest.raises(LearnerError, match="image_size must be") as info:
         BYOL(TinyCNN(width=8), image_size=size, hidden_layer="avgpool", **HEADS)
     assert "\n" not in str(info.value)
+
+
+def test_the_range_check_is_skipped_only_when_the_caller_vouches_for_the_range() -> None:
+    # The continual trainer feeds uint8 / 255 and passes unit_range=True: on CUDA the check would read two
+    # numbers back from the device every step (tests/cuda checks that the step no longer syncs there).
+    learner = tiny_learner()
+    frames = batch(4, 16) * 255  # a forgotten / 255
+    with pytest.raises(LearnerError, match="0-255"):
+        learner(frames)
+    assert learner(frames, unit_range=True).ndim == 0
