@@ -111,6 +111,7 @@ class RunMonitor:
         self._frames_in_at_start = self._counters().frames_in  # frames in before this process (a resumed run)
         self._last_probe: Optional["EvalResult"] = None
         self._probe_submitted_at: Optional[int] = None
+        self._probe_submitted_time = -float("inf")  # time.monotonic() of the last probe submitted
         self._drift: dict[str, Any] = {}  # the last published version's drift (export.compat.drift_record)
 
     def event(self, record: dict[str, Any]) -> None:
@@ -163,11 +164,15 @@ class RunMonitor:
 
     def probe(self, version: Optional[int], encoder: Callable[[], nn.Module], final: bool = False) -> None:
         """Score the current state now (a checkpoint, an export, the end), unless this step was submitted
-        already (a skipped NaN step leaves the count where it was) or, unless `final`, a probe still runs."""
-        step = self._state.step
-        if self.quality is not None and step != self._probe_submitted_at and (final or not self.quality.busy):
-            self.quality.submit(step, version, encoder(), wait=final)
-            self._probe_submitted_at = step
+        already (a skipped NaN step leaves the count where it was) or, unless `final`, a probe still runs
+        or the last one began less than `train.probe_min_interval_s` ago."""
+        step, now = self._state.step, time.monotonic()
+        if self.quality is None or step == self._probe_submitted_at:
+            return
+        if not final and (self.quality.busy or now - self._probe_submitted_time < self._cfg.probe_min_interval_s):
+            return
+        self.quality.submit(step, version, encoder(), wait=final)
+        self._probe_submitted_at, self._probe_submitted_time = step, now
 
     def _log_probes(self, final: bool = False) -> None:
         """Log finished probes; at the end wait for one in progress. A failed probe is logged, never fatal."""

@@ -261,6 +261,10 @@ class TrainConfig(_Section):
     probe_every: Optional[int] = Field(
         None, ge=1, description="steps between online probes; None: each checkpoint or export, and the final state"
     )
+    probe_min_interval_s: float = Field(
+        30.0, ge=0, description="seconds at least between two online probes (not the final one): caps their cost "
+        "when checkpoints come often (benchmarks/RESULTS.md, 'Online probe')"
+    )
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on the CPU")
     collective_timeout_s: float = Field(

@@ -209,7 +209,8 @@ def test_the_suggested_eval_command_runs_and_lands_in_the_next_report(real_run: 
     report = write_report(run)
     assert "eval.png" in [p.name for p in report.plots]
     summary = report.summary.read_text()
-    assert "best eval: version " in summary and "none recorded" not in summary, summary
+    line = next(line for line in summary.splitlines() if line.startswith("- best eval: "))
+    assert f"version {scored['version']} (step {scored['step']}), kNN top-1 {scored['knn_top1']:.3f}" in line, line
 
 
 def test_the_overview_answers_learning_data_and_serving_on_a_wall_clock(real_run: Path, tmp_path: Path) -> None:
