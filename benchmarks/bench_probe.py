@@ -1,6 +1,6 @@
 """Cost of the online quality probe (train.probe_data) as a fraction of the trainer's own work, default config.
 
-    nice -n 10 python benchmarks/bench_probe.py                 # configs/default.yaml, CPU, 2 threads
+    nice -n 10 python benchmarks/bench_probe.py --threads 1     # configs/default.yaml, CPU (RESULTS.md's run)
     python benchmarks/bench_probe.py --config configs/robot-resnet18.yaml --rounds 2
 
 Per round, in one process and interleaved (the machine may be shared): `--steps` real BYOL updates
@@ -10,7 +10,8 @@ process CPU seconds (`time.process_time`, every thread of the process: torch's w
 probe's thread; the main thread only waits while the probe runs). The cost is one probe's CPU over
 the CPU of the `train.checkpoint_every` steps between two probes; the first probe also scores the
 random-init twin once, reported apart. CPU seconds rather than wall time, so other work on the
-machine changes the wall clock but hardly the ratio.
+machine changes the wall clock but hardly the ratio, as long as torch has a thread per free core (on a
+loaded machine OpenMP's spinning workers count CPU that is no work: use --threads 1 there).
 """
 
 from __future__ import annotations

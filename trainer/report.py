@@ -378,7 +378,8 @@ def _smoothed(ax: "Axes", x: np.ndarray, y: np.ndarray, xlabel: str, what: str =
     """The recorded values, and over more than 20 of them a running mean of 1/20th of them; its legend says
     what is averaged (`what`: one recorded value, e.g. a metrics line's mean loss over train.metrics_every
     steps) and over how much of the x axis."""
-    ax.plot(x, y, lw=0.8, alpha=0.5 if len(y) > 20 else 1.0, label=f"recorded ({what})")
+    ax.plot(x, y, lw=0.8, alpha=0.5 if len(y) > 20 else 1.0, label=f"recorded ({what})",
+            marker="o" if len(y) <= 3 else None)  # a line through one or two points is next to invisible
     if len(y) > 20:
         window = max(len(y) // 20, 2)
         span = float(np.median(np.diff(x))) * window if len(x) > 1 else 0.0
