@@ -73,13 +73,14 @@ class QualityMonitor:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, step: int, version: Optional[int], encoder: nn.Module, wait: bool = False) -> bool:
+    def submit(self, step: int, version: Optional[int], encoder: nn.Module, wait: bool = False,
+               wait_s: float = 120.0) -> bool:
         """Start scoring `encoder` (an eval-mode CPU module: normalised float NCHW -> (N, D)); False if busy.
 
-        `version`: the version published when submitted (None if none). `wait`: finish a scoring in
-        progress first instead of skipping this one (the final state of a run)."""
+        `version`: the version published when submitted (None if none). `wait`: give a scoring in
+        progress up to `wait_s` to finish instead of skipping this one (the final state of a run)."""
         if wait and self._thread is not None:
-            self._thread.join()
+            self._thread.join(wait_s)
         if self.busy:
             return False
         self._thread = threading.Thread(

@@ -306,14 +306,20 @@ def _write_resumed_run(run: Path, lines: int = 30) -> None:
     (run / "runtime.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runtime))
 
 
-def test_a_resumed_runs_cumulative_counts_continue(tmp_path: Path) -> None:
-    _write_resumed_run(tmp_path / "run")
-    figures, _ = report_figures(tmp_path / "run")
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """The figures and summary.md of `_write_resumed_run` (drawn once for the tests below)."""
+    run = tmp_path_factory.mktemp("resumed") / "run"
+    _write_resumed_run(run)
+    return report_figures(run)[0], write_report(run).summary.read_text()
+
+
+def test_a_resumed_runs_cumulative_counts_continue(resumed: tuple[dict, str]) -> None:
+    figures, summary = resumed
     for fig, title in ((figures["frames"], "Frames (capture)"), (figures["overview"], "Frames (capture)")):
         ax = next(a for a in fig.axes if a.get_title() == title)
         read = next(line for line in ax.lines if line.get_label() == "read").get_ydata()
         assert np.all(np.diff(read) >= 0) and read[-1] == 320, read  # 200 before the resume, 120 after
-    summary = write_report(tmp_path / "run").summary.read_text()
     assert "read 320, kept 320" in summary, summary
 
 
@@ -322,9 +328,8 @@ def _integer_ticks(axis) -> list[float]:
     return [t for t in axis.get_majorticklocs() if low - 1e-9 <= t <= high + 1e-9]
 
 
-def test_version_axes_tick_whole_versions_only(tmp_path: Path) -> None:
-    _write_resumed_run(tmp_path / "run")
-    figures, _ = report_figures(tmp_path / "run")
+def test_version_axes_tick_whole_versions_only(resumed: tuple[dict, str]) -> None:
+    figures, _ = resumed
     checked = 0
     for stem, fig in figures.items():
         for ax in fig.axes:
@@ -336,13 +341,12 @@ def test_version_axes_tick_whole_versions_only(tmp_path: Path) -> None:
     assert checked >= 5  # loss (twin), eval, runtime, and the overview's three
 
 
-def test_a_runtime_that_made_no_calls_is_said_so(tmp_path: Path) -> None:
-    _write_resumed_run(tmp_path / "run")
-    figures, _ = report_figures(tmp_path / "run")
+def test_a_runtime_that_made_no_calls_is_said_so(resumed: tuple[dict, str]) -> None:
+    figures, summary = resumed
     version, latency = figures["runtime"].axes
     assert "served" not in [line.get_label() for line in version.lines]
     assert any("no calls" in text.get_text() for text in version.texts + latency.texts)
-    assert "0 calls" in write_report(tmp_path / "run").summary.read_text()
+    assert "0 calls" in summary
 
 
 def test_the_running_mean_says_what_it_averages(tmp_path: Path) -> None:
@@ -354,15 +358,13 @@ def test_the_running_mean_says_what_it_averages(tmp_path: Path) -> None:
     assert any("train.metrics_every" in label for label in labels), labels
 
 
-def test_the_first_runs_probe_is_one_readable_point_per_version(tmp_path: Path) -> None:
-    _write_resumed_run(tmp_path / "run")
-    figures, _ = report_figures(tmp_path / "run")
+def test_the_first_runs_probe_is_one_readable_point_per_version(resumed: tuple[dict, str]) -> None:
+    figures, summary = resumed
     ax = figures["eval"].axes[0]
     knn = next(line for line in ax.lines if line.get_label() == "kNN top-1")
     assert list(knn.get_xdata()) == [1.0] and list(knn.get_ydata()) == [0.81]  # matched to version 1 by its step
     assert _integer_ticks(ax.xaxis) == [1.0]
     init = next(line for line in ax.lines if line.get_label().startswith("kNN, random init"))
     assert list(init.get_ydata()) == [0.72, 0.72] and list(init.get_xdata()) == [0, 1]  # a level line across
-    summary = write_report(tmp_path / "run").summary.read_text()
     assert ("best eval: version 1 (step 100), kNN top-1 0.810, linear top-1 0.930 "
             "(random init: kNN 0.720, linear 0.920) on digits") in summary, summary
