@@ -229,6 +229,7 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
         f"step {num(trn, 'step')} ({num(trn, 'steps_per_s', '{:.2f}')}/s)",
         f"loss {num(trn, 'loss', '{:.3f}')}",
         f"emb std {num(trn, 'embedding_std', '{:.3f}')}",
+        *_probe_note(trn),
         f"export v{num(exp, 'last_export_version')} (refused {num(exp, 'refusals')}{_drift_note(exp)})",
         f"runtime v{num(rt, 'version')} swaps {num(rt, 'swaps')}",
     ]
@@ -236,6 +237,15 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
     if dead:
         parts.append("restarts " + ",".join(f"{k}={v}" for k, v in dead.items()))
     return " | ".join(parts)
+
+
+def _probe_note(trainer: dict) -> list[str]:
+    """"kNN 0.41 (init 0.31)": the trainer's last online probe (train.probe_data) next to its random-init
+    twin, from status-trainer.json; no part before the first probe has finished."""
+    knn, init = trainer.get("probe_knn"), trainer.get("probe_random_knn")
+    if not isinstance(knn, (int, float)):
+        return []
+    return [f"kNN {knn:.2f}" + (f" (init {init:.2f})" if isinstance(init, (int, float)) else "")]
 
 
 def _drift_note(exporter: dict) -> str:

@@ -187,6 +187,7 @@ class ContinualTrainer:
                     log.warning("config.yaml not written: %s", exc.strerror or exc)
         receiver = self._open_receiver()
         self._prior = copy.deepcopy(self.counters)
+        self._prior_step = self.step
         self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
         try:
             if writes:
@@ -267,7 +268,7 @@ class ContinualTrainer:
                 self._submit_export()
                 last_export_time = time.monotonic()
             if self.monitor is not None:
-                self.monitor.maybe_probe(self.counters.last_export_version, lambda: self.learner.encoder_module("target"))
+                self.monitor.maybe_probe(self.counters.last_export_version, self._probed_encoder)
             self._status("training")
 
     def _agree(self, stop: threading.Event, drained: bool) -> Turn:
@@ -370,6 +371,8 @@ class ContinualTrainer:
         if self.state.save(self.monitor.event if self.monitor is not None else None):
             self.train_step.mark_good()
             self._restores_in_a_row = 0
+            if self.exporter is None:  # `run`'s exporter process publishes each checkpoint: score what it gets
+                self._probe_published()
 
     def _embed_pending(self, refresh: bool = False) -> None:
         """Give newly stored frames their target embedding, which min-redundancy eviction compares;
@@ -406,6 +409,7 @@ class ContinualTrainer:
         encoder = self.learner.encoder_module(self.cfg.export.weights)
         self.exporter.submit(self.step, encoder, frames.cpu().numpy())
         self.counters.last_export_step = self.step
+        self._probe_published()
 
     def _log_exports(self) -> None:
         if self.exporter is None:
@@ -415,13 +419,23 @@ class ContinualTrainer:
                 self.counters.last_export_version = event["version"]
             self._event(event)
 
+    def _probed_encoder(self) -> torch.nn.Module:
+        return self.learner.encoder_module(self.cfg.export.weights)
+
+    def _probe_published(self, final: bool = False) -> None:
+        """Probe the state just checkpointed or exported, or with `final` the one the run ends with (unless
+        `train.probe_every` sets a step cadence): the report matches a score to the version of its step."""
+        if self.monitor is not None and self.cfg.train.probe_every is None:
+            self.monitor.probe(self.counters.last_export_version, self._probed_encoder, final=final)
+
     def _make_quality_monitor(self) -> Optional["QualityMonitor"]:
         tc = self.cfg.train
         if tc.probe_data is None or self.ranks.rank != 0:
             return None
         from trainer.quality_monitor import QualityMonitor  # sklearn and onnxruntime load only when probing
 
-        return QualityMonitor(tc.probe_data, self.cfg.model, self.cfg.eval, tc.seed, self.learner.mean, self.learner.std)
+        return QualityMonitor(tc.probe_data, self.cfg.model, self.cfg.eval, tc.seed, self.learner.mean, self.learner.std,
+                              device=self.device, weights=self.cfg.export.weights)
 
     def _shutdown(self, together: bool) -> None:
         """Final checkpoint, final export, last status line; runs on every exit but a kill -9.
@@ -450,6 +464,8 @@ class ContinualTrainer:
                     self._submit_export()
                 self.exporter.close(EXPORT_CLOSE_TIMEOUT_S)
                 self._log_exports()
+            if self.train_step.nan_streak == 0 and self.step > self._prior_step:
+                self._probe_published(final=True)  # the state the run ends with (waits for a probe in progress)
         finally:
             if self.monitor is not None:
                 self.monitor.close()

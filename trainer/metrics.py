@@ -110,7 +110,7 @@ def format_status(f: dict[str, Any]) -> str:
         f"{num('img_per_s', '.1f')} img/s | frames {f.get('frames_in', 0)} in, {f.get('frames_malformed', 0)} bad | "
         f"buffer {num('buffer_fill', '.0%')} | tau {num('tau', '.4f')} | nan skips {f.get('nan_skips', 0)} | "
         + (f"refused {f['connections_refused']} | " if f.get("connections_refused") else "")
-        + (f"kNN {num('probe_knn', '.3f')} (random {num('probe_random_knn', '.3f')}, step {f.get('probe_step')}) | "
+        + (f"kNN {num('probe_knn', '.3f')} (init {num('probe_random_knn', '.3f')}, step {f.get('probe_step')}) | "
            if f.get("probe_knn") is not None else "")
         + (f"{drift_text(f)} | " if drift_text(f) else "")
         + f"{f.get('state', '')}"

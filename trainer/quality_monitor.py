@@ -1,18 +1,20 @@
-"""Online quality monitor: kNN / linear probe of the target encoder while it trains, off the training thread.
+"""Online quality monitor: kNN / linear probe of the encoder while it trains, off the training thread.
 
 The BYOL loss says little about downstream quality (it can fall while the features get worse:
 benchmarks/RESULTS.md, real photos), and a random-init conv net is a strong kNN baseline. With
-`train.probe_data` set to a labelled image folder (one subfolder per class, or `train/` + `test/`
-halves) or "digits", the trainer hands a CPU copy of its target encoder to this monitor every
-`train.probe_every` steps; a background thread scores it exactly as `byol-agent eval` does and
-also scores, once, the random-init encoder of the same architecture, stem and input size (the
-run's own initial weights, seeded by `train.seed`). Each result is an `EvalResult` that the
-trainer writes to metrics.jsonl as an `{"event": "eval"}` line (so `report` plots it per exported
-version next to the random-init line) and shows on the status line.
+`train.probe_data` (on by default: "digits", scikit-learn's bundled labelled set, so it needs no
+download; or a labelled image folder, one subfolder per class or `train/` + `test/` halves), the
+trainer hands a CPU copy of its encoder to this monitor at each checkpoint or export (or every
+`train.probe_every` steps), and once more for the final state; a background thread scores it
+exactly as `byol-agent eval` does and also scores, once, the random-init twin: the same
+architecture, stem and input size with the run's own initial weights (seeded by `train.seed`).
+Each result is an `EvalResult` that the trainer writes to metrics.jsonl as an `{"event": "eval"}`
+line (so `report` plots it per exported version next to the random-init line) and shows on the
+status line. Features are computed on the trainer's device (a GPU makes a ResNet's probe cheap).
 
 One scoring at a time: a request that arrives while the previous one still runs is skipped, so a
-slow probe never queues work behind the trainer. A failure in the thread is stored and re-raised
-by the next `poll()` (the style of huey's consumer), never lost with the thread.
+slow probe never queues work behind the trainer (the final one waits instead). A failure in the
+thread is stored and re-raised by the next `poll()` (the style of huey's consumer), never lost.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from typing import Optional
 
 import numpy as np
+import torch
 from torch import nn
 
 from agent.core.config import EvalConfig, ModelConfig
@@ -40,7 +43,8 @@ class QualityMonitor:
 
     `data`: "digits" or a labelled image folder, loaded now at `model_cfg.image_size` (SourceError
     with a one-line message if it is missing or holds too few images). `mean` / `std`: the learner's
-    input normalisation (per channel, for float RGB in [0, 1]).
+    input normalisation (per channel, for float RGB in [0, 1]). `device`: where features are computed; `weights`: which
+    of the learner's encoders is handed in ("target" or "online", as `export.weights`), for the record.
     """
 
     def __init__(
@@ -51,12 +55,14 @@ class QualityMonitor:
         seed: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        device: torch.device = torch.device("cpu"),
+        weights: str = "target",
     ) -> None:
         self._data = load_eval_data(data, model_cfg.image_size, eval_cfg.max_images, seed)
         labels = self._data.labels
         self._split = self._data.split or stratified_split(labels, eval_cfg.test_fraction, seed)
         self._model_cfg, self._eval_cfg, self._seed = model_cfg, eval_cfg, seed
-        self._mean, self._std = mean, std
+        self._mean, self._std, self._device, self._weights = mean, std, device, weights
         self._reference: Optional[tuple[float, float]] = None
         self._thread: Optional[threading.Thread] = None
         self._results: list[EvalResult] = []
@@ -67,8 +73,14 @@ class QualityMonitor:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, step: int, version: Optional[int], encoder: nn.Module) -> bool:
-        """Start scoring `encoder` (an eval-mode CPU module: normalised float NCHW → (N, D)); False if busy."""
+    def submit(self, step: int, version: Optional[int], encoder: nn.Module, wait: bool = False,
+               wait_s: float = 120.0) -> bool:
+        """Start scoring `encoder` (an eval-mode CPU module: normalised float NCHW -> (N, D)); False if busy.
+
+        `version`: the version published when submitted (None if none). `wait`: give a scoring in
+        progress up to `wait_s` to finish instead of skipping this one (the final state of a run)."""
+        if wait and self._thread is not None:
+            self._thread.join(wait_s)
         if self.busy:
             return False
         self._thread = threading.Thread(
@@ -93,7 +105,7 @@ class QualityMonitor:
         return self.poll()
 
     def _features(self, module: nn.Module) -> np.ndarray:
-        return torch_features(module, self._data.images, self._mean, self._std)
+        return torch_features(module.to(self._device), self._data.images, self._mean, self._std)
 
     def _score(self, step: int, version: Optional[int], encoder: nn.Module) -> None:
         try:
@@ -102,12 +114,13 @@ class QualityMonitor:
             k, labels = self._eval_cfg.k, self._data.labels
             if self._reference is None:
                 section = self._model_cfg.model_dump(mode="json")
-                reference = random_init_encoder(section, self._seed, self._model_cfg)  # our own config: trusted
+                reference = random_init_encoder(section, self._seed, self._model_cfg,  # our own config: trusted
+                                                channels=len(self._mean))  # a mono run's twin takes gray frames
                 self._reference = evaluate_features(self._features(reference), labels, train, test, k, self._seed)
             feats = self._features(encoder.eval())
             knn, linear = evaluate_features(feats, labels, train, test, k, self._seed)
             result = EvalResult(
-                encoder=f"target at step {step}",
+                encoder=f"{self._weights} at step {step}",
                 version=version,
                 step=step,
                 data=self._data.name,
@@ -122,7 +135,7 @@ class QualityMonitor:
                 random_linear_top1=self._reference[1],
                 seed=self._seed,
                 seconds=time.perf_counter() - started,
-                notes=["online monitor (torch, target encoder)"],
+                notes=[f"online monitor (torch, {self._weights} encoder)"],
             )
             with self._lock:
                 self._results.append(result)

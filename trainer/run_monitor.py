@@ -4,8 +4,9 @@
 `RunState`) and reports them; it never changes them. Each metrics window (`train.metrics_every`
 steps) becomes one `metrics.jsonl` record with the mean loss and the throughput of that window;
 the status file and the live line are refreshed at their own pace by `MetricsWriter`. With a
-`QualityMonitor` (`train.probe_data`), it also schedules the kNN probes of the target encoder and
-logs their results; a failed probe is logged, never fatal. Handed the `train` section only.
+`QualityMonitor` (`train.probe_data`), it also submits the kNN probes of the encoder (at each
+checkpoint or export, or every `train.probe_every` steps) and logs their results; a failed probe is
+logged, never fatal. Handed the `train` section only.
 Rank 0 of a multi-rank run reports the whole run: the trainer hands in the run's counters and
 per-rank fields (`counters`, `extra`) in place of this process's own.
 """
@@ -110,6 +111,7 @@ class RunMonitor:
         self._frames_in_at_start = self._counters().frames_in  # frames in before this process (a resumed run)
         self._last_probe: Optional["EvalResult"] = None
         self._probe_submitted_at: Optional[int] = None
+        self._probe_submitted_time = -float("inf")  # time.monotonic() of the last probe submitted
         self._drift: dict[str, Any] = {}  # the last published version's drift (export.compat.drift_record)
 
     def event(self, record: dict[str, Any]) -> None:
@@ -153,13 +155,24 @@ class RunMonitor:
     # -- quality probes ---------------------------------------------------------------------------
 
     def maybe_probe(self, version: Optional[int], encoder: Callable[[], nn.Module]) -> None:
-        """Every `train.probe_every` steps hand `encoder()` (a CPU eval copy) to the quality monitor; log results."""
-        step = self._state.step
-        # a skipped (NaN) step leaves the step count where it was: do not probe it twice
-        if self.quality is not None and step % self._cfg.probe_every == 0 and step != self._probe_submitted_at:
-            self.quality.submit(step, version, encoder())
-            self._probe_submitted_at = step
+        """After each update: with `train.probe_every` set, hand `encoder()` (a CPU eval copy) to the quality
+        monitor every that many steps; log finished results either way."""
+        every = self._cfg.probe_every
+        if every is not None and self._state.step % every == 0:
+            self.probe(version, encoder)
         self._log_probes()
+
+    def probe(self, version: Optional[int], encoder: Callable[[], nn.Module], final: bool = False) -> None:
+        """Score the current state now (a checkpoint, an export, the end), unless this step was submitted
+        already (a skipped NaN step leaves the count where it was) or, unless `final`, a probe still runs
+        or the last one began less than `train.probe_min_interval_s` ago."""
+        step, now = self._state.step, time.monotonic()
+        if self.quality is None or step == self._probe_submitted_at:
+            return
+        if not final and (self.quality.busy or now - self._probe_submitted_time < self._cfg.probe_min_interval_s):
+            return
+        self.quality.submit(step, version, encoder(), wait=final)
+        self._probe_submitted_at, self._probe_submitted_time = step, now
 
     def _log_probes(self, final: bool = False) -> None:
         """Log finished probes; at the end wait for one in progress. A failed probe is logged, never fatal."""

@@ -264,9 +264,17 @@ class TrainConfig(_Section):
     metrics_every: int = Field(10, ge=1)
     nan_tolerance: int = Field(5, ge=1, description="non-finite losses in a row before the last good state is restored")
     probe_data: Optional[str] = Field(
-        None, description="'digits' or a labelled image folder: score the target encoder by kNN/linear probe while training"
+        "digits",
+        description="'digits' (scikit-learn's bundled set), a labelled image folder, or None (off): kNN/linear "
+        "probe of the encoder while training, next to its random-init twin",
     )
-    probe_every: int = Field(500, ge=1, description="steps between online quality scores (train.probe_data)")
+    probe_every: Optional[int] = Field(
+        None, ge=1, description="steps between online probes; None: each checkpoint or export, and the final state"
+    )
+    probe_min_interval_s: float = Field(
+        30.0, ge=0, description="seconds at least between two online probes (not the final one): caps their cost "
+        "when checkpoints come often (benchmarks/RESULTS.md, 'Online probe')"
+    )
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on the CPU")
     collective_timeout_s: float = Field(

@@ -58,7 +58,8 @@ def test_eval_table_and_regression_exit_status(export_dir: Path, tmp_path: Path,
     assert "kNN top-1" in lines[1] and "k=5" in lines[1]
     assert lines[2].split()[0] == "encoder" and float(lines[2].split()[1]) > 0.3
     assert lines[3].startswith("random init") and float(lines[3].split()[2]) > 0.3
-    assert lines[4].startswith("regressed: kNN")
+    assert lines[4].startswith("note: at the default config the probe usually passes random init")  # a step-0 export
+    assert lines[5].startswith("regressed: kNN")
 
 
 def test_bad_input_is_a_one_line_error_exit_2(export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -88,3 +89,16 @@ def test_a_manifest_naming_an_import_string_runs_nothing(tmp_path: Path) -> None
     assert not marker.exists()
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "import string 'subprocess:getoutput'" in out.stderr
+
+
+def test_eval_says_when_an_encoder_is_younger_than_the_measured_crossing(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from export.evaluate import DEFAULT_PASSES_RANDOM_INIT_STEPS as passes, young_encoder_note
+    from tests.export.tiny import publish_version
+
+    publish_version(tmp_path, seed=1, step=passes // 3)
+    assert cli_main(["eval", "--encoder", str(tmp_path), "--data", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert (f"note: at the default config the probe usually passes random init after ~{passes} steps on real photos "
+            f"(benchmarks/RESULTS.md); this encoder has {passes // 3}") in out, out
+    assert young_encoder_note(passes) is None and young_encoder_note(None) is None  # as old, or no manifest step

@@ -202,10 +202,15 @@ def test_the_suggested_eval_command_runs_and_lands_in_the_next_report(real_run: 
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     evals = [r for r in _records(run / "metrics.jsonl") if r.get("event") == "eval"]
-    assert len(evals) == 1 and evals[0]["version"] >= 1
+    online = [r for r in evals if r["encoder"].startswith("target at step")]  # the trainer's probe, on by default
+    assert online and online[-1]["step"] == max(r["step"] for r in _records(run / "metrics.jsonl") if "step" in r)
+    (scored,) = [r for r in evals if r not in online]
+    assert scored["version"] >= 1 and scored["data"] == "digits"
     report = write_report(run)
     assert "eval.png" in [p.name for p in report.plots]
-    assert f"best eval: version {evals[0]['version']}, kNN top-1 {evals[0]['knn_top1']:.3f}" in report.summary.read_text()
+    summary = report.summary.read_text()
+    line = next(line for line in summary.splitlines() if line.startswith("- best eval: "))
+    assert f"version {scored['version']} (step {scored['step']}), kNN top-1 {scored['knn_top1']:.3f}" in line, line
 
 
 def test_the_overview_answers_learning_data_and_serving_on_a_wall_clock(real_run: Path, tmp_path: Path) -> None:
@@ -269,3 +274,97 @@ def test_the_final_step_comes_from_the_stop_event(tmp_path: Path) -> None:
     assert [r["step"] for r in records if r.get("event") == "stop"] == [7]
     summary = write_report(tmp_path / "run").summary.read_text()
     assert "steps: 0 to 7 (2 metric lines)" in summary, summary
+
+
+# --------------------------------------------------------------------------- a short run, resumed once (issue 22)
+
+
+def _write_resumed_run(run: Path, lines: int = 30) -> None:
+    """What a first `run` of a few minutes writes when it is resumed once: training lines every 10 steps, one
+    export (version 1, step 100), the trainer's online probe of that step (no version: the exporter is another
+    process), capture.jsonl counting from 0 again in the second session, and a runtime that made no call."""
+    t0 = 1_700_000_000.0
+    rows: list[dict] = [{"event": "start", "step": 0, "resumed_from": None, "time": t0}]
+    for i in range(1, lines + 1):
+        rows.append({"step": 10 * i, "loss": 2.0 - i / lines, "embedding_std": 0.05, "img_per_s": 30.0,
+                     "frames_in": 40 * i, "buffer_fill": 0.5, "time": t0 + 5.0 * i})
+        if i == lines // 2:
+            rows.append({"event": "start", "step": 10 * i, "resumed_from": "ckpt", "time": t0 + 5.0 * i + 1})
+    rows.append({"event": "export", "step": 100, "version": 1, "time": t0 + 52.0})
+    rows.append({"event": "eval", "encoder": "target at step 100", "version": None, "step": 100, "data": "digits",
+                 "knn_top1": 0.81, "linear_top1": 0.93, "random_knn_top1": 0.72, "random_linear_top1": 0.92,
+                 "time": t0 + 53.0})
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capture = [(0, 0), (10, 100), (20, 200), (80, 0), (90, 50), (100, 120)]  # (s, frames): resumed at 80 s
+    (run / "capture.jsonl").write_text("".join(
+        json.dumps({"time": t0 + t, "frames_read": n, "kept": n, "skipped_novelty": 0, "sent": n, "dropped": 0,
+                    "frames_per_source": [n], "source_names": ["demo"]}) + "\n" for t, n in capture))
+    runtime = [{"time": t0 + 150.0, "event": "serve", "version": 1, "previous": None, "swaps": 0},
+               {"time": t0 + 150.1, "version": 1, "swaps": 0, "calls": 0, "failures": 0, "window_calls": 0,
+                "p50_ms": None, "p99_ms": None}]
+    (run / "runtime.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runtime))
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """The figures and summary.md of `_write_resumed_run` (drawn once for the tests below)."""
+    run = tmp_path_factory.mktemp("resumed") / "run"
+    _write_resumed_run(run)
+    return report_figures(run)[0], write_report(run).summary.read_text()
+
+
+def test_a_resumed_runs_cumulative_counts_continue(resumed: tuple[dict, str]) -> None:
+    figures, summary = resumed
+    for fig, title in ((figures["frames"], "Frames (capture)"), (figures["overview"], "Frames (capture)")):
+        ax = next(a for a in fig.axes if a.get_title() == title)
+        read = next(line for line in ax.lines if line.get_label() == "read").get_ydata()
+        assert np.all(np.diff(read) >= 0) and read[-1] == 320, read  # 200 before the resume, 120 after
+    assert "read 320, kept 320" in summary, summary
+
+
+def _integer_ticks(axis) -> list[float]:
+    low, high = sorted(axis.get_view_interval())
+    return [t for t in axis.get_majorticklocs() if low - 1e-9 <= t <= high + 1e-9]
+
+
+def test_version_axes_tick_whole_versions_only(resumed: tuple[dict, str]) -> None:
+    figures, _ = resumed
+    checked = 0
+    for stem, fig in figures.items():
+        for ax in fig.axes:
+            for axis, label in ((ax.xaxis, ax.get_xlabel()), (ax.yaxis, ax.get_ylabel())):
+                if "version" in label:
+                    ticks = _integer_ticks(axis)
+                    assert ticks and all(float(t).is_integer() for t in ticks), f"{stem} {label!r}: {ticks}"
+                    checked += 1
+    assert checked >= 5  # loss (twin), eval, runtime, and the overview's three
+
+
+def test_a_runtime_that_made_no_calls_is_said_so(resumed: tuple[dict, str]) -> None:
+    figures, summary = resumed
+    version, latency = figures["runtime"].axes
+    assert "served" not in [line.get_label() for line in version.lines]
+    assert any("no calls" in text.get_text() for text in version.texts + latency.texts)
+    assert "0 calls" in summary
+
+
+def test_the_running_mean_says_what_it_averages(tmp_path: Path) -> None:
+    _write_resumed_run(tmp_path / "run", lines=44)
+    figures, _ = report_figures(tmp_path / "run")
+    labels = [line.get_label() for line in figures["loss"].axes[0].lines]
+    # 44 records -> a window of 2 records of train.metrics_every (10) steps each
+    assert "running mean of 2 records (~20 steps)" in labels, labels
+    assert any("train.metrics_every" in label for label in labels), labels
+
+
+def test_the_first_runs_probe_is_one_readable_point_per_version(resumed: tuple[dict, str]) -> None:
+    figures, summary = resumed
+    ax = figures["eval"].axes[0]
+    knn = next(line for line in ax.lines if line.get_label() == "kNN top-1")
+    assert list(knn.get_xdata()) == [1.0] and list(knn.get_ydata()) == [0.81]  # matched to version 1 by its step
+    assert _integer_ticks(ax.xaxis) == [1.0]
+    init = next(line for line in ax.lines if line.get_label().startswith("kNN, random init"))
+    assert list(init.get_ydata()) == [0.72, 0.72] and list(init.get_xdata()) == [0, 1]  # a level line across
+    assert ("best eval: version 1 (step 100), kNN top-1 0.810, linear top-1 0.930 "
+            "(random init: kNN 0.720, linear 0.920) on digits") in summary, summary
