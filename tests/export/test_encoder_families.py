@@ -53,6 +53,8 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], HiddenLayer]] = {
     "convnext": (f"{F}:tiny_convnext", {}, "avgpool"),
     "regnet": (f"{F}:tiny_regnet_y", {}, "avgpool"),
     "vit": (f"{F}:tiny_vit", {"image_size": IMAGE_SIZE}, "encoder"),
+    "densenet": (f"{F}:tiny_densenet", {}, -2),  # `features`: the forward's in-place ReLU runs after it
+    "resnet-repeated-relu": (f"{F}:tiny_resnet", {}, "layer4.0.relu"),  # a BasicBlock calls its relu twice
     "custom-by-name": (f"{F}:custom_net", {}, "body.1"),  # a dotted name: nested module
     "custom-by-index": (f"{F}:custom_net", {}, -2),
     "custom-output": (f"{F}:custom_net", {}, -1),
