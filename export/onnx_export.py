@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from agent.core.config import CaptureConfig, ExportConfig, ModelConfig
-from agent.core.errors import ConfigError, ExportRefused, StorageError
+from agent.core.errors import ConfigError, ExportRefused, ModelFileError, StorageError
 from export.manifest import CHANNEL_ORDERS, InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -163,8 +164,9 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
     the 1x1 map it gets there). Costs one export, measured with TorchScript on a loaded 2-core
     machine: 0.3 s for the default tiny_cnn, 5 s for configs/robot-resnet18.yaml, plus ~2 s of
     torch.onnx imports on first use; the dynamo exporter takes 4-30 s per encoder. Raises ConfigError (one line, naming encoder, hidden layer,
-    image size and exporter) when the export fails, or naming encoder and size when the encoder cannot
-    even run at that size; ConfigError from the encoder registry as it is.
+    image size and exporter) when the export fails or its graph computes something else than the
+    encoder (`check_graph_parity`: an export that runs is not yet a right one), or naming encoder and
+    size when the encoder cannot even run at that size; ConfigError from the encoder registry as it is.
     """
     from trainer.backbone import Backbone  # the learner's modules load only for this check
     from trainer.byol import view_statistics
@@ -186,7 +188,8 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
     spec = input_spec(export_cfg.input_format, size, mean, std)
     try:
         wrapped = PreprocessedEncoder(backbone, mean, std, export_cfg.input_format)
-        export_graph(wrapped, spec, export_cfg)
+        graph, _ = export_graph(wrapped, spec, export_cfg)
+        check_graph_parity(graph, wrapped, spec, export_cfg)
     except ExportRefused as exc:
         other = "dynamo" if export_cfg.exporter == "torchscript" else "torchscript"
         raise ConfigError(
@@ -194,6 +197,57 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
             f"{size}) cannot be exported with export.exporter={export_cfg.exporter}, so no version "
             f"would ever be published: {exc}; try export.exporter={other} or another model.image_size"
         ) from None
+
+
+def parity_frames(spec: InputSpec, batch: int) -> torch.Tensor:
+    """`batch` inputs for `spec` (uint8 NHWC or float NCHW): noise of another seed than the export
+    example, then alternately a dark and a bright ramp, so a branch the tracer baked in shows."""
+    height, width, channels = spec.height, spec.width, spec.channels
+    noise = torch.randint(0, 256, (batch, height, width, channels), generator=torch.Generator().manual_seed(1))
+    ramp = torch.linspace(0, 1, width).view(1, width, 1).expand(height, width, channels)
+    for i in range(1, batch):
+        noise[i] = (ramp * 40).round().to(noise.dtype) if i % 2 else (215 + ramp * 40).round().to(noise.dtype)
+    frames = noise.to(torch.uint8)
+    if spec.dtype == "uint8":
+        return frames
+    mean, std = torch.tensor(spec.mean).view(1, -1, 1, 1), torch.tensor(spec.std).view(1, -1, 1, 1)
+    return (frames.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def check_graph_parity(graph: bytes, wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig) -> float:
+    """Max |onnxruntime - torch| of the ONNX `graph` against `wrapped`, on `parity_frames` at batch `cfg.verify_batch`.
+
+    Relative to the embedding's scale (at least 1): a random-init net's embeddings may be tiny or
+    huge. Raises ExportRefused ("parity failure: ...", one line) above `cfg.parity_atol`, or when
+    onnxruntime cannot run the graph.
+    """
+    from export.sessions import CPU, create_session  # onnxruntime loads only for this check
+
+    frames = parity_frames(spec, cfg.verify_batch)
+    batches = [frames] + [frames[i : i + 1] for i in range(len(frames))]  # the whole batch, then each frame alone
+    worst, scale = 0.0, 1.0
+    with tempfile.TemporaryDirectory(prefix="byol-agent-check-") as folder:
+        path = Path(folder) / "check.onnx"
+        path.write_bytes(graph)
+        try:
+            session = create_session(path, [CPU], threads=1)
+        except ModelFileError as exc:
+            raise ExportRefused(str(exc)) from None
+        for x in batches:
+            with torch.no_grad():
+                expected = wrapped.eval()(x).numpy()
+            try:
+                got = session.run(None, {spec.name: x.numpy()})[0]
+            except Exception as exc:  # onnxruntime raises its own pybind types
+                raise ExportRefused(f"onnxruntime cannot run the export at batch {len(x)}: {_reason(exc)}") from None
+            scale = max(scale, float(abs(expected).max()))
+            worst = max(worst, float(abs(got - expected).max()) if got.shape == expected.shape else float("inf"))
+    if not worst <= cfg.parity_atol * scale:
+        raise ExportRefused(
+            f"parity failure: max |onnx - torch| = {worst:.3g} > export.parity_atol {cfg.parity_atol:g} "
+            f"x embedding scale {scale:.3g} on {len(frames)} check frames, together and one by one"
+        )
+    return worst
 
 
 _FAST_PATH_LOCK = threading.Lock()
