@@ -24,7 +24,7 @@ import onnx
 import torch
 from torch import nn
 
-from agent.core.config import CaptureConfig, ExportConfig, ModelConfig
+from agent.core.config import DYNAMO_MIN_OPSET, CaptureConfig, ExportConfig, ModelConfig
 from agent.core.errors import ConfigError, ExportRefused, ModelFileError, StorageError
 from export.manifest import CHANNEL_ORDERS, InputSpec
 
@@ -93,20 +93,31 @@ def example_batch(cfg: ExportConfig) -> int:
 @dataclass(frozen=True)
 class Exported:
     output_dim: int
-    opset: int  # as written in the file (the dynamo exporter writes at least 18)
+    opset: int  # as written in the file: `opset_of(cfg)`
+
+
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": DYNAMO_MIN_OPSET}
+
+
+def opset_of(cfg: ExportConfig) -> int:
+    """The opset an export with `cfg` writes: `export.opset`, else the exporter's own (DEFAULT_OPSET).
+
+    The config refuses an opset below 18 for the dynamo exporter: it implements 18 and up, and
+    torch's conversion down (`opset_version=17`) fails even on a plain conv net, leaving 18 in the file.
+    """
+    return cfg.opset if cfg.opset is not None else DEFAULT_OPSET[cfg.exporter]
 
 
 def _exporter_args(spec: InputSpec, cfg: ExportConfig) -> dict[str, Any]:
     names = {"input_names": [spec.name], "output_names": [OUTPUT_NAME]}
     if cfg.exporter == "torchscript":
         dynamic_axes = {spec.name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-        return {**names, "dynamo": False, "dynamic_axes": dynamic_axes, "opset_version": cfg.opset}
+        return {**names, "dynamo": False, "dynamic_axes": dynamic_axes, "opset_version": opset_of(cfg)}
     return {
         **names,
         "dynamo": True,
         "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},),
-        # Its lowest implemented opset is 18; asking for less only adds a failing down-conversion.
-        "opset_version": max(cfg.opset, 18),
+        "opset_version": opset_of(cfg),
         "external_data": False,
         "verbose": False,
     }
@@ -150,6 +161,8 @@ def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: 
     except OSError as exc:
         raise StorageError(f"cannot write the ONNX export to {path.parent}: {exc.strerror or exc}") from None
     opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    if opset != opset_of(cfg):  # the exporter may fall back to another opset with only a log line
+        raise ExportRefused(f"{cfg.exporter} exporter wrote opset {opset}, not the configured {opset_of(cfg)} (export.opset)")
     return Exported(output_dim=output_dim, opset=int(opset))
 
 
