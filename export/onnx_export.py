@@ -123,11 +123,29 @@ def _exporter_args(spec: InputSpec, cfg: ExportConfig) -> dict[str, Any]:
     }
 
 
-def export_graph(wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig) -> tuple[bytes, int]:
+# Exporters whose tracing state is process-global (torch.export's): beside training they run in a child process.
+CHILD_EXPORTERS = frozenset({"dynamo"})
+
+
+def export_graph(
+    wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig, beside_training: bool = False
+) -> tuple[bytes, int]:
     """The ONNX file of `wrapped` (eval mode, dynamic batch) as bytes, and the embedding width D.
 
-    Raises ExportRefused naming the exporter and its reason (one line) when it cannot handle the module.
+    `beside_training`: training runs in this process meanwhile, so an exporter of CHILD_EXPORTERS
+    runs in a spawned child (export/isolated.py), never sharing its tracing state with the training
+    thread. Raises ExportRefused naming the exporter and its reason (one line) when it cannot
+    handle the module (or, in a child, cannot pickle it, or the child dies or hangs).
     """
+    if beside_training and cfg.exporter in CHILD_EXPORTERS:
+        from export.isolated import export_in_child
+
+        return export_in_child(trace_graph, wrapped, spec, cfg)
+    return trace_graph(wrapped, spec, cfg)
+
+
+def trace_graph(wrapped: nn.Module, spec: InputSpec, cfg: ExportConfig) -> tuple[bytes, int]:
+    """`export_graph` in this process: the configured exporter's trace of `wrapped` into memory."""
     wrapped.eval()
     batch = example_batch(cfg)
     if spec.dtype == "uint8":
@@ -148,13 +166,15 @@ def export_graph(wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfi
     return graph.getvalue(), int(out.shape[1])
 
 
-def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig) -> Exported:
-    """Export `wrapped` (eval mode, dynamic batch) to `path`.
+def export_onnx(
+    wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig, beside_training: bool = False
+) -> Exported:
+    """Export `wrapped` (eval mode, dynamic batch) to `path` (`beside_training` as in `export_graph`).
 
     Raises ExportRefused when the exporter cannot handle the module, so the caller keeps the last
     good version; StorageError when the file cannot be written (a full disk is not a refusal).
     """
-    graph, output_dim = export_graph(wrapped, spec, cfg)
+    graph, output_dim = export_graph(wrapped, spec, cfg, beside_training)
     try:
         with open(path, "wb") as f:
             f.write(graph)
@@ -201,7 +221,7 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
     spec = input_spec(export_cfg.input_format, size, mean, std)
     try:
         wrapped = PreprocessedEncoder(backbone, mean, std, export_cfg.input_format)
-        graph, _ = export_graph(wrapped, spec, export_cfg)
+        graph, _ = export_graph(wrapped, spec, export_cfg, beside_training=True)  # as every version will be
         check_graph_parity(graph, wrapped, spec, export_cfg)
     except ExportRefused as exc:
         other = "dynamo" if export_cfg.exporter == "torchscript" else "torchscript"
