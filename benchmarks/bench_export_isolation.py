@@ -25,16 +25,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.core.config import ExportConfig, ModelConfig  # noqa: E402
-from export.onnx_export import PreprocessedEncoder, export_graph, input_spec  # noqa: E402
-from trainer.backbone import Backbone  # noqa: E402
-from trainer.byol import BYOL  # noqa: E402
-from trainer.encoders import build_encoder  # noqa: E402
+from agent.core.config import ExportConfig, ModelConfig
+from export.onnx_export import PreprocessedEncoder, export_graph, input_spec
+from trainer.byol import BYOL
+from trainer.encoders import build_encoder
 
 HIDDEN = {"tiny_cnn": "avgpool", "resnet18": "avgpool"}
 
@@ -51,7 +51,7 @@ def training_loop(learner: BYOL, stop: threading.Event, counter: list[int]) -> N
         counter[0] += 1
 
 
-def steps_during(learner: BYOL, work: "callable", seconds: float | None = None) -> tuple[int, float]:
+def steps_during(learner: BYOL, work: Optional[Callable[[], object]], seconds: float = 0.0) -> tuple[int, float]:
     """Training steps done on this thread while `work()` runs on another (or for `seconds`), and the wall time."""
     stop, counter = threading.Event(), [0]
     done = threading.Event()
@@ -99,7 +99,7 @@ def main() -> None:
             start = time.monotonic()
             export_graph(wrapped, spec, cfg)  # in-process, training paused: what a lock would cost
             lock_s = time.monotonic() - start
-            child_steps, child_s = steps_during(learner, lambda: export_graph(wrapped, spec, cfg, beside_training=True))
+            child_steps, child_s = steps_during(learner, lambda w=wrapped, s=spec: export_graph(w, s, cfg, beside_training=True))
             lost_lock.append(rate * lock_s)
             lost_child.append(max(0.0, rate * child_s - child_steps))
             print(f"{name} round {r}: baseline {rate:.2f} steps/s; lock: trace {lock_s:.1f} s = {rate * lock_s:.1f} steps "

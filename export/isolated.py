@@ -11,16 +11,18 @@ refused export, never the run.
 The module travels pickled (`torch.save`: classes by import path, so torchvision nets, registered
 encoders and `package.module:factory` nets all do; a module holding a lambda or a lock does not,
 and is refused in one line, at start-up by `check_exportable`). The child is spawned, not forked
-(a fork of a process with CUDA and threads is unsafe), imports torch afresh and runs with one
-thread. Cost: see benchmarks/bench_export_isolation.py and RESULTS.md.
+(a fork of a process with CUDA and threads is unsafe), imports torch afresh, runs with one
+thread and with SIGINT blocked (a Ctrl-C stops the trainer, which finishes or abandons the export). Cost: see benchmarks/bench_export_isolation.py and RESULTS.md.
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from typing import Callable
 
 import torch
 from torch import nn
@@ -53,7 +55,8 @@ def export_in_child(trace: Trace, wrapped: nn.Module, spec: InputSpec, cfg: Expo
     child = context.Process(
         target=_child_main, args=(send, trace, buffer.getvalue(), spec, cfg), name="byol-agent-export", daemon=True
     )
-    child.start()
+    with _sigint_blocked():  # the child inherits the mask: a Ctrl-C meant for the trainer never kills it mid-export
+        child.start()
     send.close()  # ours: only the child writes; EOF then means it is gone
     try:
         if not receive.poll(timeout_s):
@@ -83,8 +86,24 @@ def _child_main(send: Connection, trace: Trace, module: bytes, spec: InputSpec, 
         result = ("refused", str(exc))
     except Exception as exc:  # anything else from unpickling or the exporter: still a refusal of this export
         result = ("refused", f"{cfg.exporter} ONNX export failed in its process: {_line(exc)}")
-    send.send(result)
-    send.close()
+    try:
+        send.send(result)
+        send.close()
+    except OSError:  # the parent is gone (killed): nobody to tell
+        pass
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held pending on this thread for the block (inherited by processes started in it)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _line(exc: BaseException) -> str:
