@@ -10,6 +10,7 @@ while it traces (the alternative). Per encoder and round, with one BYOL training
 
   baseline  training steps/s with no export running
   lock      the in-process dynamo export's time: training would stand still for all of it
+  alone     the same export in a spawned child with no training (the child's start-up cost shows)
   child     the same export in a spawned child (export/isolated.py) while training steps on:
             its wall time, and the training steps lost against the baseline rate in that time
             (the child shares the CPU with training; on a GPU box it would share nothing)
@@ -99,11 +100,14 @@ def main() -> None:
             start = time.monotonic()
             export_graph(wrapped, spec, cfg)  # in-process, training paused: what a lock would cost
             lock_s = time.monotonic() - start
+            start = time.monotonic()
+            export_graph(wrapped, spec, cfg, beside_training=True)  # the child alone: its fixed start-up cost shows
+            alone_s = time.monotonic() - start
             child_steps, child_s = steps_during(learner, lambda w=wrapped, s=spec: export_graph(w, s, cfg, beside_training=True))
             lost_lock.append(rate * lock_s)
             lost_child.append(max(0.0, rate * child_s - child_steps))
             print(f"{name} round {r}: baseline {rate:.2f} steps/s; lock: trace {lock_s:.1f} s = {rate * lock_s:.1f} steps "
-                  f"stalled; child: export {child_s:.1f} s wall, {child_steps} steps done, "
+                  f"stalled; child alone {alone_s:.1f} s; child beside training: {child_s:.1f} s wall, {child_steps} steps done, "
                   f"{lost_child[-1]:.1f} steps lost")
         lock_med, child_med = statistics.median(lost_lock), statistics.median(lost_child)
         print(f"{name}: steps lost per export, lock {lock_med:.1f} vs child {child_med:.1f} "
