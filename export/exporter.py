@@ -4,6 +4,10 @@ The trainer hands over an eval copy of its encoder plus real frames and carries 
 thread does the slow part. Only the newest pending request is kept: an older snapshot of a model
 that has moved on is not worth publishing. A refused export publishes nothing, so the last good
 version stays live; the refusal is logged and reported through `poll()` for the trainer's metrics.
+Nothing an export raises ends the thread or training: a failure that is no refusal (a bug, a dead
+export process) is logged with its traceback and reported as an `export_failed` event. With the
+dynamo exporter the trace runs in a child process (export/isolated.py): torch.export's state is
+process-global and raced the training thread (`KeyError: 'custom'` in `optimizer.zero_grad`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def export_encoder(
     capture: Optional[CaptureConfig] = None,
     eval_cfg: EvalConfig = EvalConfig(),
     calibrate: bool = True,
+    beside_training: bool = False,
 ) -> int:
     """Export `encoder` (normalised float NCHW → (N, D)), verify it on `frames` (uint8 NHWC, any size), publish.
 
@@ -56,6 +61,8 @@ def export_encoder(
     the directory's calibration set; each later version gets a map into the previous version's
     embedding space fit on it (`export.compat`), recorded in the manifest's "compat" section.
     `calibrate=False`: `frames` are not the robot's (demo stand-ins); never draw the set from them.
+    `beside_training`: training runs in this process (BackgroundExporter): the dynamo exporter traces
+    in a child process (`export.onnx_export.export_graph`).
 
     Every export target `export_cfg` wants (export/targets/: the ONNX model always, `encoder-NNNNNN.pt`
     with `export.torch_weights`) is written first and published with the version, listed in its manifest.
@@ -66,7 +73,8 @@ def export_encoder(
     """
     frames = as_frame_batch(frames)
     job = ExportJob(int(step), encoder.eval(), frames,
-                    input_spec(export_cfg.input_format, model_cfg.image_size, mean, std, capture), export_cfg, model_cfg)
+                    input_spec(export_cfg.input_format, model_cfg.image_size, mean, std, capture), export_cfg, model_cfg,
+                    beside_training)
     written: dict[str, tuple[Path, dict[str, Any]]] = {}
     temps: list[Path] = []
     try:
@@ -140,7 +148,8 @@ class BackgroundExporter(Worker):
 
     def poll(self) -> list[dict[str, Any]]:
         """Results since the last poll: {"event": "export", "step", "version", and `export.compat.drift_record`'s
-        "r2", "cka_prev", "cka_pinned" when the version has a map} or {"event": "export_refused", "step", "reason"}."""
+        "r2", "cka_prev", "cka_pinned" when the version has a map}, {"event": "export_refused", "step", "reason"}
+        (a gate or the exporter said no) or {"event": "export_failed", "step", "reason"} (disk full, a bug)."""
         self.check()
         with self._cond:
             events, self._events = self._events, []
@@ -171,10 +180,11 @@ class BackgroundExporter(Worker):
             self._events.append(event)
         return True
 
-    def on_error(self, exc: BaseException) -> None:  # a bug, not a refusal: stored for the trainer's next call
+    def on_error(self, exc: BaseException) -> None:  # a bug in the loop itself (not in an export): stored for check()
         log.error("export thread failed: %r", exc, exc_info=exc)
 
     def _run(self, job: _Job) -> dict[str, Any]:
+        """One export; whatever it raises becomes an event (nothing an export does may end training)."""
         try:
             version = export_encoder(
                 job.step,
@@ -187,12 +197,18 @@ class BackgroundExporter(Worker):
                 std=self._std,
                 capture=self._capture,
                 eval_cfg=self._eval_cfg,
+                beside_training=True,
             )
+            record = drift_record(self._publisher.export_dir, version)
         except StorageError as exc:  # disk full: the next scheduled export is the retry; not a refusal
             log.warning("export at step %d not written, keeping the last good version: %s", job.step, exc)
             return {"event": "export_failed", "step": job.step, "reason": str(exc)}
         except ByolAgentError as exc:
             log.warning("export at step %d refused, keeping the last good version: %s", job.step, exc)
             return {"event": "export_refused", "step": job.step, "reason": str(exc)}
+        except Exception as exc:  # a bug in an export: logged with its traceback and reported, training goes on
+            log.error("export at step %d failed, keeping the last good version", job.step, exc_info=exc)
+            line = (str(exc).strip().splitlines() or [""])[0][:300]
+            return {"event": "export_failed", "step": job.step, "reason": f"{type(exc).__name__}: {line}"}
         log.info("published encoder version %d (step %d)", version, job.step)
-        return {"event": "export", "step": job.step, "version": version, **drift_record(self._publisher.export_dir, version)}
+        return {"event": "export", "step": job.step, "version": version, **record}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ import onnx
 import torch
 from torch import nn
 
-from agent.core.config import CaptureConfig, ExportConfig, ModelConfig
-from agent.core.errors import ConfigError, ExportRefused, StorageError
+from agent.core.config import DYNAMO_MIN_OPSET, CaptureConfig, ExportConfig, ModelConfig
+from agent.core.errors import ConfigError, ExportRefused, ModelFileError, StorageError
 from export.manifest import CHANNEL_ORDERS, InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,30 +93,59 @@ def example_batch(cfg: ExportConfig) -> int:
 @dataclass(frozen=True)
 class Exported:
     output_dim: int
-    opset: int  # as written in the file (the dynamo exporter writes at least 18)
+    opset: int  # as written in the file: `opset_of(cfg)`
+
+
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": DYNAMO_MIN_OPSET}
+
+
+def opset_of(cfg: ExportConfig) -> int:
+    """The opset an export with `cfg` writes: `export.opset`, else the exporter's own (DEFAULT_OPSET).
+
+    The config refuses an opset below 18 for the dynamo exporter: it implements 18 and up, and
+    torch's conversion down (`opset_version=17`) fails even on a plain conv net, leaving 18 in the file.
+    """
+    return cfg.opset if cfg.opset is not None else DEFAULT_OPSET[cfg.exporter]
 
 
 def _exporter_args(spec: InputSpec, cfg: ExportConfig) -> dict[str, Any]:
     names = {"input_names": [spec.name], "output_names": [OUTPUT_NAME]}
     if cfg.exporter == "torchscript":
         dynamic_axes = {spec.name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-        return {**names, "dynamo": False, "dynamic_axes": dynamic_axes, "opset_version": cfg.opset}
+        return {**names, "dynamo": False, "dynamic_axes": dynamic_axes, "opset_version": opset_of(cfg)}
     return {
         **names,
         "dynamo": True,
         "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},),
-        # Its lowest implemented opset is 18; asking for less only adds a failing down-conversion.
-        "opset_version": max(cfg.opset, 18),
+        "opset_version": opset_of(cfg),
         "external_data": False,
         "verbose": False,
     }
 
 
-def export_graph(wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig) -> tuple[bytes, int]:
+# Exporters whose tracing state is process-global (torch.export's): beside training they run in a child process.
+CHILD_EXPORTERS = frozenset({"dynamo"})
+
+
+def export_graph(
+    wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig, beside_training: bool = False
+) -> tuple[bytes, int]:
     """The ONNX file of `wrapped` (eval mode, dynamic batch) as bytes, and the embedding width D.
 
-    Raises ExportRefused naming the exporter and its reason (one line) when it cannot handle the module.
+    `beside_training`: training runs in this process meanwhile, so an exporter of CHILD_EXPORTERS
+    runs in a spawned child (export/isolated.py), never sharing its tracing state with the training
+    thread. Raises ExportRefused naming the exporter and its reason (one line) when it cannot
+    handle the module (or, in a child, cannot pickle it, or the child dies or hangs).
     """
+    if beside_training and cfg.exporter in CHILD_EXPORTERS:
+        from export.isolated import export_in_child
+
+        return export_in_child(trace_graph, wrapped, spec, cfg)
+    return trace_graph(wrapped, spec, cfg)
+
+
+def trace_graph(wrapped: nn.Module, spec: InputSpec, cfg: ExportConfig) -> tuple[bytes, int]:
+    """`export_graph` in this process: the configured exporter's trace of `wrapped` into memory."""
     wrapped.eval()
     batch = example_batch(cfg)
     if spec.dtype == "uint8":
@@ -136,19 +166,23 @@ def export_graph(wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfi
     return graph.getvalue(), int(out.shape[1])
 
 
-def export_onnx(wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig) -> Exported:
-    """Export `wrapped` (eval mode, dynamic batch) to `path`.
+def export_onnx(
+    wrapped: PreprocessedEncoder, spec: InputSpec, path: Path, cfg: ExportConfig, beside_training: bool = False
+) -> Exported:
+    """Export `wrapped` (eval mode, dynamic batch) to `path` (`beside_training` as in `export_graph`).
 
     Raises ExportRefused when the exporter cannot handle the module, so the caller keeps the last
     good version; StorageError when the file cannot be written (a full disk is not a refusal).
     """
-    graph, output_dim = export_graph(wrapped, spec, cfg)
+    graph, output_dim = export_graph(wrapped, spec, cfg, beside_training)
     try:
         with open(path, "wb") as f:
             f.write(graph)
     except OSError as exc:
         raise StorageError(f"cannot write the ONNX export to {path.parent}: {exc.strerror or exc}") from None
     opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    if opset != opset_of(cfg):  # the exporter may fall back to another opset with only a log line
+        raise ExportRefused(f"{cfg.exporter} exporter wrote opset {opset}, not the configured {opset_of(cfg)} (export.opset)")
     return Exported(output_dim=output_dim, opset=int(opset))
 
 
@@ -163,8 +197,9 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
     the 1x1 map it gets there). Costs one export, measured with TorchScript on a loaded 2-core
     machine: 0.3 s for the default tiny_cnn, 5 s for configs/robot-resnet18.yaml, plus ~2 s of
     torch.onnx imports on first use; the dynamo exporter takes 4-30 s per encoder. Raises ConfigError (one line, naming encoder, hidden layer,
-    image size and exporter) when the export fails, or naming encoder and size when the encoder cannot
-    even run at that size; ConfigError from the encoder registry as it is.
+    image size and exporter) when the export fails or its graph computes something else than the
+    encoder (`check_graph_parity`: an export that runs is not yet a right one), or naming encoder and
+    size when the encoder cannot even run at that size; ConfigError from the encoder registry as it is.
     """
     from trainer.backbone import Backbone  # the learner's modules load only for this check
     from trainer.byol import view_statistics
@@ -186,7 +221,8 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
     spec = input_spec(export_cfg.input_format, size, mean, std)
     try:
         wrapped = PreprocessedEncoder(backbone, mean, std, export_cfg.input_format)
-        export_graph(wrapped, spec, export_cfg)
+        graph, _ = export_graph(wrapped, spec, export_cfg, beside_training=True)  # as every version will be
+        check_graph_parity(graph, wrapped, spec, export_cfg)
     except ExportRefused as exc:
         other = "dynamo" if export_cfg.exporter == "torchscript" else "torchscript"
         raise ConfigError(
@@ -194,6 +230,57 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
             f"{size}) cannot be exported with export.exporter={export_cfg.exporter}, so no version "
             f"would ever be published: {exc}; try export.exporter={other} or another model.image_size"
         ) from None
+
+
+def parity_frames(spec: InputSpec, batch: int) -> torch.Tensor:
+    """`batch` inputs for `spec` (uint8 NHWC or float NCHW): noise of another seed than the export
+    example, then alternately a dark and a bright ramp, so a branch the tracer baked in shows."""
+    height, width, channels = spec.height, spec.width, spec.channels
+    noise = torch.randint(0, 256, (batch, height, width, channels), generator=torch.Generator().manual_seed(1))
+    ramp = torch.linspace(0, 1, width).view(1, width, 1).expand(height, width, channels)
+    for i in range(1, batch):
+        noise[i] = (ramp * 40).round().to(noise.dtype) if i % 2 else (215 + ramp * 40).round().to(noise.dtype)
+    frames = noise.to(torch.uint8)
+    if spec.dtype == "uint8":
+        return frames
+    mean, std = torch.tensor(spec.mean).view(1, -1, 1, 1), torch.tensor(spec.std).view(1, -1, 1, 1)
+    return (frames.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def check_graph_parity(graph: bytes, wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig) -> float:
+    """Max |onnxruntime - torch| of the ONNX `graph` against `wrapped`, on `parity_frames` at batch `cfg.verify_batch`.
+
+    Relative to the embedding's scale (at least 1): a random-init net's embeddings may be tiny or
+    huge. Raises ExportRefused ("parity failure: ...", one line) above `cfg.parity_atol`, or when
+    onnxruntime cannot run the graph.
+    """
+    from export.sessions import CPU, create_session  # onnxruntime loads only for this check
+
+    frames = parity_frames(spec, cfg.verify_batch)
+    batches = [frames] + [frames[i : i + 1] for i in range(len(frames))]  # the whole batch, then each frame alone
+    worst, scale = 0.0, 1.0
+    with tempfile.TemporaryDirectory(prefix="byol-agent-check-") as folder:
+        path = Path(folder) / "check.onnx"
+        path.write_bytes(graph)
+        try:
+            session = create_session(path, [CPU], threads=1)
+        except ModelFileError as exc:
+            raise ExportRefused(str(exc)) from None
+        for x in batches:
+            with torch.no_grad():
+                expected = wrapped.eval()(x).numpy()
+            try:
+                got = session.run(None, {spec.name: x.numpy()})[0]
+            except Exception as exc:  # onnxruntime raises its own pybind types
+                raise ExportRefused(f"onnxruntime cannot run the export at batch {len(x)}: {_reason(exc)}") from None
+            scale = max(scale, float(abs(expected).max()))
+            worst = max(worst, float(abs(got - expected).max()) if got.shape == expected.shape else float("inf"))
+    if not worst <= cfg.parity_atol * scale:
+        raise ExportRefused(
+            f"parity failure: max |onnx - torch| = {worst:.3g} > export.parity_atol {cfg.parity_atol:g} "
+            f"x embedding scale {scale:.3g} on {len(frames)} check frames, together and one by one"
+        )
+    return worst
 
 
 _FAST_PATH_LOCK = threading.Lock()

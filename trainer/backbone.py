@@ -1,13 +1,19 @@
 """The wrapped net cut at its hidden layer: images -> flat (N, D) embedding.
 
 The layer is named as in byol-pytorch: a name from `net.named_modules()`, an index into
-`net.children()`, or -1 for the net's own output. It is captured by a forward hook that exists
-only for the duration of one call and stops the forward right there, so
+`net.children()`, or -1 for the net's own output. A module that runs more than once in one forward
+(torchvision's BasicBlock calls its one `relu` twice) is read at its LAST call, as byol-pytorch's
+hook (which keeps overwriting) reads it. The layer's output is captured by a forward hook that
+exists only for the duration of one call, so
 
-- nothing after the hidden layer runs (a ResNet's `fc` costs nothing and gets no gradient),
+- the first forward runs the whole net and counts the hidden layer's calls; every later one stops
+  the forward right at the last call: nothing after it runs (a ResNet's `fc` costs nothing and
+  gets no gradient) and every parameter up to it gets a gradient,
 - a deep copy or an ONNX trace of the wrapper carries no hooks,
 - under graph capture (torch.export, the dynamo ONNX exporter, torch.compile) the hook only
   records and the net runs on: the layers after the hidden one are dead code (the ONNX exporter drops it),
+- wherever the net runs on past the hidden layer, it runs on a copy of the captured output, so an
+  in-place op after it (DenseNet's `F.relu(features, inplace=True)`) cannot change the embedding,
 - two copies (online and target, or DataParallel replicas) never share capture state.
 """
 
@@ -58,24 +64,33 @@ def find_layer(net: nn.Module, layer: HiddenLayer) -> Optional[nn.Module]:
 
 
 class Backbone(nn.Module):
-    """`net` up to and including its hidden layer, returning that layer's output flattened to (N, D)."""
+    """`net` up to and including its hidden layer, returning that layer's (last) output flattened to (N, D).
+
+    `calls`: how many times the hidden layer ran in the first forward (None before it); later
+    forwards stop at that call. A net whose call count depends on the input is read at the
+    measured call, or at its last when it runs fewer times.
+    """
 
     def __init__(self, net: nn.Module, layer: HiddenLayer = -2) -> None:
         super().__init__()
         find_layer(net, layer)
         self.net = net
         self.layer = layer
+        self.calls: Optional[int] = None
 
     def forward(self, images: Tensor) -> Tensor:
         module = find_layer(self.net, self.layer)
         if module is None:
             return _flat(self.net(images), self.layer)
+        if torch.compiler.is_compiling() or self.calls is None:  # graph capture, or the first forward
+            return self._forward_to_end(images, module)
 
-        if torch.compiler.is_compiling():  # torch.export / the dynamo ONNX exporter / torch.compile
-            return self._forward_captured(images, module)
+        seen: list[Tensor] = []
 
         def stop(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            raise _HiddenReached(output)
+            seen.append(output)
+            if len(seen) == self.calls:
+                raise _HiddenReached(output)
 
         handle = module.register_forward_hook(stop)
         try:
@@ -84,21 +99,25 @@ class Backbone(nn.Module):
             return _flat(reached.output, self.layer)
         finally:
             handle.remove()
-        raise self._never_ran()
+        if not seen:
+            raise self._never_ran()
+        return _flat(seen[-1], self.layer)  # ran fewer times than at the first forward: its last call
 
-    def _forward_captured(self, images: Tensor, module: nn.Module) -> Tensor:
-        """The hidden layer's first output, taken by a hook that does not stop the forward.
+    def _forward_to_end(self, images: Tensor, module: nn.Module) -> Tensor:
+        """The hidden layer's last output, taken by a hook that does not stop the forward; counts its calls.
 
         For graph capture: an exception unwinding out of a submodule's call leaves torch.export's
         module-stack bookkeeping behind (`Unexpected key ..._export_root.encoder.net.avgpool,
         expected ..._export_root.encoder`), so here the net runs to its end and the layers after
         the hidden one become dead code (their output is unused; the ONNX exporter drops it).
+        The hook hands the net a clone to carry on with and keeps the original, so in-place ops
+        after the layer change neither the embedding nor what its backward needs.
         """
         captured: list[Tensor] = []
 
-        def keep(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            if not captured:
-                captured.append(output)
+        def keep(_module: nn.Module, _inputs: tuple, output: Tensor) -> Optional[Tensor]:
+            captured.append(output)
+            return output.clone() if isinstance(output, Tensor) else None
 
         handle = module.register_forward_hook(keep)
         try:
@@ -107,7 +126,9 @@ class Backbone(nn.Module):
             handle.remove()
         if not captured:
             raise self._never_ran()
-        return _flat(captured[0], self.layer)
+        if not torch.compiler.is_compiling():
+            self.calls = len(captured)
+        return _flat(captured[-1], self.layer)
 
     def _never_ran(self) -> ConfigError:
         return ConfigError(f"hidden layer {self.layer!r} exists but never ran in {type(self.net).__name__}'s forward")

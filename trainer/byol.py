@@ -21,8 +21,13 @@ Parts: `Backbone` (hidden-layer capture), `MLP` heads, `View` augmentations, `by
 - The target is state, not a parameter: it is in `state_dict()` (with the heads, the step and the
   view generator's state) and moves with `.to()`, but `parameters()` / `named_parameters()` list
   only what an optimizer should train, and it has `requires_grad=False`. It starts as a copy of
-  the online branch at the first training forward (after DDP has broadcast rank 0's weights) and
-  changes only through `update_moving_average()`.
+  the online branch, parameters and buffers (BatchNorm running statistics), at the first training
+  forward or update (after DDP has broadcast rank 0's weights); until then `embed`/`encoder_module`
+  read the online branch as the target. So weights loaded into `learner.net` after construction
+  (pretrained ones) are what the target starts from, statistics included. Weights loaded mid-run:
+  call `learner.reset_moving_average()` (byol-pytorch's name), and the target starts again from
+  them. Otherwise it changes only through `update_moving_average()` (parameters; its running
+  statistics follow its own training-mode forwards, as in the reference).
 
 DDP: build the optimizer from `learner.parameters()`, wrap with `DDP(learner)` (no
 `find_unused_parameters` needed: the parameters after the hidden layer, e.g. a ResNet's `fc`, are
@@ -248,6 +253,14 @@ class BYOL(nn.Module):
         ema_update(list(self.target.parameters()), list(self.online.parameters()), self.tau)
         self.step += 1
 
+    def reset_moving_average(self) -> None:
+        """Start the target again as a copy of the online branch (parameters and buffers) at the next
+        training forward or update, as byol-pytorch's method of this name does: call it after loading
+        weights into `learner.net` mid-run. Until then the online branch serves as the target."""
+        if self.target is None:
+            raise LearnerError("use_momentum=False (SimSiam mode) has no target to reset")
+        self._target_fresh = True
+
     @torch.no_grad()
     def embed(self, images: Tensor, which: str = "target") -> Tensor:
         """Hidden-layer embedding (N, D) of already-normalised images, in eval mode, without gradients."""
@@ -267,6 +280,7 @@ class BYOL(nn.Module):
             "step": self.step,
             "generator": generator.get_state() if generator is not None else None,
             "generator_device": generator.device.type if generator is not None else None,
+            "target_fresh": self._target_fresh,  # not yet copied from online: the saved target is stale
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -274,7 +288,7 @@ class BYOL(nn.Module):
         generator = self.generator
         if generator is not None and state.get("generator_device") == generator.device.type:
             generator.set_state(state["generator"])  # a CUDA generator's state cannot seed a CPU one
-        self._target_fresh = False
+        self._target_fresh = bool(state.get("target_fresh", False)) and self.target is not None
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """As torch's; a byol-pytorch state dict is refused with a pointer to `load_byol_pytorch`."""
@@ -315,9 +329,11 @@ class BYOL(nn.Module):
         return report
 
     def _branch(self, which: str) -> Branch:
+        """The target or the online branch; the online one while the target has not been copied from it."""
         if which not in ("target", "online"):
             raise LearnerError(f"which must be 'target' or 'online'; got {which!r}")
-        return self.target if which == "target" and self.target is not None else self.online
+        use_target = which == "target" and self.target is not None and not self._target_fresh
+        return self.target if use_target else self.online  # type: ignore[return-value]
 
     def _embed_online(self, images: Tensor, return_projection: bool) -> Union[Tensor, tuple[Tensor, Tensor]]:
         check_images(images)
@@ -327,8 +343,10 @@ class BYOL(nn.Module):
 
     @torch.no_grad()
     def _copy_online_to_target(self) -> None:
+        """Target := online, parameters and buffers (BatchNorm running statistics and their counts)."""
         assert self.target is not None
         torch._foreach_copy_(list(self.target.parameters()), list(self.online.parameters()))
+        torch._foreach_copy_(list(self.target.buffers()), list(self.online.buffers()))
         self._target_fresh = False
 
     def _memory_format(self) -> torch.memory_format:

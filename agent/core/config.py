@@ -287,6 +287,7 @@ class TrainConfig(_Section):
 # (objects) by version 12 while a head fit on version 1 still kept >= 0.95x its accuracy through them. 0.9 lets
 # that drift through and refuses a version a pinned head could no longer follow without a refit.
 MIN_COMPATIBILITY_DEFAULT = 0.9
+DYNAMO_MIN_OPSET = 18  # torch 2.14's dynamo ONNX exporter implements opset 18 and up
 
 
 class ExportConfig(_Section):
@@ -301,7 +302,12 @@ class ExportConfig(_Section):
     every_seconds: Optional[float] = Field(None, gt=0)
     keep: int = Field(5, ge=1)
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
-    opset: int = Field(17, ge=13)
+    opset: Optional[int] = Field(
+        None,
+        ge=13,
+        description="ONNX opset of the published file; None = the exporter's own (torchscript 17, dynamo 18). "
+        "The dynamo exporter writes 18 and up only: torch's conversion down fails even on a plain conv net",
+    )
     parity_atol: float = Field(1e-3, gt=0)
     collapse_std_min: float = Field(
         1e-3,
@@ -310,6 +316,17 @@ class ExportConfig(_Section):
         "random-init ResNet-18 avgpool features: ~4e-3, post-ReLU features sit far below 1/sqrt(D))",
     )
     verify_batch: int = Field(5, ge=2)
+
+    @field_validator("opset")
+    @classmethod
+    def _check_opset(cls, value: Optional[int], info: Any) -> Optional[int]:
+        if value is not None and value < DYNAMO_MIN_OPSET and info.data.get("exporter") == "dynamo":
+            raise ValueError(
+                f"export.opset={value} cannot be written by export.exporter=dynamo (its lowest opset is "
+                f"{DYNAMO_MIN_OPSET}); set export.opset={DYNAMO_MIN_OPSET} or higher, or export.exporter=torchscript"
+            )
+        return value
+
     probe_gate: Optional[str] = Field(
         None, description="'digits' or an image folder: publish only if kNN/linear probe on it does not regress (None = off)"
     )

@@ -32,6 +32,7 @@ class ExportJob:
     spec: InputSpec
     export_cfg: ExportConfig
     model_cfg: ModelConfig
+    beside_training: bool = False  # training runs in this process: a dynamo trace goes to a child (export/isolated.py)
 
 
 class ExportTarget(ABC):

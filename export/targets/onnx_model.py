@@ -63,6 +63,6 @@ class OnnxModel(ExportTarget):
     def write(self, job: ExportJob, path: Path) -> dict[str, Any]:
         spec = job.spec
         wrapped = PreprocessedEncoder(job.encoder, spec.mean, spec.std, job.export_cfg.input_format)
-        exported = export_onnx(wrapped, spec, path, job.export_cfg)
+        exported = export_onnx(wrapped, spec, path, job.export_cfg, job.beside_training)
         verification = verify_onnx(path, job.encoder, job.frames, spec, job.export_cfg)
         return manifest_fields(job.step, spec, exported, verification, job.export_cfg, job.model_cfg)

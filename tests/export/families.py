@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor, nn
-from torchvision.models import convnext, efficientnet, mobilenetv3, regnet, resnet, vision_transformer
+from torchvision.models import convnext, densenet, efficientnet, mobilenetv3, regnet, resnet, vision_transformer
 
 
 def tiny_resnet(**kwargs: Any) -> nn.Module:
@@ -82,3 +82,8 @@ class CustomNet(nn.Module):
 def custom_net(**kwargs: Any) -> nn.Module:
     """The `package.module:factory` form of `CustomNet`."""
     return CustomNet(**kwargs)
+
+
+def tiny_densenet(**kwargs: Any) -> nn.Module:
+    """DenseNet with two one-layer dense blocks; its forward ends in `F.relu(features, inplace=True)` after `features`."""
+    return densenet.DenseNet(growth_rate=8, block_config=(1, 1), num_init_features=8, bn_size=2, **kwargs)

@@ -53,6 +53,8 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], HiddenLayer]] = {
     "convnext": (f"{F}:tiny_convnext", {}, "avgpool"),
     "regnet": (f"{F}:tiny_regnet_y", {}, "avgpool"),
     "vit": (f"{F}:tiny_vit", {"image_size": IMAGE_SIZE}, "encoder"),
+    "densenet": (f"{F}:tiny_densenet", {}, -2),  # `features`: the forward's in-place ReLU runs after it
+    "resnet-repeated-relu": (f"{F}:tiny_resnet", {}, "layer4.0.relu"),  # a BasicBlock calls its relu twice
     "custom-by-name": (f"{F}:custom_net", {}, "body.1"),  # a dotted name: nested module
     "custom-by-index": (f"{F}:custom_net", {}, -2),
     "custom-output": (f"{F}:custom_net", {}, -1),
@@ -165,3 +167,12 @@ def test_an_encoder_that_cannot_run_at_the_image_size_is_named_as_such() -> None
     with pytest.raises(ConfigError, match=r"model.encoder='alexnet' .* fails on a 32x32 input") as info:
         check_exportable(ModelConfig(encoder="alexnet", image_size=32), ExportConfig(exporter="dynamo"))
     assert "\n" not in str(info.value)
+
+
+def test_the_start_up_check_compares_the_exported_graph_with_the_encoder() -> None:
+    """An export that runs but computes something else must stop the run before training, not refuse every version."""
+    model = ModelConfig(encoder="tests.export.tiny:brightness_branch", hidden_layer=-1, image_size=IMAGE_SIZE)
+    with pytest.raises(ConfigError, match=r"export.exporter=torchscript.* parity failure: max \|onnx - torch\|") as info:
+        check_exportable(model, ExportConfig(exporter="torchscript"))
+    assert "\n" not in str(info.value)
+    check_exportable(ModelConfig(encoder=f"{F}:tiny_densenet", hidden_layer=-2, image_size=IMAGE_SIZE), ExportConfig(exporter="dynamo"))

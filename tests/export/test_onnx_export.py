@@ -209,3 +209,27 @@ def test_a_mono_non_square_encoder_exports_uint8_nhwc_with_one_channel(tmp_path:
     with torch.no_grad():
         expected = encoder((x - MONO_MEAN[0]) / MONO_STD[0]).flatten(1).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def _file_opset(path: Path) -> int:
+    import onnx
+
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_the_published_file_has_the_configured_opset(tmp_path: Path) -> None:
+    publish_version(tmp_path / "ts", seed=1, opset=16)
+    assert _file_opset(tmp_path / "ts" / "encoder-000001.onnx") == 16
+    publish_version(tmp_path / "dyn", seed=1, exporter="dynamo")  # no opset given: the exporter's own, 18
+    manifest = read_manifest(tmp_path / "dyn" / "encoder-000001.json")
+    assert _file_opset(tmp_path / "dyn" / manifest.model_file) == manifest.raw["opset"] == 18
+
+
+def test_an_opset_the_dynamo_exporter_cannot_write_is_refused_at_start_up() -> None:
+    from agent.core.config import load_config
+    from agent.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"export.opset=17 .*export.exporter=dynamo") as info:
+        load_config(None, values={"export.exporter": "dynamo", "export.opset": 17})
+    assert "\n" not in str(info.value)
+    assert load_config(None, values={"export.exporter": "dynamo"}).export.opset is None

@@ -56,3 +56,20 @@ def publish_version(export_dir: Path, seed: int, step: int = 0, width: int = 16,
         model_cfg=model_cfg(),
         publisher=Publisher(export_dir, keep),
     )
+
+
+class BrightnessBranch(nn.Module):
+    """Runs and exports, but Python control flow on the data: the TorchScript tracer bakes in the
+    branch its example took, so the graph gives other numbers than the eager net on darker frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bright, self.dark = tiny_encoder(4), tiny_encoder(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bright(x) if float(x.mean()) > -0.5 else self.dark(x)
+
+
+def brightness_branch() -> nn.Module:
+    """The `package.module:factory` form of `BrightnessBranch`."""
+    return BrightnessBranch()

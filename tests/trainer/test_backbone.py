@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torchvision.models import resnet
 
 from agent.core.errors import ConfigError
 from trainer.backbone import Backbone, eval_mode, find_layer, probe
@@ -31,9 +32,12 @@ def test_layer_by_name_child_index_and_output() -> None:
 
 def test_forward_stops_at_the_hidden_layer_and_leaves_no_hook() -> None:
     net = tiny()
+    backbone = Backbone(net, "avgpool")
+    backbone(torch.rand(2, 3, 12, 12))  # the first forward runs to the end: it counts the hidden layer's calls
+    assert backbone.calls == 1
     calls = []
     handle = net.fc.register_forward_hook(lambda *args: calls.append(1))
-    Backbone(net, "avgpool")(torch.rand(2, 3, 12, 12))
+    backbone(torch.rand(2, 3, 12, 12))
     handle.remove()
     assert calls == [], "layers after the hidden layer must not run"
     assert all(not m._forward_hooks for m in net.modules())
@@ -100,3 +104,55 @@ def test_torch_export_captures_the_hidden_layer_and_drops_the_layers_after_it() 
     program = torch.export.export(Backbone(net, "avgpool").eval(), (x,), strict=False)
     torch.testing.assert_close(program.module()(x), net.avgpool(net.features(x)).flatten(1))
     assert all(not m._forward_hooks for m in net.modules())
+
+
+def _basic_block_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], num_classes=4)
+
+
+def test_a_module_called_twice_is_read_at_its_last_call_as_byol_pytorch_does() -> None:
+    """torchvision's BasicBlock calls its one `relu` twice: the block's output is that relu's last call."""
+    net = _basic_block_resnet().eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        block_out = net.layer4[0](net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
+    backbone = Backbone(net, "layer4.0.relu")
+    for _ in range(2):  # the first forward counts the calls, the later ones stop at the last
+        torch.testing.assert_close(backbone(x), block_out.flatten(1))
+    program = torch.export.export(backbone, (x,), strict=False)
+    torch.testing.assert_close(program.module()(x), block_out.flatten(1))
+
+
+def test_every_parameter_up_to_a_repeated_hidden_module_gets_a_gradient() -> None:
+    net = _basic_block_resnet()
+    dim, unused = probe(Backbone(net, "layer4.0.relu"), image_size=32)
+    assert dim == 512 and unused == ["fc.weight", "fc.bias"]
+    Backbone(net, "layer4.0.relu")(torch.rand(2, 3, 32, 32)).sum().backward()
+    assert [name for name, p in net.named_parameters() if p.grad is None] == ["fc.weight", "fc.bias"]
+
+
+class _InPlaceAfterHidden(nn.Module):
+    """DenseNet's ending: `features` (ending in BatchNorm), then an in-place ReLU on its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.classifier = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.relu(self.features(x), inplace=True)
+        return self.classifier(nn.functional.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def test_an_in_place_op_after_the_hidden_layer_does_not_reach_the_embedding_under_graph_capture() -> None:
+    torch.manual_seed(0)
+    net = _InPlaceAfterHidden().eval()
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = net.features(x).flatten(1)
+    assert (expected < 0).any()  # the ReLU would change it
+    backbone = Backbone(net, "features").eval()
+    program = torch.export.export(backbone, (x,), strict=False)
+    torch.testing.assert_close(program.module()(x), expected)
+    torch.testing.assert_close(backbone(x), expected)

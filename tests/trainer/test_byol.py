@@ -376,3 +376,43 @@ def test_the_range_check_is_skipped_only_when_the_caller_vouches_for_the_range()
     with pytest.raises(LearnerError, match="0-255"):
         learner(frames)
     assert learner(frames, unit_range=True).ndim == 0
+
+
+def _trained_weights(seed: int) -> dict:
+    """A TinyCNN state dict with BatchNorm running statistics far from their init (as pretrained weights have)."""
+    torch.manual_seed(seed)
+    net = TinyCNN(width=8).train()
+    with torch.no_grad():
+        for _ in range(20):
+            net(torch.rand(8, 3, 16, 16) * 3 + 1)
+    return net.state_dict()
+
+
+def test_weights_loaded_into_the_net_after_construction_reach_the_targets_batchnorm_statistics() -> None:
+    learner = tiny_learner()
+    learner.net.load_state_dict(_trained_weights(3))
+    images = batch(seed=1)
+    torch.testing.assert_close(learner.embed(images, "target"), learner.embed(images, "online"), atol=0, rtol=0)
+    learner(images).backward()  # the first training forward starts the target as the online branch, buffers too
+    online = dict(learner.online.named_buffers())
+    for name, buffer in learner.target.named_buffers():
+        torch.testing.assert_close(buffer, online[name], atol=0, rtol=0, msg=name)
+    learner.update_moving_average()
+    torch.testing.assert_close(learner.embed(images, "target"), learner.embed(images, "online"))
+
+
+def test_reset_moving_average_restarts_the_target_from_weights_loaded_mid_run() -> None:
+    learner = tiny_learner()
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    for step in range(2):
+        train_step(learner, opt, batch(seed=step))
+    learner.net.load_state_dict(_trained_weights(4))
+    learner.reset_moving_average()  # byol-pytorch's name: the target starts again as the online branch
+    images = batch(seed=3)
+    torch.testing.assert_close(learner.embed(images, "target"), learner.embed(images, "online"), atol=0, rtol=0)
+    state = copy.deepcopy(learner.state_dict())  # saved before the next step: the reload starts from online too
+    learner.update_moving_average()
+    torch.testing.assert_close(learner.embed(images, "target"), learner.embed(images, "online"))
+    again = tiny_learner(seed=5)
+    again.load_state_dict(state)
+    torch.testing.assert_close(again.embed(images, "target"), learner.embed(images, "online"))
