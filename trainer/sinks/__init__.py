@@ -34,6 +34,7 @@ class MetricsSink(ABC):
     from (> 0 for a resumed run, whose sink may drop what an earlier process logged beyond it).
     """
 
+    target: ClassVar[str]  # the file or folder it writes in the run directory
     shows_images: ClassVar[bool] = False
 
     @abstractmethod

@@ -1,29 +1,37 @@
 """The `tensorboard` metrics sink: event files in RUN_DIR/tensorboard/ (`tensorboard --logdir runs/`).
 
-Written by TensorBoard's own writer (`torch.utils.tensorboard.SummaryWriter`). Each record becomes
-scalars at its "step" (`scalars` below lists the tags): training windows (loss, lr, tau, embedding
-std, images/s, buffer fill, frames received per camera), the online probe next to its random-init
-value (`probe/knn`, `probe/knn_random_init`, one chart of both in the Custom Scalars tab), and each
-export's version and drift (`export/version`, `export/r2_prev`, `export/cka_prev`, `export/cka_vP`
-to each pinned version P). A resumed run writes a new event file into the same folder with
-`purge_step` just after its start step, so TensorBoard continues the curves and drops what an earlier
-process logged beyond the checkpoint it resumed from.
+Each record becomes one event of scalars at its "step" (`scalars` below lists the tags): training
+windows (loss, lr, tau, embedding std, images/s, buffer fill, frames received per camera), the
+online probe next to its random-init value (`probe/knn`, `probe/knn_random_init`, one chart of both
+in the Custom Scalars tab), and each export's version and drift (`export/version`, `export/r2_prev`,
+`export/cka_prev`, `export/cka_vP` to each pinned version P); image grids are image events. A
+resumed run writes a new event file into the same folder that starts with a session start at the
+step after its checkpoint, so TensorBoard continues the curves and drops what an earlier process
+logged beyond the checkpoint it resumed from (what `SummaryWriter(purge_step=...)` writes).
 
-The writer writes from a background thread that dies on its first OSError (a full disk) and
-re-raises it at the next add or flush; `MetricsWriter` then counts it and later reopens the sink
-(a new event file, as TensorBoard reads several). The thread's own traceback print is silenced
-for that case only (`_quiet_writer_thread_errors`): the one-line warning says it.
+The events are built and framed by TensorBoard's and torch's own code (`event_pb2.Event`,
+`torch.utils.tensorboard.summary`, tensorboard's `RecordWriter`), but written on the caller's thread
+and flushed per record, not by `SummaryWriter`'s background thread: that thread dies on its first
+OSError (a full disk), prints a traceback into the trainer's log, and stays dead; here the error
+reaches `MetricsWriter`, which counts it and later reopens the sink as a new event file (TensorBoard
+reads every file of the folder, and a record cut short can only end a file).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-import threading
+import os
+import socket
+import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 import numpy as np
-from torch.utils.tensorboard import SummaryWriter
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.record_writer import RecordWriter
+from torch.utils.tensorboard.summary import custom_scalars, image, scalar
 
 from trainer.sinks import MetricsSink
 
@@ -100,64 +108,54 @@ def scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
             yield tag, number
 
 
-class TensorBoardSink(MetricsSink):
-    """Writes scalars and image grids into RUN_DIR/tensorboard/; see the module docstring."""
+_FILES = itertools.count()  # event files this process opened: part of each file's name, as SummaryWriter's
 
+
+class TensorBoardSink(MetricsSink):
+    """Writes scalars and image grids into RUN_DIR/tensorboard/; see the module docstring. OSError when
+    the folder or an event cannot be written."""
+
+    target = TENSORBOARD_DIR
     shows_images = True
 
     def __init__(self, run_dir: Path, start_step: int = 0) -> None:
-        _quiet_writer_thread_errors()
-        self.log_dir = run_dir / TENSORBOARD_DIR
-        self._writer: Optional[SummaryWriter] = SummaryWriter(
-            str(self.log_dir), purge_step=start_step + 1 if start_step > 0 else None, flush_secs=FLUSH_S
-        )  # the checkpoint of `start_step` holds that step's update: only later steps are redone
-        self._writer.add_custom_scalars(LAYOUT)
+        self.log_dir = run_dir / self.target
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILES)}"
+        self.path = self.log_dir / name
+        self._file: Optional[BinaryIO] = open(self.path, "ab")
+        self._records = RecordWriter(self._file)
+        now = time.time()
+        try:
+            self._add(Event(wall_time=now, file_version="brain.Event:2"))
+            if start_step > 0:  # the checkpoint of `start_step` holds that step's update: only later steps are redone
+                self._add(Event(wall_time=now, step=start_step + 1, session_log=SessionLog(status=SessionLog.START)))
+            self._add(Event(wall_time=now, summary=custom_scalars(LAYOUT)))
+        except BaseException:
+            self.close()
+            raise
 
-    def _open(self) -> SummaryWriter:
-        if self._writer is None:
+    def _add(self, event: Event) -> None:
+        if self._file is None:
             raise ValueError("tensorboard sink is closed")
-        return self._writer
+        self._records.write(event.SerializeToString())
+        self._file.flush()
 
     def write(self, record: dict[str, Any]) -> None:
         step = record.get("step")
-        if isinstance(step, bool) or not isinstance(step, int):
+        values = [value for tag, number in scalars(record) for value in scalar(tag, number).value]
+        if isinstance(step, bool) or not isinstance(step, int) or not values:
             return
-        writer, walltime = self._open(), _number(record.get("time"))
-        for tag, value in scalars(record):
-            writer.add_scalar(tag, value, step, walltime=walltime)
+        walltime = _number(record.get("time"))
+        self._add(Event(wall_time=walltime or time.time(), step=step, summary=Summary(value=values)))
 
-    def image(self, tag: str, step: int, image: np.ndarray) -> None:
-        self._open().add_image(tag, image, step, dataformats="HWC")
+    def image(self, tag: str, step: int, image_hwc: np.ndarray) -> None:
+        self._add(Event(wall_time=time.time(), step=step, summary=image(tag, image_hwc, dataformats="HWC")))
 
     def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
+        file, self._file = self._file, None
+        if file is not None:
             try:
-                writer.close()
-            except Exception:  # a dead writer thread re-raises its disk error here: already counted
+                file.close()
+            except OSError:  # the buffered tail could not be flushed (disk full): already counted as lost
                 pass
-
-
-_hook_lock = threading.Lock()
-_hook_installed = False
-
-
-def _quiet_writer_thread_errors() -> None:
-    """Keep the default thread hook from printing a traceback when a SummaryWriter's background
-    thread dies of an OSError (the sink re-raises it on the training thread, where it is counted
-    and logged in one line). Other threads and other errors reach the previous hook unchanged."""
-    global _hook_installed
-    with _hook_lock:
-        if _hook_installed:
-            return
-        from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
-
-        previous = threading.excepthook
-
-        def hook(args: threading.ExceptHookArgs) -> None:
-            if isinstance(args.thread, _AsyncWriterThread) and issubclass(args.exc_type, OSError):
-                return
-            previous(args)
-
-        threading.excepthook = hook
-        _hook_installed = True
