@@ -26,7 +26,7 @@ from trainer.sinks import MetricsSink, check_sink_names, open_sink, sink_class
 from trainer.sinks.jsonl import METRICS_NAME
 
 STATUS_NAME = "status-trainer.json"
-__all__ = ["METRICS_NAME", "STATUS_NAME", "MetricsWriter", "format_status", "drift_text"]
+__all__ = ["METRICS_NAME", "STATUS_NAME", "MetricSinks", "MetricsWriter", "format_status", "drift_text"]
 log = logging.getLogger(__name__)
 
 REOPEN_FIRST_S, REOPEN_MAX_S = 1.0, 10.0
@@ -105,11 +105,51 @@ class _GuardedSink:
                 log.warning("metrics sink %r did not close cleanly: %s", self.name, exc)
 
 
+class MetricSinks:
+    """Sends records and image grids to the named sinks (trainer/sinks/), never raising for one that fails.
+
+    `names`: registered sink names (ConfigError for an unknown one); `start_step`: the step this
+    process resumes from (a sink may drop what an earlier process logged beyond it). Every sink is
+    opened now, so an unwritable folder is reported at start rather than at the first record.
+    """
+
+    def __init__(self, run_dir: Path, names: Sequence[str], start_step: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        check_sink_names(names)
+        self._sinks = [_GuardedSink(name, Path(run_dir), start_step, clock) for name in dict.fromkeys(names)]
+        for sink in self._sinks:
+            sink.open()
+        self._closed = False
+
+    @property
+    def shows_images(self) -> bool:
+        """Whether some sink shows image grids (so callers can skip making them)."""
+        return any(sink.shows_images for sink in self._sinks)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Send one record (a wall-clock "time" is added unless it has one) to every sink."""
+        stamped = {"time": time.time(), **record}
+        for sink in self._sinks:
+            sink.call("write", stamped)
+
+    def image(self, tag: str, step: int, image: np.ndarray) -> None:
+        """Send an (H, W, 3) uint8 image to the sinks that show images."""
+        for sink in self._sinks:
+            if sink.shows_images:
+                sink.call("image", tag, step, image)
+
+    def close(self) -> None:
+        """Close every sink; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            for sink in self._sinks:
+                sink.close()
+
+
 class MetricsWriter:
     """Sends metric records to the sinks, keeps the status file fresh, and prints the live status line.
 
-    `sinks`: registered sink names (trainer/sinks/; ConfigError for an unknown one); `start_step`:
-    the step this process resumes from (a sink may drop what an earlier process logged beyond it).
+    `sinks`, `start_step`: as `MetricSinks`.
     """
 
     def __init__(
@@ -124,10 +164,7 @@ class MetricsWriter:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        check_sink_names(sinks)
-        self._sinks = [_GuardedSink(name, self.run_dir, start_step, clock) for name in dict.fromkeys(sinks)]
-        for sink in self._sinks:
-            sink.open()  # now, so the run's first record is not the first to find the folder unwritable
+        self.sinks = MetricSinks(self.run_dir, sinks, start_step, clock)
         self._status_every_s = status_every_s
         self._stream = stream if stream is not None else sys.stderr
         self._tty = self._stream.isatty()
@@ -141,19 +178,15 @@ class MetricsWriter:
     @property
     def shows_images(self) -> bool:
         """Whether some configured sink shows image grids (so callers can skip making them)."""
-        return any(sink.shows_images for sink in self._sinks)
+        return self.sinks.shows_images
 
     def log(self, record: dict[str, Any]) -> None:
         """Send one record (a wall-clock "time" is added) to every sink; a failing sink's loss is counted."""
-        stamped = {"time": time.time(), **record}
-        for sink in self._sinks:
-            sink.call("write", stamped)
+        self.sinks.log(record)
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         """Send an (H, W, 3) uint8 image to the sinks that show images."""
-        for sink in self._sinks:
-            if sink.shows_images:
-                sink.call("image", tag, step, image)
+        self.sinks.image(tag, step, image)
 
     def due(self) -> bool:
         """Whether `status` would write anything now (so callers can skip gathering the fields)."""
@@ -188,8 +221,7 @@ class MetricsWriter:
                 self._stream.write("\n")
                 self._stream.flush()
         finally:
-            for sink in self._sinks:
-                sink.close()
+            self.sinks.close()
 
 
 def format_status(f: dict[str, Any]) -> str:
