@@ -6,9 +6,11 @@ steps, a view grid every 500): a `ContinualTrainer` built but not started, its r
 with demo-scene frames, and the loop body that matters here run by hand: one BYOL update, then
 `RunMonitor.stepped` (the metrics record every `train.metrics_every` steps, the view grid every
 `metrics.images_every_steps`) and `RunMonitor.status`. Rounds alternate between the two sink
-settings (same trainer, so same weights and data); each round times `--steps` steps. Prints the
-median step time of each setting and their ratio (median of per-round ratios), and separately the
-sink's own costs timed directly (one record, one view grid made and written) amortised per step.
+settings (same trainer, so same weights and data); each round times `--steps` steps, in wall time and
+in this process's CPU time (steadier on a shared machine: the sink writes on the training thread, so
+its cost is in it). Prints the median step time of each setting and their ratio (median of per-round
+ratios), and separately the sink's own costs timed directly (one record, one view grid made and
+written) amortised per step.
 
     nice -n 10 python benchmarks/bench_metrics_sinks.py --rounds 6 --steps 40 --threads 2
 """
@@ -52,16 +54,16 @@ def monitor(trainer: ContinualTrainer, sinks: tuple[str, ...], run_dir: Path) ->
                       state=trainer.state, metrics_cfg=trainer.cfg.metrics, preview=trainer._view_grid)
 
 
-def round_time(trainer: ContinualTrainer, sinks: tuple[str, ...], run_dir: Path, steps: int) -> float:
-    """Seconds per step over `steps` steps of the loop body with `sinks`."""
+def round_time(trainer: ContinualTrainer, sinks: tuple[str, ...], run_dir: Path, steps: int) -> tuple[float, float]:
+    """(wall s, this process's CPU s) per step over `steps` steps of the loop body with `sinks`."""
     mon = monitor(trainer, sinks, run_dir)
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         mon.stepped(trainer._train_step())
         mon.status("training")
-    elapsed = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     mon.metrics.close()
-    return elapsed / steps
+    return wall / steps, cpu / steps
 
 
 def direct_costs(trainer: ContinualTrainer, run_dir: Path, reps: int = 20) -> tuple[float, float, float]:
@@ -98,16 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
               f"default config: {cfg.model.encoder} {cfg.model.image_size} px, batch {cfg.train.batch_size}, "
               f"metrics every {cfg.train.metrics_every} steps, view grid every {cfg.metrics.images_every_steps}")
-        round_time(trainer, OFF, Path(tmp) / "warm", 5)  # warm-up
-        off, on = [], []
+        for sinks in (OFF, ON):
+            round_time(trainer, sinks, Path(tmp) / "warm", 3)  # warm-up (and the sinks' imports)
+        times: dict[tuple[str, ...], list[tuple[float, float]]] = {OFF: [], ON: []}
         for r in range(args.rounds):
-            for sinks, times in ((OFF, off), (ON, on)) if r % 2 == 0 else ((ON, on), (OFF, off)):
-                times.append(round_time(trainer, sinks, Path(tmp) / "run", args.steps))
-            print(f"round {r + 1}: off {off[-1] * 1e3:.1f} ms/step, on {on[-1] * 1e3:.1f} ms/step")
-        ratios = [b / a for a, b in zip(off, on)]
-        print(f"median step: off {statistics.median(off) * 1e3:.1f} ms, on {statistics.median(on) * 1e3:.1f} ms; "
-              f"on/off = {statistics.median(ratios):.3f} (median of per-round ratios; "
-              f"{statistics.median(on) / statistics.median(off):.3f} ratio of medians)")
+            for sinks in (OFF, ON) if r % 2 == 0 else (ON, OFF):
+                times[sinks].append(round_time(trainer, sinks, Path(tmp) / "run", args.steps))
+            (w0, c0), (w1, c1) = times[OFF][-1], times[ON][-1]
+            print(f"round {r + 1}: off {w0 * 1e3:.1f} ms/step ({c0 * 1e3:.1f} CPU), on {w1 * 1e3:.1f} ({c1 * 1e3:.1f} CPU)")
+        off = [w for w, _ in times[OFF]]
+        for k, what in ((0, "wall"), (1, "CPU")):
+            a, b = [t[k] for t in times[OFF]], [t[k] for t in times[ON]]
+            ratios = [y / x for x, y in zip(a, b)]
+            print(f"{what}: median step off {statistics.median(a) * 1e3:.1f} ms, on {statistics.median(b) * 1e3:.1f} ms; "
+                  f"on/off = {statistics.median(ratios):.3f} (median of per-round ratios; "
+                  f"{statistics.median(b) / statistics.median(a):.3f} ratio of medians)")
         record_s, grid_s, image_s = direct_costs(trainer, Path(tmp) / "direct")
         per_step = record_s / cfg.train.metrics_every + (grid_s + image_s) / cfg.metrics.images_every_steps
         print(f"direct: {record_s * 1e6:.0f} us per record, view grid {grid_s * 1e3:.1f} ms to make + "

@@ -14,9 +14,9 @@ Under torchrun (`ranks`, trainer/distributed.py) one trainer runs per rank, each
 inbox and replay-buffer shard, with the learner under DDP. The ranks agree on everything collective
 through one small all_reduce per loop turn (trainer/lockstep.py): start, the replay-ratio gate over
 the fleet's frames, stop, drain and checkpoints happen at the same step everywhere. Rank 0 alone
-writes into the run directory (checkpoints, metrics and their sinks, status, config) and runs the exporter and the
-quality probes. A rank whose peer is gone cannot checkpoint and stops with a one-line error
-(`CollectiveError`); every other exit of a multi-rank run checkpoints as above.
+writes into the run directory (checkpoints, metrics to each of `metrics.sinks`, status, config) and
+runs the exporter and the quality probes. A rank whose peer is gone cannot checkpoint and stops with
+a one-line error (`CollectiveError`); every other exit of a multi-rank run checkpoints as above.
 """
 
 from __future__ import annotations
