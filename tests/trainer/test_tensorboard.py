@@ -1,12 +1,13 @@
 """TensorBoard from a real continual run: the trainer (fed over a real loopback socket, exporting in
 process, probing on digits) writes event files that TensorBoard's own reader reads back; a resumed
-run continues the same curves."""
+run continues the same curves; and the view grid draws from generators of its own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agent.core.config import Config
@@ -69,3 +70,24 @@ def test_a_run_writes_tensorboard_scalars_and_view_grids_and_a_resume_continues_
     events = read_back(tmp_path)
     assert steps(events, "train/loss") == list(range(1, 13))
     assert len(list((tmp_path / TENSORBOARD_DIR).glob("events.out.tfevents.*"))) >= 2
+
+
+def test_making_a_view_grid_leaves_every_training_random_state_as_it_was(tmp_path: Path) -> None:
+    from agent.core.demo_scene import DemoScene
+    from agent.core.wire import Frame
+    from trainer.continual import ContinualTrainer
+
+    cfg = tiny_config(free_tcp_endpoint(), "buffer.temporal_positives=true")
+    trainer = ContinualTrainer(cfg, tmp_path, open_receiver=lambda: None)  # not run: the buffer is filled here
+    scene = DemoScene(32, 32, seed=1)
+    for seq in range(20):
+        trainer.buffer.add(Frame(camera_id=0, seq=seq, timestamp=seq / 15, image=scene.render(seq / 15)))
+
+    def states() -> list:
+        return [trainer.sampler.get_state(), trainer.learner.generator.get_state(), torch.get_rng_state()]
+
+    before = states()
+    grid = trainer._view_grid()
+    assert all(torch.equal(a, b) for a, b in zip(before, states()))
+    assert grid is not None and grid.shape == (4 * 34 + 2, 3 * 34 + 2, 3) and grid.dtype == np.uint8
+    assert np.array_equal(grid, trainer._view_grid())  # seeded by the step: the same step draws the same grid
