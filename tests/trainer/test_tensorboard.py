@@ -4,15 +4,20 @@ run continues the same curves; and the view grid draws from generators of its ow
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agent.core.config import Config
+from agent.core.demo_scene import DemoScene
+from agent.core.wire import Frame
 from tests.conftest import free_tcp_endpoint
 from tests.trainer.test_continual import run_trainer, tiny_config
+from trainer.continual import ContinualTrainer
 from trainer.sinks.tensorboard import TENSORBOARD_DIR
 
 RUN = ["train.lr=1e-3", "train.probe_data=digits", "train.probe_every=4", "eval.max_images=300",
@@ -59,10 +64,6 @@ def test_a_run_writes_tensorboard_scalars_and_view_grids_and_a_resume_continues_
     assert [g.step for g in grids] == [4, 8]
     side = 32 + 2  # model.image_size plus make_grid's padding: 3 frames x (frame, view 1, view 2)
     assert (grids[0].height, grids[0].width) == (3 * side + 2, 3 * side + 2)
-    import io
-
-    from PIL import Image
-
     pixels = np.asarray(Image.open(io.BytesIO(grids[0].encoded_image_string)))
     assert pixels.shape == (3 * side + 2, 3 * side + 2, 3) and pixels.std() > 10  # real pictures, not blank
 
@@ -73,10 +74,6 @@ def test_a_run_writes_tensorboard_scalars_and_view_grids_and_a_resume_continues_
 
 
 def test_making_a_view_grid_leaves_every_training_random_state_as_it_was(tmp_path: Path) -> None:
-    from agent.core.demo_scene import DemoScene
-    from agent.core.wire import Frame
-    from trainer.continual import ContinualTrainer
-
     cfg = tiny_config(free_tcp_endpoint(), "buffer.temporal_positives=true")
     trainer = ContinualTrainer(cfg, tmp_path, open_receiver=lambda: None)  # not run: the buffer is filled here
     scene = DemoScene(32, 32, seed=1)
