@@ -18,6 +18,7 @@ written) amortised per step.
 from __future__ import annotations
 
 import argparse
+import io
 import platform
 import statistics
 import sys
@@ -49,7 +50,7 @@ def build(run_dir: Path, threads: int) -> ContinualTrainer:
 
 
 def monitor(trainer: ContinualTrainer, sinks: tuple[str, ...], run_dir: Path) -> RunMonitor:
-    writer = MetricsWriter(run_dir, stream=open("/dev/null", "w"), sinks=sinks, start_step=trainer.step)
+    writer = MetricsWriter(run_dir, stream=io.StringIO(), sinks=sinks, start_step=trainer.step)
     return RunMonitor(writer, trainer.cfg.train, train_step=trainer.train_step, buffer=trainer.buffer,
                       state=trainer.state, metrics_cfg=trainer.cfg.metrics, preview=trainer._view_grid)
 
