@@ -8,6 +8,7 @@ the built-in demo scene only for a checkpoint with neither (written before that 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -190,19 +191,24 @@ def watch(
     report: Callable[[str], None] = lambda line: print(line, flush=True),
     operator_model: Optional[ModelConfig] = None,
     eval_cfg: EvalConfig = EvalConfig(),
+    record: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> WatchState:
     """Export each new checkpoint (throttled by export.every_steps / every_seconds) until `stop`; then once more.
 
     The last pass ignores the throttle, so the final checkpoint a stopping trainer writes is
     published. A refused step is not retried; refusals are reported and counted, never fatal.
+    `record(event)` takes the "export" / "export_refused" events (default: appended to the run's
+    metrics.jsonl; `byol-agent export --watch` hands in the run's metrics sinks).
     """
+    if record is None:
+        record = functools.partial(_record, run_dir)
     state = WatchState(last_export_step=published_step(publisher.export_dir))
     last_time = time.monotonic()
     stopping = False
     while True:
         newest = next(iter(list_checkpoints(run_dir)), (None, None))[0]
         if newest is not None and _due(newest, state, export_cfg, last_time, final=stopping):
-            _export_once(run_dir, publisher, export_cfg, state, report, operator_model, eval_cfg)
+            _export_once(run_dir, publisher, export_cfg, state, report, operator_model, eval_cfg, record)
             last_time = time.monotonic()
             if status_path is not None:
                 write_status(status_path, state.to_json())
@@ -231,6 +237,7 @@ def _export_once(
     report: Callable[[str], None],
     operator_model: Optional[ModelConfig],
     eval_cfg: EvalConfig,
+    record: Callable[[dict[str, Any]], None],
 ) -> None:
     try:
         source = load_checkpoint_encoder(run_dir, cfg.weights, operator_model, frames_wanted(cfg))
@@ -255,13 +262,13 @@ def _export_once(
         state.refused_steps.add(source.step)
         log.warning("export of step %d refused, keeping the last good version: %s", source.step, exc)
         report(f"export refused at step {source.step}: {exc}")
-        _record(run_dir, {"event": "export_refused", "time": time.time(), "step": source.step, "reason": str(exc)})
+        record({"event": "export_refused", "time": time.time(), "step": source.step, "reason": str(exc)})
         return
     state.exports += 1
     state.failures_in_a_row, state.retry_at = 0, 0.0
     state.last_export_version, state.last_export_step = version, source.step
     state.drift = drift_record(publisher.export_dir, version)
-    _record(run_dir, {"event": "export", "time": time.time(), "step": source.step, "version": version, **state.drift})
+    record({"event": "export", "time": time.time(), "step": source.step, "version": version, **state.drift})
     report(f"published version {version} (step {source.step}) to {publisher.export_dir}")
 
 

@@ -246,8 +246,10 @@ def test_rank_0_alone_writes_one_checkpoint_per_cadence_and_exports(nproc_run: F
     started = starts(nproc_run.run_dir)
     assert len(started) == 1 and started[0]["world_size"] == 2
     assert sorted(p.name for p in nproc_run.run_dir.iterdir()) == [
-        "checkpoints", "config.yaml", "exports", "metrics.jsonl", "run.lock", "status-trainer.json",
+        "checkpoints", "config.yaml", "exports", "metrics.jsonl", "run.lock", "status-trainer.json", "tensorboard",
     ]
+    event_files = list((nproc_run.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len({name.name.split(".")[-2] for name in event_files}) == 1, "one process writes TensorBoard: rank 0"
     published = sorted(p.name for p in (nproc_run.run_dir / "exports").glob("encoder-*.onnx"))
     assert published == ["encoder-000001.onnx"], "the final export, once: rank 0's"
     assert json.loads((nproc_run.run_dir / "status-trainer.json").read_text())["frames_in_per_rank"][1] > 0

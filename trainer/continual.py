@@ -14,9 +14,9 @@ Under torchrun (`ranks`, trainer/distributed.py) one trainer runs per rank, each
 inbox and replay-buffer shard, with the learner under DDP. The ranks agree on everything collective
 through one small all_reduce per loop turn (trainer/lockstep.py): start, the replay-ratio gate over
 the fleet's frames, stop, drain and checkpoints happen at the same step everywhere. Rank 0 alone
-writes into the run directory (checkpoints, metrics, status, config) and runs the exporter and the
-quality probes. A rank whose peer is gone cannot checkpoint and stops with a one-line error
-(`CollectiveError`); every other exit of a multi-rank run checkpoints as above.
+writes into the run directory (checkpoints, metrics to each of `metrics.sinks`, status, config) and
+runs the exporter and the quality probes. A rank whose peer is gone cannot checkpoint and stops with
+a one-line error (`CollectiveError`); every other exit of a multi-rank run checkpoints as above.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ from trainer.distributed import SOLO, CollectiveError, Ranks
 from trainer.ingest import FrameInbox, Ingestor
 from trainer.lockstep import RankCounts, RankFacts, Turn, agree
 from trainer.metrics import MetricsWriter
+from trainer.previews import view_grid
 from trainer.run_monitor import RunMonitor
 from trainer.run_state import RECEIVED, Counters, RunState
+from trainer.sinks import check_sink_names
 from trainer.train_step import TrainStep
 
 if TYPE_CHECKING:
@@ -112,6 +114,7 @@ class ContinualTrainer:
     ) -> None:
         self.cfg = cfg
         self.ranks = ranks
+        check_sink_names(cfg.metrics.sinks)  # every rank, so a bad name stops them all at start
         self._open_receiver = open_receiver
         self._make_exporter_fn = make_exporter
         self.run_dir = Path(run_dir)
@@ -191,10 +194,12 @@ class ContinualTrainer:
         self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
         try:
             if writes:
+                mc = self.cfg.metrics
                 self.monitor = RunMonitor(
-                    MetricsWriter(self.run_dir, stream=self._stream), self.cfg.train,
-                    train_step=self.train_step, buffer=self.buffer, state=self.state, quality=self.quality,
-                    sync=self._sync_counters, world_size=self.ranks.world_size, **self._fleet_reporting(),
+                    MetricsWriter(self.run_dir, stream=self._stream, sinks=mc.sinks, start_step=self.step),
+                    self.cfg.train, train_step=self.train_step, buffer=self.buffer, state=self.state,
+                    quality=self.quality, sync=self._sync_counters, world_size=self.ranks.world_size,
+                    metrics_cfg=mc, preview=self._view_grid, **self._fleet_reporting(),
                 )
             self.exporter = self._make_exporter()
         except BaseException:  # the ingest thread that would close the receiver never started
@@ -314,6 +319,10 @@ class ContinualTrainer:
         if value is None:
             self._on_nonfinite()
         return value
+
+    def _view_grid(self) -> Optional[np.ndarray]:
+        """A few buffer frames and their two views (trainer/previews.py), for the sinks that show images."""
+        return view_grid(self.learner, self.buffer, self.train_step.to_input, self.cfg.metrics.image_frames, self.step)
 
     def _event(self, record: dict[str, Any]) -> None:
         if self.monitor is not None:

@@ -3,10 +3,12 @@
 `RunMonitor` reads the run's parts (the train step, the replay buffer, the counters of its
 `RunState`) and reports them; it never changes them. Each metrics window (`train.metrics_every`
 steps) becomes one `metrics.jsonl` record with the mean loss and the throughput of that window;
-the status file and the live line are refreshed at their own pace by `MetricsWriter`. With a
-`QualityMonitor` (`train.probe_data`), it also submits the kNN probes of the encoder (at each
-checkpoint or export, or every `train.probe_every` steps) and logs their results; a failed probe is
-logged, never fatal. Handed the `train` section only.
+the status file and the live line are refreshed at their own pace by `MetricsWriter`. Every
+`metrics.images_every_steps` steps, when a sink shows pictures, it sends the grid `preview()` makes
+(trainer/previews.py: a few buffer frames and their two views). With a `QualityMonitor`
+(`train.probe_data`), it also submits the kNN probes of the encoder (at each checkpoint or export,
+or every `train.probe_every` steps) and logs their results; a failed probe is logged, never fatal.
+Handed the `train` and `metrics` sections.
 Rank 0 of a multi-rank run reports the whole run: the trainer hands in the run's counters and
 per-rank fields (`counters`, `extra`) in place of this process's own.
 """
@@ -19,9 +21,11 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import numpy as np
 from torch import nn
 
-from agent.core.config import TrainConfig
+from agent.core.config import MetricsConfig, TrainConfig
+from agent.core.repeats import worth_logging
 from trainer.buffer import ReplayBuffer
 from trainer.metrics import MetricsWriter
 from trainer.run_state import Counters, RunState
@@ -93,12 +97,15 @@ class RunMonitor:
         counters: Optional[Callable[[], Counters]] = None,
         extra: Callable[[], dict[str, Any]] = dict,
         world_size: int = 1,
+        metrics_cfg: MetricsConfig = MetricsConfig(),
+        preview: Optional[Callable[[], Optional[np.ndarray]]] = None,
     ) -> None:
         """`sync()` brings the state's counters up to date with the ingest thread; it is called after the
         buffer is read, so the frames counted in are never fewer than the frames the buffer was seen holding.
         `counters()`: the counters to report (default: the state's); `extra()`: fields added to every
         status and metrics record (a multi-rank run's per-rank figures). `world_size`: ranks each taking a
-        batch per step, so img_per_s counts the whole run's images."""
+        batch per step, so img_per_s counts the whole run's images. `preview()`: the image grid to show
+        every `metrics_cfg.images_every_steps` steps (None: no grid)."""
         self.metrics, self._cfg = metrics, train_cfg
         self._train_step, self._buffer, self._state = train_step, buffer, state
         self.quality = quality
@@ -113,9 +120,12 @@ class RunMonitor:
         self._probe_submitted_at: Optional[int] = None
         self._probe_submitted_time = -float("inf")  # time.monotonic() of the last probe submitted
         self._drift: dict[str, Any] = {}  # the last published version's drift (export.compat.drift_record)
+        self._images_every = metrics_cfg.images_every_steps if preview is not None and metrics.shows_images else None
+        self._preview = preview
+        self._preview_failures = 0
 
     def event(self, record: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl (a lost record on a full disk is counted, never raised);
+        """Send one record to the metrics sinks (a lost record on a full disk is counted, never raised);
         an "export" record's drift figures (cka_prev, cka_pinned) go into the status from then on."""
         if record.get("event") == "export":
             self._drift = {key: record.get(key) for key in ("cka_prev", "cka_pinned")}
@@ -140,6 +150,21 @@ class RunMonitor:
                 del fields[key]
             self.metrics.log(fields)
             self._window = _Window(self._state.step)
+        if loss is not None and self._images_every is not None and self._state.step % self._images_every == 0:
+            self._show_views()
+
+    def _show_views(self) -> None:
+        """Send the preview grid to the sinks; a failure is logged (1st and every 100th), never fatal."""
+        try:
+            grid = self._preview() if self._preview is not None else None
+        except Exception as exc:  # a picture for people: it must not stop training
+            self._preview_failures += 1
+            if worth_logging(self._preview_failures):
+                log.warning("view grid not made (%d so far): %s", self._preview_failures,
+                            (str(exc).splitlines() or [type(exc).__name__])[0][:200])
+            return
+        if grid is not None:
+            self.metrics.image("views", self._state.step, grid)
 
     def status(self, state: str, force: bool = False) -> None:
         """Refresh the status file and live line (when due, or now with `force`) with `state` ("training", ...)."""

@@ -41,9 +41,15 @@ def main(args: argparse.Namespace) -> int:
             print(f"published version {version} (step {step}) to {out}")
             return 0
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from trainer.metrics import MetricSinks
+
         status = run_dir / "status-exporter.json"
-        watch(
-            run_dir, publisher, cfg.export, stop.event,
-            poll_s=args.poll, status_path=status, operator_model=cfg.model, eval_cfg=cfg.eval,
-        )
+        sinks = MetricSinks(run_dir, cfg.metrics.sinks)  # each export's version and drift, next to the trainer's
+        try:
+            watch(
+                run_dir, publisher, cfg.export, stop.event, poll_s=args.poll, status_path=status,
+                operator_model=cfg.model, eval_cfg=cfg.eval, record=sinks.log,
+            )
+        finally:
+            sinks.close()
     return 0

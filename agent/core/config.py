@@ -282,6 +282,19 @@ class TrainConfig(_Section):
     )
 
 
+class MetricsConfig(_Section):
+    """Where the trainer's metric records go: each name a sink registered in trainer/sinks/."""
+
+    sinks: list[str] = Field(
+        default_factory=lambda: ["jsonl", "tensorboard"],
+        description="metrics.jsonl (the run's record, read by `report`) and RUN_DIR/tensorboard/ event files",
+    )
+    images_every_steps: Optional[int] = Field(
+        500, ge=1, description="steps between image grids of a few buffer frames and their two views (None = none)"
+    )
+    image_frames: int = Field(4, ge=1, le=32, description="frames in each image grid")
+
+
 # Measured (benchmarks/bench_compat.py, tiny_cnn D=64, 12 versions 60 steps apart, RESULTS.md): maps between
 # consecutive versions had held-out R² 0.973-1.000; direct maps into version 1 fell to 0.904 (digits) / 0.952
 # (objects) by version 12 while a head fit on version 1 still kept >= 0.95x its accuracy through them. 0.9 lets
@@ -392,6 +405,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
     export: ExportConfig = ExportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agent.cli import main as cli_main
 from agent.supervisor import format_pipeline_status
@@ -25,6 +26,7 @@ from tests.conftest import REPO, free_tcp_endpoint
 from tests.export.tiny import scene_frames
 from trainer.build import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
+from trainer.report import read_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 OVERRIDES = [
@@ -115,6 +117,13 @@ def test_watch_follows_checkpoints_and_exports_the_final_one_on_sigint(tmp_path:
     assert status["last_export_version"] == 2 and status["exports"] == 2 and status["refusals"] == 0
     assert 0 <= status["cka_prev"] <= 1 and status["cka_pinned"] == {}  # version 2's drift, in `run`'s status line
     assert f"(refused 0, CKA {status['cka_prev']:.3f} prev)" in format_pipeline_status({"exporter": status}, 1.0, {})
+    # the export events reach the run's metrics sinks: metrics.jsonl and TensorBoard (its own reader)
+    exports = [e for e in read_metrics(run_dir).events if e["event"] == "export"]
+    assert [(e["step"], e["version"]) for e in exports] == [(100, 1), (150, 2)]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("export/version")] == [(100, 1.0), (150, 2.0)]
+    assert [e.step for e in events.Scalars("export/cka_prev")] == [150]
 
 
 def _with_model(run_dir: Path, **model: object) -> None:
