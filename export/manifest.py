@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -249,7 +249,8 @@ def parse_manifest(tree: Any, source: str) -> Manifest:
         raise ModelFileError(f"manifest {source} is invalid: {detail}") from None
 
 
-def read_manifest(path: Path) -> Manifest:
+def read_manifest(path: Union[str, Path]) -> Manifest:
+    path = Path(path)
     try:
         tree = json.loads(path.read_text())
     except FileNotFoundError:

@@ -8,6 +8,7 @@ values are type- and range-checked) and `load_config` turns its report into a on
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.core.errors import ConfigError
 from agent.core.wire import MAX_SIDE
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(str(resources.files("configs")))  # package data: there in an editable install, a wheel or a copy
 
@@ -490,6 +493,21 @@ def resolve_config_path(path: Optional[Union[str, Path]]) -> Path:
     return path
 
 
+def _drop_other_encoders_kwargs(tree: dict, file_encoder: Any, changed: list[list[str]]) -> None:
+    """An override that names another `model.encoder` than the file's, and no `model.encoder_kwargs`, drops the
+    file's kwargs: they were written for the file's encoder (default.yaml's tiny_cnn `width: 16` is no
+    ResNet argument), as choosing another kind of thing resets its options in lerobot's configs."""
+    model = tree.get("model")
+    if not isinstance(model, dict) or model.get("encoder") == file_encoder or "encoder_kwargs" not in model:
+        return
+    if ["model", "encoder"] not in changed or any(p[:2] == ["model", "encoder_kwargs"] for p in changed):
+        return
+    dropped = model.pop("encoder_kwargs")
+    if dropped:
+        log.info("model.encoder=%s: the config file's encoder_kwargs %s (for %s) are not used", model["encoder"],
+                 dropped, file_encoder)
+
+
 def load_config(
     path: Optional[Union[str, Path]] = None,
     overrides: Optional[list[str]] = None,
@@ -523,11 +541,16 @@ def load_config(
         raise ConfigError(f"{where} is empty; omit --config to use the shipped configs/default.yaml")
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    file_encoder = tree.get("model", {}).get("encoder") if isinstance(tree.get("model"), dict) else None
+    changed: list[list[str]] = []
     for item in overrides or []:
         key_path, value = _parse_override(item)
         _set_path(tree, key_path, value)
+        changed.append(key_path)
     for key, value in (values or {}).items():  # typed values (CLI flags): set as they are, never re-parsed
         _set_path(tree, key.split("."), value)
+        changed.append(key.split("."))
+    _drop_other_encoders_kwargs(tree, file_encoder, changed)
     try:
         return Config.model_validate(tree)
     except ValidationError as err:

@@ -148,3 +148,12 @@ def test_capture_bit_depth_is_8_to_16_or_auto() -> None:
     for bad in (7, 17):
         with pytest.raises(ValueError, match="bit_depth"):
             CaptureConfig(bit_depth=bad)
+
+
+def test_an_override_naming_another_encoder_drops_the_files_encoder_kwargs() -> None:
+    # default.yaml's tiny_cnn has encoder_kwargs {width: 16}, which no ResNet takes (found trying issue 23 as a user)
+    cfg = load_config(None, ["model.encoder=resnet18"])
+    assert cfg.model.encoder == "resnet18" and cfg.model.encoder_kwargs == {}
+    kept = load_config(None, ["model.encoder=resnet18", "model.encoder_kwargs={num_classes: 10}"])
+    assert kept.model.encoder_kwargs == {"num_classes": 10}
+    assert load_config(None, ["model.encoder=tiny_cnn"]).model.encoder_kwargs == {"width": 16}

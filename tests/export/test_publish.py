@@ -143,3 +143,9 @@ def test_a_restart_removes_what_a_killed_publisher_left(tmp_path: Path) -> None:
     fresh.write_bytes(b"in flight")
     Publisher(tmp_path, keep=3)
     assert _names(tmp_path) == ["LATEST", "encoder-000001.json", "encoder-000001.onnx", "encoder-000003.onnx"]
+
+
+def test_read_manifest_takes_a_string_path(tmp_path) -> None:
+    # the README's torch-weights recipe passes a plain string
+    with pytest.raises(ModelFileError, match="does not exist"):
+        read_manifest(str(tmp_path / "encoder-000001.json"))
