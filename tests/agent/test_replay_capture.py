@@ -53,3 +53,15 @@ def test_replay_trains_one_trainer_on_loopback_whatever_fleet_endpoints_the_conf
     replayed = replay_config(cfg, ["clip.avi"])
     assert replayed.wire.endpoints is None and replayed.wire.endpoint == LOOPBACK_ANY_PORT
     assert trainer_endpoints(replayed.wire) == [LOOPBACK_ANY_PORT]
+
+
+def test_a_replay_plan_with_the_novelty_gate_on_gives_upper_bounds_and_its_time_at_a_known_rate() -> None:
+    """Issue 22: with capture.novelty_threshold on, the plan counted frames the gate would drop as certain."""
+    from agent.replay import ReplayPlan
+
+    plan = ReplayPlan([250, 120], [0, 0], 2.0, 128, 0, gated=True)
+    line = plan.describe(steps_per_s=0.5)
+    assert line.startswith("at most 370 frames (capture.novelty_threshold is on")
+    assert "= at most 740 steps (~24:40 at the last 0.50 steps/s)" in line
+    resumed = ReplayPlan([250, 120], [250, 30], 2.0, 128, 500, frames_in=280)
+    assert resumed.total_frames == 90 and resumed.steps_left == 2 * 370 - 500
