@@ -30,6 +30,7 @@ TINY = [
     "capture.width=32",
     "capture.novelty_threshold=0",
     "export.every_steps=null",
+    "export.every_seconds=null",
 ]
 
 
@@ -164,7 +165,7 @@ def test_a_resumed_replay_continues_where_it_stopped_instead_of_reading_again(tm
     video, run = tmp_path / "clip.avi", tmp_path / "run"
     write_video(video, 40)
     argv = [*CLI, "replay", "--run-dir", str(run), "--pace", "asap", str(video), *TINY, "train.replay_ratio=2",
-            "train.checkpoint_every=1000", "export.every_steps=null"]
+            "train.checkpoint_every=1000", "export.every_steps=null", "export.every_seconds=null"]
     first = subprocess.run([*argv, "--max-steps", "50"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]
     stopped = read_checkpoint(list_checkpoints(run)[0][1])

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO
 import numpy as np
 import torch
 
+from agent.core import cadence
 from agent.core.atomic import remove_stale_temps
 from agent.core.config import Config, TrainConfig, dump_config
 from agent.core.errors import ByolAgentError, ConfigError
@@ -388,12 +389,13 @@ class ContinualTrainer:
         return self._make_exporter_fn(tuple(self.learner.mean), tuple(self.learner.std))
 
     def _export_due(self, last_export_time: float) -> bool:
+        """agent.core.cadence's rule, the one `export --watch` follows too (the last export's step; its time,
+        or this session's start)."""
         ec = self.cfg.export
-        if self.exporter is None or self.step == self.counters.last_export_step:
+        if self.exporter is None:
             return False
-        by_steps = ec.every_steps is not None and self.step % ec.every_steps == 0
-        by_time = ec.every_seconds is not None and time.monotonic() - last_export_time >= ec.every_seconds
-        return by_steps or by_time
+        return cadence.due(self.step, self.counters.last_export_step, ec.every_steps,
+                           time.monotonic() - last_export_time, ec.every_seconds)
 
     def _submit_export(self) -> None:
         """Hand an eval copy of the encoder and real frames to the export thread (returns at once)."""

@@ -92,6 +92,22 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
+@pytest.mark.parametrize("text, where", [
+    ("capture:\n  fps: 15\n  height 96: x: 1\n", "at line 3, column 15: mapping values are not allowed here"),
+    ("train:\n  lr: 1e-3\n    batch_size: 8\n", "at line 3, column 15: mapping values are not allowed here"),
+    ("train: {lr: 1e-3\n", "at line 2, column 1: expected ',' or '}', but got '<stream end>'"),
+    ("capture:\n\tfps: 15\n", "at line 2, column 1: found character '\\t' that cannot start any token"),
+])
+def test_a_yaml_syntax_error_names_file_line_and_column_in_one_line(tmp_path: Path, text: str, where: str) -> None:
+    """Issue 22: the error gave PyYAML's first line ("while parsing a block mapping") and no position."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    message = str(caught.value)
+    assert message == f"config file {str(bad)!r} is not valid YAML {where}" and "\n" not in message
+
+
 def test_cli_reports_a_bad_key_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "agent.cli", "run", "--run-dir", str(tmp_path), "--duration", "1", "train.lrr=1"],

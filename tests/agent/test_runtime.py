@@ -59,6 +59,18 @@ def test_serves_the_published_encoder_for_any_frame_size(tmp_path: Path, frames:
         enc.embed(frames)
 
 
+def test_the_log_says_first_version_and_swapped_from_not_was_none(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 22: the first load was logged "serving encoder version 1 (was None; ...)"."""
+    publish_version(tmp_path, seed=1)
+    with caplog.at_level("INFO", logger="agent.robot.runtime"):
+        with HotEncoder(tmp_path, poll_interval_s=POLL, providers="cpu") as enc:
+            publish_version(tmp_path, seed=2)
+            wait_until(lambda: enc.version == 2)
+    assert "serving encoder version 1 (first version served;" in caplog.text
+    assert "serving encoder version 2 (swapped from version 1;" in caplog.text
+    assert "None" not in caplog.text
+
+
 def test_float_nchw_export_is_fed_normalised_frames(tmp_path: Path, frames: np.ndarray) -> None:
     publish_version(tmp_path, seed=2, input_format="float_nchw")
     with HotEncoder(tmp_path, providers="cpu") as enc:
