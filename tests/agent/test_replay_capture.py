@@ -65,3 +65,17 @@ def test_a_replay_plan_with_the_novelty_gate_on_gives_upper_bounds_and_its_time_
     assert "= at most 740 steps (~24:40 at the last 0.50 steps/s)" in line
     resumed = ReplayPlan([250, 120], [250, 30], 2.0, 128, 500, frames_in=280)
     assert resumed.total_frames == 90 and resumed.steps_left == 2 * 370 - 500
+
+
+def test_replay_counts_an_image_folder_after_checking_it(tmp_path: Path) -> None:
+    """Issue 22: replaying a folder of photos planned "frames (count unknown)": the count was read from the
+    file list, which closing the checked source had emptied."""
+    import cv2
+    import numpy as np
+
+    from agent.core.config import load_config
+    from agent.replay import check_recordings
+
+    for i in range(7):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), 30 * i, np.uint8))
+    assert check_recordings([str(tmp_path)], load_config(None).capture) == [7]
