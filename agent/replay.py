@@ -10,6 +10,7 @@ The run ends when the recordings are exhausted and training has caught up, or at
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -148,6 +149,7 @@ def replay(
         print(f"replay: {plan.describe(last_step_rate(run_dir) if trainer.step else None)}", file=sys.stderr, flush=True)
         capture = ReplayCapture(capture_config, pace, run_dir / "logs")
         bar = ReplayProgress(trainer, plan) if show else None
+        moved = bar.take_log_lines() if bar is not None else []
         try:
             if bar is not None:
                 bar.start()
@@ -157,6 +159,8 @@ def replay(
             if bar is not None:
                 bar.stop(timeout_s=5.0)
                 bar.close()
+                for handler, stream in moved:
+                    handler.setStream(stream)
     finally:
         if trainer_log is not None:
             trainer_log.close()
@@ -195,7 +199,8 @@ class ReplayPlan:
     def total_steps(self) -> Optional[int]:
         """The step count the run ends at (across resumes), at most when the gate is on."""
         frames = self.total_frames
-        return None if frames is None else max(self.start_step, int(self.ratio * (self.frames_in + frames)))
+        # the trainer steps while step < ratio x frames in (trainer/lockstep.py), so it ends at the ceiling
+        return None if frames is None else max(self.start_step, math.ceil(self.ratio * (self.frames_in + frames)))
 
     @property
     def steps_left(self) -> Optional[int]:
@@ -241,6 +246,19 @@ def format_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class _ErasingLine:
+    """A text stream that erases the terminal's current line (a progress line) before each write."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write("\r\x1b[K" + text)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 class ReplayProgress(Worker):
@@ -295,6 +313,15 @@ class ReplayProgress(Worker):
         self._width = len(text)
         self._stream.write("\r" + text + " " * pad + end)
         self._stream.flush()
+
+    def take_log_lines(self) -> list[tuple[logging.StreamHandler, TextIO]]:
+        """Make the root logger's handlers on this stream print above the line (it is erased first and redrawn
+        at the next refresh) instead of after it; returns (handler, old stream) pairs to put back."""
+        moved = []
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream in (self._stream, sys.__stderr__):
+                moved.append((handler, handler.setStream(_ErasingLine(self._stream))))
+        return moved
 
     def close(self) -> None:
         self._refresh(end="\n")

@@ -79,3 +79,14 @@ def test_replay_counts_an_image_folder_after_checking_it(tmp_path: Path) -> None
     for i in range(7):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), 30 * i, np.uint8))
     assert check_recordings([str(tmp_path)], load_config(None).capture) == [7]
+
+
+def test_the_planned_steps_are_where_the_trainers_replay_ratio_gate_stops() -> None:
+    """The trainer steps while step < ratio x frames, so 0.3 x 248 = 74.4 ends at step 75 (the plan said 74)."""
+    from agent.replay import ReplayPlan
+    from trainer.lockstep import RankCounts, Turn
+
+    plan = ReplayPlan([248], [0], 0.3, 128, 0)
+    turn = Turn(stop=False, ready=True, drained=False, checkpoint_clear=True, ranks=(RankCounts(248, 0, 0, 0, 248),))
+    last = max(step for step in range(200) if turn.may_step(step, 0.3)) + 1
+    assert plan.total_steps == last == 75
