@@ -48,8 +48,8 @@ def test_a_run_too_slow_to_reach_every_steps_still_publishes_and_swaps_by_time(t
     Before: no checkpoint existed to export from until shutdown, so v1 came at the end and nothing swapped."""
     run_dir = tmp_path / "run"
     done = subprocess.run(
-        [*CLI, "--run-dir", str(run_dir), "--duration", "30", *SMALL, *_ports(), "train.checkpoint_every=100000",
-         "export.every_steps=100000", "export.every_seconds=3"],
+        [*CLI, "--run-dir", str(run_dir), "--duration", "24", *SMALL, *_ports(), "train.checkpoint_every=100000",
+         "export.every_steps=100000", "export.every_seconds=2"],
         cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -70,7 +70,7 @@ def test_a_second_run_on_busy_ports_is_one_line_naming_the_port_and_the_fix(tmp_
     first = ctx.socket(zmq.PULL)  # what the first run's trainer holds
     first.bind(endpoint)
     try:
-        done = subprocess.run([*CLI, "--run-dir", str(tmp_path / "run"), "--duration", "30", *SMALL,
+        done = subprocess.run([*CLI, "--run-dir", str(tmp_path / "run"), "--duration", "24", *SMALL,
                                f"wire.endpoint={endpoint}", f"wire.publish={free_tcp_endpoint()}"],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     finally:
