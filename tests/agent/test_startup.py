@@ -77,7 +77,10 @@ def _interrupted(argv: list[str], delay_s: float) -> tuple[int, str]:
     The clock starts at a readiness signal, not at the spawn: the child starts with SIGINT blocked, as
     `run` starts its children, and `agent.cli.main` unblocks it first thing. A fixed delay from the spawn
     made `[0.5]` land inside Python's own start-up on a loaded machine (site, .pth files; measured in
-    benchmarks/measure_sigint_window.py), where Python, not our code, handles the signal (issue 22)."""
+    benchmarks/measure_sigint_window.py), where Python, not our code, handles the signal (issue 22).
+    Still open: with this wait, `train` `[0.5]` ended with exit -2 and no output in 2 of ~20 runs here (0.5 s in,
+    `train` is still importing; 12/12 gave exit 130 under strace, and sigaction shows Python's own SIGINT
+    handler after every import it makes): cause not found."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=_block_sigint,
@@ -103,7 +106,8 @@ def test_ctrl_c_early_in_capture_is_clean(delay_s: float) -> None:
 
 @pytest.mark.parametrize("delay_s", [0.5, 2.5])
 def test_ctrl_c_early_in_train_is_clean(tmp_path: Path, delay_s: float) -> None:
-    argv = ["train", "--run-dir", str(tmp_path / "run"), f"wire.endpoint={free_tcp_endpoint()}", *TINY_MODEL]
+    # a port the trainer picks itself: a port found free a moment earlier may be taken by then on a busy machine
+    argv = ["train", "--run-dir", str(tmp_path / "run"), "wire.endpoint=tcp://127.0.0.1:*", *TINY_MODEL]
     code, out = _interrupted(argv, delay_s)
     assert code in (0, 130) and "Traceback" not in out, (code, out)
 
