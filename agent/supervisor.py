@@ -199,11 +199,14 @@ def _last_line(path: Path) -> str:
     return lines[-1][-200:] if lines else ""
 
 
-def read_status(run_dir: Path) -> dict[str, dict]:
-    """The newest `status-<name>.json` each child wrote (missing or half-written files are skipped)."""
+def read_status(run_dir: Path, since: Optional[float] = None) -> dict[str, dict]:
+    """The newest `status-<name>.json` each child wrote (missing or half-written files are skipped; with
+    `since`, a wall-clock time, so are files last written before it: a resumed run's previous session's)."""
     status: dict[str, dict] = {}
     for path in run_dir.glob("status-*.json"):
         try:
+            if since is not None and path.stat().st_mtime < since:
+                continue
             status[path.stem.removeprefix("status-")] = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
@@ -231,7 +234,7 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
         f"emb std {num(trn, 'embedding_std', '{:.3f}')}",
         *_probe_note(trn),
         f"export v{num(exp, 'last_export_version')} (refused {num(exp, 'refusals')}{_drift_note(exp)})",
-        f"runtime v{num(rt, 'version')} swaps {num(rt, 'swaps')}",
+        f"runtime v{num(rt, 'version')} swaps {num(rt, 'swaps')} calls {num(rt, 'calls')}",
     ]
     dead = {name: n for name, n in restarts.items() if n}
     if dead:
@@ -279,10 +282,13 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.signum: Optional[int] = None  # the first signal received
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
         self.event.set()
 
     def wait(self, timeout_s: float) -> bool:
@@ -298,9 +304,11 @@ def supervise(
     stop: StopFlag,
     finish_with: Optional[str] = None,
     out=sys.stderr,
+    since: Optional[float] = None,
 ) -> int:
     """Run until the duration passes, a signal arrives, a child fails for good, or child `finish_with`
-    has finished its job (exit 0: the trainer, once every finite source has ended); then stop in order."""
+    has finished its job (exit 0: the trainer, once every finite source has ended); then stop in order.
+    `since`: the status line ignores status files older than this wall-clock time (`read_status`)."""
     start = time.monotonic()
     tty = out.isatty()
     failed = False
@@ -314,7 +322,7 @@ def supervise(
             if finish_with is not None and sup.finished_ok(finish_with):
                 print(f"{finish_with} has finished: its sources have ended", file=out, flush=True)
                 break
-            line = format_pipeline_status(read_status(run_dir), elapsed, sup.restarts)
+            line = format_pipeline_status(read_status(run_dir, since), elapsed, sup.restarts)
             print(("\r" + line[:200]) if tty else line, end="" if tty else "\n", file=out, flush=True)
             if duration_s is not None and elapsed >= duration_s:
                 break
@@ -324,5 +332,5 @@ def supervise(
         print("stopping: capture, then trainer (final checkpoint), exporter (final export), runtime", file=out, flush=True)
         codes = sup.stop()
     print("exit codes: " + ", ".join(f"{k}={v}" for k, v in codes.items()), file=out, flush=True)
-    print(format_pipeline_status(read_status(run_dir), time.monotonic() - start, sup.restarts), file=out, flush=True)
+    print(format_pipeline_status(read_status(run_dir, since), time.monotonic() - start, sup.restarts), file=out, flush=True)
     return 1 if failed else 0

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agent.core import cadence
 from agent.core.atomic import write_status
 from agent.core.config import CaptureConfig, Config, EvalConfig, ExportConfig, ModelConfig
 from agent.core.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
@@ -220,13 +221,11 @@ def watch(
 def _due(step: int, state: WatchState, cfg: ExportConfig, last_time: float, final: bool) -> bool:
     if not final and time.monotonic() < state.retry_at:
         return False
-    if step in state.refused_steps or (state.last_export_step is not None and step <= state.last_export_step):
+    if step in state.refused_steps:
         return False
-    if final or state.last_export_step is None or (cfg.every_steps is None and cfg.every_seconds is None):
-        return True
-    by_steps = cfg.every_steps is not None and step - state.last_export_step >= cfg.every_steps
-    by_time = cfg.every_seconds is not None and time.monotonic() - last_time >= cfg.every_seconds
-    return by_steps or by_time
+    if final:  # the stopping trainer's last checkpoint is published whatever the throttle says
+        return state.last_export_step is None or step > state.last_export_step
+    return cadence.due(step, state.last_export_step, cfg.every_steps, time.monotonic() - last_time, cfg.every_seconds)
 
 
 def _export_once(

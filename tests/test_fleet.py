@@ -49,6 +49,7 @@ TINY = [
     "capture.height=32",
     "capture.width=32",
     "export.every_steps=null",
+    "export.every_seconds=null",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 RANK_PID = re.compile(r"rank (\d) of 2 \(pid (\d+)")

@@ -30,6 +30,7 @@ TINY = [
     "capture.width=32",
     "capture.novelty_threshold=0",
     "export.every_steps=null",
+    "export.every_seconds=null",
 ]
 
 
@@ -164,14 +165,16 @@ def test_a_resumed_replay_continues_where_it_stopped_instead_of_reading_again(tm
     video, run = tmp_path / "clip.avi", tmp_path / "run"
     write_video(video, 40)
     argv = [*CLI, "replay", "--run-dir", str(run), "--pace", "asap", str(video), *TINY, "train.replay_ratio=2",
-            "train.checkpoint_every=1000", "export.every_steps=null"]
+            "train.checkpoint_every=1000", "export.every_steps=null", "export.every_seconds=null"]
     first = subprocess.run([*argv, "--max-steps", "50"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]
     stopped = read_checkpoint(list_checkpoints(run)[0][1])
     assert stopped["step"] == 50 and 0 < stopped["counters"]["frames_in"] < 40
     second = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert f"resuming after {stopped['counters']['frames_in']} already trained on" in second.stderr
+    done = stopped['counters']['frames_in']
+    assert f"{40 - done} frames in 1 recording(s) left, resuming after {done} already trained on (step 50)" in second.stderr
+    assert f"updates per frame = about {2 * 40 - 50} steps (~" in second.stderr  # what remains, at the first run's rate
     final = read_checkpoint(list_checkpoints(run)[0][1])
     assert final["counters"]["frames_in"] == 40 and final["counters"]["frames_per_camera"] == {0: 40}
     assert final["step"] == 2 * 40  # the same budget as one uninterrupted replay

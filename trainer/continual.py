@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO
 import numpy as np
 import torch
 
+from agent.core import cadence
 from agent.core.atomic import remove_stale_temps
 from agent.core.config import Config, TrainConfig, dump_config
 from agent.core.errors import ByolAgentError, ConfigError
@@ -227,7 +228,8 @@ class ContinualTrainer:
 
     def _loop(self, stop: threading.Event, input_done: Optional[threading.Event]) -> None:
         tc = self.cfg.train
-        last_export_time = time.monotonic()
+        last_export_time: Optional[float] = None  # the clock starts at this session's first step (not at start-up,
+        # which under load can take longer than export.every_seconds and would publish a nearly untrained version)
         input_done_at: Optional[float] = None
         while True:
             self._sync_counters()
@@ -271,6 +273,8 @@ class ContinualTrainer:
                 self._embed_pending(refresh=True)
             if self._export_due(last_export_time):
                 self._submit_export()
+                last_export_time = time.monotonic()
+            elif last_export_time is None:
                 last_export_time = time.monotonic()
             if self.monitor is not None:
                 self.monitor.maybe_probe(self.counters.last_export_version, self._probed_encoder)
@@ -402,13 +406,14 @@ class ContinualTrainer:
             return None
         return self._make_exporter_fn(tuple(self.learner.mean), tuple(self.learner.std))
 
-    def _export_due(self, last_export_time: float) -> bool:
+    def _export_due(self, last_export_time: Optional[float]) -> bool:
+        """agent.core.cadence's rule, the one `export --watch` follows too (the last export's step; its time,
+        or this session's first step: None before it)."""
         ec = self.cfg.export
-        if self.exporter is None or self.step == self.counters.last_export_step:
+        if self.exporter is None:
             return False
-        by_steps = ec.every_steps is not None and self.step % ec.every_steps == 0
-        by_time = ec.every_seconds is not None and time.monotonic() - last_export_time >= ec.every_seconds
-        return by_steps or by_time
+        since = 0.0 if last_export_time is None else time.monotonic() - last_export_time
+        return cadence.due(self.step, self.counters.last_export_step, ec.every_steps, since, ec.every_seconds)
 
     def _submit_export(self) -> None:
         """Hand an eval copy of the encoder and real frames to the export thread (returns at once)."""

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from agent.core import cadence
 from agent.core.repeats import backoff_s
 from agent.core.config import TrainConfig
 from agent.core.errors import CheckpointError, StorageError
@@ -126,6 +127,8 @@ class RunState:
         self.fleet = Counters()
         self.resumed_from: Optional[str] = None
         self.last_checkpoint_step = 0
+        # of the last checkpoint written, or of this session's first step (checkpoint_due starts it), not of start-up
+        self._last_checkpoint_time: Optional[float] = None
         self._failures = 0
         self._retry_at = 0.0
 
@@ -256,9 +259,15 @@ class RunState:
         return images.cpu()
 
     def checkpoint_due(self, clear: Optional[bool] = None) -> bool:
-        """`train.checkpoint_every` steps since the last one, and not inside a full-disk back-off
-        (`clear`: whether rank 0 is out of it, as the ranks agreed this turn; None: look now)."""
-        due = self.step - self.last_checkpoint_step >= self._cfg.checkpoint_every
+        """`train.checkpoint_every` steps or (a single process only: ranks' clocks differ, and a checkpoint is
+        a collective) `train.checkpoint_every_seconds` since the last one (agent.core.cadence), and not inside
+        a full-disk back-off (`clear`: whether rank 0 is out of it, as the ranks agreed this turn; None: look now).
+        Called after every step."""
+        every_seconds = self._cfg.checkpoint_every_seconds if self._ranks.solo else None
+        if self._last_checkpoint_time is None:  # the first step of this session starts the clock
+            self._last_checkpoint_time = time.monotonic()
+        due = cadence.due(self.step, self.last_checkpoint_step, self._cfg.checkpoint_every,
+                          time.monotonic() - self._last_checkpoint_time, every_seconds)
         return due and (self.retry_passed() if clear is None else clear)
 
     def retry_passed(self) -> bool:
@@ -311,5 +320,6 @@ class RunState:
             return False
         self._failures, self._retry_at = 0, 0.0
         self.last_checkpoint_step = self.step
+        self._last_checkpoint_time = time.monotonic()
         log.info("checkpoint %s", path.name)
         return True

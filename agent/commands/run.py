@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 from agent.commands._common import add_config_arguments, config_from_args
 from agent.core.config import Config, dump_config
-from agent.core.errors import ConfigError
+from agent.core.errors import ConfigError, EndpointError
 from agent.core.run_lock import lock_directory
 from agent.supervisor import ChildSpec, StopFlag, Supervisor, read_status, supervise
 
@@ -34,6 +36,11 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
     """The pipeline's processes in stop order (upstream first, so nothing downstream loses its input early)."""
     cfg_arg = ["--config", str(config_path)]
     exports = run_dir / "exports"
+    # The exporter publishes from checkpoints, so the trainer checkpoints at least as often as it is to export.
+    trainer_args = ["export.every_steps=null", "export.every_seconds=null"]
+    every_s, ckpt_s = cfg.export.every_seconds, cfg.train.checkpoint_every_seconds
+    if every_s is not None and (ckpt_s is None or ckpt_s > every_s):
+        trainer_args.append(f"train.checkpoint_every_seconds={every_s:g}")
     specs = [
         ChildSpec(
             "capture",
@@ -44,7 +51,7 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
         # The exporter process owns publishing in this job, so the trainer's in-process exporter is off.
         ChildSpec(
             "trainer",
-            _cli("train", *cfg_arg, "--run-dir", str(run_dir), "export.every_steps=null", "export.every_seconds=null"),
+            _cli("train", *cfg_arg, "--run-dir", str(run_dir), *trainer_args),
             120.0,
         ),
         ChildSpec("exporter", _cli("export", *cfg_arg, "--run-dir", str(run_dir), "--out", str(exports), "--watch"), 120.0),
@@ -72,6 +79,7 @@ def main(args: argparse.Namespace) -> int:
     from agent.robot.sources import check_sources
 
     check_sources(cfg.capture.sources, cfg.capture, cfg.wire)  # a bad file fails now, not as 3 capture restarts
+    check_ports(cfg)  # a port in use fails now, not as the trainer's restarts and "trained on nothing"
     run_dir = Path(args.run_dir).resolve()
     # Held for the whole pipeline and handed down to the children (the trainer holds it as its own),
     # so a second `run` or `train` on this directory is refused before it writes anything.
@@ -85,15 +93,54 @@ def main(args: argparse.Namespace) -> int:
             child_specs(cfg, run_dir, config_path), run_dir / "logs", max_restarts=cfg.run.max_restarts,
             pass_fds=pass_fds, env=env,
         )
+        stop = StopFlag()
+        session_start = time.time()  # status files older than this are the previous session's (a resumed run)
         code = supervise(
-            sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=StopFlag(),
-            finish_with="trainer",
+            sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=stop,
+            finish_with="trainer", since=session_start,
         )
-    problem = untrained(read_status(run_dir), cfg)
+    status = read_status(run_dir, since=session_start)
+    problem = untrained(status, cfg)
+    if problem is not None and stop.signum == signal.SIGINT and not code:
+        print(f"byol-agent run: interrupted before the first training step ({problem.removeprefix('trained on nothing: ')})",
+              file=sys.stderr)
+        return 130  # the user's choice, not a failure
     if problem is not None:
         print(f"byol-agent run: {problem}", file=sys.stderr)
         return code or 1
+    print(f"byol-agent run: {served(status)}", file=sys.stderr)
     return code
+
+
+def check_ports(cfg: Config) -> None:
+    """EndpointError (one line) naming the first TCP port `run`'s children would bind that is in use now
+    (usually another `run` on the default ports), and how to pick others."""
+    from agent.robot.transport import check_bindable
+
+    binds = [("wire.endpoint", cfg.wire.endpoints[0] if cfg.wire.endpoints else cfg.wire.endpoint),
+             ("wire.publish", cfg.wire.publish)]
+    for key, endpoint in binds:
+        if endpoint is None or not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
+            continue
+        try:
+            check_bindable(endpoint)
+        except EndpointError as exc:
+            raise EndpointError(
+                f"{exc} ({key}; another `byol-agent run` on the same ports?): stop it, or give this run other ports, "
+                f"e.g. wire.endpoint=tcp://127.0.0.1:5655 wire.publish=tcp://127.0.0.1:5656"
+            ) from None
+
+
+def served(status: dict[str, dict]) -> str:
+    """One line on what this session published and served: versions exported, the runtime's swaps and calls."""
+    exp, rt = status.get("exporter", {}), status.get("runtime", {})
+    exports, version = exp.get("exports"), exp.get("last_export_version")
+    published = (f"published {exports} version(s) this session (latest v{version})" if exports
+                 else "published no version this session")
+    if not rt:
+        return f"{published}; the runtime consumer never served (no status-runtime.json)"
+    return (f"{published}; the runtime served {rt.get('calls', 0)} call(s) on v{rt.get('version')} after "
+            f"{rt.get('swaps', 0)} swap(s), {rt.get('failures', 0)} failed")
 
 
 def untrained(status: dict[str, dict], cfg: Config) -> Optional[str]:

@@ -262,6 +262,9 @@ class TrainConfig(_Section):
     replay_ratio: float = Field(8.0, gt=0, description="most updates per newly ingested frame")
     max_steps: Optional[int] = Field(None, ge=1)
     checkpoint_every: int = Field(200, ge=1)
+    checkpoint_every_seconds: Optional[float] = Field(
+        None, gt=0, description="also checkpoint this often (single-process runs); `run` sets it to export.every_seconds"
+    )
     keep_checkpoints: int = Field(3, ge=1)
     save_buffer: bool = False
     metrics_every: int = Field(10, ge=1)
@@ -314,8 +317,10 @@ class ExportConfig(_Section):
         description="target (EMA) weights change slowly between versions, so a hot swap perturbs the policy least",
     )
     input_format: Literal["uint8_nhwc", "float_nchw"] = "uint8_nhwc"
-    every_steps: Optional[int] = Field(500, ge=1)
-    every_seconds: Optional[float] = Field(None, gt=0)
+    every_steps: Optional[int] = Field(500, ge=1, description="export once this many steps passed since the last export")
+    every_seconds: Optional[float] = Field(
+        None, gt=0, description="or once this long passed (a slow or loaded machine still publishes; agent.core.cadence)"
+    )
     keep: int = Field(5, ge=1)
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     opset: Optional[int] = Field(
@@ -430,6 +435,14 @@ class Config(_Section):
         return self
 
 
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """" at line L, column C: what is wrong" (1-based, where the parser stopped), from a PyYAML error."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}"
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-3)")
@@ -536,7 +549,7 @@ def load_config(
     except OSError as exc:
         raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{where} is not valid YAML{_yaml_where(exc)}") from None
     if tree is None:
         raise ConfigError(f"{where} is empty; omit --config to use the shipped configs/default.yaml")
     if not isinstance(tree, dict):

@@ -74,6 +74,15 @@ LIVE_NOVELTY_THRESHOLD = 0.003
 90 % (over 30 frames) and 57 % (over 90 frames) of its frames; the earlier 0.01 kept 51 % and 22 %."""
 
 
+def novelty_threshold(configured: Optional[float], finite: bool) -> float:
+    """The gate's threshold for one source: `capture.novelty_threshold` when set, else 0 (off) for a
+    recording (`finite`: a file, folder or glob, whose every frame was wanted) and LIVE_NOVELTY_THRESHOLD
+    for a live one (a camera standing still sends nothing new)."""
+    if configured is not None:
+        return configured
+    return 0.0 if finite else LIVE_NOVELTY_THRESHOLD
+
+
 class NoveltyGate:
     """Admits a frame only if it differs enough from the last admitted one.
 

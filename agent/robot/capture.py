@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 from agent.core.atomic import append_record, write_status
 from agent.core.config import CaptureConfig, Pace, WireConfig
-from agent.core.frames import LIVE_NOVELTY_THRESHOLD, NoveltyGate
+from agent.core.frames import NoveltyGate, novelty_threshold
 from agent.core.wire import Frame
 from agent.robot.curve import WireSecurity
 from agent.robot.source_reader import Grab, SourceReader
@@ -116,9 +116,7 @@ class _CaptureLoop:
         camera = self._cfg.camera_id_base + index if grab.camera_id is None else grab.camera_id
         gate = self._gates.get(camera)
         if gate is None:
-            threshold = self._cfg.novelty_threshold
-            if threshold is None:  # recordings: every frame was wanted; live: skip a camera standing still
-                threshold = 0.0 if self._readers[index].source.finite else LIVE_NOVELTY_THRESHOLD
+            threshold = novelty_threshold(self._cfg.novelty_threshold, self._readers[index].source.finite)
             gate = self._gates[camera] = NoveltyGate(threshold)
         if not gate.admit(grab.image):
             self.skipped_novelty += 1

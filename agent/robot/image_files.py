@@ -92,6 +92,7 @@ class ImageFilesSource(FrameSource):
         self.spec, self.loop, self.bit_depth = spec, loop, bit_depth
         self._order = np.random.default_rng(0) if shuffle else None
         self._files: list[str] = []
+        self._count: Optional[int] = None  # files found at the last connect (kept after disconnect: replay's plan)
         self._index = 0
         self.delivered = 0
 
@@ -114,7 +115,8 @@ class ImageFilesSource(FrameSource):
 
     @property
     def frame_count(self) -> Optional[int]:
-        return len(self._files) or None
+        """Image files found when last connected (unreadable ones included; None before the first connect)."""
+        return self._count
 
     def start_at(self, frame: int) -> None:
         self._index = max(0, int(frame))  # the first pass starts there (in the sorted or seeded order)
@@ -125,7 +127,7 @@ class ImageFilesSource(FrameSource):
         files = self._list()
         if self.delivered == 0 and not any(read_image_bgr(path, self.bit_depth) is not None for path in files):
             raise SourceError(f"{self.name}: none of its {len(files)} files could be read as an image")
-        self._files = files
+        self._files, self._count = files, len(files)
         if self._index == 0:  # a reconnect resumes the pass it was in
             self._shuffle()
 

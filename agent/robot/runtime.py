@@ -157,7 +157,8 @@ class HotEncoder:
             self._current = replace(current, mapping=mapping)
         # The old pin file stays: another runtime may still serve that version's space (pins are per
         # version, not per runtime). Delete pins/encoder-OLD.pin once nothing uses it.
-        log.info("pinned to version %s (was %s); serving version %d%s", version, old, current.manifest.version,
+        log.info("%s (%s); serving version %d%s", "unpinned" if version is None else f"pinned to version {version}",
+                 "was unpinned" if old is None else f"was pinned to {old}", current.manifest.version,
                  f"; delete {pin_path(self.export_dir, old)} once no runtime serves version {old}'s space"
                  if old is not None and old != version else "")
 
@@ -326,7 +327,8 @@ class HotEncoder:
             self.swaps += 1
         self._failed_signature = None
         self._first.set()
-        log.info("serving encoder version %d (was %s; loaded in %.2f s)", loaded.manifest.version, old_version, load_s)
+        was = "first version served" if old_version is None else f"swapped from version {old_version}"
+        log.info("serving encoder version %d (%s; loaded in %.2f s)", loaded.manifest.version, was, load_s)
         return SwapEvent(
             old_version=old_version,
             new_version=loaded.manifest.version,

@@ -34,7 +34,7 @@ def test_replay_shows_its_plan_and_a_progress_bar_with_steps_frames_and_total(tm
     video = tmp_path / "clip.avi"
     write_video(video, 40)
     cfg = load_config(None, [*TINY_MODEL, "buffer.min_fill=16", "capture.height=32", "capture.width=32",
-                             "train.replay_ratio=2", "export.every_steps=null", "train.threads=1"])
+                             "train.replay_ratio=2", "export.every_steps=null", "export.every_seconds=null", "train.threads=1"])
     assert replay(cfg, [str(video)], tmp_path / "run", pace="asap", stop=threading.Event(), progress=True) == 0
     err = capsys.readouterr().err
     assert "replay: 40 frames in 1 recording(s); train.replay_ratio 2 updates per frame = about 80 steps" in err
@@ -53,3 +53,40 @@ def test_replay_trains_one_trainer_on_loopback_whatever_fleet_endpoints_the_conf
     replayed = replay_config(cfg, ["clip.avi"])
     assert replayed.wire.endpoints is None and replayed.wire.endpoint == LOOPBACK_ANY_PORT
     assert trainer_endpoints(replayed.wire) == [LOOPBACK_ANY_PORT]
+
+
+def test_a_replay_plan_with_the_novelty_gate_on_gives_upper_bounds_and_its_time_at_a_known_rate() -> None:
+    """Issue 22: with capture.novelty_threshold on, the plan counted frames the gate would drop as certain."""
+    from agent.replay import ReplayPlan
+
+    plan = ReplayPlan([250, 120], [0, 0], 2.0, 128, 0, gated=True)
+    line = plan.describe(steps_per_s=0.5)
+    assert line.startswith("at most 370 frames (capture.novelty_threshold is on")
+    assert "= at most 740 steps (~24:40 at the last 0.50 steps/s)" in line
+    resumed = ReplayPlan([250, 120], [250, 30], 2.0, 128, 500, frames_in=280)
+    assert resumed.total_frames == 90 and resumed.steps_left == 2 * 370 - 500
+
+
+def test_replay_counts_an_image_folder_after_checking_it(tmp_path: Path) -> None:
+    """Issue 22: replaying a folder of photos planned "frames (count unknown)": the count was read from the
+    file list, which closing the checked source had emptied."""
+    import cv2
+    import numpy as np
+
+    from agent.core.config import load_config
+    from agent.replay import check_recordings
+
+    for i in range(7):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), 30 * i, np.uint8))
+    assert check_recordings([str(tmp_path)], load_config(None).capture) == [7]
+
+
+def test_the_planned_steps_are_where_the_trainers_replay_ratio_gate_stops() -> None:
+    """The trainer steps while step < ratio x frames, so 0.3 x 248 = 74.4 ends at step 75 (the plan said 74)."""
+    from agent.replay import ReplayPlan
+    from trainer.lockstep import RankCounts, Turn
+
+    plan = ReplayPlan([248], [0], 0.3, 128, 0)
+    turn = Turn(stop=False, ready=True, drained=False, checkpoint_clear=True, ranks=(RankCounts(248, 0, 0, 0, 248),))
+    last = max(step for step in range(200) if turn.may_step(step, 0.3)) + 1
+    assert plan.total_steps == last == 75

@@ -279,7 +279,7 @@ def test_swaps_under_concurrent_load_drop_nothing_and_serve_every_version(tmp_pa
         wait_until(lambda: enc.resident_sessions == 1)  # the old session is released once calls let go
 
 
-def test_a_failing_swap_callback_does_not_stop_later_swaps(tmp_path: Path) -> None:
+def test_a_failing_swap_callback_does_not_stop_later_swaps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     publish_version(tmp_path, seed=1)
     seen: list[int] = []
 
@@ -287,13 +287,17 @@ def test_a_failing_swap_callback_does_not_stop_later_swaps(tmp_path: Path) -> No
         seen.append(event.new_version)
         raise ValueError("policy recalibration failed")
 
-    with HotEncoder(tmp_path, poll_interval_s=POLL, on_swap=callback, providers="cpu") as enc:
-        publish_version(tmp_path, seed=2)
-        wait_until(lambda: enc.version == 2)
-        publish_version(tmp_path, seed=3)
-        wait_until(lambda: enc.version == 3)
+    with caplog.at_level("INFO", logger="agent.robot.runtime"):
+        with HotEncoder(tmp_path, poll_interval_s=POLL, on_swap=callback, providers="cpu") as enc:
+            publish_version(tmp_path, seed=2)
+            wait_until(lambda: enc.version == 2)
+            publish_version(tmp_path, seed=3)
+            wait_until(lambda: enc.version == 3)
     assert seen == [1, 2, 3]
     assert "recalibration failed" in (enc.last_error or "")
+    # issue 22: the first load was logged "serving encoder version 1 (was None; ...)"
+    assert "serving encoder version 1 (first version served;" in caplog.text
+    assert "serving encoder version 3 (swapped from version 2;" in caplog.text and "was None" not in caplog.text
 
 
 def test_provider_choice_falls_back_to_cpu_without_a_gpu() -> None:

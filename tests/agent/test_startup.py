@@ -51,11 +51,42 @@ def test_capture_streams_without_torch_or_matplotlib(tmp_path: Path) -> None:
     assert "RC 0" in output and heavy == [], output
 
 
+def _block_sigint() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _our_code_runs(pid: int, timeout_s: float = 120.0) -> None:
+    """Wait until `agent.cli.main` has unblocked SIGINT in process `pid` (read from /proc/PID/status):
+    the readiness signal that Python's own start-up is over and our code handles a Ctrl-C."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # it has already exited
+            return
+        blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+        if not blocked & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not reach agent.cli.main within {timeout_s} s")
+
+
 def _interrupted(argv: list[str], delay_s: float) -> tuple[int, str]:
+    """SIGINT `delay_s` after the command's own code starts (imports, parsing, set-up still under way).
+
+    The clock starts at a readiness signal, not at the spawn: the child starts with SIGINT blocked, as
+    `run` starts its children, and `agent.cli.main` unblocks it first thing. A fixed delay from the spawn
+    made `[0.5]` land inside Python's own start-up on a loaded machine (site, .pth files; measured in
+    benchmarks/measure_sigint_window.py), where Python, not our code, handles the signal (issue 22).
+    Still open: with this wait, `train` `[0.5]` ended with exit -2 and no output in 2 of ~20 runs here (0.5 s in,
+    `train` is still importing; 12/12 gave exit 130 under strace, and sigaction shows Python's own SIGINT
+    handler after every import it makes): cause not found."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "agent.cli", *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_block_sigint,
     )
     try:
+        _our_code_runs(proc.pid)
         time.sleep(delay_s)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
@@ -75,7 +106,8 @@ def test_ctrl_c_early_in_capture_is_clean(delay_s: float) -> None:
 
 @pytest.mark.parametrize("delay_s", [0.5, 2.5])
 def test_ctrl_c_early_in_train_is_clean(tmp_path: Path, delay_s: float) -> None:
-    argv = ["train", "--run-dir", str(tmp_path / "run"), f"wire.endpoint={free_tcp_endpoint()}", *TINY_MODEL]
+    # a port the trainer picks itself: a port found free a moment earlier may be taken by then on a busy machine
+    argv = ["train", "--run-dir", str(tmp_path / "run"), "wire.endpoint=tcp://127.0.0.1:*", *TINY_MODEL]
     code, out = _interrupted(argv, delay_s)
     assert code in (0, 130) and "Traceback" not in out, (code, out)
 
@@ -83,7 +115,12 @@ def test_ctrl_c_early_in_train_is_clean(tmp_path: Path, delay_s: float) -> None:
 def test_a_child_stopped_while_its_interpreter_starts_exits_130_without_traceback(tmp_path: Path) -> None:
     """`run`/`replay` stopping a child they have just (re)started: the SIGINT lands in Python's own
     start-up (before any of our code), which used to print "Fatal Python error: init_import_site" and a
-    KeyboardInterrupt traceback, or end with -2."""
+    KeyboardInterrupt traceback, or end with -2.
+
+    Its outcome does not depend on when the SIGINT lands (the supervisor starts children with SIGINT
+    blocked until `agent.cli.main`); its only time bound is each child's 60 s stop timeout, after which
+    the supervisor kills it (-9). Issue 22 saw it fail once in a fresh clone under load; 8 runs here under
+    load 10-16 on 2 cores (also with bytecode caching off, as in a fresh clone) passed."""
     from agent.supervisor import ChildSpec, Supervisor
 
     argv = [sys.executable, "-m", "agent.cli", "capture", "--source", "demo", "--publish", "none",

@@ -28,6 +28,7 @@ TINY = [
     "capture.height=32",
     "capture.width=32",
     "export.every_steps=null",
+    "export.every_seconds=null",
 ]
 
 

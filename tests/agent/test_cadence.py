@@ -1,0 +1,29 @@
+"""agent.core.cadence: the one rule for "is a checkpoint / an export due" (issues 22 and 25)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.core.cadence import due
+from agent.core.config import CONFIG_DIR, load_config
+
+
+@pytest.mark.parametrize("step, last, expected", [
+    (199, 0, False), (200, 0, True), (201, 0, True),
+    (299, 150, False), (350, 150, True),  # after a resume or a shutdown export at 150: 200 steps on, not at 400
+])
+def test_every_steps_means_that_many_steps_since_the_last_one(step: int, last: int, expected: bool) -> None:
+    assert due(step, last, 200, 0.0, None) is expected
+
+
+def test_every_seconds_makes_it_due_early_but_never_without_a_new_step() -> None:
+    assert due(12, 0, 200, 61.0, 60.0) and not due(12, 0, 200, 59.0, 60.0)
+    assert not due(12, 12, 200, 600.0, 60.0)  # nothing new since the last one
+    assert due(5, None, 200, 0.0, 60.0)  # never done: the first is due at once (export --watch's first checkpoint)
+    assert due(13, 12, None, 0.0, None)  # no throttle: every new step
+
+
+def test_every_shipped_config_exports_by_time_too() -> None:
+    """Issue 22: exports counted in steps alone never came in a 300 s run on a loaded 2-core machine."""
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        assert load_config(path).export.every_seconds is not None, path.name
