@@ -26,11 +26,12 @@ from agent.core.errors import ByolAgentError, StorageError
 from agent.core.frames import as_frame_batch
 from agent.core.worker import Worker
 from export.compat import drift_record, fit_for_export
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_NAME, input_spec
+from export.onnx_export import OUTPUT_NAME, input_spec
 from export.probe_gate import probe_gate
 from export.publish import Artifact, Publisher
 from export.targets import MODEL_TARGET, TARGETS, ExportJob, wanted_targets
 from export.targets.onnx_model import manifest_fields
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["BackgroundExporter", "export_encoder", "manifest_fields"]
 

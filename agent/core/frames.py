@@ -2,7 +2,7 @@
 
 Capture fits frames to the stored size before the wire (a small buffer, a fast socket); the novelty
 gate keeps a robot that stands still from filling the buffer with copies of one view; and
-`as_frame_batch` / `resize_frames` / `normalise_nchw` turn frames into what an exported encoder takes,
+`as_frame_batch` / `resize_frames` (with `agent.core.normalise.normalise_nchw`) turn frames into what an exported encoder takes,
 used alike by export verification, evaluation and the runtime (via `InputSpec`), so the frames checked
 for parity are prepared exactly like the frames served. Torch-free: numpy and OpenCV only.
 """
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import BinaryIO, Literal, Optional, Sequence
+from typing import BinaryIO, Literal, Optional
 
 import cv2
 import numpy as np
 
 from agent.core.errors import ByolAgentError
+from agent.core.normalise import to_unit_float
 
 
 def fit_frame(image: np.ndarray, height: int, width: int, mode: Literal["crop", "stretch"] = "crop") -> np.ndarray:
@@ -103,7 +104,7 @@ class NoveltyGate:
 def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
     gray = to_channels(image, 1)[..., 0] if image.ndim == 3 else image
     small = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA)
-    return small.astype(np.float32) / 255.0
+    return to_unit_float(small)
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -314,12 +315,3 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     for i, frame in enumerate(frames):
         out[i] = _resize(frame, height, width)
     return out
-
-
-def normalise_nchw(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 NHWC (RGB or gray: one mean/std per channel) → float32 NCHW, x/255 then (x - mean)/std: the input
-    of a `float_nchw` export."""
-    scale = 1.0 / (255.0 * np.asarray(std, dtype=np.float32))
-    shift = -np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
-    out = frames.astype(np.float32) * scale + shift
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))

@@ -27,7 +27,8 @@ from export.compat import (
 )
 from export.exporter import BackgroundExporter, export_encoder
 from export.publish import Publisher
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
+from export.onnx_export import input_spec
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 from export.verify import torch_reference
 from tests.export.tiny import IMAGE_SIZE, model_cfg, scene_frames, tiny_encoder
 from trainer.metrics import format_status
