@@ -28,7 +28,8 @@ from sklearn.preprocessing import StandardScaler
 
 from agent.core.config import ModelConfig
 from agent.core.errors import ConfigError, ModelFileError, SourceError
-from agent.core.frames import fit_frame, read_image_bgr, to_channels
+from agent.core.frames import fit_frame, to_channels
+from agent.core.image_codecs import read_image_bgr
 from trainer.backbone import Backbone
 from trainer.encoders import build_encoder, check_file_model
 from trainer.normalise import normalise, to_unit_nchw
