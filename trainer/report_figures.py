@@ -4,7 +4,7 @@ clock) and the detailed per-step plots, drawn from `RunRecords` with `trainer.re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -155,7 +155,8 @@ def _overview_figure(run: RunRecords) -> "Figure":
     fill.set(title="Replay buffer fill", xlabel=TIME_LABEL, ylabel="% of buffer.capacity_frames", ylim=(0, 105))
     fill.grid(alpha=0.3)
 
-    t, y = run.since_start(sorted(rows + run.metrics.of("stop"), key=lambda r: r["time"] if is_number(r.get("time")) else 0.0), "step")
+    by_time: list[dict[str, Any]] = sorted(rows + run.metrics.of("stop"), key=lambda r: r["time"] if is_number(r.get("time")) else 0.0)
+    t, y = run.since_start(by_time, "step")
     if len(y):
         progress.plot(t, y, lw=1.2, label="step")
         rate_t, rate = run.since_start(rows, "img_per_s")

@@ -167,13 +167,14 @@ def capture_axes(run: RunRecords, ax: "Axes") -> None:
         t, y = continued_counts(run, run.capture, key)
         if len(y):
             ax.plot(t, y, lw=1.2, label=label, ls="--" if key in ("skipped_novelty", "dropped") else "-")
-    rows = [r for r in run.capture if is_number(r.get("time")) and isinstance(r.get("frames_per_source"), list)]
-    names = rows[-1].get("source_names") if rows else None
-    width = len(rows[-1]["frames_per_source"]) if rows else 0
+    rows = [r for r in run.capture if r.time is not None and r.frames_per_source is not None]
+    names = rows[-1].source_names if rows else None
+    width = len(rows[-1].frames_per_source or []) if rows else 0
     if width > 1:
         for i in range(min(width, MAX_SERIES)):
-            pts = [(r["time"] - run.t0, r["frames_per_source"][i]) for r in rows
-                   if len(r["frames_per_source"]) > i and is_number(r["frames_per_source"][i])]
+            pts = [(r.time - run.t0, r.frames_per_source[i]) for r in rows
+                   if r.time is not None and r.frames_per_source is not None
+                   and len(r.frames_per_source) > i and is_number(r.frames_per_source[i])]
             name = names[i] if isinstance(names, list) and i < len(names) else f"source {i}"
             ax.plot([p[0] for p in pts], continued([p[1] for p in pts]), lw=0.8, ls=":", label=f"read: {name}")
     ax.set(title="Frames (capture)", xlabel=TIME_LABEL, ylabel="frames (cumulative)")
@@ -216,7 +217,7 @@ def runtime_version_axes(run: RunRecords, ax: "Axes") -> None:
         ax.step(*held(exported_t, exported, run.t_end), where="post", color="tab:green", lw=1.0, alpha=0.7, label="exported")
     if len(v) and calls != 0:
         ax.step(*held(t, v, run.t_end), where="post", color="tab:blue", lw=1.5, label="served")
-        swap_t, swap_v = run.since_start([r for r in run.runtime if r.get("event") == "swap"], "version")
+        swap_t, swap_v = run.since_start([r for r in run.runtime if r.event == "swap"], "version")
         if len(swap_t):
             ax.plot(swap_t, swap_v, ls="none", marker="|", ms=10, color="tab:blue",
                     label=f"swaps ({len(swap_t)})")

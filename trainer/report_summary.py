@@ -158,15 +158,17 @@ def _runtime_line(run: RunRecords) -> str:
     if not run.runtime:
         return f"- runtime: not recorded (no {RUNTIME_HISTORY}; `byol-agent run` starts a runtime consumer that writes it)"
     last = run.runtime[-1]
-    latency = [r for r in run.runtime if is_number(r.get("p50_ms"))]
-    swaps = sum(1 for r in run.runtime if r.get("event") == "swap")
-    text = f"- runtime: serving version {last.get('version', '?')}, {swaps} swap(s)"
+    latency = [r for r in run.runtime if r.p50_ms is not None]
+    swaps = sum(1 for r in run.runtime if r.event == "swap")
+    text = f"- runtime: serving version {last.version if last.version is not None else '?'}, {swaps} swap(s)"
     calls = runtime_calls(run)
     if calls is not None:
         _, failures = continued_counts(run, run.runtime, "failures")
         text += f", {calls} calls, {int(failures[-1]) if len(failures) else 0} failed"
     if latency:
-        p99 = latency[-1]["p99_ms"] if is_number(latency[-1].get("p99_ms")) else math.nan
-        text += (f"; latency p50 {latency[-1]['p50_ms']:.2f} ms, p99 {p99:.2f} ms (last window), "
-                 f"worst p99 {max((r['p99_ms'] for r in latency if is_number(r.get('p99_ms'))), default=math.nan):.2f} ms")
+        last_p99 = latency[-1].p99_ms
+        p99 = last_p99 if last_p99 is not None else math.nan
+        worst = max((r.p99_ms for r in latency if r.p99_ms is not None), default=math.nan)
+        text += (f"; latency p50 {latency[-1].p50_ms:.2f} ms, p99 {p99:.2f} ms (last window), "
+                 f"worst p99 {worst:.2f} ms")
     return text

@@ -12,13 +12,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from agent.core.errors import ByolAgentError, StorageError
 from trainer.metrics import METRICS_NAME
+from trainer.run_lines import CaptureLine, RuntimeLine, is_number
 
+
+Row = Union[dict[str, Any], CaptureLine, RuntimeLine]  # a metrics.jsonl line, or a typed line of another file
 
 CAPTURE_HISTORY = "capture.jsonl"
 
@@ -28,10 +31,6 @@ RUNTIME_HISTORY = "runtime.jsonl"
 
 class RunDirError(ByolAgentError):
     """A run directory is missing or holds no readable metrics."""
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -125,22 +124,28 @@ class RunRecords:
 
     run_dir: Path
     metrics: RunMetrics
-    capture: list[dict[str, Any]]  # capture.jsonl, [] when not recorded
-    runtime: list[dict[str, Any]]  # runtime.jsonl, [] when not recorded
+    capture: list[CaptureLine]  # capture.jsonl, [] when not recorded
+    runtime: list[RuntimeLine]  # runtime.jsonl, [] when not recorded
     bad_lines: dict[str, int]  # unreadable lines per file
     embedding_dim: Optional[int]  # model.projection_size from config.yaml
     probe_data: Optional[str]  # train.probe_data from config.yaml
     t0: float  # earliest wall-clock time of any record (s since the epoch); 0 when none has one
     t_end: float  # latest such time, in seconds since t0
 
-    def since_start(self, rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """(seconds since start, value * scale) of the rows holding both a "time" and a numeric `key`."""
-        pairs = [(r["time"] - self.t0, r[key] * scale) for r in rows if is_number(r.get("time")) and is_number(r.get(key))]
+    def since_start(self, rows: Sequence[Row], key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds since start, value * scale) of the rows holding both a "time" and a numeric `key`: a
+        metrics.jsonl dict's key, or a typed line's field (a name the line does not have raises AttributeError)."""
+        values = [(_field(r, "time"), _field(r, key)) for r in rows]
+        pairs = [(t - self.t0, v * scale) for t, v in values if is_number(t) and is_number(v)]
         return (np.asarray([p[0] for p in pairs], dtype=float), np.asarray([p[1] for p in pairs], dtype=float))
 
     @property
     def evals(self) -> list[dict[str, Any]]:
         return _eval_by_version(_versioned_evals(self.metrics))
+
+
+def _field(row: Row, key: str) -> Any:
+    return row.get(key) if isinstance(row, dict) else getattr(row, key)
 
 
 def read_run(run_dir: Union[str, Path]) -> RunRecords:
@@ -153,10 +158,12 @@ def read_run(run_dir: Union[str, Path]) -> RunRecords:
         rows, bad[name] = _read_jsonl(run / name) if (run / name).is_file() else ([], 0)
         histories[name] = rows
     dim, probe_data = _from_config(run / "config.yaml")
-    times = metrics.times() + [r["time"] for rows in histories.values() for r in rows if is_number(r.get("time"))]
+    capture = [CaptureLine.parse(r) for r in histories[CAPTURE_HISTORY]]
+    runtime = [RuntimeLine.parse(r) for r in histories[RUNTIME_HISTORY]]
+    times = metrics.times() + [float(r.time) for r in capture if r.time is not None]
+    times += [float(r.time) for r in runtime if r.time is not None]
     t0 = min(times) if times else 0.0
-    return RunRecords(run, metrics, histories[CAPTURE_HISTORY], histories[RUNTIME_HISTORY], bad, dim, probe_data,
-                      t0, max(times) - t0 if times else 0.0)
+    return RunRecords(run, metrics, capture, runtime, bad, dim, probe_data, t0, max(times) - t0 if times else 0.0)
 
 
 def _from_config(path: Path) -> tuple[Optional[int], Optional[str]]:
@@ -227,7 +234,7 @@ def continued(values: list[float]) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
-def continued_counts(run: RunRecords, rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+def continued_counts(run: RunRecords, rows: Sequence[Row], key: str) -> tuple[np.ndarray, np.ndarray]:
     """`RunRecords.since_start` of a cumulative counter, continued across restarts (`continued`)."""
     t, y = run.since_start(rows, key)
     return t, continued(list(y))
