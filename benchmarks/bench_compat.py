@@ -43,7 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.core.config import Config, ExportConfig  # noqa: E402
 from agent.robot.runtime import HotEncoder  # noqa: E402
 from benchmarks.procedural_objects import render_objects  # noqa: E402
-from export.compat import CALIBRATION_NAME, LinearMap, compose_to, embed_file, fit_compat, linear_cka, read_map, write_pin  # noqa: E402
+from export.calibration import CALIBRATION_NAME, embed_file  # noqa: E402
+from export.embedding_maps import LinearMap, fit_compat, linear_cka  # noqa: E402
+from export.map_files import compose_to, read_map  # noqa: E402
+from export.pins import write_pin  # noqa: E402
 from export.exporter import export_encoder  # noqa: E402
 from export.manifest import manifest_filename, read_manifest  # noqa: E402
 from export.publish import Publisher  # noqa: E402

@@ -39,9 +39,8 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer import BYOL  # noqa: E402
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from trainer.augment import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VIEW1,
     VIEW2,
     View,

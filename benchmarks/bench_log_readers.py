@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.core.frames import encode_jpeg  # noqa: E402
+from agent.core.image_codecs import encode_jpeg  # noqa: E402
 from agent.robot.robot_logs import message_to_rgb  # noqa: E402
 
 

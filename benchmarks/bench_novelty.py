@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.core.frames import NoveltyGate, _thumbnail, read_image_bgr  # noqa: E402
+from agent.core.frames import NoveltyGate, _thumbnail  # noqa: E402
+from agent.core.image_codecs import read_image_bgr  # noqa: E402
 from benchmarks.make_pan_video import pan_frames  # noqa: E402
 
 SIDE = 96

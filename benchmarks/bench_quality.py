@@ -59,10 +59,9 @@ from trainer.backbone import Backbone  # noqa: E402
 from trainer.encoders import build_encoder  # noqa: E402
 from export.evaluate import evaluate_export  # noqa: E402
 from trainer.evaluation import LabelledImages, evaluate_features, load_train_test_folder, torch_features  # noqa: E402
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev.tar.gz"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CLI = [sys.executable, "-m", "agent.cli"]
 
 

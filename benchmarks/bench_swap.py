@@ -34,7 +34,8 @@ from agent.core.config import ExportConfig, ModelConfig  # noqa: E402
 from agent.core.demo_scene import DemoScene  # noqa: E402
 from agent.robot.runtime import HotEncoder  # noqa: E402
 from export.exporter import manifest_fields  # noqa: E402
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, PreprocessedEncoder, export_onnx, input_spec  # noqa: E402
+from export.onnx_export import PreprocessedEncoder, export_onnx, input_spec  # noqa: E402
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from export.publish import Publisher  # noqa: E402
 from export.verify import verify_onnx  # noqa: E402
 

@@ -25,12 +25,14 @@ from agent.core.config import CaptureConfig, EvalConfig, ExportConfig, ModelConf
 from agent.core.errors import ByolAgentError, StorageError
 from agent.core.frames import as_frame_batch
 from agent.core.worker import Worker
-from export.compat import drift_record, fit_for_export
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_NAME, input_spec
+from export.drift_gate import drift_record
+from export.fit_maps import fit_for_export
+from export.onnx_export import OUTPUT_NAME, input_spec
 from export.probe_gate import probe_gate
 from export.publish import Artifact, Publisher
 from export.targets import MODEL_TARGET, TARGETS, ExportJob, wanted_targets
 from export.targets.onnx_model import manifest_fields
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["BackgroundExporter", "export_encoder", "manifest_fields"]
 
@@ -59,7 +61,7 @@ def export_encoder(
 
     The first time it is given ≥ 32 frames it keeps up to `export_cfg.calibration_frames` of them as
     the directory's calibration set; each later version gets a map into the previous version's
-    embedding space fit on it (`export.compat`), recorded in the manifest's "compat" section.
+    embedding space fit on it (`export.fit_maps`), recorded in the manifest's "compat" section.
     `calibrate=False`: `frames` are not the robot's (demo stand-ins); never draw the set from them.
     `beside_training`: training runs in this process (BackgroundExporter): the dynamo exporter traces
     in a child process (`export.onnx_export.export_graph`).
@@ -147,7 +149,7 @@ class BackgroundExporter(Worker):
             self._cond.notify_all()
 
     def poll(self) -> list[dict[str, Any]]:
-        """Results since the last poll: {"event": "export", "step", "version", and `export.compat.drift_record`'s
+        """Results since the last poll: {"event": "export", "step", "version", and `export.drift_gate.drift_record`'s
         "r2", "cka_prev", "cka_pinned" when the version has a map}, {"event": "export_refused", "step", "reason"}
         (a gate or the exporter said no) or {"event": "export_failed", "step", "reason"} (disk full, a bug)."""
         self.check()

@@ -18,7 +18,8 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from agent.core.errors import ModelFileError
-from agent.core.frames import fit_frames, normalise_nchw, resize_frames, to_channels
+from agent.core.frames import fit_frames, resize_frames, to_channels
+from agent.core.normalise import normalise_nchw
 from agent.core.wire import MAX_SIDE
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"

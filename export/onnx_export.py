@@ -27,9 +27,8 @@ from torch import nn
 from agent.core.config import DYNAMO_MIN_OPSET, CaptureConfig, ExportConfig, ModelConfig
 from agent.core.errors import ConfigError, ExportRefused, ModelFileError, StorageError
 from export.manifest import CHANNEL_ORDERS, InputSpec
+from trainer.normalise import folded_scale_shift, normalise, to_unit_nchw
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_NAME = "embedding"
 _INPUT_NAMES = {"uint8_nhwc": "frames", "float_nchw": "images"}
 
@@ -41,11 +40,9 @@ class PreprocessedEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.uint8_input = input_format == "uint8_nhwc"
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        # (x/255 - mean)/std folded into one multiply-add.
-        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
-        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+        scale, shift = folded_scale_shift(mean, std)  # (x/255 - mean)/std folded into one multiply-add
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uint8_input:
@@ -243,8 +240,7 @@ def parity_frames(spec: InputSpec, batch: int) -> torch.Tensor:
     frames = noise.to(torch.uint8)
     if spec.dtype == "uint8":
         return frames
-    mean, std = torch.tensor(spec.mean).view(1, -1, 1, 1), torch.tensor(spec.std).view(1, -1, 1, 1)
-    return (frames.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    return normalise(to_unit_nchw(frames), spec.mean, spec.std)
 
 
 def check_graph_parity(graph: bytes, wrapped: PreprocessedEncoder, spec: InputSpec, cfg: ExportConfig) -> float:

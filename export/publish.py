@@ -20,7 +20,8 @@ from typing import Any, Mapping, Optional
 
 from agent.core.atomic import atomic_write_bytes, fsync_dir, remove_stale_temps, temp_name
 from agent.core.errors import ModelFileError, StorageError
-from export.compat import chain_of, map_filename, read_pins
+from export.map_files import chain_of, map_filename
+from export.pins import read_pins
 from export.manifest import (
     LATEST_NAME,
     MANIFEST_FORMAT,
@@ -88,7 +89,7 @@ class Publisher:
 
         `manifest` holds everything but the fields fixed here: format, version, model_file,
         sha256, size_bytes and the publication time. `maps`: the version's compatibility maps
-        (`export.compat.fit_for_export`): key None the map into the previous version's space, written
+        (`export.fit_maps.fit_for_export`): key None the map into the previous version's space, written
         as `encoder-NNNNNN.map.npz`, key P a direct map into version P's, `encoder-NNNNNN.to-PPPPPP.map.npz`;
         all written before the manifest that names them. `artifacts`: the other export targets' files by
         target name, moved into place after the model and listed (file, sha256, size_bytes, the target's

@@ -22,6 +22,7 @@ from agent.core.errors import ExportRefused, ModelFileError
 from agent.core.frames import as_frame_batch
 from export.manifest import InputSpec
 from export.sessions import CPU, create_session
+from trainer.normalise import normalise, to_unit_nchw
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,9 @@ def collapse_std(embeddings: np.ndarray) -> float:
 
 def torch_reference(encoder: nn.Module, frames: np.ndarray, spec: InputSpec) -> np.ndarray:
     """The encoder as trained: uint8 NHWC (C = the spec's channels) → float/255 → (x - mean)/std → NCHW, output flattened."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    x = to_unit_nchw(torch.from_numpy(np.ascontiguousarray(frames)))
     with torch.no_grad():
-        return encoder.eval()((x - mean) / std).flatten(1).float().numpy()
+        return encoder.eval()(normalise(x, spec.mean, spec.std)).flatten(1).float().numpy()
 
 
 def pick_frames(frames: np.ndarray, n: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """A finite source (a video file, an image folder) loses nothing and ends the trainer's wait.
 
-Issue 12, item 1: with the trainer started after capture, a 250-frame clip delivered 87 frames
+With the trainer started after capture, a 250-frame clip delivered 87 frames
 (the rest dropped while the trainer was starting) and the trainer waited forever below min_fill.
 Real processes, a video written with OpenCV, images written as PNG files.
 """

@@ -1,4 +1,4 @@
-"""Issue 15 end to end: two real CURVE-keyed captures feed both ranks of a `train --nproc 2` trainer.
+"""End to end: two real CURVE-keyed captures feed both ranks of a `train --nproc 2` trainer.
 
 Everything is a real process on loopback: `byol-agent keys` makes the key pairs, `byol-agent train
 --nproc 2` runs two gloo ranks under torchrun (each binds its own entry of wire.endpoints and admits

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from agent.core.frames import encode_jpeg
+from agent.core.image_codecs import encode_jpeg
 from agent.robot.transport import FrameReceiver
 from agent.core.wire import HEADER_SIZE, Frame, encode_frame
 from tests.conftest import free_tcp_endpoint

@@ -1,4 +1,4 @@
-"""A mono camera end to end (issue 12, item 8): `capture.channels: 1` is captured gray, carried gray on the
+"""A mono camera end to end: `capture.channels: 1` is captured gray, carried gray on the
 wire, trained by a 1-channel encoder, exported as a N x H x W x 1 graph and served from RGB camera frames."""
 
 from __future__ import annotations

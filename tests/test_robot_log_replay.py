@@ -1,4 +1,4 @@
-"""`byol-agent replay` of a robot log end to end (issue 23): one MCAP with two image topics is two cameras with
+"""`byol-agent replay` of a robot log end to end: one MCAP with two image topics is two cameras with
 their own ids and names (resuming after the delivered messages: tests/agent/test_robot_logs.py, `start_at`)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`byol-agent run` with a source that is not there: a file fails at once, a camera is waited for.
 
-Issue 13 item 6: a missing video file made `run` restart capture 3 times (36 s) and exit 1, leaving a
-half-made run directory. Issue 12 item 3: a camera that is not up yet used up capture's restart budget
+A missing video file made `run` restart capture 3 times (36 s) and exit 1, leaving a
+half-made run directory. A camera that is not up yet used up capture's restart budget
 within seconds and stopped the run. Real `run` processes, and `run`'s supervisor with a real capture child;
 the camera is a device that does not exist.
 """

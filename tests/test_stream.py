@@ -161,7 +161,7 @@ def test_replay_of_a_video_trains_until_it_is_used_up_and_exports(tmp_path):
 
 
 def test_a_resumed_replay_continues_where_it_stopped_instead_of_reading_again(tmp_path):
-    """Issue 13 item 3: a rerun re-read every video from the start (frames in 128 -> 256, a growing step target)."""
+    """A rerun re-read every video from the start (frames in 128 -> 256, a growing step target)."""
     video, run = tmp_path / "clip.avi", tmp_path / "run"
     write_video(video, 40)
     argv = [*CLI, "replay", "--run-dir", str(run), "--pace", "asap", str(video), *TINY, "train.replay_ratio=2",

@@ -39,12 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# One-channel (mono) statistics: the ImageNet RGB means and stds averaged over the channels.
-MONO_MEAN = (0.449,)
-MONO_STD = (0.226,)
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _TRIES = 10
 

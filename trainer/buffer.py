@@ -2,7 +2,7 @@
 
 Storage is allocated once (bounded in frames and in bytes), so a long run never grows; it lives in
 pinned host memory when training on CUDA (non_blocking copies overlap the step) or on the GPU itself
-with `buffer.device=cuda`. What to evict is a small pluggable policy (trainer/eviction.py): FIFO, reservoir, or
+with `buffer.device=cuda`. What to evict is a small pluggable policy (trainer/eviction/): FIFO, reservoir, or
 minimum-redundancy (drop the frame most similar to its nearest neighbour in the target's embedding
 space), because temporally correlated video ruins naive streaming SSL and no one policy wins always.
 """
@@ -19,7 +19,7 @@ import torch
 
 from agent.core.config import BufferConfig
 from agent.core.errors import ConfigError
-from trainer.eviction import MinRedundancyPolicy, Slots, make_policy, policy_state, reindex_policy_state
+from trainer.eviction import Slots, make_policy
 
 if TYPE_CHECKING:
     from agent.core.wire import Frame
@@ -172,27 +172,26 @@ class ReplayBuffer:
             partners[rows] = chosen
         return partners
 
-    # -- embeddings for minimum-redundancy ---------------------------------------------------
+    # -- embeddings, for a policy that compares frames by them (minimum redundancy) ------------
 
     @property
     def wants_embeddings(self) -> bool:
-        return isinstance(self._policy, MinRedundancyPolicy)
+        return self._policy.needs_embeddings
 
     def frames_to_embed(self, n: int, refresh: bool = False) -> Optional[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
         """Up to `n` stored frames that have no embedding yet, or with `refresh` the `n` stalest
         embedded ones: (slots, tickets, uint8 NHWC images); None when there are none."""
-        if not isinstance(self._policy, MinRedundancyPolicy):
+        if not self._policy.needs_embeddings:
             return None
         with self._lock:
-            policy = self._policy
-            slot_ids = policy.stalest(self._slots, n) if refresh else policy.pending(self._slots)[:n]
+            slot_ids = self._policy.to_embed(self._slots, n, refresh)
             if slot_ids.size == 0:
                 return None
             return slot_ids, self._slots.ticket[slot_ids].copy(), self._gather(slot_ids)
 
     def set_embeddings(self, slot_ids: np.ndarray, tickets: np.ndarray, vectors: torch.Tensor) -> int:
         """Record embeddings from `frames_to_embed`; frames replaced meanwhile are skipped. Returns how many kept."""
-        if not isinstance(self._policy, MinRedundancyPolicy):
+        if not self._policy.needs_embeddings:
             return 0
         with self._lock:
             still = (self._slots.ticket[slot_ids] == tickets) & self._slots.valid[slot_ids]
@@ -221,8 +220,7 @@ class ReplayBuffer:
                 "age_mean_s": float(ages.mean()) if stored else 0.0,
                 "age_max_s": float(ages.max()) if stored else 0.0,
             }
-            if isinstance(self._policy, MinRedundancyPolicy):
-                out["embedded"] = self._policy.embedded
+            out.update(self._policy.stats())
             return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -243,7 +241,7 @@ class ReplayBuffer:
                 "evictions": self._evictions,
                 "rejected": self._rejected,
                 "policy": self.cfg.policy,
-                "policy_state": policy_state(self._policy, keep),
+                "policy_state": self._policy.state_for(keep),
             }
             return state
 
@@ -271,7 +269,7 @@ class ReplayBuffer:
             self._rejected = int(state["rejected"])
             self._per_camera = Counter(int(c) for c in s.camera_id[:n])
             if state.get("policy") == self.cfg.policy:
-                self._policy.load_state_dict(reindex_policy_state(state["policy_state"], order))
+                self._policy.load_state_dict(self._policy.reorder_state(state["policy_state"], order))
 
 
 def _nearest(times: np.ndarray, targets: np.ndarray) -> np.ndarray:

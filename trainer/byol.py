@@ -50,13 +50,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.augment import IMAGENET_MEAN, IMAGENET_STD, MONO_MEAN, MONO_STD, VIEW1, VIEW2, View, ViewSpec
+from trainer.augment import VIEW1, VIEW2, View, ViewSpec
 from trainer.backbone import Backbone, HiddenLayer, eval_mode, first_conv_channels, probe
 from trainer.byol_pytorch_state import ByolPytorchLoad, is_byol_pytorch_state, plan
 from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.heads import MLP, byol_head, distributed_world, simsiam_projector
 from trainer.loss import byol_loss
 from trainer.momentum import check_schedule, ema_update, tau_at
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD, MONO_MEAN, MONO_STD
 
 Augment = Callable[[Tensor], Tensor]
 log = logging.getLogger(__name__)

@@ -28,9 +28,11 @@ from sklearn.preprocessing import StandardScaler
 
 from agent.core.config import ModelConfig
 from agent.core.errors import ConfigError, ModelFileError, SourceError
-from agent.core.frames import fit_frame, read_image_bgr, to_channels
+from agent.core.frames import fit_frame, to_channels
+from agent.core.image_codecs import read_image_bgr
 from trainer.backbone import Backbone
 from trainer.encoders import build_encoder, check_file_model
+from trainer.normalise import normalise, to_unit_nchw
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 KNN_TEMPERATURE = 0.07
@@ -253,12 +255,10 @@ def torch_features(
     device = next(module.parameters()).device
     module.eval()
     images = to_channels(images, len(mean))  # a mono encoder sees gray frames, converted as capture does
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
-        out.append(module((batch - mean_t) / std_t).flatten(1).float().cpu().numpy())
+        batch = to_unit_nchw(torch.from_numpy(images[start : start + batch_size]), device)
+        out.append(module(normalise(batch, mean, std)).flatten(1).float().cpu().numpy())
     return finite_features(np.concatenate(out), "the torch encoder")
 
 

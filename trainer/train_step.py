@@ -24,6 +24,7 @@ from agent.core.config import TrainConfig
 from trainer.byol import BYOL
 from trainer.distributed import SOLO, Ranks
 from trainer.lr_schedule import lr_at, set_lr
+from trainer.normalise import normalise, to_unit_nchw
 
 
 def use_bf16(train_cfg: TrainConfig, device: torch.device) -> bool:
@@ -77,7 +78,7 @@ class TrainStep:
 
         NHWC permuted to NCHW *is* channels_last memory, so keeping that layout costs nothing.
         """
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        x = to_unit_nchw(images, self.device, non_blocking=True)
         return x if self._cfg.channels_last else x.contiguous()
 
     @torch.no_grad()
@@ -90,10 +91,8 @@ class TrainStep:
         x = torch.nn.functional.interpolate(
             self.to_input(images), size=size, mode="bilinear", antialias=True, align_corners=False
         )
-        mean = torch.tensor(self.learner.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.learner.std, device=self.device).view(1, -1, 1, 1)
         with self.autocast:
-            vectors = self.learner.embed((x - mean) / std, which=which)
+            vectors = self.learner.embed(normalise(x, self.learner.mean, self.learner.std), which=which)
         return vectors.float().cpu()
 
     def __call__(self, images: torch.Tensor, partners: Optional[torch.Tensor] = None) -> Optional[float]:

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from agent.core.repeats import worth_logging
+from agent.core.backoff import worth_logging
 
 TEMP_PREFIX = ".tmp-"
 _TEMP_PID = re.compile(r"^\.tmp-(\d+)-")

@@ -40,7 +40,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from agent.core.frames import decode_jpeg, encode_jpeg, jpeg_size
+from agent.core.image_codecs import decode_jpeg, encode_jpeg, jpeg_size
 
 MAGIC = b"BYOF"
 VERSION = 1

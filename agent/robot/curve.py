@@ -33,7 +33,7 @@ from zmq.utils import z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from agent.core.errors import ConfigError, EndpointError
-from agent.core.repeats import worth_logging
+from agent.core.backoff import worth_logging
 
 if TYPE_CHECKING:
     from agent.core.config import WireConfig

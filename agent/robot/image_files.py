@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from agent.core.errors import SourceError
-from agent.core.frames import bgr_to_rgb, read_image_bgr
+from agent.core.image_codecs import bgr_to_rgb, read_image_bgr
 from agent.robot.source_base import FrameSource, SourceExhausted
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ImageFilesSource(FrameSource):
 
     An unreadable file is skipped with a warning; a folder that vanishes is a lost source, and
     reopening it resumes at the same position. Images with 16-bit samples are scaled by `bit_depth`
-    or the depth the file states (`agent.core.frames.read_image_bgr`).
+    or the depth the file states (`agent.core.image_codecs.read_image_bgr`).
     """
 
     def __init__(

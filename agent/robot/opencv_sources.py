@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from agent.core.errors import SourceError
-from agent.core.frames import bgr_to_rgb
+from agent.core.image_codecs import bgr_to_rgb
 from agent.robot.source_base import FrameSource, SourceExhausted
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.core.errors import SourceError
-from agent.core.frames import decode_jpeg
+from agent.core.image_codecs import decode_jpeg
 from agent.robot.source_base import FrameSource, SourceExhausted
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
 
 Pinned to a version (`compatible_with=P`, for a policy head fit on P's embeddings), every later
 version is served mapped into P's space through the maps the exporter stored beside each version
-(`export.compat`), composed into one matrix when the version is loaded; serving adds one matmul and
+(`export.fit_maps`), composed into one matrix when the version is loaded; serving adds one matmul and
 a bias. A version whose chain down to P is broken (map missing, corrupt, past the pin) is refused
 like a broken file; `repin(V)` moves the pin once the head has been refit on V.
 
@@ -35,7 +35,8 @@ import numpy as np
 from agent.core.errors import ModelFileError
 from agent.core.frames import as_frame_batch
 from agent.robot.version_loader import Loaded, VersionLoader, file_stamp
-from export.compat import check_pinnable, compose_to, map_filename, pin_path, write_pin
+from export.map_files import compose_to, map_filename
+from export.pins import check_pinnable, pin_path, write_pin
 from export.manifest import LATEST_NAME, Manifest, manifest_filename, model_filename, parse_version, read_latest
 from export.sessions import resolve_providers
 

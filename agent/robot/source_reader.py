@@ -21,7 +21,7 @@ import numpy as np
 from agent.core.config import CaptureConfig, Pace
 from agent.core.errors import ByolAgentError, SourceError
 from agent.core.frames import fit_frame, to_channels
-from agent.core.repeats import backoff_s
+from agent.core.backoff import backoff_s
 from agent.core.worker import Worker
 from agent.robot.source_base import FrameSource, SourceExhausted
 

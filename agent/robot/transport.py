@@ -5,7 +5,7 @@ queue builds up for a peer that is not there), a small send HWM, and sends with 
 does not fit is dropped and counted. `lossless=True` waits instead, for offline replay that should go
 exactly as fast as training consumes. Many capture processes connect to one trainer's bound PULL.
 
-A fleet trainer has one PULL per rank, and a capture connects to all of them (issue 15): one PUSH
+A fleet trainer has one PULL per rank, and a capture connects to all of them: one PUSH
 socket per endpoint, balanced here the way one PUSH connected to N peers would be (round robin over
 the sockets that can take a frame now; a rank at its HWM or not up yet is skipped, so it gets fewer
 frames or none and never stalls the others). Our own sockets rather than libzmq's balancing because
@@ -42,7 +42,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from agent.robot.curve import REFUSED_EVENTS, TCP_ENDPOINT, WireSecurity
 from agent.core.errors import EndpointError
-from agent.core.repeats import worth_logging
+from agent.core.backoff import worth_logging
 from agent.core.wire import (
     MAX_SIDE,
     Frame,

@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.core.errors import ModelFileError
-from export.compat import LinearMap
+from export.embedding_maps import LinearMap
 from export.manifest import Manifest, check_sha256, read_manifest
 from export.sessions import (
     TENSORRT,

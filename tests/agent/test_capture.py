@@ -229,7 +229,7 @@ def _source_states(status_path: Path) -> list[dict]:
 
 
 def test_a_stalled_stream_is_shown_stale_and_reopened(tmp_path: Path, free_endpoint: str) -> None:
-    """Issue 12 item 4: a stream whose connection stays open but sends nothing was invisible for 30 s
+    """A stream whose connection stays open but sends nothing was invisible for 30 s
     (FFmpeg's default read timeout). Now it is stale after `capture.read_timeout_s`, in the status file
     and the `run` status line, and reopened; it delivers again once the camera does."""
     status_path = tmp_path / "status-capture.json"
@@ -255,7 +255,7 @@ def test_a_stalled_stream_is_shown_stale_and_reopened(tmp_path: Path, free_endpo
 def test_a_folder_fanned_out_to_two_ranks_reaches_each_once_and_each_rank_gets_the_end(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 15: `wire.endpoints` lists one PULL per trainer rank; capture spreads the frames over them and
+    """`wire.endpoints` lists one PULL per trainer rank; capture spreads the frames over them and
     every rank gets the camera's end-of-stream after its own frames (else a rank would wait forever)."""
     folder = tmp_path / "cam"
     folder.mkdir()

@@ -97,7 +97,7 @@ def test_a_missing_video_is_a_one_line_error(error_runs: dict) -> None:
 
 
 def test_a_camera_stream_absent_at_start_is_waited_for(tmp_path: Path) -> None:
-    """Issue 12 item 3: a live source whose first connect failed made capture exit 2 at once (and `run`
+    """A live source whose first connect failed made capture exit 2 at once (and `run`
     restart it until its budget was spent). Now it is waited for with the reconnect back-off, shown as
     waiting in the status file, and read once it appears."""
     port = int(free_tcp_endpoint().rsplit(":", 1)[1])
@@ -173,7 +173,7 @@ def test_capture_keeps_running_and_counts_drops_with_no_trainer() -> None:
 
 
 def test_endpoint_twice_feeds_two_ranks_every_frame_once_and_each_an_end(tmp_path: Path) -> None:
-    """Issue 15: `--endpoint A --endpoint B` (one PULL per trainer rank) spreads a recording over both
+    """`--endpoint A --endpoint B` (one PULL per trainer rank) spreads a recording over both
     ranks, losslessly, and each rank gets the camera's end-of-stream after its frames."""
     import cv2
     import numpy as np

@@ -216,7 +216,7 @@ def test_host_names_other_than_localhost_need_keys(endpoint: str) -> None:
 
 
 def test_a_capture_feeding_two_ranks_authenticates_to_each(keys: dict[str, Path]) -> None:
-    """Issue 15: every rank binds its own PULL with the trainer's key pair; the capture's one socket per
+    """Every rank binds its own PULL with the trainer's key pair; the capture's one socket per
     endpoint authenticates with wire.trainer_key to each, and an unauthorised sender reaches neither."""
     from tests.conftest import free_tcp_endpoint
     from agent.core.wire import EndOfStream

@@ -1,4 +1,4 @@
-"""One sender feeding several trainer ranks (issue 15), over real loopback sockets.
+"""One sender feeding several trainer ranks, over real loopback sockets.
 
 Each rank binds its own PULL (`FrameReceiver`); the capture's `FrameSender` connects to all of them,
 spreads frames the way a ZeroMQ PUSH load-balances (a full or absent rank is skipped), and sends

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from agent.core.demo_scene import DemoScene
-from agent.core.frames import NoveltyGate, decode_jpeg, encode_jpeg, fit_frame, read_image_bgr
+from agent.core.frames import NoveltyGate, fit_frame
+from agent.core.image_codecs import decode_jpeg, encode_jpeg, read_image_bgr
 
 
 def test_fit_crop_keeps_the_centre_and_stretch_keeps_everything() -> None:

@@ -1,4 +1,4 @@
-"""A recording's own clock is the frame's time on the wire (issue 23): a video's container time, a log's header
+"""A recording's own clock is the frame's time on the wire: a video's container time, a log's header
 stamps, not the moment capture read the frame (so temporal positives pair by recording time in `--pace asap`)."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def test_replay_shows_its_plan_and_a_progress_bar_with_steps_frames_and_total(tm
 
 
 def test_replay_trains_one_trainer_on_loopback_whatever_fleet_endpoints_the_config_lists() -> None:
-    """Issue 15: a config made for a fleet trainer (`wire.endpoints`, one per rank) must not send replay's
+    """A config made for a fleet trainer (`wire.endpoints`, one per rank) must not send replay's
     one trainer or its capture child there: replay binds one free loopback port and captures into it."""
     from agent.core.config import load_config
     from agent.replay import LOOPBACK_ANY_PORT, replay_config

@@ -1,4 +1,4 @@
-"""One writer per run directory (issue 13 item 4): real processes contend for a real `fcntl.flock`."""
+"""One writer per run directory: real processes contend for a real `fcntl.flock`."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ from agent.robot.runtime import HotEncoder, SwapEvent
 from export.sessions import resolve_providers
 from agent.core.frames import FrameFormatError, resize_frames
 from export.manifest import sha256_file
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
+from export.onnx_export import input_spec
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 from export.verify import torch_reference
 from tests.export.tiny import IMAGE_SIZE, publish_version, scene_frames, tiny_encoder
 

@@ -78,7 +78,7 @@ def test_no_wait_without_an_export_is_one_line_and_exit_2(tmp_path: Path) -> Non
 
 
 def test_a_missing_export_dir_is_an_error_not_a_wait(tmp_path: Path) -> None:
-    """A mistyped --export-dir used to wait for a first encoder forever, --duration or not (issue 13 item 5)."""
+    """A mistyped --export-dir used to wait for a first encoder forever, --duration or not."""
     proc = _runtime("--export-dir", str(tmp_path / "exprots"), "--source", "demo", "--duration", "600")
     out, err = _finish(proc)
     assert proc.returncode == 2, (out, err)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from agent.robot.runtime import HotEncoder
-from export.compat import map_filename
+from export.map_files import map_filename
 from export.manifest import sha256_file
 from tests.agent.test_runtime import POLL, CheckedCallers, reference, wait_until
 from tests.export.test_compat import publish, reference as torch_answer, transformed

@@ -1,4 +1,4 @@
-"""Real-input path faults (issue 23): names with ':' and '[ ]' open as the files they are; symlinked folders
+"""Real-input path faults: names with ':' and '[ ]' open as the files they are; symlinked folders
 inside a folder source are followed once, loops never."""
 
 from __future__ import annotations

@@ -271,7 +271,7 @@ def test_shuffled_folder_visits_every_image_once_per_pass_in_a_new_order(tmp_pat
 def test_a_folder_of_only_unreadable_images_is_an_error_not_an_empty_success(tmp_path: Path) -> None:
     import struct
 
-    from agent.core.frames import encode_jpeg
+    from agent.core.image_codecs import encode_jpeg
 
     (tmp_path / "a.jpg").write_bytes(b"not a jpeg at all")
     bomb = encode_jpeg(np.full((8, 8, 3), 90, np.uint8), 90)  # a JPEG that declares 40000x40000 pixels

@@ -1,4 +1,4 @@
-"""Start-up of `byol-agent` subcommands (issue 13 item 7): light imports, and a Ctrl-C at any moment is clean.
+"""Start-up of `byol-agent` subcommands: light imports, and a Ctrl-C at any moment is clean.
 
 Every subcommand used to import matplotlib at start (through the eval command and the report
 module), and a Ctrl-C during those first seconds left a KeyboardInterrupt traceback in the child's

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from agent.core.frames import encode_jpeg
+from agent.core.image_codecs import encode_jpeg
 
 from agent.core.wire import (
     HEADER_SIZE,

@@ -14,20 +14,15 @@ from agent.core.config import ExportConfig
 from agent.core.errors import ExportRefused, ModelFileError
 from agent.core.frames import resize_frames
 from agent.robot.runtime import HotEncoder
-from export.compat import (
-    CALIBRATION_NAME,
-    drift_record,
-    fit_compat,
-    fit_procrustes,
-    fit_ridge,
-    linear_cka,
-    map_filename,
-    read_pins,
-    write_pin,
-)
+from export.calibration import CALIBRATION_NAME
+from export.drift_gate import drift_record
+from export.embedding_maps import fit_compat, fit_procrustes, fit_ridge, linear_cka
+from export.map_files import map_filename
+from export.pins import read_pins, write_pin
 from export.exporter import BackgroundExporter, export_encoder
 from export.publish import Publisher
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
+from export.onnx_export import input_spec
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 from export.verify import torch_reference
 from tests.export.tiny import IMAGE_SIZE, model_cfg, scene_frames, tiny_encoder
 from trainer.metrics import format_status

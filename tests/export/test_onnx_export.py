@@ -16,7 +16,8 @@ from agent.core.errors import ExportRefused
 from export.exporter import export_encoder
 from agent.core.frames import resize_frames
 from export.manifest import read_latest, read_manifest, sha256_file
-from export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, input_spec
+from export.onnx_export import input_spec
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 from export.publish import Publisher
 from export.verify import collapse_std, torch_reference
 from tests.export.tiny import IMAGE_SIZE, model_cfg, publish_version, scene_frames, tiny_encoder
@@ -184,7 +185,7 @@ def test_a_mono_non_square_encoder_exports_uint8_nhwc_with_one_channel(tmp_path:
     import cv2
 
     from agent.core.config import ModelConfig
-    from trainer.augment import MONO_MEAN, MONO_STD
+    from trainer.normalise import MONO_MEAN, MONO_STD
 
     rgb = scene_frames(12)
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])[..., None]  # written out independently

@@ -9,8 +9,6 @@ import torch
 import torchvision.transforms.functional as TF
 
 from trainer.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VIEW1,
     VIEW2,
     View,
@@ -23,6 +21,7 @@ from trainer.augment import (
     shift_hue,
 )
 from trainer.checks import LearnerError
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 IDENTITY = ViewSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)

@@ -40,7 +40,7 @@ def train_step(learner: BYOL, opt: torch.optim.Optimizer, images: torch.Tensor) 
 
 def test_readme_example_runs_with_only_the_import_changed(tmp_path) -> None:
     # byol-pytorch's README, verbatim but for the import, weights=None, tiny sizes, 2 steps, and torch.rand
-    # for its torch.randn: our views take images in [0, 1] and refuse anything else (issue 12, item 7).
+    # for its torch.randn: our views take images in [0, 1] and refuse anything else.
     import torch
     from torchvision import models
 

@@ -1,4 +1,4 @@
-"""Continuing a byol-pytorch 0.9.1 run: its learner `state_dict()` mapped onto ours (issue 12, item 10).
+"""Continuing a byol-pytorch 0.9.1 run: its learner `state_dict()` mapped onto ours.
 
 Two sources for the state dict: byol-pytorch itself when it is installed (the `bench` extra), and,
 so that CI without it still tests the mapping, `Replica`: the same module tree under the same

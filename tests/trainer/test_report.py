@@ -276,7 +276,7 @@ def test_the_final_step_comes_from_the_stop_event(tmp_path: Path) -> None:
     assert "steps: 0 to 7 (2 metric lines)" in summary, summary
 
 
-# --------------------------------------------------------------------------- a short run, resumed once (issue 22)
+# --------------------------------------------------------------------------- a short run, resumed once
 
 
 def _write_resumed_run(run: Path, lines: int = 30) -> None:

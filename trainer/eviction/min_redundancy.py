@@ -1,14 +1,6 @@
-"""Which frame a full replay buffer gives up: FIFO, reservoir, or minimum redundancy.
-
-A policy sees the buffer's per-slot bookkeeping (`Slots`) and names a victim slot; the buffer
-(trainer/buffer.py) owns the pixels and the locking. Temporally correlated video ruins naive
-streaming SSL and no one policy wins on every stream (benchmarks/RESULTS.md, correlated streams),
-so the policy is a config choice (`buffer.policy`):
-- FIFO: the oldest frame goes.
-- Reservoir (Vitter's algorithm R): every frame seen so far is kept with equal probability.
-- Minimum redundancy: the frame most similar (cosine, in the target encoder's embedding space) to
-  its nearest stored neighbour goes, so a robot standing still does not fill the buffer with one
-  view; embeddings are refreshed as the encoder moves (`buffer.refresh_every_steps`).
+"""Minimum-redundancy eviction: the frame most similar (cosine, in the target encoder's embedding space) to
+its nearest stored neighbour goes, so a robot standing still does not fill the buffer with one view;
+embeddings are refreshed as the encoder moves (`buffer.refresh_every_steps`).
 """
 
 from __future__ import annotations
@@ -18,77 +10,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from agent.core.config import BufferConfig
+from trainer.eviction.base import EvictionPolicy, Slots
+from trainer.eviction.registry import register_policy
 
 
-class Slots:
-    """Per-slot bookkeeping the policies read (numpy arrays indexed by slot)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.size = 0  # slots ever filled; they fill 0..capacity-1 in order, then get replaced
-        self.valid = np.zeros(capacity, dtype=bool)  # False while empty or being overwritten
-        self.camera_id = np.zeros(capacity, dtype=np.int64)
-        self.seq = np.zeros(capacity, dtype=np.int64)
-        self.timestamp = np.zeros(capacity, dtype=np.float64)
-        self.inserted_at = np.zeros(capacity, dtype=np.float64)  # time.monotonic() at insert
-        self.ticket = np.full(capacity, -1, dtype=np.int64)  # insert counter: identifies the frame in a slot
-
-    def oldest(self) -> int:
-        """Slot holding the earliest inserted frame among those not being written."""
-        order = np.where(self.valid[: self.size], self.ticket[: self.size], np.iinfo(np.int64).max)
-        return int(order.argmin())
-
-
-class EvictionPolicy:
-    """Decides which slot a new frame replaces once the buffer is full, or that the frame is dropped."""
-
-    name = "base"
-
-    def victim(self, slots: Slots, frames_seen: int) -> Optional[int]:
-        raise NotImplementedError
-
-    def forget(self, slot: int) -> None:
-        """The frame in `slot` is being replaced."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned."""
-
-
-class FifoPolicy(EvictionPolicy):
-    """Evict the oldest frame: the buffer is the most recent stretch of the stream."""
-
-    name = "fifo"
-
-    def victim(self, slots: Slots, frames_seen: int) -> Optional[int]:
-        return slots.oldest()
-
-
-class ReservoirPolicy(EvictionPolicy):
-    """Keep a uniform sample of everything seen (Vitter's algorithm R): frame n enters with p = C/n."""
-
-    name = "reservoir"
-
-    def __init__(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
-
-    def victim(self, slots: Slots, frames_seen: int) -> Optional[int]:
-        j = int(self._rng.integers(0, max(frames_seen, 1)))
-        if j >= slots.capacity or not slots.valid[j]:
-            return None
-        return j
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "rng" in state:
-            self._rng.bit_generator.state = state["rng"]
-
-
+@register_policy
 class MinRedundancyPolicy(EvictionPolicy):
     """Evict the frame most similar (cosine) to its nearest neighbour in the target's embedding space.
 
@@ -107,8 +33,10 @@ class MinRedundancyPolicy(EvictionPolicy):
     """
 
     name = "min_redundancy"
+    needs_embeddings = True
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, seed: int) -> None:
+        super().__init__(capacity, seed)
         self._capacity = capacity
         self._emb: Optional[torch.Tensor] = None  # (C, D) l2-normalised float32, CPU
         self._has = torch.zeros(capacity, dtype=torch.bool)
@@ -142,6 +70,12 @@ class MinRedundancyPolicy(EvictionPolicy):
         """Up to `n` valid embedded slots, the oldest embeddings first."""
         idx = np.flatnonzero(slots.valid[: slots.size] & self._has[: slots.size].numpy())
         return idx[np.argsort(self._round[idx], kind="stable")][:n]
+
+    def to_embed(self, slots: Slots, n: int, refresh: bool) -> np.ndarray:
+        return self.stalest(slots, n) if refresh else self.pending(slots)[:n]
+
+    def stats(self) -> dict[str, Any]:
+        return {"embedded": self.embedded}
 
     def forget(self, slot: int) -> None:
         if not bool(self._has[slot]):
@@ -203,26 +137,15 @@ class MinRedundancyPolicy(EvictionPolicy):
         if slot_ids.numel():
             self.set_embeddings(slot_ids, state["emb"][slot_ids])
 
+    def state_for(self, keep: np.ndarray) -> dict[str, Any]:
+        state = self.state_dict()
+        if "emb" in state:
+            index = torch.from_numpy(keep)
+            state = {"emb": state["emb"][index], "has": state["has"][index]}
+        return state
 
-def make_policy(cfg: BufferConfig, capacity: int, seed: int) -> EvictionPolicy:
-    if cfg.policy == "fifo":
-        return FifoPolicy()
-    if cfg.policy == "reservoir":
-        return ReservoirPolicy(seed)
-    return MinRedundancyPolicy(capacity)
-
-
-def policy_state(policy: EvictionPolicy, keep: np.ndarray) -> dict[str, Any]:
-    """The policy's state with per-slot tensors restricted to the saved slots (in saved order)."""
-    state = policy.state_dict()
-    if "emb" in state:
-        index = torch.from_numpy(keep)
-        state = {"emb": state["emb"][index], "has": state["has"][index]}
-    return state
-
-
-def reindex_policy_state(state: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
-    """A saved policy state with per-slot tensors put in the slot order `order` (a resumed buffer's)."""
-    if "emb" in state:
-        return {"emb": state["emb"][order], "has": state["has"][order]}
-    return state
+    @staticmethod
+    def reorder_state(state: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
+        if "emb" in state:
+            return {"emb": state["emb"][order], "has": state["has"][order]}
+        return state

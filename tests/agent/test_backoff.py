@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.core.repeats import backoff_s, worth_logging
+from agent.core.backoff import backoff_s, worth_logging
 
 
 def test_backoff_doubles_from_the_first_delay_up_to_the_cap() -> None:
