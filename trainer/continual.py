@@ -135,6 +135,7 @@ class ContinualTrainer:
         self.learner = build_learner(cfg.model, tc, self.device, cfg.augment, channels=cfg.capture.channels, rank=ranks.rank)
         self.optimizer = build_optimizer(self.learner, tc)
         self.train_step = TrainStep(self.learner, self.optimizer, tc, self.device, ranks)
+        self.compute_lock = threading.Lock()  # a training step, or one batch of the probe's forward passes
         self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, cfg.capture.channels), self.device, seed=seed)
         self.sampler = torch.Generator().manual_seed(seed)
         ec = cfg.export  # checkpoints carry frames for an exporter that works from them (`run`)
@@ -319,7 +320,8 @@ class ContinualTrainer:
     def _train_step(self) -> Optional[float]:
         """One BYOL update; None when the loss was not finite (step skipped and counted)."""
         images, partners = self.buffer.sample(self.cfg.train.batch_size, self.sampler)
-        value = self.train_step(images, partners)
+        with self.compute_lock:  # the probe's forward passes take turns with steps (trainer/quality_monitor.py)
+            value = self.train_step(images, partners)
         if value is None:
             self._on_nonfinite()
         return value
@@ -449,7 +451,7 @@ class ContinualTrainer:
         from trainer.quality_monitor import QualityMonitor  # sklearn and onnxruntime load only when probing
 
         return QualityMonitor(tc.probe_data, self.cfg.model, self.cfg.eval, tc.seed, self.learner.mean, self.learner.std,
-                              device=self.device, weights=self.cfg.export.weights)
+                              device=self.device, weights=self.cfg.export.weights, compute_lock=self.compute_lock)
 
     def _shutdown(self, together: bool) -> None:
         """Final checkpoint, final export, last status line; runs on every exit but a kill -9.

@@ -10,11 +10,12 @@ an exported ONNX file (the `eval` command, the probe gate) is export/evaluate.py
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, ContextManager, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -248,17 +249,20 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def torch_features(
-    module: torch.nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int = 256
+    module: torch.nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int = 256,
+    guard: Optional[ContextManager[Any]] = None,
 ) -> np.ndarray:
     """Features of a torch encoder (normalised float NCHW in, (N, D) out) on uint8 RGB images, in eval mode;
-    with one mean/std value the encoder is mono and the images are turned gray (`frames.to_channels`)."""
+    with one mean/std value the encoder is mono and the images are turned gray (`frames.to_channels`).
+    `guard` (a lock) is held around each batch's forward pass."""
     device = next(module.parameters()).device
     module.eval()
     images = to_channels(images, len(mean))  # a mono encoder sees gray frames, converted as capture does
     out = []
     for start in range(0, len(images), batch_size):
         batch = to_unit_nchw(torch.from_numpy(images[start : start + batch_size]), device)
-        out.append(module(normalise(batch, mean, std)).flatten(1).float().cpu().numpy())
+        with guard if guard is not None else contextlib.nullcontext():
+            out.append(module(normalise(batch, mean, std)).flatten(1).float().cpu().numpy())
     return finite_features(np.concatenate(out), "the torch encoder")
 
 

@@ -12,6 +12,11 @@ Each result is an `EvalResult` that the trainer writes to metrics.jsonl as an `{
 line (so `report` plots it per exported version next to the random-init line) and shows on the
 status line. Features are computed on the trainer's device (a GPU makes a ResNet's probe cheap).
 
+The thread never computes at the same time as a training step: each forward batch holds the trainer's
+`compute_lock` (a step holds it too) and the kNN / linear probe run on one BLAS / OpenMP thread
+(`threadpool_limits`). Two thread pools spinning side by side on a small, loaded CPU once stalled a
+2-core run for 28 minutes (a probe in `knn_top1`, training in `backward`, neither progressing).
+
 One scoring at a time: a request that arrives while the previous one still runs is skipped, so a
 slow probe never queues work behind the trainer (the final one waits instead). A failure in the
 thread is stored and re-raised by the next `poll()` (the style of huey's consumer), never lost.
@@ -25,6 +30,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from agent.core.config import EvalConfig, ModelConfig
@@ -57,6 +63,7 @@ class QualityMonitor:
         std: tuple[float, ...],
         device: torch.device = torch.device("cpu"),
         weights: str = "target",
+        compute_lock: Optional[threading.Lock] = None,
     ) -> None:
         self._data = load_eval_data(data, model_cfg.image_size, eval_cfg.max_images, seed)
         labels = self._data.labels
@@ -68,6 +75,7 @@ class QualityMonitor:
         self._results: list[EvalResult] = []
         self._error: Optional[BaseException] = None
         self._lock = threading.Lock()
+        self._compute_lock = compute_lock if compute_lock is not None else threading.Lock()
 
     @property
     def busy(self) -> bool:
@@ -105,7 +113,8 @@ class QualityMonitor:
         return self.poll()
 
     def _features(self, module: nn.Module) -> np.ndarray:
-        return torch_features(module.to(self._device), self._data.images, self._mean, self._std)
+        return torch_features(module.to(self._device), self._data.images, self._mean, self._std,
+                              guard=self._compute_lock)
 
     def _score(self, step: int, version: Optional[int], encoder: nn.Module) -> None:
         try:
@@ -116,9 +125,12 @@ class QualityMonitor:
                 section = self._model_cfg.model_dump(mode="json")
                 reference = random_init_encoder(section, self._seed, self._model_cfg,  # our own config: trusted
                                                 channels=len(self._mean))  # a mono run's twin takes gray frames
-                self._reference = evaluate_features(self._features(reference), labels, train, test, k, self._seed)
+                ref_feats = self._features(reference)
+                with threadpool_limits(limits=1):
+                    self._reference = evaluate_features(ref_feats, labels, train, test, k, self._seed)
             feats = self._features(encoder.eval())
-            knn, linear = evaluate_features(feats, labels, train, test, k, self._seed)
+            with threadpool_limits(limits=1):
+                knn, linear = evaluate_features(feats, labels, train, test, k, self._seed)
             result = EvalResult(
                 encoder=f"{self._weights} at step {step}",
                 version=version,
