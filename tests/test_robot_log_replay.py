@@ -49,6 +49,6 @@ def test_replay_says_on_the_console_which_log_was_damaged_and_which_frames_were_
     kept = status[0]["frames_read"]
     assert 0 < kept < 20 and status[0]["errors"] == 1 and status[1]["skipped"] == 4
     lines = [line for line in done.stderr.splitlines() if line.startswith("replay: robot log")]
-    assert lines == [f"replay: robot log '{cut}' topic /cam: damaged after {kept} frames "
-                     f"(see {run / 'logs' / 'replay-capture.log'})",
+    assert lines == [(f"replay: robot log '{cut}' topic /cam: damaged after {kept} frames "
+                      f"(see {run / 'logs' / 'replay-capture.log'})"),
                      f"replay: robot log '{mixed}' topic /cam: 4 frames skipped (encoding 32FC1)"], done.stderr[-3000:]
