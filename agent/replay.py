@@ -9,8 +9,10 @@ The run ends when the recordings are exhausted and training has caught up, or at
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -167,9 +169,35 @@ def replay(
     finally:
         if trainer_log is not None:
             trainer_log.close()
+    for line in source_problems(run_dir):
+        print(f"replay: {line}", file=sys.stderr, flush=True)
     if capture.failure is not None:
         raise SourceError(capture.failure)
     return 0
+
+
+def source_problems(run_dir: Path) -> list[str]:
+    """One line per source capture reported damage (`errors`) or skipped frames for, read from the run's
+    status-capture.json, with the encodings capture's log names for skipped frames; [] when it has none."""
+    try:
+        sources = json.loads((run_dir / "status-capture.json").read_text())["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    log_path = run_dir / "logs" / "replay-capture.log"
+    try:
+        log_text = log_path.read_text(errors="replace")
+    except OSError:
+        log_text = ""
+    lines = []
+    for source in sources:
+        name, errors, skipped = source.get("name", "?"), source.get("errors", 0), source.get("skipped", 0)
+        if errors:
+            lines.append(f"{name}: damaged after {source.get('frames_read', 0)} frames (see {log_path})")
+        if skipped:
+            encodings = sorted(set(re.findall(re.escape(f"{name}: skipping its ") + r"(\S+) images", log_text)))
+            why = f"encoding {', '.join(encodings)}" if encodings else f"unreadable; see {log_path}"
+            lines.append(f"{name}: {skipped} frames skipped ({why})")
+    return lines
 
 
 @dataclass(frozen=True)

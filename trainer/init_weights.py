@@ -15,6 +15,7 @@ a mono encoder (`capture.channels: 1`) gets an RGB first convolution summed over
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
@@ -84,8 +85,14 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only: anything but tensors and containers is refused, never run
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ConfigError(f"model.init_weights {str(path)!r} cannot be read as a state_dict ({first})") from None
+        # our own line: PyTorch's text advises weights_only=False, which would run the file's code
+        if isinstance(exc, OSError):
+            raise ConfigError(f"model.init_weights {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):  # a global other than torch's
+            raise ConfigError(f"model.init_weights {str(path)!r} holds Python objects other than tensors; refused "
+                              "(loading it would run code). Save `model.state_dict()` with torch.save") from None
+        raise ConfigError(f"model.init_weights {str(path)!r} is not a PyTorch weights file "
+                          "(what torch.save writes of a state_dict)") from None
     if isinstance(state, dict) and isinstance(state.get("learner"), dict):  # a checkpoint of ours
         state = state["learner"]
     for wrapper in ("state_dict", "model"):

@@ -16,8 +16,8 @@ _OFF = ("none", "off", "null")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", action="append", default=None, metavar="SRC",
-        help="camera index, video file, rtsp/http URL, image folder or glob, 'demo[:SEED]', "
-        "or zmq+tcp://HOST:PORT; repeatable",
+        help="camera index, video file, rtsp/http URL, image folder or glob, robot log (MCAP, rosbag2, ROS 1 "
+        ".bag; LOG#TOPIC for one topic), LeRobot dataset folder, 'demo[:SEED]', or zmq+tcp://HOST:PORT; repeatable",
     )
     parser.add_argument(
         "--endpoint", action="append", default=None, metavar="EP",

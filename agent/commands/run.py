@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--source",
         action="append",
         default=None,
-        help="camera index, video, URL, image folder/glob or 'demo' (repeat for several cameras; default: config)",
+        help="camera index, video, URL, image folder/glob, robot log (MCAP, rosbag2, .bag; LOG#TOPIC), LeRobot "
+        "dataset folder or 'demo' (repeat for several cameras; default: config)",
     )
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
     parser.add_argument("--run-dir", default="runs/default", help="checkpoints, exports, metrics and logs go here")

@@ -22,7 +22,8 @@ from agent.core.errors import ModelFileError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dir", required=True, help="directory the exporter publishes into")
-    parser.add_argument("--source", required=True, help="camera index, video, URL, image folder/glob, 'demo' or zmq+tcp://...")
+    parser.add_argument("--source", required=True, help="camera index, video, URL, image folder/glob, robot log "
+                        "(LOG#TOPIC), LeRobot dataset folder, 'demo' or zmq+tcp://...")
     parser.add_argument(
         "--duration", type=_positive, default=None,
         help="stop after this many seconds, the wait for a first encoder included (default: until Ctrl-C)",

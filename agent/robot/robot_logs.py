@@ -10,7 +10,8 @@ Messages read: ROS 2 `sensor_msgs/msg/Image` and `CompressedImage` (CDR), ROS 1 
 writes them in: protobuf (`foxglove.RawImage`, what the Foxglove SDK writes), JSON (`jsonschema`) and
 ros2msg (`foxglove_msgs/msg/RawImage`). Pixel encodings (`RAW_ENCODINGS`): rgb8, bgr8, rgba8, bgra8,
 mono8, mono16, the four 8-bit Bayer patterns, yuv422 / uyvy, yuyv / yuv422_yuy2; compressed JPEG and
-PNG. Any other encoding is skipped and counted, with one warning per topic naming it. A message whose
+PNG. Any other encoding is skipped and counted, with one warning per topic naming it; a log expanded
+into all its image topics leaves out a topic whose images are all in another encoding. A message whose
 bytes do not hold the image it declares is skipped and counted too.
 
 Clock: a frame's time is its header stamp (Foxglove: `timestamp`), else the log time when the stamp is
@@ -403,8 +404,10 @@ def _supported(msg: Any) -> bool:
 
 def log_camera_specs(spec: str, options: Optional[RobotLogOptions] = None) -> list[str]:
     """One `LOG#TOPIC` spec per image topic of the log (those in `options.topics` when given), sorted by topic;
-    a spec that already names a topic is itself. SourceError when the log has no image topic or lacks a
-    named one."""
+    a spec that already names a topic is itself. Expanding every topic leaves out, with one warning
+    naming topic and encoding, a topic none of whose first PROBE_MESSAGES messages is in an encoding this
+    reads (a 32FC1 or 16UC1 depth camera); topics the user named are kept (reading them says what is
+    wrong). SourceError when the log has no image topic (in a readable encoding) or lacks a named one."""
     path, topic = split_topic(spec)
     if topic is not None:
         return [spec]
@@ -417,14 +420,58 @@ def log_camera_specs(spec: str, options: Optional[RobotLogOptions] = None) -> li
         topics = _LogFile(path, fmt).image_topics()
     except Exception as exc:
         raise _unreadable(path, fmt, exc) from None
-    wanted = list(options.topics) if options is not None and options.topics else sorted(topics)
+    chosen = options is not None and bool(options.topics)
+    wanted = list(options.topics) if chosen else sorted(topics)
     missing = [t for t in wanted if t not in topics]
     if missing:
         raise SourceError(f"robot log '{path}' has no image topic {', '.join(missing)} (it has: "
                           f"{', '.join(sorted(topics)) or 'none'})")
     if not wanted:
         raise SourceError(f"robot log '{path}' holds no image topic ({', '.join(sorted(IMAGE_TYPES))})")
+    if not chosen:  # every image topic: leave out those in no encoding this reads (a depth camera's 32FC1)
+        unreadable = {t: enc for t in wanted if (enc := _unreadable_encoding(path, fmt, t)) is not None}
+        if len(unreadable) == len(wanted):
+            raise SourceError(f"robot log '{path}' holds no image topic in an encoding this reads ("
+                              f"{', '.join(f'{t}: {e}' for t, e in unreadable.items())}; reads "
+                              f"{', '.join(RAW_ENCODINGS)}, compressed JPEG/PNG)")
+        for topic, encoding in unreadable.items():
+            if (os.path.abspath(path), topic) not in _LEFT_OUT:
+                _LEFT_OUT.add((os.path.abspath(path), topic))
+                log.warning("robot log '%s' topic %s: left out, its images are %s (not one of %s, or compressed "
+                            "JPEG/PNG)", path, topic, encoding, ", ".join(RAW_ENCODINGS))
+        wanted = [t for t in wanted if t not in unreadable]
     return [f"{path}{TOPIC_SEP}{t}" for t in wanted]
+
+
+PROBE_MESSAGES = 20  # messages of a topic looked at before it is left out of an expanded log
+_LEFT_OUT: set[tuple[str, str]] = set()  # (log, topic) already warned about in this process: one warning each
+
+
+def _encoding_of(msg: Any) -> str:
+    return str(msg.format if hasattr(msg, "format") else getattr(msg, "encoding", "")) or "(empty encoding)"
+
+
+def _unreadable_encoding(path: str, fmt: str, topic: str) -> Optional[str]:
+    """The encoding of `topic`'s images when none of its first PROBE_MESSAGES messages is in one this reads
+    (`_supported`), else None. A topic with no message, or damage before one is seen, is kept: opening
+    it says what is wrong."""
+    seen: list[str] = []
+    messages = _LogFile(path, fmt).messages(topic)
+    try:
+        for item in messages:
+            body = item.body()
+            if _supported(body):
+                return None
+            seen.append(_encoding_of(body))
+            if len(seen) >= PROBE_MESSAGES:
+                break
+    except Exception:
+        return None
+    finally:
+        close = getattr(messages, "close", None)
+        if close is not None:
+            close()
+    return ", ".join(sorted(set(seen))) if seen else None
 
 
 def _reason(exc: BaseException) -> str:

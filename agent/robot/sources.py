@@ -221,6 +221,10 @@ def kind_of(spec: str) -> SourceKind:
         what = "no such file or folder, and not" if not os.path.exists(spec) else "not"
         raise SourceError(f"source {spec!r}: {what} a kind of source this reads: {kinds}")
     best = max(p for p, _ in matches)
+    if best == PRIORITY_ANY_FILE:  # a file no kind claims: a dataset's meta/info.json wants its folder
+        dataset = next((str(d) for d in Path(spec).resolve().parents if is_lerobot_dataset(str(d))), None)
+        if dataset is not None:
+            raise SourceError(f"source {spec!r} is inside the LeRobot dataset '{dataset}': give the dataset folder")
     top = [k.name for p, k in matches if p == best]
     if len(top) > 1:
         raise SourceError(f"source {spec!r} is ambiguous: the kinds {', '.join(top)} all recognise it")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import cv2
 import numpy as np
@@ -92,7 +92,7 @@ def ros2_image(ts, rgb: np.ndarray, encoding: str, stamp_ns: int):
                                             step=step, data=np.frombuffer(data, np.uint8))
 
 
-def write_mcap_ros2(path: Path, topics: dict[str, tuple[str, list[np.ndarray]]], period_ns: int = 100_000_000,
+def write_mcap_ros2(path: Path, topics: dict[str, tuple[Union[str, list[str]], list[np.ndarray]]], period_ns: int = 100_000_000,
                     strings: Optional[str] = None, header_stamps: bool = True, chunk_size: int = 256 * 1024) -> None:
     """An MCAP (profile ros2) by mcap-ros2-support's writer: per topic (encoding, frames), frame i of every topic
     stamped T0 + i x period (log time 1 ms later; header stamp 0 when not `header_stamps`); `strings`: a
@@ -111,7 +111,8 @@ def write_mcap_ros2(path: Path, topics: dict[str, tuple[str, list[np.ndarray]]],
             for topic, (encoding, frames) in topics.items():
                 if i >= len(frames):
                     continue
-                msg = ros2_image(ts, frames[i], encoding, stamp if header_stamps else 0)
+                enc = encoding[i] if isinstance(encoding, list) else encoding  # a list: one encoding per frame
+                msg = ros2_image(ts, frames[i], enc, stamp if header_stamps else 0)
                 writer.write_message(topic, schemas[msg.__msgtype__], _as_dict(msg), log_time=stamp + 1_000_000)
             if strings:
                 writer.write_message(strings, schemas["std_msgs/msg/String"], {"data": f"tick {i}"}, log_time=stamp)

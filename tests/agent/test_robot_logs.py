@@ -54,7 +54,7 @@ def test_an_mcap_of_every_encoding_reads_back_the_source_pixels(tmp_path: Path, 
     path = tmp_path / "drive.mcap"
     write_mcap_ros2(path, topics, strings="/chatter")
     specs = expand_sources([str(path)], CFG)
-    assert specs == sorted(f"{path}#{t}" for t in topics)  # the String topic is no camera
+    assert specs == sorted(f"{path}#{t}" for t in topics if t != "/depth")  # no String topic, no 32FC1 one
     for enc in encodings:
         source = open_source(f"{path}#/cam/{enc}", CFG)
         assert isinstance(source, RobotLogSource) and source.finite and not source.live
@@ -68,6 +68,7 @@ def test_an_mcap_of_every_encoding_reads_back_the_source_pixels(tmp_path: Path, 
                 assert mean_abs(got, want, border=2) < 4.0, enc  # a wrong pattern swaps red and blue: > 60
             else:
                 assert mean_abs(got, want) <= TOLERANCE.get(enc, 0.0), enc
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="agent.robot.robot_logs"):
         depth = open_source(f"{path}#/depth", CFG)
         assert read_all(depth) == [] and depth.skipped == 3
@@ -236,3 +237,24 @@ def test_a_log_that_is_not_one_is_a_one_line_error(tmp_path: Path) -> None:
     assert str(fake) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(SourceError, match="does not exist"):
         check_sources([str(tmp_path / "missing.mcap")], CFG)
+
+
+def test_an_expanded_log_leaves_out_a_topic_in_no_encoding_this_reads_with_one_warning(tmp_path: Path, caplog) -> None:
+    """Issue 23: one 32FC1 depth topic beside good ones does not block the log; named by the user, it is an error."""
+    path = tmp_path / "depth.mcap"
+    write_mcap_ros2(path, {"/a": ("rgb8", [smooth_image(H, W)] * 2), "/depth/32f": ("32FC1", [smooth_image(H, W)] * 3),
+                           "/z": ("mono8", [smooth_image(H, W)] * 2)})
+    with caplog.at_level(logging.WARNING, logger="agent.robot.robot_logs"):
+        assert expand_sources([str(path)], CFG) == [f"{path}#/a", f"{path}#/z"]
+        sources = check_sources([str(path)], CFG)
+    assert [s.name for s in sources] == [f"robot log '{path}' topic /a", f"robot log '{path}' topic /z"]
+    warnings = [r.getMessage() for r in caplog.records if "/depth/32f" in r.getMessage()]
+    assert len(warnings) == 1 and "32FC1" in warnings[0], caplog.text
+    only_depth = CFG.model_copy(update={"source_options": {"robot_log": {"topics": ["/depth/32f"]}}})
+    for specs, cfg in (([f"{path}#/depth/32f"], CFG), ([str(path)], only_depth)):
+        with pytest.raises(SourceError, match="topic /depth/32f holds no frame that can be read"):
+            check_sources(specs, cfg)
+    depth_only = tmp_path / "depth_only.mcap"
+    write_mcap_ros2(depth_only, {"/depth/32f": ("32FC1", [smooth_image(H, W)] * 2)})
+    with pytest.raises(SourceError, match=r"no image topic in an encoding this reads \(/depth/32f: 32FC1;"):
+        expand_sources([str(depth_only)], CFG)

@@ -159,3 +159,26 @@ def test_priorities_decide_and_nothing_falls_through(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not a kind of source this reads") as info:
         kind_of(str(tmp_path / "missing.xyz"))  # was opened as a video before: "cannot be decoded"
     assert "\n" not in str(info.value)
+
+
+def test_the_source_help_of_run_capture_and_runtime_names_robot_logs_and_lerobot_datasets() -> None:
+    """Issue 23: the kinds a user is most likely to look for are named where they look."""
+    from agent.cli import build_parser
+
+    for command in ("run", "capture", "runtime"):
+        parser = build_parser(command)
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+        help_text = next(a.help for a in sub._actions if "--source" in a.option_strings)
+        assert "robot log" in help_text and "LeRobot" in help_text, (command, help_text)
+
+
+def test_a_file_inside_a_lerobot_dataset_that_no_kind_reads_asks_for_the_dataset_folder(tmp_path: Path) -> None:
+    """Issue 23: `DATASET/meta/info.json` given as a source says to give the folder, not 'cannot be decoded'."""
+    from agent.core.errors import SourceError
+    from agent.robot.sources import kind_of
+
+    (tmp_path / "ds" / "meta").mkdir(parents=True)
+    (tmp_path / "ds" / "meta" / "info.json").write_text("{}")
+    with pytest.raises(SourceError, match=r"is inside the LeRobot dataset '.*ds': give the dataset folder"):
+        kind_of(str(tmp_path / "ds" / "meta" / "info.json"))
+    assert kind_of(str(tmp_path / "ds")).name == "lerobot"
