@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,6 +214,16 @@ def read_status(run_dir: Path, since: Optional[float] = None) -> dict[str, dict]
     return status
 
 
+def fit_line(line: str, columns: int) -> str:
+    """`line` cut to a terminal `columns` wide, less one (a line that wraps breaks its `\r` rewrite); when cut,
+    the middle goes, so the end (export, runtime version, swaps, calls) stays in view."""
+    width = max(columns - 1, 20)
+    if len(line) <= width:
+        return line
+    tail = width // 2
+    return line[: width - tail - 1] + "…" + line[-tail:]
+
+
 def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: dict[str, int]) -> str:
     """One line a person can read at a glance: is data flowing, is it learning, did the policy swap."""
     cap, trn, rt = status.get("capture", {}), status.get("trainer", {}), status.get("runtime", {})
@@ -323,7 +334,8 @@ def supervise(
                 print(f"{finish_with} has finished: its sources have ended", file=out, flush=True)
                 break
             line = format_pipeline_status(read_status(run_dir, since), elapsed, sup.restarts)
-            print(("\r" + line[:200]) if tty else line, end="" if tty else "\n", file=out, flush=True)
+            print(("\r" + fit_line(line, shutil.get_terminal_size().columns)) if tty else line,
+                  end="" if tty else "\n", file=out, flush=True)
             if duration_s is not None and elapsed >= duration_s:
                 break
     finally:

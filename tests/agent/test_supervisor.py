@@ -54,3 +54,13 @@ def test_a_failing_child_is_restarted_with_backoff_not_in_a_burst(tmp_path: Path
         assert sup._children[0].proc is not None and sup._children[0].proc.poll() is None
     finally:
         sup.stop()
+
+
+def test_a_status_line_fits_the_terminal_and_keeps_its_end_in_view() -> None:
+    # a new user's 200-column tmux showed `... export v1 (refu`: the runtime's swaps never in view (issue 22 review)
+    from agent.supervisor import fit_line
+
+    line = "t=  90s | " + "x" * 300 + " | runtime v5 swaps 4 calls 1995"
+    fitted = fit_line(line, 80)
+    assert len(fitted) == 79 and fitted.endswith("runtime v5 swaps 4 calls 1995") and fitted.startswith("t=  90s")
+    assert fit_line("short", 80) == "short"
