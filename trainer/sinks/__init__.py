@@ -52,6 +52,15 @@ class MetricsSink(ABC):
         """Flush and release; safe to call twice and on a full disk (never raises)."""
 
 
+def close_quietly(file: Any) -> None:
+    """Close a sink's file; a buffered tail that cannot be flushed (disk full) is already counted as lost."""
+    if file is not None:
+        try:
+            file.close()
+        except OSError:
+            pass
+
+
 def sink_names() -> list[str]:
     """The registered kinds, for `metrics.sinks`."""
     return sorted(SINKS)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from agent.core.atomic import jsonable
-from trainer.sinks import MetricsSink
+from trainer.sinks import MetricsSink, close_quietly
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -37,11 +37,7 @@ class JsonlSink(MetricsSink):
 
     def close(self) -> None:
         file, self._file = self._file, None
-        if file is not None:
-            try:
-                file.close()
-            except OSError:  # the buffered tail could not be flushed (disk full): already counted as lost
-                pass
+        close_quietly(file)
 
 
 def _ends_torn(path: Path) -> bool:

@@ -33,7 +33,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard.summary import custom_scalars, image, scalar
 
-from trainer.sinks import MetricsSink
+from trainer.sinks import MetricsSink, close_quietly
 
 TENSORBOARD_DIR = "tensorboard"
 FLUSH_S = 10.0
@@ -154,8 +154,4 @@ class TensorBoardSink(MetricsSink):
 
     def close(self) -> None:
         file, self._file = self._file, None
-        if file is not None:
-            try:
-                file.close()
-            except OSError:  # the buffered tail could not be flushed (disk full): already counted as lost
-                pass
+        close_quietly(file)
