@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -33,3 +34,34 @@ def free_tcp_endpoint() -> str:
 @pytest.fixture
 def free_endpoint() -> str:
     return free_tcp_endpoint()
+
+
+def _scheduling() -> tuple[int, int] | None:
+    """This thread's (policy, priority), None where the OS has no sched_getscheduler."""
+    if not hasattr(os, "sched_getscheduler"):
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+
+
+SESSION_SCHEDULING = _scheduling()  # what the test process started with
+
+
+def _put_back_scheduling(when: str) -> None:
+    now = _scheduling()
+    if SESSION_SCHEDULING is not None and now != SESSION_SCHEDULING:
+        os.sched_setscheduler(0, SESSION_SCHEDULING[0], os.sched_param(SESSION_SCHEDULING[1]))
+        pytest.fail(f"this process was at scheduling policy {now} (started at {SESSION_SCHEDULING}) {when}; wrap what "
+                    "changes it in tests.scheduling.keep_scheduling()", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _tests_leave_the_scheduling_policy_as_they_found_it():
+    """A test, or a fixture it uses, that leaves this process at another scheduling policy fails, and the policy is
+    put back.
+
+    Why: SVT-AV1 (PyAV's libsvtav1 encoder) switches the calling thread to SCHED_FIFO 99 when run as root; every
+    thread and subprocess started after it inherits that, and spinning OpenMP threads at real-time priority on a
+    2-core machine starved everything else (the CI run that did not finish in 5400 s)."""
+    _put_back_scheduling("once the test's fixtures were set up")
+    yield
+    _put_back_scheduling("after the test")

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tests.scheduling import keep_scheduling
+
 V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 V30_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 CODEC_OPTIONS = {"libsvtav1": {"g": "2", "crf": "30", "preset": "12"}, "libx264": {"g": "2", "crf": "30"}}
@@ -31,7 +33,8 @@ def encode(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str, fasts
 
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
-    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
+    # SVT-AV1 puts the calling thread at SCHED_FIFO 99 when run as root: put it back (tests/scheduling.py).
+    with keep_scheduling(), av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(codec, fps, options=CODEC_OPTIONS.get(codec, {}))
         stream.pix_fmt, stream.width, stream.height = "yuv420p", w, h
         for image in frames:
