@@ -54,6 +54,13 @@ def pick_frames(frames: np.ndarray, n: int) -> np.ndarray:
     return frames[index]
 
 
+def distinct_frames(frames: np.ndarray) -> np.ndarray:
+    """The frames with exact repeats left out, first occurrences in their order. A small replay buffer is sampled
+    with replacement, and n copies of one frame have embedding std 0 whatever the encoder."""
+    _, first = np.unique(frames.reshape(len(frames), -1), axis=0, return_index=True)
+    return frames[np.sort(first)]
+
+
 def verify_onnx(path: Path, encoder: nn.Module, frames: np.ndarray, spec: InputSpec, cfg: ExportConfig) -> Verification:
     """Check the ONNX file at `path`; raise ExportRefused naming the failed check and its numbers."""
     frames = as_frame_batch(frames)
@@ -71,7 +78,10 @@ def verify_onnx(path: Path, encoder: nn.Module, frames: np.ndarray, spec: InputS
     if graph_input.name != spec.name or graph_input.type != spec.onnx_type:
         raise ExportRefused(f"graph input is {graph_input.name}:{graph_input.type}, expected {spec.name}:{spec.onnx_type}")
 
-    fitted = spec.fit(pick_frames(frames, cfg.verify_batch))  # exactly what serving will hand the graph
+    distinct = distinct_frames(frames)
+    if len(distinct) < 2:
+        raise ExportRefused(f"verification needs at least 2 distinct frames, got {len(distinct)} distinct of {len(frames)}")
+    fitted = spec.fit(pick_frames(distinct, cfg.verify_batch))  # exactly what serving will hand the graph
     prepared = spec.feed(fitted)
     expected = torch_reference(encoder, fitted, spec)
     worst = 0.0

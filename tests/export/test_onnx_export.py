@@ -234,3 +234,16 @@ def test_an_opset_the_dynamo_exporter_cannot_write_is_refused_at_start_up() -> N
         load_config(None, values={"export.exporter": "dynamo", "export.opset": 17})
     assert "\n" not in str(info.value)
     assert load_config(None, values={"export.exporter": "dynamo"}).export.opset is None
+
+
+def test_repeated_frames_are_never_called_a_collapse(tmp_path: Path) -> None:
+    """A buffer of a few frames is sampled with replacement (a resumed replay right after start): five copies of one
+    frame once refused a healthy encoder as "collapsed ... std 0.0000 over 5 frames"."""
+    one = np.repeat(scene_frames(1), 8, axis=0)
+    with pytest.raises(ExportRefused, match="at least 2 distinct frames, got 1 distinct of 8"):
+        export_encoder(5, tiny_encoder(7), one, export_cfg=ExportConfig(), model_cfg=model_cfg(),
+                       publisher=Publisher(tmp_path, 5))
+    two = np.concatenate([np.repeat(scene_frames(2)[:1], 7, axis=0), scene_frames(2)[1:]])  # 7 copies + 1 other
+    version = export_encoder(5, tiny_encoder(7), two, export_cfg=ExportConfig(), model_cfg=model_cfg(),
+                             publisher=Publisher(tmp_path, 5))
+    assert read_manifest(tmp_path / f"encoder-{version:06d}.json").raw["verification"]["collapse_std"] > ExportConfig().collapse_std_min
