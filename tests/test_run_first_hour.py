@@ -81,7 +81,8 @@ def test_a_run_too_slow_to_reach_every_steps_still_publishes_and_swaps_by_time(t
     assert len([e for e in events if e.get("event") == "export" and e["time"] < stop_time]) >= 2, events
     runtime = _status(run_dir, "runtime")
     last = text.strip().splitlines()[-1]
-    assert last.startswith("byol-agent run: published ") and f"after {runtime['swaps']} swap(s)" in last, last
+    assert last.startswith("byol-agent run: published ") and f"({runtime['served_swaps']} swap(s) between calls)" in last
+    assert runtime["served_swaps"] >= 1 and f"call(s) on v{runtime['first_served_version']} to " in last, last
 
 
 def test_a_second_run_on_busy_ports_is_one_line_naming_the_port_and_the_fix(tmp_path: Path) -> None:

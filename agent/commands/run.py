@@ -133,15 +133,24 @@ def check_ports(cfg: Config) -> None:
 
 
 def served(status: dict[str, dict]) -> str:
-    """One line on what this session published and served: versions exported, the runtime's swaps and calls."""
+    """One line on what this session published and served: versions exported, which versions served the runtime's
+    calls and how often the serving version changed, and a version loaded after the calls ended (during shutdown)."""
     exp, rt = status.get("exporter", {}), status.get("runtime", {})
     exports, version = exp.get("exports"), exp.get("last_export_version")
     published = (f"published {exports} version(s) this session (latest v{version})" if exports
                  else "published no version this session")
     if not rt:
         return f"{published}; the runtime consumer never served (no status-runtime.json)"
-    return (f"{published}; the runtime served {rt.get('calls', 0)} call(s) on v{rt.get('version')} after "
-            f"{rt.get('swaps', 0)} swap(s), {rt.get('failures', 0)} failed")
+    first, last = rt.get("first_served_version"), rt.get("last_served_version")
+    if first is None:
+        return f"{published}; the runtime served no call, {rt.get('failures', 0)} failed"
+    versions = f"v{first}" if first == last else f"v{first} to v{last}"
+    text = (f"{published}; the runtime served {rt.get('calls', 0)} call(s) on {versions} "
+            f"({rt.get('served_swaps', 0)} swap(s) between calls), {rt.get('failures', 0)} failed")
+    loaded = rt.get("version")
+    if loaded is not None and loaded != last:
+        text += f"; v{loaded} was loaded after the last call (no call ran on it)"
+    return text
 
 
 def untrained(status: dict[str, dict], cfg: Config) -> Optional[str]:

@@ -4,8 +4,9 @@ It exists to show, and to let the `run` supervisor watch, that a policy keeps be
 encoders are swapped under it: every call's latency and outcome is counted, once a second a line
 is reported and `status-runtime.json` is rewritten atomically. With a history path
 (`runtime.jsonl` in a run directory) it also appends, for `byol-agent report`, a `{"event": "serve"}`
-record for the first version served, a `{"event": "swap"}` record each time the version changes and every `history_every_s` a record of the latency
-percentiles over the calls since the previous one.
+record for the first version that served a call, a `{"event": "swap"}` record each time a call is served by
+another version than the call before (a version loaded and replaced before any call is not a swap there), and every
+`history_every_s` a record of the latency percentiles over the calls since the previous one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ class LoopStats:
     failures: int = 0
     source_errors: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
+    first_served: Optional[int] = None  # the version of the first call that succeeded
+    last_served: Optional[int] = None  # the version of the latest call that succeeded
+    served_swaps: int = 0  # changes of version between two calls (the encoder's `swaps` also counts loads no call saw)
+
+    def served(self, version: int) -> None:
+        """Count one successful call made by `version`."""
+        self.calls += 1
+        if self.first_served is None:
+            self.first_served = version
+        elif version != self.last_served:
+            self.served_swaps += 1
+        self.last_served = version
 
     def percentiles(self) -> tuple[Optional[float], Optional[float]]:
         if not self.latencies_ms:
@@ -51,6 +64,9 @@ class LoopStats:
             "version": encoder.version,
             "swaps": encoder.swaps,
             "calls": self.calls,
+            "first_served_version": self.first_served,
+            "last_served_version": self.last_served,
+            "served_swaps": self.served_swaps,
             "failures": self.failures,
             "failed_loads": encoder.failed_loads,
             "source_errors": self.source_errors,
@@ -69,16 +85,17 @@ class _History:
         self._next = 0.0  # the first record goes out at the first call
         self._version: Optional[int] = None
 
-    def called(self, latency_ms: float) -> None:
+    def called(self, latency_ms: float, version: int, stats: LoopStats) -> None:
+        """One successful call by `version`: a "serve" record for the first, a "swap" record when it changed."""
         self._latencies_ms.append(latency_ms)
+        if version != self._version:
+            append_record(self._path, {"time": time.time(), "event": "serve" if self._version is None else "swap",
+                                       "version": version, "previous": self._version, "swaps": stats.served_swaps})
+            self._version = version
 
     def watch(self, encoder: HotEncoder, stats: LoopStats, now: float, final: bool = False) -> None:
-        """A swap record when the version changed, a latency record when one is due (or `final`)."""
+        """A latency record when one is due (or `final`)."""
         version = encoder.version
-        if version != self._version:  # the first version served is a "serve" record, later ones "swap"
-            append_record(self._path, {"time": time.time(), "event": "serve" if self._version is None else "swap",
-                                       "version": version, "previous": self._version, "swaps": encoder.swaps})
-            self._version = version
         if final or (now >= self._next and self._latencies_ms):
             window = np.asarray(self._latencies_ms, dtype=float)
             p50, p99 = (float(v) for v in np.percentile(window, [50, 99])) if len(window) else (None, None)
@@ -150,15 +167,15 @@ def run_policy_loop(
                 continue
             t0 = time.perf_counter()
             try:
-                encoder.embed(frame)
+                _, version = encoder.embed_with_version(frame)
             except Exception:  # counted: a dropped inference is what this loop exists to expose
                 stats.failures += 1
                 log.exception("embed failed")
             else:
                 stats.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-                stats.calls += 1
+                stats.served(version)
                 if history is not None:
-                    history.called(stats.latencies_ms[-1])
+                    history.called(stats.latencies_ms[-1], version, stats)
             now = time.monotonic()
             if history is not None:
                 history.watch(encoder, stats, now)

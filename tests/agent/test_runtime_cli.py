@@ -64,6 +64,7 @@ def test_policy_loop_keeps_serving_across_a_swap(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     final = _status(status_path)
     assert final["version"] == 2 and final["swaps"] == 1
+    assert (final["first_served_version"], final["last_served_version"], final["served_swaps"]) == (1, 2, 1)
     assert final["failures"] == 0 and final["calls"] > 0 and final["p99_ms"] >= final["p50_ms"] > 0
     lines = [line for line in out.splitlines() if line.startswith("t=")]
     assert lines and "version 2" in lines[-1] and "swaps 1" in lines[-1]
@@ -96,3 +97,20 @@ def test_duration_bounds_the_wait_for_a_first_encoder(tmp_path: Path) -> None:
     assert "waiting for the first encoder" in out and "no encoder was published" in err, (out, err)
     assert err.strip().count("\n") == 0 and "Traceback" not in err
     assert elapsed >= 3.0
+
+
+def test_the_run_line_counts_swaps_between_calls_and_names_a_version_loaded_after_the_last_call() -> None:
+    """The reviewer's run: v4 and v5 were loaded after capture stopped; the line said "on v5 after 4 swap(s)"
+    while summary.md counted 3 swaps and v5 had served nothing."""
+    from agent.commands.run import served
+
+    status = {"exporter": {"exports": 5, "last_export_version": 5},
+              "runtime": {"version": 5, "swaps": 4, "calls": 1995, "failures": 0, "first_served_version": 1,
+                          "last_served_version": 3, "served_swaps": 2}}
+    assert served(status) == ("published 5 version(s) this session (latest v5); the runtime served 1995 call(s) on "
+                              "v1 to v3 (2 swap(s) between calls), 0 failed; v5 was loaded after the last call "
+                              "(no call ran on it)")
+    status["runtime"].update(version=3, first_served_version=3, served_swaps=0)
+    assert served(status).endswith("served 1995 call(s) on v3 (0 swap(s) between calls), 0 failed")
+    status["runtime"].update(first_served_version=None, last_served_version=None, calls=0)
+    assert served(status).endswith("the runtime served no call, 0 failed")
