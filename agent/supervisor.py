@@ -156,8 +156,12 @@ class Supervisor:
             )
         return healthy
 
-    def stop(self) -> dict[str, Optional[int]]:
-        """SIGINT each child in order and wait for it (SIGKILL after its timeout); return exit codes."""
+    def stop(self, report: Callable[[str], None] = lambda line: None,
+             every_s: float = 15.0) -> dict[str, Optional[int]]:
+        """SIGINT each child in order and wait for it (SIGKILL after its timeout); return exit codes.
+
+        `report` gets a line when each child has stopped and every `every_s` while one is still stopping (a trainer's
+        final checkpoint, export and probe can take minutes on a loaded machine)."""
         codes: dict[str, Optional[int]] = {}
         for child in self._children:
             proc = child.proc
@@ -165,13 +169,21 @@ class Supervisor:
                 codes[child.spec.name] = child.exit_codes[-1] if child.exit_codes else None
                 continue
             if proc.poll() is None:
+                began = time.monotonic()
                 proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=child.spec.stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop within %.0f s; killing it", child.spec.name, child.spec.stop_timeout_s)
-                    proc.kill()
-                    proc.wait()
+                while proc.poll() is None:
+                    waited = time.monotonic() - began
+                    if waited >= child.spec.stop_timeout_s:
+                        log.warning("%s did not stop within %.0f s; killing it", child.spec.name, child.spec.stop_timeout_s)
+                        proc.kill()
+                        proc.wait()
+                        break
+                    try:
+                        proc.wait(timeout=min(every_s, child.spec.stop_timeout_s - waited))
+                    except subprocess.TimeoutExpired:
+                        report(f"  waiting for {child.spec.name} to stop ({time.monotonic() - began:.0f} s of at most "
+                               f"{child.spec.stop_timeout_s:.0f} s)")
+                report(f"  {child.spec.name} stopped after {time.monotonic() - began:.0f} s (exit {proc.returncode})")
             codes[child.spec.name] = proc.returncode
         return codes
 
@@ -342,7 +354,7 @@ def supervise(
         if tty:
             print(file=out)
         print("stopping: capture, then trainer (final checkpoint), exporter (final export), runtime", file=out, flush=True)
-        codes = sup.stop()
+        codes = sup.stop(lambda line: print(line, file=out, flush=True))
     print("exit codes: " + ", ".join(f"{k}={v}" for k, v in codes.items()), file=out, flush=True)
     print(format_pipeline_status(read_status(run_dir, since), time.monotonic() - start, sup.restarts), file=out, flush=True)
     return 1 if failed else 0

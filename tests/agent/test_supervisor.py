@@ -56,6 +56,29 @@ def test_a_failing_child_is_restarted_with_backoff_not_in_a_burst(tmp_path: Path
         sup.stop()
 
 
+def test_stopping_says_which_child_it_waits_for_and_when_each_has_stopped(tmp_path: Path) -> None:
+    """A trainer's final checkpoint, export and probe took ~140 s at load with nothing on the console."""
+    import time
+
+    ready = tmp_path / "ready"
+    # Takes ~1.5 s to stop after SIGINT, as a trainer finishing its last checkpoint does (SIGINT unblocked as
+    # agent.cli.main does).
+    script = (f"import pathlib, signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: (time.sleep(1.5), sys.exit(0)))"
+              f"\nsignal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT}})"
+              f"\npathlib.Path({str(ready)!r}).touch()\nwhile True: time.sleep(0.1)")
+    slow = ChildSpec("trainer", [sys.executable, "-c", script], 60.0)
+    sup = Supervisor([slow], tmp_path / "logs", max_restarts=0)
+    sup.start()
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    lines: list[str] = []
+    assert sup.stop(lines.append, every_s=0.3) == {"trainer": 0}
+    assert any(line.startswith("  waiting for trainer to stop (") for line in lines), lines
+    assert lines[-1].startswith("  trainer stopped after ") and lines[-1].endswith(" s (exit 0)"), lines
+
+
 def test_a_status_line_fits_the_terminal_and_keeps_its_end_in_view() -> None:
     # a new user's 200-column tmux showed `... export v1 (refu`: the runtime's swaps never in view (issue 22 review)
     from agent.supervisor import fit_line
