@@ -114,6 +114,8 @@ def _main(argv: Optional[list[str]]) -> int:
         subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
         subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
+    if argv is None:
+        _leave_inherited_realtime(args.command)
     from agent.core.errors import ByolAgentError
 
     try:
@@ -121,6 +123,26 @@ def _main(argv: Optional[list[str]]) -> int:
     except ByolAgentError as exc:
         print(f"byol-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _leave_inherited_realtime(command: str) -> None:
+    """One line when the process inherited real-time scheduling; background jobs leave it (agent/core/scheduling.py)."""
+    from agent.core.scheduling import leave_realtime, realtime_policy
+
+    policy = realtime_policy()
+    if policy is None:
+        return
+    if command == "runtime":
+        print(f"byol-agent runtime: note: running at real-time scheduling ({policy}), as started", file=sys.stderr)
+        return
+    try:
+        leave_realtime()
+    except OSError as exc:
+        print(f"byol-agent {command}: warning: started at real-time scheduling ({policy}) and could not leave it "
+              f"({exc.strerror}); its compute threads can starve the robot's other processes", file=sys.stderr)
+        return
+    print(f"byol-agent {command}: started at real-time scheduling ({policy}), inherited from what started it; "
+          "running at SCHED_OTHER instead (a background job must not starve the robot's processes)", file=sys.stderr)
 
 
 if __name__ == "__main__":
