@@ -29,7 +29,7 @@ from trainer.run_records import (
 
 def summary_markdown(run: RunRecords, plots: list[Path], missing: list[str]) -> str:
     metrics = run.metrics
-    lines = [f"# Run report: {run.run_dir}", ""]
+    lines = [f"# Run report: {run.run_dir}", "", verdict_line(run), ""]
     if any(p.stem == "overview" for p in plots):
         lines += ["![overview](overview.png)", ""]
     lines += ["## Is it learning?", ""]
@@ -109,6 +109,28 @@ def _exports_line(metrics: RunMetrics) -> str:
         for pin, cka in sorted(pinned_cka(last).items()):
             text += f"; version {last['version']} to pinned version {pin}: CKA {cka:.3f}"
     return text
+
+
+def verdict_line(run: RunRecords) -> str:
+    """One line answering "is the encoder getting better?" from the latest eval against its random-init twin and
+    the last embedding std (a collapse outranks any score)."""
+    _, std = run.metrics.series("embedding_std")
+    if len(std) and run.embedding_dim and std[-1] < 0.1 / math.sqrt(run.embedding_dim):
+        return (f"**Verdict: collapsing** (last embedding std {std[-1]:.4f}, healthy ~ "
+                f"{1 / math.sqrt(run.embedding_dim):.4f}): see train.lr, train.tau and the augmentations.")
+    scored = [e for e in run.evals if is_number(e.get("random_knn_top1"))]
+    if not scored:
+        return "**Verdict: not judged**: no eval against a random-init twin was recorded (train.probe_data, or `eval`)."
+    latest = max(scored, key=lambda e: (e["step"] if is_number(e.get("step")) else -1, e.get("time", 0)))
+    gain = latest["knn_top1"] - latest["random_knn_top1"]
+    where = f"version {latest['version']}" if isinstance(latest.get("version"), int) else "the latest state"
+    on = f" on {latest['data']}" if latest.get("data") else ""
+    if gain > 0:
+        return (f"**Verdict: better than random init**: {where} scores kNN {latest['knn_top1']:.3f}{on}, "
+                f"{gain:+.3f} over its random-init twin ({latest['random_knn_top1']:.3f}).")
+    return (f"**Verdict: not better than random init yet**: {where} scores kNN {latest['knn_top1']:.3f}{on}, "
+            f"{gain:+.3f} against its random-init twin ({latest['random_knn_top1']:.3f}); young encoders usually "
+            "need a few hundred steps (benchmarks/RESULTS.md).")
 
 
 def _best_eval_line(evals: list[dict[str, Any]]) -> str:

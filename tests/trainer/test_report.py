@@ -78,6 +78,27 @@ def test_report_writes_pngs_and_summary_with_the_numbers(tmp_path: Path) -> None
     assert "best eval: version 2, kNN top-1 0.740, linear top-1 0.840 (random init: kNN 0.550, linear 0.660)" in summary
     assert "skipped 1 unreadable line" in summary
     assert "trainer starts: 2 (resumed 1), restores after non-finite losses: 1" in summary
+    assert summary.splitlines()[2].startswith("**Verdict: better than random init**: version "), summary
+
+
+def test_the_summary_opens_with_a_one_line_verdict(tmp_path: Path) -> None:
+    """The reviewer's summary.md gave the scores but no answer; the verdict comes from the latest scored eval and a
+    collapse outranks any score."""
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def verdict(rows: list[dict]) -> str:
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return write_report(run, tmp_path / "out").summary.read_text().splitlines()[2]
+
+    train = [{"step": s, "loss": 1.0, "embedding_std": 0.2} for s in range(0, 50, 10)]
+    probe = {"event": "eval", "step": 40, "version": 2, "knn_top1": 0.30, "random_knn_top1": 0.35, "data": "digits"}
+    assert verdict(train) .startswith("**Verdict: not judged**")
+    assert verdict([*train, probe]) == (
+        "**Verdict: not better than random init yet**: version 2 scores kNN 0.300 on digits, -0.050 against its "
+        "random-init twin (0.350); young encoders usually need a few hundred steps (benchmarks/RESULTS.md).")
+    assert verdict([*train, {**probe, "knn_top1": 0.45}]).startswith(
+        "**Verdict: better than random init**: version 2 scores kNN 0.450 on digits, +0.100 over")
 
 
 def test_report_plots_what_exists_and_names_the_rest(tmp_path: Path) -> None:
