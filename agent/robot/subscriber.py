@@ -20,7 +20,8 @@ from agent.core.wire import MAX_SIDE, Frame, WireError, decode_frame, peek_camer
 from agent.core.worker import Worker
 from agent.robot.curve import WireSecurity
 from agent.robot.source_base import FrameSource
-from agent.robot.transport import PLAIN, Inbox, connect_socket, validate_endpoint
+from agent.robot.endpoints import connect_socket, validate_endpoint
+from agent.robot.transport import PLAIN, Inbox
 
 SUB_HWM = 16  # messages libzmq queues for a latest-frame subscriber's drain thread, which empties it at once
 MAX_CAMERAS = 32  # cameras a latest-frame subscriber keeps a frame of; frames of more are dropped and counted
