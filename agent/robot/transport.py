@@ -14,8 +14,8 @@ it to one peer only, and the other ranks would wait forever. Each socket keeps i
 
 Latest-frame consumers subscribe to the PUB and keep the newest frame of each camera
 (`agent/robot/subscriber.py`, `LatestFrameSubscriber`); the PUB queues at most `PUB_HWM` frames per subscriber
-and, as ZeroMQ does, drops the newest past that: a burst larger than that, or a link slower than the cameras, loses frames
-until there is room again.
+and, as ZeroMQ does, drops the newest past that: a burst larger than that, or a link slower than the cameras,
+loses frames until there is room again.
 Neither side uses ZMQ_CONFLATE: it keeps one message across all cameras, so a subscriber to all of them
 saw only the camera sent last (see `LatestFrameSubscriber`).
 
