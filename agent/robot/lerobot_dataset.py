@@ -30,7 +30,7 @@ import numpy as np
 
 from agent.core.config import CaptureConfig
 from agent.core.errors import SourceError
-from agent.robot.source_base import FrameSource, SourceExhausted
+from agent.robot.source_base import RecordingSource, SourceExhausted
 
 if TYPE_CHECKING:
     import av
@@ -220,7 +220,7 @@ def _episodes_v3(root: Path, info: dict[str, Any], key: str) -> list[Episode]:
     return [episodes[i] for i in sorted(episodes)]
 
 
-class LeRobotSource(FrameSource):
+class LeRobotSource(RecordingSource):
     """One camera key of a LeRobot dataset: its episodes' frames in episode order; finite unless `loop`.
 
     `media_time_s` is episode-aware (`EPISODE_GAP_S`). `start_at(n)` skips n frames: whole episodes by their
@@ -251,15 +251,6 @@ class LeRobotSource(FrameSource):
         self._frames: Optional[Iterator[tuple[int, float, np.ndarray]]] = None
         self._position = 0  # frames delivered in this pass (plus those start_at skipped): where a reopen resumes
         self._pending: Optional[np.ndarray] = None
-        self._media_time: Optional[float] = None
-
-    @property
-    def finite(self) -> bool:
-        return not self.loop
-
-    @property
-    def media_time_s(self) -> Optional[float]:
-        return self._media_time
 
     @property
     def frame_count(self) -> Optional[int]:

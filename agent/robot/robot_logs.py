@@ -40,7 +40,7 @@ from agent.robot.robot_log_images import (
     stamp_ns,
 )
 from agent.robot.robot_log_readers import LogFile, LogMessage, log_format
-from agent.robot.source_base import FrameSource, SourceExhausted
+from agent.robot.source_base import RecordingSource, SourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _unreadable(path: str, fmt: str, exc: BaseException) -> SourceError:
     return SourceError(f"robot log '{path}' cannot be read: {_reason(exc)}{hint}")
 
 
-class RobotLogSource(FrameSource):
+class RobotLogSource(RecordingSource):
     """One image topic of a robot log (`LOG#TOPIC`): finite unless `loop`; `media_time_s` is the log's clock.
 
     `frame_count` is the topic's message count where the log's index says it. `skipped` counts messages
@@ -188,16 +188,7 @@ class RobotLogSource(FrameSource):
         self._start = 0  # deliverable messages to skip at the first connect
         self._position = 0  # deliverable messages consumed in this pass: where a reconnect resumes
         self._delivered = 0
-        self._media_time: Optional[float] = None
         self._warned: set[str] = set()
-
-    @property
-    def finite(self) -> bool:
-        return not self.loop
-
-    @property
-    def media_time_s(self) -> Optional[float]:
-        return self._media_time
 
     @property
     def frame_count(self) -> Optional[int]:
