@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, TextIO
+from typing import TYPE_CHECKING, Optional, TextIO, cast
 
 from agent.core.config import CaptureConfig, Config, Pace, dump_config
 from agent.core.errors import ByolAgentError, SourceError
@@ -231,9 +231,10 @@ class ReplayPlan:
     @property
     def total_frames(self) -> Optional[int]:
         """Frames still to read in this session (before the novelty gate); None when a count is unknown."""
-        if any(c is None for c in self.counts):
+        known = [c for c in self.counts if c is not None]
+        if len(known) < len(self.counts):
             return None
-        return sum(max(0, c - d) for c, d in zip(self.counts, [*self.delivered, *[0] * len(self.counts)]))
+        return sum(max(0, c - d) for c, d in zip(known, [*self.delivered, *[0] * len(known)]))
 
     @property
     def total_steps(self) -> Optional[int]:
@@ -360,7 +361,8 @@ class ReplayProgress(Worker):
         moved = []
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream in (self._stream, sys.__stderr__):
-                moved.append((handler, handler.setStream(_ErasingLine(self._stream))))
+                old = handler.setStream(_ErasingLine(self._stream))  # the stream it replaced (a new object: never None)
+                moved.append((handler, cast(TextIO, old)))
         return moved
 
     def close(self) -> None:

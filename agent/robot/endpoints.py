@@ -62,7 +62,7 @@ def validate_endpoints(endpoints: Union[str, Sequence[str]], *, bind: bool) -> t
 def check_bindable(endpoint: str) -> None:
     """EndpointError (one line) unless `endpoint` can be bound now (tried with a throw-away socket and
     released at once): catches a port in use before several processes are started to bind it."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     sock = ctx.socket(zmq.PULL)
     try:
         bind_socket(sock, endpoint)

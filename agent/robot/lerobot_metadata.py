@@ -142,8 +142,8 @@ def _episodes_v2(root: Path, info: dict[str, Any], key: str) -> list[Episode]:
 
 
 def _episodes_v3(root: Path, info: dict[str, Any], key: str) -> list[Episode]:
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     files = sorted((root / EPISODES_DIR).glob("**/*.parquet"))
     if not files:

@@ -176,6 +176,7 @@ class VideoFileSource(RecordingSource, _OpenCVSource):
         if not self.path.is_file() or not os.access(self.path, os.R_OK):
             raise SourceError(f"{self.name} is not a readable file")
         super().connect()
+        assert self._cap is not None  # opened by connect (it raises otherwise)
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self._reported = int(count) if math.isfinite(count) and count > 0 else 0
         if self._position:

@@ -89,7 +89,9 @@ def message_to_rgb(msg: Any) -> np.ndarray:
         data=data,
         is_bigendian=int(getattr(msg, "is_bigendian", 0) or 0),
     )
-    return np.ascontiguousarray(image_to_cvimage(unpadded, "rgb8"))  # OpenCV's conversions, 16 bit scaled to 8
+    # a namespace with the Image fields it reads (duck-typed; its stub names the ROS message class)
+    rgb = image_to_cvimage(unpadded, "rgb8")  # type: ignore[arg-type]
+    return np.ascontiguousarray(rgb)  # OpenCV's conversions, 16 bit scaled to 8
 
 
 def stamp_ns(msg: Any) -> int:

@@ -269,4 +269,8 @@ def _rosbags_messages(path: str, topic: str) -> Iterator[LogMessage]:
     with AnyReader([Path(path)]) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
         for conn, timestamp, raw in reader.messages(connections=conns):
-            yield LogMessage(timestamp, raw, lambda data, msgtype=conn.msgtype: reader.deserialize(data, msgtype))
+
+            def decode(data: Any, msgtype: str = conn.msgtype) -> Any:
+                return reader.deserialize(data, msgtype)
+
+            yield LogMessage(timestamp, raw, decode)

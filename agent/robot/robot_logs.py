@@ -95,8 +95,9 @@ def log_camera_specs(spec: str, options: Optional[RobotLogOptions] = None) -> li
         topics = LogFile(path, fmt).image_topics()
     except Exception as exc:
         raise _unreadable(path, fmt, exc) from None
-    chosen = options is not None and bool(options.topics)
-    wanted = list(options.topics) if chosen else sorted(topics)
+    named = list(options.topics) if options is not None else []
+    chosen = bool(named)
+    wanted = named if chosen else sorted(topics)
     missing = [t for t in wanted if t not in topics]
     if missing:
         raise SourceError(

@@ -83,10 +83,12 @@ class LatestFrameSubscriber(Inbox):
         """The newest frame not yet returned of the camera returned longest ago, waiting up to `timeout_s`
         (None = forever) for one; None on timeout. Re-raises an error that stopped the drain thread."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        drain = self._drain
+        assert drain is not None  # started by __init__ (which raises otherwise)
         while True:
             with self._ready:
                 while not self._newest:
-                    self._drain.check()
+                    drain.check()
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return None

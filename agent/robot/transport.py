@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -44,6 +44,7 @@ from zmq.utils.monitor import recv_monitor_message
 from agent.core.backoff import worth_logging
 from agent.core.wire import (
     MAX_SIDE,
+    Buffer,
     EndOfStream,
     Frame,
     FrameEncoder,
@@ -55,6 +56,9 @@ from agent.core.wire import (
 )
 from agent.robot.curve import REFUSED_EVENTS, WireSecurity
 from agent.robot.endpoints import bind_socket, connect_socket, validate_endpoint, validate_endpoints
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +124,7 @@ class FrameSender:
         self._encoder = FrameEncoder()
         self._ctx = zmq.Context(io_threads=1)
         self._pub: Optional[zmq.Socket] = None
-        self._auth = None
+        self._auth: Optional[ThreadAuthenticator] = None
         self._pushes: list[zmq.Socket] = []
         self._writable = zmq.Poller()
         try:
@@ -252,7 +256,8 @@ class Inbox:
     """Receiving half shared by the PULL and SUB readers: poll, decode, count and drop garbage."""
 
     endpoint: str
-    _decode = staticmethod(decode_frame)  # what a message may be: a frame (the trainer's PULL also takes end-of-stream)
+    # what a message may be: a frame (the trainer's PULL also takes end-of-stream)
+    _decode: Callable[[Buffer, int], Union[Frame, EndOfStream]] = staticmethod(decode_frame)
 
     def __init__(self, kind: int, max_side: int) -> None:
         if not 0 < max_side <= MAX_SIDE:
@@ -261,7 +266,7 @@ class Inbox:
         self._last_error: Optional[str] = None
         self._max_side = max_side
         self._ctx = zmq.Context(io_threads=1)
-        self._auth = None
+        self._auth: Optional[ThreadAuthenticator] = None
         self._monitor: Optional[zmq.Socket] = None
         self._sock = self._ctx.socket(kind)
         self._sock.setsockopt(zmq.LINGER, 0)

@@ -101,6 +101,7 @@ class VersionWatcher(Worker):
         if name is None or name == (current.name if current else None):
             return None
         version = parse_version(name)
+        assert version is not None  # read_latest accepts only an encoder-NNNNNN.json name
         signature = (
             name,
             file_stamp(self.export_dir / name),
