@@ -43,6 +43,19 @@ from export.sessions import resolve_providers
 log = logging.getLogger(__name__)
 
 
+def record_pin(export_dir: Path, version: int) -> None:
+    """Write the pin marker of `version` (export.pins): retention keeps the maps into its space."""
+    try:
+        write_pin(export_dir, version)
+    except OSError as exc:  # e.g. a read-only copy of the exports: serving works, retention is not told
+        log.warning(
+            "pin of version %d not recorded in %s (%s): retention may remove its maps",
+            version,
+            export_dir,
+            exc.strerror or exc,
+        )
+
+
 class HotEncoder:
     """Serves `embed()` from the newest verified export in `export_dir`, hot-swapping as new ones appear."""
 
@@ -68,7 +81,7 @@ class HotEncoder:
         self._pin_lock = threading.Lock()  # held by the watcher from attaching a map to swapping, and by repin
         if compatible_with is not None:
             check_pinnable(self.export_dir, compatible_with)
-            self._record_pin(compatible_with)
+            record_pin(self.export_dir, compatible_with)
         self._providers = resolve_providers(providers)
         self._current: Optional[Loaded] = None
         self._stop = threading.Event()
@@ -118,9 +131,7 @@ class HotEncoder:
 
     def embed_with_version(self, frames: np.ndarray) -> tuple[np.ndarray, int]:
         """Like `embed`, plus the version that computed it (for logging which model acted)."""
-        loaded = self._current  # one reference read: the whole call runs on this version
-        if loaded is None:
-            raise ModelFileError("HotEncoder is closed")
+        loaded = self._serving()  # one reference read: the whole call runs on this version
         spec = loaded.manifest.input
         x = spec.prepare(as_frame_batch(frames))
         if loaded.max_batch is not None and len(x) > loaded.max_batch:  # beyond TensorRT's engine: no rebuild here
@@ -148,12 +159,10 @@ class HotEncoder:
         another runtime may still serve it: delete its file once none does). ModelFileError (pin
         unchanged) when the serving version cannot be mapped into `version`'s space."""
         with self._pin_lock:
-            current = self._current
-            if current is None:
-                raise ModelFileError("HotEncoder is closed")
+            current = self._serving()
             mapping = None if version is None else compose_to(self.export_dir, current.manifest.version, version)
             if version is not None:
-                self._record_pin(version)
+                record_pin(self.export_dir, version)
             old, self._pin = self._pin, version
             self._current = replace(current, mapping=mapping)
         # The old pin file stays: another runtime may still serve that version's space (pins are per
@@ -168,38 +177,18 @@ class HotEncoder:
             else "",
         )
 
-    def _record_pin(self, version: int) -> None:
-        try:
-            write_pin(self.export_dir, version)
-        except OSError as exc:  # e.g. a read-only copy of the exports: serving works, retention is not told
-            log.warning(
-                "pin of version %d not recorded in %s (%s): retention may remove its maps",
-                version,
-                self.export_dir,
-                exc.strerror or exc,
-            )
-
     @property
     def version(self) -> int:
         """Version now serving."""
-        loaded = self._current
-        if loaded is None:
-            raise ModelFileError("HotEncoder is closed")
-        return loaded.manifest.version
+        return self._serving().manifest.version
 
     @property
     def manifest(self) -> dict[str, Any]:
-        loaded = self._current
-        if loaded is None:
-            raise ModelFileError("HotEncoder is closed")
-        return loaded.manifest.raw
+        return self._serving().manifest.raw
 
     @property
     def output_dim(self) -> int:
-        loaded = self._current
-        if loaded is None:
-            raise ModelFileError("HotEncoder is closed")
-        return loaded.manifest.output_dim
+        return self._serving().manifest.output_dim
 
     @property
     def failed_loads(self) -> int:
@@ -229,6 +218,13 @@ class HotEncoder:
             watcher.stop(timeout_s)  # (not joined when closed from the watcher's own thread: an on_swap)
         self._current = None
 
+    def _serving(self) -> Loaded:
+        """The version serving now (one read of the reference); ModelFileError once closed."""
+        loaded = self._current
+        if loaded is None:
+            raise ModelFileError("HotEncoder is closed")
+        return loaded
+
     def __enter__(self) -> "HotEncoder":
         return self
 
@@ -255,12 +251,4 @@ class HotEncoder:
         self._first.set()
         was = "first version served" if old_version is None else f"swapped from version {old_version}"
         log.info("serving encoder version %d (%s; loaded in %.2f s)", loaded.manifest.version, was, load_s)
-        return SwapEvent(
-            old_version=old_version,
-            new_version=loaded.manifest.version,
-            step=loaded.manifest.step,
-            output_dim=loaded.manifest.output_dim,
-            load_s=load_s,
-            manifest=loaded.manifest.raw,
-            compatible_with=self._pin,
-        )
+        return SwapEvent.of(loaded, old_version, load_s, self._pin)

@@ -40,6 +40,12 @@ class SwapEvent:
     manifest: dict[str, Any]
     compatible_with: Optional[int] = None  # the pinned version whose space embeddings are served in
 
+    @classmethod
+    def of(cls, loaded: Loaded, old_version: Optional[int], load_s: float, pin: Optional[int]) -> "SwapEvent":
+        """The event of `loaded` starting to serve after `old_version` (None: the first), in `pin`'s space."""
+        manifest = loaded.manifest
+        return cls(old_version, manifest.version, manifest.step, manifest.output_dim, load_s, manifest.raw, pin)
+
 
 class VersionWatcher(Worker):
     """Polls `export_dir` for new versions and installs them through its owner.
