@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, TextIO
+from typing import TYPE_CHECKING, Optional, TextIO, cast
 
 from agent.core.config import CaptureConfig, Config, Pace, dump_config
 from agent.core.errors import ByolAgentError, SourceError
@@ -69,8 +69,7 @@ class ReplayCapture:
     def __init__(self, config_path: Path, pace: Pace, log_dir: Path) -> None:
         self._config_path, self._pace, self._log_dir = config_path, pace, log_dir
         self._supervisor: Optional[Supervisor] = None
-        self._watcher: Optional[threading.Thread] = None
-        self._stopping = threading.Event()
+        self._watcher: Optional[_CaptureWatch] = None
         self.done = threading.Event()
         self.failure: Optional[str] = None
 
@@ -84,33 +83,43 @@ class ReplayCapture:
         spec = ChildSpec("replay-capture", argv, stop_timeout_s=CAPTURE_STOP_TIMEOUT_S)
         self._supervisor = Supervisor([spec], self._log_dir, max_restarts=0)
         self._supervisor.start()
-        self._watcher = threading.Thread(target=self._watch, name="replay-capture-watch", daemon=True)
+        self._watcher = _CaptureWatch(self, self._supervisor)
         self._watcher.start()
-
-    def _watch(self) -> None:
-        """The supervisor's only user until `stop`: polls it until the child has exited."""
-        while not self._stopping.wait(WATCH_EVERY_S):
-            if not self._supervisor.check(self._on_report):
-                self.failure = self._last_report
-            if self._supervisor.finished:
-                self.done.set()
-                return
-
-    def _on_report(self, message: str) -> None:
-        self._last_report = message
-        log.info("%s", message)
 
     def stop(self) -> None:
         """SIGINT (capture stops cleanly), then SIGKILL if it is still there after a grace period."""
         if self._supervisor is None:
             return
-        self._stopping.set()
         if self._watcher is not None:
-            self._watcher.join()
+            self._watcher.stop(timeout_s=None)  # out of its last look before the supervisor is used here
         codes = self._supervisor.stop()
         code = codes.get("replay-capture")
         if self.failure is None and code not in (None, 0, 130):  # it failed after the watcher's last look
             self.failure = f"replay-capture exited with code {code} (see {self._log_dir / 'replay-capture.log'})"
+
+
+class _CaptureWatch(Worker):
+    """The supervisor's only user until `ReplayCapture.stop`: polls it until the child has exited, then sets
+    `done` (and `failure` when a report said the child failed)."""
+
+    def __init__(self, capture: ReplayCapture, supervisor: Supervisor) -> None:
+        super().__init__("replay-capture-watch")
+        self._capture, self._supervisor = capture, supervisor
+        self._last_report: Optional[str] = None
+
+    def loop_once(self) -> Optional[bool]:
+        if self.stop_event.wait(WATCH_EVERY_S):
+            return False
+        if not self._supervisor.check(self._on_report):
+            self._capture.failure = self._last_report
+        if self._supervisor.finished:
+            self._capture.done.set()
+            return False
+        return True
+
+    def _on_report(self, message: str) -> None:
+        self._last_report = message
+        log.info("%s", message)
 
 
 def replay(
@@ -222,9 +231,10 @@ class ReplayPlan:
     @property
     def total_frames(self) -> Optional[int]:
         """Frames still to read in this session (before the novelty gate); None when a count is unknown."""
-        if any(c is None for c in self.counts):
+        known = [c for c in self.counts if c is not None]
+        if len(known) < len(self.counts):
             return None
-        return sum(max(0, c - d) for c, d in zip(self.counts, [*self.delivered, *[0] * len(self.counts)]))
+        return sum(max(0, c - d) for c, d in zip(known, [*self.delivered, *[0] * len(known)]))
 
     @property
     def total_steps(self) -> Optional[int]:
@@ -351,7 +361,8 @@ class ReplayProgress(Worker):
         moved = []
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream in (self._stream, sys.__stderr__):
-                moved.append((handler, handler.setStream(_ErasingLine(self._stream))))
+                old = handler.setStream(_ErasingLine(self._stream))  # the stream it replaced (a new object: never None)
+                moved.append((handler, cast(TextIO, old)))
         return moved
 
     def close(self) -> None:

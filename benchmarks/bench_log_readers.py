@@ -2,7 +2,7 @@
 
 One rosbag2 folder (mcap storage, written by rosbags' own writer) of N 640x480 `sensor_msgs/msg/Image` (rgb8)
 and N `sensor_msgs/msg/CompressedImage` (JPEG); both libraries read the same .mcap file inside it, decode the
-CDR messages and turn them into RGB arrays with the same conversion (agent/robot/robot_logs.py's
+CDR messages and turn them into RGB arrays with the same conversion (agent/robot/robot_log_images.py's
 `message_to_rgb`). Prints messages/s for each and the ratio mcap / rosbags, raw and JPEG apart, with and
 without the pixel conversion (which costs the same for both).
 
@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.core.image_codecs import encode_jpeg  # noqa: E402
-from agent.robot.robot_logs import message_to_rgb  # noqa: E402
+from agent.robot.robot_log_images import message_to_rgb  # noqa: E402
 
 
 def write_bag(folder: Path, n: int) -> Path:

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent.core.errors import ConfigError  # noqa: E402
-from agent.robot.runtime import HotEncoder, SwapEvent  # noqa: E402
+from agent.robot.runtime import HotEncoder  # noqa: E402
+from agent.robot.version_watcher import SwapEvent  # noqa: E402
 from bench_swap import demo_frames, publish, stage_versions  # noqa: E402
 from export.publish import Publisher  # noqa: E402
 from export.sessions import resolve_providers  # noqa: E402

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from agent.commands._common import config_from_args, lock_run_dir
+from agent.core.config import Pace
 from agent.commands.train import configure_logging
 from agent.supervisor import StopFlag
 
@@ -47,5 +48,5 @@ def main(args: argparse.Namespace) -> int:
 
     counts = check_recordings(videos, cfg.capture)  # a bad recording is refused before the run dir is even made
     with lock_run_dir(run_dir, "replay", cfg):
-        pace = "realtime" if args.pace == "timestamps" else args.pace
+        pace: Pace = "realtime" if args.pace == "timestamps" else args.pace
         return replay(cfg, videos, run_dir, pace=pace, stop=stop.event, frame_counts=counts)

@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
 def check_ports(cfg: Config) -> None:
     """EndpointError (one line) naming the first TCP port `run`'s children would bind that is in use now
     (usually another `run` on the default ports), and how to pick others."""
-    from agent.robot.transport import check_bindable
+    from agent.robot.endpoints import check_bindable
 
     binds = [("wire.endpoint", cfg.wire.endpoints[0] if cfg.wire.endpoints else cfg.wire.endpoint),
              ("wire.publish", cfg.wire.publish)]

@@ -126,8 +126,8 @@ def _texture(rng: np.random.Generator, kind: str, s: int, colours: np.ndarray) -
         n = int(rng.integers(3, 6))
         pick = ((xs * n).astype(int) + (ys * n).astype(int)) % 2 == 0
     elif kind == "dots":
-        n = rng.uniform(3, 5)
-        pick = ((xs * n) % 1 - 0.5) ** 2 + ((ys * n) % 1 - 0.5) ** 2 < 0.08
+        spacing = rng.uniform(3, 5)
+        pick = ((xs * spacing) % 1 - 0.5) ** 2 + ((ys * spacing) % 1 - 0.5) ** 2 < 0.08
     elif kind == "radial":
         weight = np.clip(np.hypot(xs - 0.5, ys - 0.5) * 2, 0, 1)[..., None]
         return colours[0] * (1 - weight) + colours[1] * weight

@@ -136,7 +136,7 @@ def _header(frame: Frame, jpeg_quality: Optional[int]) -> tuple[bytes, Optional[
 def encode_frame(frame: Frame, jpeg_quality: Optional[int] = None) -> bytes:
     """Serialise a frame; `jpeg_quality` (1–100) sends JPEG instead of raw RGB."""
     header, jpeg = _header(frame, jpeg_quality)
-    payload = memoryview(np.ascontiguousarray(frame.image)).cast("B") if jpeg is None else jpeg
+    payload = np.ascontiguousarray(frame.image).data.cast("B") if jpeg is None else jpeg
     return b"".join((header, payload))
 
 
@@ -159,7 +159,7 @@ class FrameEncoder:
         view = memoryview(self._buf)[:size]
         view[:HEADER_SIZE] = header
         if jpeg is None and frame.image.flags.c_contiguous:
-            view[HEADER_SIZE:] = memoryview(frame.image).cast("B")
+            view[HEADER_SIZE:] = frame.image.data.cast("B")
         elif jpeg is None:
             slot = np.frombuffer(self._buf, np.uint8, count=frame.image.nbytes, offset=HEADER_SIZE)
             slot.reshape(frame.image.shape)[...] = frame.image
@@ -214,7 +214,7 @@ def decode_message(buf: Buffer, max_side: int = MAX_SIDE) -> Union[Frame, EndOfS
     if encoding == ENCODING_RAW:
         if length != height * width * channels:
             raise WireError(f"raw payload of {length} bytes does not hold a {height}x{width}x{channels} image")
-        image = np.frombuffer(payload, dtype=np.uint8).reshape(height, width, channels)
+        image: np.ndarray = np.frombuffer(payload, dtype=np.uint8).reshape(height, width, channels)
     else:
         try:
             declared = jpeg_size(payload)
@@ -222,9 +222,10 @@ def decode_message(buf: Buffer, max_side: int = MAX_SIDE) -> Union[Frame, EndOfS
             raise WireError(f"JPEG payload is malformed: {exc}") from None
         if declared != (height, width):
             raise WireError(f"JPEG declares {declared[0]}x{declared[1]}, header says {height}x{width}")
-        image = decode_jpeg(payload, channels)
-        if image is None:
+        decoded = decode_jpeg(payload, channels)
+        if decoded is None:
             raise WireError("JPEG payload cannot be decoded")
+        image = decoded
         if image.shape != (height, width, channels):
             raise WireError(f"JPEG decodes to {image.shape}, header says {(height, width, channels)}")
     return Frame(camera_id=camera_id, seq=seq, timestamp=timestamp, image=image)

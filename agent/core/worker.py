@@ -3,7 +3,8 @@
 The pattern of huey's consumer (`huey/consumer.py`, `BaseProcess` → `Worker`): a subclass says what
 one turn of its loop does and what it sets up and tears down; this class owns the thread, the stop
 event and the error. A worker is used by capture's source readers (agent/robot/capture.py), the
-trainer's ingest thread (trainer/ingest.py) and the background ONNX exporter (export/exporter.py).
+trainer's ingest thread (trainer/ingest.py), the background ONNX exporter (export/exporter.py), the
+runtime's version watcher (agent/robot/version_watcher.py) and replay's progress line (agent/replay.py).
 
 Rules every worker keeps:
 - `loop_once()` runs until the stop event is set or it returns False (its work is done: a source
@@ -99,6 +100,8 @@ class Worker:
         """Wait up to `timeout_s` for the thread to end (logged when it does not); True once it has."""
         if self._thread.ident is None:  # never started
             return True
+        if self._thread is threading.current_thread():  # stopped from its own thread (a callback it runs): it
+            return False  # ends when that callback returns and the loop sees the stop event; never join oneself
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.warning("%s did not stop within %.1f s (blocked in a device or system call?)", self.name, timeout_s or 0.0)

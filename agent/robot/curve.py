@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # tcp://HOST:PORT (HOST a name, an IPv4 address or a bracketed IPv6 one; PORT a number or '*'):
-# the one parser of tcp endpoints, shared with agent/robot/transport.validate_endpoint.
+# the one parser of tcp endpoints, shared with agent/robot/endpoints.validate_endpoint.
 TCP_ENDPOINT = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\*|\d+)$")
 # Handshake failures a server socket reports: no/foreign mechanism (a sender without keys), or ZAP said no.
 REFUSED_EVENTS = (

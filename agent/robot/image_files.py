@@ -12,7 +12,7 @@ import numpy as np
 
 from agent.core.errors import SourceError
 from agent.core.image_codecs import bgr_to_rgb, read_image_bgr
-from agent.robot.source_base import FrameSource, SourceExhausted
+from agent.robot.source_base import RecordingSource, SourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def unique_files(paths: list[str]) -> list[str]:
     return out
 
 
-class ImageFilesSource(FrameSource):
+class ImageFilesSource(RecordingSource):
     """Still images from a folder (searched recursively) or a glob pattern, in sorted path order.
 
     With `shuffle`, each pass goes through the files in a new random order (seeded, so a run
@@ -95,10 +95,6 @@ class ImageFilesSource(FrameSource):
         self._count: Optional[int] = None  # files found at the last connect (kept after disconnect: replay's plan)
         self._index = 0
         self.delivered = 0
-
-    @property
-    def finite(self) -> bool:
-        return not self.loop
 
     def _list(self) -> list[str]:
         if self._is_glob:

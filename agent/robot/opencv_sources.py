@@ -14,7 +14,7 @@ import numpy as np
 
 from agent.core.errors import SourceError
 from agent.core.image_codecs import bgr_to_rgb
-from agent.robot.source_base import FrameSource, SourceExhausted
+from agent.robot.source_base import FrameSource, RecordingSource, SourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class StreamSource(_OpenCVSource):
         return f"{self.name} cannot be opened (unreachable, wrong path, or unsupported format)"
 
 
-class VideoFileSource(_OpenCVSource):
+class VideoFileSource(RecordingSource, _OpenCVSource):
     """A recorded video; finite unless `loop`. Reopening resumes where it was lost.
 
     A frame that does not decode (a damaged chunk) is skipped, counted in `skipped` and logged (the
@@ -169,15 +169,6 @@ class VideoFileSource(_OpenCVSource):
         self._reported = 0  # the frame count the container reports; 0 = unknown
         self._warned_short = False
         self._pending: Optional[np.ndarray] = None
-        self._media_time: Optional[float] = None
-
-    @property
-    def finite(self) -> bool:
-        return not self.loop
-
-    @property
-    def media_time_s(self) -> Optional[float]:
-        return self._media_time
 
     def connect(self) -> None:
         if not self.path.exists():
@@ -185,6 +176,7 @@ class VideoFileSource(_OpenCVSource):
         if not self.path.is_file() or not os.access(self.path, os.R_OK):
             raise SourceError(f"{self.name} is not a readable file")
         super().connect()
+        assert self._cap is not None  # opened by connect (it raises otherwise)
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self._reported = int(count) if math.isfinite(count) and count > 0 else 0
         if self._position:

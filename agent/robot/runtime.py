@@ -9,7 +9,8 @@ version is served mapped into P's space through the maps the exporter stored bes
 a bias. A version whose chain down to P is broken (map missing, corrupt, past the pin) is refused
 like a broken file; `repin(V)` moves the pin once the head has been refit on V.
 
-A watcher thread polls `LATEST`. A new version is loaded entirely off the serving path by a
+A watcher (agent/robot/version_watcher.py, a `Worker`) polls `LATEST`. A new version is loaded entirely off the
+serving path by a
 `VersionLoader` (agent/robot/version_loader.py: hash check, session from the very file checked,
 warm-up, same output dimension as the one serving, at most two sessions resident).
 The swap replaces one reference to an immutable (session, manifest) pair; a call in flight holds
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import traceback
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -34,26 +33,27 @@ import numpy as np
 
 from agent.core.errors import ModelFileError
 from agent.core.frames import as_frame_batch
-from agent.robot.version_loader import Loaded, VersionLoader, file_stamp
-from export.map_files import compose_to, map_filename
+from agent.robot.version_loader import Loaded, VersionLoader
+from agent.robot.version_watcher import SwapEvent, VersionWatcher
+from export.manifest import LATEST_NAME
+from export.map_files import compose_to
 from export.pins import check_pinnable, pin_path, write_pin
-from export.manifest import LATEST_NAME, Manifest, manifest_filename, model_filename, parse_version, read_latest
 from export.sessions import resolve_providers
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SwapEvent:
-    """Passed to `on_swap` each time a new version starts serving (old_version is None for the first)."""
-
-    old_version: Optional[int]
-    new_version: int
-    step: int
-    output_dim: int
-    load_s: float
-    manifest: dict[str, Any]
-    compatible_with: Optional[int] = None  # the pinned version whose space embeddings are served in
+def record_pin(export_dir: Path, version: int) -> None:
+    """Write the pin marker of `version` (export.pins): retention keeps the maps into its space."""
+    try:
+        write_pin(export_dir, version)
+    except OSError as exc:  # e.g. a read-only copy of the exports: serving works, retention is not told
+        log.warning(
+            "pin of version %d not recorded in %s (%s): retention may remove its maps",
+            version,
+            export_dir,
+            exc.strerror or exc,
+        )
 
 
 class HotEncoder:
@@ -81,24 +81,35 @@ class HotEncoder:
         self._pin_lock = threading.Lock()  # held by the watcher from attaching a map to swapping, and by repin
         if compatible_with is not None:
             check_pinnable(self.export_dir, compatible_with)
-            self._record_pin(compatible_with)
-        self._poll_interval_s = poll_interval_s
-        self._on_swap = on_swap
+            record_pin(self.export_dir, compatible_with)
         self._providers = resolve_providers(providers)
         self._current: Optional[Loaded] = None
         self._stop = threading.Event()
-        self._loader = VersionLoader(self.export_dir, self._providers, threads, self._stop, trt_fp16=trt_fp16,
-                                     trt_cache=Path(trt_cache) if trt_cache is not None else None)
+        self._loader = VersionLoader(
+            self.export_dir,
+            self._providers,
+            threads,
+            self._stop,
+            trt_fp16=trt_fp16,
+            trt_cache=Path(trt_cache) if trt_cache is not None else None,
+        )
         self._first = threading.Event()
-        self._failed_signature: Optional[tuple] = None
         self.swaps = 0
-        self.failed_loads = 0
-        self.last_error: Optional[str] = None
-        self._notify(self._poll_once())
+        self._watcher = VersionWatcher(
+            self.export_dir,
+            self._loader,
+            poll_interval_s=poll_interval_s,
+            stop_event=self._stop,
+            serving=lambda: self._current,
+            pin=lambda: self._pin,
+            attach=self._attach,
+            install=self._install,
+            on_swap=on_swap,
+        )
+        self._watcher.notify(self._watcher.poll_once())
         if self._current is None and not wait:
             reason = self.last_error or f"nothing published yet ({self.export_dir / LATEST_NAME} is missing)"
             raise ModelFileError(f"no servable encoder in {self.export_dir}: {reason}")
-        self._watcher = threading.Thread(target=self._watch, name="hot-encoder-watcher", daemon=True)
         self._watcher.start()
         if self._current is None and not self._wait_first(timeout_s):
             self.close()
@@ -120,15 +131,15 @@ class HotEncoder:
 
     def embed_with_version(self, frames: np.ndarray) -> tuple[np.ndarray, int]:
         """Like `embed`, plus the version that computed it (for logging which model acted)."""
-        loaded = self._current  # one reference read: the whole call runs on this version
-        if loaded is None:
-            raise ModelFileError("HotEncoder is closed")
+        loaded = self._serving()  # one reference read: the whole call runs on this version
         spec = loaded.manifest.input
         x = spec.prepare(as_frame_batch(frames))
         if loaded.max_batch is not None and len(x) > loaded.max_batch:  # beyond TensorRT's engine: no rebuild here
             step = loaded.max_batch
-            parts = [loaded.session.run([loaded.manifest.output_name], {spec.name: x[i : i + step]})[0]
-                     for i in range(0, len(x), step)]
+            parts = [
+                loaded.session.run([loaded.manifest.output_name], {spec.name: x[i : i + step]})[0]
+                for i in range(0, len(x), step)
+            ]
             out = np.concatenate(parts)
         else:
             out = loaded.session.run([loaded.manifest.output_name], {spec.name: x})[0]
@@ -148,49 +159,46 @@ class HotEncoder:
         another runtime may still serve it: delete its file once none does). ModelFileError (pin
         unchanged) when the serving version cannot be mapped into `version`'s space."""
         with self._pin_lock:
-            current = self._current
-            if current is None:
-                raise ModelFileError("HotEncoder is closed")
+            current = self._serving()
             mapping = None if version is None else compose_to(self.export_dir, current.manifest.version, version)
             if version is not None:
-                self._record_pin(version)
+                record_pin(self.export_dir, version)
             old, self._pin = self._pin, version
             self._current = replace(current, mapping=mapping)
         # The old pin file stays: another runtime may still serve that version's space (pins are per
         # version, not per runtime). Delete pins/encoder-OLD.pin once nothing uses it.
-        log.info("%s (%s); serving version %d%s", "unpinned" if version is None else f"pinned to version {version}",
-                 "was unpinned" if old is None else f"was pinned to {old}", current.manifest.version,
-                 f"; delete {pin_path(self.export_dir, old)} once no runtime serves version {old}'s space"
-                 if old is not None and old != version else "")
-
-    def _record_pin(self, version: int) -> None:
-        try:
-            write_pin(self.export_dir, version)
-        except OSError as exc:  # e.g. a read-only copy of the exports: serving works, retention is not told
-            log.warning("pin of version %d not recorded in %s (%s): retention may remove its maps",
-                        version, self.export_dir, exc.strerror or exc)
+        log.info(
+            "%s (%s); serving version %d%s",
+            "unpinned" if version is None else f"pinned to version {version}",
+            "was unpinned" if old is None else f"was pinned to {old}",
+            current.manifest.version,
+            f"; delete {pin_path(self.export_dir, old)} once no runtime serves version {old}'s space"
+            if old is not None and old != version
+            else "",
+        )
 
     @property
     def version(self) -> int:
         """Version now serving."""
-        loaded = self._current
-        if loaded is None:
-            raise ModelFileError("HotEncoder is closed")
-        return loaded.manifest.version
+        return self._serving().manifest.version
 
     @property
     def manifest(self) -> dict[str, Any]:
-        loaded = self._current
-        if loaded is None:
-            raise ModelFileError("HotEncoder is closed")
-        return loaded.manifest.raw
+        return self._serving().manifest.raw
 
     @property
     def output_dim(self) -> int:
-        loaded = self._current
-        if loaded is None:
-            raise ModelFileError("HotEncoder is closed")
-        return loaded.manifest.output_dim
+        return self._serving().manifest.output_dim
+
+    @property
+    def failed_loads(self) -> int:
+        """Versions that failed to load (each set of failing files counted once)."""
+        return self._watcher.failed_loads
+
+    @property
+    def last_error(self) -> Optional[str]:
+        """The last load failure, watcher error or `on_swap` failure, as one line (None: none yet)."""
+        return self._watcher.last_error
 
     @property
     def resident_sessions(self) -> int:
@@ -206,9 +214,16 @@ class HotEncoder:
         """Stop the watcher and release the sessions (calls in flight finish first)."""
         self._stop.set()
         watcher = getattr(self, "_watcher", None)
-        if watcher is not None and watcher is not threading.current_thread():
-            watcher.join(timeout_s)
+        if watcher is not None:
+            watcher.stop(timeout_s)  # (not joined when closed from the watcher's own thread: an on_swap)
         self._current = None
+
+    def _serving(self) -> Loaded:
+        """The version serving now (one read of the reference); ModelFileError once closed."""
+        loaded = self._current
+        if loaded is None:
+            raise ModelFileError("HotEncoder is closed")
+        return loaded
 
     def __enter__(self) -> "HotEncoder":
         return self
@@ -216,49 +231,7 @@ class HotEncoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- watcher ----------------------------------------------------------------------------
-
-    # Tracebacks are logged as text, never kept: a traceback keeps its frames alive, and a frame
-    # holding an old session would keep it resident and block every later swap.
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self._poll_interval_s):
-            try:
-                event = self._poll_once()
-            except Exception as exc:  # never let the watcher die: serving goes on with the old version
-                self.last_error = f"watcher error: {exc!r}"
-                log.error("hot encoder watcher error; still serving version %s\n%s", self._serving(), traceback.format_exc())
-                continue
-            self._notify(event)
-
-    def _poll_once(self) -> Optional[SwapEvent]:
-        latest_path = self.export_dir / LATEST_NAME
-        try:
-            name = read_latest(self.export_dir)
-        except ModelFileError as exc:
-            return self._fall_back((LATEST_NAME, file_stamp(latest_path)), exc, None)
-        if name is None and self._current is None and self._has_manifests():  # LATEST lost, versions still there
-            return self._fall_back((LATEST_NAME, None), ModelFileError(f"{latest_path} is missing"), None)
-        if name is None or name == self._serving_name():
-            return None
-        version = parse_version(name)
-        signature = (
-            name,
-            file_stamp(self.export_dir / name),
-            file_stamp(self.export_dir / model_filename(version)),
-            file_stamp(self.export_dir / map_filename(version)),
-            self._pin,
-        )
-        if signature == self._failed_signature:
-            return None  # same broken files as last time: wait for them to change
-        start = time.perf_counter()
-        try:
-            loaded = self._loader.load(name, self._serving_manifest())
-            if self._stop.is_set():
-                return None
-            return self._install(loaded, time.perf_counter() - start)
-        except ModelFileError as exc:
-            return self._fall_back(signature, exc, version)
+    # -- swapping (called by the watcher) ------------------------------------------------------
 
     def _attach(self, loaded: Loaded) -> Loaded:
         """`loaded` with the composed map into the pinned version's space (ModelFileError if there is none)."""
@@ -270,84 +243,12 @@ class HotEncoder:
         with self._pin_lock:  # a repin between attaching and swapping would otherwise be undone
             return self._swap(self._attach(loaded), load_s)
 
-    def _fall_back(self, signature: tuple, exc: ModelFileError, below: Optional[int]) -> Optional[SwapEvent]:
-        """Record the failure; while nothing serves yet, swap in the newest version below `below` (None:
-        any) that verifies. Tried once per set of failing files."""
-        new = self._failed(signature, exc)
-        if not new or self._current is not None:
-            return None
-        loaded = self._newest_good_before(below)
-        if loaded is None or self._stop.is_set():
-            return None
-        return self._install(loaded, 0.0)
-
-    def _has_manifests(self) -> bool:
-        return any(parse_version(p.name) is not None for p in self.export_dir.glob("encoder-*.json"))
-
-    def _newest_good_before(self, version: Optional[int]) -> Optional[Loaded]:
-        """Nothing serves yet and LATEST failed: the newest earlier version that verifies, or None."""
-        found = {parse_version(p.name) for p in self.export_dir.glob("encoder-*.json")}
-        candidates = sorted((v for v in found if v is not None and (version is None or v < version)), reverse=True)
-        for candidate in candidates:
-            try:
-                loaded = self._attach(self._loader.load(manifest_filename(candidate), self._serving_manifest()))
-            except ModelFileError as exc:
-                log.warning("skipping version %d as well: %s", candidate, exc)
-                continue
-            log.warning("LATEST names version %s, which does not verify; serving version %d, the newest that does",
-                        version, candidate)
-            return loaded
-        return None
-
-    def _failed(self, signature: tuple, exc: ModelFileError) -> bool:
-        """Count and log a failure once per set of files; True when these files had not failed before."""
-        if signature == self._failed_signature:
-            return False
-        self._failed_signature = signature
-        self.failed_loads += 1
-        self.last_error = str(exc)
-        log.warning("not loading new encoder, still serving version %s: %s", self._serving(), exc)
-        return True
-
-    def _serving_name(self) -> Optional[str]:
-        current = self._current
-        return current.name if current else None
-
-    def _serving_manifest(self) -> Optional[Manifest]:
-        current = self._current
-        return current.manifest if current else None
-
-    def _serving(self) -> str:
-        current = self._current
-        return str(current.manifest.version) if current else "none"
-
     def _swap(self, loaded: Loaded, load_s: float) -> SwapEvent:
         old_version = self._current.manifest.version if self._current else None
         self._current = loaded  # the old session goes as soon as the calls in flight let go of it
         if old_version is not None:
             self.swaps += 1
-        self._failed_signature = None
         self._first.set()
         was = "first version served" if old_version is None else f"swapped from version {old_version}"
         log.info("serving encoder version %d (%s; loaded in %.2f s)", loaded.manifest.version, was, load_s)
-        return SwapEvent(
-            old_version=old_version,
-            new_version=loaded.manifest.version,
-            step=loaded.manifest.step,
-            output_dim=loaded.manifest.output_dim,
-            load_s=load_s,
-            manifest=loaded.manifest.raw,
-            compatible_with=self._pin,
-        )
-
-    def _notify(self, event: Optional[SwapEvent]) -> None:
-        """Run the policy's callback outside any frame that holds a session."""
-        if event is None or self._on_swap is None:
-            return
-        try:
-            self._on_swap(event)
-        except Exception as exc:  # the policy's callback must not stop future swaps
-            self.last_error = f"on_swap callback failed: {exc!r}"
-            log.error("on_swap callback failed for version %d\n%s", event.new_version, traceback.format_exc())
-
-
+        return SwapEvent.of(loaded, old_version, load_s, self._pin)

@@ -1,10 +1,11 @@
 """What every frame source is: `FrameSource` (connect / read / disconnect, a context manager) and its end.
 
+Recordings (files, logs, datasets) derive from `RecordingSource`, which owns `finite` and the recording clock.
 `read()` returns uint8 HxWx3 RGB at the source's native size and raises `SourceError` when the
 source is lost (the capture loop reopens it) or `SourceExhausted` when a finite source has ended.
 The kinds of source are registered in agent/robot/sources.py (`KINDS`, `open_source` picks one for a
 spec), each in its own file: opencv_sources.py (camera, stream URL, video file), image_files.py (folder,
-glob, image), robot_logs.py (MCAP, rosbag2, ROS 1 bag), demo_source.py, subscriber.py (another capture's PUB).
+glob, image), robot_logs.py (MCAP, rosbag2, ROS 1 bag), lerobot_dataset.py, demo_source.py, subscriber.py (another capture's PUB).
 """
 
 from __future__ import annotations
@@ -81,3 +82,24 @@ class FrameSource(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+class RecordingSource(FrameSource):
+    """A recording played back (a video file, a robot log's topic, a LeRobot camera, an image folder): finite
+    unless `loop`, and `media_time_s` the recording's own clock at the last frame read.
+
+    The one owner of that recording clock: a subclass sets `self.loop` and, as it delivers a frame, stores
+    the frame's time in the recording (seconds) in `self._media_time`; a recording without a clock (image
+    files) leaves it None and is paced by the reader.
+    """
+
+    loop: bool = False
+    _media_time: Optional[float] = None
+
+    @property
+    def finite(self) -> bool:
+        return not self.loop
+
+    @property
+    def media_time_s(self) -> Optional[float]:
+        return self._media_time

@@ -20,7 +20,8 @@ from agent.core.wire import MAX_SIDE, Frame, WireError, decode_frame, peek_camer
 from agent.core.worker import Worker
 from agent.robot.curve import WireSecurity
 from agent.robot.source_base import FrameSource
-from agent.robot.transport import PLAIN, Inbox, connect_socket, validate_endpoint
+from agent.robot.endpoints import connect_socket, validate_endpoint
+from agent.robot.transport import PLAIN, Inbox
 
 SUB_HWM = 16  # messages libzmq queues for a latest-frame subscriber's drain thread, which empties it at once
 MAX_CAMERAS = 32  # cameras a latest-frame subscriber keeps a frame of; frames of more are dropped and counted
@@ -82,10 +83,12 @@ class LatestFrameSubscriber(Inbox):
         """The newest frame not yet returned of the camera returned longest ago, waiting up to `timeout_s`
         (None = forever) for one; None on timeout. Re-raises an error that stopped the drain thread."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        drain = self._drain
+        assert drain is not None  # started by __init__ (which raises otherwise)
         while True:
             with self._ready:
                 while not self._newest:
-                    self._drain.check()
+                    drain.check()
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return None

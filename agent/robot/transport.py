@@ -13,9 +13,9 @@ a camera's end-of-stream must reach every rank, after that rank's frames: a sing
 it to one peer only, and the other ranks would wait forever. Each socket keeps its own order.
 
 Latest-frame consumers subscribe to the PUB and keep the newest frame of each camera
-(`agent/robot/subscriber.py`, `LatestFrameSubscriber`); the PUB queues at most `PUB_HWM` frames per subscriber and, as ZeroMQ does,
-drops the newest past that: a burst larger than that, or a link slower than the cameras, loses frames
-until there is room again.
+(`agent/robot/subscriber.py`, `LatestFrameSubscriber`); the PUB queues at most `PUB_HWM` frames per subscriber
+and, as ZeroMQ does, drops the newest past that: a burst larger than that, or a link slower than the cameras,
+loses frames until there is room again.
 Neither side uses ZMQ_CONFLATE: it keeps one message across all cameras, so a subscriber to all of them
 saw only the camera sent last (see `LatestFrameSubscriber`).
 
@@ -26,34 +26,39 @@ sender (plus the kernel's socket buffers); a latest-frame subscriber holds at mo
 `(SUB_HWM + MAX_CAMERAS) x max_message_bytes(max_side)`. Sockets that may leave the machine are CURVE-secured
 (agent/robot/curve.py).
 
+Endpoints are checked, bound and connected by agent/robot/endpoints.py.
+
 ZeroMQ sockets are not thread-safe: each object here must be used (and closed) by one thread.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from agent.robot.curve import REFUSED_EVENTS, TCP_ENDPOINT, WireSecurity
-from agent.core.errors import EndpointError
 from agent.core.backoff import worth_logging
 from agent.core.wire import (
     MAX_SIDE,
+    Buffer,
+    EndOfStream,
     Frame,
     FrameEncoder,
-    EndOfStream,
     WireError,
     decode_frame,
     decode_message,
     encode_end_of_stream,
     max_message_bytes,
 )
+from agent.robot.curve import REFUSED_EVENTS, WireSecurity
+from agent.robot.endpoints import bind_socket, connect_socket, validate_endpoint, validate_endpoints
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -64,97 +69,6 @@ MONITOR_EVERY = 256  # frames between looks at a busy receiver's refused-handsha
 # and a subscriber that reads everything, a PUB HWM of 4 dropped 240 of 480 frames (96 px), 16 none.
 PUB_HWM = 16
 PLAIN = WireSecurity()
-
-
-def validate_endpoint(endpoint: str, *, bind: bool) -> None:
-    """Raise EndpointError (one line) for an endpoint ZeroMQ would reject or could never reach.
-
-    libzmq resolves a connecting socket's host lazily and retries forever, so an unresolvable host
-    would otherwise look like a trainer that is merely absent; resolve it here instead.
-    """
-    if endpoint.startswith(("ipc://", "inproc://")):
-        if endpoint.split("://", 1)[1]:
-            return
-        raise EndpointError(f"endpoint {endpoint!r} has an empty path")
-    match = TCP_ENDPOINT.match(endpoint)
-    if match is None:
-        raise EndpointError(f"malformed endpoint {endpoint!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
-    host, port = match["host"].strip("[]"), match["port"]
-    if port == "*":
-        if not bind:
-            raise EndpointError(f"endpoint {endpoint!r}: a connecting socket needs a port number, not '*'")
-        return
-    if not 0 < int(port) < 65536:
-        raise EndpointError(f"endpoint {endpoint!r}: port {port} is out of range 1-65535")
-    if bind or host == "*":
-        return
-    try:
-        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise EndpointError(f"endpoint {endpoint!r}: cannot resolve host {host!r} ({exc.strerror})") from None
-
-
-def validate_endpoints(endpoints: Union[str, Sequence[str]], *, bind: bool) -> tuple[str, ...]:
-    """The endpoints as a tuple, each checked by `validate_endpoint`; one endpoint may be given as a str.
-
-    Raises EndpointError (one line) for an empty list, an endpoint listed twice, or the first bad one.
-    """
-    listed = (endpoints,) if isinstance(endpoints, str) else tuple(endpoints)
-    if not listed:
-        raise EndpointError("no endpoint given: name at least one trainer endpoint (tcp://HOST:PORT)")
-    for i, endpoint in enumerate(listed):
-        if endpoint in listed[:i]:
-            raise EndpointError(f"endpoint {endpoint!r} is listed twice: each trainer rank has its own, name it once")
-        validate_endpoint(endpoint, bind=bind)
-    return listed
-
-
-def check_bindable(endpoint: str) -> None:
-    """EndpointError (one line) unless `endpoint` can be bound now (tried with a throw-away socket and
-    released at once): catches a port in use before several processes are started to bind it."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.PULL)
-    try:
-        _bind(sock, endpoint)
-    finally:
-        sock.close(linger=0)
-
-
-def is_ipv6(endpoint: str) -> bool:
-    """True for a tcp endpoint whose host is a bracketed IPv6 address (`tcp://[::1]:5555`, `tcp://[fe80::1%eth0]:*`)."""
-    match = TCP_ENDPOINT.match(endpoint)
-    return match is not None and match["host"].startswith("[")
-
-
-def _allow_ipv6(sock: zmq.Socket, endpoint: str) -> None:
-    """Set ZMQ_IPV6 on `sock` for an IPv6 endpoint, before it binds or connects.
-
-    libzmq resolves addresses as IPv4 only unless the socket has ZMQ_IPV6: binding `tcp://[::1]:P` then
-    fails ("No such device") and connecting to it never succeeds, so a sender with ZMQ_IMMEDIATE drops
-    every frame without an error. Only IPv6 literals get it: with ZMQ_IPV6 a host name such as
-    `localhost` may resolve to ::1 while the peer listens on 127.0.0.1.
-    """
-    if is_ipv6(endpoint):
-        sock.setsockopt(zmq.IPV6, 1)
-
-
-def _bind(sock: zmq.Socket, endpoint: str) -> str:
-    validate_endpoint(endpoint, bind=True)
-    _allow_ipv6(sock, endpoint)
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        raise EndpointError(f"cannot bind {endpoint}: {exc.strerror}") from None
-    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-
-def connect_socket(sock: zmq.Socket, endpoint: str) -> None:
-    validate_endpoint(endpoint, bind=False)
-    _allow_ipv6(sock, endpoint)
-    try:
-        sock.connect(endpoint)
-    except zmq.ZMQError as exc:
-        raise EndpointError(f"cannot connect to {endpoint}: {exc.strerror}") from None
 
 
 def _timeout_ms(timeout_s: Optional[float]) -> Optional[int]:
@@ -210,7 +124,7 @@ class FrameSender:
         self._encoder = FrameEncoder()
         self._ctx = zmq.Context(io_threads=1)
         self._pub: Optional[zmq.Socket] = None
-        self._auth = None
+        self._auth: Optional[ThreadAuthenticator] = None
         self._pushes: list[zmq.Socket] = []
         self._writable = zmq.Poller()
         try:
@@ -227,7 +141,7 @@ class FrameSender:
                 self._pub = self._ctx.socket(zmq.PUB)
                 self._pub.setsockopt(zmq.SNDHWM, PUB_HWM)  # per subscriber; frames past it are dropped
                 self._auth = security.serve(self._ctx, self._pub, publish)
-                self.publish_endpoint = _bind(self._pub, publish)
+                self.publish_endpoint = bind_socket(self._pub, publish)
         except Exception:
             self.close()
             raise
@@ -265,7 +179,9 @@ class FrameSender:
     def _send_to_any(self, data: memoryview) -> bool:
         """Queue `data` on the first socket, in round-robin order, that takes it without waiting."""
         count = len(self._pushes)
-        if count == 1:  # one endpoint: the single PUSH of before, without the loop (measured: benchmarks/bench_fanout.py)
+        if (
+            count == 1
+        ):  # one endpoint: the single PUSH of before, without the loop (measured: benchmarks/bench_fanout.py)
             try:
                 self._pushes[0].send(data, zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -340,7 +256,8 @@ class Inbox:
     """Receiving half shared by the PULL and SUB readers: poll, decode, count and drop garbage."""
 
     endpoint: str
-    _decode = staticmethod(decode_frame)  # what a message may be: a frame (the trainer's PULL also takes end-of-stream)
+    # what a message may be: a frame (the trainer's PULL also takes end-of-stream)
+    _decode: Callable[[Buffer, int], Union[Frame, EndOfStream]] = staticmethod(decode_frame)
 
     def __init__(self, kind: int, max_side: int) -> None:
         if not 0 < max_side <= MAX_SIDE:
@@ -349,7 +266,7 @@ class Inbox:
         self._last_error: Optional[str] = None
         self._max_side = max_side
         self._ctx = zmq.Context(io_threads=1)
-        self._auth = None
+        self._auth: Optional[ThreadAuthenticator] = None
         self._monitor: Optional[zmq.Socket] = None
         self._sock = self._ctx.socket(kind)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -443,7 +360,7 @@ class FrameReceiver(Inbox):
         try:
             self._sock.setsockopt(zmq.RCVHWM, hwm)
             self._serve(endpoint, security)
-            self.endpoint = _bind(self._sock, endpoint)
+            self.endpoint = bind_socket(self._sock, endpoint)
         except Exception:
             self.close()
             raise

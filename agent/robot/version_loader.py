@@ -176,9 +176,10 @@ class VersionLoader:
         for name in self._providers:
             if name == TENSORRT:
                 spec = manifest.input
-                cache: Optional[Path] = trt_cache_dir(self.trt_cache, manifest.sha256, self._trt_fp16)
+                wanted = trt_cache_dir(self.trt_cache, manifest.sha256, self._trt_fp16)
+                cache: Optional[Path] = wanted
                 try:
-                    cache.mkdir(parents=True, exist_ok=True)
+                    wanted.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     log.warning("TensorRT engine cache %s cannot be created (%s): the engine is rebuilt at every start",
                                 cache, exc.strerror or exc)

@@ -11,7 +11,8 @@ import pytest
 
 from agent.core.config import CaptureConfig
 from agent.core.errors import ConfigError, SourceError
-from agent.robot.robot_logs import RAW_ENCODINGS, RobotLogSource
+from agent.robot.robot_log_images import RAW_ENCODINGS
+from agent.robot.robot_logs import RobotLogSource
 from agent.robot.sources import check_sources, expand_sources, kind_of, open_source
 from agent.robot.source_base import SourceExhausted
 from tests.agent.robot_log_writers import (

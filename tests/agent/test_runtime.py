@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from agent.core.errors import ModelFileError
-from agent.robot.runtime import HotEncoder, SwapEvent
+from agent.robot.runtime import HotEncoder
+from agent.robot.version_watcher import SwapEvent
 from export.sessions import resolve_providers
 from agent.core.frames import FrameFormatError, resize_frames
 from export.manifest import sha256_file

@@ -13,7 +13,8 @@ import zmq
 from agent.robot.curve import WireSecurity
 from agent.core.errors import EndpointError
 from agent.robot.subscriber import LatestFrameSubscriber
-from agent.robot.transport import FrameReceiver, FrameSender, validate_endpoint
+from agent.robot.endpoints import validate_endpoint
+from agent.robot.transport import FrameReceiver, FrameSender
 from agent.core.wire import MAGIC, Frame, encode_frame
 from tests.conftest import free_tcp_endpoint
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.robot.runtime import HotEncoder, SwapEvent
+from agent.robot.runtime import HotEncoder
+from agent.robot.version_watcher import SwapEvent
 from agent.robot.version_loader import TRT_MAX_BATCH
 from export.manifest import manifest_filename, read_manifest
 from export.sessions import TENSORRT, trt_cache_dir
