@@ -143,7 +143,7 @@ def rank_pids(log: Path) -> list[int]:
 
 def records(run_dir: Path) -> list[dict]:
     """metrics.jsonl's training records (a line being written is left out: trainer.report reads it)."""
-    from trainer.report import read_metrics  # the repo is on sys.path once main() runs
+    from trainer.run_records import read_metrics  # the repo is on sys.path once main() runs
 
     if not (run_dir / "metrics.jsonl").exists():
         return []

@@ -32,7 +32,7 @@ from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
 from export.verify import pick_frames
 from trainer.checkpoint import list_checkpoints, load_latest_checkpoint, saved_buffer
-from trainer.report import append_event
+from trainer.run_records import append_event
 
 log = logging.getLogger(__name__)
 VERIFY_FRAMES = 64

@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"eval.k": args.k})
     from export.evaluate import evaluate_export  # torch and sklearn load after parsing
     from trainer.evaluation import probe_regressed
-    from trainer.report import RunDirError, append_event
+    from trainer.run_records import RunDirError, append_event
     if args.run_dir is not None and not Path(args.run_dir).is_dir():
         raise RunDirError(f"run directory {args.run_dir!r} does not exist")
     previous = _load_previous(args.previous) if args.previous else None

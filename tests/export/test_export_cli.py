@@ -26,7 +26,7 @@ from tests.conftest import REPO, free_tcp_endpoint
 from tests.export.tiny import scene_frames
 from trainer.build import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
-from trainer.report import read_metrics
+from trainer.run_records import read_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 OVERRIDES = [
