@@ -38,13 +38,11 @@ from trainer.checkpoint import (
     FORMAT,
     capture_rng,
     list_checkpoints,
-    load_latest_checkpoint,
-    quarantine_newer,
-    restore_rng,
     save_checkpoint,
     weights_digest,
 )
 from trainer.distributed import SOLO, Ranks
+from trainer.rank_resume import read_newest, restore_rank_part
 from trainer.train_step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -140,7 +138,7 @@ class RunState:
         """Continue from the newest readable checkpoint, if any; CheckpointError (one line) if it does not fit.
 
         Collective in a multi-rank run (every rank calls it once, at start-up)."""
-        ckpt, mine = self._read_newest()
+        ckpt, mine = read_newest(self.run_dir, self._ranks)
         if ckpt is None:
             return
         views = self._views()
@@ -155,7 +153,9 @@ class RunState:
         run_counters = counters_from(ckpt["counters"])
         saved_world = int(ckpt.get("world_size", 1))
         if saved_world == self._ranks.world_size:
-            self._restore_rank(mine)
+            assert mine is not None  # the same world size: every rank has its part
+            restore_rank_part(mine, self.sampler, self._views(), self._buffer)
+            self.counters = counters_from(mine["counters"])
         else:  # each rank's RNGs and shard belonged to a rank layout that no longer exists
             if views is not None:
                 views.set_state(fresh_views)  # rank 0's view generator came with the learner: not ours
@@ -171,45 +171,6 @@ class RunState:
         self.last_checkpoint_step = self.step
         self.resumed_from = ckpt["path"]
         log.info("resumed from %s at step %d", ckpt["path"], self.step)
-
-    def _read_newest(self) -> tuple[Optional[dict[str, Any]], Optional[dict[str, Any]]]:
-        """(the newest checkpoint's shared content, this rank's own part) on every rank; (None, None) if none.
-
-        Rank 0 alone reads the run directory (and moves unreadable newer files aside); in a
-        multi-rank run it broadcasts the shared content and scatters the per-rank parts, which
-        exist only when the checkpoint was written by as many ranks as this run has.
-        """
-        ckpt = None
-        if self._ranks.rank == 0:
-            ckpt = load_latest_checkpoint(self.run_dir)
-            quarantine_newer(self.run_dir, None if ckpt is None else int(ckpt["step"]))
-        if self._ranks.solo:
-            if ckpt is None or "ranks" in ckpt:  # a multi-rank checkpoint has no part for a single process
-                return ckpt, None
-            return ckpt, {"rng": ckpt["rng"], "counters": ckpt["counters"], "buffer": ckpt.get("buffer")}
-        shared = None if ckpt is None else {k: v for k, v in ckpt.items() if k not in ("ranks", "buffer")}
-        shared = self._ranks.broadcast(shared)
-        if shared is None:
-            return None, None
-        parts = None
-        if ckpt is not None:
-            same = int(ckpt.get("world_size", 1)) == self._ranks.world_size
-            parts = list(ckpt["ranks"]) if same else [None] * self._ranks.world_size
-        return shared, self._ranks.scatter(parts)
-
-    def _restore_rank(self, part: dict[str, Any]) -> None:
-        """This rank's RNGs, sampler, view generator, counters and buffer, as saved."""
-        restore_rng(part["rng"])
-        self.sampler.set_state(part["rng"]["sampler"])
-        views = self._views()
-        if part["rng"].get("views") is not None and views is not None:
-            views.set_state(part["rng"]["views"])  # a single-process checkpoint has it in the learner's state
-        self.counters = counters_from(part["counters"])
-        if part.get("buffer") is not None:
-            try:
-                self._buffer.load_state_dict(part["buffer"])
-            except ValueError as exc:
-                log.warning("not restoring the saved replay buffer: %s", exc)
 
     def _views(self) -> Optional[torch.Generator]:
         return self._train_step.learner.generator
