@@ -41,7 +41,7 @@ from agent.core.demo_scene import DemoScene  # noqa: E402
 from agent.core.jsonl import read_jsonl  # noqa: E402
 from agent.core.wire import Frame  # noqa: E402
 from trainer.buffer import ReplayBuffer  # noqa: E402
-from trainer.build import build_learner, build_optimizer  # noqa: E402
+from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.continual import resolve_device  # noqa: E402
 from trainer.train_step import TrainStep, use_bf16  # noqa: E402
 

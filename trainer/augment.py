@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
+from trainer.image_checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights

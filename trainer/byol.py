@@ -53,7 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.augment import VIEW1, VIEW2, View, ViewSpec
 from trainer.backbone import Backbone, HiddenLayer, eval_mode, first_conv_channels, probe
 from trainer.byol_pytorch_state import ByolPytorchLoad, is_byol_pytorch_state, load_mapped
-from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
+from trainer.image_checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.heads import MLP, byol_head, distributed_world, simsiam_projector
 from trainer.loss import byol_loss
 from trainer.momentum import check_schedule

@@ -24,7 +24,7 @@ from typing import Mapping, Optional
 
 from torch import Tensor
 
-from trainer.checks import LearnerError
+from trainer.image_checks import LearnerError
 
 log = logging.getLogger(__name__)
 _ENCODERS = (("online_encoder.", "online."), ("target_encoder.", "target."))

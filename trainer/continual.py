@@ -39,7 +39,7 @@ from agent.core.config import Config, TrainConfig, dump_config
 from agent.core.errors import ConfigError
 from trainer.buffer import ReplayBuffer
 from trainer.buffer_embeddings import BufferEmbeddings
-from trainer.build import build_learner, build_optimizer
+from trainer.learner_factory import build_learner, build_optimizer
 from trainer.checkpoint import checkpoint_dir
 from trainer.distributed import SOLO, CollectiveError, Ranks
 from trainer.divergence import DivergenceGuard, TrainingDiverged

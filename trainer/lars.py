@@ -18,7 +18,7 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratios; a group with `lars_exclude=True` gets plain SGD.
 
     Put biases and normalisation parameters in an excluded group with weight_decay=0, as the
-    paper does (`trainer.build.build_optimizer` does this).
+    paper does (`trainer.learner_factory.build_optimizer` does this).
     """
 
     def __init__(

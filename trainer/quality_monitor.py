@@ -39,7 +39,7 @@ from torch import nn
 
 from agent.core.config import EvalConfig, ModelConfig
 from agent.core.worker import Worker
-from trainer.evaluation import (
+from trainer.feature_probes import (
     EvalResult,
     evaluate_features,
     load_eval_data,

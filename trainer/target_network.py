@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import torch
 from torch import nn
 
-from trainer.checks import LearnerError
+from trainer.image_checks import LearnerError
 from trainer.momentum import ema_update, tau_at
 
 if TYPE_CHECKING:

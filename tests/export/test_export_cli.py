@@ -24,7 +24,7 @@ from export.verify import torch_reference
 from tests.agent.test_runtime import wait_until
 from tests.conftest import REPO, free_tcp_endpoint
 from tests.export.tiny import scene_frames
-from trainer.build import build_learner
+from trainer.learner_factory import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
 from trainer.run_records import read_metrics
 
