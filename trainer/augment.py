@@ -100,6 +100,8 @@ def crop_boxes(u_scale: Tensor, u_ratio: Tensor, u_pos: Tensor, height: int, wid
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
     found = fits.any(dim=1)
     in_ratio = width / height
+    fallback_w: float
+    fallback_h: float
     if in_ratio < spec.crop_ratio[0]:
         fallback_w, fallback_h = width, width / spec.crop_ratio[0]
     elif in_ratio > spec.crop_ratio[1]:

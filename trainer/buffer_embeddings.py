@@ -8,6 +8,8 @@ embedded again (the encoder has moved since). Policies that need none cost nothi
 
 from __future__ import annotations
 
+from typing import Union
+
 from agent.core.config import BufferConfig
 from trainer.buffer import ReplayBuffer
 from trainer.train_step import TrainStep
@@ -16,7 +18,9 @@ from trainer.train_step import TrainStep
 class BufferEmbeddings:
     """Embeds `buffer` frames with `train_step`'s target encoder at `image_size` (`model.image_size`)."""
 
-    def __init__(self, buffer: ReplayBuffer, train_step: TrainStep, cfg: BufferConfig, image_size: int) -> None:
+    def __init__(
+        self, buffer: ReplayBuffer, train_step: TrainStep, cfg: BufferConfig, image_size: Union[int, tuple[int, int]]
+    ) -> None:
         self._buffer, self._train_step, self._cfg, self._image_size = buffer, train_step, cfg, image_size
 
     def embed_new(self) -> None:

@@ -80,7 +80,8 @@ class ReceivedFrames:
         )
         turn = self.turn = agree(self._ranks, facts)
         if not self._ranks.solo:
-            self._state.fleet = replace(self._state.fleet, **{name: turn.total(name) for name in RECEIVED})
+            totals: dict[str, Any] = {name: turn.total(name) for name in RECEIVED}
+            self._state.fleet = replace(self._state.fleet, **totals)
         return turn
 
     def reporting(self) -> dict[str, Any]:

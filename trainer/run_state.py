@@ -157,7 +157,7 @@ class RunState:
             restore_rank_part(mine, self.sampler, self._views(), self._buffer)
             self.counters = counters_from(mine["counters"])
         else:  # each rank's RNGs and shard belonged to a rank layout that no longer exists
-            if views is not None:
+            if views is not None and fresh_views is not None:
                 views.set_state(fresh_views)  # rank 0's view generator came with the learner: not ours
             self.counters = run_counters if self._ranks.rank == 0 else shared_counters(run_counters)
             if self._ranks.rank == 0:
