@@ -48,7 +48,8 @@ def replay_capacity(cfg: BufferConfig, frame_shape: tuple[int, int, int]) -> int
         capacity = min(capacity, cfg.capacity_bytes // (h * w * c))
     if capacity < 2:
         raise ConfigError(
-            f"buffer.capacity_bytes ({cfg.capacity_bytes}) holds {capacity} frame(s) of {h}x{w}x{c}; at least 2 are needed"
+            f"buffer.capacity_bytes ({cfg.capacity_bytes}) holds {capacity} frame(s) of {h}x{w}x{c}; "
+            "at least 2 are needed"
         )
     return capacity
 
@@ -147,7 +148,9 @@ class ReplayBuffer:
         index = torch.from_numpy(slot_ids.astype(np.int64))
         if self.device.type == "cuda":  # a pageable host-to-device copy would synchronise the stream every step
             index = index.pin_memory().to(self.device, non_blocking=True)
-        out = torch.empty((len(slot_ids), *self.frame_shape), dtype=torch.uint8, device=self.device, pin_memory=self._pin)
+        out = torch.empty(
+            (len(slot_ids), *self.frame_shape), dtype=torch.uint8, device=self.device, pin_memory=self._pin
+        )
         return torch.index_select(self._storage, 0, index, out=out)
 
     # -- embeddings, for a policy that compares frames by them (minimum redundancy) ------------
@@ -226,9 +229,11 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Refill from `state_dict` output; frames beyond this buffer's capacity (oldest first) are dropped."""
         if tuple(state["frame_shape"]) != self.frame_shape:
-            raise ValueError(f"saved buffer frames are {tuple(state['frame_shape'])}, this buffer stores {self.frame_shape}")
+            raise ValueError(
+                f"saved buffer frames are {tuple(state['frame_shape'])}, this buffer stores {self.frame_shape}"
+            )
         n_saved = int(state["images"].shape[0])
-        order = torch.argsort(state["ticket"])[max(0, n_saved - self.capacity):]
+        order = torch.argsort(state["ticket"])[max(0, n_saved - self.capacity) :]
         n = int(order.numel())
         now = time.monotonic()
         with self._lock:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +53,8 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.augment import VIEW1, VIEW2, View, ViewSpec
 from trainer.backbone import Backbone, HiddenLayer, eval_mode, first_conv_channels, probe
 from trainer.byol_pytorch_state import ByolPytorchLoad, is_byol_pytorch_state, load_mapped
-from trainer.image_checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.heads import MLP, byol_head, distributed_world, simsiam_projector
+from trainer.image_checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.loss import byol_loss
 from trainer.momentum import check_schedule
 from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD, MONO_MEAN, MONO_STD
@@ -133,7 +133,8 @@ class BYOL(TargetNetworkModule):
         projector_spec = byol_head if use_momentum else simsiam_projector
         simplicial = (sem_num_simplices, sem_simplex_dim, sem_temperature) if use_simplicial_embeddings else None
         self.simplicial = simplicial is not None
-        self.online = Branch(backbone, MLP(dim, projector_spec(projection_hidden_size, projection_size, simplicial), sync))
+        projector = MLP(dim, projector_spec(projection_hidden_size, projection_size, simplicial), sync)
+        self.online = Branch(backbone, projector)
         self.predictor = MLP(projection_size, byol_head(projection_hidden_size, projection_size), sync)
         self.target: Optional[Branch] = copy.deepcopy(self.online).requires_grad_(False) if use_momentum else None
         self._target_fresh = True
@@ -145,9 +146,8 @@ class BYOL(TargetNetworkModule):
         fmt = self._memory_format()
         if augment_fn is None:
             augment_fn = View(self.image_size, views[0], self.mean, self.std, generator, fmt)
-            augment_fn2 = augment_fn2 if augment_fn2 is not None else View(
-                self.image_size, views[1], self.mean, self.std, generator, fmt
-            )
+            if augment_fn2 is None:
+                augment_fn2 = View(self.image_size, views[1], self.mean, self.std, generator, fmt)
         self.augment1: Augment = augment_fn
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn
         if unused:
@@ -187,7 +187,9 @@ class BYOL(TargetNetworkModule):
         if self.training and self._target_fresh and self.target is not None:
             self._copy_online_to_target()
         # Our views assume [0, 1]: one range check per input tensor they see (a user augment_fn takes what it takes).
-        if not unit_range and (isinstance(self.augment1, View) or (images2 is None and isinstance(self.augment2, View))):
+        if not unit_range and (
+            isinstance(self.augment1, View) or (images2 is None and isinstance(self.augment2, View))
+        ):
             check_range(images)
         if not unit_range and images2 is not None and isinstance(self.augment2, View):
             check_range(images2, "images2")
@@ -320,7 +322,8 @@ def _check_batches(images: Tensor, images2: Optional[Tensor], training: bool) ->
         check_images(images2, "images2")
         if images2.shape[0] != images.shape[0]:
             raise LearnerError(
-                f"images2 must pair image for image with images; got batches of {images2.shape[0]} and {images.shape[0]}"
+                "images2 must pair image for image with images; "
+                f"got batches of {images2.shape[0]} and {images.shape[0]}"
             )
     if training and images.shape[0] < 2:
         raise LearnerError(

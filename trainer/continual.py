@@ -39,13 +39,13 @@ from agent.core.config import Config, TrainConfig, dump_config
 from agent.core.errors import ConfigError
 from trainer.buffer import ReplayBuffer
 from trainer.buffer_embeddings import BufferEmbeddings
-from trainer.learner_factory import build_learner, build_optimizer
 from trainer.checkpoint import checkpoint_dir
 from trainer.distributed import SOLO, CollectiveError, Ranks
 from trainer.divergence import DivergenceGuard, TrainingDiverged
 from trainer.export_handoff import ExportHandoff, MakeExporter
 from trainer.ingest import FrameInbox, Ingestor
 from trainer.init_weights import load_initial_weights
+from trainer.learner_factory import build_learner, build_optimizer
 from trainer.metrics import MetricsWriter
 from trainer.previews import view_grid
 from trainer.received_frames import ReceivedFrames

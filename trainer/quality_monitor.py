@@ -100,8 +100,9 @@ class QualityMonitor(Worker):
         with self._cond:
             return self._pending is not None or self._scoring
 
-    def submit(self, step: int, version: Optional[int], encoder: nn.Module, wait: bool = False,
-               wait_s: float = 120.0) -> bool:
+    def submit(
+        self, step: int, version: Optional[int], encoder: nn.Module, wait: bool = False, wait_s: float = 120.0
+    ) -> bool:
         """Start scoring `encoder` (an eval-mode CPU module: normalised float NCHW -> (N, D)); False if busy.
 
         `version`: the version published when submitted (None if none). `wait`: give a scoring in
@@ -170,8 +171,9 @@ class QualityMonitor(Worker):
         log.error("quality-monitor thread failed: %r", exc, exc_info=exc)
 
     def _features(self, module: nn.Module) -> np.ndarray:
-        return torch_features(module.to(self._device), self._data.images, self._mean, self._std,
-                              guard=self._compute_lock)
+        return torch_features(
+            module.to(self._device), self._data.images, self._mean, self._std, guard=self._compute_lock
+        )
 
     def _score(self, step: int, version: Optional[int], encoder: nn.Module) -> EvalResult:
         """Features of `encoder` (and, the first time, of the random-init twin), kNN / linear probe."""
@@ -180,8 +182,12 @@ class QualityMonitor(Worker):
         k, labels = self._eval_cfg.k, self._data.labels
         if self._reference is None:
             section = self._model_cfg.model_dump(mode="json")
-            reference = random_init_encoder(section, self._seed, self._model_cfg,  # our own config: trusted
-                                            channels=len(self._mean))  # a mono run's twin takes gray frames
+            reference = random_init_encoder(
+                section,
+                self._seed,
+                self._model_cfg,  # our own config: trusted
+                channels=len(self._mean),
+            )  # a mono run's twin takes gray frames
             ref_feats = self._features(reference)
             with threadpool_limits(limits=1):
                 self._reference = evaluate_features(ref_feats, labels, train, test, k, self._seed)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from agent.core.config import TrainConfig
 from trainer.buffer import ReplayBuffer
 from trainer.checkpoint import load_latest_checkpoint, quarantine_newer, restore_rng
 from trainer.distributed import Ranks
@@ -45,6 +46,30 @@ def read_newest(run_dir: Path, ranks: Ranks) -> tuple[Optional[dict[str, Any]], 
         same = int(ckpt.get("world_size", 1)) == ranks.world_size
         parts = list(ckpt["ranks"]) if same else [None] * ranks.world_size
     return shared, ranks.scatter(parts)
+
+
+def restart_rank_part(
+    name: str,
+    saved_world: int,
+    ranks: Ranks,
+    views: Optional[torch.Generator],
+    fresh_views: Optional[torch.Tensor],
+    train_cfg: TrainConfig,
+) -> None:
+    """Checkpoint `name` was written by `saved_world` ranks, not this run's number: weights, target, optimizer,
+    step and the run's counters resume, but each rank's RNG states (and replay buffer) start afresh; the view
+    generator goes back to `fresh_views`, its state before the learner's (rank 0's) was loaded. Rank 0 logs it."""
+    if views is not None and fresh_views is not None:
+        views.set_state(fresh_views)  # rank 0's view generator came with the learner: not ours
+    if ranks.rank == 0:
+        log.warning(
+            "%s was written by %d rank(s) and this run has %d: weights, target, optimizer, step and the "
+            "run's counters resume; each rank's RNG states%s start afresh",
+            name,
+            saved_world,
+            ranks.world_size,
+            " and replay buffer" if train_cfg.save_buffer else "",
+        )
 
 
 def restore_rank_part(
