@@ -269,7 +269,7 @@ class ReplayPlan:
 def last_step_rate(run_dir: Path) -> Optional[float]:
     """The newest measured training rate (steps/s) in RUN_DIR/metrics.jsonl, for a resumed run's plan; None
     when there is none (a fresh run, or a metrics file that cannot be read)."""
-    from trainer.report import read_metrics  # only a resumed run needs it
+    from trainer.run_records import read_metrics  # only a resumed run needs it
 
     if not (Path(run_dir) / "metrics.jsonl").exists():
         return None

@@ -1,7 +1,7 @@
 """Does a policy head fit on version 1 keep working across hot swaps? Raw vs mapped embeddings.
 
 One continual run per labelled stream (scikit-learn's digits; the procedural demo objects): our
-BYOL learner (`trainer.build.build_learner`, tiny_cnn) trains in-process and publishes a version
+BYOL learner (`trainer.learner_factory.build_learner`, tiny_cnn) trains in-process and publishes a version
 with the real exporter (`export.exporter.export_encoder`, calibration set, ridge maps) every N steps
 into a temp dir. A linear policy head (standardise + logistic regression) is fit once on version
 1's embeddings of the head-train split; for every later version, on the test split:
@@ -50,8 +50,8 @@ from export.pins import write_pin  # noqa: E402
 from export.exporter import export_encoder  # noqa: E402
 from export.manifest import manifest_filename, read_manifest  # noqa: E402
 from export.publish import Publisher  # noqa: E402
-from trainer.build import build_learner, build_optimizer  # noqa: E402
-from trainer.evaluation import load_digits  # noqa: E402
+from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
+from trainer.feature_probes import load_digits  # noqa: E402
 from trainer.train_step import TrainStep  # noqa: E402
 
 SIZE = 32

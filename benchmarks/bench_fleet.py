@@ -17,7 +17,7 @@ Checkpoints and exports are off during the window (`train.checkpoint_every=1e9`,
 this is the training loop's throughput, not the publishing path's.
 
 Part 2, the collectives inside one step, for each W: a torchrun job of W copies of this script (W = 1: one
-process) building the same learner as the trainer (trainer.build.build_learner inside the process group,
+process) building the same learner as the trainer (trainer.learner_factory.build_learner inside the process group,
 so the heads' BatchNorm syncs across ranks; DDP via trainer.distributed's `Ranks.wrap`, inside the product's
 `TrainStep`), on random uint8 frames of the capture size. Interleaved rounds of --steps steps per mode:
   ddp           the product's step (DDP gradient all-reduce, synced head BatchNorm, loss mean)
@@ -143,7 +143,7 @@ def rank_pids(log: Path) -> list[int]:
 
 def records(run_dir: Path) -> list[dict]:
     """metrics.jsonl's training records (a line being written is left out: trainer.report reads it)."""
-    from trainer.report import read_metrics  # the repo is on sys.path once main() runs
+    from trainer.run_records import read_metrics  # the repo is on sys.path once main() runs
 
     if not (run_dir / "metrics.jsonl").exists():
         return []
@@ -323,7 +323,7 @@ def worker_main(spec: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from agent.core.config import load_config
-    from trainer.build import build_learner, build_optimizer
+    from trainer.learner_factory import build_learner, build_optimizer
     from trainer.continual import resolve_device
     from trainer.distributed import join, rank_from_env
     from trainer.heads import ViewBatchNorm1d

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.core.config import load_config  # noqa: E402
-from trainer.build import build_learner, build_optimizer  # noqa: E402
+from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.quality_monitor import QualityMonitor  # noqa: E402
 from trainer.train_step import TrainStep  # noqa: E402
 

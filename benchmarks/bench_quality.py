@@ -58,7 +58,7 @@ from agent.robot.sources import SourceExhausted, open_source  # noqa: E402
 from trainer.backbone import Backbone  # noqa: E402
 from trainer.encoders import build_encoder  # noqa: E402
 from export.evaluate import evaluate_export  # noqa: E402
-from trainer.evaluation import LabelledImages, evaluate_features, load_train_test_folder, torch_features  # noqa: E402
+from trainer.feature_probes import LabelledImages, evaluate_features, load_train_test_folder, torch_features  # noqa: E402
 from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev.tar.gz"

@@ -219,7 +219,7 @@ def trainer_need(frames: list[np.ndarray], steps: int) -> tuple[float, float, in
     import torch
 
     from agent.core.frames import fit_frame
-    from trainer.build import build_learner, build_optimizer
+    from trainer.learner_factory import build_learner, build_optimizer
     from trainer.train_step import TrainStep
 
     cfg = load_config()

@@ -21,7 +21,6 @@ loop / learner (what TrainStep adds on top of the bare step, the per-step host s
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import socket
 import subprocess
@@ -39,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from agent.core.config import Config, load_config  # noqa: E402
 from agent.core.demo_scene import DemoScene  # noqa: E402
+from agent.core.jsonl import read_jsonl  # noqa: E402
 from agent.core.wire import Frame  # noqa: E402
 from trainer.buffer import ReplayBuffer  # noqa: E402
-from trainer.build import build_learner, build_optimizer  # noqa: E402
+from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.continual import resolve_device  # noqa: E402
 from trainer.train_step import TrainStep, use_bf16  # noqa: E402
 
@@ -70,15 +70,7 @@ def e2e_rate(args: argparse.Namespace, overrides: list[str], work: Path) -> tupl
     def lines() -> list[dict]:
         if not metrics.exists():
             return []
-        out = []
-        for raw in metrics.read_text().splitlines():
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if "loss" in record and "event" not in record:
-                out.append(record)
-        return out
+        return [r for r in read_jsonl(metrics).rows if "loss" in r and "event" not in r]  # a torn line skipped
 
     try:
         while len(lines()) < 2:  # the first window holds autotuning and allocation: measure from the second

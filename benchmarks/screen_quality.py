@@ -34,8 +34,8 @@ from bench_quality import (  # noqa: E402
     stream_frames,
 )
 from trainer.backbone import Backbone  # noqa: E402
-from trainer.build import build_learner, build_optimizer  # noqa: E402
-from trainer.evaluation import knn_top1, load_train_test_folder, torch_features  # noqa: E402
+from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
+from trainer.feature_probes import knn_top1, load_train_test_folder, torch_features  # noqa: E402
 from trainer.lr_schedule import lr_at, set_lr  # noqa: E402
 
 

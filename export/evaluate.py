@@ -2,7 +2,7 @@
 
 What `byol-agent eval` and the export probe gate run. The encoder is fed exactly as the runtime
 feeds it (`InputSpec.prepare` from its manifest); the probes and the data loaders are the learner
-side's (trainer/evaluation.py), so the online monitor and this score the same way.
+side's (trainer/feature_probes.py), so the online monitor and this score the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from agent.core.frames import resize_frames
 from export.manifest import CHANNEL_ORDERS, LATEST_NAME, InputSpec, Manifest, read_latest, read_manifest, sha256_file
 from export.sessions import create_session, resolve_providers, without_tensorrt
 from trainer.byol import view_statistics
-from trainer.evaluation import (
+from trainer.feature_probes import (
     EvalResult,
     LabelledImages,
     finite_features,

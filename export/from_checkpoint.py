@@ -32,7 +32,7 @@ from export.manifest import read_latest, read_manifest
 from export.publish import Publisher
 from export.verify import pick_frames
 from trainer.checkpoint import list_checkpoints, load_latest_checkpoint, saved_buffer
-from trainer.report import append_event
+from trainer.run_records import append_event
 
 log = logging.getLogger(__name__)
 VERIFY_FRAMES = 64
@@ -61,7 +61,7 @@ def load_checkpoint_encoder(
     The architecture comes from the checkpoint, but an encoder import string in it is honoured
     only when `operator_model` (this machine's config) names the same one (ModelFileError otherwise).
     """
-    from trainer.build import build_learner  # the learner stack loads only when a checkpoint is used
+    from trainer.learner_factory import build_learner  # the learner stack loads only when a checkpoint is used
     from trainer.encoders import check_file_model
 
     ckpt = load_latest_checkpoint(run_dir)

@@ -36,7 +36,7 @@ def probe_gate(
     Returns the score to store in the new manifest under "eval".
     """
     from export.evaluate import evaluate_export  # sklearn loads only when gating
-    from trainer.evaluation import EvalResult, probe_regressed
+    from trainer.feature_probes import EvalResult, probe_regressed
 
     result = evaluate_export(onnx_path, export_cfg.probe_gate, eval_cfg, reference=False)
     previous_row = _published_eval(export_dir)

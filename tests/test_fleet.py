@@ -32,9 +32,9 @@ from agent.core.demo_scene import DemoScene
 from agent.core.wire import Frame
 from agent.robot.transport import FrameSender
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
-from trainer.build import build_learner
+from trainer.learner_factory import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, weights_digest
-from trainer.report import read_metrics
+from trainer.run_records import read_metrics
 
 TINY = [
     *TINY_MODEL,

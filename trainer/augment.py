@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
+from trainer.image_checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -100,6 +100,8 @@ def crop_boxes(u_scale: Tensor, u_ratio: Tensor, u_pos: Tensor, height: int, wid
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
     found = fits.any(dim=1)
     in_ratio = width / height
+    fallback_w: float
+    fallback_h: float
     if in_ratio < spec.crop_ratio[0]:
         fallback_w, fallback_h = width, width / spec.crop_ratio[0]
     elif in_ratio > spec.crop_ratio[1]:

@@ -20,12 +20,14 @@ exists only for the duration of one call, so
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 
 from agent.core.errors import ConfigError
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 HiddenLayer = Union[str, int]
 
@@ -141,7 +143,7 @@ def _flat(output: object, layer: HiddenLayer) -> Tensor:
 
 
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(module: ModuleT) -> Iterator[ModuleT]:
     """`module` in eval mode for the block; every submodule's own training flag is restored after."""
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
@@ -174,6 +176,7 @@ def probe(backbone: Backbone, image_size: Union[int, tuple[int, int]], channels:
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     trainable = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    grads: tuple[Optional[Tensor], ...]
     with eval_mode(backbone), torch.enable_grad():
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         hidden = backbone(torch.zeros(2, channels, height, width, device=device, dtype=dtype))

@@ -20,6 +20,7 @@ import torch
 from agent.core.config import BufferConfig
 from agent.core.errors import ConfigError
 from trainer.eviction import Slots, make_policy
+from trainer.temporal_positives import temporal_partners
 
 if TYPE_CHECKING:
     from agent.core.wire import Frame
@@ -34,6 +35,25 @@ def storage_device(cfg: BufferConfig, train_device: torch.device) -> torch.devic
     return torch.device("cpu")
 
 
+def replay_capacity(cfg: BufferConfig, frame_shape: tuple[int, int, int]) -> int:
+    """Frames the buffer holds: `buffer.capacity_frames`, fewer when `buffer.capacity_bytes` says so.
+
+    ConfigError for frames that are neither RGB nor gray, or a byte budget that holds under 2 frames.
+    """
+    h, w, c = frame_shape
+    if c not in (1, 3):
+        raise ConfigError(f"replay buffer stores RGB or gray frames; got {c} channels")
+    capacity = cfg.capacity_frames
+    if cfg.capacity_bytes is not None:
+        capacity = min(capacity, cfg.capacity_bytes // (h * w * c))
+    if capacity < 2:
+        raise ConfigError(
+            f"buffer.capacity_bytes ({cfg.capacity_bytes}) holds {capacity} frame(s) of {h}x{w}x{c}; "
+            "at least 2 are needed"
+        )
+    return capacity
+
+
 class ReplayBuffer:
     """Fixed-capacity uint8 frame store with a pluggable eviction policy; safe for one writer + one reader.
 
@@ -44,16 +64,7 @@ class ReplayBuffer:
 
     def __init__(self, cfg: BufferConfig, frame_shape: tuple[int, int, int], device: torch.device, seed: int = 0):
         h, w, c = frame_shape
-        if c not in (1, 3):
-            raise ConfigError(f"replay buffer stores RGB or gray frames; got {c} channels")
-        frame_bytes = h * w * c
-        capacity = cfg.capacity_frames
-        if cfg.capacity_bytes is not None:
-            capacity = min(capacity, cfg.capacity_bytes // frame_bytes)
-        if capacity < 2:
-            raise ConfigError(
-                f"buffer.capacity_bytes ({cfg.capacity_bytes}) holds {capacity} frame(s) of {h}x{w}x{c}; at least 2 are needed"
-            )
+        capacity = replay_capacity(cfg, (h, w, c))
         self.cfg = cfg
         self.frame_shape = (h, w, c)
         self.capacity = capacity
@@ -130,47 +141,17 @@ class ReplayBuffer:
             if not self.cfg.temporal_positives:
                 return images, None
             signs = torch.randint(0, 2, (n,), generator=generator).numpy() * 2 - 1
-            partners = self._partners(slots, anchors, signs)
+            partners = temporal_partners(self._slots, slots, anchors, signs, self.cfg.temporal_delta_s)
             return images, self._gather(partners)
 
     def _gather(self, slot_ids: np.ndarray) -> torch.Tensor:
         index = torch.from_numpy(slot_ids.astype(np.int64))
         if self.device.type == "cuda":  # a pageable host-to-device copy would synchronise the stream every step
             index = index.pin_memory().to(self.device, non_blocking=True)
-        out = torch.empty((len(slot_ids), *self.frame_shape), dtype=torch.uint8, device=self.device, pin_memory=self._pin)
+        out = torch.empty(
+            (len(slot_ids), *self.frame_shape), dtype=torch.uint8, device=self.device, pin_memory=self._pin
+        )
         return torch.index_select(self._storage, 0, index, out=out)
-
-    def _partners(self, slots: np.ndarray, anchors: np.ndarray, signs: np.ndarray) -> np.ndarray:
-        s = self._slots
-        partners = anchors.copy()
-        cams = s.camera_id[anchors]
-        for cam in np.unique(cams):
-            members = slots[s.camera_id[slots] == cam]
-            order = np.argsort(s.timestamp[members], kind="stable")
-            members, times = members[order], s.timestamp[members][order]
-            rows = np.flatnonzero(cams == cam)
-            anchor_times = s.timestamp[anchors[rows]]
-            # each direction's nearest frame; the drawn one unless the other lands nearer its target time: past either
-            # end of the camera's stored stretch, or in a pause in the recording (a LeRobot episode's end, the next
-            # being EPISODE_GAP_S later; a log recorded in two goes), look the other way in time
-            ahead = anchor_times + signs[rows] * self.cfg.temporal_delta_s
-            back = anchor_times - signs[rows] * self.cfg.temporal_delta_s
-            near_ahead, near_back = _nearest(times, ahead), _nearest(times, back)
-            miss_ahead = np.where(members[near_ahead] == anchors[rows], np.inf, np.abs(times[near_ahead] - ahead))
-            miss_back = np.where(members[near_back] == anchors[rows], np.inf, np.abs(times[near_back] - back))
-            nearest = np.where(miss_back < miss_ahead, near_back, near_ahead)
-            chosen = members[nearest]
-            same = chosen == anchors[rows]
-            # still the anchor itself: its camera's stretch is shorter than delta; take the adjacent frame of the
-            # same camera nearer in time, when there is one
-            if same.any() and len(members) > 1:
-                pos = nearest[same]
-                after, before = np.minimum(pos + 1, len(members) - 1), np.maximum(pos - 1, 0)
-                nearer_after = times[after] - times[pos] <= times[pos] - times[before]
-                use_after = (after != pos) & ((before == pos) | nearer_after)
-                chosen[same] = members[np.where(use_after, after, before)]
-            partners[rows] = chosen
-        return partners
 
     # -- embeddings, for a policy that compares frames by them (minimum redundancy) ------------
 
@@ -248,9 +229,11 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Refill from `state_dict` output; frames beyond this buffer's capacity (oldest first) are dropped."""
         if tuple(state["frame_shape"]) != self.frame_shape:
-            raise ValueError(f"saved buffer frames are {tuple(state['frame_shape'])}, this buffer stores {self.frame_shape}")
+            raise ValueError(
+                f"saved buffer frames are {tuple(state['frame_shape'])}, this buffer stores {self.frame_shape}"
+            )
         n_saved = int(state["images"].shape[0])
-        order = torch.argsort(state["ticket"])[max(0, n_saved - self.capacity):]
+        order = torch.argsort(state["ticket"])[max(0, n_saved - self.capacity) :]
         n = int(order.numel())
         now = time.monotonic()
         with self._lock:
@@ -270,10 +253,3 @@ class ReplayBuffer:
             self._per_camera = Counter(int(c) for c in s.camera_id[:n])
             if state.get("policy") == self.cfg.policy:
                 self._policy.load_state_dict(self._policy.reorder_state(state["policy_state"], order))
-
-
-def _nearest(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Index into sorted `times` of the entry nearest to each of `targets` (ties to the earlier)."""
-    right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
-    left = np.clip(right - 1, 0, len(times) - 1)
-    return np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)

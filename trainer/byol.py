@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +52,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.augment import VIEW1, VIEW2, View, ViewSpec
 from trainer.backbone import Backbone, HiddenLayer, eval_mode, first_conv_channels, probe
-from trainer.byol_pytorch_state import ByolPytorchLoad, is_byol_pytorch_state, plan
-from trainer.checks import ImageSize, LearnerError, check_images, check_range, image_hw
+from trainer.byol_pytorch_state import ByolPytorchLoad, is_byol_pytorch_state, load_mapped
 from trainer.heads import MLP, byol_head, distributed_world, simsiam_projector
+from trainer.image_checks import ImageSize, LearnerError, check_images, check_range, image_hw
 from trainer.loss import byol_loss
-from trainer.momentum import check_schedule, ema_update, tau_at
+from trainer.momentum import check_schedule
 from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD, MONO_MEAN, MONO_STD
+from trainer.target_network import TargetNetworkModule
 
 Augment = Callable[[Tensor], Tensor]
 log = logging.getLogger(__name__)
@@ -77,8 +78,11 @@ class Branch(nn.Module):
         return self.projector(embeddings, len(views)), embeddings
 
 
-class BYOL(nn.Module):
-    """Bootstrap Your Own Latent around any image network; see the module docstring for the contract."""
+class BYOL(TargetNetworkModule):
+    """Bootstrap Your Own Latent around any image network; see the module docstring for the contract.
+
+    The target network (EMA, τ, `update_moving_average`, `reset_moving_average`, `parameters()` without
+    the target) is its base, `trainer.target_network.TargetNetworkModule`."""
 
     def __init__(
         self,
@@ -124,23 +128,13 @@ class BYOL(nn.Module):
         self.generator = generator
 
         backbone = Backbone(net, hidden_layer)
-        try:
-            dim, unused = probe(backbone, (height, width), self.channels)
-        except RuntimeError as exc:
-            if channels is None:
-                raise
-            first = first_conv_channels(net)
-            reason = (
-                f"its first convolution takes {first} input channels; pass channels={first}"
-                if first is not None and first != channels
-                else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            )
-            raise LearnerError(f"channels={channels} does not fit the net: {reason}") from None
+        dim, unused = _probe_width(backbone, (height, width), self.channels, given=channels is not None)
         sync = distributed_world() if sync_batchnorm is None else sync_batchnorm
         projector_spec = byol_head if use_momentum else simsiam_projector
         simplicial = (sem_num_simplices, sem_simplex_dim, sem_temperature) if use_simplicial_embeddings else None
         self.simplicial = simplicial is not None
-        self.online = Branch(backbone, MLP(dim, projector_spec(projection_hidden_size, projection_size, simplicial), sync))
+        projector = MLP(dim, projector_spec(projection_hidden_size, projection_size, simplicial), sync)
+        self.online = Branch(backbone, projector)
         self.predictor = MLP(projection_size, byol_head(projection_hidden_size, projection_size), sync)
         self.target: Optional[Branch] = copy.deepcopy(self.online).requires_grad_(False) if use_momentum else None
         self._target_fresh = True
@@ -152,9 +146,8 @@ class BYOL(nn.Module):
         fmt = self._memory_format()
         if augment_fn is None:
             augment_fn = View(self.image_size, views[0], self.mean, self.std, generator, fmt)
-            augment_fn2 = augment_fn2 if augment_fn2 is not None else View(
-                self.image_size, views[1], self.mean, self.std, generator, fmt
-            )
+            if augment_fn2 is None:
+                augment_fn2 = View(self.image_size, views[1], self.mean, self.std, generator, fmt)
         self.augment1: Augment = augment_fn
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn
         if unused:
@@ -168,29 +161,9 @@ class BYOL(nn.Module):
         return self.online.backbone.net
 
     @property
-    def tau(self) -> float:
-        """The EMA decay the next `update_moving_average()` will use."""
-        return tau_at(
-            self.step, self.tau_schedule, self.tau_base, self.tau_final, self.tau_warmup_steps, self.total_steps
-        )
-
-    @property
     def last_stats(self) -> dict[str, float]:
         """Health of the last training forward: `embedding_std` (~1/sqrt(d) healthy, -> 0 on collapse)."""
         return {name: float(value) for name, value in self._stats.items()}
-
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        """What an optimizer should train: online encoder, projector and predictor, never the target."""
-        for _, param in self.named_parameters(recurse=recurse):
-            yield param
-
-    def named_parameters(
-        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-    ) -> Iterator[tuple[str, nn.Parameter]]:
-        target = {id(p) for p in self.target.parameters()} if self.target is not None else set()
-        for name, param in super().named_parameters(prefix, recurse, remove_duplicate):
-            if id(param) not in target:
-                yield name, param
 
     def forward(
         self,
@@ -210,22 +183,13 @@ class BYOL(nn.Module):
         """
         if return_embedding:
             return self._embed_online(images, return_projection)
-        check_images(images)
-        if images2 is not None:
-            check_images(images2, "images2")
-            if images2.shape[0] != images.shape[0]:
-                raise LearnerError(
-                    f"images2 must pair image for image with images; got batches of {images2.shape[0]} and {images.shape[0]}"
-                )
-        if self.training and images.shape[0] < 2:
-            raise LearnerError(
-                "training needs at least 2 images per batch (BatchNorm in the heads); "
-                "use learner.eval() or return_embedding=True for single images"
-            )
+        _check_batches(images, images2, self.training)
         if self.training and self._target_fresh and self.target is not None:
             self._copy_online_to_target()
         # Our views assume [0, 1]: one range check per input tensor they see (a user augment_fn takes what it takes).
-        if not unit_range and (isinstance(self.augment1, View) or (images2 is None and isinstance(self.augment2, View))):
+        if not unit_range and (
+            isinstance(self.augment1, View) or (images2 is None and isinstance(self.augment2, View))
+        ):
             check_range(images)
         if not unit_range and images2 is not None and isinstance(self.augment2, View):
             check_range(images2, "images2")
@@ -243,24 +207,6 @@ class BYOL(nn.Module):
         if self.training:
             self._stats = {"embedding_std": _embedding_std(projections.detach(), len(views))}
         return byol_loss(p1, p2, z1, z2)
-
-    @torch.no_grad()
-    def update_moving_average(self) -> None:
-        """One EMA step of the target towards the online branch, with the scheduled tau."""
-        if self.target is None:
-            raise LearnerError("use_momentum=False (SimSiam mode) has no target to update")
-        if self._target_fresh:
-            self._copy_online_to_target()
-        ema_update(list(self.target.parameters()), list(self.online.parameters()), self.tau)
-        self.step += 1
-
-    def reset_moving_average(self) -> None:
-        """Start the target again as a copy of the online branch (parameters and buffers) at the next
-        training forward or update, as byol-pytorch's method of this name does: call it after loading
-        weights into `learner.net` mid-run. Until then the online branch serves as the target."""
-        if self.target is None:
-            raise LearnerError("use_momentum=False (SimSiam mode) has no target to reset")
-        self._target_fresh = True
 
     @torch.no_grad()
     def embed(self, images: Tensor, which: str = "target") -> Tensor:
@@ -312,43 +258,16 @@ class BYOL(nn.Module):
         `strict=True` that is a LearnerError instead, and nothing is loaded. Raises LearnerError
         for a state dict that is not byol-pytorch's or whose tensor shapes differ from ours.
         """
-        ours = self.state_dict()
-        mapping, unmapped, missing, notes = plan(state_dict, ours, self.simplicial)
-        report = ByolPytorchLoad(loaded=len(mapping), unmapped=unmapped, missing=missing, notes=notes)
-        if unmapped or missing:
-            summary = (
-                f"could not map {len(unmapped)} of byol-pytorch's tensors ({', '.join(unmapped[:3])}"
-                f"{', ...' if len(unmapped) > 3 else ''}); {len(missing)} of ours keep their values ({notes})"
-            )
-            if strict:
-                raise LearnerError(summary)
-            log.warning("byol-pytorch state: %s", summary)
-        for key, value in mapping.items():
-            ours[key].copy_(value)
-        if self.target is not None and any(key.startswith("target.") for key in mapping):
+        report, target_loaded = load_mapped(state_dict, self.state_dict(), self.simplicial, strict)
+        if self.target is not None and target_loaded:
             self._target_fresh = False
         return report
-
-    def _branch(self, which: str) -> Branch:
-        """The target or the online branch; the online one while the target has not been copied from it."""
-        if which not in ("target", "online"):
-            raise LearnerError(f"which must be 'target' or 'online'; got {which!r}")
-        use_target = which == "target" and self.target is not None and not self._target_fresh
-        return self.target if use_target else self.online  # type: ignore[return-value]
 
     def _embed_online(self, images: Tensor, return_projection: bool) -> Union[Tensor, tuple[Tensor, Tensor]]:
         check_images(images)
         with eval_mode(self.online) as online:
             embedding = online.backbone(images.contiguous(memory_format=self._memory_format()))
             return (online.projector(embedding), embedding) if return_projection else embedding
-
-    @torch.no_grad()
-    def _copy_online_to_target(self) -> None:
-        """Target := online, parameters and buffers (BatchNorm running statistics and their counts)."""
-        assert self.target is not None
-        torch._foreach_copy_(list(self.target.parameters()), list(self.online.parameters()))
-        torch._foreach_copy_(list(self.target.buffers()), list(self.online.buffers()))
-        self._target_fresh = False
 
     def _memory_format(self) -> torch.memory_format:
         """channels_last when the encoder's first 4-D weight is, so views need no conversion copy."""
@@ -376,6 +295,41 @@ def view_statistics(channels: int, normalize: bool) -> tuple[tuple[float, ...], 
         f"normalize=True has statistics for 1 or 3 channels only, and the net takes {channels}: "
         "pass normalize=False (views stay in [0, 1]) or an augment_fn that normalises"
     )
+
+
+def _probe_width(backbone: Backbone, hw: tuple[int, int], channels: int, given: bool) -> tuple[int, list[str]]:
+    """`trainer.backbone.probe` (the hidden layer's width, the parameters after it); a net that cannot take
+    the `channels` the caller `given` is a LearnerError naming what it takes."""
+    try:
+        return probe(backbone, hw, channels)
+    except RuntimeError as exc:
+        if not given:
+            raise
+        first = first_conv_channels(backbone.net)
+        reason = (
+            f"its first convolution takes {first} input channels; pass channels={first}"
+            if first is not None and first != channels
+            else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        )
+        raise LearnerError(f"channels={channels} does not fit the net: {reason}") from None
+
+
+def _check_batches(images: Tensor, images2: Optional[Tensor], training: bool) -> None:
+    """LearnerError unless `images` (and `images2`, paired image for image) are NCHW float batches, of at
+    least 2 images when `training` (BatchNorm in the heads)."""
+    check_images(images)
+    if images2 is not None:
+        check_images(images2, "images2")
+        if images2.shape[0] != images.shape[0]:
+            raise LearnerError(
+                "images2 must pair image for image with images; "
+                f"got batches of {images2.shape[0]} and {images.shape[0]}"
+            )
+    if training and images.shape[0] < 2:
+        raise LearnerError(
+            "training needs at least 2 images per batch (BatchNorm in the heads); "
+            "use learner.eval() or return_embedding=True for single images"
+        )
 
 
 def _augment(augment: Augment, images: Tensor) -> Tensor:

@@ -17,14 +17,16 @@ count, so the learner's tau schedule starts again from its own step.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from torch import Tensor
 
-from trainer.checks import LearnerError
+from trainer.image_checks import LearnerError
 
+log = logging.getLogger(__name__)
 _ENCODERS = (("online_encoder.", "online."), ("target_encoder.", "target."))
 _SIMPLICIAL_KEY = re.compile(r"(online|target)_encoder\.projector\.0\.0\.weight$")
 
@@ -106,6 +108,28 @@ def plan(
             mapping[target] = value
     missing = tuple(key for key in ours if key not in mapping and not key.endswith("_extra_state"))
     return mapping, tuple(unmapped), missing, "; ".join(notes)
+
+
+def load_mapped(theirs: Mapping[str, Tensor], ours: Mapping[str, Tensor], our_simplicial: bool,
+                strict: bool) -> tuple[ByolPytorchLoad, bool]:
+    """Copy byol-pytorch's tensors into `ours` (a learner's `state_dict()`, sharing its tensors) by `plan`.
+
+    Returns (what was loaded and not, whether their target was loaded); logs a warning when anything
+    was not, or with `strict` raises LearnerError instead and loads nothing.
+    """
+    mapping, unmapped, missing, notes = plan(theirs, ours, our_simplicial)
+    report = ByolPytorchLoad(loaded=len(mapping), unmapped=unmapped, missing=missing, notes=notes)
+    if unmapped or missing:
+        summary = (
+            f"could not map {len(unmapped)} of byol-pytorch's tensors ({', '.join(unmapped[:3])}"
+            f"{', ...' if len(unmapped) > 3 else ''}); {len(missing)} of ours keep their values ({notes})"
+        )
+        if strict:
+            raise LearnerError(summary)
+        log.warning("byol-pytorch state: %s", summary)
+    for key, value in mapping.items():
+        ours[key].copy_(value)
+    return report, any(key.startswith("target.") for key in mapping)
 
 
 def _our_keys(key: str, their_simplicial: bool, our_simplicial: bool, has_target: bool) -> list[str]:

@@ -146,7 +146,7 @@ def _feed(digest: "hashlib._Hash", obj: Any) -> None:
         flat = obj.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
         if flat.numel():
-            digest.update(memoryview(flat.view(torch.uint8).numpy()))  # no copy of the storage
+            digest.update(flat.view(torch.uint8).numpy().data)  # a memoryview: no copy of the storage
     elif isinstance(obj, dict):
         digest.update(f"D{len(obj)}".encode())
         for key in sorted(obj, key=repr):

@@ -1,9 +1,11 @@
 """The continual trainer: frames stream in on one thread, BYOL updates run on this one, forever.
 
 `ContinualTrainer.run(stop)` is the loop; the parts it composes each have a file of their own:
-`TrainStep` (trainer/train_step.py: device, precision, input conversion, NaN guard), `RunState`
-(trainer/run_state.py: counters, RNGs, checkpoints, resume), `RunMonitor` (trainer/run_monitor.py:
-metrics, status file, live line, quality probes), the `ReplayBuffer` and the `Ingestor` thread.
+`TrainStep` (train_step.py: device, precision, input conversion), `DivergenceGuard` (divergence.py:
+NaN skips and restores), `RunState` (run_state.py: counters, RNGs, checkpoints, resume), `RunMonitor`
+(run_monitor.py: metrics, status, live line), `ExportHandoff` (export_handoff.py: exporter, probes),
+`ReceivedFrames` (received_frames.py: frame counters, ranks' agreement), `BufferEmbeddings`
+(buffer_embeddings.py), the `ReplayBuffer` and the `Ingestor` thread.
 Training starts once the buffer holds `buffer.min_fill` frames and never runs more than
 `train.replay_ratio` updates per frame ingested, so a stalled camera does not turn into
 overfitting on a frozen buffer. A non-finite loss skips its step; `train.nan_tolerance` in a row
@@ -21,53 +23,49 @@ a one-line error (`CollectiveError`); every other exit of a multi-rank run check
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import random
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
 import numpy as np
 import torch
 
-from agent.core import cadence
 from agent.core.atomic import remove_stale_temps
 from agent.core.config import Config, TrainConfig, dump_config
-from agent.core.errors import ByolAgentError, ConfigError
+from agent.core.errors import ConfigError
 from trainer.buffer import ReplayBuffer
-from trainer.build import build_learner, build_optimizer
-from trainer.init_weights import load_initial_weights
+from trainer.buffer_embeddings import BufferEmbeddings
 from trainer.checkpoint import checkpoint_dir
 from trainer.distributed import SOLO, CollectiveError, Ranks
+from trainer.divergence import DivergenceGuard, TrainingDiverged
+from trainer.export_handoff import ExportHandoff, MakeExporter
 from trainer.ingest import FrameInbox, Ingestor
-from trainer.lockstep import RankCounts, RankFacts, Turn, agree
+from trainer.init_weights import load_initial_weights
+from trainer.learner_factory import build_learner, build_optimizer
 from trainer.metrics import MetricsWriter
 from trainer.previews import view_grid
+from trainer.received_frames import ReceivedFrames
 from trainer.run_monitor import RunMonitor
-from trainer.run_state import RECEIVED, Counters, RunState
+from trainer.run_state import Counters, RunState
 from trainer.sinks import check_sink_names
 from trainer.train_step import TrainStep
 
 if TYPE_CHECKING:
     from trainer.quality_monitor import QualityMonitor
 
+__all__ = ["ContinualTrainer", "TrainingDiverged", "resolve_device"]  # TrainingDiverged: trainer/divergence.py
 log = logging.getLogger(__name__)
 
-MAX_RESTORES_WITHOUT_PROGRESS = 3  # restores with no checkpoint between them: the run diverges, stop
 DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with nothing arriving
-EXPORT_CLOSE_TIMEOUT_S = 120.0
+
 # Replay frames each checkpoint carries for an exporter working from checkpoints: its calibration set grows
 # from one checkpoint's sample to the next (export/compat.py), so a bounded sample keeps checkpoints small
 # (256 x 96 x 96 x 3 = 7 MB at the default capture size).
 CHECKPOINT_EXPORT_FRAMES = 256
-
-
-class TrainingDiverged(ByolAgentError):
-    """The loss stays non-finite even from the last good state."""
 
 
 def resolve_device(train_cfg: TrainConfig) -> torch.device:
@@ -79,14 +77,125 @@ def resolve_device(train_cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-class Exporter(Protocol):
-    """Publishes from the trainer's thread without waiting (export.exporter.BackgroundExporter)."""
+def open_monitor(trainer: "ContinualTrainer", stream: Optional[TextIO]) -> RunMonitor:
+    """Rank 0's RunMonitor over the trainer's parts: metrics to `metrics.sinks`, the live line to `stream`
+    (stderr when None), and, in a multi-rank run, the whole run's figures (`ReceivedFrames.reporting`)."""
+    cfg, mc = trainer.cfg, trainer.cfg.metrics
+    return RunMonitor(
+        MetricsWriter(trainer.run_dir, stream=stream, sinks=mc.sinks, start_step=trainer.step),
+        cfg.train,
+        train_step=trainer.train_step,
+        buffer=trainer.buffer,
+        state=trainer.state,
+        quality=trainer.quality,
+        sync=trainer.frames.sync,
+        world_size=trainer.ranks.world_size,
+        metrics_cfg=mc,
+        preview=trainer._view_grid,
+        **trainer.frames.reporting(),
+    )
 
-    def submit(self, step: int, encoder: torch.nn.Module, frames: np.ndarray) -> None: ...
 
-    def poll(self) -> list[dict[str, Any]]: ...
+def setup_torch(train_cfg: TrainConfig, ranks: Ranks) -> tuple[torch.device, int]:
+    """(device, seed) of this rank, with torch's threads (`train.threads`), cuDNN autotuning on CUDA and
+    the Python, NumPy and torch RNGs seeded: each rank its own RNGs, batches and views (seed + rank);
+    the weights start from `train.seed` (`build_learner`)."""
+    if train_cfg.threads is not None:
+        torch.set_num_threads(train_cfg.threads)
+    device = resolve_device(train_cfg) if ranks.solo else ranks.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch and image size: autotuned kernels pay off
+    seed = train_cfg.seed + ranks.rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    return device, seed
 
-    def close(self, timeout_s: Optional[float] = None) -> None: ...
+
+def final_checkpoint(
+    state: RunState, train_step: TrainStep, ranks: Ranks, save: Callable[[], None], together: bool
+) -> Optional[CollectiveError]:
+    """The run's last checkpoint (`save`, unless nothing is unsaved or a NaN streak is open) and, in a
+    multi-rank run, the stop record's exact counters; a peer lost during either is returned, not raised.
+    Without `together` (the ranks did not leave the loop in step) no collective can run: nothing is saved."""
+    lost: Optional[CollectiveError] = None
+    if state.unsaved and train_step.nan_streak == 0:
+        if together:
+            try:
+                save()
+            except CollectiveError as exc:  # a peer died during the final checkpoint
+                lost = exc
+        else:
+            log.warning(
+                "%s: no final checkpoint without the other ranks; the last one is step %d",
+                ranks,
+                state.last_checkpoint_step,
+            )
+    if together and not ranks.solo and lost is None:
+        try:
+            state.gather_counters()  # the stop record's figures, exact
+        except CollectiveError as exc:
+            lost = exc
+    return lost
+
+
+def start_record(
+    step: int, resumed_from: Optional[str], device: torch.device, endpoint: str, ranks: Ranks
+) -> dict[str, Any]:
+    """The metrics "start" event of a session (logged with its endpoint too in a multi-rank run)."""
+    start: dict[str, Any] = {
+        "event": "start",
+        "step": step,
+        "resumed_from": resumed_from,
+        "device": str(device),
+        "endpoint": endpoint,
+    }
+    if not ranks.solo:
+        start["world_size"] = ranks.world_size
+        log.info("%s (pid %d, %s): frames on %s", ranks, os.getpid(), device, endpoint)
+    return start
+
+
+class InputEnd:
+    """Whether the input has ended and drained: `input_done` (replay's event), or every camera sent its
+    end-of-stream, and nothing has arrived for DRAINED_AFTER_S since; a camera that comes back makes the
+    loop wait for its frames again."""
+
+    def __init__(self, ingest: Ingestor, buffer: ReplayBuffer) -> None:
+        self._ingest, self._buffer = ingest, buffer
+        self._ended_at: Optional[float] = None  # when the input was first seen ended (None: it has not)
+
+    def drained(self, input_done: bool) -> bool:
+        ingest = self._ingest
+        ended = input_done or ingest.input_ended
+        if ended and self._ended_at is None:
+            self._ended_at = time.monotonic()
+            if ingest.input_ended:
+                log.info(
+                    "every camera's source has ended (cameras %s); training on the %d frames held",
+                    sorted(ingest.cameras_ended),
+                    len(self._buffer),
+                )
+        elif not ended:
+            self._ended_at = None  # a camera is back: wait for its frames again
+        return (
+            self._ended_at is not None
+            and ingest.idle_for() > DRAINED_AFTER_S
+            and (time.monotonic() - self._ended_at > DRAINED_AFTER_S)
+        )
+
+
+def prepare_run_dir(run_dir: Path, cfg: Optional[Config]) -> None:
+    """Create `run_dir`, delete temp files a killed predecessor left there, and write `cfg` (when given) as
+    config.yaml, a record for people (a failure to write it is logged, not raised)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, checkpoint_dir(run_dir)):
+        remove_stale_temps(folder)  # what a killed predecessor was writing
+    if cfg is not None:
+        try:
+            dump_config(cfg, run_dir / "config.yaml")
+        except OSError as exc:  # a record for people, not needed to train
+            log.warning("config.yaml not written: %s", exc.strerror or exc)
 
 
 class ContinualTrainer:
@@ -107,7 +216,7 @@ class ContinualTrainer:
         run_dir: Path,
         *,
         open_receiver: Callable[[], FrameInbox],
-        make_exporter: Optional[Callable[[tuple[float, ...], tuple[float, ...]], Exporter]] = None,
+        make_exporter: Optional[MakeExporter] = None,
         lossless: bool = False,
         write_config: bool = True,
         stream: Optional[TextIO] = None,
@@ -117,37 +226,34 @@ class ContinualTrainer:
         self.ranks = ranks
         check_sink_names(cfg.metrics.sinks)  # every rank, so a bad name stops them all at start
         self._open_receiver = open_receiver
-        self._make_exporter_fn = make_exporter
         self.run_dir = Path(run_dir)
         self.lossless = lossless
         self._write_config = write_config
         self._stream = stream
         tc = cfg.train
-        if tc.threads is not None:
-            torch.set_num_threads(tc.threads)
-        self.device = resolve_device(tc) if ranks.solo else ranks.device
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed batch and image size: autotuned kernels pay off
-        seed = tc.seed + ranks.rank  # each rank its own RNGs, batches and views; the weights start from tc.seed
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-        self.learner = build_learner(cfg.model, tc, self.device, cfg.augment, channels=cfg.capture.channels, rank=ranks.rank)
+        self.device, seed = setup_torch(tc, ranks)
+        self.learner = build_learner(
+            cfg.model, tc, self.device, cfg.augment, channels=cfg.capture.channels, rank=ranks.rank
+        )
         self.optimizer = build_optimizer(self.learner, tc)
         self.train_step = TrainStep(self.learner, self.optimizer, tc, self.device, ranks)
         self.compute_lock = threading.Lock()  # a training step, or one batch of the probe's forward passes
-        self.buffer = ReplayBuffer(cfg.buffer, (cfg.capture.height, cfg.capture.width, cfg.capture.channels), self.device, seed=seed)
+        frame_shape = (cfg.capture.height, cfg.capture.width, cfg.capture.channels)
+        self.buffer = ReplayBuffer(cfg.buffer, frame_shape, self.device, seed=seed)
         self.sampler = torch.Generator().manual_seed(seed)
-        ec = cfg.export  # checkpoints carry frames for an exporter that works from them (`run`)
-        self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, cfg.model_dump(mode="json"), ranks,
-                              export_frames=max(ec.verify_batch, min(ec.calibration_frames, CHECKPOINT_EXPORT_FRAMES)))
+        ec, record = cfg.export, cfg.model_dump(mode="json")  # checkpoints carry frames for `run`'s exporter
+        frames = max(ec.verify_batch, min(ec.calibration_frames, CHECKPOINT_EXPORT_FRAMES))
+        self.state = RunState(self.run_dir, tc, self.train_step, self.buffer, self.sampler, record, ranks, frames)
         self.state.resume()
         if self.resumed_from is None:  # a new run: from model.init_weights (or torchvision weights) when named
             load_initial_weights(self.learner, cfg.model)
-        self.quality = self._make_quality_monitor()
+        self.publishing = ExportHandoff(
+            cfg, self.learner, self.buffer, self.state, ranks, make_exporter, self.compute_lock, self.device
+        )
+        self.frames = ReceivedFrames(self.state, self.buffer, ranks, lambda: self.step, tc.replay_ratio)
+        self.embeddings = BufferEmbeddings(self.buffer, self.train_step, cfg.buffer, cfg.model.image_size)
+        self.divergence = DivergenceGuard(self.train_step, tc, self.state, self._event)
         self.train_step.mark_good()
-        self._restores_in_a_row = 0
-        self._turn: Optional[Turn] = None  # the last agreed turn (multi-rank runs report the fleet's figures from it)
         self.monitor: Optional[RunMonitor] = None  # rank 0's; other ranks write nothing into the run directory
 
     @property
@@ -161,6 +267,10 @@ class ContinualTrainer:
     @property
     def resumed_from(self) -> Optional[str]:
         return self.state.resumed_from
+
+    @property
+    def quality(self) -> Optional["QualityMonitor"]:
+        return self.publishing.quality
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -182,37 +292,18 @@ class ContinualTrainer:
         """
         writes = self.ranks.rank == 0
         if writes:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for folder in (self.run_dir, checkpoint_dir(self.run_dir)):
-                remove_stale_temps(folder)  # what a killed predecessor was writing
-            if self._write_config:
-                try:
-                    dump_config(self.cfg, self.run_dir / "config.yaml")
-                except OSError as exc:  # a record for people, not needed to train
-                    log.warning("config.yaml not written: %s", exc.strerror or exc)
+            prepare_run_dir(self.run_dir, self.cfg if self._write_config else None)
         receiver = self._open_receiver()
-        self._prior = copy.deepcopy(self.counters)
         self._prior_step = self.step
-        self.ingest = Ingestor(receiver, self.buffer, self._may_take if self.lossless else None)
+        self.ingest = self.frames.open_ingest(receiver, lossless=self.lossless)
+        self._input_end = InputEnd(self.ingest, self.buffer)
         try:
-            if writes:
-                mc = self.cfg.metrics
-                self.monitor = RunMonitor(
-                    MetricsWriter(self.run_dir, stream=self._stream, sinks=mc.sinks, start_step=self.step),
-                    self.cfg.train, train_step=self.train_step, buffer=self.buffer, state=self.state,
-                    quality=self.quality, sync=self._sync_counters, world_size=self.ranks.world_size,
-                    metrics_cfg=mc, preview=self._view_grid, **self._fleet_reporting(),
-                )
-            self.exporter = self._make_exporter()
+            self.monitor = open_monitor(self, self._stream) if writes else None
+            self.publishing.open(self.monitor)
         except BaseException:  # the ingest thread that would close the receiver never started
             receiver.close()
             raise
-        start = {"event": "start", "step": self.step, "resumed_from": self.resumed_from,
-                 "device": str(self.device), "endpoint": receiver.endpoint}
-        if not self.ranks.solo:
-            start["world_size"] = self.ranks.world_size
-            log.info("%s (pid %d, %s): frames on %s", self.ranks, os.getpid(), self.device, receiver.endpoint)
-        self._event(start)
+        self._event(start_record(self.step, self.resumed_from, self.device, receiver.endpoint, self.ranks))
         self.ingest.start()
         together = self.ranks.solo  # a multi-rank final checkpoint needs every rank to have left the loop in step
         try:
@@ -222,43 +313,28 @@ class ContinualTrainer:
             together = True
         finally:
             self.ingest.stop()
-            self._sync_counters()
+            self.frames.sync()
             self._shutdown(together)
         self.ingest.check()
         return 0
 
     def _loop(self, stop: threading.Event, input_done: Optional[threading.Event]) -> None:
         tc = self.cfg.train
-        last_export_time: Optional[float] = None  # the clock starts at this session's first step (not at start-up,
-        # which under load can take longer than export.every_seconds and would publish a nearly untrained version)
-        input_done_at: Optional[float] = None
         while True:
-            self._sync_counters()
-            self._log_exports()
-            ended = (input_done is not None and input_done.is_set()) or self.ingest.input_ended
-            if ended and input_done_at is None:
-                input_done_at = time.monotonic()
-                if self.ingest.input_ended:
-                    log.info("every camera's source has ended (cameras %s); training on the %d frames held",
-                             sorted(self.ingest.cameras_ended), len(self.buffer))
-            elif not ended:
-                input_done_at = None  # a camera is back: wait for its frames again
-            drained = input_done_at is not None and self.ingest.idle_for() > DRAINED_AFTER_S and (
-                time.monotonic() - input_done_at > DRAINED_AFTER_S
-            )
-            turn = self._agree(stop, drained)  # the one collective of a turn in a multi-rank run
+            self.frames.sync()
+            self.publishing.poll(self._event)
+            drained = self._input_end.drained(input_done is not None and input_done.is_set())
+            turn = self.frames.agree(stop.is_set(), drained)  # the one collective of a turn in a multi-rank run
             if turn.stop:
                 break
             if tc.max_steps is not None and self.step >= tc.max_steps:
                 break
-            if self.buffer.wants_embeddings:
-                self._embed_pending()
+            self.embeddings.embed_new()
             if not turn.may_step(self.step, tc.replay_ratio):
                 if turn.drained:
                     break
                 self._status(turn.waiting(self.buffer.min_fill))
-                self.ingest.arrived.wait(0.1)
-                self.ingest.arrived.clear()
+                self.ingest.wait_for_frames(0.1)
                 continue
             loss = self._train_step()
             self.ingest.wake()
@@ -269,53 +345,11 @@ class ContinualTrainer:
             clear = None if self.ranks.solo else turn.checkpoint_clear
             if self.train_step.nan_streak == 0 and self.state.checkpoint_due(clear):
                 self._save_checkpoint()
-            refresh = self.cfg.buffer.refresh_every_steps
-            if self.buffer.wants_embeddings and refresh is not None and self.step % refresh == 0:
-                self._embed_pending(refresh=True)
-            if self._export_due(last_export_time):
-                self._submit_export()
-                last_export_time = time.monotonic()
-            elif last_export_time is None:
-                last_export_time = time.monotonic()
+            self.embeddings.refresh(self.step)
+            self.publishing.stepped()
             if self.monitor is not None:
-                self.monitor.maybe_probe(self.counters.last_export_version, self._probed_encoder)
+                self.monitor.maybe_probe(self.counters.last_export_version, self.publishing.probed_encoder)
             self._status("training")
-
-    def _agree(self, stop: threading.Event, drained: bool) -> Turn:
-        """This turn's decisions, from every rank's facts (its own alone in a single process).
-
-        A failed ingest thread votes to stop, so that every rank leaves the loop together; its error
-        is raised after the final checkpoint (`run`)."""
-        stored = len(self.buffer)
-        c = self.counters
-        facts = RankFacts(
-            stop=stop.is_set() or self.ingest.error is not None,
-            ready=stored >= self.buffer.min_fill or (drained and stored >= 2),
-            drained=drained,
-            checkpoint_clear=self.state.retry_passed(),
-            counts=RankCounts(c.frames_in, c.frames_malformed, c.frames_rejected, c.connections_refused, stored),
-        )
-        self._turn = agree(self.ranks, facts)
-        if not self.ranks.solo:
-            self.state.fleet = replace(self.state.fleet, **{name: self._turn.total(name) for name in RECEIVED})
-        return self._turn
-
-    def _may_take(self, frames_in_now: int) -> bool:
-        """Lossless ingest: take a frame while filling, or once training has used all but one frame's updates."""
-        if len(self.buffer) < self.buffer.min_fill:
-            return True
-        ratio = self.cfg.train.replay_ratio
-        return self.step >= ratio * (self._prior.frames_in + frames_in_now - 1)
-
-    def _sync_counters(self) -> None:
-        c, p, ing = self.counters, self._prior, self.ingest
-        c.frames_in = p.frames_in + ing.frames_in
-        c.frames_malformed = p.frames_malformed + ing.frames_malformed
-        c.frames_rejected = p.frames_rejected + ing.frames_rejected
-        c.connections_refused = p.connections_refused + ing.connections_refused
-        received = dict(ing.per_camera)  # a copy: the ingest thread adds cameras
-        c.frames_per_camera = {cam: p.frames_per_camera.get(cam, 0) + received.get(cam, 0)
-                               for cam in set(p.frames_per_camera) | set(received)}
 
     def _train_step(self) -> Optional[float]:
         """One BYOL update; None when the loss was not finite (step skipped and counted)."""
@@ -323,7 +357,7 @@ class ContinualTrainer:
         with self.compute_lock:  # the probe's forward passes take turns with steps (trainer/quality_monitor.py)
             value = self.train_step(images, partners)
         if value is None:
-            self._on_nonfinite()
+            self.divergence.nonfinite()
         return value
 
     def _view_grid(self) -> Optional[np.ndarray]:
@@ -338,120 +372,12 @@ class ContinualTrainer:
         if self.monitor is not None:
             self.monitor.status(state)
 
-    def _fleet_reporting(self) -> dict[str, Any]:
-        """RunMonitor's options that make rank 0 of a multi-rank run report the whole run, not itself."""
-        if self.ranks.solo:
-            return {}
-        return {"counters": self._reported_counters, "extra": self._per_rank_fields}
-
-    def _reported_counters(self) -> Counters:
-        """Rank 0's counters with the frames every rank received (as of the last turn; per camera as of the
-        last gather, at each metrics record and checkpoint)."""
-        fleet = self.state.fleet
-        received = {name: getattr(fleet, name) for name in RECEIVED}
-        return replace(self.counters, **received, frames_per_camera=dict(fleet.frames_per_camera))
-
-    def _per_rank_fields(self) -> dict[str, Any]:
-        turn = self._turn
-        if turn is None:
-            return {"world_size": self.ranks.world_size}
-        return {
-            "world_size": turn.world_size,
-            "frames_in_per_rank": [counts.frames_in for counts in turn.ranks],
-            "buffer_fill_per_rank": [counts.stored / self.buffer.capacity for counts in turn.ranks],
-        }
-
-    def _on_nonfinite(self) -> None:
-        self.counters.nan_skips += 1
-        streak = self.train_step.nan_streak
-        log.warning("non-finite loss at step %d: step skipped (%d in a row)", self.step, streak)
-        if streak >= self.cfg.train.nan_tolerance:
-            bad_step = self.step
-            self.train_step.restore_good()
-            self.counters.restores += 1
-            self._restores_in_a_row += 1
-            log.warning("%d non-finite losses in a row: restored the last good state (step %d)",
-                        self.cfg.train.nan_tolerance, self.step)
-            self._event({"event": "restore", "from_step": bad_step, "step": self.step,
-                         "restores": self.counters.restores, "nan_skips": self.counters.nan_skips})
-            if self._restores_in_a_row >= MAX_RESTORES_WITHOUT_PROGRESS:
-                raise TrainingDiverged(
-                    f"loss stays non-finite after {self._restores_in_a_row} restores of the step-{self.step} state; "
-                    f"lower train.lr (now {self.cfg.train.lr:g}) and restart"
-                )
-
     def _save_checkpoint(self) -> None:
         """A checkpoint of now; once written it is also the state a NaN streak falls back to.
         A collective in a multi-rank run (rank 0 writes, every rank learns whether it was written)."""
         if self.state.save(self.monitor.event if self.monitor is not None else None):
-            self.train_step.mark_good()
-            self._restores_in_a_row = 0
-            if self.exporter is None:  # `run`'s exporter process publishes each checkpoint: score what it gets
-                self._probe_published()
-
-    def _embed_pending(self, refresh: bool = False) -> None:
-        """Give newly stored frames their target embedding, which min-redundancy eviction compares;
-        with `refresh`, re-embed the stalest ones instead (the encoder has moved since)."""
-        batch = self.buffer.frames_to_embed(self.cfg.buffer.embed_batch, refresh=refresh)
-        if batch is not None:
-            slots, tickets, images = batch
-            self.buffer.set_embeddings(slots, tickets, self.train_step.embed(images, self.cfg.model.image_size))
-
-    # -- publishing ------------------------------------------------------------------------------
-
-    def _make_exporter(self) -> Optional[Exporter]:
-        ec = self.cfg.export
-        if (ec.every_steps is None and ec.every_seconds is None) or self.ranks.rank != 0:
-            return None
-        if self._make_exporter_fn is None:
-            log.warning("export.every_steps/every_seconds is set but this trainer was given no exporter; not exporting")
-            return None
-        return self._make_exporter_fn(tuple(self.learner.mean), tuple(self.learner.std))
-
-    def _export_due(self, last_export_time: Optional[float]) -> bool:
-        """agent.core.cadence's rule, the one `export --watch` follows too (the last export's step; its time,
-        or this session's first step: None before it)."""
-        ec = self.cfg.export
-        if self.exporter is None:
-            return False
-        since = 0.0 if last_export_time is None else time.monotonic() - last_export_time
-        return cadence.due(self.step, self.counters.last_export_step, ec.every_steps, since, ec.every_seconds)
-
-    def _submit_export(self) -> None:
-        """Hand an eval copy of the encoder and real frames to the export thread (returns at once)."""
-        gen = torch.Generator().manual_seed(self.step)
-        ec = self.cfg.export  # enough frames to verify, and distinct ones to grow the exporter's calibration set from
-        frames, _ = self.buffer.sample(max(ec.verify_batch, min(ec.calibration_frames, len(self.buffer))), gen)
-        encoder = self.learner.encoder_module(self.cfg.export.weights)
-        self.exporter.submit(self.step, encoder, frames.cpu().numpy())
-        self.counters.last_export_step = self.step
-        self._probe_published()
-
-    def _log_exports(self) -> None:
-        if self.exporter is None:
-            return
-        for event in self.exporter.poll():
-            if event.get("event") == "export":
-                self.counters.last_export_version = event["version"]
-            self._event(event)
-
-    def _probed_encoder(self) -> torch.nn.Module:
-        return self.learner.encoder_module(self.cfg.export.weights)
-
-    def _probe_published(self, final: bool = False) -> None:
-        """Probe the state just checkpointed or exported, or with `final` the one the run ends with (unless
-        `train.probe_every` sets a step cadence): the report matches a score to the version of its step."""
-        if self.monitor is not None and self.cfg.train.probe_every is None:
-            self.monitor.probe(self.counters.last_export_version, self._probed_encoder, final=final)
-
-    def _make_quality_monitor(self) -> Optional["QualityMonitor"]:
-        tc = self.cfg.train
-        if tc.probe_data is None or self.ranks.rank != 0:
-            return None
-        from trainer.quality_monitor import QualityMonitor  # sklearn and onnxruntime load only when probing
-
-        return QualityMonitor(tc.probe_data, self.cfg.model, self.cfg.eval, tc.seed, self.learner.mean, self.learner.std,
-                              device=self.device, weights=self.cfg.export.weights, compute_lock=self.compute_lock)
+            self.divergence.progressed()
+            self.publishing.checkpointed()
 
     def _shutdown(self, together: bool) -> None:
         """Final checkpoint, final export, last status line; runs on every exit but a kill -9.
@@ -461,27 +387,12 @@ class ContinualTrainer:
         checkpoint can be written and the last one stays the one to resume from."""
         lost: Optional[CollectiveError] = None
         try:
-            if self.state.unsaved and self.train_step.nan_streak == 0:
-                if together:
-                    try:
-                        self._save_checkpoint()
-                    except CollectiveError as exc:  # a peer died during the final checkpoint
-                        lost = exc
-                else:
-                    log.warning("%s: no final checkpoint without the other ranks; the last one is step %d",
-                                self.ranks, self.state.last_checkpoint_step)
-            if together and not self.ranks.solo and lost is None:
-                try:
-                    self.state.gather_counters()  # the stop record's figures, exact
-                except CollectiveError as exc:
-                    lost = exc
-            if self.exporter is not None:
-                if self.step > self.counters.last_export_step and len(self.buffer) > 0:
-                    self._submit_export()
-                self.exporter.close(EXPORT_CLOSE_TIMEOUT_S)
-                self._log_exports()
+            lost = final_checkpoint(self.state, self.train_step, self.ranks, self._save_checkpoint, together)
+            self.publishing.close(self._event)
             if self.train_step.nan_streak == 0 and self.step > self._prior_step:
-                self._probe_published(final=True)  # the state the run ends with (waits for a probe in progress)
+                self.publishing.probe_published(
+                    final=True
+                )  # the state the run ends with (waits for a probe in progress)
         finally:
             if self.monitor is not None:
                 self.monitor.close()

@@ -174,7 +174,8 @@ class Ranks:
             raise ValueError(f"scatter needs one object per rank ({self.world_size})")
         out: list[Any] = [None]
         with self._collective("the scatter from rank 0"):
-            dist.scatter_object_list(out, list(objs) if self.rank == 0 else None, src=0, group=self._objects)
+            parts = list(objs) if self.rank == 0 and objs is not None else None  # rank 0 has objs: checked above
+            dist.scatter_object_list(out, parts, src=0, group=self._objects)
         return out[0]
 
     def wrap(self, module: nn.Module) -> nn.Module:

@@ -162,12 +162,13 @@ def adapt_input_channels(net: nn.Module, channels: int, name: str = "the encoder
             f"build it for {channels} channels (e.g. model.encoder_kwargs in_channels={channels})"
         )
     mono = nn.Conv2d(
-        1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]  # 2-tuples
         bias=conv.bias is not None, padding_mode=conv.padding_mode,
     ).to(device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         mono.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
         if conv.bias is not None:
+            assert mono.bias is not None  # built with bias=conv.bias is not None
             mono.bias.copy_(conv.bias)
     parent, _, attr = path.rpartition(".")
     setattr(net.get_submodule(parent) if parent else net, attr, mono)
@@ -201,6 +202,7 @@ def adapt_stem(net: nn.Module, stem: str, name: str = "the encoder", image_size:
             f"model.stem {stem!r} replaces a ResNet stem (conv1 + maxpool); {name!r} has none: use model.stem=standard"
         )
     conv = net.conv1
+    assert isinstance(conv, nn.Conv2d)  # has_resnet_stem checked it
     small = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=conv.bias is not None)
     nn.init.kaiming_normal_(small.weight, mode="fan_out", nonlinearity="relu")
     if small.bias is not None:

@@ -98,6 +98,11 @@ class Ingestor(Worker):
         ended = self.cameras_ended
         return bool(ended) and self.cameras_seen <= ended
 
+    def wait_for_frames(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for a frame to be stored (or the input to end), then re-arm `arrived`."""
+        self.arrived.wait(timeout_s)
+        self.arrived.clear()
+
     def wake(self) -> None:
         self._wake.set()
 

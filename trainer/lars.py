@@ -8,7 +8,7 @@ one `torch.where`, and the update from foreach ops, so a step never waits for th
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -18,12 +18,12 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratios; a group with `lars_exclude=True` gets plain SGD.
 
     Put biases and normalisation parameters in an excluded group with weight_decay=0, as the
-    paper does (`trainer.build.build_optimizer` does this).
+    paper does (`trainer.learner_factory.build_optimizer` does this).
     """
 
     def __init__(
         self,
-        params: Iterable[Union[Tensor, dict]],
+        params: Union[Iterable[Tensor], Iterable[dict[str, Any]]],
         lr: float,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
@@ -36,7 +36,7 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:  # type: ignore[override]  # torch overloads step() on closure; this returns its loss like torch.optim.SGD
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -45,7 +45,7 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
+            grads = tuple(p.grad for p in params)
             if group["weight_decay"]:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             if not group["lars_exclude"]:

@@ -43,7 +43,8 @@ def tau_at(
     if schedule == "constant":
         return base
     if schedule == "cosine":
-        progress = min(step, total_steps) / total_steps  # type: ignore[arg-type, operator]
+        assert total_steps is not None  # check_schedule refuses a cosine schedule without total_steps
+        progress = min(step, total_steps) / total_steps
     else:
         progress = min(step, warmup_steps) / warmup_steps if warmup_steps > 0 else 1.0
     return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2

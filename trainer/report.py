@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 from agent.core.errors import StorageError
-from trainer.report_figures import draw_figures, report_figures
+from trainer.report_figures import draw_figures
 from trainer.report_summary import summary_markdown
-from trainer.run_records import RunDirError, append_event, read_metrics, read_run
+from trainer.run_records import read_run
 
-__all__ = ["Report", "RunDirError", "append_event", "read_metrics", "read_run", "report_figures", "write_report"]
+__all__ = ["Report", "write_report"]
 
 
 @dataclass(frozen=True)

@@ -255,4 +255,4 @@ def not_recorded(ax: "Axes", why: str) -> None:
 
 def legend(ax: "Axes", loc: str = "best") -> None:
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc=loc, fontsize=8)
+        ax.legend(loc=loc, fontsize=8)  # type: ignore[call-overload]  # matplotlib types loc as a Literal of the names callers pass

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeGuard, Union
 
 Number = Union[int, float]
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[Union[int, float]]:
     """A finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -32,7 +32,7 @@ from trainer.run_state import Counters, RunState
 from trainer.train_step import TrainStep
 
 if TYPE_CHECKING:
-    from trainer.evaluation import EvalResult
+    from trainer.feature_probes import EvalResult
     from trainer.quality_monitor import QualityMonitor
 
 log = logging.getLogger(__name__)

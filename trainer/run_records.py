@@ -8,7 +8,6 @@ summary both read (evals per version, drift per version, counters continued acro
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from agent.core.errors import ByolAgentError, StorageError
+from agent.core.jsonl import append_jsonl, read_jsonl
 from trainer.metrics import METRICS_NAME
 from trainer.run_lines import CaptureLine, RuntimeLine, is_number
 
@@ -69,30 +69,18 @@ def read_metrics(run_dir: Union[str, Path]) -> RunMetrics:
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """(objects, unreadable line count) of a JSON-lines file; RunDirError when it cannot be read."""
-    rows: list[dict[str, Any]] = []
-    bad = 0
+    """(objects, unreadable line count) of a JSON-lines file (`agent.core.jsonl.read_jsonl`); RunDirError
+    when it cannot be read."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    bad += 1
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
-                else:
-                    bad += 1
-    except OSError as exc:
-        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return rows, bad
+        read = read_jsonl(path)
+    except StorageError as exc:
+        raise RunDirError(str(exc)) from None
+    return read.rows, read.bad_lines
 
 
 def append_event(run_dir: Union[str, Path], event: dict[str, Any]) -> Path:
-    """Append one event line; a single write of one line, so it does not interleave with the trainer's.
+    """Append one event line (`agent.core.jsonl.append_jsonl`): a single write of one line, so it does not
+    interleave with the trainer's.
 
     Raises RunDirError when the run directory is missing, StorageError when the line cannot be written.
     """
@@ -100,11 +88,7 @@ def append_event(run_dir: Union[str, Path], event: dict[str, Any]) -> Path:
     if not run.is_dir():
         raise RunDirError(f"run directory {str(run)!r} does not exist")
     path = run / METRICS_NAME
-    try:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(event) + "\n")
-    except OSError as exc:
-        raise StorageError(f"cannot append to {path}: {exc.strerror or exc}") from None
+    append_jsonl(path, event)
     return path
 
 

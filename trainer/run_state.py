@@ -30,21 +30,19 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from agent.core import cadence
-from agent.core.repeats import backoff_s
 from agent.core.config import TrainConfig
 from agent.core.errors import CheckpointError, StorageError
+from agent.core.repeats import backoff_s
 from trainer.buffer import ReplayBuffer
 from trainer.checkpoint import (
     FORMAT,
     capture_rng,
     list_checkpoints,
-    load_latest_checkpoint,
-    quarantine_newer,
-    restore_rng,
     save_checkpoint,
     weights_digest,
 )
 from trainer.distributed import SOLO, Ranks
+from trainer.rank_resume import read_newest, restart_rank_part, restore_rank_part
 from trainer.train_step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -90,8 +88,12 @@ def fleet_counters(parts: Sequence[Counters]) -> Counters:
 
 def shared_counters(run: Counters) -> Counters:
     """What a rank other than 0 keeps of the run's counters when per-rank ones cannot be restored."""
-    return Counters(nan_skips=run.nan_skips, restores=run.restores,
-                    last_export_version=run.last_export_version, last_export_step=run.last_export_step)
+    return Counters(
+        nan_skips=run.nan_skips,
+        restores=run.restores,
+        last_export_version=run.last_export_version,
+        last_export_step=run.last_export_step,
+    )
 
 
 class RunState:
@@ -140,7 +142,7 @@ class RunState:
         """Continue from the newest readable checkpoint, if any; CheckpointError (one line) if it does not fit.
 
         Collective in a multi-rank run (every rank calls it once, at start-up)."""
-        ckpt, mine = self._read_newest()
+        ckpt, mine = read_newest(self.run_dir, self._ranks)
         if ckpt is None:
             return
         views = self._views()
@@ -155,61 +157,16 @@ class RunState:
         run_counters = counters_from(ckpt["counters"])
         saved_world = int(ckpt.get("world_size", 1))
         if saved_world == self._ranks.world_size:
-            self._restore_rank(mine)
+            assert mine is not None  # the same world size: every rank has its part
+            restore_rank_part(mine, self.sampler, self._views(), self._buffer)
+            self.counters = counters_from(mine["counters"])
         else:  # each rank's RNGs and shard belonged to a rank layout that no longer exists
-            if views is not None:
-                views.set_state(fresh_views)  # rank 0's view generator came with the learner: not ours
+            restart_rank_part(Path(ckpt["path"]).name, saved_world, self._ranks, views, fresh_views, self._cfg)
             self.counters = run_counters if self._ranks.rank == 0 else shared_counters(run_counters)
-            if self._ranks.rank == 0:
-                log.warning(
-                    "%s was written by %d rank(s) and this run has %d: weights, target, optimizer, step and the "
-                    "run's counters resume; each rank's RNG states%s start afresh",
-                    Path(ckpt["path"]).name, saved_world, self._ranks.world_size,
-                    " and replay buffer" if self._cfg.save_buffer else "",
-                )
         self.fleet = run_counters
         self.last_checkpoint_step = self.step
         self.resumed_from = ckpt["path"]
         log.info("resumed from %s at step %d", ckpt["path"], self.step)
-
-    def _read_newest(self) -> tuple[Optional[dict[str, Any]], Optional[dict[str, Any]]]:
-        """(the newest checkpoint's shared content, this rank's own part) on every rank; (None, None) if none.
-
-        Rank 0 alone reads the run directory (and moves unreadable newer files aside); in a
-        multi-rank run it broadcasts the shared content and scatters the per-rank parts, which
-        exist only when the checkpoint was written by as many ranks as this run has.
-        """
-        ckpt = None
-        if self._ranks.rank == 0:
-            ckpt = load_latest_checkpoint(self.run_dir)
-            quarantine_newer(self.run_dir, None if ckpt is None else int(ckpt["step"]))
-        if self._ranks.solo:
-            if ckpt is None or "ranks" in ckpt:  # a multi-rank checkpoint has no part for a single process
-                return ckpt, None
-            return ckpt, {"rng": ckpt["rng"], "counters": ckpt["counters"], "buffer": ckpt.get("buffer")}
-        shared = None if ckpt is None else {k: v for k, v in ckpt.items() if k not in ("ranks", "buffer")}
-        shared = self._ranks.broadcast(shared)
-        if shared is None:
-            return None, None
-        parts = None
-        if ckpt is not None:
-            same = int(ckpt.get("world_size", 1)) == self._ranks.world_size
-            parts = list(ckpt["ranks"]) if same else [None] * self._ranks.world_size
-        return shared, self._ranks.scatter(parts)
-
-    def _restore_rank(self, part: dict[str, Any]) -> None:
-        """This rank's RNGs, sampler, view generator, counters and buffer, as saved."""
-        restore_rng(part["rng"])
-        self.sampler.set_state(part["rng"]["sampler"])
-        views = self._views()
-        if part["rng"].get("views") is not None and views is not None:
-            views.set_state(part["rng"]["views"])  # a single-process checkpoint has it in the learner's state
-        self.counters = counters_from(part["counters"])
-        if part.get("buffer") is not None:
-            try:
-                self._buffer.load_state_dict(part["buffer"])
-            except ValueError as exc:
-                log.warning("not restoring the saved replay buffer: %s", exc)
 
     def _views(self) -> Optional[torch.Generator]:
         return self._train_step.learner.generator
@@ -233,8 +190,14 @@ class RunState:
                 "buffer": self._buffer.state_dict() if self._cfg.save_buffer else None,
             }
         run = fleet_counters([counters_from(part["counters"]) for part in ranks])
-        return {**shared, "rng": ranks[0]["rng"], "counters": asdict(run), "buffer": None,
-                "world_size": len(ranks), "ranks": ranks}
+        return {
+            **shared,
+            "rng": ranks[0]["rng"],
+            "counters": asdict(run),
+            "buffer": None,
+            "world_size": len(ranks),
+            "ranks": ranks,
+        }
 
     def rank_state(self) -> dict[str, Any]:
         """This rank's part of a multi-rank checkpoint, with a digest of its weights (ranks must agree on them)."""
@@ -242,8 +205,11 @@ class RunState:
         return {
             "rank": self._ranks.rank,
             "step": self.step,
-            "rng": {**capture_rng(), "sampler": self.sampler.get_state(),
-                    "views": views.get_state() if views is not None else None},
+            "rng": {
+                **capture_rng(),
+                "sampler": self.sampler.get_state(),
+                "views": views.get_state() if views is not None else None,
+            },
             "counters": asdict(self.counters),
             "buffer": self._buffer.state_dict() if self._cfg.save_buffer else None,
             "weights_sha256": weights_digest(self._train_step.learner),
@@ -266,8 +232,8 @@ class RunState:
         every_seconds = self._cfg.checkpoint_every_seconds if self._ranks.solo else None
         if self._last_checkpoint_time is None:  # the first step of this session starts the clock
             self._last_checkpoint_time = time.monotonic()
-        due = cadence.due(self.step, self.last_checkpoint_step, self._cfg.checkpoint_every,
-                          time.monotonic() - self._last_checkpoint_time, every_seconds)
+        since = time.monotonic() - self._last_checkpoint_time
+        due = cadence.due(self.step, self.last_checkpoint_step, self._cfg.checkpoint_every, since, every_seconds)
         return due and (self.retry_passed() if clear is None else clear)
 
     def retry_passed(self) -> bool:
@@ -291,8 +257,11 @@ class RunState:
         if parts is not None:  # rank 0
             digests = {part["weights_sha256"] for part in parts}
             if len(digests) > 1:
-                log.error("the ranks' weights differ at step %d (%d versions); the checkpoint holds rank 0's",
-                          self.step, len(digests))
+                log.error(
+                    "the ranks' weights differ at step %d (%d versions); the checkpoint holds rank 0's",
+                    self.step,
+                    len(digests),
+                )
             self.fleet = fleet_counters([counters_from(part["counters"]) for part in parts])
             saved = self._write(self.state(parts), on_event)
         saved = bool(self._ranks.broadcast(saved))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import nullcontext
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -82,10 +82,10 @@ class TrainStep:
         return x if self._cfg.channels_last else x.contiguous()
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor, size: int, which: str = "target") -> torch.Tensor:
+    def embed(self, images: torch.Tensor, size: Union[int, tuple[int, int]], which: str = "target") -> torch.Tensor:
         """uint8 NHWC frames of any size → (N, D) float32 CPU embeddings of the `which` encoder.
 
-        Resized to `size` (the model's input side; bilinear, antialiased) and normalised with the
+        Resized to `size` (the model's input side, or (height, width); bilinear, antialiased) and normalised with the
         learner's mean/std, under the same precision as training. Used by min-redundancy eviction.
         """
         x = torch.nn.functional.interpolate(

@@ -15,7 +15,7 @@ from agent.commands._common import add_config_arguments, config_from_args
 from agent.core.errors import ModelFileError
 
 if TYPE_CHECKING:
-    from trainer.evaluation import EvalResult
+    from trainer.feature_probes import EvalResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"eval.k": args.k})
     from export.evaluate import evaluate_export  # torch and sklearn load after parsing
-    from trainer.evaluation import probe_regressed
-    from trainer.report import RunDirError, append_event
+    from trainer.feature_probes import probe_regressed
+    from trainer.run_records import RunDirError, append_event
     if args.run_dir is not None and not Path(args.run_dir).is_dir():
         raise RunDirError(f"run directory {args.run_dir!r} does not exist")
     previous = _load_previous(args.previous) if args.previous else None
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _load_previous(path: str) -> "EvalResult":
-    from trainer.evaluation import EvalResult
+    from trainer.feature_probes import EvalResult
 
     try:
         tree = json.loads(Path(path).read_text())

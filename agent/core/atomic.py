@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.core.backoff import worth_logging
+from agent.core.errors import StorageError
+from agent.core.jsonl import append_jsonl, jsonable
 
 TEMP_PREFIX = ".tmp-"
 _TEMP_PID = re.compile(r"^\.tmp-(\d+)-")
@@ -99,17 +100,6 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         fsync_dir(path.parent)
 
 
-def jsonable(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null rather than emitting invalid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def write_status(path: Path, data: dict[str, Any]) -> bool:
     """A status snapshot for the `run` supervisor: atomic, not fsynced (rewritten every second).
 
@@ -123,34 +113,29 @@ def write_status(path: Path, data: dict[str, Any]) -> bool:
 def append_record(path: Path, record: dict[str, Any]) -> bool:
     """Append `record` as one JSON line to an append-only history (capture.jsonl, runtime.jsonl).
 
-    One `write` of one line to a file opened for appending, so concurrent readers see whole lines
-    (a crash can leave a torn last line, which `byol-agent report` skips and counts). Advisory like
-    `write_status`: an OSError is logged (the first, then every 100th in a row) and swallowed.
+    Written by `agent.core.jsonl.append_jsonl` (one whole line per write; a torn last line, from a
+    crash, is ended first and skipped and counted by readers). Advisory like `write_status`: a failed
+    write (StorageError) is logged (the first, then every 100th in a row) and swallowed.
     Returns whether the line was written.
     """
-    line = json.dumps(jsonable(record)) + "\n"
-
-    def append() -> None:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-
-    return _advisory("history", "appended", path, append)
+    return _advisory("history", "appended", path, lambda: append_jsonl(path, record))
 
 
 _advisory_failures: dict[tuple[str, str], int] = {}  # (kind, path) -> failures in a row
 
 
 def _advisory(kind: str, verb: str, path: Path, write: Callable[[], None]) -> bool:
-    """Run `write`; an OSError is counted per file, logged the first and every 100th time in a row, and
-    swallowed (False); the first success after failures says so."""
+    """Run `write`; an OSError (or StorageError) is counted per file, logged the first and every 100th
+    time in a row, and swallowed (False); the first success after failures says so."""
     key = (kind, str(path))
     try:
         write()
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         failures = _advisory_failures.get(key, 0) + 1
         _advisory_failures[key] = failures
         if worth_logging(failures):
-            log.warning("%s %s not %s (%d in a row): %s; carrying on", kind, path, verb, failures, exc.strerror or exc)
+            reason = getattr(exc.__cause__ or exc, "strerror", None) or exc
+            log.warning("%s %s not %s (%d in a row): %s; carrying on", kind, path, verb, failures, reason)
         return False
     if _advisory_failures.pop(key, 0):
         log.info("%s %s %s again", kind, path, verb)

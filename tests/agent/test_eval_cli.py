@@ -11,8 +11,8 @@ import pytest
 
 from agent.cli import main as cli_main
 from tests.conftest import REPO
-from tests.trainer.test_evaluation import publish_random_init
-from trainer.report import read_metrics
+from tests.trainer.test_feature_probes import publish_random_init
+from trainer.run_records import read_metrics
 
 
 def _eval(*args: str) -> subprocess.CompletedProcess:

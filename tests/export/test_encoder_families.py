@@ -29,7 +29,7 @@ from export.manifest import read_manifest
 from export.onnx_export import check_exportable
 from export.publish import Publisher
 from export.verify import torch_reference
-from trainer.build import build_learner
+from trainer.learner_factory import build_learner
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),

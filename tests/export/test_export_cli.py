@@ -24,9 +24,9 @@ from export.verify import torch_reference
 from tests.agent.test_runtime import wait_until
 from tests.conftest import REPO, free_tcp_endpoint
 from tests.export.tiny import scene_frames
-from trainer.build import build_learner
+from trainer.learner_factory import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
-from trainer.report import read_metrics
+from trainer.run_records import read_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 OVERRIDES = [

@@ -22,7 +22,7 @@ from export.onnx_export import input_spec
 from export.publish import Publisher
 from export.targets import TARGETS, ExportJob
 from tests.export.tiny import scene_frames
-from trainer.build import build_learner
+from trainer.learner_factory import build_learner
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

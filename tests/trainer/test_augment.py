@@ -20,7 +20,7 @@ from trainer.augment import (
     gaussian_kernels,
     shift_hue,
 )
-from trainer.checks import LearnerError
+from trainer.image_checks import LearnerError
 from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

@@ -13,7 +13,7 @@ from torchvision import models
 
 from agent.core.errors import ConfigError
 from trainer import BYOL
-from trainer.checks import LearnerError
+from trainer.image_checks import LearnerError
 from trainer.encoders import TinyCNN
 from trainer.loss import regression_loss
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from trainer import BYOL
-from trainer.checks import LearnerError
+from trainer.image_checks import LearnerError
 from trainer.encoders import TinyCNN
 
 SIZES = dict(projection_size=16, projection_hidden_size=32)

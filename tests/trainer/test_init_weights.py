@@ -17,7 +17,7 @@ from agent.core.errors import ConfigError
 from agent.pipeline import build_trainer
 from tests.conftest import free_tcp_endpoint
 from tests.trainer.test_continual import Feeder, tiny_config
-from trainer.build import build_learner
+from trainer.learner_factory import build_learner
 from trainer.init_weights import load_initial_weights
 
 RESNET = ["model.encoder=resnet18", "model.encoder_kwargs={}", "model.image_size=32", "model.stem=standard"]

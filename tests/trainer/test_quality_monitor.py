@@ -16,7 +16,7 @@ from agent.core.errors import ModelFileError, SourceError
 from agent.supervisor import format_pipeline_status
 from tests.conftest import free_tcp_endpoint
 from tests.trainer.test_continual import records, run_trainer, tiny_config
-from trainer.evaluation import load_eval_data, random_init_encoder
+from trainer.feature_probes import load_eval_data, random_init_encoder
 from trainer.metrics import format_status
 from trainer.quality_monitor import QualityMonitor
 from trainer.report import write_report

@@ -18,7 +18,9 @@ import pytest
 
 from agent.cli import main as cli_main
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
-from trainer.report import RunDirError, append_event, read_metrics, report_figures, write_report
+from trainer.report import write_report
+from trainer.report_figures import report_figures
+from trainer.run_records import RunDirError, append_event, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

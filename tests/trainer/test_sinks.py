@@ -17,9 +17,9 @@ import pytest
 
 from agent.core.errors import ConfigError
 from tests.disk import FillableDisk
-from trainer.evaluation import EvalResult
+from trainer.feature_probes import EvalResult
 from trainer.metrics import MetricsWriter
-from trainer.report import read_metrics
+from trainer.run_records import read_metrics
 from trainer.run_state import Counters
 from trainer.sinks import SINKS, open_sink, sink_class, sink_names
 

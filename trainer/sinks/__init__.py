@@ -3,9 +3,9 @@
 A sink receives what `trainer.metrics.MetricsWriter` fans out: records (dicts with a wall-clock
 "time" and usually a "step": a training window `{"step", "loss", "lr", ...}` or an event
 `{"event": "start" | "eval" | "export" | "stop" | ..., ...}`, see trainer/run_monitor.py) and, for
-sinks that show pictures, image grids. A sink raises when it cannot write (OSError for a full or
-unwritable disk, ImportError when its package is missing); `MetricsWriter` counts and logs that and
-reopens it later, so no sink can stop training. Each kind is imported only when configured
+sinks that show pictures, image grids. A sink raises when it cannot write (OSError or StorageError
+for a full or unwritable disk, ImportError when its package is missing); `MetricsWriter` counts and
+logs that and reopens it later, so no sink can stop training. Each kind is imported only when configured
 (`metrics.sinks`), so a sink's package loads only where it is used. The contract every registered
 sink meets is one parametrized test (tests/trainer/test_sinks.py).
 """
@@ -42,7 +42,7 @@ class MetricsSink(ABC):
 
     @abstractmethod
     def write(self, record: dict[str, Any]) -> None:
-        """Write one record; raise (OSError, ...) when it cannot be written."""
+        """Write one record; raise (OSError, StorageError, ...) when it cannot be written."""
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         """Show an (H, W, 3) uint8 RGB image under `tag` at `step`; sinks without pictures ignore it."""

@@ -59,7 +59,7 @@ TRAINING_TAGS = {
 }
 PER_KEY = {"frames_per_camera": "frames/camera_", "buffer_per_camera": "buffer/camera_"}
 PER_RANK = {"frames_in_per_rank": "frames/rank_", "buffer_fill_per_rank": "buffer/fill_rank_"}
-EVAL_TAGS = {  # trainer.evaluation.EvalResult.to_event()
+EVAL_TAGS = {  # trainer.feature_probes.EvalResult.to_event()
     "knn_top1": "probe/knn",
     "random_knn_top1": "probe/knn_random_init",
     "linear_top1": "probe/linear",

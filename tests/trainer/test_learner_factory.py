@@ -7,7 +7,7 @@ import torch
 
 from agent.core.config import AugmentConfig, ModelConfig, TrainConfig
 from trainer.augment import VIEW1, VIEW2
-from trainer.build import build_learner, build_optimizer
+from trainer.learner_factory import build_learner, build_optimizer
 from trainer.lars import LARS
 
 MODEL = ModelConfig(encoder="tiny_cnn", encoder_kwargs={"width": 4}, image_size=16, projection_size=8, projection_hidden_size=16)

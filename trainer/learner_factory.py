@@ -68,7 +68,8 @@ def build_optimizer(learner: BYOL, train_cfg: TrainConfig) -> torch.optim.Optimi
     normalisation parameters (every tensor with ndim <= 1) are excluded, as in the BYOL paper.
     Adam/AdamW use the fused kernels where the parameters allow them.
     """
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in learner.parameters():
         if param.requires_grad:
             (decay if param.ndim > 1 else no_decay).append(param)

@@ -1,4 +1,4 @@
-"""Probes, datasets, split and gate of trainer.evaluation on real data and real ONNX files."""
+"""Probes, datasets, split and gate of trainer.feature_probes on real data and real ONNX files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from agent.core.errors import ConfigError, ModelFileError, SourceError
 from export.exporter import export_encoder
 from export.publish import Publisher
 from export.evaluate import OnnxFeatureExtractor, evaluate_export, resolve_encoder
-from trainer.evaluation import (
+from trainer.feature_probes import (
     EvalResult,
     knn_top1,
     linear_probe_top1,
@@ -185,7 +185,7 @@ def test_bad_encoders_are_one_line_model_file_errors(tmp_path: Path) -> None:
 def test_eval_data_loads_at_a_non_square_size(tmp_path) -> None:
     import cv2
 
-    from trainer.evaluation import load_digits, load_image_folder
+    from trainer.feature_probes import load_digits, load_image_folder
 
     assert load_digits((12, 20)).images.shape[1:] == (12, 20, 3)
     for name in ("a", "b"):
