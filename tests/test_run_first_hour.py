@@ -15,10 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from agent.core.atomic import write_status
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
+
+pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "agent.cli", "run"]
 SMALL = [*TINY_MODEL, "capture.height=32", "capture.width=32", "buffer.min_fill=16", "train.threads=1",
