@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from agent.core import cadence
-from agent.core.repeats import backoff_s
+from agent.core.backoff import backoff_s
 from agent.core.config import TrainConfig
 from agent.core.errors import CheckpointError, StorageError
 from trainer.buffer import ReplayBuffer
