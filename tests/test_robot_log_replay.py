@@ -35,7 +35,7 @@ def test_replay_of_an_mcap_with_two_topics_trains_on_both_cameras_under_their_id
 
 
 def test_replay_says_on_the_console_which_log_was_damaged_and_which_frames_were_skipped(tmp_path):
-    """Issue 23: a log cut short and frames in an unsupported encoding are named where the user looks."""
+    """A log cut short and frames in an unsupported encoding are named where the user looks."""
     import numpy as np
 
     rng = np.random.default_rng(0)

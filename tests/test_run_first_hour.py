@@ -1,4 +1,4 @@
-"""`byol-agent run` as a new user meets it (issue 22): a swap shows on a slow machine, a second run on busy
+"""`byol-agent run` as a new user meets it: a swap shows on a slow machine, a second run on busy
 ports is one line, a Ctrl-C during start-up is an interruption, a resumed run shows no stale figures.
 
 Real processes on loopback, the demo source, a tiny encoder. Waits are on what the run prints or writes

@@ -3,7 +3,7 @@
 `every_steps` means "at least N steps since the last one" (`step - last_step >= N`), not "at multiples
 of N", so a run that resumed, skipped a step or exported at shutdown keeps the same spacing. A time
 bound (`every_seconds`) makes the job happen on a slow machine too: exports counted in steps alone
-never came during a 300 s run on a loaded 2-core machine (issue 22).
+never came during a 300 s run on a loaded 2-core machine.
 """
 
 from __future__ import annotations

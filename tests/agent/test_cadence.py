@@ -1,4 +1,4 @@
-"""agent.core.cadence: the one rule for "is a checkpoint / an export due" (issues 22 and 25)."""
+"""agent.core.cadence: the one rule for "is a checkpoint / an export due"."""
 
 from __future__ import annotations
 
@@ -24,6 +24,6 @@ def test_every_seconds_makes_it_due_early_but_never_without_a_new_step() -> None
 
 
 def test_every_shipped_config_exports_by_time_too() -> None:
-    """Issue 22: exports counted in steps alone never came in a 300 s run on a loaded 2-core machine."""
+    """Exports counted in steps alone never came in a 300 s run on a loaded 2-core machine."""
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         assert load_config(path).export.every_seconds is not None, path.name

@@ -56,7 +56,7 @@ def test_replay_trains_one_trainer_on_loopback_whatever_fleet_endpoints_the_conf
 
 
 def test_a_replay_plan_with_the_novelty_gate_on_gives_upper_bounds_and_its_time_at_a_known_rate() -> None:
-    """Issue 22: with capture.novelty_threshold on, the plan counted frames the gate would drop as certain."""
+    """With capture.novelty_threshold on, the plan counted frames the gate would drop as certain."""
     from agent.replay import ReplayPlan
 
     plan = ReplayPlan([250, 120], [0, 0], 2.0, 128, 0, gated=True)
@@ -68,7 +68,7 @@ def test_a_replay_plan_with_the_novelty_gate_on_gives_upper_bounds_and_its_time_
 
 
 def test_replay_counts_an_image_folder_after_checking_it(tmp_path: Path) -> None:
-    """Issue 22: replaying a folder of photos planned "frames (count unknown)": the count was read from the
+    """Replaying a folder of photos once planned "frames (count unknown)": the count was read from the
     file list, which closing the checked source had emptied."""
     import cv2
     import numpy as np

@@ -57,7 +57,7 @@ def test_a_failing_child_is_restarted_with_backoff_not_in_a_burst(tmp_path: Path
 
 
 def test_a_status_line_fits_the_terminal_and_keeps_its_end_in_view() -> None:
-    # a new user's 200-column tmux showed `... export v1 (refu`: the runtime's swaps never in view (issue 22 review)
+    # a new user's 200-column tmux showed `... export v1 (refu`: the runtime's swaps never in view (found in review)
     from agent.supervisor import fit_line
 
     line = "t=  90s | " + "x" * 300 + " | runtime v5 swaps 4 calls 1995"
