@@ -108,6 +108,7 @@ def test_a_yaml_syntax_error_names_file_line_and_column_in_one_line(tmp_path: Pa
     assert message == f"config file {str(bad)!r} is not valid YAML {where}" and "\n" not in message
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_key_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "agent.cli", "run", "--run-dir", str(tmp_path), "--duration", "1", "train.lrr=1"],
@@ -142,6 +143,7 @@ def test_binary_directory_and_empty_config_files_are_one_line_errors(tmp_path: P
         load_config(unreadable)
 
 
+@pytest.mark.slow
 def test_cli_config_errors_print_one_line(tmp_path: Path) -> None:
     binary = tmp_path / "x.yaml"
     binary.write_bytes(b"\x80\x81\xfe\xff" * 64)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.replay import ReplayCapture
 
 
@@ -23,6 +25,7 @@ def test_stop_before_start_does_nothing(tmp_path: Path) -> None:
     ReplayCapture(tmp_path / "c.yaml", "realtime", tmp_path / "logs").stop()
 
 
+@pytest.mark.slow
 def test_replay_shows_its_plan_and_a_progress_bar_with_steps_frames_and_total(tmp_path: Path, capsys) -> None:
     import threading
 

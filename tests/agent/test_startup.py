@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 
+pytestmark = pytest.mark.slow
+
 HEAVY = ("torch", "torchvision", "matplotlib", "sklearn", "onnx", "onnxruntime")
 _PROBE = (
     "import sys, agent.cli\n"

@@ -18,6 +18,7 @@ class _NeverStop:
         return False
 
 
+@pytest.mark.slow
 def test_a_child_that_cannot_be_spawned_stops_the_ones_already_started(tmp_path: Path) -> None:
     sleeper = ChildSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], 10.0)
     missing = ChildSpec("missing", [str(tmp_path / "no-such-program")], 10.0)
@@ -28,6 +29,7 @@ def test_a_child_that_cannot_be_spawned_stops_the_ones_already_started(tmp_path:
     assert proc is not None and proc.poll() is not None
 
 
+@pytest.mark.slow
 def test_a_failing_child_is_restarted_with_backoff_not_in_a_burst(tmp_path: Path) -> None:
     """A fault that lasts (a full disk) once used up 3 restarts in ~11 s and ended the run for good."""
     import time

@@ -44,6 +44,7 @@ def test_train_test_folder_uses_its_own_halves(tmp_path: Path) -> None:
     assert np.bincount(data.labels[queries]).tolist() == [6, 6]
 
 
+@pytest.mark.slow
 def test_trainer_logs_probe_scores_against_random_init(tmp_path: Path) -> None:
     probe = write_labelled(tmp_path / "probe")
     cfg = tiny_config(free_tcp_endpoint(), "train.max_steps=6", f"train.probe_data={probe}", "train.probe_every=3")
