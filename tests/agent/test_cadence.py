@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.core.cadence import due
+from agent.commands._common import exports_in_process
+from agent.core.cadence import due, scheduled
 from agent.core.config import CONFIG_DIR, load_config
 
 
@@ -27,3 +28,11 @@ def test_every_shipped_config_exports_by_time_too() -> None:
     """Exports counted in steps alone never came in a 300 s run on a loaded 2-core machine."""
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         assert load_config(path).export.every_seconds is not None, path.name
+
+
+def test_a_job_is_on_when_either_bound_is_set_and_export_in_process_follows_that_rule() -> None:
+    assert not scheduled(None, None) and scheduled(500, None) and scheduled(None, 60.0) and scheduled(500, 60.0)
+    for words, on in ((["export.every_steps=null", "export.every_seconds=null"], False),
+                      (["export.every_steps=null", "export.every_seconds=60"], True),
+                      (["export.every_steps=200", "export.every_seconds=null"], True)):
+        assert exports_in_process(load_config(None, words)) is on, words
