@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from agent.core.repeats import backoff_s
+from agent.core.backoff import backoff_s
 from trainer.metrics import drift_text
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ def _probe_note(trainer: dict) -> list[str]:
 
 
 def _drift_note(exporter: dict) -> str:
-    """", CKA 0.998 prev, 0.861 v1" from status-exporter.json (export.compat.drift_record fields), or ""."""
+    """", CKA 0.998 prev, 0.861 v1" from status-exporter.json (export.drift_gate.drift_record fields), or ""."""
     text = drift_text({**exporter, "last_export_version": None})
     return f", {text}" if text else ""
 

@@ -16,7 +16,7 @@ into a temp dir. A linear policy head (standardise + logistic regression) is fit
                  ridge on the set's first 256 frames (the set of the old default size)
   (c) refit      a head refit on that version (the upper bound)
 plus each map's held-out R², CKA to the previous and to version 1, and the per-call cost of the map
-in a pinned HotEncoder. Goal (issue 14): (b) ≥ 0.95 × version 1's accuracy at every version, > (a).
+in a pinned HotEncoder. Goal: (b) ≥ 0.95 × version 1's accuracy at every version, > (a).
 
     python benchmarks/bench_compat.py            # 12 versions x 60 steps on each stream
     python benchmarks/bench_compat.py --quick    # 10 versions x 20 steps, digits only

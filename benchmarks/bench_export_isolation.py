@@ -3,7 +3,7 @@
     python benchmarks/bench_export_isolation.py                      # tiny_cnn and resnet18 at 64 px
     python benchmarks/bench_export_isolation.py --encoders tiny_cnn --rounds 1
 
-The dynamo exporter's tracing state is process-global (issue 26), so an export beside training
+The dynamo exporter's tracing state is process-global, so an export beside training
 either runs in a child process (what BackgroundExporter does) or holds a lock that stops training
 while it traces (the alternative). Per encoder and round, with one BYOL training loop (batch 32,
 32 px views of the encoder's image size, Adam) on the main thread:

@@ -10,7 +10,7 @@ the same machine load (its imports resolve to this tree's other modules: compare
 
 Part 2, delivery: a sender process flat out for --seconds (lossy, send HWM 64 as in WireConfig) into
   one  one endpoint, a receiver process draining it (FrameReceiver, RCVHWM 256)
-  N    N endpoints (--ranks), one draining receiver process each (issue 15's fan-out)
+  N    N endpoints (--ranks), one draining receiver process each (the fleet's fan-out)
 frames received per second (first to last arrival, summed over ranks), frames sent and dropped per second,
 and each rank's share; median of --reps trials. With --baseline, case `one` also runs DIR's sender, interleaved.
 

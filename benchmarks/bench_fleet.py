@@ -1,4 +1,4 @@
-"""Continual training at 1 and N ranks (issue 15): steps/s, images/s, frames/s, and the all-reduce share of a step.
+"""Continual training at 1 and N ranks: steps/s, images/s, frames/s, and the all-reduce share of a step.
 
 Part 1, the product end to end, for each world size W in --nproc: the real `byol-agent train` (W = 1 plain,
 W > 1 `train --nproc W`, which runs it under torchrun: gloo on the CPU, nccl on CUDA, the product's choice)

@@ -2,8 +2,8 @@
 
 The gate (`agent.core.frames.NoveltyGate`) compares 16x16 grayscale thumbnails of consecutive kept
 frames by mean |difference| in [0, 1]. A threshold must sit above what a still camera's noise gives
-and below what slow, steady camera motion gives, or it silently throws real data away (issue 13:
-0.01 kept 45 of 120 frames of a real clip). No real footage ships with any installed package, so
+and below what slow, steady camera motion gives, or it silently throws real data away (a
+threshold of 0.01 kept 45 of 120 frames of a real clip). No real footage ships with any installed package, so
 this measures on the development photos (real images) two ways, at the capture's default 96 px:
 - still: one photo, upscaled, with Gaussian sensor noise of sigma 1, 2 and 4 grey levels per frame;
 - slow motion: the photo filmed by a camera panning/zooming across it over N frames

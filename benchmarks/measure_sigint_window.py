@@ -1,4 +1,4 @@
-"""How long after `byol-agent train` starts a Ctrl-C still ends it Python's own way (issue 22).
+"""How long after `byol-agent train` starts a Ctrl-C still ends it Python's own way.
 
 A Ctrl-C typed in a shell reaches the new process at once; until `agent.cli.main` runs (Python's own
 start-up: site, the editable install's finder, `runpy`, our module), Python handles it itself (a

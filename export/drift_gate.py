@@ -50,7 +50,8 @@ def drift_record(export_dir: Path, version: int) -> dict[str, Any]:
         return {}
     if not isinstance(compat, dict) or not isinstance(compat.get("maps_to"), int):
         return {}
-    direct = compat.get("direct") if isinstance(compat.get("direct"), list) else []
+    listed = compat.get("direct")
+    direct = listed if isinstance(listed, list) else []
     pinned = {str(d["maps_to"]): d.get("cka") for d in direct if isinstance(d, dict) and isinstance(d.get("maps_to"), int)}
     if compat["maps_to"] in read_pins(export_dir):
         pinned[str(compat["maps_to"])] = compat.get("cka")

@@ -69,8 +69,9 @@ def resolve_encoder(path: Union[str, Path]) -> EncoderFile:
             raise ModelFileError(f"export directory {str(path)!r} has nothing published yet (no {LATEST_NAME})")
         path = path / name
     if path.suffix == ".json":
-        manifest: Optional[Manifest] = read_manifest(path)
-        onnx_path = path.parent / manifest.model_file
+        read = read_manifest(path)
+        manifest: Optional[Manifest] = read
+        onnx_path = path.parent / read.model_file
     else:
         onnx_path = path
         sibling = path.with_suffix(".json")

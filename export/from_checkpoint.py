@@ -22,11 +22,11 @@ from torch import nn
 
 from agent.core import cadence
 from agent.core.atomic import write_status
+from agent.core.backoff import backoff_s
 from agent.core.config import CaptureConfig, Config, EvalConfig, ExportConfig, ModelConfig
-from agent.core.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
-from agent.core.repeats import backoff_s
 from agent.core.demo_scene import DemoScene
-from export.compat import drift_record
+from agent.core.errors import ByolAgentError, CheckpointError, ExportRefused, ModelFileError, StorageError
+from export.drift_gate import drift_record
 from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest
 from export.publish import Publisher

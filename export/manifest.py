@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from agent.core.wire import MAX_SIDE
 
 MANIFEST_FORMAT = "byol-agent-encoder/1"
 LATEST_NAME = "LATEST"
+FitMode = Literal["crop", "stretch"]  # how capture fits frames to its stored size (`capture.resize`)
 # Every file of version N is encoder-NNNNNN.<kind>: the manifest (.json), the served model (.onnx), what other
 # export targets write (export/targets/: .pt torch weights) and compatibility maps (.map.npz, .to-PPPPPP.map.npz).
 _FILE_RE = re.compile(r"^encoder-(\d{6,})\.(json|map\.npz|to-\d{6,}\.map\.npz|[a-z0-9_]+)$")
@@ -117,7 +118,7 @@ class InputSpec:
     # How capture stored the frames the encoder learnt from (`capture.height/width/resize`): serving fits a
     # camera frame to that first, so the policy's frames are prepared exactly as the training frames were.
     # None (manifests from before this field): frames are resized straight to the input size.
-    stored: Optional[tuple[int, int, str]] = None
+    stored: Optional[tuple[int, int, FitMode]] = None
     channels: int = 3
 
     @property
@@ -196,13 +197,13 @@ class InputSpec:
         return spec
 
 
-def _stored(tree: Any) -> Optional[tuple[int, int, str]]:
+def _stored(tree: Any) -> Optional[tuple[int, int, FitMode]]:
     if tree is None:
         return None
     height, width, fit = int(tree["height"]), int(tree["width"]), str(tree["fit"])
     if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE) or fit not in ("crop", "stretch"):
         raise ValueError(f"bad stored frame description {tree!r}")
-    return height, width, fit
+    return height, width, "crop" if fit == "crop" else "stretch"
 
 
 @dataclass(frozen=True)

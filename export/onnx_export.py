@@ -36,6 +36,9 @@ _INPUT_NAMES = {"uint8_nhwc": "frames", "float_nchw": "images"}
 class PreprocessedEncoder(nn.Module):
     """The encoder with its input preparation folded in, flattened to (N, D) float32 output."""
 
+    scale: torch.Tensor  # registered buffers: (1, C, 1, 1) float32
+    shift: torch.Tensor
+
     def __init__(self, encoder: nn.Module, mean: Sequence[float], std: Sequence[float], input_format: str) -> None:
         super().__init__()
         self.encoder = encoder
@@ -155,7 +158,8 @@ def trace_graph(wrapped: nn.Module, spec: InputSpec, cfg: ExportConfig) -> tuple
             out = wrapped(example)
             if out.ndim != 2 or out.shape[0] != batch:
                 raise ExportRefused(f"encoder output has shape {tuple(out.shape)}, expected (N, D)")
-            torch.onnx.export(wrapped, (example,), graph, **_exporter_args(spec, cfg))
+            # the exporters write to a file object too (in memory here); torch's annotation names only paths
+            torch.onnx.export(wrapped, (example,), graph, **_exporter_args(spec, cfg))  # type: ignore[arg-type]
     except ExportRefused:
         raise
     except Exception as exc:  # the encoder and the exporters raise many unrelated types

@@ -38,7 +38,9 @@ def probe_gate(
     from export.evaluate import evaluate_export  # sklearn loads only when gating
     from trainer.feature_probes import EvalResult, probe_regressed
 
-    result = evaluate_export(onnx_path, export_cfg.probe_gate, eval_cfg, reference=False)
+    data = export_cfg.probe_gate
+    assert data is not None, "called only when export.probe_gate names a labelled set (export/exporter.py)"
+    result = evaluate_export(onnx_path, data, eval_cfg, reference=False)
     previous_row = _published_eval(export_dir)
     previous = EvalResult.from_dict(previous_row) if previous_row else None
     try:
@@ -46,7 +48,7 @@ def probe_gate(
     except ConfigError as exc:  # the eval settings changed since the published score: this one is the new baseline
         log.warning("probe gate: %s; taking this score as the new baseline", exc)
         regressed = False
-    if regressed:
+    if regressed and previous is not None:  # regressed implies a previous score
         raise ExportRefused(
             f"probe on {result.data} regressed: kNN {result.knn_top1:.3f} (published {previous.knn_top1:.3f}), "
             f"linear {result.linear_top1:.3f} (published {previous.linear_top1:.3f})"

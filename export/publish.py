@@ -68,8 +68,7 @@ class Publisher:
     def versions(self) -> list[int]:
         """Every version with a model or a manifest on disk (a half-finished one still uses up its number)."""
         found = {parse_version(p.name) for p in self.export_dir.iterdir()}
-        found.discard(None)
-        return sorted(found)
+        return sorted(v for v in found if v is not None)
 
     def next_version(self) -> int:
         return max(self.versions(), default=0) + 1

@@ -1,4 +1,4 @@
-"""Every third-party import of the package is a declared dependency (issue 22).
+"""Every third-party import of the package is a declared dependency.
 
 A module that happens to be installed on a developer's machine (tqdm was) let CI pass while a fresh
 install failed with ModuleNotFoundError. This reads every import in `agent`, `trainer` and `export`

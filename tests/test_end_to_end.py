@@ -15,8 +15,12 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import pytest
+
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 from trainer.checkpoint import load_latest_checkpoint
+
+pytestmark = pytest.mark.slow
 
 TINY = [
     *TINY_MODEL,

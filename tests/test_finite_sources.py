@@ -18,6 +18,8 @@ from agent.core.demo_scene import DemoScene
 from tests.conftest import free_tcp_endpoint
 from tests.test_stream import CLI, TINY, start, status
 
+pytestmark = pytest.mark.slow
+
 FRAMES = 60
 
 

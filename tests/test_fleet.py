@@ -36,6 +36,8 @@ from trainer.learner_factory import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, weights_digest
 from trainer.run_records import read_metrics
 
+pytestmark = pytest.mark.slow
+
 TINY = [
     *TINY_MODEL,
     "wire.publish=null",

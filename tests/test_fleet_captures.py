@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import cv2
+import pytest
 
 from agent.cli import main as cli_main
 from agent.core.demo_scene import DemoScene
 from tests.conftest import free_tcp_endpoint
 from tests.test_fleet import TINY, finish, rank_pids, records, running, training_lines
 from trainer.checkpoint import list_checkpoints, read_checkpoint
+
+pytestmark = pytest.mark.slow
 
 FRAMES = 24  # per capture, in one image folder each
 CAMERAS = {"cam-a": 10, "cam-b": 20}  # capture name -> its camera id (capture.camera_id_base)

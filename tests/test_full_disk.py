@@ -16,6 +16,8 @@ from tests.conftest import REPO, free_tcp_endpoint
 from tests.disk import FillableDisk
 from tests.test_end_to_end import TINY, _status, _wait_for
 
+pytestmark = pytest.mark.slow
+
 FULL_S = 20.0  # longer than it took every process to die before (trainer ~10 s, exporter ~5 s, 3 restarts ~11 s)
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zmq
 
 from agent.core.image_codecs import encode_jpeg
@@ -15,6 +16,8 @@ from agent.robot.transport import FrameReceiver
 from agent.core.wire import HEADER_SIZE, Frame, encode_frame
 from tests.conftest import free_tcp_endpoint
 from tests.test_stream import CLI, TINY, start, status, wait_for
+
+pytestmark = pytest.mark.slow
 
 MAX_SIDE = 64  # the trainer's wire.max_frame_side in these tests
 

@@ -17,6 +17,8 @@ from tests.conftest import free_tcp_endpoint
 from tests.test_finite_sources import FRAMES, _video
 from tests.test_stream import CLI, TINY, status
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("jpeg", [None, 90])
 def test_gray_frames_cross_the_wire(jpeg) -> None:

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.agent.robot_log_writers import smooth_image, write_mcap_ros2
 from tests.conftest import REPO
 from tests.test_stream import CLI, TINY
 from trainer.checkpoint import list_checkpoints, read_checkpoint
+
+pytestmark = pytest.mark.slow
 
 
 def test_replay_of_an_mcap_with_two_topics_trains_on_both_cameras_under_their_ids_and_names(tmp_path):
@@ -31,7 +35,7 @@ def test_replay_of_an_mcap_with_two_topics_trains_on_both_cameras_under_their_id
 
 
 def test_replay_says_on_the_console_which_log_was_damaged_and_which_frames_were_skipped(tmp_path):
-    """Issue 23: a log cut short and frames in an unsupported encoding are named where the user looks."""
+    """A log cut short and frames in an unsupported encoding are named where the user looks."""
     import numpy as np
 
     rng = np.random.default_rng(0)

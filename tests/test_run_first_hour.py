@@ -1,4 +1,4 @@
-"""`byol-agent run` as a new user meets it (issue 22): a swap shows on a slow machine, a second run on busy
+"""`byol-agent run` as a new user meets it: a swap shows on a slow machine, a second run on busy
 ports is one line, a Ctrl-C during start-up is an interruption, a resumed run shows no stale figures.
 
 Real processes on loopback, the demo source, a tiny encoder. Waits are on what the run prints or writes
@@ -15,10 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from agent.core.atomic import write_status
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
+
+pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "agent.cli", "run"]
 SMALL = [*TINY_MODEL, "capture.height=32", "capture.width=32", "buffer.min_fill=16", "train.threads=1",

@@ -22,6 +22,8 @@ from agent.core.config import dump_config, load_config
 from agent.supervisor import Supervisor, supervise
 from tests.conftest import REPO, free_tcp_endpoint
 
+pytestmark = pytest.mark.slow
+
 CLI = [sys.executable, "-m", "agent.cli", "run"]
 
 

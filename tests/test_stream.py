@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Callable
 
 import cv2
+import pytest
 import zmq
 
 from agent.core.demo_scene import DemoScene
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 from trainer.checkpoint import list_checkpoints, read_checkpoint
+
+pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "agent.cli"]
 TINY = [

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with nothing arriving
 
 # Replay frames each checkpoint carries for an exporter working from checkpoints: its calibration set grows
-# from one checkpoint's sample to the next (export/compat.py), so a bounded sample keeps checkpoints small
+# from one checkpoint's sample to the next (export/calibration.py), so a bounded sample keeps checkpoints small
 # (256 x 96 x 96 x 3 = 7 MB at the default capture size).
 CHECKPOINT_EXPORT_FRAMES = 256
 

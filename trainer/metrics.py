@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 import numpy as np
 
 from agent.core.atomic import write_status
-from agent.core.repeats import backoff_s, worth_logging
+from agent.core.backoff import backoff_s, worth_logging
 from trainer.sinks import MetricsSink, check_sink_names, open_sink, sink_class
 from trainer.sinks.jsonl import METRICS_NAME
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 from torch import nn
 
+from agent.core.backoff import worth_logging
 from agent.core.config import MetricsConfig, TrainConfig
-from agent.core.repeats import worth_logging
 from trainer.buffer import ReplayBuffer
 from trainer.metrics import MetricsWriter
 from trainer.run_state import Counters, RunState
@@ -119,7 +119,7 @@ class RunMonitor:
         self._last_probe: Optional["EvalResult"] = None
         self._probe_submitted_at: Optional[int] = None
         self._probe_submitted_time = -float("inf")  # time.monotonic() of the last probe submitted
-        self._drift: dict[str, Any] = {}  # the last published version's drift (export.compat.drift_record)
+        self._drift: dict[str, Any] = {}  # the last published version's drift (export.drift_gate.drift_record)
         self._images_every = metrics_cfg.images_every_steps if preview is not None and metrics.shows_images else None
         self._preview = preview
         self._preview_failures = 0

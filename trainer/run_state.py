@@ -30,9 +30,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from agent.core import cadence
+from agent.core.backoff import backoff_s
 from agent.core.config import TrainConfig
 from agent.core.errors import CheckpointError, StorageError
-from agent.core.repeats import backoff_s
 from trainer.buffer import ReplayBuffer
 from trainer.checkpoint import (
     FORMAT,
@@ -118,7 +118,7 @@ class RunState:
     ) -> None:
         """`export_frames`: without `train.save_buffer`, each checkpoint still carries up to this many
         replay-buffer frames, so an exporter working from checkpoints (`byol-agent run`) verifies on
-        real frames and draws its compatibility calibration set from them (export/compat.py)."""
+        real frames and draws its compatibility calibration set from them (export/calibration.py)."""
         self.run_dir = Path(run_dir)
         self._export_frames = export_frames
         self._cfg = train_cfg

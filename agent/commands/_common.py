@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
+from agent.core import cadence
 from agent.core.config import Config, load_config
 from agent.core.run_lock import PUBLISH_LOCK_NAME, DirLock, lock_directory
 
@@ -24,8 +25,8 @@ def config_from_args(args: argparse.Namespace, flags: Optional[dict[str, Any]] =
 
 
 def exports_in_process(cfg: Config) -> bool:
-    """The trainer publishes into RUN_DIR/exports itself (export.every_steps or every_seconds set)."""
-    return cfg.export.every_steps is not None or cfg.export.every_seconds is not None
+    """The trainer publishes into RUN_DIR/exports itself (either export cadence set: `cadence.scheduled`)."""
+    return cadence.scheduled(cfg.export.every_steps, cfg.export.every_seconds)
 
 
 def lock_export_dir(export_dir: Path, command: str) -> DirLock:

@@ -37,9 +37,12 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
     """The pipeline's processes in stop order (upstream first, so nothing downstream loses its input early)."""
     cfg_arg = ["--config", str(config_path)]
     exports = run_dir / "exports"
-    # The exporter publishes from checkpoints, so the trainer checkpoints at least as often as it is to export.
+    # The exporter publishes from checkpoints, so the trainer checkpoints at least as often as it is to export
+    # (by steps and by time): export.every_steps / every_seconds then mean here what they mean in `train`.
     trainer_args = ["export.every_steps=null", "export.every_seconds=null"]
-    every_s, ckpt_s = cfg.export.every_seconds, cfg.train.checkpoint_every_seconds
+    every_n, every_s, ckpt_s = cfg.export.every_steps, cfg.export.every_seconds, cfg.train.checkpoint_every_seconds
+    if every_n is not None and cfg.train.checkpoint_every > every_n:
+        trainer_args.append(f"train.checkpoint_every={every_n}")
     if every_s is not None and (ckpt_s is None or ckpt_s > every_s):
         trainer_args.append(f"train.checkpoint_every_seconds={every_s:g}")
     specs = [

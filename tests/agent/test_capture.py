@@ -228,6 +228,7 @@ def _source_states(status_path: Path) -> list[dict]:
         return []
 
 
+@pytest.mark.slow
 def test_a_stalled_stream_is_shown_stale_and_reopened(tmp_path: Path, free_endpoint: str) -> None:
     """A stream whose connection stays open but sends nothing was invisible for 30 s
     (FFmpeg's default read timeout). Now it is stale after `capture.read_timeout_s`, in the status file
@@ -297,6 +298,7 @@ def test_one_endpoint_keeps_the_stats_line_of_before() -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_lossless_capture_no_trainer_takes_from_says_so_and_keeps_its_status_fresh(
     tmp_path: Path, free_endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -316,6 +318,7 @@ def test_a_lossless_capture_no_trainer_takes_from_says_so_and_keeps_its_status_f
     assert free_endpoint in caplog.text and "wire.trainer_key" in caplog.text
 
 
+@pytest.mark.slow
 def test_an_end_of_stream_owed_to_a_rank_nobody_runs_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """All frames went to the rank that is up; the end for the other can never be queued. The warning used
     to say no trainer took a frame (wrong: one took them all) without naming the endpoint still owed."""
@@ -333,6 +336,7 @@ def test_an_end_of_stream_owed_to_a_rank_nobody_runs_is_named(tmp_path: Path, ca
     assert "no trainer has taken a frame" not in caplog.text
 
 
+@pytest.mark.slow
 def test_a_subscription_to_a_two_camera_publisher_gives_each_camera_its_share(free_endpoint: str) -> None:
     """`capture --source zmq+tcp://...` reading our own FrameSender's PUB, one frame of each of two cameras every
     10 ms, passed on 182 frames of camera 0 and 1 of camera 1: the reader overwrote its one-frame hand-off with

@@ -20,6 +20,8 @@ import zmq
 from tests.agent.mjpeg_server import MjpegServer
 from tests.conftest import REPO, free_tcp_endpoint
 
+pytestmark = pytest.mark.slow
+
 
 def _capture_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "agent.cli", "capture", *args]

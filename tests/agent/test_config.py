@@ -26,7 +26,7 @@ NOVELTY_ON_PURPOSE: dict[str, str] = {}
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_keep_every_frame_of_a_recording_and_gate_live_cameras_at_the_measured_default(path: Path) -> None:
-    """Issue 22: configs/default.yaml set 0.01, so replaying three real clips kept 326 of 1,284 frames."""
+    """configs/default.yaml once set 0.01, so replaying three real clips kept 326 of 1,284 frames."""
     from agent.core.frames import LIVE_NOVELTY_THRESHOLD, novelty_threshold
 
     if path.stem in NOVELTY_ON_PURPOSE:
@@ -99,7 +99,7 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     ("capture:\n\tfps: 15\n", "at line 2, column 1: found character '\\t' that cannot start any token"),
 ])
 def test_a_yaml_syntax_error_names_file_line_and_column_in_one_line(tmp_path: Path, text: str, where: str) -> None:
-    """Issue 22: the error gave PyYAML's first line ("while parsing a block mapping") and no position."""
+    """The error once gave PyYAML's first line ("while parsing a block mapping") and no position."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     with pytest.raises(ConfigError) as caught:
@@ -108,6 +108,7 @@ def test_a_yaml_syntax_error_names_file_line_and_column_in_one_line(tmp_path: Pa
     assert message == f"config file {str(bad)!r} is not valid YAML {where}" and "\n" not in message
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_key_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "agent.cli", "run", "--run-dir", str(tmp_path), "--duration", "1", "train.lrr=1"],
@@ -142,6 +143,7 @@ def test_binary_directory_and_empty_config_files_are_one_line_errors(tmp_path: P
         load_config(unreadable)
 
 
+@pytest.mark.slow
 def test_cli_config_errors_print_one_line(tmp_path: Path) -> None:
     binary = tmp_path / "x.yaml"
     binary.write_bytes(b"\x80\x81\xfe\xff" * 64)
@@ -184,7 +186,7 @@ def test_capture_bit_depth_is_8_to_16_or_auto() -> None:
 
 
 def test_an_override_naming_another_encoder_drops_the_files_encoder_kwargs() -> None:
-    # default.yaml's tiny_cnn has encoder_kwargs {width: 16}, which no ResNet takes (found trying issue 23 as a user)
+    # default.yaml's tiny_cnn has encoder_kwargs {width: 16}, which no ResNet takes (found trying robot logs as a user)
     cfg = load_config(None, ["model.encoder=resnet18"])
     assert cfg.model.encoder == "resnet18" and cfg.model.encoder_kwargs == {}
     kept = load_config(None, ["model.encoder=resnet18", "model.encoder_kwargs={num_classes: 10}"])

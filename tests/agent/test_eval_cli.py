@@ -14,6 +14,8 @@ from tests.conftest import REPO
 from tests.trainer.test_feature_probes import publish_random_init
 from trainer.run_records import read_metrics
 
+pytestmark = pytest.mark.slow
+
 
 def _eval(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

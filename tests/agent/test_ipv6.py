@@ -72,6 +72,7 @@ def test_config_accepts_ipv6_endpoints() -> None:
                                                              ["tcp://[::1]:5555", "tcp://[::1]:5557"])
 
 
+@pytest.mark.slow
 def test_train_binds_an_ipv6_endpoint_and_a_capture_cli_feeds_it(tmp_path: Path) -> None:
     """`byol-agent train --endpoint tcp://[::1]:P` trains on frames from `byol-agent capture --endpoint tcp://[::1]:P`."""
     endpoint = free_ipv6_endpoint()

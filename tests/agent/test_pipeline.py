@@ -58,6 +58,7 @@ def _train(run_dir: Path, *words: str, env: dict | None = None) -> subprocess.Co
                           cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
 
 
+@pytest.mark.slow
 def test_a_rank_given_too_few_endpoints_stops_with_one_line_before_training(tmp_path: Path) -> None:
     """What a torchrun rank sees: the command fails in one line, no traceback, before it joins anyone."""
     env = {**os.environ, "RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
@@ -70,6 +71,7 @@ def test_a_rank_given_too_few_endpoints_stops_with_one_line_before_training(tmp_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_nproc_checks_every_rank_endpoint_before_it_starts_torchrun(tmp_path: Path) -> None:
     done = _train(tmp_path / "run", "--nproc", "3", "wire.endpoint=tcp://127.0.0.1:65534")
     assert done.returncode == 2, done
@@ -80,6 +82,7 @@ def test_nproc_checks_every_rank_endpoint_before_it_starts_torchrun(tmp_path: Pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_nproc_refuses_a_rank_port_in_use_and_a_port_listed_twice_in_one_line(tmp_path: Path) -> None:
     """Each used to start torchrun, whose ranks then failed with a ~45-line traceback."""
     import socket

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.replay import ReplayCapture
 
 
@@ -23,6 +25,7 @@ def test_stop_before_start_does_nothing(tmp_path: Path) -> None:
     ReplayCapture(tmp_path / "c.yaml", "realtime", tmp_path / "logs").stop()
 
 
+@pytest.mark.slow
 def test_replay_shows_its_plan_and_a_progress_bar_with_steps_frames_and_total(tmp_path: Path, capsys) -> None:
     import threading
 
@@ -56,7 +59,7 @@ def test_replay_trains_one_trainer_on_loopback_whatever_fleet_endpoints_the_conf
 
 
 def test_a_replay_plan_with_the_novelty_gate_on_gives_upper_bounds_and_its_time_at_a_known_rate() -> None:
-    """Issue 22: with capture.novelty_threshold on, the plan counted frames the gate would drop as certain."""
+    """With capture.novelty_threshold on, the plan counted frames the gate would drop as certain."""
     from agent.replay import ReplayPlan
 
     plan = ReplayPlan([250, 120], [0, 0], 2.0, 128, 0, gated=True)
@@ -68,7 +71,7 @@ def test_a_replay_plan_with_the_novelty_gate_on_gives_upper_bounds_and_its_time_
 
 
 def test_replay_counts_an_image_folder_after_checking_it(tmp_path: Path) -> None:
-    """Issue 22: replaying a folder of photos planned "frames (count unknown)": the count was read from the
+    """Replaying a folder of photos once planned "frames (count unknown)": the count was read from the
     file list, which closing the checked source had emptied."""
     import cv2
     import numpy as np

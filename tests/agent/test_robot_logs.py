@@ -241,7 +241,7 @@ def test_a_log_that_is_not_one_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_an_expanded_log_leaves_out_a_topic_in_no_encoding_this_reads_with_one_warning(tmp_path: Path, caplog) -> None:
-    """Issue 23: one 32FC1 depth topic beside good ones does not block the log; named by the user, it is an error."""
+    """One 32FC1 depth topic beside good ones does not block the log; named by the user, it is an error."""
     path = tmp_path / "depth.mcap"
     write_mcap_ros2(path, {"/a": ("rgb8", [smooth_image(H, W)] * 2), "/depth/32f": ("32FC1", [smooth_image(H, W)] * 3),
                            "/z": ("mono8", [smooth_image(H, W)] * 2)})

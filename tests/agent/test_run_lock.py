@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.commands._common import lock_export_dir
 from agent.core.run_lock import HOLDERS_ENV, holder_env, lock_directory
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
@@ -51,6 +53,7 @@ def _refused(proc: subprocess.Popen, holder_pid: int) -> None:
     assert "Traceback" not in out + err
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     first = _train(run_dir)

@@ -297,7 +297,7 @@ def test_a_failing_swap_callback_does_not_stop_later_swaps(tmp_path: Path, caplo
             wait_until(lambda: enc.version == 3)
     assert seen == [1, 2, 3]
     assert "recalibration failed" in (enc.last_error or "")
-    # issue 22: the first load was logged "serving encoder version 1 (was None; ...)"
+    # the first load was once logged "serving encoder version 1 (was None; ...)"
     assert "serving encoder version 1 (first version served;" in caplog.text
     assert "serving encoder version 3 (swapped from version 2;" in caplog.text and "was None" not in caplog.text
 

@@ -15,7 +15,7 @@ from tests.agent.test_runtime import wait_until
 from tests.conftest import REPO
 from tests.export.tiny import publish_version
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def _runtime(*args: str) -> subprocess.Popen:

@@ -87,6 +87,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_rollback_under_two_thread_load_drops_no_call_and_publishing_resumes(tmp_path: Path) -> None:
     seeds = {1: 31, 2: 32, 3: 33, 4: 34}
     frames = scene_frames(1, seed=8)
@@ -114,6 +115,7 @@ def test_rollback_under_two_thread_load_drops_no_call_and_publishing_resumes(tmp
         assert enc.swaps == 3
 
 
+@pytest.mark.slow
 def test_rollback_refuses_malformed_requests_in_one_line_and_changes_nothing(tmp_path: Path) -> None:
     for seed in (1, 2, 3):
         publish_version(tmp_path, seed=seed)

@@ -162,7 +162,7 @@ def test_priorities_decide_and_nothing_falls_through(tmp_path: Path) -> None:
 
 
 def test_the_source_help_of_run_capture_and_runtime_names_robot_logs_and_lerobot_datasets() -> None:
-    """Issue 23: the kinds a user is most likely to look for are named where they look."""
+    """The kinds a user is most likely to look for are named where they look."""
     from agent.cli import build_parser
 
     for command in ("run", "capture", "runtime"):
@@ -173,7 +173,7 @@ def test_the_source_help_of_run_capture_and_runtime_names_robot_logs_and_lerobot
 
 
 def test_a_file_inside_a_lerobot_dataset_that_no_kind_reads_asks_for_the_dataset_folder(tmp_path: Path) -> None:
-    """Issue 23: `DATASET/meta/info.json` given as a source says to give the folder, not 'cannot be decoded'."""
+    """`DATASET/meta/info.json` given as a source says to give the folder, not 'cannot be decoded'."""
     from agent.core.errors import SourceError
     from agent.robot.sources import kind_of
 

@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 
+pytestmark = pytest.mark.slow
+
 HEAVY = ("torch", "torchvision", "matplotlib", "sklearn", "onnx", "onnxruntime")
 _PROBE = (
     "import sys, agent.cli\n"
@@ -77,7 +79,7 @@ def _interrupted(argv: list[str], delay_s: float) -> tuple[int, str]:
     The clock starts at a readiness signal, not at the spawn: the child starts with SIGINT blocked, as
     `run` starts its children, and `agent.cli.main` unblocks it first thing. A fixed delay from the spawn
     made `[0.5]` land inside Python's own start-up on a loaded machine (site, .pth files; measured in
-    benchmarks/measure_sigint_window.py), where Python, not our code, handles the signal (issue 22).
+    benchmarks/measure_sigint_window.py), where Python, not our code, handles the signal.
     Still open: with this wait, `train` `[0.5]` ended with exit -2 and no output in 2 of ~20 runs here (0.5 s in,
     `train` is still importing; 12/12 gave exit 130 under strace, and sigaction shows Python's own SIGINT
     handler after every import it makes): cause not found."""
@@ -121,7 +123,7 @@ def test_a_child_stopped_while_its_interpreter_starts_exits_130_without_tracebac
 
     Its outcome does not depend on when the SIGINT lands (the supervisor starts children with SIGINT
     blocked until `agent.cli.main`); its only time bound is each child's 60 s stop timeout, after which
-    the supervisor kills it (-9). Issue 22 saw it fail once in a fresh clone under load; 8 runs here under
+    the supervisor kills it (-9). A review saw it fail once in a fresh clone under load; 8 runs here under
     load 10-16 on 2 cores (also with bytecode caching off, as in a fresh clone) passed."""
     from agent.supervisor import ChildSpec, Supervisor
 

@@ -18,6 +18,7 @@ class _NeverStop:
         return False
 
 
+@pytest.mark.slow
 def test_a_child_that_cannot_be_spawned_stops_the_ones_already_started(tmp_path: Path) -> None:
     sleeper = ChildSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], 10.0)
     missing = ChildSpec("missing", [str(tmp_path / "no-such-program")], 10.0)
@@ -28,6 +29,7 @@ def test_a_child_that_cannot_be_spawned_stops_the_ones_already_started(tmp_path:
     assert proc is not None and proc.poll() is not None
 
 
+@pytest.mark.slow
 def test_a_failing_child_is_restarted_with_backoff_not_in_a_burst(tmp_path: Path) -> None:
     """A fault that lasts (a full disk) once used up 3 restarts in ~11 s and ended the run for good."""
     import time
@@ -80,7 +82,7 @@ def test_stopping_says_which_child_it_waits_for_and_when_each_has_stopped(tmp_pa
 
 
 def test_a_status_line_fits_the_terminal_and_keeps_its_end_in_view() -> None:
-    # a new user's 200-column tmux showed `... export v1 (refu`: the runtime's swaps never in view (issue 22 review)
+    # a new user's 200-column tmux showed `... export v1 (refu`: the runtime's swaps never in view (found in review)
     from agent.supervisor import fit_line
 
     line = "t=  90s | " + "x" * 300 + " | runtime v5 swaps 4 calls 1995"

@@ -28,7 +28,7 @@ from trainer.learner_factory import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
 from trainer.run_records import read_metrics
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 OVERRIDES = [
     "model.encoder=tiny_cnn",
     "model.encoder_kwargs={width: 4}",

@@ -91,6 +91,7 @@ def test_nothing_an_export_raises_ends_the_export_thread_or_the_caller(tmp_path:
     assert events[0]["step"] == 1 and "AttributeError" in events[0]["reason"] and "\n" not in events[0]["reason"]
 
 
+@pytest.mark.slow
 def test_a_dynamo_export_shares_no_tracing_state_with_the_training_thread(tmp_path: Path) -> None:
     """torch's tracing state is process-global: while another thread of the process exports with dynamo,
     `torch.compiler.is_exporting()` is True on the training thread too, and `optimizer.zero_grad` enters

@@ -82,6 +82,7 @@ def test_float_nchw_input_option(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, _reference(tiny_encoder(2), frames), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_passes_the_same_gate(tmp_path: Path) -> None:
     publish_version(tmp_path, seed=3, exporter="dynamo")
     manifest = read_manifest(tmp_path / "encoder-000001.json")
@@ -218,6 +219,7 @@ def _file_opset(path: Path) -> int:
     return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
 
 
+@pytest.mark.slow
 def test_the_published_file_has_the_configured_opset(tmp_path: Path) -> None:
     publish_version(tmp_path / "ts", seed=1, opset=16)
     assert _file_opset(tmp_path / "ts" / "encoder-000001.onnx") == 16

@@ -52,6 +52,7 @@ def _torchvision_embedding(net: nn.Module, frames: np.ndarray, spec) -> np.ndarr
         return net.eval()(x).numpy()
 
 
+@pytest.mark.slow
 def test_the_published_pt_loads_into_torchvision_and_embeds_as_the_onnx_version(tmp_path: Path) -> None:
     cfg = _config("standard")
     frames = scene_frames(6, 32)
@@ -74,6 +75,7 @@ def test_the_published_pt_loads_into_torchvision_and_embeds_as_the_onnx_version(
     np.testing.assert_allclose(torch_out, onnx_out, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_cifar_stem_pt_loads_into_torchvision_built_with_the_same_stem(tmp_path: Path) -> None:
     """The README's recipe for `model.stem: small|cifar`: the .pt holds a 3x3 conv1, so build that stem first."""
     cfg = _config("cifar", "model.image_size=16")  # the cifar stem keeps full resolution to layer1: small and quick

@@ -243,6 +243,7 @@ def test_values_outside_0_1_are_refused_by_a_view(values: torch.Tensor, message:
         View(16, VIEW1)(values)
 
 
+@pytest.mark.slow
 def test_blurred_views_stay_in_range_despite_float_rounding() -> None:
     # the folded blur + normalisation gave 1 + 2.4e-7 for some draws (torch seeds 16, 39, 49, 64 of the first 80)
     for seed in range(80):

@@ -38,6 +38,7 @@ def train_step(learner: BYOL, opt: torch.optim.Optimizer, images: torch.Tensor) 
     return loss.item()
 
 
+@pytest.mark.slow
 def test_readme_example_runs_with_only_the_import_changed(tmp_path) -> None:
     # byol-pytorch's README, verbatim but for the import, weights=None, tiny sizes, 2 steps, and torch.rand
     # for its torch.randn: our views take images in [0, 1] and refuse anything else.
@@ -110,6 +111,7 @@ def test_loss_is_the_reference_formula_with_per_view_statistics() -> None:
     assert 0.0 <= loss.item() <= 8.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer, dim", [("avgpool", 512), (-2, 512), ("layer3", 256 * 2 * 2), (4, 64 * 8 * 8), (-1, 1000)])
 def test_hidden_layer_by_name_index_and_output(layer, dim: int) -> None:
     torch.manual_seed(0)

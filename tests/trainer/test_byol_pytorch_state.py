@@ -115,6 +115,7 @@ def assert_same_outputs(
         assert not torch.allclose(projection, their_target), "the test needs a target that differs from the online branch"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simplicial", [False, True])
 def test_a_replica_state_dict_loads_completely_and_gives_their_outputs(simplicial: bool) -> None:
     theirs = replica(simplicial)

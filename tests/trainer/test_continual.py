@@ -87,6 +87,7 @@ def finite(state: dict) -> bool:
 BUFFER = ["buffer.policy=min_redundancy", "buffer.embed_batch=8", "buffer.temporal_positives=true", "train.save_buffer=true"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_and_a_diverging_run_restores_its_last_good_state(tmp_path):
     ep = free_tcp_endpoint()
     first = run_trainer(tiny_config(ep, "train.max_steps=6", "train.checkpoint_every=3", "train.lr=1e-3", *BUFFER), tmp_path)

@@ -47,6 +47,7 @@ def assert_net_equals(net: torch.nn.Module, state: dict[str, torch.Tensor], skip
             assert torch.equal(own[key].cpu(), value), key
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_a_state_dict_file_online_and_target_equal_to_it(tmp_path: Path) -> None:
     path = tmp_path / "resnet18-random.pth"
     state = torchvision_file(path)
@@ -98,6 +99,7 @@ def _learner(*overrides: str):
     return build_learner(cfg.model, cfg.train, "cpu"), cfg.model
 
 
+@pytest.mark.slow
 def test_keys_that_do_not_fit_are_one_line_errors_and_the_unused_classifier_may_be_missing(tmp_path: Path) -> None:
     state = torchvision_file(tmp_path / "full.pth")
     cases = {

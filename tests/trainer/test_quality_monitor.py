@@ -44,6 +44,7 @@ def test_train_test_folder_uses_its_own_halves(tmp_path: Path) -> None:
     assert np.bincount(data.labels[queries]).tolist() == [6, 6]
 
 
+@pytest.mark.slow
 def test_trainer_logs_probe_scores_against_random_init(tmp_path: Path) -> None:
     probe = write_labelled(tmp_path / "probe")
     cfg = tiny_config(free_tcp_endpoint(), "train.max_steps=6", f"train.probe_data={probe}", "train.probe_every=3")
@@ -62,6 +63,7 @@ def test_trainer_logs_probe_scores_against_random_init(tmp_path: Path) -> None:
     assert any(p.name == "eval.png" for p in report.plots)
 
 
+@pytest.mark.slow
 def test_the_default_config_probes_each_checkpoint_and_the_final_state_on_digits(tmp_path: Path) -> None:
     # no probe setting at all: configs/default.yaml's train.probe_data (digits, bundled with scikit-learn)
     cfg = tiny_config(free_tcp_endpoint(), "train.max_steps=7", "train.checkpoint_every=3")

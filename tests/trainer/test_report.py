@@ -193,6 +193,7 @@ def _copy_run(run: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow
 def test_a_real_run_counts_from_its_start_to_its_stop(real_run: Path, tmp_path: Path) -> None:
     run = _copy_run(real_run, tmp_path / "run")
     records = _records(run / "metrics.jsonl")
@@ -204,6 +205,7 @@ def test_a_real_run_counts_from_its_start_to_its_stop(real_run: Path, tmp_path: 
     assert f"wall time: {max(times) - min(times):.1f} s" in summary, summary
 
 
+@pytest.mark.slow
 def test_buffer_fill_is_a_percentage_as_in_the_status_line(real_run: Path, tmp_path: Path) -> None:
     run = _copy_run(real_run, tmp_path / "run")
     fill = [r["buffer_fill"] for r in _records(run / "metrics.jsonl") if "buffer_fill" in r]
@@ -215,6 +217,7 @@ def test_buffer_fill_is_a_percentage_as_in_the_status_line(real_run: Path, tmp_p
     assert np.allclose(np.sort(drawn)[-1], 100 * max(fill)) and "%" in ax.get_ylabel()
 
 
+@pytest.mark.slow
 def test_the_suggested_eval_command_runs_and_lands_in_the_next_report(real_run: Path, tmp_path: Path) -> None:
     run = _copy_run(real_run, tmp_path / "run")
     summary = write_report(run).summary.read_text()
@@ -236,6 +239,7 @@ def test_the_suggested_eval_command_runs_and_lands_in_the_next_report(real_run: 
     assert f"version {scored['version']} (step {scored['step']}), kNN top-1 {scored['knn_top1']:.3f}" in line, line
 
 
+@pytest.mark.slow
 def test_the_overview_answers_learning_data_and_serving_on_a_wall_clock(real_run: Path, tmp_path: Path) -> None:
     run = _copy_run(real_run, tmp_path / "run")
     capture, runtime = _records(run / "capture.jsonl"), _records(run / "runtime.jsonl")
@@ -255,6 +259,7 @@ def test_the_overview_answers_learning_data_and_serving_on_a_wall_clock(real_run
     assert np.nanmax(latency["p99"]) == max(r["p99_ms"] for r in runtime if r.get("p99_ms") is not None)
 
 
+@pytest.mark.slow
 def test_embedding_std_is_drawn_against_healthy_and_collapsed_references(real_run: Path, tmp_path: Path) -> None:
     run = _copy_run(real_run, tmp_path / "run")
     figures, _ = report_figures(run)
@@ -264,6 +269,7 @@ def test_embedding_std_is_drawn_against_healthy_and_collapsed_references(real_ru
     assert ax.get_ylim()[0] <= 0
 
 
+@pytest.mark.slow
 def test_hundreds_of_versions_stay_readable(real_run: Path, tmp_path: Path) -> None:
     run = _copy_run(real_run, tmp_path / "run")
     records = _records(run / "metrics.jsonl")
@@ -287,6 +293,7 @@ def test_hundreds_of_versions_stay_readable(real_run: Path, tmp_path: Path) -> N
     assert f"{len(exports) + 300} published (versions 1 to 300)" in summary
 
 
+@pytest.mark.slow
 def test_the_final_step_comes_from_the_stop_event(tmp_path: Path) -> None:
     # a real ContinualTrainer: training lines every 3 steps (3, 6), stopped at max_steps 7
     from tests.trainer.test_continual import run_trainer, tiny_config

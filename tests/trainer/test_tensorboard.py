@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -38,6 +39,7 @@ def steps(events: EventAccumulator, tag: str) -> list[int]:
     return [e.step for e in events.Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_a_run_writes_tensorboard_scalars_and_view_grids_and_a_resume_continues_them(tmp_path: Path) -> None:
     run_trainer(config(8), tmp_path)
     events = read_back(tmp_path)
