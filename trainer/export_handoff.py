@@ -83,7 +83,7 @@ class ExportHandoff:
 
     def _make_exporter(self) -> Optional[Exporter]:
         ec = self._cfg.export
-        if (ec.every_steps is None and ec.every_seconds is None) or self._ranks.rank != 0:
+        if not cadence.scheduled(ec.every_steps, ec.every_seconds) or self._ranks.rank != 0:
             return None
         if self._make_exporter_fn is None:
             log.warning("export.every_steps/every_seconds is set but this trainer was given no exporter; not exporting")
