@@ -387,6 +387,7 @@ class ContinualTrainer:
             self.train_step.mark_good()
             self._restores_in_a_row = 0
             if self.exporter is None:  # `run`'s exporter process publishes each checkpoint: score what it gets
+                self.train_step.set_snapshot_once(self._probed_encoder)  # train.compat_distill: towards version 1
                 self._probe_published()
 
     def _embed_pending(self, refresh: bool = False) -> None:
@@ -423,6 +424,7 @@ class ContinualTrainer:
         ec = self.cfg.export  # enough frames to verify, and distinct ones to grow the exporter's calibration set from
         frames, _ = self.buffer.sample(max(ec.verify_batch, min(ec.calibration_frames, len(self.buffer))), gen)
         encoder = self.learner.encoder_module(self.cfg.export.weights)
+        self.train_step.set_snapshot_once(lambda: encoder)  # train.compat_distill: the first version published
         self.exporter.submit(self.step, encoder, frames.cpu().numpy())
         self.counters.last_export_step = self.step
         self._probe_published()

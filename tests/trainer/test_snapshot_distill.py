@@ -1,0 +1,87 @@
+"""train.compat_distill: a term keeping the online encoder linearly mappable into a frozen snapshot's space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agent.core.config import load_config
+from agent.core.errors import ConfigError
+from export.embedding_maps import fit_ridge, r2_score
+from tests.conftest import TINY_MODEL, free_tcp_endpoint
+from tests.trainer.test_continual import tiny_config, run_trainer
+from trainer.build import build_learner, build_optimizer
+from trainer.normalise import normalise
+from trainer.train_step import TrainStep
+
+
+def make_step(*overrides: str) -> TrainStep:
+    cfg = load_config(None, [*TINY_MODEL, "train.device=cpu", "train.channels_last=false", "train.lr=1e-2", *overrides])
+    learner = build_learner(cfg.model, cfg.train, "cpu", cfg.augment)
+    return TrainStep(learner, build_optimizer(learner, cfg.train), cfg.train, torch.device("cpu"))
+
+
+def frames(seed: int, n: int = 8) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def embeddings(step: TrainStep, encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    x = normalise(step.to_input(images), step.learner.mean, step.learner.std)
+    with torch.no_grad():
+        return encoder.eval()(x)
+
+
+def test_the_term_starts_at_the_snapshot_and_trains_towards_a_frozen_copy():
+    torch.manual_seed(0)
+    plain, distilled = make_step(), make_step("train.compat_distill=1.0")
+    assert plain.distiller is None and distilled.distiller is not None
+    # before a snapshot the option changes nothing: the same loss, step for step
+    for seed in range(3):
+        assert plain(frames(seed)) == pytest.approx(distilled(frames(seed)), rel=1e-5)
+    distilled.set_snapshot_once(lambda: distilled.learner.encoder_module("online"))
+    snapshot = distilled.distiller.snapshot
+    frozen = [p.clone() for p in snapshot.parameters()]
+    assert all(not p.requires_grad for p in snapshot.parameters())
+    distilled.set_snapshot_once(lambda: distilled.learner.encoder_module("target"))  # only the first one counts
+    assert distilled.distiller.snapshot is snapshot and distilled.distiller.snapshot_step == 3
+    for seed in range(3, 6):
+        assert distilled(frames(seed)) is not None
+    assert all(torch.equal(a, b) for a, b in zip(frozen, snapshot.parameters()))  # the snapshot never trains
+    predictor = distilled.distiller.predictor
+    assert predictor is not None and not torch.equal(predictor.weight, torch.eye(predictor.weight.shape[0]))
+    # the probe and export paths (eval embeddings) see no term and change nothing
+    distilled.embed(frames(9), 32, which="online")
+
+
+def test_with_the_term_the_encoder_stays_linearly_mappable_into_the_snapshot():
+    """Same seed, same batches, lr 1e-2 for a fast drift: after 10 updates a ridge map from the online encoder
+    back into the snapshot's space explains more of it with the term than without."""
+    r2 = {}
+    for weight in (0.0, 5.0):
+        torch.manual_seed(0)
+        step = make_step(f"train.compat_distill={weight}")
+        step(frames(0))
+        snapshot = step.learner.encoder_module("online")
+        step.set_snapshot_once(lambda snapshot=snapshot: snapshot)
+        for seed in range(1, 11):
+            step(frames(seed))
+        held = frames(100, 256)
+        new = embeddings(step, step.learner.encoder_module("online"), held).numpy()
+        old = embeddings(step, snapshot, held).numpy()
+        linear = fit_ridge(new[:192], old[:192])
+        r2[weight] = r2_score(linear.apply(new[192:]), old[192:])
+    assert r2[5.0] > r2[0.0]
+
+
+def test_the_trainer_takes_the_snapshot_at_its_first_export(tmp_path):
+    ep = free_tcp_endpoint()
+    cfg = tiny_config(ep, "train.max_steps=7", "export.every_steps=3", "train.compat_distill=1.0",
+                      "buffer.min_fill=16", "buffer.capacity_frames=64", "export.min_compatibility=null")
+    trainer = run_trainer(cfg, tmp_path)
+    assert trainer.train_step.distiller is not None and trainer.train_step.distiller.snapshot_step == 3
+    assert sorted(p.name for p in (tmp_path / "exports").glob("encoder-*.onnx"))  # it published as usual
+
+
+def test_a_negative_weight_is_refused():
+    with pytest.raises(ConfigError, match="compat_distill"):
+        load_config(None, ["train.compat_distill=-1"])
