@@ -351,7 +351,8 @@ def run_photos(folder: Path, config: Optional[str], overrides: list[str], versio
     made: list = []
 
     def make_exporter(mean: tuple[float, ...], std: tuple[float, ...]):  # type: ignore[no-untyped-def]
-        made.append(exporter_cls(cfg.export, cfg.model, exports, mean=mean, std=std, capture=cfg.capture, eval_cfg=cfg.eval))
+        made.append(exporter_cls(cfg.export, cfg.model, exports, mean=mean, std=std, capture=cfg.capture,
+                                 eval_cfg=cfg.eval))
         return made[-1]
 
     inbox = LoopInbox(data.images[bank], frames, seed)
@@ -421,8 +422,9 @@ def report_photos(result: dict) -> list[str]:
     acc1, rows = result["acc1"], result["rows"]
     lines = [
         f"## photos, train.compat_distill={result['distill']:g}, seed {result['seed']}: {result['encoder']} "
-        f"{result['size']} px, batch {result['batch']}, a version every {result['every']} steps, {result['steps']} steps, "
-        f"D={result['dim']}, head train/test {result['n_train']}/{result['n_test']}, training+export {result['train_s']:.0f} s",
+        f"{result['size']} px, batch {result['batch']}, a version every {result['every']} steps, "
+        f"{result['steps']} steps, D={result['dim']}, head train/test {result['n_train']}/{result['n_test']}, "
+        f"training+export {result['train_s']:.0f} s",
         f"version 1 head accuracy: {acc1:.3f}",
         f"published versions {result['published']}; refused exports: {len(result['refused'])}"
         + "".join(f"\n  refused {line}" for line in result["refused"]),
@@ -452,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="'dev' or a folder with train/<class>/ and test/<class>/ photos")
     parser.add_argument("--config", default=None, help="with --data: the config (default configs/default.yaml)")
-    parser.add_argument("--distill", type=float, nargs="+", default=[0.0], help="with --data: train.compat_distill values")
+    parser.add_argument("--distill", type=float, nargs="+", default=[0.0],
+                        help="with --data: train.compat_distill values")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("overrides", nargs="*", help="with --data: config overrides a.b=value")
     args = parser.parse_args(argv)
@@ -477,12 +480,14 @@ def main_photos(args: argparse.Namespace) -> int:
     versions = args.versions or 10
     print(f"# bench_compat --data {args.data}: {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); "
-          f"{versions} versions, seed {args.seed}, config {args.config or 'configs/default.yaml'} {' '.join(args.overrides)}",
+          f"{versions} versions, seed {args.seed}, config {args.config or 'configs/default.yaml'} "
+          f"{' '.join(args.overrides)}",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-compat-") as tmp:
         folder = prepare_data(args.data, Path(tmp) / "data", SIZE, args.seed)
         for weight in args.distill:
-            result = run_photos(folder, args.config, list(args.overrides), versions, args.seed, weight, args.threads, Path(tmp))
+            result = run_photos(folder, args.config, list(args.overrides), versions, args.seed, weight, args.threads,
+                                Path(tmp))
             print("\n".join(report_photos(result)), flush=True)
     return 0
 

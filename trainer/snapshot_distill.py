@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 
-class SnapshotDistiller:
+class EmbeddingDistiller:
     """The distillation term of one learner's online encoder towards a frozen snapshot of an encoder.
 
     `weight` > 0. Until `set_snapshot` is called, `loss` returns None (nothing to distil towards).

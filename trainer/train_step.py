@@ -26,7 +26,7 @@ from trainer.byol import BYOL
 from trainer.distributed import SOLO, Ranks
 from trainer.lr_schedule import lr_at, set_lr
 from trainer.normalise import normalise, to_unit_nchw
-from trainer.snapshot_distill import SnapshotDistiller
+from trainer.snapshot_distill import EmbeddingDistiller
 
 
 def use_bf16(train_cfg: TrainConfig, device: torch.device) -> bool:
@@ -70,12 +70,12 @@ class TrainStep:
         self.nan_streak = 0
         self.last_loss: Optional[float] = None
         self._good: Optional[dict[str, Any]] = None  # set by mark_good (the caller does, once resumed)
-        self.distiller: Optional[SnapshotDistiller] = None  # train.compat_distill: towards a frozen earlier version
+        self.distiller: Optional[EmbeddingDistiller] = None  # train.compat_distill: towards a frozen earlier version
         self._captured: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # (view, online embedding) per view
         if train_cfg.compat_distill > 0:
             if not ranks.solo:
-                raise ConfigError("train.compat_distill works in single-process runs only; set it to 0 for multi-rank runs")
-            self.distiller = SnapshotDistiller(train_cfg.compat_distill, train_cfg.lr)
+                raise ConfigError("train.compat_distill works in single-process runs only; set it to 0 with ranks")
+            self.distiller = EmbeddingDistiller(train_cfg.compat_distill, train_cfg.lr)
             learner.online.backbone.register_forward_hook(self._capture)
 
     def _capture(self, module: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:

@@ -7,11 +7,9 @@ import torch
 
 from agent.core.config import load_config
 from agent.core.errors import ConfigError
-from export.embedding_maps import fit_ridge, r2_score
 from tests.conftest import TINY_MODEL, free_tcp_endpoint
-from tests.trainer.test_continual import tiny_config, run_trainer
+from tests.trainer.test_continual import run_trainer, tiny_config
 from trainer.build import build_learner, build_optimizer
-from trainer.normalise import normalise
 from trainer.train_step import TrainStep
 
 
@@ -23,12 +21,6 @@ def make_step(*overrides: str) -> TrainStep:
 
 def frames(seed: int, n: int = 8) -> torch.Tensor:
     return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-def embeddings(step: TrainStep, encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    x = normalise(step.to_input(images), step.learner.mean, step.learner.std)
-    with torch.no_grad():
-        return encoder.eval()(x)
 
 
 def test_the_term_starts_at_the_snapshot_and_trains_towards_a_frozen_copy():
@@ -53,30 +45,34 @@ def test_the_term_starts_at_the_snapshot_and_trains_towards_a_frozen_copy():
     distilled.embed(frames(9), 32, which="online")
 
 
-def test_with_the_term_the_encoder_stays_linearly_mappable_into_the_snapshot():
-    """Same seed, same batches, lr 1e-2 for a fast drift: after 10 updates a ridge map from the online encoder
-    back into the snapshot's space explains more of it with the term than without."""
-    r2 = {}
-    for weight in (0.0, 5.0):
-        torch.manual_seed(0)
-        step = make_step(f"train.compat_distill={weight}")
-        step(frames(0))
-        snapshot = step.learner.encoder_module("online")
-        step.set_snapshot_once(lambda snapshot=snapshot: snapshot)
-        for seed in range(1, 11):
-            step(frames(seed))
-        held = frames(100, 256)
-        new = embeddings(step, step.learner.encoder_module("online"), held).numpy()
-        old = embeddings(step, snapshot, held).numpy()
-        linear = fit_ridge(new[:192], old[:192])
-        r2[weight] = r2_score(linear.apply(new[192:]), old[192:])
-    assert r2[5.0] > r2[0.0]
+def test_the_term_is_added_to_the_loss_and_its_gradient_reaches_the_encoder():
+    """Twins (same seed, same batches) after a snapshot: the distilled one reports BYOL loss + the term, and
+    its encoder moves differently. Whether the term keeps versions compatible is measured on real photos by
+    benchmarks/bench_compat.py --data (RESULTS.md, "Pinned swaps on real photos")."""
+    torch.manual_seed(0)
+    plain, distilled = make_step(), make_step("train.compat_distill=5.0")
+    plain(frames(0)), distilled(frames(0))
+    distilled.set_snapshot_once(lambda: distilled.learner.encoder_module("online"))
+    loss_plain, loss_distilled = plain(frames(1)), distilled(frames(1))
+    assert loss_plain is not None and loss_distilled is not None and loss_distilled > loss_plain
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(plain.learner.online.backbone.parameters(), distilled.learner.online.backbone.parameters())
+    ]
+    assert any(moved)
 
 
 def test_the_trainer_takes_the_snapshot_at_its_first_export(tmp_path):
     ep = free_tcp_endpoint()
-    cfg = tiny_config(ep, "train.max_steps=7", "export.every_steps=3", "train.compat_distill=1.0",
-                      "buffer.min_fill=16", "buffer.capacity_frames=64", "export.min_compatibility=null")
+    cfg = tiny_config(
+        ep,
+        "train.max_steps=7",
+        "export.every_steps=3",
+        "train.compat_distill=1.0",
+        "buffer.min_fill=16",
+        "buffer.capacity_frames=64",
+        "export.min_compatibility=null",
+    )
     trainer = run_trainer(cfg, tmp_path)
     assert trainer.train_step.distiller is not None and trainer.train_step.distiller.snapshot_step == 3
     assert sorted(p.name for p in (tmp_path / "exports").glob("encoder-*.onnx"))  # it published as usual
