@@ -19,8 +19,11 @@ snapshot's embedding variance the mapped embedding does not explain, the figure 
 gate reads on held-out frames. Its gradient reaches the encoder and g; g has its own Adam with the
 training learning rate, so the run's optimizer and its checkpoints are unchanged.
 
-Not saved in checkpoints: after a restart the snapshot is taken again (see `ContinualTrainer`).
-Usable for any snapshot (a pinned version's, or an earlier room's against forgetting).
+The trainer (`TrainStep.set_snapshot_once`, called by `ContinualTrainer`) freezes the encoder it first
+publishes: at its first export, or its first checkpoint when `run`'s exporter publishes from checkpoints.
+Neither snapshot nor predictor is checkpointed: after a restart the snapshot is the first version that
+session publishes, not version 1 (a pinned policy then wants a head refit and `repin`). Any frozen module
+mapping views to (N, D₀) can be the snapshot (an earlier room's encoder, against forgetting, as well).
 """
 
 from __future__ import annotations
