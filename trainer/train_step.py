@@ -76,12 +76,16 @@ class TrainStep:
             if not ranks.solo:
                 raise ConfigError("train.compat_distill works in single-process runs only; set it to 0 with ranks")
             self.distiller = EmbeddingDistiller(train_cfg.compat_distill, train_cfg.lr)
-            learner.online.backbone.register_forward_hook(self._capture)
+            online = learner.online.backbone
 
-    def _capture(self, module: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        # only the online encoder (deep copies carry the hook) inside a training forward (not embed() or the probe)
-        if self._captured is not None and module is self.learner.online.backbone:
-            self._captured.append((inputs[0], output))
+            # A plain function, not a bound method: deepcopy keeps functions as they are, so the copies of the
+            # encoder made for export, the probe and the snapshot carry a hook that does nothing (not a copy of
+            # this TrainStep). Collects only the online encoder, inside a training forward.
+            def capture(module: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+                if self._captured is not None and module is online:
+                    self._captured.append((inputs[0], output))
+
+            online.register_forward_hook(capture)
 
     def set_snapshot_once(self, encoder: Callable[[], torch.nn.Module]) -> None:
         """With `train.compat_distill` > 0 and no snapshot yet, freeze `encoder()` (the version being published)

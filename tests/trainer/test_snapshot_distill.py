@@ -81,3 +81,16 @@ def test_the_trainer_takes_the_snapshot_at_its_first_export(tmp_path):
 def test_a_negative_weight_is_refused():
     with pytest.raises(ConfigError, match="compat_distill"):
         load_config(None, ["train.compat_distill=-1"])
+
+
+def test_copies_of_the_encoder_do_not_copy_the_trainer():
+    """The capture hook rides along in deep copies of the online encoder (export.weights=online, the snapshot):
+    it must not drag a copy of the TrainStep (learner, optimizer) with it, nor collect anything."""
+    step = make_step("train.compat_distill=1.0")
+    copy = step.learner.encoder_module("online")
+    hooks = list(copy._forward_hooks.values())
+    assert hooks and all(getattr(hook, "__self__", None) is None for hook in hooks)
+    step._captured = []
+    copy(torch.zeros(2, 3, 32, 32))
+    assert step._captured == []
+    step._captured = None
