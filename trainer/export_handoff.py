@@ -66,9 +66,11 @@ class ExportHandoff:
         make_exporter: Optional[MakeExporter],
         compute_lock: threading.Lock,
         device: torch.device,
+        take_snapshot: Callable[[Callable[[], torch.nn.Module]], None] = lambda make: None,
     ) -> None:
         self._cfg, self._learner, self._buffer, self._state, self._ranks = cfg, learner, buffer, state, ranks
         self._make_exporter_fn = make_exporter
+        self._take_snapshot = take_snapshot  # train.compat_distill: the first version published is the snapshot
         self.quality = self._make_quality_monitor(compute_lock, device)
         self.exporter: Optional[Exporter] = None
         self._monitor: Optional["RunMonitor"] = None
@@ -135,7 +137,9 @@ class ExportHandoff:
         gen = torch.Generator().manual_seed(self.step)
         ec = self._cfg.export  # enough frames to verify, and distinct ones to grow the exporter's calibration set from
         frames, _ = self._buffer.sample(max(ec.verify_batch, min(ec.calibration_frames, len(self._buffer))), gen)
-        self.exporter.submit(self.step, self.probed_encoder(), frames.cpu().numpy())
+        encoder = self.probed_encoder()
+        self._take_snapshot(lambda: encoder)
+        self.exporter.submit(self.step, encoder, frames.cpu().numpy())
         self._state.counters.last_export_step = self.step
         self.probe_published()
 
@@ -152,6 +156,7 @@ class ExportHandoff:
         """A checkpoint was written: without an exporter here (`run`'s exporter publishes each checkpoint),
         score what it gets."""
         if self.exporter is None:
+            self._take_snapshot(self.probed_encoder)
             self.probe_published()
 
     def probed_encoder(self) -> torch.nn.Module:

@@ -16,15 +16,17 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import nullcontext
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
 from agent.core.config import TrainConfig
+from agent.core.errors import ConfigError
 from trainer.byol import BYOL
 from trainer.distributed import SOLO, Ranks
 from trainer.lr_schedule import lr_at, set_lr
 from trainer.normalise import normalise, to_unit_nchw
+from trainer.snapshot_distill import EmbeddingDistiller
 
 
 def use_bf16(train_cfg: TrainConfig, device: torch.device) -> bool:
@@ -68,6 +70,28 @@ class TrainStep:
         self.nan_streak = 0
         self.last_loss: Optional[float] = None
         self._good: Optional[dict[str, Any]] = None  # set by mark_good (the caller does, once resumed)
+        self.distiller: Optional[EmbeddingDistiller] = None  # train.compat_distill: towards a frozen earlier version
+        self._captured: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # (view, online embedding) per view
+        if train_cfg.compat_distill > 0:
+            if not ranks.solo:
+                raise ConfigError("train.compat_distill works in single-process runs only; set it to 0 with ranks")
+            self.distiller = EmbeddingDistiller(train_cfg.compat_distill, train_cfg.lr)
+            online = learner.online.backbone
+
+            # A plain function, not a bound method: deepcopy keeps functions as they are, so the copies of the
+            # encoder made for export, the probe and the snapshot carry a hook that does nothing (not a copy of
+            # this TrainStep). Collects only the online encoder, inside a training forward.
+            def capture(module: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+                if self._captured is not None and module is online:
+                    self._captured.append((inputs[0], output))
+
+            online.register_forward_hook(capture)
+
+    def set_snapshot_once(self, encoder: Callable[[], torch.nn.Module]) -> None:
+        """With `train.compat_distill` > 0 and no snapshot yet, freeze `encoder()` (the version being published)
+        as the space later updates are distilled towards; otherwise nothing."""
+        if self.distiller is not None and not self.distiller.active:
+            self.distiller.set_snapshot(encoder(), self.step, self.device)
 
     @property
     def step(self) -> int:
@@ -108,8 +132,16 @@ class TrainStep:
         x = self.to_input(images)
         x2 = self.to_input(partners) if partners is not None else None
         torch._foreach_copy_(self._buffers_before, self._buffers)
-        with self.autocast:  # x is uint8 / 255: in [0, 1] by construction, no range check (a device sync)
-            loss = self._forward(x, images2=x2, unit_range=True)
+        distiller = self.distiller if self.distiller is not None and self.distiller.active else None
+        self._captured = [] if distiller is not None else None
+        try:
+            with self.autocast:  # x is uint8 / 255: in [0, 1] by construction, no range check (a device sync)
+                loss = self._forward(x, images2=x2, unit_range=True)
+                if distiller is not None and self._captured:
+                    term = distiller.loss([v for v, _ in self._captured], [e for _, e in self._captured])
+                    loss = loss if term is None else loss + term
+        finally:
+            self._captured = None
         value = self._ranks.mean(loss.detach())
         if not math.isfinite(value):
             torch._foreach_copy_(self._buffers, self._buffers_before)
@@ -119,8 +151,12 @@ class TrainStep:
         self.nan_streak = 0
         set_lr(self.optimizer, lr_at(self.step, self._cfg.lr, self._cfg.lr_warmup_steps))
         self.optimizer.zero_grad(set_to_none=True)
+        if self.distiller is not None:
+            self.distiller.zero_grad()
         loss.backward()
         self.optimizer.step()
+        if self.distiller is not None:
+            self.distiller.step()
         self.learner.update_moving_average()
         self.last_loss = value
         return value

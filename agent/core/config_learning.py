@@ -153,6 +153,11 @@ class TrainConfig(ConfigSection):
         description="seconds at least between two online probes (not the final one): caps their cost "
         "when checkpoints come often (benchmarks/RESULTS.md, 'Online probe')",
     )
+    compat_distill: float = Field(
+        0.0, ge=0, description="weight of a term keeping the encoder linearly mappable into the first published "
+        "version's space (trainer/snapshot_distill.py; pinned policy heads), 0 = off (benchmarks/RESULTS.md, "
+        "'Pinned swaps on real photos')",
+    )
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on the CPU")
     collective_timeout_s: float = Field(

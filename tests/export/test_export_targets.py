@@ -22,7 +22,7 @@ from export.publish import Publisher
 from export.targets import MODEL_TARGET, TARGETS
 from export.verify import torch_reference
 from tests.export.tiny import scene_frames
-from trainer.build import build_learner
+from trainer.learner_factory import build_learner
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
