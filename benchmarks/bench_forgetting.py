@@ -127,8 +127,9 @@ def room_table(trainer: ContinualTrainer, data, rooms: list[np.ndarray], cfg: Co
     return scores, overall
 
 
-def run_method(method: str, data, base_overrides: list[str], config: Optional[str], steps: int, seed: int,
-               work: Path, quiet: bool) -> dict:
+def run_method(
+    method: str, data, base_overrides: list[str], config: Optional[str], steps: int, seed: int, work: Path, quiet: bool
+) -> dict:
     """One method, one seed: 5 rooms (or the shuffled stream in 5 parts), the table after each."""
     name, _, extra = method.partition("+")
     overrides = list(base_overrides) + [o for o in extra.split(",") if o]
@@ -151,9 +152,15 @@ def run_method(method: str, data, base_overrides: list[str], config: Optional[st
     seq, t0 = 0, time.time()
     for r, part in enumerate(parts):
         ratio = steps / len(part)
-        cfg = load_config(config, overrides + [
-            f"train.seed={seed}", f"train.max_steps={steps * (r + 1)}", f"train.replay_ratio={ratio!r}",
-        ])
+        cfg = load_config(
+            config,
+            overrides
+            + [
+                f"train.seed={seed}",
+                f"train.max_steps={steps * (r + 1)}",
+                f"train.replay_ratio={ratio!r}",
+            ],
+        )
         inbox = ListInbox(data.images[part], seq, t0)
         seq += len(part)
         stream = open(os.devnull, "w") if quiet else None
@@ -165,28 +172,46 @@ def run_method(method: str, data, base_overrides: list[str], config: Optional[st
         scores, all_classes = room_table(trainer, data, rooms, cfg)
         table.append(scores)
         overall.append(all_classes)
-        print(f"  {method} seed {seed} room {r + 1}: step {trainer.step}, kNN per room "
-              f"{' '.join(f'{s:.3f}' for s in scores)}, all classes {all_classes:.3f}", flush=True)
+        print(
+            f"  {method} seed {seed} room {r + 1}: step {trainer.step}, kNN per room "
+            f"{' '.join(f'{s:.3f}' for s in scores)}, all classes {all_classes:.3f}",
+            flush=True,
+        )
     a = np.array(table)
     forgetting = float(np.mean([a[:-1, j].max() - a[-1, j] for j in range(ROOMS - 1)]))
     return {
-        "method": method, "seed": seed, "steps": steps_done, "table": table, "all_classes": overall,
-        "final_average": float(a[-1].mean()), "forgetting": forgetting,
-        "cpu_s": cpu_s() - start_cpu, "wall_s": time.monotonic() - start_wall,
+        "method": method,
+        "seed": seed,
+        "steps": steps_done,
+        "table": table,
+        "all_classes": overall,
+        "final_average": float(a[-1].mean()),
+        "forgetting": forgetting,
+        "cpu_s": cpu_s() - start_cpu,
+        "wall_s": time.monotonic() - start_wall,
     }
 
 
 def markdown(results: list[dict]) -> str:
     """The rooms x rooms tables and the summary, as RESULTS.md shows them."""
-    lines = ["| method | seed | steps | final average | average forgetting | 10-way kNN at the end | CPU s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | seed | steps | final average | average forgetting | 10-way kNN at the end | CPU s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for res in results:
-        lines.append(f"| {res['method']} | {res['seed']} | {res['steps'][-1]} | {res['final_average']:.3f} | "
-                     f"{res['forgetting']:.3f} | {res['all_classes'][-1]:.3f} | {res['cpu_s']:.0f} |")
+        lines.append(
+            f"| {res['method']} | {res['seed']} | {res['steps'][-1]} | {res['final_average']:.3f} | "
+            f"{res['forgetting']:.3f} | {res['all_classes'][-1]:.3f} | {res['cpu_s']:.0f} |"
+        )
     for res in results:
-        lines += ["", f"{res['method']}, seed {res['seed']} (row: after room i; column: room j's classes, 2-way kNN)", "",
-                  "| after | " + " | ".join(f"room {j + 1}" for j in range(ROOMS)) + " |",
-                  "|---" * (ROOMS + 1) + "|"]
+        title = f"{res['method']}, seed {res['seed']}"
+        lines += [
+            "",
+            f"{title} (row: after room i; column: room j's classes, 2-way kNN)",
+            "",
+            "| after | " + " | ".join(f"room {j + 1}" for j in range(ROOMS)) + " |",
+            "|---" * (ROOMS + 1) + "|",
+        ]
         for i, row in enumerate(res["table"]):
             lines.append(f"| room {i + 1} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     return "\n".join(lines)
@@ -211,22 +236,34 @@ def main() -> None:
         size = base.capture.height
         data = load_train_test_folder(folder, (base.capture.height, base.capture.width), 10**6)
         overrides = [
-            f"capture.height={size}", f"capture.width={base.capture.width}",
-            f"train.threads={args.threads}", "train.save_buffer=true", "train.probe_data=null",
-            "train.checkpoint_every=1000000", "export.every_steps=null", "export.every_seconds=null",
+            f"capture.height={size}",
+            f"capture.width={base.capture.width}",
+            f"train.threads={args.threads}",
+            "train.save_buffer=true",
+            "train.probe_data=null",
+            "train.checkpoint_every=1000000",
+            "export.every_steps=null",
+            "export.every_seconds=null",
             "train.metrics_every=1000",
         ] + list(args.overrides)
-        print(f"bench_forgetting: {len(data.split[0])} train / {len(data.split[1])} test photos, {ROOMS} rooms of 2 classes, "
-              f"{args.steps} steps per room, seeds {args.seeds}, {args.threads} thread(s); "
-              f"config {args.config or 'configs/default.yaml'} {' '.join(args.overrides)}", flush=True)
+        print(
+            f"bench_forgetting: {len(data.split[0])} train / {len(data.split[1])} test photos, "
+            f"{ROOMS} rooms of 2 classes, "
+            f"{args.steps} steps per room, seeds {args.seeds}, {args.threads} thread(s); "
+            f"config {args.config or 'configs/default.yaml'} {' '.join(args.overrides)}",
+            flush=True,
+        )
         results = []
         for seed in args.seeds:
             for method in args.methods:
                 results.append(run_method(method, data, overrides, args.config, args.steps, seed, work, quiet=True))
                 res = results[-1]
-                print(f"{method} seed {seed}: final average {res['final_average']:.3f}, average forgetting "
-                      f"{res['forgetting']:.3f}, 10-way {res['all_classes'][-1]:.3f}, {res['cpu_s']:.0f} CPU s, "
-                      f"{res['wall_s']:.0f} s", flush=True)
+                print(
+                    f"{method} seed {seed}: final average {res['final_average']:.3f}, average forgetting "
+                    f"{res['forgetting']:.3f}, 10-way {res['all_classes'][-1]:.3f}, {res['cpu_s']:.0f} CPU s, "
+                    f"{res['wall_s']:.0f} s",
+                    flush=True,
+                )
                 if args.json is not None:
                     args.json.write_text(json.dumps(results, indent=1))
         print()

@@ -26,7 +26,9 @@ def shares(buf: ReplayBuffer, rooms: int) -> np.ndarray:
 
 def test_every_room_keeps_an_equal_share_and_the_newest_is_not_starved():
     rooms = 5
-    stratified = ReplayBuffer(BufferConfig(policy="stratified", capacity_frames=100, min_fill=2), SHAPE, torch.device("cpu"))
+    stratified = ReplayBuffer(
+        BufferConfig(policy="stratified", capacity_frames=100, min_fill=2), SHAPE, torch.device("cpu")
+    )
     stream(stratified, rooms, 200)
     assert np.allclose(shares(stratified, rooms), 1 / rooms, atol=0.03)
     fifo = ReplayBuffer(BufferConfig(policy="fifo", capacity_frames=100, min_fill=2), SHAPE, torch.device("cpu"))
