@@ -20,11 +20,12 @@ Reported, as in Chaudhry et al. 2018 ("Riemannian walk", eq. 8-9) and CaSSLe (Fi
 - average forgetting: mean over rooms j = 1..4 of (max_{i<5} A[i, j] - A[5, j]);
 - also the 10-way kNN on all classes at the end (bank = all train photos, queries = all test photos).
 
-The reference is the same budget (5 x `--steps` updates, 5,000 frames) on the shuffled stream: the same
-photos in one random order, scored after each fifth of it.
+The replay buffer holds 1,024 frames unless overridden (about one room: a buffer holding the whole stream
+could not forget). The reference is the same budget (5 x `--steps` updates, 5,000 frames) on the shuffled
+stream: the same photos in one random order, scored after each fifth of it.
 
-    nice -n 10 python benchmarks/bench_forgetting.py --steps 200 --seeds 0 \
-        --methods fifo reservoir min_redundancy stratified shuffled
+    nice -n 10 python benchmarks/bench_forgetting.py --steps 60 --seeds 0 --methods fifo train.batch_size=32
+    nice -n 10 python benchmarks/bench_forgetting.py --steps 1500 --seeds 0 1     # every method, a real budget
     python benchmarks/bench_forgetting.py --data DIR ...   # any folder with train/<class>/ and test/<class>/
 """
 
@@ -245,6 +246,7 @@ def main() -> None:
             "export.every_steps=null",
             "export.every_seconds=null",
             "train.metrics_every=1000",
+            "buffer.capacity_frames=1024",  # about one room: a buffer that held the whole stream could not forget
         ] + list(args.overrides)
         print(
             f"bench_forgetting: {len(data.split[0])} train / {len(data.split[1])} test photos, "
