@@ -15,7 +15,7 @@ class BufferConfig(ConfigSection):
 
     capacity_frames: int = Field(4096, ge=2)
     capacity_bytes: Optional[int] = Field(None, ge=1, description="cap on frame storage in bytes")
-    policy: Literal["fifo", "reservoir", "min_redundancy"] = "fifo"
+    policy: Literal["fifo", "reservoir", "min_redundancy", "stratified"] = "fifo"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     min_fill: int = Field(128, ge=1, description="frames stored before training starts")
     temporal_positives: bool = Field(False, description="draw the two views from two frames of one camera")

@@ -39,7 +39,7 @@ def fill(buf: ReplayBuffer, n: int) -> None:
 def test_the_registry_holds_exactly_the_configurable_policies():
     configurable = typing.get_args(BufferConfig.model_fields["policy"].annotation)
     assert list_policies() == sorted(configurable)
-    with pytest.raises(ConfigError, match="not a registered policy; known: fifo, min_redundancy, reservoir"):
+    with pytest.raises(ConfigError, match="not a registered policy; known: fifo, min_redundancy, reservoir, stratified"):
         make_policy(BufferConfig.model_construct(policy="lru"), CAPACITY, 0)
 
 

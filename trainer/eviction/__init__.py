@@ -8,6 +8,7 @@ so the policy is a config choice (`buffer.policy`):
 - `reservoir` (reservoir.py, Vitter's algorithm R): every frame seen so far is kept with equal probability.
 - `min_redundancy` (min_redundancy.py): the frame most similar to its nearest stored neighbour in
   the target encoder's embedding space goes.
+- `stratified` (stratified.py): the stream's stretches of arrival keep equal shares (rooms after rooms).
 A new policy: one file with an `EvictionPolicy` subclass under `@register_policy`, imported below.
 """
 
@@ -16,8 +17,9 @@ from trainer.eviction.fifo import FifoPolicy  # importing a policy's module regi
 from trainer.eviction.min_redundancy import MinRedundancyPolicy
 from trainer.eviction.registry import list_policies, make_policy, register_policy
 from trainer.eviction.reservoir import ReservoirPolicy
+from trainer.eviction.stratified import StratifiedPolicy
 
 __all__ = [
-    "EvictionPolicy", "FifoPolicy", "MinRedundancyPolicy", "ReservoirPolicy", "Slots",
+    "EvictionPolicy", "FifoPolicy", "MinRedundancyPolicy", "ReservoirPolicy", "Slots", "StratifiedPolicy",
     "list_policies", "make_policy", "register_policy",
 ]
