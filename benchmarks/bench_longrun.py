@@ -167,6 +167,10 @@ def fmt(value: Any, spec: str = ".3f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
+def verdict(s: dict[str, Any], ok: bool, yes: str, no: str) -> str:
+    return (yes if ok else no) if s["late_probes"] else f"not checked yet (no probe after {WARMUP_S / 60:.0f} min)"
+
+
 def markdown(s: dict[str, Any], run_dir: Path) -> str:
     lines = [
         f"Run `{run_dir}`: {s['steps']} steps, {s['trained_s'] / 60:.1f} min of training, "
@@ -174,7 +178,8 @@ def markdown(s: dict[str, Any], run_dir: Path) -> str:
         f"{s['bad_lines']} unreadable metrics lines; trainer CPU {fmt(s.get('trainer_cpu_s'), '.0f')} s "
         "(sampled every 15 s).",
         "",
-        "| step | train min | kNN | running best | best − kNN | linear | random-init kNN | emb std (median) | loss (median) |",
+        "| step | train min | kNN | running best | best − kNN | linear | random-init kNN | emb std (median) "
+        "| loss (median) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in s["rows"]:
@@ -185,10 +190,11 @@ def markdown(s: dict[str, Any], run_dir: Path) -> str:
     lines += [
         "",
         f"- kNN: worst fall below the running best after {WARMUP_S / 60:.0f} min = {fmt(s['worst_drop'])} "
-        f"(goal ≤ {KNN_DROP}): **{'met' if s['knn_ok'] else 'NOT met'}**",
+        f"(goal ≤ {KNN_DROP}): **{verdict(s, s['knn_ok'], 'met', 'NOT met')}**",
         f"- collapse: lowest embedding std after {WARMUP_S / 60:.0f} min = {fmt(s['min_std_late'], '.4f')} "
-        f"(export gate {s['collapse_std_min']:g}); lowest windowed median {fmt(s['min_window_std_late'], '.4f')} vs peak "
-        f"{fmt(s['peak_std'], '.4f')} (goal ≥ {STD_FRACTION}× peak): **{'no collapse' if s['std_ok'] else 'COLLAPSE or unknown'}**",
+        f"(export gate {s['collapse_std_min']:g}); lowest windowed median {fmt(s['min_window_std_late'], '.4f')} "
+        f"vs peak {fmt(s['peak_std'], '.4f')} (goal ≥ {STD_FRACTION}× peak): "
+        f"**{verdict(s, s['std_ok'], 'no collapse', 'COLLAPSE')}**",
     ]
     return "\n".join(lines) + "\n"
 
@@ -217,7 +223,7 @@ def plot(s: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7, loc="lower right")
     for a, (key, label) in zip(axes[1:], (("std_series", "embedding std"), ("loss_series", "BYOL loss"))):
         x, y = s[key]
-        a.plot(x, y, lw=0.3, alpha=0.4)
+        a.plot(x, y, lw=0.6, alpha=0.5)
         if len(y) >= 50:
             k = 50
             a.plot(x[k - 1 :], np.convolve(y, np.ones(k) / k, mode="valid"), lw=1.2)
@@ -334,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(15)
             if trainer.poll() is not None or feeder.poll() is not None:
                 print(
-                    f"bench_longrun: trainer rc {trainer.returncode}, capture rc {feeder.returncode}; see {run_dir}/*.log"
+                    f"bench_longrun: trainer rc {trainer.returncode}, capture rc {feeder.returncode}; "
+                    f"see {run_dir}/*.log"
                 )
                 rc = 1
                 break
