@@ -159,8 +159,27 @@ def summarise(run: RunMetrics, collapse_std_min: float) -> dict[str, Any]:
         "bad_lines": run.bad_lines,
         "late_probes": len(late),
         "std_series": (std_x, std_y),
+        "warnings": replay_warnings(run, probes),
         "loss_series": (loss_x, loss_y),
     }
+
+
+def replay_warnings(run: RunMetrics, probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The health records (trainer/health.py) of this run: as written by its trainer, or, for a trainer that
+    predates them, what the trainer's HealthWatch makes of the same probes and metrics windows in step order."""
+    written = run.of("health")
+    if written:
+        return written
+    from trainer.health import HealthWatch
+
+    watch, out = HealthWatch(), []
+    updates = [(float(e.get("step") or 0), 1, "probe", e["knn_top1"]) for e in probes]
+    updates += [(float(r["step"]), 0, "embedding", r.get("embedding_std")) for r in run.train if "step" in r]
+    for step, _, kind, value in sorted(updates, key=lambda u: (u[0], u[1])):
+        record = watch.probe(int(step), value) if kind == "probe" else watch.embedding(int(step), value)
+        if record is not None:
+            out.append(record)
+    return out
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:
@@ -196,6 +215,9 @@ def markdown(s: dict[str, Any], run_dir: Path) -> str:
         f"vs peak {fmt(s['peak_std'], '.4f')} (goal ≥ {STD_FRACTION}× peak): "
         f"**{verdict(s, s['std_ok'], 'no collapse', 'COLLAPSE')}**",
     ]
+    warns = s["warnings"]
+    lines.append(f"- warnings (trainer/health.py) over the run: {len(warns)}" + ("" if warns else " (none)"))
+    lines += [f"  - step {w.get('step')}: {w.get('message')}" for w in warns[:20]]
     return "\n".join(lines) + "\n"
 
 
