@@ -256,6 +256,7 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
         f"loss {num(trn, 'loss', '{:.3f}')}",
         f"emb std {num(trn, 'embedding_std', '{:.3f}')}",
         *_probe_note(trn),
+        *(f"WARNING {w}" for w in trn.get("warnings") or [] if isinstance(w, str)),  # trainer/health.py
         f"export v{num(exp, 'last_export_version')} (refused {num(exp, 'refusals')}{_drift_note(exp)})",
         f"runtime v{num(rt, 'version')} swaps {num(rt, 'swaps')} calls {num(rt, 'calls')}",
     ]

@@ -239,6 +239,7 @@ def format_status(f: dict[str, Any]) -> str:
         + (f"kNN {num('probe_knn', '.3f')} (init {num('probe_random_knn', '.3f')}, step {f.get('probe_step')}) | "
            if f.get("probe_knn") is not None else "")
         + (f"{drift_text(f)} | " if drift_text(f) else "")
+        + "".join(f"WARNING {w} | " for w in f.get("warnings") or [] if isinstance(w, str))  # trainer/health.py
         + f"{f.get('state', '')}"
     )
 

@@ -8,6 +8,8 @@ the status file and the live line are refreshed at their own pace by `MetricsWri
 (trainer/previews.py: a few buffer frames and their two views). With a `QualityMonitor`
 (`train.probe_data`), it also submits the kNN probes of the encoder (at each checkpoint or export,
 or every `train.probe_every` steps) and logs their results; a failed probe is logged, never fatal.
+A probe more than 0.02 below its best, or an embedding std below half its peak, becomes a warning
+(trainer/health.py): a "health" record when it starts and clears, and the status's "warnings" meanwhile.
 Handed the `train` and `metrics` sections.
 Rank 0 of a multi-rank run reports the whole run: the trainer hands in the run's counters and
 per-rank fields (`counters`, `extra`) in place of this process's own.
@@ -27,6 +29,7 @@ from torch import nn
 from agent.core.backoff import worth_logging
 from agent.core.config import MetricsConfig, TrainConfig
 from trainer.buffer import ReplayBuffer
+from trainer.health import HealthWatch
 from trainer.metrics import MetricsWriter
 from trainer.run_state import Counters, RunState
 from trainer.train_step import TrainStep
@@ -117,6 +120,7 @@ class RunMonitor:
         self._rate = StepRate()
         self._frames_in_at_start = self._counters().frames_in  # frames in before this process (a resumed run)
         self._last_probe: Optional["EvalResult"] = None
+        self._health = HealthWatch()  # a falling probe or a collapsing embedding: warnings (trainer/health.py)
         self._probe_submitted_at: Optional[int] = None
         self._probe_submitted_time = -float("inf")  # time.monotonic() of the last probe submitted
         self._drift: dict[str, Any] = {}  # the last published version's drift (export.drift_gate.drift_record)
@@ -146,9 +150,11 @@ class RunMonitor:
                 buffer_per_camera=stats["per_camera"],
                 frames_per_camera=dict(self._counters().frames_per_camera),  # received, by camera id
             )
-            for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step", "cka_prev", "cka_pinned"):
+            for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step", "cka_prev", "cka_pinned",
+                        "warnings"):
                 del fields[key]
             self.metrics.log(fields)
+            self._health_record(self._health.embedding(self._state.step, fields["embedding_std"]))
             self._window = _Window(self._state.step)
         if loss is not None and self._images_every is not None and self._state.step % self._images_every == 0:
             self._show_views()
@@ -213,6 +219,15 @@ class RunMonitor:
         for result in results:
             self._last_probe = result
             self.metrics.log(result.to_event())
+            self._health_record(self._health.probe(result.step if result.step is not None else self._state.step,
+                                                   result.knn_top1))
+
+    def _health_record(self, record: Optional[dict[str, Any]]) -> None:
+        """Log a warning that starts (or clears) and send its record to the sinks."""
+        if record is None:
+            return
+        (log.warning if record["active"] else log.info)("%s (step %d)", record["message"], record["step"])
+        self.metrics.log(record)
 
     # -- the end ------------------------------------------------------------------------------------
 
@@ -257,6 +272,7 @@ class RunMonitor:
             "probe_knn": probe.knn_top1 if probe else None,
             "probe_random_knn": probe.random_knn_top1 if probe else None,
             "probe_step": probe.step if probe else None,
+            "warnings": self._health.warnings(),
             **self._extra(),
         }
 

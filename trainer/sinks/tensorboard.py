@@ -4,7 +4,9 @@ Each record becomes one event of scalars at its "step" (`scalars` below lists th
 windows (loss, lr, tau, embedding std, images/s, buffer fill, frames received per camera), the
 online probe next to its random-init value (`probe/knn`, `probe/knn_random_init`, one chart of both
 in the Custom Scalars tab), and each export's version and drift (`export/version`, `export/r2_prev`,
-`export/cka_prev`, `export/cka_vP` to each pinned version P); image grids are image events. A
+`export/cka_prev`, `export/cka_vP` to each pinned version P), and each health warning (a falling
+probe, a collapsing embedding: `health/<kind>` 1 when it starts, 0 when it clears, and its message in
+the Text tab under `warnings`); image grids are image events. A
 resumed run writes a new event file into the same folder that starts with a session start at the
 step after its checkpoint, so TensorBoard continues the curves and drops what an earlier process
 logged beyond the checkpoint it resumed from (what `SummaryWriter(purge_step=...)` writes).
@@ -31,7 +33,7 @@ import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
-from torch.utils.tensorboard.summary import custom_scalars, image, scalar
+from torch.utils.tensorboard.summary import custom_scalars, image, scalar, text
 
 from trainer.sinks import MetricsSink, close_quietly
 
@@ -100,6 +102,8 @@ def scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
             pairs += [(f"export/cka_v{pin}", cka) for pin, cka in record["cka_pinned"].items()]
     elif event == "export_refused":
         pairs = [("export/refused", 1)]
+    elif event == "health":  # a warning starts (1) or clears (0): trainer/health.py
+        pairs = [(f"health/{record.get('kind')}", 1 if record.get("active") else 0)]
     else:
         pairs = []
     for tag, value in pairs:
@@ -146,6 +150,8 @@ class TensorBoardSink(MetricsSink):
         values = [value for tag, number in scalars(record) for value in scalar(tag, number).value]
         if isinstance(step, bool) or not isinstance(step, int) or not values:
             return
+        if record.get("event") == "health" and isinstance(record.get("message"), str):  # the Text tab says what
+            values += list(text("warnings", record["message"]).value)
         walltime = _number(record.get("time"))
         self._add(Event(wall_time=walltime or time.time(), step=step, summary=Summary(value=values)))
 
