@@ -138,11 +138,17 @@ def _leave_inherited_realtime(command: str) -> None:
     try:
         leave_realtime()
     except OSError as exc:
-        print(f"byol-agent {command}: warning: started at real-time scheduling ({policy}) and could not leave it "
-              f"({exc.strerror}); its compute threads can starve the robot's other processes", file=sys.stderr)
+        print(
+            f"byol-agent {command}: warning: started at real-time scheduling ({policy}) and could not leave it "
+            f"({exc.strerror}); its compute threads can starve the robot's other processes",
+            file=sys.stderr,
+        )
         return
-    print(f"byol-agent {command}: started at real-time scheduling ({policy}), inherited from what started it; "
-          "running at SCHED_OTHER instead (a background job must not starve the robot's processes)", file=sys.stderr)
+    print(
+        f"byol-agent {command}: started at real-time scheduling ({policy}), inherited from what started it; "
+        "running at SCHED_OTHER instead (a background job must not starve the robot's processes)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

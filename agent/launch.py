@@ -33,8 +33,17 @@ RANK_MODULE = "agent.cli"
 
 def torchrun_argv(words: list[str], nproc: int) -> list[str]:
     """The torchrun command that runs `python -m agent.cli WORDS` as `nproc` ranks on this machine."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-            "-m", RANK_MODULE, *words]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        RANK_MODULE,
+        *words,
+    ]
 
 
 def rank_pids(launcher_pid: int) -> list[int]:

@@ -73,9 +73,15 @@ def build_trainer(cfg: Config, run_dir: Path, ranks: Ranks = SOLO, **options: An
         from export.exporter import BackgroundExporter  # onnx/onnxruntime load only when exporting in-process
 
         exports = Path(run_dir) / "exports"
-        return BackgroundExporter(cfg.export, cfg.model, exports, mean=mean, std=std, capture=cfg.capture, eval_cfg=cfg.eval)
+        return BackgroundExporter(
+            cfg.export, cfg.model, exports, mean=mean, std=std, capture=cfg.capture, eval_cfg=cfg.eval
+        )
 
     return ContinualTrainer(
-        cfg, run_dir, open_receiver=lambda: open_frame_receiver(cfg.wire, endpoint),
-        make_exporter=make_exporter if ranks.rank == 0 else None, ranks=ranks, **options,
+        cfg,
+        run_dir,
+        open_receiver=lambda: open_frame_receiver(cfg.wire, endpoint),
+        make_exporter=make_exporter if ranks.rank == 0 else None,
+        ranks=ranks,
+        **options,
     )

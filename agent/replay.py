@@ -47,7 +47,9 @@ def check_recordings(paths: list[str], capture_cfg: CaptureConfig) -> list[Optio
     counts = []
     for source in check_sources(paths, capture_cfg):
         if not source.finite:
-            raise SourceError(f"{source.name} is not a recording (replay takes video files, robot logs, image folders or globs)")
+            raise SourceError(
+                f"{source.name} is not a recording (replay takes video files, robot logs, image folders or globs)"
+            )
         counts.append(source.frame_count)
     return counts
 
@@ -76,9 +78,22 @@ class ReplayCapture:
     def start(self, endpoint: str) -> None:
         """Start capture sending to `endpoint` (the trainer's bound PULL)."""
         run_dir = self._log_dir.parent  # the counts `byol-agent report` reads, as `run`'s capture writes them
-        argv = [sys.executable, "-m", "agent.cli", "capture", "--config", str(self._config_path),
-                "--endpoint", endpoint, "--publish", "none", "--status-file", str(run_dir / "status-capture.json"),
-                "--history-file", str(run_dir / "capture.jsonl")]
+        argv = [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "capture",
+            "--config",
+            str(self._config_path),
+            "--endpoint",
+            endpoint,
+            "--publish",
+            "none",
+            "--status-file",
+            str(run_dir / "status-capture.json"),
+            "--history-file",
+            str(run_dir / "capture.jsonl"),
+        ]
         argv += ["--pace", "asap", "--lossless"] if self._pace == "asap" else ["--pace", "realtime"]
         spec = ChildSpec("replay-capture", argv, stop_timeout_s=CAPTURE_STOP_TIMEOUT_S)
         self._supervisor = Supervisor([spec], self._log_dir, max_restarts=0)
@@ -158,9 +173,18 @@ def replay(
         capture_config = run_dir / "replay-capture.yaml"
         dump_config(capture_cfg, capture_config)
         gated = cfg.capture.novelty_threshold is not None and cfg.capture.novelty_threshold > 0
-        plan = ReplayPlan(counts, delivered, cfg.train.replay_ratio, cfg.train.batch_size, trainer.step,
-                          frames_in=trainer.counters.frames_in, gated=gated)
-        print(f"replay: {plan.describe(last_step_rate(run_dir) if trainer.step else None)}", file=sys.stderr, flush=True)
+        plan = ReplayPlan(
+            counts,
+            delivered,
+            cfg.train.replay_ratio,
+            cfg.train.batch_size,
+            trainer.step,
+            frames_in=trainer.counters.frames_in,
+            gated=gated,
+        )
+        print(
+            f"replay: {plan.describe(last_step_rate(run_dir) if trainer.step else None)}", file=sys.stderr, flush=True
+        )
         capture = ReplayCapture(capture_config, pace, run_dir / "logs")
         bar = ReplayProgress(trainer, plan) if show else None
         moved = bar.take_log_lines() if bar is not None else []
@@ -255,15 +279,21 @@ class ReplayPlan:
         what = f"{bound}{frames} frames" if frames is not None else "frames (count unknown)"
         if self.gated:
             what += " (capture.novelty_threshold is on: it skips near-duplicates, so fewer may reach training)"
-        resumed = f" left, resuming after {done} already trained on (step {self.start_step})" if done or self.start_step else ""
+        resumed = (
+            f" left, resuming after {done} already trained on (step {self.start_step})"
+            if done or self.start_step
+            else ""
+        )
         steps = ""
         if self.steps_left is not None:
             steps = f" = {bound or 'about '}{self.steps_left} steps"
             if steps_per_s:
                 steps += f" (~{format_duration(self.steps_left / steps_per_s)} at the last {steps_per_s:.2f} steps/s)"
-        return (f"{what} in {len(self.counts)} recording(s){resumed}; train.replay_ratio {self.ratio:g} updates per "
-                f"frame{steps} (each frame in ~{self.ratio * self.batch_size:.0f} samples of batch {self.batch_size}); "
-                "lower train.replay_ratio for a faster, lighter pass")
+        return (
+            f"{what} in {len(self.counts)} recording(s){resumed}; train.replay_ratio {self.ratio:g} updates per "
+            f"frame{steps} (each frame in ~{self.ratio * self.batch_size:.0f} samples of batch {self.batch_size}); "
+            "lower train.replay_ratio for a faster, lighter pass"
+        )
 
 
 def last_step_rate(run_dir: Path) -> Optional[float]:
@@ -277,7 +307,11 @@ def last_step_rate(run_dir: Path) -> Optional[float]:
         rows = read_metrics(run_dir).train
     except ByolAgentError:
         return None
-    rates = [row["steps_per_s"] for row in rows if isinstance(row.get("steps_per_s"), (int, float)) and row["steps_per_s"] > 0]
+    rates = [
+        row["steps_per_s"]
+        for row in rows
+        if isinstance(row.get("steps_per_s"), (int, float)) and row["steps_per_s"] > 0
+    ]
     return float(rates[-1]) if rates else None
 
 

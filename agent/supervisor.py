@@ -156,8 +156,9 @@ class Supervisor:
             )
         return healthy
 
-    def stop(self, report: Callable[[str], None] = lambda line: None,
-             every_s: float = 15.0) -> dict[str, Optional[int]]:
+    def stop(
+        self, report: Callable[[str], None] = lambda line: None, every_s: float = 15.0
+    ) -> dict[str, Optional[int]]:
         """SIGINT each child in order and wait for it (SIGKILL after its timeout); return exit codes.
 
         `report` gets a line when each child has stopped and every `every_s` while one is still stopping (a trainer's
@@ -174,15 +175,19 @@ class Supervisor:
                 while proc.poll() is None:
                     waited = time.monotonic() - began
                     if waited >= child.spec.stop_timeout_s:
-                        log.warning("%s did not stop within %.0f s; killing it", child.spec.name, child.spec.stop_timeout_s)
+                        log.warning(
+                            "%s did not stop within %.0f s; killing it", child.spec.name, child.spec.stop_timeout_s
+                        )
                         proc.kill()
                         proc.wait()
                         break
                     try:
                         proc.wait(timeout=min(every_s, child.spec.stop_timeout_s - waited))
                     except subprocess.TimeoutExpired:
-                        report(f"  waiting for {child.spec.name} to stop ({time.monotonic() - began:.0f} s of at most "
-                               f"{child.spec.stop_timeout_s:.0f} s)")
+                        report(
+                            f"  waiting for {child.spec.name} to stop ({time.monotonic() - began:.0f} s of at most "
+                            f"{child.spec.stop_timeout_s:.0f} s)"
+                        )
                 report(f"  {child.spec.name} stopped after {time.monotonic() - began:.0f} s (exit {proc.returncode})")
             codes[child.spec.name] = proc.returncode
         return codes
@@ -267,7 +272,7 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
 
 
 def _probe_note(trainer: dict) -> list[str]:
-    """"kNN 0.41 (init 0.31)": the trainer's last online probe (train.probe_data) next to its random-init
+    """ "kNN 0.41 (init 0.31)": the trainer's last online probe (train.probe_data) next to its random-init
     twin, from status-trainer.json; no part before the first probe has finished."""
     knn, init = trainer.get("probe_knn"), trainer.get("probe_random_knn")
     if not isinstance(knn, (int, float)):
@@ -276,7 +281,7 @@ def _probe_note(trainer: dict) -> list[str]:
 
 
 def _drift_note(exporter: dict) -> str:
-    """", CKA 0.998 prev, 0.861 v1" from status-exporter.json (export.drift_gate.drift_record fields), or ""."""
+    """ ", CKA 0.998 prev, 0.861 v1" from status-exporter.json (export.drift_gate.drift_record fields), or ""."""
     text = drift_text({**exporter, "last_export_version": None})
     return f", {text}" if text else ""
 
@@ -347,15 +352,25 @@ def supervise(
                 print(f"{finish_with} has finished: its sources have ended", file=out, flush=True)
                 break
             line = format_pipeline_status(read_status(run_dir, since), elapsed, sup.restarts)
-            print(("\r" + fit_line(line, shutil.get_terminal_size().columns)) if tty else line,
-                  end="" if tty else "\n", file=out, flush=True)
+            print(
+                ("\r" + fit_line(line, shutil.get_terminal_size().columns)) if tty else line,
+                end="" if tty else "\n",
+                file=out,
+                flush=True,
+            )
             if duration_s is not None and elapsed >= duration_s:
                 break
     finally:
         if tty:
             print(file=out)
-        print("stopping: capture, then trainer (final checkpoint), exporter (final export), runtime", file=out, flush=True)
+        print(
+            "stopping: capture, then trainer (final checkpoint), exporter (final export), runtime", file=out, flush=True
+        )
         codes = sup.stop(lambda line: print(line, file=out, flush=True))
     print("exit codes: " + ", ".join(f"{k}={v}" for k, v in codes.items()), file=out, flush=True)
-    print(format_pipeline_status(read_status(run_dir, since), time.monotonic() - start, sup.restarts), file=out, flush=True)
+    print(
+        format_pipeline_status(read_status(run_dir, since), time.monotonic() - start, sup.restarts),
+        file=out,
+        flush=True,
+    )
     return 1 if failed else 0

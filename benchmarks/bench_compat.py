@@ -67,13 +67,13 @@ from agent.robot.runtime import HotEncoder  # noqa: E402
 from benchmarks.procedural_objects import render_objects  # noqa: E402
 from export.calibration import CALIBRATION_NAME, embed_file  # noqa: E402
 from export.embedding_maps import LinearMap, fit_compat, linear_cka  # noqa: E402
-from export.map_files import compose_to, read_map  # noqa: E402
-from export.pins import write_pin  # noqa: E402
 from export.exporter import export_encoder  # noqa: E402
 from export.manifest import manifest_filename, read_manifest  # noqa: E402
+from export.map_files import compose_to, read_map  # noqa: E402
+from export.pins import write_pin  # noqa: E402
 from export.publish import Publisher  # noqa: E402
-from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.feature_probes import knn_top1, load_digits, load_train_test_folder  # noqa: E402
+from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.train_step import TrainStep  # noqa: E402
 
 SIZE = 32
@@ -91,11 +91,20 @@ def stream(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def config(seed: int) -> Config:
-    return Config.model_validate({
-        "model": {"encoder": "tiny_cnn", "image_size": SIZE, "projection_size": 64, "projection_hidden_size": 256},
-        "train": {"device": "cpu", "batch_size": 64, "lr": 1e-3, "seed": seed, "tau_warmup_steps": 0, "channels_last": False},
-        "augment": {"hue": 0.0, "saturation": 0.0, "grayscale_p": 0.0},
-    })
+    return Config.model_validate(
+        {
+            "model": {"encoder": "tiny_cnn", "image_size": SIZE, "projection_size": 64, "projection_hidden_size": 256},
+            "train": {
+                "device": "cpu",
+                "batch_size": 64,
+                "lr": 1e-3,
+                "seed": seed,
+                "tau_warmup_steps": 0,
+                "channels_last": False,
+            },
+            "augment": {"hue": 0.0, "saturation": 0.0, "grayscale_p": 0.0},
+        }
+    )
 
 
 def run_stream(name: str, versions: int, steps: int, seed: int, work: Path) -> dict:
@@ -115,10 +124,18 @@ def run_stream(name: str, versions: int, steps: int, seed: int, work: Path) -> d
     t0 = time.perf_counter()
     for version in range(1, versions + 1):
         for _ in range(steps):  # version 1 too is published after training, as the trainer's first export is
-                step(pool[torch.randint(0, len(pool), (cfg.train.batch_size,), generator=gen)])
+            step(pool[torch.randint(0, len(pool), (cfg.train.batch_size,), generator=gen)])
         buffer_frames = images[train_idx[rng.choice(half, 256, replace=False)]]  # as the trainer samples the buffer
-        export_encoder(step.step, learner.encoder_module("target"), buffer_frames, export_cfg=export_cfg,
-                       model_cfg=cfg.model, publisher=publisher, mean=learner.mean, std=learner.std)
+        export_encoder(
+            step.step,
+            learner.encoder_module("target"),
+            buffer_frames,
+            export_cfg=export_cfg,
+            model_cfg=cfg.model,
+            publisher=publisher,
+            mean=learner.mean,
+            std=learner.std,
+        )
         if version == 1:
             write_pin(export_dir, 1)  # the policy head is fit on version 1: a runtime pinned to it
     train_s = time.perf_counter() - t0
@@ -150,23 +167,34 @@ def run_stream(name: str, versions: int, steps: int, seed: int, work: Path) -> d
         refit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(emb_train[v], labels[train_idx])
         compat = manifests[v].raw["compat"]
         direct = {d["maps_to"]: d for d in compat.get("direct", [])}
-        rows.append({
-            "version": v,
-            "step": manifests[v].step,
-            "r2": compat["r2"],
-            "r2_v1": direct[1]["r2"] if 1 in direct else compat["r2"],
-            "fit_frames": (direct[1] if 1 in direct else compat)["fit_frames"],
-            "cka_prev": compat["cka"],
-            "cka_v1": linear_cka(emb_test[v], emb_test[1]),
-            "raw": head.score(emb_test[v], y),
-            "chained": head.score(chained.apply(emb_test[v]), y),
-            "pinned": head.score(pinned.apply(emb_test[v]), y),
-            **{key: head.score(offline[key].apply(emb_test[v]), y) for key in OFFLINE},
-            "refit": refit.score(emb_test[v], y),
-        })
+        rows.append(
+            {
+                "version": v,
+                "step": manifests[v].step,
+                "r2": compat["r2"],
+                "r2_v1": direct[1]["r2"] if 1 in direct else compat["r2"],
+                "fit_frames": (direct[1] if 1 in direct else compat)["fit_frames"],
+                "cka_prev": compat["cka"],
+                "cka_v1": linear_cka(emb_test[v], emb_test[1]),
+                "raw": head.score(emb_test[v], y),
+                "chained": head.score(chained.apply(emb_test[v]), y),
+                "pinned": head.score(pinned.apply(emb_test[v]), y),
+                **{key: head.score(offline[key].apply(emb_test[v]), y) for key in OFFLINE},
+                "refit": refit.score(emb_test[v], y),
+            }
+        )
     cost = map_cost(export_dir, images[test_idx[:1]])
-    return {"name": name, "acc1": acc1, "rows": rows, "train_s": train_s, "dim": manifests[1].output_dim,
-            "calibration": len(calibration), "cost": cost, "n_train": len(train_idx), "n_test": len(test_idx)}
+    return {
+        "name": name,
+        "acc1": acc1,
+        "rows": rows,
+        "train_s": train_s,
+        "dim": manifests[1].output_dim,
+        "calibration": len(calibration),
+        "cost": cost,
+        "n_train": len(train_idx),
+        "n_test": len(test_idx),
+    }
 
 
 def map_cost(export_dir: Path, frame: np.ndarray, calls: int = 2000) -> dict:
@@ -192,8 +220,11 @@ def map_cost(export_dir: Path, frame: np.ndarray, calls: int = 2000) -> dict:
     finally:
         raw.close()
         pinned.close()
-    return {"raw_us": 1e6 * float(np.median(times["raw"])), "pinned_us": 1e6 * float(np.median(times["pinned"])),
-            "apply_us": 1e6 * float(np.median(apply))}
+    return {
+        "raw_us": 1e6 * float(np.median(times["raw"])),
+        "pinned_us": 1e6 * float(np.median(times["pinned"])),
+        "apply_us": 1e6 * float(np.median(apply)),
+    }
 
 
 COLUMNS = ("chained", "pinned", *OFFLINE)
@@ -206,24 +237,34 @@ def report(result: dict) -> list[str]:
         f"head train/test {result['n_train']}/{result['n_test']}, training+export {result['train_s']:.0f} s",
         f"version 1 head accuracy: {acc1:.3f}",
         "| version | step | calibration fit frames | R² to prev | R² to v1 | CKA prev | CKA v1 | (a) raw | "
-        + " | ".join(f"(b) {k}" for k in COLUMNS) + " | (c) refit |",
+        + " | ".join(f"(b) {k}" for k in COLUMNS)
+        + " | (c) refit |",
         "|---" * (9 + len(COLUMNS)) + "|",
     ]
     for r in rows:
-        lines.append(f"| {r['version']} | {r['step']} | {r['fit_frames']} | {r['r2']:.3f} | {r['r2_v1']:.3f} | {r['cka_prev']:.3f} | "
-                     f"{r['cka_v1']:.3f} | {r['raw']:.3f} | " + " | ".join(f"{r[k]:.3f}" for k in COLUMNS)
-                     + f" | {r['refit']:.3f} |")
+        lines.append(
+            f"| {r['version']} | {r['step']} | {r['fit_frames']} | {r['r2']:.3f} | {r['r2_v1']:.3f} | {r['cka_prev']:.3f} | "
+            f"{r['cka_v1']:.3f} | {r['raw']:.3f} | "
+            + " | ".join(f"{r[k]:.3f}" for k in COLUMNS)
+            + f" | {r['refit']:.3f} |"
+        )
     for method in COLUMNS:
         worst = min(r[method] for r in rows)
         above = sum(r[method] > r["raw"] for r in rows)
         ok = worst >= 0.95 * acc1 and above == len(rows)
-        lines.append(f"{method}: worst mapped accuracy {worst:.3f} = {worst / acc1:.3f} x version 1; above raw at "
-                     f"{above}/{len(rows)} versions; goal {'met' if ok else 'NOT met'}")
-    lines.append(f"lowest R² to v1 (pinned runtime's map): {min(r['r2_v1'] for r in rows):.3f}; last raw {rows[-1]['raw']:.3f}, "
-                 f"pinned {rows[-1]['pinned']:.3f}, refit {rows[-1]['refit']:.3f}")
+        lines.append(
+            f"{method}: worst mapped accuracy {worst:.3f} = {worst / acc1:.3f} x version 1; above raw at "
+            f"{above}/{len(rows)} versions; goal {'met' if ok else 'NOT met'}"
+        )
+    lines.append(
+        f"lowest R² to v1 (pinned runtime's map): {min(r['r2_v1'] for r in rows):.3f}; last raw {rows[-1]['raw']:.3f}, "
+        f"pinned {rows[-1]['pinned']:.3f}, refit {rows[-1]['refit']:.3f}"
+    )
     c = result["cost"]
-    lines.append(f"per-call cost, batch 1, median: unpinned {c['raw_us']:.0f} us, pinned {c['pinned_us']:.0f} us; "
-                 f"the map alone {c['apply_us']:.1f} us")
+    lines.append(
+        f"per-call cost, batch 1, median: unpinned {c['raw_us']:.0f} us, pinned {c['pinned_us']:.0f} us; "
+        f"the map alone {c['apply_us']:.1f} us"
+    )
     return lines
 
 
@@ -326,8 +367,16 @@ def paced_exporter(recorders: list[VersionRecorder], timeout_s: float = 1800.0):
     return PacedExporter
 
 
-def run_photos(folder: Path, config: Optional[str], overrides: list[str], versions: int, seed: int,
-               distill: float, threads: int, work: Path) -> dict:
+def run_photos(
+    folder: Path,
+    config: Optional[str],
+    overrides: list[str],
+    versions: int,
+    seed: int,
+    distill: float,
+    threads: int,
+    work: Path,
+) -> dict:
     """The photos through the real trainer and exporter; per served version: head accuracy raw and pinned, kNN."""
     from trainer.continual import ContinualTrainer
 
@@ -336,13 +385,23 @@ def run_photos(folder: Path, config: Optional[str], overrides: list[str], versio
     bank, queries = data.split
     every = base.export.every_steps or 200
     max_steps = every * versions + every // 2  # `versions` exports at every_steps, and the final one at the end
-    cfg = load_config(config, [
-        "train.device=cpu", f"train.threads={threads}", f"train.seed={seed}", f"train.max_steps={max_steps}",
-        "train.probe_data=null", "train.checkpoint_every=1000000", "export.every_seconds=null",
-        "train.metrics_every=1000", "export.keep=3", f"train.compat_distill={distill!r}",
-        "export.min_compatibility=null",  # the drift gate would stop serving versions: each is measured, its R² shown
-        *overrides,
-    ])
+    cfg = load_config(
+        config,
+        [
+            "train.device=cpu",
+            f"train.threads={threads}",
+            f"train.seed={seed}",
+            f"train.max_steps={max_steps}",
+            "train.probe_data=null",
+            "train.checkpoint_every=1000000",
+            "export.every_seconds=null",
+            "train.metrics_every=1000",
+            "export.keep=3",
+            f"train.compat_distill={distill!r}",
+            "export.min_compatibility=null",  # the drift gate would stop serving versions: each is measured, its R² shown
+            *overrides,
+        ],
+    )
     frames = len(bank) * (1 + int(max_steps / (cfg.train.replay_ratio * len(bank))))
     run_dir = work / f"photos-distill{distill:g}-seed{seed}"
     exports = run_dir / "exports"
@@ -351,14 +410,16 @@ def run_photos(folder: Path, config: Optional[str], overrides: list[str], versio
     made: list = []
 
     def make_exporter(mean: tuple[float, ...], std: tuple[float, ...]):  # type: ignore[no-untyped-def]
-        made.append(exporter_cls(cfg.export, cfg.model, exports, mean=mean, std=std, capture=cfg.capture,
-                                 eval_cfg=cfg.eval))
+        made.append(
+            exporter_cls(cfg.export, cfg.model, exports, mean=mean, std=std, capture=cfg.capture, eval_cfg=cfg.eval)
+        )
         return made[-1]
 
     inbox = LoopInbox(data.images[bank], frames, seed)
     with open(os.devnull, "w") as quiet:
-        trainer = ContinualTrainer(cfg, run_dir, open_receiver=lambda: inbox, make_exporter=make_exporter,
-                                   lossless=True, stream=quiet)
+        trainer = ContinualTrainer(
+            cfg, run_dir, open_receiver=lambda: inbox, make_exporter=make_exporter, lossless=True, stream=quiet
+        )
         failure: list[BaseException] = []
 
         def train() -> None:
@@ -403,19 +464,35 @@ def run_photos(folder: Path, config: Optional[str], overrides: list[str], versio
     rows = []
     for v in sorted(set(rec_raw.embeddings) & set(rec_pin.embeddings)):
         z = rec_raw.embeddings[v]
-        rows.append({
-            "version": v,
-            "raw": head.score(z[queries], y),
-            "pinned": head.score(rec_pin.embeddings[v], y),
-            "knn": knn_top1(z[bank], labels[bank], z[queries], labels[queries], k=cfg.eval.k),
-            "cka_v1": linear_cka(z[queries], first[queries]),
-            "r2_v1": exporter.r2_v1.get(v),
-        })
-    return {"distill": distill, "acc1": acc1, "rows": rows, "train_s": train_s, "steps": trainer.step,
-            "dim": first.shape[1], "n_train": len(bank), "n_test": len(queries), "seed": seed,
-            "config": config or "configs/default.yaml", "overrides": overrides, "every": every,
-            "batch": cfg.train.batch_size, "encoder": cfg.model.encoder, "size": cfg.model.image_size,
-            "published": exporter.published, "refused": exporter.refused}
+        rows.append(
+            {
+                "version": v,
+                "raw": head.score(z[queries], y),
+                "pinned": head.score(rec_pin.embeddings[v], y),
+                "knn": knn_top1(z[bank], labels[bank], z[queries], labels[queries], k=cfg.eval.k),
+                "cka_v1": linear_cka(z[queries], first[queries]),
+                "r2_v1": exporter.r2_v1.get(v),
+            }
+        )
+    return {
+        "distill": distill,
+        "acc1": acc1,
+        "rows": rows,
+        "train_s": train_s,
+        "steps": trainer.step,
+        "dim": first.shape[1],
+        "n_train": len(bank),
+        "n_test": len(queries),
+        "seed": seed,
+        "config": config or "configs/default.yaml",
+        "overrides": overrides,
+        "every": every,
+        "batch": cfg.train.batch_size,
+        "encoder": cfg.model.encoder,
+        "size": cfg.model.image_size,
+        "published": exporter.published,
+        "refused": exporter.refused,
+    }
 
 
 def report_photos(result: dict) -> list[str]:
@@ -433,15 +510,19 @@ def report_photos(result: dict) -> list[str]:
     ]
     for r in rows:
         r2 = "-" if r["r2_v1"] is None else f"{r['r2_v1']:.3f}"
-        lines.append(f"| {r['version']} | {r['raw']:.3f} | {r['raw'] / acc1:.3f} | {r['pinned']:.3f} | "
-                     f"{r['pinned'] / acc1:.3f} | {r['knn']:.3f} | {r['cka_v1']:.3f} | {r2} |")
+        lines.append(
+            f"| {r['version']} | {r['raw']:.3f} | {r['raw'] / acc1:.3f} | {r['pinned']:.3f} | "
+            f"{r['pinned'] / acc1:.3f} | {r['knn']:.3f} | {r['cka_v1']:.3f} | {r2} |"
+        )
     later = [r for r in rows if r["version"] > 1]
     if later:
         worst = min(later, key=lambda r: r["pinned"])
         ok = worst["pinned"] >= 0.95 * acc1 and len(rows) >= 10
-        lines.append(f"pinned: worst {worst['pinned']:.3f} = {worst['pinned'] / acc1:.3f} x version 1 (version "
-                     f"{worst['version']}) over {len(rows)} versions; goal (>= 0.95x through >= 10 versions) "
-                     f"{'met' if ok else 'NOT met'}; newest version's kNN {rows[-1]['knn']:.3f}")
+        lines.append(
+            f"pinned: worst {worst['pinned']:.3f} = {worst['pinned'] / acc1:.3f} x version 1 (version "
+            f"{worst['version']}) over {len(rows)} versions; goal (>= 0.95x through >= 10 versions) "
+            f"{'met' if ok else 'NOT met'}; newest version's kNN {rows[-1]['knn']:.3f}"
+        )
     return lines
 
 
@@ -454,8 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="'dev' or a folder with train/<class>/ and test/<class>/ photos")
     parser.add_argument("--config", default=None, help="with --data: the config (default configs/default.yaml)")
-    parser.add_argument("--distill", type=float, nargs="+", default=[0.0],
-                        help="with --data: train.compat_distill values")
+    parser.add_argument(
+        "--distill", type=float, nargs="+", default=[0.0], help="with --data: train.compat_distill values"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("overrides", nargs="*", help="with --data: config overrides a.b=value")
     args = parser.parse_args(argv)
@@ -465,8 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (20 if args.quick else 60)
     streams = (args.streams or ("digits" if args.quick else "digits,objects")).split(",")
     torch.set_num_threads(2)
-    print(f"# bench_compat: {datetime.now(timezone.utc).isoformat(timespec='seconds')}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads; {versions} versions, {steps} steps apart, seed {args.seed}")
+    print(
+        f"# bench_compat: {datetime.now(timezone.utc).isoformat(timespec='seconds')}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads; {versions} versions, {steps} steps apart, seed {args.seed}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-compat-") as tmp:
         for name in streams:
             print("\n".join(report(run_stream(name, versions, steps, args.seed, Path(tmp)))), flush=True)
@@ -478,16 +562,19 @@ def main_photos(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     versions = args.versions or 10
-    print(f"# bench_compat --data {args.data}: {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); "
-          f"{versions} versions, seed {args.seed}, config {args.config or 'configs/default.yaml'} "
-          f"{' '.join(args.overrides)}",
-          flush=True)
+    print(
+        f"# bench_compat --data {args.data}: {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); "
+        f"{versions} versions, seed {args.seed}, config {args.config or 'configs/default.yaml'} "
+        f"{' '.join(args.overrides)}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-compat-") as tmp:
         folder = prepare_data(args.data, Path(tmp) / "data", SIZE, args.seed)
         for weight in args.distill:
-            result = run_photos(folder, args.config, list(args.overrides), versions, args.seed, weight, args.threads,
-                                Path(tmp))
+            result = run_photos(
+                folder, args.config, list(args.overrides), versions, args.seed, weight, args.threads, Path(tmp)
+            )
             print("\n".join(report_photos(result)), flush=True)
     return 0
 

@@ -89,8 +89,13 @@ def main() -> None:
         model_cfg = ModelConfig(encoder=name, image_size=args.size, hidden_layer=HIDDEN.get(name, "avgpool"))
         torch.manual_seed(0)
         net = build_encoder(model_cfg)
-        learner = BYOL(net, image_size=args.size, hidden_layer=model_cfg.hidden_layer,
-                       projection_hidden_size=512, projection_size=128)
+        learner = BYOL(
+            net,
+            image_size=args.size,
+            hidden_layer=model_cfg.hidden_layer,
+            projection_hidden_size=512,
+            projection_size=128,
+        )
         spec = input_spec(cfg.input_format, args.size, learner.mean, learner.std)
         wrapped = PreprocessedEncoder(learner.encoder_module("online"), learner.mean, learner.std, cfg.input_format)
         lost_lock, lost_child = [], []
@@ -103,15 +108,21 @@ def main() -> None:
             start = time.monotonic()
             export_graph(wrapped, spec, cfg, beside_training=True)  # the child alone: its fixed start-up cost shows
             alone_s = time.monotonic() - start
-            child_steps, child_s = steps_during(learner, lambda w=wrapped, s=spec: export_graph(w, s, cfg, beside_training=True))
+            child_steps, child_s = steps_during(
+                learner, lambda w=wrapped, s=spec: export_graph(w, s, cfg, beside_training=True)
+            )
             lost_lock.append(rate * lock_s)
             lost_child.append(max(0.0, rate * child_s - child_steps))
-            print(f"{name} round {r}: baseline {rate:.2f} steps/s; lock: trace {lock_s:.1f} s = {rate * lock_s:.1f} steps "
-                  f"stalled; child alone {alone_s:.1f} s; child beside training: {child_s:.1f} s wall, {child_steps} steps done, "
-                  f"{lost_child[-1]:.1f} steps lost")
+            print(
+                f"{name} round {r}: baseline {rate:.2f} steps/s; lock: trace {lock_s:.1f} s = {rate * lock_s:.1f} steps "
+                f"stalled; child alone {alone_s:.1f} s; child beside training: {child_s:.1f} s wall, {child_steps} steps done, "
+                f"{lost_child[-1]:.1f} steps lost"
+            )
         lock_med, child_med = statistics.median(lost_lock), statistics.median(lost_child)
-        print(f"{name}: steps lost per export, lock {lock_med:.1f} vs child {child_med:.1f} "
-              f"(child/lock {child_med / max(lock_med, 1e-9):.2f})")
+        print(
+            f"{name}: steps lost per export, lock {lock_med:.1f} vs child {child_med:.1f} "
+            f"(child/lock {child_med / max(lock_med, 1e-9):.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -106,8 +106,10 @@ def part1(args: argparse.Namespace) -> None:
     senders = {"this": transport}
     if args.baseline is not None:
         senders = {"baseline": load_transport(args.baseline), "this": transport}
-    print(f"== part 1: CPU µs of the calling thread per lossy send(), one endpoint, {args.batch}-frame batches, "
-          f"median of {args.reps}")
+    print(
+        f"== part 1: CPU µs of the calling thread per lossy send(), one endpoint, {args.batch}-frame batches, "
+        f"median of {args.reps}"
+    )
     for side in args.sides:
         frames = _frames(side, args.batch)
         for path in ("sent", "dropped"):
@@ -115,14 +117,16 @@ def part1(args: argparse.Namespace) -> None:
             runs = {name: _SendCost(module, path, frames) for name, module in senders.items()}
             try:
                 for rep in range(args.reps):
-                    for name in (list(runs) if rep % 2 == 0 else list(reversed(runs))):
+                    for name in list(runs) if rep % 2 == 0 else list(reversed(runs)):
                         costs[name].append(runs[name].batch())
             finally:
                 for run in runs.values():
                     run.close()
             med = {name: statistics.median(values) for name, values in costs.items()}
             ratio = f"   this/baseline {med['this'] / med['baseline']:5.3f}" if "baseline" in med else ""
-            print(f"  {side}x{side} {path:7s} " + "  ".join(f"{name} {value:6.2f}" for name, value in med.items()) + ratio)
+            print(
+                f"  {side}x{side} {path:7s} " + "  ".join(f"{name} {value:6.2f}" for name, value in med.items()) + ratio
+            )
 
 
 def sender_main(endpoints: list[str], side: int, seconds: float) -> dict:
@@ -174,9 +178,14 @@ def trial(ctx: mp.context.BaseContext, tree: Path, ranks: int, side: int, second
         receivers[-1].start()
         ready.wait(60)
     spec = json.dumps({"endpoints": endpoints, "side": side, "seconds": seconds})
-    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--sender", spec], cwd=tree,
-                            env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
-                            timeout=seconds + 120)
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--sender", spec],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"sender from {tree} failed: {result.stderr.strip()[-400:]}")
     stats = json.loads(result.stdout.strip().splitlines()[-1])
@@ -198,14 +207,19 @@ def part2(args: argparse.Namespace) -> None:
                 trees = {"baseline": args.baseline.resolve(), "this": REPO}
             runs: dict[str, list[dict]] = {name: [] for name in trees}
             for rep in range(args.reps2):
-                for name in (list(trees) if rep % 2 == 0 else list(reversed(trees))):
+                for name in list(trees) if rep % 2 == 0 else list(reversed(trees)):
                     runs[name].append(trial(ctx, trees[name], ranks, side, args.seconds))
             for name, results in runs.items():
                 med = {key: statistics.median(r[key] for r in results) for key in ("received", "sent", "dropped")}
-                shares = "" if ranks == 1 else "   shares per trial " + ", ".join(
-                    "/".join(str(c) for c in r["shares"]) for r in results)
-                print(f"  {side}x{side} {ranks} rank(s) {name:8s} received {med['received']:7.0f}/s  "
-                      f"sent {med['sent']:7.0f}/s  dropped {med['dropped']:7.0f}/s{shares}")
+                shares = (
+                    ""
+                    if ranks == 1
+                    else "   shares per trial " + ", ".join("/".join(str(c) for c in r["shares"]) for r in results)
+                )
+                print(
+                    f"  {side}x{side} {ranks} rank(s) {name:8s} received {med['received']:7.0f}/s  "
+                    f"sent {med['sent']:7.0f}/s  dropped {med['dropped']:7.0f}/s{shares}"
+                )
 
 
 def main() -> None:

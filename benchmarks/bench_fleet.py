@@ -178,8 +178,15 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
 
 def wire_overrides(endpoints: list[str]) -> list[str]:
     listed = ", ".join(f"'{e}'" for e in endpoints)
-    return [f"wire.endpoint={endpoints[0]}", f"wire.endpoints=[{listed}]", "wire.publish=null", "wire.secret_key=null", "wire.trainer_key=null",
-            "wire.authorized_keys=null", "wire.insecure=false"]
+    return [
+        f"wire.endpoint={endpoints[0]}",
+        f"wire.endpoints=[{listed}]",
+        "wire.publish=null",
+        "wire.secret_key=null",
+        "wire.trainer_key=null",
+        "wire.authorized_keys=null",
+        "wire.insecure=false",
+    ]
 
 
 def run_world(args: argparse.Namespace, world: int, work: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -193,10 +200,28 @@ def run_world(args: argparse.Namespace, world: int, work: Path, env: dict[str, s
         train_argv += ["--config", args.config]
     if world > 1:
         train_argv += ["--nproc", str(world)]
-    train_argv += [*shared, "train.replay_ratio=1e6", "train.checkpoint_every=1000000000", "export.every_steps=null",
-                   "export.every_seconds=null", f"train.metrics_every={args.metrics_every}"]
-    cap_argv = [sys.executable, "-m", "agent.cli", "capture", "--publish", "none", "--fps", str(args.fps),
-                "--status-file", str(cap_status), "--stats-every", "30"]
+    train_argv += [
+        *shared,
+        "train.replay_ratio=1e6",
+        "train.checkpoint_every=1000000000",
+        "export.every_steps=null",
+        "export.every_seconds=null",
+        f"train.metrics_every={args.metrics_every}",
+    ]
+    cap_argv = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "capture",
+        "--publish",
+        "none",
+        "--fps",
+        str(args.fps),
+        "--status-file",
+        str(cap_status),
+        "--stats-every",
+        "30",
+    ]
     if args.config:
         cap_argv += ["--config", args.config]
     for camera in range(world):
@@ -214,8 +239,9 @@ def run_world(args: argparse.Namespace, world: int, work: Path, env: dict[str, s
         while not records(run_dir):
             for proc, name, path in ((trainer, "train", log_path), (capture, "capture", cap_log)):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({proc.returncode}) before training began:\n"
-                                       f"{path.read_text()[-3000:]}")
+                    raise RuntimeError(
+                        f"{name} exited ({proc.returncode}) before training began:\n{path.read_text()[-3000:]}"
+                    )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no training record after {START_TIMEOUT_S:.0f} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
@@ -225,9 +251,15 @@ def run_world(args: argparse.Namespace, world: int, work: Path, env: dict[str, s
         ranks = rank_pids(log_path) if world > 1 else [trainer.pid]
 
         def sample() -> dict[str, Any]:
-            return {"record": records(run_dir)[-1], "cap": read_json(cap_status), "t": time.monotonic(),
-                    "cpu_train": tree_cpu_s(trainer.pid), "cpu_cap": tree_cpu_s(capture.pid),
-                    "cpu_ranks": [tree_cpu_s(pid) for pid in ranks], "machine": machine_cpu()}
+            return {
+                "record": records(run_dir)[-1],
+                "cap": read_json(cap_status),
+                "t": time.monotonic(),
+                "cpu_train": tree_cpu_s(trainer.pid),
+                "cpu_cap": tree_cpu_s(capture.pid),
+                "cpu_ranks": [tree_cpu_s(pid) for pid in ranks],
+                "machine": machine_cpu(),
+            }
 
         first = sample()
         time.sleep(args.window)
@@ -260,7 +292,9 @@ def run_world(args: argparse.Namespace, world: int, work: Path, env: dict[str, s
     per_rank_b = b.get("frames_in_per_rank", [b["frames_in"]])
     wall = last["t"] - first["t"]
     out.update(
-        steps=steps, span_s=span, steps_per_s=steps / span,
+        steps=steps,
+        span_s=span,
+        steps_per_s=steps / span,
         frames_per_s=(b["frames_in"] - a["frames_in"]) / span,
         frames_per_s_per_rank=[(y - x) / span for x, y in zip(per_rank_a, per_rank_b)],
         fill_per_rank=b.get("buffer_fill_per_rank", [b["buffer_fill"]]),
@@ -270,7 +304,8 @@ def run_world(args: argparse.Namespace, world: int, work: Path, env: dict[str, s
         cores_per_rank=[(y - x) / wall for x, y in zip(first["cpu_ranks"], last["cpu_ranks"])],
         machine_busy=(last["machine"][0] - first["machine"][0]) / wall,
         machine_steal=(last["machine"][1] - first["machine"][1]) / wall,
-        loss=b["loss"], frames_dropped=b["frames_dropped"],
+        loss=b["loss"],
+        frames_dropped=b["frames_dropped"],
     )
     ca, cb = first["cap"], last["cap"]
     if ca and cb and cb["time"] > ca["time"]:
@@ -278,14 +313,19 @@ def run_world(args: argparse.Namespace, world: int, work: Path, env: dict[str, s
         out["cap_sent_per_s"] = (cb["sent"] - ca["sent"]) / dt
         out["cap_dropped_per_s"] = (cb["dropped"] - ca["dropped"]) / dt
         out["cap_read_per_s"] = (cb["frames_read"] - ca["frames_read"]) / dt
-        out["cap_sent_per_endpoint_per_s"] = [(y - x) / dt for x, y in zip(ca["sent_per_endpoint"], cb["sent_per_endpoint"])]
+        out["cap_sent_per_endpoint_per_s"] = [
+            (y - x) / dt for x, y in zip(ca["sent_per_endpoint"], cb["sent_per_endpoint"])
+        ]
     return out
 
 
 def part1(args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[int, dict[str, Any]]:
-    print(f"== part 1: byol-agent train fed by byol-agent capture over loopback ZeroMQ; {args.fps:g} fps per rank "
-          f"(one demo camera per rank, lossy, novelty gate off); replay-ratio gate off (train.replay_ratio=1e6); "
-          f"{args.warmup:g} s warm-up after the first step, {args.window:g} s window", flush=True)
+    print(
+        f"== part 1: byol-agent train fed by byol-agent capture over loopback ZeroMQ; {args.fps:g} fps per rank "
+        f"(one demo camera per rank, lossy, novelty gate off); replay-ratio gate off (train.replay_ratio=1e6); "
+        f"{args.warmup:g} s warm-up after the first step, {args.window:g} s window",
+        flush=True,
+    )
     from agent.core.config import load_config
 
     batch = load_config(args.config, common_overrides(args)).train.batch_size
@@ -298,19 +338,31 @@ def part1(args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[int
         results[world] = r
         share = "/".join(f"{x:.1f}" for x in r["frames_per_s_per_rank"])
         fill = "/".join(f"{x:.2f}" for x in r["fill_per_rank"])
-        cap = (f"capture read {r['cap_read_per_s']:.1f}/s sent {r['cap_sent_per_s']:.1f}/s "
-               f"(per endpoint {'/'.join(f'{x:.1f}' for x in r['cap_sent_per_endpoint_per_s'])}) "
-               f"dropped {r['cap_dropped_per_s']:.1f}/s") if "cap_sent_per_s" in r else "capture status missing"
-        print(f"  {world} rank(s): {r['steps']} steps in {r['span_s']:.1f} s = {r['steps_per_s']:.2f} steps/s, "
-              f"{r['images_per_s']:.0f} images/s (batch {r['batch']} x {world}); frames in {r['frames_per_s']:.1f}/s "
-              f"(per rank {share}), buffer fill per rank {fill}; cores: trainer {r['cores_train']:.2f} "
-              f"({r['images_per_cpu_s']:.0f} images per trainer CPU s), capture {r['cores_capture']:.2f}; load {r['load_start']} -> {r['load_end']}; exit codes "
-              f"capture/train {r['exit_codes'][0]}/{r['exit_codes'][1]}", flush=True)
+        cap = (
+            (
+                f"capture read {r['cap_read_per_s']:.1f}/s sent {r['cap_sent_per_s']:.1f}/s "
+                f"(per endpoint {'/'.join(f'{x:.1f}' for x in r['cap_sent_per_endpoint_per_s'])}) "
+                f"dropped {r['cap_dropped_per_s']:.1f}/s"
+            )
+            if "cap_sent_per_s" in r
+            else "capture status missing"
+        )
+        print(
+            f"  {world} rank(s): {r['steps']} steps in {r['span_s']:.1f} s = {r['steps_per_s']:.2f} steps/s, "
+            f"{r['images_per_s']:.0f} images/s (batch {r['batch']} x {world}); frames in {r['frames_per_s']:.1f}/s "
+            f"(per rank {share}), buffer fill per rank {fill}; cores: trainer {r['cores_train']:.2f} "
+            f"({r['images_per_cpu_s']:.0f} images per trainer CPU s), capture {r['cores_capture']:.2f}; load {r['load_start']} -> {r['load_end']}; exit codes "
+            f"capture/train {r['exit_codes'][0]}/{r['exit_codes'][1]}",
+            flush=True,
+        )
         print(f"    feeder: {cap}; trainer frames_dropped (malformed + rejected) {r['frames_dropped']}", flush=True)
         others = r["machine_busy"] - r["cores_train"] - r["cores_capture"]
-        print(f"    cores per rank {'/'.join(f'{x:.2f}' for x in r['cores_per_rank'])}; machine busy "
-              f"{r['machine_busy']:.2f} of {os.cpu_count()} cores, of which other processes ~{others:.2f}; "
-              f"hypervisor steal {r['machine_steal']:.2f}", flush=True)
+        print(
+            f"    cores per rank {'/'.join(f'{x:.2f}' for x in r['cores_per_rank'])}; machine busy "
+            f"{r['machine_busy']:.2f} of {os.cpu_count()} cores, of which other processes ~{others:.2f}; "
+            f"hypervisor steal {r['machine_steal']:.2f}",
+            flush=True,
+        )
     return results
 
 
@@ -323,10 +375,10 @@ def worker_main(spec: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from agent.core.config import load_config
-    from trainer.learner_factory import build_learner, build_optimizer
     from trainer.continual import resolve_device
     from trainer.distributed import join, rank_from_env
     from trainer.heads import ViewBatchNorm1d
+    from trainer.learner_factory import build_learner, build_optimizer
     from trainer.train_step import TrainStep
 
     cfg = load_config(spec["config"], spec["overrides"])
@@ -341,7 +393,9 @@ def worker_main(spec: dict[str, Any]) -> None:
     optimizer = build_optimizer(learner, tc)
     step = TrainStep(learner, optimizer, tc, device, ranks)
     shape = (tc.batch_size, cfg.capture.height, cfg.capture.width, cfg.capture.channels)
-    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(info.rank)).to(device)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(info.rank)).to(
+        device
+    )
     norms = [m for m in learner.modules() if isinstance(m, ViewBatchNorm1d)]
     grad_numel = sum(p.numel() for p in learner.parameters() if p.requires_grad)
     grad_bytes = sum(p.numel() * p.element_size() for p in learner.parameters() if p.requires_grad)
@@ -388,12 +442,19 @@ def worker_main(spec: dict[str, Any]) -> None:
         values.clear()
     times: dict[str, list[float]] = {m: [] for m in modes}
     for rnd in range(spec["rounds"]):
-        for mode in (modes if rnd % 2 == 0 else list(reversed(modes))):
+        for mode in modes if rnd % 2 == 0 else list(reversed(modes)):
             times[mode].append(block(mode, spec["steps"]))
     result: dict[str, Any] = {
-        "world": ranks.world_size, "device": str(device), "backend": None if ranks.solo else dist.get_backend(),
-        "grad_numel": grad_numel, "grad_bytes": grad_bytes, "norms": len(norms), "batch": tc.batch_size,
-        "image_size": cfg.model.image_size, "encoder": cfg.model.encoder, "threads": torch.get_num_threads(),
+        "world": ranks.world_size,
+        "device": str(device),
+        "backend": None if ranks.solo else dist.get_backend(),
+        "grad_numel": grad_numel,
+        "grad_bytes": grad_bytes,
+        "norms": len(norms),
+        "batch": tc.batch_size,
+        "image_size": cfg.model.image_size,
+        "encoder": cfg.model.encoder,
+        "threads": torch.get_num_threads(),
         "median_s": {m: statistics.median(v) for m, v in times.items()},
         "all_s": times,
         "cpu_s": {m: statistics.median(v) for m, v in cpu.items()},
@@ -405,11 +466,13 @@ def worker_main(spec: dict[str, Any]) -> None:
         calls = {"forward": 0, "backward": 0, "numel": 0}
         originals = {}
         for m in norms:
+
             def counted(x, _m=m, _orig=m._synced):
                 calls["forward"] += 1
                 calls["backward"] += int(x.requires_grad)
                 calls["numel"] = max(calls["numel"], 2 * x.shape[1] + 1)
                 return _orig(x)
+
             originals[m] = m._synced
             m._synced = counted
         step(images)
@@ -439,11 +502,19 @@ def worker_main(spec: dict[str, Any]) -> None:
 
 
 def part2(args: argparse.Namespace, env: dict[str, str]) -> dict[int, dict[str, Any]]:
-    print(f"== part 2: one step's collectives, the product's learner and TrainStep on random frames; "
-          f"{args.rounds} interleaved rounds of {args.steps} steps per mode, medians of the slowest rank", flush=True)
-    spec = {"config": args.config, "overrides": [*common_overrides(args), *wire_overrides([free_endpoint()])],
-            "steps": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup_steps,
-            "allreduce_reps": args.allreduce_reps}
+    print(
+        f"== part 2: one step's collectives, the product's learner and TrainStep on random frames; "
+        f"{args.rounds} interleaved rounds of {args.steps} steps per mode, medians of the slowest rank",
+        flush=True,
+    )
+    spec = {
+        "config": args.config,
+        "overrides": [*common_overrides(args), *wire_overrides([free_endpoint()])],
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "warmup_steps": args.warmup_steps,
+        "allreduce_reps": args.allreduce_reps,
+    }
     here = str(Path(__file__).resolve())
     results = {}
     for world in args.nproc:
@@ -451,53 +522,94 @@ def part2(args: argparse.Namespace, env: dict[str, str]) -> dict[int, dict[str, 
         if world == 1:
             argv = [sys.executable, *worker]
         else:
-            argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world), *worker]
+            argv = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(world),
+                *worker,
+            ]
         before, kids_before, t0 = machine_cpu(), os.times(), time.monotonic()
         done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
         after, kids_after, wall = machine_cpu(), os.times(), time.monotonic() - t0
         found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
         if done.returncode != 0 or not found:
-            raise RuntimeError(f"part 2 at {world} rank(s) failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-        r = json.loads(found[-1][len(RESULT_MARK):])
-        ours = (kids_after.children_user + kids_after.children_system - kids_before.children_user
-                - kids_before.children_system) / wall
-        r["load"] = (f"{loadavg()}; over the job: its processes {ours:.2f} cores, machine busy "
-                     f"{(after[0] - before[0]) / wall:.2f}, steal {(after[1] - before[1]) / wall:.2f}")
+            raise RuntimeError(
+                f"part 2 at {world} rank(s) failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}"
+            )
+        r = json.loads(found[-1][len(RESULT_MARK) :])
+        ours = (
+            kids_after.children_user
+            + kids_after.children_system
+            - kids_before.children_user
+            - kids_before.children_system
+        ) / wall
+        r["load"] = (
+            f"{loadavg()}; over the job: its processes {ours:.2f} cores, machine busy "
+            f"{(after[0] - before[0]) / wall:.2f}, steal {(after[1] - before[1]) / wall:.2f}"
+        )
         results[world] = r
         med = r["median_s"]
-        head = (f"  {world} rank(s) ({r['device']}, {r['backend'] or 'no process group'}, {r['encoder']} "
-                f"{r['image_size']} px, batch {r['batch']} per rank, {r['threads']} thread(s)): ")
+        head = (
+            f"  {world} rank(s) ({r['device']}, {r['backend'] or 'no process group'}, {r['encoder']} "
+            f"{r['image_size']} px, batch {r['batch']} per rank, {r['threads']} thread(s)): "
+        )
         if world == 1:
-            print(head + f"step {med['solo'] * 1e3:.1f} ms, CPU {r['cpu_s']['solo'] * 1e3:.0f} ms (rounds "
-                  + " ".join(f"{t * 1e3:.0f}" for t in r["all_s"]["solo"]) + f"); load {r['load']}", flush=True)
+            print(
+                head
+                + f"step {med['solo'] * 1e3:.1f} ms, CPU {r['cpu_s']['solo'] * 1e3:.0f} ms (rounds "
+                + " ".join(f"{t * 1e3:.0f}" for t in r["all_s"]["solo"])
+                + f"); load {r['load']}",
+                flush=True,
+            )
             continue
         grad_share = (med["ddp"] - med["no_grad_sync"]) / med["ddp"]
         all_share = (med["ddp"] - med["local"]) / med["ddp"]
         rounds = r["all_s"]
-        paired = {m: sorted((d - o) / med["ddp"] for d, o in zip(rounds["ddp"], rounds[m])) for m in ("no_grad_sync", "local")}
-        print(head + f"step ddp {med['ddp'] * 1e3:.1f} ms, no_grad_sync {med['no_grad_sync'] * 1e3:.1f} ms, "
-              f"local {med['local'] * 1e3:.1f} ms; rank 0's CPU per step " + ", ".join(
-                  f"{m} {r['cpu_s'][m] * 1e3:.0f} ms" for m in ("ddp", "no_grad_sync", "local")), flush=True)
+        paired = {
+            m: sorted((d - o) / med["ddp"] for d, o in zip(rounds["ddp"], rounds[m])) for m in ("no_grad_sync", "local")
+        }
+        print(
+            head + f"step ddp {med['ddp'] * 1e3:.1f} ms, no_grad_sync {med['no_grad_sync'] * 1e3:.1f} ms, "
+            f"local {med['local'] * 1e3:.1f} ms; rank 0's CPU per step "
+            + ", ".join(f"{m} {r['cpu_s'][m] * 1e3:.0f} ms" for m in ("ddp", "no_grad_sync", "local")),
+            flush=True,
+        )
         for mode in ("ddp", "no_grad_sync", "local"):
-            print(f"    {mode:12s} per round (ms/step): " + " ".join(f"{t * 1e3:.0f}" for t in rounds[mode]), flush=True)
+            print(
+                f"    {mode:12s} per round (ms/step): " + " ".join(f"{t * 1e3:.0f}" for t in rounds[mode]), flush=True
+            )
         pmed = {m: statistics.median(v) for m, v in paired.items()}
-        print(f"    gradient all-reduce share of a step (ddp - no_grad_sync) / ddp = {grad_share:+.3f} (median of the "
-              f"per-round paired differences {pmed['no_grad_sync']:+.3f}, range {paired['no_grad_sync'][0]:+.3f} .. "
-              f"{paired['no_grad_sync'][-1]:+.3f})", flush=True)
-        print(f"    every per-step collective (ddp - local) / ddp = {all_share:+.3f} (paired median {pmed['local']:+.3f}, "
-              f"range {paired['local'][0]:+.3f} .. {paired['local'][-1]:+.3f}); load {r['load']}", flush=True)
+        print(
+            f"    gradient all-reduce share of a step (ddp - no_grad_sync) / ddp = {grad_share:+.3f} (median of the "
+            f"per-round paired differences {pmed['no_grad_sync']:+.3f}, range {paired['no_grad_sync'][0]:+.3f} .. "
+            f"{paired['no_grad_sync'][-1]:+.3f})",
+            flush=True,
+        )
+        print(
+            f"    every per-step collective (ddp - local) / ddp = {all_share:+.3f} (paired median {pmed['local']:+.3f}, "
+            f"range {paired['local'][0]:+.3f} .. {paired['local'][-1]:+.3f}); load {r['load']}",
+            flush=True,
+        )
         c = r["cpu_s"]
-        print(f"    on rank 0's CPU seconds (less sensitive to other jobs' load): gradient all-reduce "
-              f"{(c['ddp'] - c['no_grad_sync']) / c['ddp']:+.3f}, every per-step collective {(c['ddp'] - c['local']) / c['ddp']:+.3f} "
-              f"of its CPU per ddp step", flush=True)
+        print(
+            f"    on rank 0's CPU seconds (less sensitive to other jobs' load): gradient all-reduce "
+            f"{(c['ddp'] - c['no_grad_sync']) / c['ddp']:+.3f}, every per-step collective {(c['ddp'] - c['local']) / c['ddp']:+.3f} "
+            f"of its CPU per ddp step",
+            flush=True,
+        )
         direct = r["bare_allreduce_s"] + r["bn_allreduces"] * r["bare_small_allreduce_s"]
-        print(f"    gradients {r['grad_numel'] / 1e6:.2f} M params = {r['grad_bytes'] / 1e6:.1f} MB per step; bare "
-              f"all_reduce of that buffer {r['bare_allreduce_s'] * 1e3:.2f} ms "
-              f"({r['grad_bytes'] / r['bare_allreduce_s'] / 1e9:.2f} GB/s algorithmic) = "
-              f"{r['bare_allreduce_s'] / med['ddp']:.3f} of a step; {r['bn_allreduces']} head-BatchNorm all_reduces "
-              f"per step ({r['norms']} layers, <= {r['small_numel']} floats) at {r['bare_small_allreduce_s'] * 1e3:.2f} ms "
-              f"bare each; all of them bare, serialised: {direct * 1e3:.1f} ms = {direct / med['ddp']:.3f} of a step",
-              flush=True)
+        print(
+            f"    gradients {r['grad_numel'] / 1e6:.2f} M params = {r['grad_bytes'] / 1e6:.1f} MB per step; bare "
+            f"all_reduce of that buffer {r['bare_allreduce_s'] * 1e3:.2f} ms "
+            f"({r['grad_bytes'] / r['bare_allreduce_s'] / 1e9:.2f} GB/s algorithmic) = "
+            f"{r['bare_allreduce_s'] / med['ddp']:.3f} of a step; {r['bn_allreduces']} head-BatchNorm all_reduces "
+            f"per step ({r['norms']} layers, <= {r['small_numel']} floats) at {r['bare_small_allreduce_s'] * 1e3:.2f} ms "
+            f"bare each; all of them bare, serialised: {direct * 1e3:.1f} ms = {direct / med['ddp']:.3f} of a step",
+            flush=True,
+        )
         r["direct_share"] = direct / med["ddp"]
         r["grad_share"], r["all_share"] = grad_share, all_share
     return results
@@ -514,11 +626,14 @@ def summary(p1: dict[int, dict[str, Any]], p2: dict[int, dict[str, Any]]) -> Non
             if world == 1:
                 continue
             eff = r["images_per_s"] / (world * base["images_per_s"])
-            print(f"  end to end, {world} vs 1 rank(s): steps/s {r['steps_per_s'] / base['steps_per_s']:.3f}x, "
-                  f"images/s {r['images_per_s'] / base['images_per_s']:.3f}x, scaling efficiency "
-                  f"images/s({world}) / ({world} x images/s(1)) = {eff:.3f}; frames in/s "
-                  f"{r['frames_per_s'] / base['frames_per_s']:.3f}x; trainer cores {r['cores_train'] / base['cores_train']:.3f}x, "
-                  f"images per trainer CPU s {r['images_per_cpu_s'] / base['images_per_cpu_s']:.3f}x", flush=True)
+            print(
+                f"  end to end, {world} vs 1 rank(s): steps/s {r['steps_per_s'] / base['steps_per_s']:.3f}x, "
+                f"images/s {r['images_per_s'] / base['images_per_s']:.3f}x, scaling efficiency "
+                f"images/s({world}) / ({world} x images/s(1)) = {eff:.3f}; frames in/s "
+                f"{r['frames_per_s'] / base['frames_per_s']:.3f}x; trainer cores {r['cores_train'] / base['cores_train']:.3f}x, "
+                f"images per trainer CPU s {r['images_per_cpu_s'] / base['images_per_cpu_s']:.3f}x",
+                flush=True,
+            )
     if 1 in p2:
         solo = p2[1]["median_s"]["solo"]
         for world, r in p2.items():
@@ -526,11 +641,17 @@ def summary(p1: dict[int, dict[str, Any]], p2: dict[int, dict[str, Any]]) -> Non
                 continue
             med = r["median_s"]
             cpu_solo, c = p2[1]["cpu_s"]["solo"], r["cpu_s"]
-            print(f"  one step's CPU on a rank, {world} rank(s) vs 1: ddp {c['ddp'] / cpu_solo:.3f}x, no_grad_sync "
-                  f"{c['no_grad_sync'] / cpu_solo:.3f}x, local {c['local'] / cpu_solo:.3f}x", flush=True)
-            print(f"  one step, {world} rank(s) vs 1: ddp {med['ddp'] / solo:.3f}x, no_grad_sync "
-                  f"{med['no_grad_sync'] / solo:.3f}x, local {med['local'] / solo:.3f}x the single-process step "
-                  f"(images/s per step-time scaling {world * solo / med['ddp']:.3f} of {world})", flush=True)
+            print(
+                f"  one step's CPU on a rank, {world} rank(s) vs 1: ddp {c['ddp'] / cpu_solo:.3f}x, no_grad_sync "
+                f"{c['no_grad_sync'] / cpu_solo:.3f}x, local {c['local'] / cpu_solo:.3f}x",
+                flush=True,
+            )
+            print(
+                f"  one step, {world} rank(s) vs 1: ddp {med['ddp'] / solo:.3f}x, no_grad_sync "
+                f"{med['no_grad_sync'] / solo:.3f}x, local {med['local'] / solo:.3f}x the single-process step "
+                f"(images/s per step-time scaling {world * solo / med['ddp']:.3f} of {world})",
+                flush=True,
+            )
 
 
 def parse_list(text: str) -> list[int]:
@@ -544,7 +665,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=parse_list, default=[1, 2], help="world sizes, comma-separated (default 1,2)")
     parser.add_argument("--window", type=float, default=45.0, help="part 1: measured seconds per world size")
-    parser.add_argument("--warmup", type=float, default=15.0, help="part 1: seconds after the first step before the window")
+    parser.add_argument(
+        "--warmup", type=float, default=15.0, help="part 1: seconds after the first step before the window"
+    )
     parser.add_argument("--fps", type=float, default=30.0, help="part 1: frames per second offered to each rank")
     parser.add_argument("--metrics-every", type=int, default=5, help="part 1: steps per metrics record")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (train.threads)")
@@ -560,7 +683,9 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=5, help="part 2: untimed steps first")
     parser.add_argument("--allreduce-reps", type=int, default=20, help="part 2: bare all_reduce repetitions")
     parser.add_argument("--skip", choices=("part1", "part2"), default=None)
-    parser.add_argument("--work", type=Path, default=None, help="part 1's run directories and logs (default: a temp dir)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="part 1's run directories and logs (default: a temp dir)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: part 2 in one rank
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -573,10 +698,13 @@ def main() -> None:
         env["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
-    print(f"# bench_fleet: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {platform.machine()}, {cpu_model()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, CUDA devices {torch.cuda.device_count()}, load {loadavg()}; "
-          f"world sizes {args.nproc}, device {args.device}, {args.threads} thread(s) per rank, config "
-          f"{args.config or 'configs/default.yaml'}, overrides {common_overrides(args)}", flush=True)
+    print(
+        f"# bench_fleet: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {platform.machine()}, {cpu_model()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, CUDA devices {torch.cuda.device_count()}, load {loadavg()}; "
+        f"world sizes {args.nproc}, device {args.device}, {args.threads} thread(s) per rank, config "
+        f"{args.config or 'configs/default.yaml'}, overrides {common_overrides(args)}",
+        flush=True,
+    )
     started = time.monotonic()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ replay` runs it) at `steps_per_room / frames_per_room` updates per frame, so eve
 optimizer, buffer, policy state and RNGs carry over, as a robot restarted in the next room would.
 
 After each room the target encoder (`export.weights`) is scored with the library's kNN
-(`trainer.evaluation.knn_top1`: weighted cosine, k = 20, T = 0.07) on every room's classes separately:
+(`trainer.feature_probes.knn_top1`: weighted cosine, k = 20, T = 0.07) on every room's classes separately:
 bank = that room's train photos, queries = its test photos (2-way, chance 0.5; "task-aware", as in
 GEM / Chaudhry et al. 2018). That fills a rooms x rooms table A[i, j] (after room i, room j's classes).
 Reported, as in Chaudhry et al. 2018 ("Riemannian walk", eq. 8-9) and CaSSLe (Fini et al. 2022):
@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from agent.core.config import Config, load_config  # noqa: E402
 from agent.core.wire import EndOfStream, Frame  # noqa: E402
 from trainer.continual import ContinualTrainer  # noqa: E402
-from trainer.evaluation import knn_top1, load_train_test_folder, torch_features  # noqa: E402
+from trainer.feature_probes import knn_top1, load_train_test_folder, torch_features  # noqa: E402
 
 ROOMS = 5
 DEV_PHOTOS = Path("/work/shared/data/cifar10-dev.tar.gz")  # the dev photos (../shared/data from the main checkout)

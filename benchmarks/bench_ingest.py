@@ -44,10 +44,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.core.config import WireConfig  # noqa: E402
+from agent.core.wire import Frame  # noqa: E402
 from agent.robot.curve import WireSecurity, create_keys  # noqa: E402
 from agent.robot.subscriber import LatestFrameSubscriber  # noqa: E402
 from agent.robot.transport import FrameReceiver, FrameSender  # noqa: E402
-from agent.core.wire import Frame  # noqa: E402
 
 SIZES = [(224, 224), (480, 640)]
 METHODS = ["floor", "ours", "curve", "reqrep"]
@@ -105,7 +105,14 @@ def _photo(h: int, w: int) -> np.ndarray:
 
 
 def send_main(
-    method: str, endpoint: str, h: int, w: int, seconds: float, rate: float, keys: Path = KEYS, jpeg: Optional[int] = None
+    method: str,
+    endpoint: str,
+    h: int,
+    w: int,
+    seconds: float,
+    rate: float,
+    keys: Path = KEYS,
+    jpeg: Optional[int] = None,
 ) -> None:
     """One sender process: flat out (rate 0) or paced, for `seconds`, then an end marker."""
     image = _image(h, w) if jpeg is None else _photo(h, w)
@@ -202,7 +209,9 @@ def receive(method: str, endpoint: str, h: int, w: int) -> tuple[int, float, lis
     return count, last - first, latencies
 
 
-def trial(ctx: mp.context.BaseContext, method: str, h: int, w: int, seconds: float, rate: float, jpeg: Optional[int] = None):
+def trial(
+    ctx: mp.context.BaseContext, method: str, h: int, w: int, seconds: float, rate: float, jpeg: Optional[int] = None
+):
     endpoint = free_endpoint()
     proc = ctx.Process(target=send_main, args=(method, endpoint, h, w, seconds, rate, KEYS, jpeg))
     proc.start()
@@ -227,7 +236,10 @@ def part1(args: argparse.Namespace, ctx: mp.context.BaseContext) -> None:
                 lat[method].extend(latencies)
         floor = statistics.median(fps["floor" if "floor" in fps else "ours"])
         base = "floor" if "floor" in fps else "ours"
-        print(f"-- {w}x{h} " + (f"JPEG q{args.jpeg} of a photo" if args.jpeg else f"raw RGB ({h * w * 3 / 1e3:.0f} kB/frame)"))
+        print(
+            f"-- {w}x{h} "
+            + (f"JPEG q{args.jpeg} of a photo" if args.jpeg else f"raw RGB ({h * w * 3 / 1e3:.0f} kB/frame)")
+        )
         p50s = {}
         for method in METHODS:
             f = statistics.median(fps[method])

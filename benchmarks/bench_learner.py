@@ -39,7 +39,6 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer import BYOL  # noqa: E402
-from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from trainer.augment import (  # noqa: E402
     VIEW1,
     VIEW2,
@@ -47,6 +46,7 @@ from trainer.augment import (  # noqa: E402
     blur_kernel_size,
 )
 from trainer.backbone import Backbone  # noqa: E402
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -108,7 +108,9 @@ def floor(args: argparse.Namespace, device: torch.device, concat: bool, channels
     target = copy.deepcopy(online).requires_grad_(False)
     opt = adam(online.parameters())
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    views = [torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt) for _ in "12"]
+    views = [
+        torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt) for _ in "12"
+    ]
     both = torch.cat(views).contiguous(memory_format=fmt)
 
     def step() -> None:
@@ -192,7 +194,10 @@ def main() -> int:
     has_peer, has_kornia = installed("byol_pytorch"), installed("kornia")
     for name, present in (("byol-pytorch", has_peer), ("kornia", has_kornia)):
         if not present:
-            print(f"{name} is not installed (pip install -e '.[bench]'): its candidates and ratios are left out", flush=True)
+            print(
+                f"{name} is not installed (pip install -e '.[bench]'): its candidates and ratios are left out",
+                flush=True,
+            )
     steps = {"ours": ours(args, device, images)}
     if has_peer:
         steps["peer"] = peer(args, device, images, channels_last=False)
@@ -232,7 +237,9 @@ def main() -> int:
         if other not in rates:
             continue
         paired = statistics.median(a / b for a, b in zip(rates["ours"], rates[other]))
-        print(f"ours / {label} = {median['ours'] / median[other]:.3f} (medians), {paired:.3f} (median of per-round ratios)")
+        print(
+            f"ours / {label} = {median['ours'] / median[other]:.3f} (medians), {paired:.3f} (median of per-round ratios)"
+        )
     if "peer" in median:
         print(f"byol-pytorch / its own floor (floor_nchw) = {median['peer'] / median['floor_nchw']:.3f}")
     return 0

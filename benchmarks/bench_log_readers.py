@@ -41,12 +41,20 @@ def write_bag(folder: Path, n: int) -> Path:
             t = 1_700_000_000_000_000_000 + i * 33_000_000
             header = Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id="cam")
             image = np.roll(base, i, axis=1)
-            msg = Image(header=header, height=480, width=640, encoding="rgb8", is_bigendian=0, step=640 * 3,
-                        data=image.reshape(-1))
+            msg = Image(
+                header=header,
+                height=480,
+                width=640,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=640 * 3,
+                data=image.reshape(-1),
+            )
             writer.write(raw, t, ts.serialize_cdr(msg, Image.__msgtype__))
             data = np.frombuffer(encode_jpeg(image, 90), np.uint8)
-            writer.write(jpg, t, ts.serialize_cdr(Compressed(header=header, format="jpeg", data=data),
-                                                  Compressed.__msgtype__))
+            writer.write(
+                jpg, t, ts.serialize_cdr(Compressed(header=header, format="jpeg", data=data), Compressed.__msgtype__)
+            )
     return next(folder.glob("*.mcap"))
 
 
@@ -56,7 +64,9 @@ def read_mcap(path: Path, topic: str, convert: bool = True) -> int:
 
     n = 0
     with open(path, "rb") as f:
-        for _schema, _channel, _message, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages(topics=[topic]):
+        for _schema, _channel, _message, msg in make_reader(
+            f, decoder_factories=[DecoderFactory()]
+        ).iter_decoded_messages(topics=[topic]):
             assert not convert or message_to_rgb(msg).shape == (480, 640, 3)
             n += 1
     return n

@@ -51,8 +51,15 @@ def build(run_dir: Path, threads: int) -> ContinualTrainer:
 
 def monitor(trainer: ContinualTrainer, sinks: tuple[str, ...], run_dir: Path) -> RunMonitor:
     writer = MetricsWriter(run_dir, stream=io.StringIO(), sinks=sinks, start_step=trainer.step)
-    return RunMonitor(writer, trainer.cfg.train, train_step=trainer.train_step, buffer=trainer.buffer,
-                      state=trainer.state, metrics_cfg=trainer.cfg.metrics, preview=trainer._view_grid)
+    return RunMonitor(
+        writer,
+        trainer.cfg.train,
+        train_step=trainer.train_step,
+        buffer=trainer.buffer,
+        state=trainer.state,
+        metrics_cfg=trainer.cfg.metrics,
+        preview=trainer._view_grid,
+    )
 
 
 def round_time(trainer: ContinualTrainer, sinks: tuple[str, ...], run_dir: Path, steps: int) -> tuple[float, float]:
@@ -98,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build(Path(tmp) / "run", args.threads)
         cfg = trainer.cfg
-        print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
-              f"default config: {cfg.model.encoder} {cfg.model.image_size} px, batch {cfg.train.batch_size}, "
-              f"metrics every {cfg.train.metrics_every} steps, view grid every {cfg.metrics.images_every_steps}")
+        print(
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
+            f"default config: {cfg.model.encoder} {cfg.model.image_size} px, batch {cfg.train.batch_size}, "
+            f"metrics every {cfg.train.metrics_every} steps, view grid every {cfg.metrics.images_every_steps}"
+        )
         for sinks in (OFF, ON):
             round_time(trainer, sinks, Path(tmp) / "warm", 3)  # warm-up (and the sinks' imports)
         times: dict[tuple[str, ...], list[tuple[float, float]]] = {OFF: [], ON: []}
@@ -108,19 +117,25 @@ def main(argv: list[str] | None = None) -> int:
             for sinks in (OFF, ON) if r % 2 == 0 else (ON, OFF):
                 times[sinks].append(round_time(trainer, sinks, Path(tmp) / "run", args.steps))
             (w0, c0), (w1, c1) = times[OFF][-1], times[ON][-1]
-            print(f"round {r + 1}: off {w0 * 1e3:.1f} ms/step ({c0 * 1e3:.1f} CPU), on {w1 * 1e3:.1f} ({c1 * 1e3:.1f} CPU)")
+            print(
+                f"round {r + 1}: off {w0 * 1e3:.1f} ms/step ({c0 * 1e3:.1f} CPU), on {w1 * 1e3:.1f} ({c1 * 1e3:.1f} CPU)"
+            )
         off = [w for w, _ in times[OFF]]
         for k, what in ((0, "wall"), (1, "CPU")):
             a, b = [t[k] for t in times[OFF]], [t[k] for t in times[ON]]
             ratios = [y / x for x, y in zip(a, b)]
-            print(f"{what}: median step off {statistics.median(a) * 1e3:.1f} ms, on {statistics.median(b) * 1e3:.1f} ms; "
-                  f"on/off = {statistics.median(ratios):.3f} (median of per-round ratios; "
-                  f"{statistics.median(b) / statistics.median(a):.3f} ratio of medians)")
+            print(
+                f"{what}: median step off {statistics.median(a) * 1e3:.1f} ms, on {statistics.median(b) * 1e3:.1f} ms; "
+                f"on/off = {statistics.median(ratios):.3f} (median of per-round ratios; "
+                f"{statistics.median(b) / statistics.median(a):.3f} ratio of medians)"
+            )
         record_s, grid_s, image_s = direct_costs(trainer, Path(tmp) / "direct")
         per_step = record_s / cfg.train.metrics_every + (grid_s + image_s) / cfg.metrics.images_every_steps
-        print(f"direct: {record_s * 1e6:.0f} us per record, view grid {grid_s * 1e3:.1f} ms to make + "
-              f"{image_s * 1e3:.1f} ms to write; amortised {per_step * 1e6:.0f} us per step = "
-              f"{per_step / statistics.median(off):.5f} of the median step")
+        print(
+            f"direct: {record_s * 1e6:.0f} us per record, view grid {grid_s * 1e3:.1f} ms to make + "
+            f"{image_s * 1e3:.1f} ms to write; amortised {per_step * 1e6:.0f} us per step = "
+            f"{per_step / statistics.median(off):.5f} of the median step"
+        )
     return 0
 
 

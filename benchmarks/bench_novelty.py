@@ -47,15 +47,24 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(str(p) for p in Path(args.data).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     chosen = [files[i] for i in rng.choice(len(files), min(args.photos, len(files)), replace=False)]
     photos = [cv2.resize(read_image_bgr(f), (SIDE, SIDE), interpolation=cv2.INTER_CUBIC) for f in chosen]
-    still = {sigma: [[np.clip(p + rng.normal(0, sigma, p.shape), 0, 255).astype(np.uint8) for _ in range(8)]
-                     for p in photos] for sigma in (1.0, 2.0, 4.0)}
+    still = {
+        sigma: [[np.clip(p + rng.normal(0, sigma, p.shape), 0, 255).astype(np.uint8) for _ in range(8)] for p in photos]
+        for sigma in (1.0, 2.0, 4.0)
+    }
     pans = {n: [pan_frames(p, n, SIDE, rng) for p in photos] for n in (30, 90)}
-    cases = {**{f"still, noise sigma {k:g}": v for k, v in still.items()}, **{f"pan over {k} frames": v for k, v in pans.items()}}
-    print(f"{len(photos)} real photos from {args.data} at {SIDE} px; mean |diff| of 16x16 thumbnails, consecutive frames")
+    cases = {
+        **{f"still, noise sigma {k:g}": v for k, v in still.items()},
+        **{f"pan over {k} frames": v for k, v in pans.items()},
+    }
+    print(
+        f"{len(photos)} real photos from {args.data} at {SIDE} px; mean |diff| of 16x16 thumbnails, consecutive frames"
+    )
     print(f"{'case':28s} {'p5':>8s} {'p50':>8s} {'p95':>8s} {'max':>8s}")
     for name, sequences in cases.items():
         d = np.array([x for seq in sequences for x in consecutive_diffs(seq)])
-        print(f"{name:28s} {np.percentile(d, 5):8.4f} {np.percentile(d, 50):8.4f} {np.percentile(d, 95):8.4f} {d.max():8.4f}")
+        print(
+            f"{name:28s} {np.percentile(d, 5):8.4f} {np.percentile(d, 50):8.4f} {np.percentile(d, 95):8.4f} {d.max():8.4f}"
+        )
     print("\nframes the gate keeps (after each sequence's first), by threshold:")
     print(f"{'threshold':>10s} " + " ".join(f"{name:>22s}" for name in cases))
     for threshold in (0.001, 0.002, 0.003, 0.005, 0.01):

@@ -49,11 +49,15 @@ def main() -> int:
     shape = (cfg.train.batch_size, cfg.capture.height, cfg.capture.width, cfg.capture.channels)
     frames = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = cfg.train.probe_data or "digits"
-    monitor = QualityMonitor(data, cfg.model, cfg.eval, cfg.train.seed, learner.mean, learner.std, weights=cfg.export.weights)
-    print(f"# bench_probe: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {os.uname().machine}, "
-          f"{args.threads} threads, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; config "
-          f"{args.config or 'configs/default.yaml'}: {cfg.model.encoder} at {cfg.model.image_size} px, batch "
-          f"{cfg.train.batch_size}, checkpoint_every {cfg.train.checkpoint_every}; probe on {data}")
+    monitor = QualityMonitor(
+        data, cfg.model, cfg.eval, cfg.train.seed, learner.mean, learner.std, weights=cfg.export.weights
+    )
+    print(
+        f"# bench_probe: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {os.uname().machine}, "
+        f"{args.threads} threads, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; config "
+        f"{args.config or 'configs/default.yaml'}: {cfg.model.encoder} at {cfg.model.image_size} px, batch "
+        f"{cfg.train.batch_size}, checkpoint_every {cfg.train.checkpoint_every}; probe on {data}"
+    )
     step(frames)  # warm-up (first-call allocations)
 
     step_cpu, probe_cpu, first_probe = [], [], None
@@ -66,9 +70,11 @@ def main() -> int:
         monitor.submit(r, None, learner.encoder_module(cfg.export.weights), wait=True)
         (result,) = monitor.close(600)
         probe, probe_wall = time.process_time() - t0, time.perf_counter() - w0
-        print(f"round {r}: {per_step * 1e3:.0f} ms CPU per step ({per_step_wall * 1e3:.0f} ms wall); probe {probe:.2f} s "
-              f"CPU ({probe_wall:.2f} s wall){' incl. the random-init twin' if r == 0 else ''}; kNN {result.knn_top1:.3f} "
-              f"(init {result.random_knn_top1:.3f})")
+        print(
+            f"round {r}: {per_step * 1e3:.0f} ms CPU per step ({per_step_wall * 1e3:.0f} ms wall); probe {probe:.2f} s "
+            f"CPU ({probe_wall:.2f} s wall){' incl. the random-init twin' if r == 0 else ''}; kNN {result.knn_top1:.3f} "
+            f"(init {result.random_knn_top1:.3f})"
+        )
         if r == 0:
             first_probe = probe
             continue
@@ -76,10 +82,14 @@ def main() -> int:
         probe_cpu.append(probe)
     per_step, probe = statistics.median(step_cpu), statistics.median(probe_cpu)
     between = cfg.train.checkpoint_every * per_step
-    print(f"median: {per_step * 1e3:.0f} ms CPU per step, {probe:.2f} s CPU per probe; "
-          f"{cfg.train.checkpoint_every} steps between probes = {between:.1f} s CPU")
-    print(f"probe cost / trainer CPU: {probe / between:.3f} ({probe / between:.1%}); the first probe "
-          f"(+ random-init twin, once per run) {first_probe:.2f} s CPU = {first_probe / between:.1%} of one interval")
+    print(
+        f"median: {per_step * 1e3:.0f} ms CPU per step, {probe:.2f} s CPU per probe; "
+        f"{cfg.train.checkpoint_every} steps between probes = {between:.1f} s CPU"
+    )
+    print(
+        f"probe cost / trainer CPU: {probe / between:.3f} ({probe / between:.1%}); the first probe "
+        f"(+ random-init twin, once per run) {first_probe:.2f} s CPU = {first_probe / between:.1%} of one interval"
+    )
     return 0
 
 

@@ -55,9 +55,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from agent.core.config import Config, EvalConfig, load_config  # noqa: E402
 from agent.core.frames import fit_frame  # noqa: E402
 from agent.robot.sources import SourceExhausted, open_source  # noqa: E402
+from export.evaluate import evaluate_export  # noqa: E402
 from trainer.backbone import Backbone  # noqa: E402
 from trainer.encoders import build_encoder  # noqa: E402
-from export.evaluate import evaluate_export  # noqa: E402
 from trainer.feature_probes import LabelledImages, evaluate_features, load_train_test_folder, torch_features  # noqa: E402
 from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
@@ -118,7 +118,14 @@ class CliRun:
     """`byol-agent train` fed by `byol-agent capture --source FOLDER/train`, paused to be scored."""
 
     def __init__(
-        self, work: Path, source: str, shuffle: bool, config: Optional[str], overrides: list[str], seed: int, threads: int
+        self,
+        work: Path,
+        source: str,
+        shuffle: bool,
+        config: Optional[str],
+        overrides: list[str],
+        seed: int,
+        threads: int,
     ):
         self.run_dir, self.export_dir = work / f"run-seed{seed}", work / f"exports-seed{seed}"
         self.config = ["--config", config] if config else []
@@ -129,17 +136,23 @@ class CliRun:
         self._trained_at: Optional[float] = None
         self.trainer = subprocess.Popen(
             CLI + ["train", "--run-dir", str(self.run_dir)] + self.config + self.overrides,
-            stdout=self.logs[0], stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=self.logs[0],
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         capture = ["capture.loop_video=true", f"capture.shuffle={str(shuffle).lower()}"]
         self.capture = subprocess.Popen(
             CLI + ["capture", "--source", source] + self.config + self.overrides + capture,
-            stdout=self.logs[1], stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=self.logs[1],
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
 
     def cpu_s(self) -> float:
         if self.trainer.poll() is not None:
-            raise SystemExit(f"bench_quality: the trainer exited with {self.trainer.returncode}; see {self.logs[0].name}")
+            raise SystemExit(
+                f"bench_quality: the trainer exited with {self.trainer.returncode}; see {self.logs[0].name}"
+            )
         return process_cpu_s(self.trainer.pid)
 
     def wall_s(self) -> float:
@@ -157,8 +170,13 @@ class CliRun:
     def export(self) -> Path:
         """The newest checkpoint → ONNX through `byol-agent export`; returns the export directory."""
         subprocess.run(
-            CLI + ["export", "--run-dir", str(self.run_dir), "--out", str(self.export_dir)] + self.config + self.overrides,
-            check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+            CLI
+            + ["export", "--run-dir", str(self.run_dir), "--out", str(self.export_dir)]
+            + self.config
+            + self.overrides,
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
         )
         return self.export_dir
 
@@ -254,22 +272,37 @@ def score_module(module: nn.Module, data: LabelledImages, eval_cfg: EvalConfig, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="dev", help="'dev' (the shared dev photos), 'procedural', or a folder with train/ and test/")
-    parser.add_argument("--budget", type=float, default=1200.0, help="trainer CPU seconds (all threads) per learner and seed")
+    parser.add_argument(
+        "--data", default="dev", help="'dev' (the shared dev photos), 'procedural', or a folder with train/ and test/"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=1200.0, help="trainer CPU seconds (all threads) per learner and seed"
+    )
     parser.add_argument("--every", type=float, default=200.0, help="score every this many CPU seconds")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="budget in the trainer's CPU seconds, or wall seconds from its first update (on a GPU "
-                             "the trainer's CPU time says little about its work)")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="budget in the trainer's CPU seconds, or wall seconds from its first update (on a GPU "
+        "the trainer's CPU time says little about its work)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--max-images", type=int, default=100_000, help="images scored per half (train / test)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--learners", default="ours,byol-pytorch", help="comma list of ours, byol-pytorch")
     parser.add_argument("--config", default=None, help="our YAML config (default: the shipped default)")
-    parser.add_argument("--order", choices=("shuffled", "class"), default="shuffled",
-                        help="our stream: shuffled each pass, or the folder's sorted order (class after class, as a robot "
-                             "moving from room to room sees it)")
-    parser.add_argument("--source", default=None,
-                        help="our capture source instead of DATA/train, e.g. a video made by make_pan_video.py")
+    parser.add_argument(
+        "--order",
+        choices=("shuffled", "class"),
+        default="shuffled",
+        help="our stream: shuffled each pass, or the folder's sorted order (class after class, as a robot "
+        "moving from room to room sees it)",
+    )
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="our capture source instead of DATA/train, e.g. a video made by make_pan_video.py",
+    )
     parser.add_argument("--work", default=None, help="keep run directories and logs here (default: a temp folder)")
     parser.add_argument("overrides", nargs="*", help="our config overrides, key=value")
     args = parser.parse_args(argv)
@@ -283,13 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = prepare_data(args.data, work, base.model.image_size, seed=0)
     data = load_train_test_folder(data_dir, base.model.image_size, eval_cfg.max_images)
     n_bank, n_query = (len(s) for s in data.split)
-    print(f"data {args.data} ({data_dir}): {n_bank} bank / {n_query} query images, {len(data.classes)} classes; "
-          f"encoder {base.model.encoder} stem {base.model.stem} at {base.model.image_size} px, batch {base.train.batch_size}, "
-          f"{base.train.optimizer} lr {base.train.lr:g} warm-up {base.train.lr_warmup_steps}, "
-          f"tau {base.train.tau_schedule} {base.train.tau_base}->{base.train.tau_final}; budget {args.budget:g} {args.clock} s, "
-          f"{args.threads} threads; stream {args.source or 'DATA/train'} {args.order}, buffer {base.buffer.policy} "
-          f"{base.buffer.capacity_frames} frames, temporal positives {base.buffer.temporal_positives}; work dir {work}",
-          flush=True)
+    print(
+        f"data {args.data} ({data_dir}): {n_bank} bank / {n_query} query images, {len(data.classes)} classes; "
+        f"encoder {base.model.encoder} stem {base.model.stem} at {base.model.image_size} px, batch {base.train.batch_size}, "
+        f"{base.train.optimizer} lr {base.train.lr:g} warm-up {base.train.lr_warmup_steps}, "
+        f"tau {base.train.tau_schedule} {base.train.tau_base}->{base.train.tau_final}; budget {args.budget:g} {args.clock} s, "
+        f"{args.threads} threads; stream {args.source or 'DATA/train'} {args.order}, buffer {base.buffer.policy} "
+        f"{base.buffer.capacity_frames} frames, temporal positives {base.buffer.temporal_positives}; work dir {work}",
+        flush=True,
+    )
     frames = stream_frames(data_dir / "train", base) if "byol-pytorch" in learners else None
     marks = [min(args.budget, args.every * i) for i in range(1, int(np.ceil(args.budget / args.every)) + 1)]
 
@@ -313,8 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else:
                         run.pause()
                     result = evaluate_export(run.export(), data, eval_cfg, seed=seed, reference=False)
-                    print(f"  ours          {mark:6.0f} {args.clock} s  step {result.step:5d}  kNN {result.knn_top1:.3f}  "
-                          f"linear {result.linear_top1:.3f}  (wall {time.perf_counter() - started:.0f} s)", flush=True)
+                    print(
+                        f"  ours          {mark:6.0f} {args.clock} s  step {result.step:5d}  kNN {result.knn_top1:.3f}  "
+                        f"linear {result.linear_top1:.3f}  (wall {time.perf_counter() - started:.0f} s)",
+                        flush=True,
+                    )
                     if mark != marks[-1]:
                         run.resume()
             finally:
@@ -325,11 +363,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for mark in marks:
                 theirs.train_until(mark)
                 knn, linear = score_module(theirs.encoder, data, eval_cfg, seed)
-                print(f"  byol-pytorch  {mark:6.0f} CPU s  step {theirs.steps:5d}  kNN {knn:.3f}  linear {linear:.3f}", flush=True)
+                print(
+                    f"  byol-pytorch  {mark:6.0f} CPU s  step {theirs.steps:5d}  kNN {knn:.3f}  linear {linear:.3f}",
+                    flush=True,
+                )
             finals.setdefault("byol-pytorch", []).append((knn, linear))
 
     print(f"\nfinal, {args.budget:g} {args.clock} s, seeds {args.seeds}:")
-    print(f"{'encoder':14s}" + "".join(f"{'kNN s' + str(s):>10s}{'lin s' + str(s):>10s}" for s in args.seeds) + f"{'kNN mean':>10s}")
+    print(
+        f"{'encoder':14s}"
+        + "".join(f"{'kNN s' + str(s):>10s}{'lin s' + str(s):>10s}" for s in args.seeds)
+        + f"{'kNN mean':>10s}"
+    )
     for name, rows in finals.items():
         cells = "".join(f"{knn:10.3f}{linear:10.3f}" for knn, linear in rows)
         print(f"{name:14s}{cells}{np.mean([r[0] for r in rows]):10.3f}")

@@ -34,10 +34,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_swap import demo_frames, publish, stage_versions  # noqa: E402
+
 from agent.core.errors import ConfigError  # noqa: E402
 from agent.robot.runtime import HotEncoder  # noqa: E402
 from agent.robot.version_watcher import SwapEvent  # noqa: E402
-from bench_swap import demo_frames, publish, stage_versions  # noqa: E402
 from export.publish import Publisher  # noqa: E402
 from export.sessions import resolve_providers  # noqa: E402
 
@@ -52,8 +53,12 @@ def rss_mb() -> float:
 def gpu_mb() -> Optional[float]:
     """This process's GPU memory in MiB (nvidia-smi), None without one."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     for line in out.splitlines():
@@ -88,8 +93,9 @@ def run_provider(choice: str, staged: list, frames: np.ndarray, args: argparse.N
 
     result: dict = {"choice": choice}
     started = time.perf_counter()
-    with HotEncoder(export_dir, poll_interval_s=args.poll, providers=choice, on_swap=on_swap,
-                    trt_fp16=args.trt_fp16) as enc:
+    with HotEncoder(
+        export_dir, poll_interval_s=args.poll, providers=choice, on_swap=on_swap, trt_fp16=args.trt_fp16
+    ) as enc:
         result["first_load_s"] = time.perf_counter() - started
         result["providers"] = enc.providers
         for batch in (1, 8):
@@ -106,8 +112,10 @@ def run_provider(choice: str, staged: list, frames: np.ndarray, args: argparse.N
                 if served == version:
                     break
                 if time.perf_counter() - t0 > args.swap_timeout:
-                    raise SystemExit(f"bench_runtime_providers: version {version} not served within {args.swap_timeout} s "
-                                     f"on {choice} (last error: {enc.last_error})")
+                    raise SystemExit(
+                        f"bench_runtime_providers: version {version} not served within {args.swap_timeout} s "
+                        f"on {choice} (last error: {enc.last_error})"
+                    )
             swaps.append((index, time.perf_counter() - t0, events[-1].load_s))
         result["swaps"] = swaps
         result["failed_loads"] = enc.failed_loads
@@ -132,8 +140,11 @@ def main() -> int:
     frames = demo_frames(8, args.image_size)
     started = time.perf_counter()
     staged = stage_versions(args.distinct, work, args.image_size, frames)
-    print(f"# ResNet-18 at {args.image_size} px, {args.distinct} staged in {time.perf_counter() - started:.1f} s; "
-          f"{args.swaps} swaps, poll {args.poll} s, {args.calls} calls per batch size", flush=True)
+    print(
+        f"# ResNet-18 at {args.image_size} px, {args.distinct} staged in {time.perf_counter() - started:.1f} s; "
+        f"{args.swaps} swaps, poll {args.poll} s, {args.calls} calls per batch size",
+        flush=True,
+    )
     results = []
     for choice in args.providers.split(","):
         try:
@@ -143,7 +154,10 @@ def main() -> int:
             continue
         r = run_provider(choice, staged, frames, args, work)
         results.append(r)
-        print(f"{choice:9s} providers {r['providers']} (asked {resolved}); first load {r['first_load_s']:.2f} s", flush=True)
+        print(
+            f"{choice:9s} providers {r['providers']} (asked {resolved}); first load {r['first_load_s']:.2f} s",
+            flush=True,
+        )
         for batch in (1, 8):
             median, p99 = r[f"b{batch}"]
             print(f"{choice:9s} batch {batch}: median {1000 * median:.3f} ms, p99 {1000 * p99:.3f} ms", flush=True)
@@ -154,17 +168,25 @@ def main() -> int:
             seen.add(index)
         for label, rows in (("first-seen", first), ("repeated", again)):
             if rows:
-                print(f"{choice:9s} swaps {label} ({len(rows)}): publish->served median {statistics.median(s for s, _ in rows):.3f} s "
-                      f"max {max(s for s, _ in rows):.3f} s; load_s median {statistics.median(l for _, l in rows):.3f} s", flush=True)
+                print(
+                    f"{choice:9s} swaps {label} ({len(rows)}): publish->served median {statistics.median(s for s, _ in rows):.3f} s "
+                    f"max {max(s for s, _ in rows):.3f} s; load_s median {statistics.median(l for _, l in rows):.3f} s",
+                    flush=True,
+                )
         (rss0, rss1), (gpu0, gpu1) = r["rss"], r["gpu"]
         gpu = "" if gpu0 is None or gpu1 is None else f"; GPU {gpu0:.0f} -> {gpu1:.0f} MiB"
-        print(f"{choice:9s} memory across {args.swaps} swaps: RSS {rss0:.0f} -> {rss1:.0f} MB ({rss1 / rss0:.3f}x){gpu}; "
-              f"failed loads {r['failed_loads']}", flush=True)
+        print(
+            f"{choice:9s} memory across {args.swaps} swaps: RSS {rss0:.0f} -> {rss1:.0f} MB ({rss1 / rss0:.3f}x){gpu}; "
+            f"failed loads {r['failed_loads']}",
+            flush=True,
+        )
     cpu = next((r for r in results if r["choice"] == "cpu"), None)
     for r in results:
         if cpu is not None and r is not cpu:
             for batch in (1, 8):
-                print(f"ratio {r['choice']} / cpu median latency, batch {batch}: {r[f'b{batch}'][0] / cpu[f'b{batch}'][0]:.3f}")
+                print(
+                    f"ratio {r['choice']} / cpu median latency, batch {batch}: {r[f'b{batch}'][0] / cpu[f'b{batch}'][0]:.3f}"
+                )
     return 0
 
 

@@ -100,8 +100,9 @@ def _ros_messages(frames: list[np.ndarray], kind: str) -> Iterator[tuple[int, st
             yield ns, "sensor_msgs/msg/CompressedImage", msg
         else:
             data = _bayer_rggb(rgb).reshape(-1)
-            msg = store.types["sensor_msgs/msg/Image"](header=header, height=H, width=W, encoding="bayer_rggb8",
-                                                       is_bigendian=0, step=W, data=data)
+            msg = store.types["sensor_msgs/msg/Image"](
+                header=header, height=H, width=W, encoding="bayer_rggb8", is_bigendian=0, step=W, data=data
+            )
             yield ns, "sensor_msgs/msg/Image", msg
 
 
@@ -144,6 +145,7 @@ def write_avi(path: Path, frames: list[np.ndarray]) -> None:
 
 
 # -- readers: each yields RGB frames ------------------------------------------------------------------
+
 
 def read_opencv(path: Path) -> Iterator[np.ndarray]:
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
@@ -270,9 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         "lerobot-av1": lambda: read_source(open_lerobot(f"{work / 'lerobot-av1'}#{KEY}", CaptureConfig())),
         "lerobot-h264": lambda: read_source(open_lerobot(f"{work / 'lerobot-h264'}#{KEY}", CaptureConfig())),
     }
-    specs = {"mcap-jpeg": str(work / "jpeg.mcap"), "mcap-bayer": str(work / "bayer.mcap"),
-             "rosbag2": str(work / "rosbag2"), "lerobot-av1": f"{work / 'lerobot-av1'}#{KEY}",
-             "lerobot-h264": f"{work / 'lerobot-h264'}#{KEY}"}
+    specs = {
+        "mcap-jpeg": str(work / "jpeg.mcap"),
+        "mcap-bayer": str(work / "bayer.mcap"),
+        "rosbag2": str(work / "rosbag2"),
+        "lerobot-av1": f"{work / 'lerobot-av1'}#{KEY}",
+        "lerobot-h264": f"{work / 'lerobot-h264'}#{KEY}",
+    }
     readers: dict[str, Callable[[], Iterator[np.ndarray]]] = {"opencv": lambda: read_opencv(work / "pan.avi")}
     how = {"opencv": "cv2.VideoCapture (baseline)"}
     for kind, spec in specs.items():
@@ -282,13 +288,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             readers[kind] = library[kind]
             lerobot = kind.startswith("lerobot")
-            how[kind] = ("open_lerobot (agent/robot/lerobot_dataset.py; not in the registry)" if lerobot
-                         else "the libraries directly (the registry does not open it)")
-    sizes = {"opencv": (work / "pan.avi").stat().st_size, "mcap-jpeg": (work / "jpeg.mcap").stat().st_size,
-             "mcap-bayer": (work / "bayer.mcap").stat().st_size,
-             "rosbag2": sum(p.stat().st_size for p in (work / "rosbag2").rglob("*") if p.is_file()),
-             "lerobot-av1": sum(p.stat().st_size for p in (work / "lerobot-av1" / "videos").rglob("*.mp4")),
-             "lerobot-h264": sum(p.stat().st_size for p in (work / "lerobot-h264" / "videos").rglob("*.mp4"))}
+            how[kind] = (
+                "open_lerobot (agent/robot/lerobot_dataset.py; not in the registry)"
+                if lerobot
+                else "the libraries directly (the registry does not open it)"
+            )
+    sizes = {
+        "opencv": (work / "pan.avi").stat().st_size,
+        "mcap-jpeg": (work / "jpeg.mcap").stat().st_size,
+        "mcap-bayer": (work / "bayer.mcap").stat().st_size,
+        "rosbag2": sum(p.stat().st_size for p in (work / "rosbag2").rglob("*") if p.is_file()),
+        "lerobot-av1": sum(p.stat().st_size for p in (work / "lerobot-av1" / "videos").rglob("*.mp4")),
+        "lerobot-h264": sum(p.stat().st_size for p in (work / "lerobot-h264" / "videos").rglob("*.mp4")),
+    }
 
     rates: dict[str, list[float]] = {k: [] for k in readers}
     ratios: dict[str, list[float]] = {k: [] for k in readers}
@@ -302,17 +314,25 @@ def main(argv: list[str] | None = None) -> int:
             ratios[kind].append(rate / base)
 
     steps_s, need, batch, ratio = trainer_need(frames, args.steps)
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"load {os.getloadavg()[0]:.1f}; {args.frames} frames {W}x{H}, {args.reps} interleaved rounds")
-    print(f"trainer at the default config: {steps_s:.2f} steps/s x batch {batch} / replay_ratio {ratio:g} "
-          f"= {need:.0f} frames/s needed")
-    print(f"{'kind':13} {'frames/s':>9} {'vs opencv':>9} {'vs need':>8} {'frames':>6} {'|diff|':>6} {'MB':>6}  "
-          "read through")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"load {os.getloadavg()[0]:.1f}; {args.frames} frames {W}x{H}, {args.reps} interleaved rounds"
+    )
+    print(
+        f"trainer at the default config: {steps_s:.2f} steps/s x batch {batch} / replay_ratio {ratio:g} "
+        f"= {need:.0f} frames/s needed"
+    )
+    print(
+        f"{'kind':13} {'frames/s':>9} {'vs opencv':>9} {'vs need':>8} {'frames':>6} {'|diff|':>6} {'MB':>6}  "
+        "read through"
+    )
     for kind in readers:
         med = statistics.median(rates[kind])
-        print(f"{kind:13} {med:9.0f} {statistics.median(ratios[kind]):8.2f}x {med / need:7.1f}x {counts[kind]:6d} "
-              f"{diffs[kind]:6.2f} {sizes[kind] / 1e6:6.1f}  {how[kind]}")
+        print(
+            f"{kind:13} {med:9.0f} {statistics.median(ratios[kind]):8.2f}x {med / need:7.1f}x {counts[kind]:6d} "
+            f"{diffs[kind]:6.2f} {sizes[kind] / 1e6:6.1f}  {how[kind]}"
+        )
     starved = [k for k in readers if statistics.median(rates[k]) < need]
     print("starved by: " + (", ".join(starved) or "none (each kind decodes faster than the trainer uses frames)"))
     return 0

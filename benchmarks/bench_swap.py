@@ -35,9 +35,9 @@ from agent.core.demo_scene import DemoScene  # noqa: E402
 from agent.robot.runtime import HotEncoder  # noqa: E402
 from export.exporter import manifest_fields  # noqa: E402
 from export.onnx_export import PreprocessedEncoder, export_onnx, input_spec  # noqa: E402
-from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from export.publish import Publisher  # noqa: E402
 from export.verify import verify_onnx  # noqa: E402
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def resnet18(seed: int) -> torch.nn.Module:
@@ -68,7 +68,9 @@ def stage_versions(count: int, folder: Path, image_size: int, frames: np.ndarray
     for i in range(count):
         encoder = resnet18(seed=i)
         path = folder / f"staged-{i}.onnx"
-        exported = export_onnx(PreprocessedEncoder(encoder, IMAGENET_MEAN, IMAGENET_STD, cfg.input_format), spec, path, cfg)
+        exported = export_onnx(
+            PreprocessedEncoder(encoder, IMAGENET_MEAN, IMAGENET_STD, cfg.input_format), spec, path, cfg
+        )
         verification = verify_onnx(path, encoder, frames, spec, cfg)
         staged.append(Staged(path, manifest_fields(i, spec, exported, verification, cfg, model)))
     return staged
@@ -87,7 +89,9 @@ class Call:
     version: int
 
 
-def swap_benchmark(staged: list[Staged], export_dir: Path, frame: np.ndarray, poll_s: float, steady_s: float, interval_s: float) -> bool:
+def swap_benchmark(
+    staged: list[Staged], export_dir: Path, frame: np.ndarray, poll_s: float, steady_s: float, interval_s: float
+) -> bool:
     publisher = Publisher(export_dir, keep=5)
     publish(publisher, staged[0])
     calls: list[list[Call]] = [[], []]
@@ -153,11 +157,17 @@ def swap_benchmark(staged: list[Staged], export_dir: Path, frame: np.ndarray, po
     near = latency[loading]
     worst_delay = max(delays.values())
 
-    print(f"\n== swap under load: ResNet-18 {frame.shape[0]}px batch 1, 2 caller threads (1 onnxruntime thread each), poll {poll_s:g} s")
+    print(
+        f"\n== swap under load: ResNet-18 {frame.shape[0]}px batch 1, 2 caller threads (1 onnxruntime thread each), poll {poll_s:g} s"
+    )
     print(f"calls: {len(every)} ok, {len(failures)} failed; swaps {swaps}; sessions resident at the end {resident}")
     print(f"versions served: {versions[0]}..{versions[-1]} ({len(versions)} of {len(staged)})")
-    print(f"steady  latency ms: p50 {np.percentile(steady, 50):.2f}  p99 {p99_steady:.2f}  max {steady.max():.2f}  (n={len(steady)})")
-    print(f"swaps   latency ms: p50 {np.percentile(during, 50):.2f}  p99 {p99_swap:.2f}  max {during.max():.2f}  (n={len(during)})")
+    print(
+        f"steady  latency ms: p50 {np.percentile(steady, 50):.2f}  p99 {p99_steady:.2f}  max {steady.max():.2f}  (n={len(steady)})"
+    )
+    print(
+        f"swaps   latency ms: p50 {np.percentile(during, 50):.2f}  p99 {p99_swap:.2f}  max {during.max():.2f}  (n={len(during)})"
+    )
     print(f"p99 during swaps / steady p99: {p99_swap / p99_steady:.2f}x")
     print(
         f"calls overlapping a load (publish -> new version serving): p50 {np.percentile(near, 50):.2f}  "
@@ -203,8 +213,10 @@ def latency_table(folder: Path, image_size: int, rounds: int) -> None:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     frames = demo_frames(32, image_size)
-    print(f"\n== latency per call, ResNet-18 {image_size}px, uint8 frames in; torch {torch.get_num_threads()} threads, "
-          "onnxruntime default threads (median over interleaved rounds)")
+    print(
+        f"\n== latency per call, ResNet-18 {image_size}px, uint8 frames in; torch {torch.get_num_threads()} threads, "
+        "onnxruntime default threads (median over interleaved rounds)"
+    )
     for batch in (1, 32):
         x = frames[:batch]
         xt = torch.from_numpy(x)

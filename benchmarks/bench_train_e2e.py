@@ -30,7 +30,6 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +40,8 @@ from agent.core.demo_scene import DemoScene  # noqa: E402
 from agent.core.jsonl import read_jsonl  # noqa: E402
 from agent.core.wire import Frame  # noqa: E402
 from trainer.buffer import ReplayBuffer  # noqa: E402
-from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.continual import resolve_device  # noqa: E402
+from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.train_step import TrainStep, use_bf16  # noqa: E402
 
 CLI = [sys.executable, "-m", "agent.cli"]
@@ -60,10 +59,15 @@ def e2e_rate(args: argparse.Namespace, overrides: list[str], work: Path) -> tupl
     config = ["--config", args.config] if args.config else []
     common = config + overrides
     logs = [open(work / f"{name}.log", "w") for name in ("trainer", "capture")]
-    trainer = subprocess.Popen(CLI + ["train", "--run-dir", str(run_dir)] + common, stdout=logs[0],
-                               stderr=subprocess.STDOUT, cwd=ROOT)
-    capture = subprocess.Popen(CLI + ["capture", "--source", "demo"] + common + ["capture.fps=1000"], stdout=logs[1],
-                               stderr=subprocess.STDOUT, cwd=ROOT)
+    trainer = subprocess.Popen(
+        CLI + ["train", "--run-dir", str(run_dir)] + common, stdout=logs[0], stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    capture = subprocess.Popen(
+        CLI + ["capture", "--source", "demo"] + common + ["capture.fps=1000"],
+        stdout=logs[1],
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + args.start_timeout
 
@@ -75,10 +79,14 @@ def e2e_rate(args: argparse.Namespace, overrides: list[str], work: Path) -> tupl
     try:
         while len(lines()) < 2:  # the first window holds autotuning and allocation: measure from the second
             if trainer.poll() is not None or capture.poll() is not None:
-                raise SystemExit(f"bench_train_e2e: a process exited early (trainer {trainer.returncode}, capture "
-                                 f"{capture.returncode}); see {work}/trainer.log and capture.log")
+                raise SystemExit(
+                    f"bench_train_e2e: a process exited early (trainer {trainer.returncode}, capture "
+                    f"{capture.returncode}); see {work}/trainer.log and capture.log"
+                )
             if time.monotonic() > deadline:
-                raise SystemExit(f"bench_train_e2e: no training within {args.start_timeout:g} s; see {work}/trainer.log")
+                raise SystemExit(
+                    f"bench_train_e2e: no training within {args.start_timeout:g} s; see {work}/trainer.log"
+                )
             time.sleep(0.5)
         time.sleep(args.seconds)
         seen = lines()
@@ -162,9 +170,16 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args()
 
-    overrides = [f"wire.endpoint=tcp://127.0.0.1:{free_port()}", "wire.publish=null", "wire.secret_key=null",
-                 "wire.authorized_keys=null", "export.every_steps=null", "buffer.capacity_frames=8192",
-                 "buffer.capacity_bytes=null", *args.overrides]
+    overrides = [
+        f"wire.endpoint=tcp://127.0.0.1:{free_port()}",
+        "wire.publish=null",
+        "wire.secret_key=null",
+        "wire.authorized_keys=null",
+        "export.every_steps=null",
+        "buffer.capacity_frames=8192",
+        "buffer.capacity_bytes=null",
+        *args.overrides,
+    ]
     if args.size:
         overrides += [f"capture.height={args.size}", f"capture.width={args.size}"]
     cfg = load_config(args.config, overrides)
@@ -172,20 +187,27 @@ def main() -> int:
     overrides.append(f"buffer.min_fill={min_fill}")
     cfg = load_config(args.config, overrides)
     tc = cfg.train
-    print(f"# {cfg.model.encoder} at {cfg.model.image_size} px from {cfg.capture.height}x{cfg.capture.width} frames, "
-          f"batch {tc.batch_size}, {tc.optimizer}, device {resolve_device(tc)}, bf16 {use_bf16(tc, resolve_device(tc))}, "
-          f"channels_last {tc.channels_last}, buffer {cfg.buffer.device}; torch {torch.__version__}", flush=True)
+    print(
+        f"# {cfg.model.encoder} at {cfg.model.image_size} px from {cfg.capture.height}x{cfg.capture.width} frames, "
+        f"batch {tc.batch_size}, {tc.optimizer}, device {resolve_device(tc)}, bf16 {use_bf16(tc, resolve_device(tc))}, "
+        f"channels_last {tc.channels_last}, buffer {cfg.buffer.device}; torch {torch.__version__}",
+        flush=True,
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     e2e, steps = e2e_rate(args, overrides, work)
-    print(f"e2e      {e2e:8.3f} steps/s ({e2e * tc.batch_size:.1f} img/s; {steps} steps in the window; logs {work})",
-          flush=True)
+    print(
+        f"e2e      {e2e:8.3f} steps/s ({e2e * tc.batch_size:.1f} img/s; {steps} steps in the window; logs {work})",
+        flush=True,
+    )
     loop, bare = in_process_rates(cfg, args.steps)
     print(f"loop     {loop:8.3f} steps/s ({loop * tc.batch_size:.1f} img/s)", flush=True)
     print(f"learner  {bare:8.3f} steps/s ({bare * tc.batch_size:.1f} img/s)", flush=True)
     print(f"ratio e2e / learner = {e2e / bare:.3f} (goal >= 0.8: the trainer is not input-bound)")
     print(f"ratio e2e / loop = {e2e / loop:.3f} (the input path: wire, ingest, status)")
-    print(f"ratio loop / learner = {loop / bare:.3f} (what TrainStep adds: input conversion, BatchNorm snapshot, "
-          f"the NaN guard's loss read)")
+    print(
+        f"ratio loop / learner = {loop / bare:.3f} (what TrainStep adds: input conversion, BatchNorm snapshot, "
+        f"the NaN guard's loss read)"
+    )
     return 0
 
 

@@ -18,9 +18,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # import name -> distribution, for what pyproject.toml declares (core, dev, bench)
-CORE = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "cv2": "opencv-python-headless",
-        "onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "zmq": "pyzmq",
-        "pydantic": "pydantic", "yaml": "pyyaml", "matplotlib": "matplotlib", "sklearn": "scikit-learn"}
+CORE = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "cv2": "opencv-python-headless",
+    "onnx": "onnx",
+    "onnxscript": "onnxscript",
+    "onnxruntime": "onnxruntime",
+    "zmq": "pyzmq",
+    "pydantic": "pydantic",
+    "yaml": "pyyaml",
+    "matplotlib": "matplotlib",
+    "sklearn": "scikit-learn",
+}
 DEV = {"pytest": "pytest", "pytest_timeout": "pytest-timeout", "importlinter": "import-linter", "xdist": "pytest-xdist"}
 BENCH = {"byol_pytorch": "byol-pytorch", "kornia": "kornia"}
 
@@ -48,8 +59,9 @@ def present(modules: dict[str, str]) -> tuple[list[str], list[str]]:
 
 def smi(query: str) -> str:
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"nvidia-smi unavailable ({exc.__class__.__name__})"
     return out.stdout.strip().replace("\n", " | ") or out.stderr.strip()[:200]
@@ -64,11 +76,17 @@ def main() -> int:
         print(f"torch: cannot be imported ({exc.__class__.__name__}: {exc})")
     else:
         cuda = torch.cuda.is_available()
-        print(f"torch: {torch.__version__} (CUDA build {torch.version.cuda}, cuDNN "
-              f"{torch.backends.cudnn.version() if cuda else '-'}); cuda available {cuda}, devices "
-              f"{torch.cuda.device_count() if cuda else 0}"
-              + (f", {torch.cuda.get_device_name(0)}, capability {torch.cuda.get_device_capability(0)}, "
-                 f"bf16 {torch.cuda.is_bf16_supported()}" if cuda else ""))
+        print(
+            f"torch: {torch.__version__} (CUDA build {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version() if cuda else '-'}); cuda available {cuda}, devices "
+            f"{torch.cuda.device_count() if cuda else 0}"
+            + (
+                f", {torch.cuda.get_device_name(0)}, capability {torch.cuda.get_device_capability(0)}, "
+                f"bf16 {torch.cuda.is_bf16_supported()}"
+                if cuda
+                else ""
+            )
+        )
         print(f"nccl: {'.'.join(map(str, torch.cuda.nccl.version())) if cuda else '-'}")
     try:
         import onnxruntime as ort
@@ -81,8 +99,10 @@ def main() -> int:
                 dists.append(f"{dist} {md.version(dist)}")
             except md.PackageNotFoundError:
                 continue
-        print(f"onnxruntime: {ort.__version__} (installed as {', '.join(dists) or '?'}); listed providers "
-              f"{ort.get_available_providers()}; libnvinfer {ctypes.util.find_library('nvinfer') or 'not found'}")
+        print(
+            f"onnxruntime: {ort.__version__} (installed as {', '.join(dists) or '?'}); listed providers "
+            f"{ort.get_available_providers()}; libnvinfer {ctypes.util.find_library('nvinfer') or 'not found'}"
+        )
         from agent.core.errors import ConfigError
         from export.sessions import resolve_providers
 

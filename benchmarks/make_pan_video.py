@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    source = open_source(args.folder, CaptureConfig())  # the capture's own folder reader: sorted, unreadable files skipped
+    source = open_source(
+        args.folder, CaptureConfig()
+    )  # the capture's own folder reader: sorted, unreadable files skipped
     try:
         source.connect()
     except SourceError as exc:

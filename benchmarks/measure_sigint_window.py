@@ -28,8 +28,17 @@ SIGINT_BIT = 1 << (signal.SIGINT - 1)
 
 
 def _argv(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", "train", "--run-dir", str(run_dir), "wire.endpoint=tcp://127.0.0.1:*",
-            "model.encoder=tiny_cnn", "model.image_size=32"]
+    return [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "wire.endpoint=tcp://127.0.0.1:*",
+        "model.encoder=tiny_cnn",
+        "model.image_size=32",
+    ]
 
 
 def outcome(delay_s: float, run_dir: Path) -> str:
@@ -55,8 +64,9 @@ def _block_sigint() -> None:
 def time_to_our_code(run_dir: Path) -> float:
     """Seconds from spawn until agent.cli.main unblocks SIGINT (the child starts with it blocked)."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(_argv(run_dir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            preexec_fn=_block_sigint)
+    proc = subprocess.Popen(
+        _argv(run_dir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_block_sigint
+    )
     try:
         while True:
             status = Path(f"/proc/{proc.pid}/status").read_text()
@@ -75,8 +85,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         starts = sorted(time_to_our_code(Path(tmp) / f"s{i}") for i in range(args.repeats))
-        print(f"spawn -> agent.cli.main: min {starts[0]:.3f} s, median {starts[len(starts) // 2]:.3f} s, "
-              f"max {starts[-1]:.3f} s over {len(starts)}")
+        print(
+            f"spawn -> agent.cli.main: min {starts[0]:.3f} s, median {starts[len(starts) // 2]:.3f} s, "
+            f"max {starts[-1]:.3f} s over {len(starts)}"
+        )
         for delay in DELAYS_S:
             counts = Counter(outcome(delay, Path(tmp) / f"d{delay}-{i}") for i in range(args.repeats))
             print(f"SIGINT at {delay:.2f} s: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), flush=True)

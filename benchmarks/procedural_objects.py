@@ -105,8 +105,13 @@ def render_objects(n: int, size: int, seed: int, n_objects: int = 10, places: in
     """
     look = np.random.default_rng(12345)
     objects = [
-        (i % len(SHAPES), look.uniform(0, 1, 3).astype(np.float32), look.uniform(0, 1, 3).astype(np.float32),
-         i % 3, look.uniform(2, 5))
+        (
+            i % len(SHAPES),
+            look.uniform(0, 1, 3).astype(np.float32),
+            look.uniform(0, 1, 3).astype(np.float32),
+            i % 3,
+            look.uniform(2, 5),
+        )
         for i in range(n_objects)
     ]
     side = 4 * size

@@ -24,7 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.core.config import load_config  # noqa: E402
 from bench_quality import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,9 +32,11 @@ from bench_quality import (  # noqa: E402
     prepare_data,
     stream_frames,
 )
+
+from agent.core.config import load_config  # noqa: E402
 from trainer.backbone import Backbone  # noqa: E402
-from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.feature_probes import knn_top1, load_train_test_folder, torch_features  # noqa: E402
+from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.lr_schedule import lr_at, set_lr  # noqa: E402
 
 
@@ -79,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     while run.cpu < args.budget:
         run.train_until(min(mark, args.budget))
         mark += args.every
-        print(f"{args.tag} cpu {run.cpu:.0f} steps {run.steps} loss {run.last_loss:.3f} tau {learner.tau:.4f} "
-              f"kNN target {knn(learner.encoder_module('target')):.3f}", flush=True)
+        print(
+            f"{args.tag} cpu {run.cpu:.0f} steps {run.steps} loss {run.last_loss:.3f} tau {learner.tau:.4f} "
+            f"kNN target {knn(learner.encoder_module('target')):.3f}",
+            flush=True,
+        )
     return 0
 
 

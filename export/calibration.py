@@ -65,13 +65,20 @@ def calibration_set(export_dir: Path, frames: Optional[np.ndarray], size: int) -
     buffer = io.BytesIO()
     np.save(buffer, chosen, allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
-    log.info("calibration set of %d frames written to %s%s", len(chosen), path,
-             "" if stored is None else f" (grown from {len(stored)})")
+    log.info(
+        "calibration set of %d frames written to %s%s",
+        len(chosen),
+        path,
+        "" if stored is None else f" (grown from {len(stored)})",
+    )
     return chosen
 
 
 def embed_file(model_path: Path, spec: InputSpec, output_name: str, frames: np.ndarray, batch: int = 64) -> np.ndarray:
     """Embeddings (N, D) float32 of uint8 frames by the ONNX file at `model_path`, prepared as serving does."""
     session = create_session(model_path, [CPU], threads=1)
-    out = [session.run([output_name], {spec.name: spec.prepare(frames[i : i + batch])})[0] for i in range(0, len(frames), batch)]
+    out = [
+        session.run([output_name], {spec.name: spec.prepare(frames[i : i + batch])})[0]
+        for i in range(0, len(frames), batch)
+    ]
     return np.concatenate(out).astype(np.float32)

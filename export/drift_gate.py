@@ -25,8 +25,13 @@ def drift_gate(fit: CompatFit, target: int, cfg: ExportConfig, pinned: bool) -> 
     if cfg.min_compatibility is None or fit.r2 >= cfg.min_compatibility:
         return
     if fit.holdout_frames < MIN_GATE_HOLDOUT:
-        log.warning("map to version %d: R² %.3f on only %d held-out calibration frames; the drift gate waits for %d",
-                    target, fit.r2, fit.holdout_frames, MIN_GATE_HOLDOUT)
+        log.warning(
+            "map to version %d: R² %.3f on only %d held-out calibration frames; the drift gate waits for %d",
+            target,
+            fit.r2,
+            fit.holdout_frames,
+            MIN_GATE_HOLDOUT,
+        )
         return
     what = f"pinned version {target}" if pinned else f"version {target}"
     advice = "refit the policy head on the newest version and repin"
@@ -52,7 +57,9 @@ def drift_record(export_dir: Path, version: int) -> dict[str, Any]:
         return {}
     listed = compat.get("direct")
     direct = listed if isinstance(listed, list) else []
-    pinned = {str(d["maps_to"]): d.get("cka") for d in direct if isinstance(d, dict) and isinstance(d.get("maps_to"), int)}
+    pinned = {
+        str(d["maps_to"]): d.get("cka") for d in direct if isinstance(d, dict) and isinstance(d.get("maps_to"), int)
+    }
     if compat["maps_to"] in read_pins(export_dir):
         pinned[str(compat["maps_to"])] = compat.get("cka")
     return {"r2": compat.get("r2"), "cka_prev": compat.get("cka"), "cka_pinned": pinned}

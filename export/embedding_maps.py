@@ -119,7 +119,9 @@ def fit_compat(new: np.ndarray, previous: np.ndarray, method: str = "ridge", rid
     """
     new, previous = np.asarray(new, np.float64), np.asarray(previous, np.float64)
     if new.shape[0] != previous.shape[0] or new.shape[0] < MIN_CALIBRATION_FRAMES:
-        raise ValueError(f"need the same ≥ {MIN_CALIBRATION_FRAMES} frames on both sides, got {new.shape[0]} and {previous.shape[0]}")
+        raise ValueError(
+            f"need the same ≥ {MIN_CALIBRATION_FRAMES} frames on both sides, got {new.shape[0]} and {previous.shape[0]}"
+        )
     held = np.zeros(len(new), dtype=bool)
     held[::HOLDOUT_EVERY] = True
     trial = fit_method(new[~held], previous[~held], method, ridge)

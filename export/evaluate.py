@@ -25,8 +25,8 @@ from trainer.byol import view_statistics
 from trainer.feature_probes import (
     EvalResult,
     LabelledImages,
-    finite_features,
     evaluate_features,
+    finite_features,
     load_eval_data,
     random_init_encoder,
     stratified_split,
@@ -45,8 +45,10 @@ def young_encoder_note(step: Optional[int]) -> Optional[str]:
     """A note for an encoder younger (in training steps) than the measured point above; None otherwise."""
     if step is None or step >= DEFAULT_PASSES_RANDOM_INIT_STEPS:
         return None
-    return (f"at the default config the probe usually passes random init after ~{DEFAULT_PASSES_RANDOM_INIT_STEPS} "
-            f"steps on real photos (benchmarks/RESULTS.md); this encoder has {step}")
+    return (
+        f"at the default config the probe usually passes random init after ~{DEFAULT_PASSES_RANDOM_INIT_STEPS} "
+        f"steps on real photos (benchmarks/RESULTS.md); this encoder has {step}"
+    )
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ def resolve_encoder(path: Union[str, Path]) -> EncoderFile:
     if not onnx_path.is_file():
         raise ModelFileError(f"encoder {str(onnx_path)!r} does not exist (give an export directory or a .onnx file)")
     if manifest is not None and sha256_file(onnx_path) != manifest.sha256:
-        raise ModelFileError(f"model file {str(onnx_path)!r} does not match the sha256 in its manifest: truncated or replaced")
+        raise ModelFileError(
+            f"model file {str(onnx_path)!r} does not match the sha256 in its manifest: truncated or replaced"
+        )
     return EncoderFile(onnx_path, manifest)
 
 
@@ -131,7 +135,6 @@ def _spec_from_graph(session: ort.InferenceSession, encoder: EncoderFile) -> Inp
     )
 
 
-
 def evaluate_export(
     path: Union[str, Path],
     data: Union[str, Path, LabelledImages],
@@ -165,8 +168,13 @@ def evaluate_export(
     model_section = encoder.manifest.raw.get("model") if encoder.manifest is not None else None
     if reference and isinstance(model_section, dict) and model_section.get("encoder"):
         try:
-            module = random_init_encoder(model_section, seed, operator_model, f"the manifest of {encoder.onnx_path.name}",
-                                         channels=extractor.spec.channels)
+            module = random_init_encoder(
+                model_section,
+                seed,
+                operator_model,
+                f"the manifest of {encoder.onnx_path.name}",
+                channels=extractor.spec.channels,
+            )
         except ConfigError as exc:
             notes.append(f"no random-init reference: {exc}")
         else:

@@ -74,9 +74,15 @@ def export_encoder(
     `export_cfg.probe_gate` names a labelled set).
     """
     frames = as_frame_batch(frames)
-    job = ExportJob(int(step), encoder.eval(), frames,
-                    input_spec(export_cfg.input_format, model_cfg.image_size, mean, std, capture), export_cfg, model_cfg,
-                    beside_training)
+    job = ExportJob(
+        int(step),
+        encoder.eval(),
+        frames,
+        input_spec(export_cfg.input_format, model_cfg.image_size, mean, std, capture),
+        export_cfg,
+        model_cfg,
+        beside_training,
+    )
     written: dict[str, tuple[Path, dict[str, Any]]] = {}
     temps: list[Path] = []
     try:

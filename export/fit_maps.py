@@ -75,7 +75,12 @@ def _entry(target: int, fit: CompatFit, data: bytes) -> dict[str, Any]:
 
 
 def fit_for_export(
-    model_path: Path, spec: InputSpec, output_name: str, export_dir: Path, frames: Optional[np.ndarray], cfg: ExportConfig
+    model_path: Path,
+    spec: InputSpec,
+    output_name: str,
+    export_dir: Path,
+    frames: Optional[np.ndarray],
+    cfg: ExportConfig,
 ) -> tuple[dict[str, Any], dict[Optional[int], bytes]]:
     """The compat section for a new export at `model_path`, and its map files' bytes by target: key None
     is the map into the previous version's space, key P a direct map into pinned version P's ({}: no map).

@@ -61,8 +61,8 @@ def load_checkpoint_encoder(
     The architecture comes from the checkpoint, but an encoder import string in it is honoured
     only when `operator_model` (this machine's config) names the same one (ModelFileError otherwise).
     """
-    from trainer.learner_factory import build_learner  # the learner stack loads only when a checkpoint is used
     from trainer.encoders import check_file_model
+    from trainer.learner_factory import build_learner  # the learner stack loads only when a checkpoint is used
 
     ckpt = load_latest_checkpoint(run_dir)
     if ckpt is None:
@@ -91,7 +91,12 @@ def _buffer_frames(ckpt: dict[str, Any], wanted: int) -> Optional[np.ndarray]:
     checkpoint carries ("export_frames", trainer/run_state.py); None when it has neither."""
     buffer = saved_buffer(ckpt)  # its own, or rank 0's in a multi-rank checkpoint
     images = buffer.get("images") if isinstance(buffer, dict) else ckpt.get("export_frames")
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or int(images.shape[0]) < 2:
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.dtype != torch.uint8
+        or images.ndim != 4
+        or int(images.shape[0]) < 2
+    ):
         return None
     images = images.numpy()
     return pick_frames(images, min(wanted, len(images)))

@@ -41,8 +41,9 @@ CHILD_TIMEOUT_S = 1800.0  # the dynamo exporter took 4-30 s per encoder here; a 
 Trace = Callable[[nn.Module, InputSpec, ExportConfig], tuple[bytes, int]]
 
 
-def export_in_child(trace: Trace, wrapped: nn.Module, spec: InputSpec, cfg: ExportConfig,
-                    timeout_s: float = CHILD_TIMEOUT_S) -> tuple[bytes, int]:
+def export_in_child(
+    trace: Trace, wrapped: nn.Module, spec: InputSpec, cfg: ExportConfig, timeout_s: float = CHILD_TIMEOUT_S
+) -> tuple[bytes, int]:
     """`trace(wrapped, spec, cfg)` (a module-level function: ONNX bytes and width D) run in a spawned process.
 
     Raises ExportRefused (one line) for the child's own refusal, a module that cannot be pickled,

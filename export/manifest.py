@@ -81,7 +81,9 @@ def read_verified(export_dir: Path, name: str, context: Optional[str] = None) ->
     model file that is gone, unreadable or does not match."""
     manifest = read_manifest(Path(export_dir) / name)
     model = Path(export_dir) / manifest.model_file
-    what = f"version {manifest.version}'s model file {model}" if context is None else f"{context}: its model file {model}"
+    what = (
+        f"version {manifest.version}'s model file {model}" if context is None else f"{context}: its model file {model}"
+    )
     check_sha256(model, manifest.sha256, what, gone="is gone")
     return manifest
 
@@ -190,7 +192,12 @@ class InputSpec:
         if expected_layout is None or spec.layout != expected_layout:
             raise ValueError(f"unsupported input dtype/layout {spec.dtype}/{spec.layout}")
         order = CHANNEL_ORDERS.get(spec.channels)
-        if order is None or spec.channel_order != order or len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+        if (
+            order is None
+            or spec.channel_order != order
+            or len(spec.mean) != spec.channels
+            or len(spec.std) != spec.channels
+        ):
             raise ValueError("input must be 3-channel RGB or 1-channel GRAY with one mean/std value per channel")
         if spec.height < 1 or spec.width < 1:
             raise ValueError(f"bad input size {spec.height}x{spec.width}")

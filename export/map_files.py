@@ -83,7 +83,9 @@ def _read_entry(export_dir: Path, manifest: Manifest, entry: dict[str, Any], *, 
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelFileError(f"compatibility map {path} is unreadable ({exc.__class__.__name__})") from None
     if matrix.ndim != 2 or bias.shape != (matrix.shape[1],) or matrix.shape[0] != manifest.output_dim:
-        raise ModelFileError(f"compatibility map {path} has shapes {matrix.shape}/{bias.shape}, not ({manifest.output_dim}, D)/(D,)")
+        raise ModelFileError(
+            f"compatibility map {path} has shapes {matrix.shape}/{bias.shape}, not ({manifest.output_dim}, D)/(D,)"
+        )
     if not (np.isfinite(matrix).all() and np.isfinite(bias).all()):
         raise ModelFileError(f"compatibility map {path} holds non-finite values")
     return maps_to, LinearMap(matrix, bias)
@@ -100,7 +102,9 @@ def compose_to(export_dir: Path, version: int, pin: int) -> Optional[LinearMap]:
     """
     export_dir = Path(export_dir)
     if version < pin:
-        raise ModelFileError(f"version {version} is older than the pinned version {pin}; a pinned encoder serves {pin} or later")
+        raise ModelFileError(
+            f"version {version} is older than the pinned version {pin}; a pinned encoder serves {pin} or later"
+        )
     composed: Optional[LinearMap] = None
     current = version
     while current != pin:
@@ -115,14 +119,18 @@ def compose_to(export_dir: Path, version: int, pin: int) -> Optional[LinearMap]:
             if linear is None:
                 maps_to, linear = read_map(export_dir, manifest)
         except ModelFileError as exc:
-            raise ModelFileError(f"version {version} cannot be mapped into pinned version {pin}'s space: {exc}") from None
+            raise ModelFileError(
+                f"version {version} cannot be mapped into pinned version {pin}'s space: {exc}"
+            ) from None
         if maps_to < pin:
             raise ModelFileError(
                 f"version {version} cannot be mapped into pinned version {pin}'s space: its chain goes from "
                 f"{current} to {maps_to}, past the pin"
             )
         if composed is not None and composed.dims[1] != linear.dims[0]:
-            raise ModelFileError(f"version {version}: map of version {current} takes D={linear.dims[0]}, chain gives D={composed.dims[1]}")
+            raise ModelFileError(
+                f"version {version}: map of version {current} takes D={linear.dims[0]}, chain gives D={composed.dims[1]}"
+            )
         composed = linear if composed is None else composed.then(linear)
         current = maps_to
     return composed

@@ -70,7 +70,9 @@ def input_spec(
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     channels = len(mean)
     if channels not in CHANNEL_ORDERS or len(std) != channels:
-        raise ExportRefused(f"an export takes 3 (RGB) or 1 (gray) channels; got mean {tuple(mean)} and std {tuple(std)}")
+        raise ExportRefused(
+            f"an export takes 3 (RGB) or 1 (gray) channels; got mean {tuple(mean)} and std {tuple(std)}"
+        )
     return InputSpec(
         name=_INPUT_NAMES[input_format],
         dtype="uint8" if uint8 else "float32",
@@ -149,7 +151,9 @@ def trace_graph(wrapped: nn.Module, spec: InputSpec, cfg: ExportConfig) -> tuple
     wrapped.eval()
     batch = example_batch(cfg)
     if spec.dtype == "uint8":
-        example = torch.randint(0, 256, spec.shape(batch), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        example = torch.randint(
+            0, 256, spec.shape(batch), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        )
     else:
         example = torch.randn(spec.shape(batch), generator=torch.Generator().manual_seed(0))
     graph = io.BytesIO()  # in memory first: a full disk must not look like an exporter failure
@@ -181,9 +185,13 @@ def export_onnx(
             f.write(graph)
     except OSError as exc:
         raise StorageError(f"cannot write the ONNX export to {path.parent}: {exc.strerror or exc}") from None
-    opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    opset = next(
+        o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")
+    )
     if opset != opset_of(cfg):  # the exporter may fall back to another opset with only a log line
-        raise ExportRefused(f"{cfg.exporter} exporter wrote opset {opset}, not the configured {opset_of(cfg)} (export.opset)")
+        raise ExportRefused(
+            f"{cfg.exporter} exporter wrote opset {opset}, not the configured {opset_of(cfg)} (export.opset)"
+        )
     return Exported(output_dim=output_dim, opset=int(opset))
 
 

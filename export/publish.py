@@ -13,15 +13,13 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from agent.core.atomic import atomic_write_bytes, fsync_dir, remove_stale_temps, temp_name
 from agent.core.errors import ModelFileError, StorageError
-from export.map_files import chain_of, map_filename
-from export.pins import read_pins
 from export.manifest import (
     LATEST_NAME,
     MANIFEST_FORMAT,
@@ -34,6 +32,8 @@ from export.manifest import (
     read_verified,
     sha256_file,
 )
+from export.map_files import chain_of, map_filename
+from export.pins import read_pins
 
 log = logging.getLogger(__name__)
 _ORPHAN_S = 60.0  # a model file this long without its manifest was left by a killed publisher
@@ -101,8 +101,10 @@ class Publisher:
                     os.fsync(f.fileno())
             digest = sha256_file(model_tmp)
             size = model_tmp.stat().st_size
-            listed = {name: {"sha256": sha256_file(a.path), "size_bytes": a.path.stat().st_size, **a.fields}
-                      for name, a in artifacts.items()}
+            listed = {
+                name: {"sha256": sha256_file(a.path), "size_bytes": a.path.stat().st_size, **a.fields}
+                for name, a in artifacts.items()
+            }
             version = self._claim(model_tmp)
             model_tmp.unlink()
             for name, artifact in artifacts.items():  # the claimed number is ours: no other file can take these names
@@ -153,7 +155,9 @@ class Publisher:
             target = self.export_dir / model_filename(version)
             try:
                 os.link(model_tmp, target)
-                os.utime(target)  # its age counts from the claim: prune treats an old model without manifest as orphaned
+                os.utime(
+                    target
+                )  # its age counts from the claim: prune treats an old model without manifest as orphaned
                 return version
             except FileExistsError:
                 continue  # another publisher took this number a moment ago
@@ -166,7 +170,9 @@ class Publisher:
         """
         written = None
         while True:
-            newest = max((v for p in self.export_dir.glob("encoder-*.json") if (v := parse_version(p.name))), default=None)
+            newest = max(
+                (v for p in self.export_dir.glob("encoder-*.json") if (v := parse_version(p.name))), default=None
+            )
             if newest is None or newest == written:
                 return
             atomic_write_bytes(self.export_dir / LATEST_NAME, (manifest_filename(newest) + "\n").encode())
@@ -218,7 +224,6 @@ class Publisher:
             log.info("retention removed %s", ", ".join(p.name for p in removed))
         return removed
 
-
     def _versions_on_disk(self) -> dict[int, list[Path]]:
         """Files of each version, after removing what killed publishers left (see `prune`)."""
         remove_stale_temps(self.export_dir)
@@ -235,7 +240,10 @@ class Publisher:
                         path.unlink()
                 except OSError:
                     continue
-                log.info("removed %s: its manifest was never written (publisher interrupted)", ", ".join(p.name for p in paths))
+                log.info(
+                    "removed %s: its manifest was never written (publisher interrupted)",
+                    ", ".join(p.name for p in paths),
+                )
                 del files[version]
         return files
 

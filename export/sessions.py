@@ -106,6 +106,7 @@ def tensorrt_options(
 
     Option names from onnxruntime's TensorRT execution provider docs ("Configurations").
     """
+
     def shape(dims: tuple[int, ...]) -> str:
         return f"{input_name}:" + "x".join(str(d) for d in dims)
 
@@ -125,7 +126,9 @@ def tensorrt_options(
     return options
 
 
-def without_tensorrt(providers: Sequence[Union[str, tuple[str, dict[str, Any]]]]) -> list[Union[str, tuple[str, dict[str, Any]]]]:
+def without_tensorrt(
+    providers: Sequence[Union[str, tuple[str, dict[str, Any]]]],
+) -> list[Union[str, tuple[str, dict[str, Any]]]]:
     """`providers` less TensorRT: what a version is loaded with when TensorRT cannot build its engine."""
     return [p for p in providers if (p[0] if isinstance(p, tuple) else p) != TENSORRT]
 

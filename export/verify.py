@@ -76,11 +76,15 @@ def verify_onnx(path: Path, encoder: nn.Module, frames: np.ndarray, spec: InputS
         raise ExportRefused(_first_line(exc)) from None
     graph_input = session.get_inputs()[0]
     if graph_input.name != spec.name or graph_input.type != spec.onnx_type:
-        raise ExportRefused(f"graph input is {graph_input.name}:{graph_input.type}, expected {spec.name}:{spec.onnx_type}")
+        raise ExportRefused(
+            f"graph input is {graph_input.name}:{graph_input.type}, expected {spec.name}:{spec.onnx_type}"
+        )
 
     distinct = distinct_frames(frames)
     if len(distinct) < 2:
-        raise ExportRefused(f"verification needs at least 2 distinct frames, got {len(distinct)} distinct of {len(frames)}")
+        raise ExportRefused(
+            f"verification needs at least 2 distinct frames, got {len(distinct)} distinct of {len(frames)}"
+        )
     fitted = spec.fit(pick_frames(distinct, cfg.verify_batch))  # exactly what serving will hand the graph
     prepared = spec.feed(fitted)
     expected = torch_reference(encoder, fitted, spec)

@@ -50,8 +50,11 @@ def _put_back_scheduling(when: str) -> None:
     now = _scheduling()
     if SESSION_SCHEDULING is not None and now != SESSION_SCHEDULING:
         os.sched_setscheduler(0, SESSION_SCHEDULING[0], os.sched_param(SESSION_SCHEDULING[1]))
-        pytest.fail(f"this process was at scheduling policy {now} (started at {SESSION_SCHEDULING}) {when}; wrap what "
-                    "changes it in tests.scheduling.keep_scheduling()", pytrace=False)
+        pytest.fail(
+            f"this process was at scheduling policy {now} (started at {SESSION_SCHEDULING}) {when}; wrap what "
+            "changes it in tests.scheduling.keep_scheduling()",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -44,8 +44,9 @@ class FillableDisk:
         self._limited: list[int] = []
 
     def _mount(self, size_mb: int) -> bool:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(self.root)],
-                              capture_output=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(self.root)], capture_output=True
+        )
         return done.returncode == 0
 
     @property

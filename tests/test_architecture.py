@@ -11,7 +11,10 @@ from tests.conftest import REPO
 def test_import_contracts_hold() -> None:
     done = subprocess.run(
         [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
@@ -24,7 +27,10 @@ def test_a_broken_layer_is_caught() -> None:
     try:
         done = subprocess.run(
             [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:
         probe.unlink()

@@ -41,8 +41,9 @@ def declared_requirements() -> list[str]:
         project = tomllib.loads(pyproject.read_text())["project"]
         reqs = list(project.get("dependencies", []))
         for extra, items in project.get("optional-dependencies", {}).items():
-            reqs += [f"{item}; extra == '{extra}'" if ";" not in item else f"{item} and extra == '{extra}'"
-                     for item in items]
+            reqs += [
+                f"{item}; extra == '{extra}'" if ";" not in item else f"{item} and extra == '{extra}'" for item in items
+            ]
         return reqs
     return list(metadata.requires("byol-agent") or [])
 
@@ -81,8 +82,11 @@ def _guards(node: ast.AST, parents: dict[ast.AST, ast.AST], source: str) -> tupl
             return True, ""
         if isinstance(parent, ast.Try) and child in parent.body:
             for handler in parent.handlers:
-                names = {n.id if isinstance(n, ast.Name) else getattr(n, "attr", "") for n in
-                         ast.walk(handler.type)} if handler.type is not None else IMPORT_ERRORS
+                names = (
+                    {n.id if isinstance(n, ast.Name) else getattr(n, "attr", "") for n in ast.walk(handler.type)}
+                    if handler.type is not None
+                    else IMPORT_ERRORS
+                )
                 if names & IMPORT_ERRORS:
                     texts.append(ast.get_source_segment(source, handler) or "")
         child, parent = parent, parents.get(parent)
@@ -114,8 +118,9 @@ def package_imports() -> list[Import]:
     return [imp for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py")) for imp in imports_of(path)]
 
 
-def undeclared(imports: list[Import], deps: dict[str, set[Optional[str]]],
-               providers: dict[str, list[str]]) -> list[str]:
+def undeclared(
+    imports: list[Import], deps: dict[str, set[Optional[str]]], providers: dict[str, list[str]]
+) -> list[str]:
     """One line per third-party import whose distribution is not declared (or is an extra imported
     without a guard naming it)."""
     problems = []
@@ -124,18 +129,24 @@ def undeclared(imports: list[Import], deps: dict[str, set[Optional[str]]],
             continue
         dists = [normalise(d) for d in providers.get(imp.module, [])]
         if not dists:
-            problems.append(f"{imp.where}: `import {imp.module}`: no installed distribution provides it and "
-                            "pyproject.toml does not declare one (it would fail on a fresh install)")
+            problems.append(
+                f"{imp.where}: `import {imp.module}`: no installed distribution provides it and "
+                "pyproject.toml does not declare one (it would fail on a fresh install)"
+            )
             continue
         extras = set().union(*(deps.get(d, set()) for d in dists))
         if None in extras:
             continue  # a core dependency
         if not extras:
-            problems.append(f"{imp.where}: `import {imp.module}` comes from {'/'.join(dists)}, which pyproject.toml "
-                            "does not declare")
+            problems.append(
+                f"{imp.where}: `import {imp.module}` comes from {'/'.join(dists)}, which pyproject.toml "
+                "does not declare"
+            )
         elif not any(extra in imp.guard_text for extra in extras):
-            problems.append(f"{imp.where}: `import {imp.module}` comes from the extra(s) {sorted(extras)}: import it "
-                            "in a try/except ImportError that raises a one-line error naming the extra")
+            problems.append(
+                f"{imp.where}: `import {imp.module}` comes from the extra(s) {sorted(extras)}: import it "
+                "in a try/except ImportError that raises a one-line error naming the extra"
+            )
     return problems
 
 
@@ -148,14 +159,25 @@ def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> N
 
 def test_the_checker_reads_markers_extras_normalised_names_and_guards(tmp_path: Path) -> None:
     """The checker itself, on requirement lines shaped like the ones other branches add."""
-    lines = ["PyYAML>=6", "onnxruntime-gpu>=1.20; platform_machine == 'x86_64'", "rosbags[image]>=0.10",
-             "mcap_ros2_support>=0.5; extra == 'ros'", "av>=12; python_version >= '3.10' and extra == \"video\""]
+    lines = [
+        "PyYAML>=6",
+        "onnxruntime-gpu>=1.20; platform_machine == 'x86_64'",
+        "rosbags[image]>=0.10",
+        "mcap_ros2_support>=0.5; extra == 'ros'",
+        "av>=12; python_version >= '3.10' and extra == \"video\"",
+    ]
     deps: dict[str, set[Optional[str]]] = {}
     for line in lines:
         req = Requirement(line)
         deps.setdefault(normalise(req.name), set()).add(extra_of(req))
-    providers = {"yaml": ["PyYAML"], "onnxruntime": ["onnxruntime-gpu"], "rosbags": ["rosbags"],
-                 "mcap_ros2": ["mcap-ros2-support"], "av": ["av"], "tqdm": ["tqdm"]}
+    providers = {
+        "yaml": ["PyYAML"],
+        "onnxruntime": ["onnxruntime-gpu"],
+        "rosbags": ["rosbags"],
+        "mcap_ros2": ["mcap-ros2-support"],
+        "av": ["av"],
+        "tqdm": ["tqdm"],
+    }
     module = tmp_path / "m.py"
     module.write_text(
         "import yaml, onnxruntime, rosbags.typesys\n"

@@ -116,7 +116,7 @@ def test_run_publishes_swaps_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     _wait_for(proc, log2, "training past the resumed step", lambda: (_step(run_dir) or 0) >= first_step + 5, 240)
     _interrupt(proc, log2)
 
-    new_lines = _training_lines(run_dir)[len(lines_before):]
+    new_lines = _training_lines(run_dir)[len(lines_before) :]
     assert new_lines, "second run logged no training"
     assert min(line["step"] for line in new_lines) > first_step, "second run started over instead of resuming"
     assert load_latest_checkpoint(run_dir)["step"] >= first_step + 5

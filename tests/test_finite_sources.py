@@ -48,14 +48,28 @@ def _images(folder: Path) -> str:
 @pytest.mark.parametrize("make_source", [_video, _images], ids=["video", "folder"])
 def test_a_finite_source_is_delivered_whole_and_its_end_lets_the_trainer_finish(tmp_path: Path, make_source) -> None:
     source, ep, run = make_source(tmp_path), free_tcp_endpoint(), tmp_path / "run"
-    capture = start([*CLI, "capture", "--source", source, "--endpoint", ep, "--publish", "none", "--fps", "30", *TINY],
-                    tmp_path / "capture.log")
+    capture = start(
+        [*CLI, "capture", "--source", source, "--endpoint", ep, "--publish", "none", "--fps", "30", *TINY],
+        tmp_path / "capture.log",
+    )
     procs = [capture]
     try:
         time.sleep(3.0)  # the trainer comes up late, as it does when torch loads on a robot
         # min_fill above the clip's length: only the end-of-stream message can start (and end) training
-        trainer = start([*CLI, "train", "--endpoint", ep, "--run-dir", str(run), *TINY, "buffer.min_fill=128",
-                         "train.replay_ratio=2"], tmp_path / "trainer.log")
+        trainer = start(
+            [
+                *CLI,
+                "train",
+                "--endpoint",
+                ep,
+                "--run-dir",
+                str(run),
+                *TINY,
+                "buffer.min_fill=128",
+                "train.replay_ratio=2",
+            ],
+            tmp_path / "trainer.log",
+        )
         procs.append(trainer)
         assert trainer.wait(180) == 0, (tmp_path / "trainer.log").read_text()[-2000:]
         assert capture.wait(60) == 0, (tmp_path / "capture.log").read_text()[-2000:]
@@ -77,8 +91,21 @@ def test_run_on_a_recording_ends_when_the_trainer_has_used_it(tmp_path: Path) ->
 
     run = tmp_path / "run"
     ports = [f"wire.endpoint={free_tcp_endpoint()}", "wire.publish=null"]
-    argv = [*CLI, "run", "--source", _video(tmp_path), "--run-dir", str(run), "--duration", "600", *TINY, *ports,
-            "capture.fps=30", "buffer.min_fill=128", "train.replay_ratio=2"]
+    argv = [
+        *CLI,
+        "run",
+        "--source",
+        _video(tmp_path),
+        "--run-dir",
+        str(run),
+        "--duration",
+        "600",
+        *TINY,
+        *ports,
+        "capture.fps=30",
+        "buffer.min_fill=128",
+        "train.replay_ratio=2",
+    ]
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -96,8 +123,20 @@ def test_a_run_that_trained_on_nothing_says_so_and_fails(tmp_path: Path) -> None
 
     run = tmp_path / "run"
     ports = [f"wire.endpoint={free_tcp_endpoint()}", "wire.publish=null"]
-    argv = [*CLI, "run", "--source", "demo", "--run-dir", str(run), "--duration", "12", *TINY, *ports,
-            "buffer.capacity_frames=4096", "buffer.min_fill=4000"]  # never reached in 12 s
+    argv = [
+        *CLI,
+        "run",
+        "--source",
+        "demo",
+        "--run-dir",
+        str(run),
+        "--duration",
+        "12",
+        *TINY,
+        *ports,
+        "buffer.capacity_frames=4096",
+        "buffer.min_fill=4000",
+    ]  # never reached in 12 s
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]

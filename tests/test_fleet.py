@@ -32,8 +32,8 @@ from agent.core.demo_scene import DemoScene
 from agent.core.wire import Frame
 from agent.robot.transport import FrameSender
 from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
-from trainer.learner_factory import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, weights_digest
+from trainer.learner_factory import build_learner
 from trainer.run_records import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -161,6 +161,7 @@ def records(run_dir: Path) -> list[dict]:
     metrics = read_metrics(run_dir)
     return metrics.train + metrics.events
 
+
 def starts(run_dir: Path) -> list[dict]:
     return [r for r in records(run_dir) if r.get("event") == "start"]
 
@@ -191,8 +192,19 @@ def nproc_run(tmp_path_factory: pytest.TempPathFactory) -> FleetRun:
     base = tmp_path_factory.mktemp("nproc")
     run_dir, log = base / "run", base / "train.log"
     endpoints = [free_tcp_endpoint(), free_tcp_endpoint()]
-    argv = [sys.executable, "-m", "agent.cli", "train", "--nproc", "2", "--run-dir", str(run_dir), *TINY,
-            f"wire.endpoints=['{endpoints[0]}', '{endpoints[1]}']", "export.every_steps=1000"]
+    argv = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "train",
+        "--nproc",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        *TINY,
+        f"wire.endpoints=['{endpoints[0]}', '{endpoints[1]}']",
+        "export.every_steps=1000",
+    ]
     with Feeders(endpoints), running(argv, log) as proc:
         wait_for(proc, log, "the checkpoint of step 15", lambda: 15 in steps_saved(run_dir))
         proc.send_signal(signal.SIGINT)
@@ -215,8 +227,9 @@ def test_both_shards_ingest_and_the_steps_advance_in_lockstep(nproc_run: FleetRu
     assert last["world_size"] == 2 and min(last["frames_in_per_rank"]) > 0, last
     assert last["frames_in"] == sum(last["frames_in_per_rank"]) and set(last["frames_per_camera"]) == {"0", "1"}
     rated = [line for line in lines if line.get("steps_per_s")]
-    assert rated and all(line["img_per_s"] == pytest.approx(line["steps_per_s"] * 8 * 2) for line in rated), \
+    assert rated and all(line["img_per_s"] == pytest.approx(line["steps_per_s"] * 8 * 2) for line in rated), (
         "images per second count a batch of 8 on each of the 2 ranks"
+    )
     for step, path in list_checkpoints(nproc_run.run_dir):
         ckpt = read_checkpoint(path)
         parts = ckpt["ranks"]
@@ -249,7 +262,13 @@ def test_rank_0_alone_writes_one_checkpoint_per_cadence_and_exports(nproc_run: F
     started = starts(nproc_run.run_dir)
     assert len(started) == 1 and started[0]["world_size"] == 2
     assert sorted(p.name for p in nproc_run.run_dir.iterdir()) == [
-        "checkpoints", "config.yaml", "exports", "metrics.jsonl", "run.lock", "status-trainer.json", "tensorboard",
+        "checkpoints",
+        "config.yaml",
+        "exports",
+        "metrics.jsonl",
+        "run.lock",
+        "status-trainer.json",
+        "tensorboard",
     ]
     event_files = list((nproc_run.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len({name.name.split(".")[-2] for name in event_files}) == 1, "one process writes TensorBoard: rank 0"
@@ -263,14 +282,26 @@ def test_a_single_process_resumes_a_two_rank_checkpoint(nproc_run: FleetRun, tmp
     shutil.copytree(nproc_run.run_dir, run_dir)
     final = read_checkpoint(list_checkpoints(run_dir)[0][1])
     log = tmp_path / "solo.log"
-    argv = [sys.executable, "-m", "agent.cli", "train", "--run-dir", str(run_dir), "--max-steps", str(final["step"] + 3),
-            *TINY, f"wire.endpoint={nproc_run.endpoints[0]}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "--max-steps",
+        str(final["step"] + 3),
+        *TINY,
+        f"wire.endpoint={nproc_run.endpoints[0]}",
+    ]
     with Feeders(nproc_run.endpoints[:1]), running(argv, log) as proc:
         code = finish(proc, log)
     out = log.read_text()
     assert code == 0, out[-4000:]
-    assert (f"ckpt-{final['step']:09d}.pt was written by 2 rank(s) and this run has 1: weights, target, optimizer, "
-            "step and the run's counters resume; each rank's RNG states and replay buffer start afresh") in out
+    assert (
+        f"ckpt-{final['step']:09d}.pt was written by 2 rank(s) and this run has 1: weights, target, optimizer, "
+        "step and the run's counters resume; each rank's RNG states and replay buffer start afresh"
+    ) in out
     start_event = starts(run_dir)[-1]
     assert start_event["step"] == final["step"] and start_event["resumed_from"].endswith(f"ckpt-{final['step']:09d}.pt")
     resumed = read_checkpoint(list_checkpoints(run_dir)[0][1])
@@ -292,8 +323,23 @@ def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint_and_one_sigint
         build_trainer(solo, run_dir).run(threading.Event())
     assert steps_saved(run_dir) == [5]
 
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
-            "-m", "agent.cli", "train", "--run-dir", str(run_dir), *TINY, f"wire.endpoint={endpoint}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "1",
+        "-m",
+        "agent.cli",
+        "train",
+        "--run-dir",
+        str(run_dir),
+        *TINY,
+        f"wire.endpoint={endpoint}",
+    ]
     with Feeders(endpoints), running(argv, log) as proc:
         wait_for(proc, log, "the checkpoint of step 20", lambda: 20 in steps_saved(run_dir))
         first = dict(rank_pids(log))
@@ -309,12 +355,17 @@ def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint_and_one_sigint
 
     started = starts(run_dir)
     assert [(s["step"], Path(s["resumed_from"]).name, s["world_size"]) for s in started[1:]] == [
-        (5, "ckpt-000000005.pt", 2), (resumed_at, f"ckpt-{resumed_at:09d}.pt", 2),
+        (5, "ckpt-000000005.pt", 2),
+        (resumed_at, f"ckpt-{resumed_at:09d}.pt", 2),
     ]
-    assert out.count("was written by 1 rank(s) and this run has 2") == 1, "the restart resumed its own 2-rank checkpoint"
+    assert out.count("was written by 1 rank(s) and this run has 2") == 1, (
+        "the restart resumed its own 2-rank checkpoint"
+    )
     assert resumed_at >= 20 and resumed_at % 5 == 0
     # the surviving rank of the first group stopped with one line, no traceback
-    assert re.search(r"byol-agent train: error: rank 0 of 2: .* failed, another rank is gone or stalled", out), out[-4000:]
+    assert re.search(r"byol-agent train: error: rank 0 of 2: .* failed, another rank is gone or stalled", out), out[
+        -4000:
+    ]
     assert "Traceback" not in out
     after = [line["step"] for line in training_lines(run_dir) if line["time"] > started[-1]["time"]]
     assert after[0] == resumed_at + 1 and after == list(range(resumed_at + 1, after[-1] + 1)), "steps continue"

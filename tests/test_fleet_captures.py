@@ -108,8 +108,14 @@ class Procs:
     def logs(self, *names: str) -> str:
         return "".join(f"\n--- {n} ---\n{tail(self.procs[n][1])}" for n in names or self.procs)
 
-    def until(self, what: str, ok: Callable[[], bool], timeout_s: float, alive: tuple[str, ...] = ("train",),
-              state: Callable[[], str] = lambda: "") -> None:
+    def until(
+        self,
+        what: str,
+        ok: Callable[[], bool],
+        timeout_s: float,
+        alive: tuple[str, ...] = ("train",),
+        state: Callable[[], str] = lambda: "",
+    ) -> None:
         """Wait for `ok()`; fail at once if a process in `alive` exits, or after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while not ok():
@@ -122,8 +128,11 @@ class Procs:
             time.sleep(0.2)
 
     def exited(self, *names: str, timeout_s: float) -> list[int]:
-        self.until(f"{' and '.join(names)} to finish",
-                   lambda: all(self.procs[n][0].poll() is not None for n in names), timeout_s)
+        self.until(
+            f"{' and '.join(names)} to finish",
+            lambda: all(self.procs[n][0].poll() is not None for n in names),
+            timeout_s,
+        )
         return [self.procs[n][0].returncode for n in names]
 
 
@@ -137,22 +146,49 @@ def test_two_keyed_captures_feed_both_ranks_and_an_unauthorised_one_is_refused(t
         return read_json(status_path) or {}
 
     def capture_argv(name: str, camera: int, *extra: str) -> list[str]:
-        return ["capture", "--source", str(image_folder(tmp_path / f"images-{name}", seed=camera)),
-                "--endpoint", endpoints[0], "--endpoint", endpoints[1], "--publish", "none",
-                "--status-file", str(tmp_path / f"{name}.json"), "--stats-every", "1",
-                f"wire.secret_key={keys['dir'] / f'{name}.key_secret'}", f"wire.trainer_key={keys['dir'] / 'trainer.key'}",
-                f"capture.camera_id_base={camera}", "capture.height=32", "capture.width=32", "capture.fps=20", *extra]
+        return [
+            "capture",
+            "--source",
+            str(image_folder(tmp_path / f"images-{name}", seed=camera)),
+            "--endpoint",
+            endpoints[0],
+            "--endpoint",
+            endpoints[1],
+            "--publish",
+            "none",
+            "--status-file",
+            str(tmp_path / f"{name}.json"),
+            "--stats-every",
+            "1",
+            f"wire.secret_key={keys['dir'] / f'{name}.key_secret'}",
+            f"wire.trainer_key={keys['dir'] / 'trainer.key'}",
+            f"capture.camera_id_base={camera}",
+            "capture.height=32",
+            "capture.width=32",
+            "capture.fps=20",
+            *extra,
+        ]
 
-    train_argv = ["train", "--nproc", "2", "--run-dir", str(run_dir), *TINY,
-                  f"wire.endpoints=['{endpoints[0]}', '{endpoints[1]}']",
-                  f"wire.secret_key={keys['dir'] / 'trainer.key_secret'}", f"wire.authorized_keys={keys['authorized']}",
-                  "train.replay_ratio=100000"]  # keeps training after the input ended: the run stops on Ctrl-C
+    train_argv = [
+        "train",
+        "--nproc",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        *TINY,
+        f"wire.endpoints=['{endpoints[0]}', '{endpoints[1]}']",
+        f"wire.secret_key={keys['dir'] / 'trainer.key_secret'}",
+        f"wire.authorized_keys={keys['authorized']}",
+        "train.replay_ratio=100000",
+    ]  # keeps training after the input ended: the run stops on Ctrl-C
 
     with ExitStack() as stack:
         procs = Procs(stack, tmp_path)
         train = procs.start("train", train_argv)
         # Captures start once both ranks listen: a rank not up yet would be skipped and get no frames.
-        procs.until("both ranks to bind their endpoints", lambda: len(rank_pids(procs.procs["train"][1])) == 2, STARTUP_S)
+        procs.until(
+            "both ranks to bind their endpoints", lambda: len(rank_pids(procs.procs["train"][1])) == 2, STARTUP_S
+        )
 
         for name, camera in CAMERAS.items():
             procs.start(name, capture_argv(name, camera))
@@ -163,20 +199,30 @@ def test_two_keyed_captures_feed_both_ranks_and_an_unauthorised_one_is_refused(t
             assert sent["sent"] == FRAMES and sent["dropped"] == 0, (name, sent)
             assert min(sent["sent_per_endpoint"]) > 0, f"{name} spread its frames over both ranks: {sent}"
 
-        procs.until(f"the trainer to count all {2 * FRAMES} frames", lambda: status().get("frames_in") == 2 * FRAMES,
-                    SETTLE_S, state=lambda: f"(status: {status()})")
+        procs.until(
+            f"the trainer to count all {2 * FRAMES} frames",
+            lambda: status().get("frames_in") == 2 * FRAMES,
+            SETTLE_S,
+            state=lambda: f"(status: {status()})",
+        )
         seen = status()
         assert len(seen["frames_in_per_rank"]) == 2 and min(seen["frames_in_per_rank"]) > 0, (
             f"both ranks ingest: frames_in_per_rank={seen['frames_in_per_rank']}{procs.logs('train')}"
         )
         assert seen["connections_refused"] == 0, seen
-        procs.until("a training step on the frames of both captures",
-                    lambda: any(line.get("frames_in") == 2 * FRAMES for line in training_lines(run_dir)), SETTLE_S)
+        procs.until(
+            "a training step on the frames of both captures",
+            lambda: any(line.get("frames_in") == 2 * FRAMES for line in training_lines(run_dir)),
+            SETTLE_S,
+        )
         fed_at = training_lines(run_dir)[-1]["step"]
         cameras = sorted(CAMERAS.values())
         ended = [f"[rank {r}] trainer.continual: every camera's source has ended (cameras {cameras})" for r in (0, 1)]
-        procs.until("each rank to take both cameras' end-of-stream",
-                    lambda: all(line in procs.procs["train"][1].read_text() for line in ended), SETTLE_S)
+        procs.until(
+            "each rank to take both cameras' end-of-stream",
+            lambda: all(line in procs.procs["train"][1].read_text() for line in ended),
+            SETTLE_S,
+        )
         before_intruder = records(run_dir)
         assert before_intruder and all(r.get("connections_refused", 0) == 0 for r in before_intruder)
 
@@ -186,9 +232,13 @@ def test_two_keyed_captures_feed_both_ranks_and_an_unauthorised_one_is_refused(t
         def refused_per_rank() -> list[int]:
             return [part["counters"]["connections_refused"] for part in latest_parts(run_dir) or []]
 
-        procs.until("a checkpoint in which each rank counted the intruder's refused connection",
-                    lambda: len(refused := refused_per_rank()) == 2 and min(refused) > 0, REFUSED_S,
-                    alive=("train", "intruder"), state=lambda: f"(refused per rank: {refused_per_rank()})")
+        procs.until(
+            "a checkpoint in which each rank counted the intruder's refused connection",
+            lambda: len(refused := refused_per_rank()) == 2 and min(refused) > 0,
+            REFUSED_S,
+            alive=("train", "intruder"),
+            state=lambda: f"(refused per rank: {refused_per_rank()})",
+        )
         procs.procs["intruder"][0].send_signal(signal.SIGINT)
         assert procs.exited("intruder", timeout_s=30) == [0]
         intruder = read_json(tmp_path / "intruder.json")

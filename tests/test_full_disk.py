@@ -45,12 +45,27 @@ def test_run_survives_a_full_disk_and_recovers_when_space_returns(disk: Fillable
         disk.free(proc.pid)
 
         step0, version0 = before["trainer"]["step"], before["exporter"]["last_export_version"]
-        _wait_for(proc, log_path, "training to go on after space returned",
-                  lambda: (_status(run_dir, "trainer").get("step") or 0) > step0 + 30, 180)
-        _wait_for(proc, log_path, "a new export after space returned",
-                  lambda: (_status(run_dir, "exporter").get("last_export_version") or 0) > version0, 180)
-        _wait_for(proc, log_path, "the runtime to swap to it",
-                  lambda: (_status(run_dir, "runtime").get("version") or 0) > version0, 120)
+        _wait_for(
+            proc,
+            log_path,
+            "training to go on after space returned",
+            lambda: (_status(run_dir, "trainer").get("step") or 0) > step0 + 30,
+            180,
+        )
+        _wait_for(
+            proc,
+            log_path,
+            "a new export after space returned",
+            lambda: (_status(run_dir, "exporter").get("last_export_version") or 0) > version0,
+            180,
+        )
+        _wait_for(
+            proc,
+            log_path,
+            "the runtime to swap to it",
+            lambda: (_status(run_dir, "runtime").get("version") or 0) > version0,
+            120,
+        )
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=240) == 0, log_path.read_text()[-3000:]
     finally:

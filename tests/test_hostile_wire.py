@@ -12,8 +12,8 @@ import pytest
 import zmq
 
 from agent.core.image_codecs import encode_jpeg
-from agent.robot.transport import FrameReceiver
 from agent.core.wire import HEADER_SIZE, Frame, encode_frame
+from agent.robot.transport import FrameReceiver
 from tests.conftest import free_tcp_endpoint
 from tests.test_stream import CLI, TINY, start, status, wait_for
 
@@ -22,8 +22,17 @@ pytestmark = pytest.mark.slow
 MAX_SIDE = 64  # the trainer's wire.max_frame_side in these tests
 
 
-def _header(height: int, width: int, length: int, *, encoding: int = 0, magic: bytes = b"BYOF", version: int = 1,
-            channels: int = 3, timestamp: float = 1.0) -> bytes:
+def _header(
+    height: int,
+    width: int,
+    length: int,
+    *,
+    encoding: int = 0,
+    magic: bytes = b"BYOF",
+    version: int = 1,
+    channels: int = 3,
+    timestamp: float = 1.0,
+) -> bytes:
     return struct.pack("<4sBHBQdIIB3xI", magic, version, 0, encoding, 0, timestamp, height, width, channels, length)
 
 
@@ -69,8 +78,16 @@ def rss_mb(pid: int) -> float:
 def test_fuzzed_wire_never_crashes_the_trainer_and_every_message_is_counted(tmp_path: Path) -> None:
     endpoint, run = free_tcp_endpoint(), tmp_path / "run"
     trainer = start(
-        [*CLI, "train", "--run-dir", str(run), *TINY, f"wire.endpoint={endpoint}", "wire.publish=null",
-         f"wire.max_frame_side={MAX_SIDE}"],
+        [
+            *CLI,
+            "train",
+            "--run-dir",
+            str(run),
+            *TINY,
+            f"wire.endpoint={endpoint}",
+            "wire.publish=null",
+            f"wire.max_frame_side={MAX_SIDE}",
+        ],
         tmp_path / "train.log",
     )
     ctx = zmq.Context()
@@ -81,7 +98,9 @@ def test_fuzzed_wire_never_crashes_the_trainer_and_every_message_is_counted(tmp_
         rss_before = rss_mb(trainer.pid)
         rng = np.random.default_rng(0)
         bad = malformed_messages(rng, 3000)
-        good = [encode_frame(Frame(0, i, time.time(), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))) for i in range(40)]
+        good = [
+            encode_frame(Frame(0, i, time.time(), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))) for i in range(40)
+        ]
         started = time.monotonic()
         for i, message in enumerate(bad):
             push.send(message)

@@ -32,9 +32,23 @@ def test_gray_frames_cross_the_wire(jpeg) -> None:
 def test_a_mono_run_trains_exports_and_serves(tmp_path: Path) -> None:
     run = tmp_path / "run"
     ports = [f"wire.endpoint={free_tcp_endpoint()}", "wire.publish=null"]
-    argv = [*CLI, "run", "--source", _video(tmp_path), "--run-dir", str(run), "--duration", "600", *TINY, *ports,
-            "capture.channels=1", "capture.jpeg_quality=90", "capture.fps=30", "train.replay_ratio=2",
-            "export.probe_gate=digits"]  # the gate scores the bare temporary graph: it must read a gray input
+    argv = [
+        *CLI,
+        "run",
+        "--source",
+        _video(tmp_path),
+        "--run-dir",
+        str(run),
+        "--duration",
+        "600",
+        *TINY,
+        *ports,
+        "capture.channels=1",
+        "capture.jpeg_quality=90",
+        "capture.fps=30",
+        "train.replay_ratio=2",
+        "export.probe_gate=digits",
+    ]  # the gate scores the bare temporary graph: it must read a gray input
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert status(run)["frames_in"] == FRAMES and status(run)["step"] == 2 * FRAMES
@@ -44,7 +58,11 @@ def test_a_mono_run_trains_exports_and_serves(tmp_path: Path) -> None:
     with HotEncoder(run / "exports", providers="cpu", timeout_s=30) as encoder:
         out = encoder.embed(camera)
     assert out.shape == (1, manifest["output"]["dim"]) and np.isfinite(out).all()
-    scored = subprocess.run([*CLI, "eval", "--encoder", str(run / "exports"), "--data", "digits"],
-                            capture_output=True, text=True, timeout=300)
+    scored = subprocess.run(
+        [*CLI, "eval", "--encoder", str(run / "exports"), "--data", "digits"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert scored.returncode == 0 and "Traceback" not in scored.stderr, scored.stderr[-2000:]
     assert "random" in scored.stdout.lower(), scored.stdout  # the random-init reference was built mono too

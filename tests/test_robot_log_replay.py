@@ -18,11 +18,27 @@ pytestmark = pytest.mark.slow
 
 def test_replay_of_an_mcap_with_two_topics_trains_on_both_cameras_under_their_ids_and_names(tmp_path):
     log, run = tmp_path / "drive.mcap", tmp_path / "run"
-    write_mcap_ros2(log, {"/front/image_raw": ("bayer_rggb8", [smooth_image(48, 64, s) for s in range(12)]),
-                          "/rear/image_raw/compressed": ("jpeg", [smooth_image(40, 40, s + 50) for s in range(12)])},
-                    strings="/chatter")
-    argv = [*CLI, "replay", "--run-dir", str(run), "--pace", "asap", str(log), *TINY, "train.replay_ratio=1",
-            "train.checkpoint_every=1000", "capture.camera_id_base=3"]
+    write_mcap_ros2(
+        log,
+        {
+            "/front/image_raw": ("bayer_rggb8", [smooth_image(48, 64, s) for s in range(12)]),
+            "/rear/image_raw/compressed": ("jpeg", [smooth_image(40, 40, s + 50) for s in range(12)]),
+        },
+        strings="/chatter",
+    )
+    argv = [
+        *CLI,
+        "replay",
+        "--run-dir",
+        str(run),
+        "--pace",
+        "asap",
+        str(log),
+        *TINY,
+        "train.replay_ratio=1",
+        "train.checkpoint_every=1000",
+        "capture.camera_id_base=3",
+    ]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "24 frames in 2 recording(s)" in done.stderr  # one per image topic; the String topic is no camera
@@ -40,19 +56,37 @@ def test_replay_says_on_the_console_which_log_was_damaged_and_which_frames_were_
 
     rng = np.random.default_rng(0)
     cut, mixed, run = tmp_path / "cut.mcap", tmp_path / "mixed.mcap", tmp_path / "run"
-    write_mcap_ros2(cut, {"/cam": ("rgb8", [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(20)])},
-                    chunk_size=16 * 1024)
+    write_mcap_ros2(
+        cut,
+        {"/cam": ("rgb8", [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(20)])},
+        chunk_size=16 * 1024,
+    )
     data = cut.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.6)])
     write_mcap_ros2(mixed, {"/cam": (["rgb8", "32FC1"] * 4, [smooth_image(32, 32, s) for s in range(8)])})
-    argv = [*CLI, "replay", "--run-dir", str(run), "--pace", "asap", str(cut), str(mixed), *TINY,
-            "train.replay_ratio=1", "train.checkpoint_every=1000"]
+    argv = [
+        *CLI,
+        "replay",
+        "--run-dir",
+        str(run),
+        "--pace",
+        "asap",
+        str(cut),
+        str(mixed),
+        *TINY,
+        "train.replay_ratio=1",
+        "train.checkpoint_every=1000",
+    ]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     status = json.loads((run / "status-capture.json").read_text())["sources"]
     kept = status[0]["frames_read"]
     assert 0 < kept < 20 and status[0]["errors"] == 1 and status[1]["skipped"] == 4
     lines = [line for line in done.stderr.splitlines() if line.startswith("replay: robot log")]
-    assert lines == [(f"replay: robot log '{cut}' topic /cam: damaged after {kept} frames "
-                      f"(see {run / 'logs' / 'replay-capture.log'})"),
-                     f"replay: robot log '{mixed}' topic /cam: 4 frames skipped (encoding 32FC1)"], done.stderr[-3000:]
+    assert lines == [
+        (
+            f"replay: robot log '{cut}' topic /cam: damaged after {kept} frames "
+            f"(see {run / 'logs' / 'replay-capture.log'})"
+        ),
+        f"replay: robot log '{mixed}' topic /cam: 4 frames skipped (encoding 32FC1)",
+    ], done.stderr[-3000:]

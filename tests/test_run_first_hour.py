@@ -24,8 +24,15 @@ from tests.conftest import REPO, TINY_MODEL, free_tcp_endpoint
 pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "agent.cli", "run"]
-SMALL = [*TINY_MODEL, "capture.height=32", "capture.width=32", "buffer.min_fill=16", "train.threads=1",
-         "run.status_every_s=0.5", "runtime.poll_interval_s=0.2"]
+SMALL = [
+    *TINY_MODEL,
+    "capture.height=32",
+    "capture.width=32",
+    "buffer.min_fill=16",
+    "train.threads=1",
+    "run.status_every_s=0.5",
+    "runtime.poll_interval_s=0.2",
+]
 
 
 def _ports() -> list[str]:
@@ -59,15 +66,29 @@ def test_a_run_too_slow_to_reach_every_steps_still_publishes_and_swaps_by_time(t
     Waits for the exporter's and the runtime's status files (no fixed duration: load only makes it slower)."""
     run_dir, log_path = tmp_path / "run", tmp_path / "run.log"
     proc = subprocess.Popen(
-        [*CLI, "--run-dir", str(run_dir), "--duration", "600", *SMALL, *_ports(), "train.checkpoint_every=100000",
-         "export.every_steps=100000", "export.every_seconds=2"],
-        cwd=REPO, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+        [
+            *CLI,
+            "--run-dir",
+            str(run_dir),
+            "--duration",
+            "600",
+            *SMALL,
+            *_ports(),
+            "train.checkpoint_every=100000",
+            "export.every_steps=100000",
+            "export.every_seconds=2",
+        ],
+        cwd=REPO,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 240
-        while not ((_status(run_dir, "exporter").get("exports") or 0) >= 2
-                   and (_status(run_dir, "runtime").get("swaps") or 0) >= 1
-                   and (_status(run_dir, "runtime").get("calls") or 0) > 0):
+        while not (
+            (_status(run_dir, "exporter").get("exports") or 0) >= 2
+            and (_status(run_dir, "runtime").get("swaps") or 0) >= 1
+            and (_status(run_dir, "runtime").get("calls") or 0) > 0
+        ):
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.5)
@@ -84,7 +105,9 @@ def test_a_run_too_slow_to_reach_every_steps_still_publishes_and_swaps_by_time(t
     assert len([e for e in events if e.get("event") == "export" and e["time"] < stop_time]) >= 2, events
     runtime = _status(run_dir, "runtime")
     last = text.strip().splitlines()[-1]
-    assert last.startswith("byol-agent run: published ") and f"({runtime['served_swaps']} swap(s) between calls)" in last
+    assert (
+        last.startswith("byol-agent run: published ") and f"({runtime['served_swaps']} swap(s) between calls)" in last
+    )
     assert runtime["served_swaps"] >= 1 and f"call(s) on v{runtime['first_served_version']} to " in last, last
 
 
@@ -95,9 +118,22 @@ def test_a_second_run_on_busy_ports_is_one_line_naming_the_port_and_the_fix(tmp_
     first = ctx.socket(zmq.PULL)  # what the first run's trainer holds
     first.bind(endpoint)
     try:
-        done = subprocess.run([*CLI, "--run-dir", str(tmp_path / "run"), "--duration", "24", *SMALL,
-                               f"wire.endpoint={endpoint}", f"wire.publish={free_tcp_endpoint()}"],
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                *CLI,
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--duration",
+                "24",
+                *SMALL,
+                f"wire.endpoint={endpoint}",
+                f"wire.publish={free_tcp_endpoint()}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         first.close(linger=0)
     assert done.returncode == 2, done.stderr[-3000:]
@@ -114,9 +150,22 @@ def test_ctrl_c_during_start_up_is_an_interruption_and_old_figures_are_not_shown
     write_status(run_dir / "status-trainer.json", {"step": 987654, "buffer_size": 4096, "time": time.time() - 3600})
     os.utime(run_dir / "status-trainer.json", (time.time() - 3600, time.time() - 3600))  # the last session's
     log_path = tmp_path / "run.log"
-    proc = subprocess.Popen([*CLI, "--run-dir", str(run_dir), "--duration", "300", *SMALL, *_ports(),
-                             "buffer.min_fill=4096", "buffer.capacity_frames=4096"],  # no step can happen in this test
-                            cwd=REPO, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "--run-dir",
+            str(run_dir),
+            "--duration",
+            "300",
+            *SMALL,
+            *_ports(),
+            "buffer.min_fill=4096",
+            "buffer.capacity_frames=4096",
+        ],  # no step can happen in this test
+        cwd=REPO,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     text = _wait_for_output(proc, log_path, "| runtime v")  # the supervisor's first status line
     proc.send_signal(signal.SIGINT)
     try:

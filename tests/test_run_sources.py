@@ -46,7 +46,10 @@ def bad_file_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     procs = {
         name: subprocess.Popen(
             [*CLI, "--source", source, "--run-dir", str(root / f"run-{i}"), *_ports()],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i, (name, (source, _)) in enumerate(cases.items())
     }
@@ -110,7 +113,9 @@ def test_run_refuses_a_fleet_config_with_one_line(tmp_path: Path, capsys: pytest
     from agent.cli import main as cli_main
 
     run_dir = tmp_path / "run"
-    assert cli_main(["run", "--run-dir", str(run_dir), "wire.endpoints=[tcp://127.0.0.1:5555, tcp://127.0.0.1:5556]"]) == 2
+    assert (
+        cli_main(["run", "--run-dir", str(run_dir), "wire.endpoints=[tcp://127.0.0.1:5555, tcp://127.0.0.1:5556]"]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("byol-agent run: error: wire.endpoints lists 2 trainer ranks") and "\n" not in err
     assert not run_dir.exists()

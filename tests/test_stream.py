@@ -78,8 +78,17 @@ def test_trainer_survives_kill9_garbage_and_a_corrupt_checkpoint_while_capture_r
         [*CLI, "capture", "--source", "demo", "--endpoint", ep, "--publish", "none", "--fps", "60", *TINY],
         tmp_path / "capture.log",
     )
-    train = [*CLI, "train", "--endpoint", ep, "--run-dir", str(run), *TINY, "train.checkpoint_every=15",
-             "train.metrics_every=3"]
+    train = [
+        *CLI,
+        "train",
+        "--endpoint",
+        ep,
+        "--run-dir",
+        str(run),
+        *TINY,
+        "train.checkpoint_every=15",
+        "train.metrics_every=3",
+    ]
     trainer = None
     try:
         trainer = start(train, tmp_path / "train1.log")
@@ -96,7 +105,9 @@ def test_trainer_survives_kill9_garbage_and_a_corrupt_checkpoint_while_capture_r
         ctx.term()
         wait_for(
             "garbage counted and frames still flowing",
-            lambda: status(run).get("frames_malformed", 0) >= 4 and status(run).get("frames_in", 0) > frames_before + 10,
+            lambda: (
+                status(run).get("frames_malformed", 0) >= 4 and status(run).get("frames_in", 0) > frames_before + 10
+            ),
             [capture, trainer],
         )
 
@@ -109,8 +120,9 @@ def test_trainer_survives_kill9_garbage_and_a_corrupt_checkpoint_while_capture_r
         # power cut during the newest checkpoint: the restart must skip it and take the one before
         (newest_step, newest), (resume_step, previous) = list_checkpoints(run)[:2]
         newest.write_bytes(newest.read_bytes()[:1000])
-        second = subprocess.run([*train, "--max-steps", str(resume_step + 9)], cwd=REPO, capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            [*train, "--max-steps", str(resume_step + 9)], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
         assert second.returncode == 0, second.stderr[-2000:]
         assert f"skipping checkpoint: {newest.name}" in second.stderr
 
@@ -147,9 +159,23 @@ def test_replay_of_a_video_trains_until_it_is_used_up_and_exports(tmp_path):
     video, run = tmp_path / "clip.avi", tmp_path / "run"
     write_video(video, 40)
     done = subprocess.run(
-        [*CLI, "replay", "--run-dir", str(run), "--pace", "asap", str(video), *TINY, "train.replay_ratio=2",
-         "train.checkpoint_every=1000", "export.every_steps=1000"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            *CLI,
+            "replay",
+            "--run-dir",
+            str(run),
+            "--pace",
+            "asap",
+            str(video),
+            *TINY,
+            "train.replay_ratio=2",
+            "train.checkpoint_every=1000",
+            "export.every_steps=1000",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     final = read_checkpoint(list_checkpoints(run)[0][1])
@@ -167,16 +193,31 @@ def test_a_resumed_replay_continues_where_it_stopped_instead_of_reading_again(tm
     """A rerun re-read every video from the start (frames in 128 -> 256, a growing step target)."""
     video, run = tmp_path / "clip.avi", tmp_path / "run"
     write_video(video, 40)
-    argv = [*CLI, "replay", "--run-dir", str(run), "--pace", "asap", str(video), *TINY, "train.replay_ratio=2",
-            "train.checkpoint_every=1000", "export.every_steps=null", "export.every_seconds=null"]
+    argv = [
+        *CLI,
+        "replay",
+        "--run-dir",
+        str(run),
+        "--pace",
+        "asap",
+        str(video),
+        *TINY,
+        "train.replay_ratio=2",
+        "train.checkpoint_every=1000",
+        "export.every_steps=null",
+        "export.every_seconds=null",
+    ]
     first = subprocess.run([*argv, "--max-steps", "50"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]
     stopped = read_checkpoint(list_checkpoints(run)[0][1])
     assert stopped["step"] == 50 and 0 < stopped["counters"]["frames_in"] < 40
     second = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr[-2000:]
-    done = stopped['counters']['frames_in']
-    assert f"{40 - done} frames in 1 recording(s) left, resuming after {done} already trained on (step 50)" in second.stderr
+    done = stopped["counters"]["frames_in"]
+    assert (
+        f"{40 - done} frames in 1 recording(s) left, resuming after {done} already trained on (step 50)"
+        in second.stderr
+    )
     assert f"updates per frame = about {2 * 40 - 50} steps (~" in second.stderr  # what remains, at the first run's rate
     final = read_checkpoint(list_checkpoints(run)[0][1])
     assert final["counters"]["frames_in"] == 40 and final["counters"]["frames_per_camera"] == {0: 40}
@@ -186,13 +227,23 @@ def test_a_resumed_replay_continues_where_it_stopped_instead_of_reading_again(tm
 def test_unreadable_video_and_bad_endpoint_are_one_line_errors(tmp_path):
     fake = tmp_path / "notes.avi"
     fake.write_bytes(b"this is not a video" * 10)
-    bad = subprocess.run([*CLI, "replay", str(fake), "--run-dir", str(tmp_path / "r1")], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*CLI, "replay", str(fake), "--run-dir", str(tmp_path / "r1")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "notes.avi" in bad.stderr, bad.stderr
     assert not (tmp_path / "r1").exists()  # nothing started
 
-    endpoint = subprocess.run([*CLI, "train", "--endpoint", "tcp://nowhere", "--run-dir", str(tmp_path / "r2")],
-                              cwd=REPO, capture_output=True, text=True, timeout=60)
+    endpoint = subprocess.run(
+        [*CLI, "train", "--endpoint", "tcp://nowhere", "--run-dir", str(tmp_path / "r2")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert endpoint.returncode == 2
     assert endpoint.stderr.strip().count("\n") == 0 and "tcp://nowhere" in endpoint.stderr, endpoint.stderr

@@ -110,8 +110,9 @@ def plan(
     return mapping, tuple(unmapped), missing, "; ".join(notes)
 
 
-def load_mapped(theirs: Mapping[str, Tensor], ours: Mapping[str, Tensor], our_simplicial: bool,
-                strict: bool) -> tuple[ByolPytorchLoad, bool]:
+def load_mapped(
+    theirs: Mapping[str, Tensor], ours: Mapping[str, Tensor], our_simplicial: bool, strict: bool
+) -> tuple[ByolPytorchLoad, bool]:
     """Copy byol-pytorch's tensors into `ours` (a learner's `state_dict()`, sharing its tensors) by `plan`.
 
     Returns (what was loaded and not, whether their target was loaded); logs a warning when anything
@@ -135,7 +136,7 @@ def load_mapped(theirs: Mapping[str, Tensor], ours: Mapping[str, Tensor], our_si
 def _our_keys(key: str, their_simplicial: bool, our_simplicial: bool, has_target: bool) -> list[str]:
     """Our keys for their `key` (two when their missing target is to be filled from their online branch)."""
     if key.startswith("online_predictor."):
-        return [f"predictor.layers.{key[len('online_predictor.'):]}"]
+        return [f"predictor.layers.{key[len('online_predictor.') :]}"]
     if key.startswith("net."):  # only the bare net, without online_encoder.net.*: it is the online encoder
         key = f"online_encoder.{key}"
     for their_prefix, our_prefix in _ENCODERS:

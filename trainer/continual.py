@@ -248,7 +248,14 @@ class ContinualTrainer:
         if self.resumed_from is None:  # a new run: from model.init_weights (or torchvision weights) when named
             load_initial_weights(self.learner, cfg.model)
         self.publishing = ExportHandoff(
-            cfg, self.learner, self.buffer, self.state, ranks, make_exporter, self.compute_lock, self.device,
+            cfg,
+            self.learner,
+            self.buffer,
+            self.state,
+            ranks,
+            make_exporter,
+            self.compute_lock,
+            self.device,
             self.train_step.set_snapshot_once,
         )
         self.frames = ReceivedFrames(self.state, self.buffer, ranks, lambda: self.step, tc.replay_ratio)

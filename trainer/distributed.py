@@ -70,7 +70,9 @@ def rank_from_env(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
             if name == "LOCAL_RANK":
                 values[name] = values["RANK"]
                 continue
-            raise ConfigError(f"{name} is not set while {', '.join(present)} is: start multi-rank training with torchrun")
+            raise ConfigError(
+                f"{name} is not set while {', '.join(present)} is: start multi-rank training with torchrun"
+            )
         try:
             values[name] = int(raw)
         except ValueError:
@@ -224,7 +226,9 @@ def join(info: RankInfo, device: torch.device, timeout_s: float) -> Ranks:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if info.local_rank >= count:
-            raise ConfigError(f"LOCAL_RANK {info.local_rank} needs a GPU cuda:{info.local_rank}; this machine has {count}")
+            raise ConfigError(
+                f"LOCAL_RANK {info.local_rank} needs a GPU cuda:{info.local_rank}; this machine has {count}"
+            )
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"

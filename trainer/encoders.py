@@ -87,7 +87,11 @@ def create_encoder(name: str, **kwargs: Any) -> nn.Module:
         factory = getattr(torchvision.models, name)
     else:
         close = difflib.get_close_matches(name, available_encoders(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; use a torchvision classifier name, 'tiny_cnn' or package.module:factory"
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else "; use a torchvision classifier name, 'tiny_cnn' or package.module:factory"
+        )
         raise ConfigError(f"unknown encoder {name!r}{hint}")
     try:
         net = factory(**kwargs)
@@ -122,7 +126,10 @@ def check_file_model(model_cfg: "ModelConfig", operator: Optional["ModelConfig"]
     """
     if ":" not in model_cfg.encoder:
         return
-    same = operator is not None and (operator.encoder, operator.encoder_kwargs) == (model_cfg.encoder, model_cfg.encoder_kwargs)
+    same = operator is not None and (operator.encoder, operator.encoder_kwargs) == (
+        model_cfg.encoder,
+        model_cfg.encoder_kwargs,
+    )
     if not same:
         raise ModelFileError(
             f"{source} names the encoder import string {model_cfg.encoder!r}; import strings run code, so they are "
@@ -162,8 +169,14 @@ def adapt_input_channels(net: nn.Module, channels: int, name: str = "the encoder
             f"build it for {channels} channels (e.g. model.encoder_kwargs in_channels={channels})"
         )
     mono = nn.Conv2d(
-        1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]  # 2-tuples
-        bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        1,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,  # type: ignore[arg-type]  # 2-tuples
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
     ).to(device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         mono.weight.copy_(conv.weight.sum(dim=1, keepdim=True))

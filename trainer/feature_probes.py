@@ -93,6 +93,7 @@ class EvalResult:
 
     def table(self) -> str:
         """The human-readable verdict: encoder vs random init, both probes."""
+
         def pct(value: Optional[float]) -> str:
             return f"{value:8.3f}" if value is not None else "     n/a"
 
@@ -124,7 +125,9 @@ def load_digits(image_size: Union[int, tuple[int, int]]) -> LabelledImages:
     return LabelledImages(rgb, digits.target.astype(np.int64), [str(c) for c in range(10)], "digits")
 
 
-def load_image_folder(path: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0) -> LabelledImages:
+def load_image_folder(
+    path: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0
+) -> LabelledImages:
     """One class per subfolder (images found recursively), centre-cropped and resized to `image_size`.
 
     Above `max_images`, a seeded random subset keeps the class proportions roughly intact.
@@ -158,7 +161,9 @@ def _read_square(path: Path, size: Union[int, tuple[int, int]]) -> np.ndarray:
     return cv2.cvtColor(fit_frame(bgr, *_hw(size), mode="crop"), cv2.COLOR_BGR2RGB)
 
 
-def load_train_test_folder(path: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0) -> LabelledImages:
+def load_train_test_folder(
+    path: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0
+) -> LabelledImages:
     """A folder holding `train/` and `test/` image folders (same class names): train is the kNN bank
     and the linear probe's training set, test the queries; each capped at `max_images`."""
     root = Path(path)
@@ -178,7 +183,9 @@ def load_train_test_folder(path: Union[str, Path], image_size: Union[int, tuple[
     )
 
 
-def load_eval_data(data: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0) -> LabelledImages:
+def load_eval_data(
+    data: Union[str, Path], image_size: Union[int, tuple[int, int]], max_images: int, seed: int = 0
+) -> LabelledImages:
     """`"digits"`, a folder with `train/` and `test/` halves, or one image folder (split at random later)."""
     if str(data) == "digits":
         return load_digits(image_size)
@@ -249,7 +256,11 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def torch_features(
-    module: torch.nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int = 256,
+    module: torch.nn.Module,
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 256,
     guard: Optional[ContextManager[Any]] = None,
 ) -> np.ndarray:
     """Features of a torch encoder (normalised float NCHW in, (N, D) out) on uint8 RGB images, in eval mode;
@@ -323,4 +334,3 @@ def probe_regressed(new: EvalResult, previous: Optional[EvalResult], tolerance: 
             f"previous {previous.data!r} k={previous.k} n_test={previous.n_test} seed={previous.seed}"
         )
     return new.knn_top1 < previous.knn_top1 - tolerance or new.linear_top1 < previous.linear_top1 - tolerance
-

@@ -120,7 +120,9 @@ class ViewBatchNorm1d(nn.BatchNorm1d):
         var = (totals[features : 2 * features] / n - mean * mean).clamp_min(0)
         if self.track_running_stats:
             # set by nn.BatchNorm1d's constructor whenever track_running_stats is on
-            assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
+            assert (
+                self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
+            )
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum

@@ -56,6 +56,7 @@ def check_range(images: torch.Tensor, name: str = "images") -> None:
         hint = "clamp them with images.clamp(0, 1), or pass augment_fn for other inputs"
     raise LearnerError(f"{name} must be float in [0, 1]; got values from {low:.6g} to {high:.6g} ({hint})")
 
+
 ImageSize = Union[int, tuple[int, int]]
 
 
@@ -66,7 +67,5 @@ def image_hw(image_size: object) -> tuple[int, int]:
     """
     sides = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
     if len(sides) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 2 for s in sides):
-        raise LearnerError(
-            f"image_size must be an int >= 2 or a (height, width) pair of them; got {image_size!r}"
-        )
+        raise LearnerError(f"image_size must be an int >= 2 or a (height, width) pair of them; got {image_size!r}")
     return sides[0], sides[1]

@@ -40,12 +40,16 @@ def torchvision_weights(encoder: str, name: Any) -> Any:
     try:
         enum = torchvision.models.get_model_weights(encoder)
     except (KeyError, ValueError):
-        raise ConfigError(f"encoder {encoder!r} has no torchvision weights; drop model.encoder_kwargs.weights") from None
+        raise ConfigError(
+            f"encoder {encoder!r} has no torchvision weights; drop model.encoder_kwargs.weights"
+        ) from None
     try:
         return enum.verify(name)
     except (KeyError, ValueError, TypeError):
         allowed = ", ".join(["DEFAULT", *(member.name for member in enum)])
-        raise ConfigError(f"model.encoder_kwargs.weights {name!r} is not a weights name of {encoder!r}; allowed: {allowed}") from None
+        raise ConfigError(
+            f"model.encoder_kwargs.weights {name!r} is not a weights name of {encoder!r}; allowed: {allowed}"
+        ) from None
 
 
 def hub_weights_path(encoder: str, name: Any) -> Path:
@@ -89,21 +93,28 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if isinstance(exc, OSError):
             raise ConfigError(f"model.init_weights {str(path)!r} cannot be read ({exc.strerror or exc})") from None
         if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):  # a global other than torch's
-            raise ConfigError(f"model.init_weights {str(path)!r} holds Python objects other than tensors; refused "
-                              "(loading it would run code). Save `model.state_dict()` with torch.save") from None
-        raise ConfigError(f"model.init_weights {str(path)!r} is not a PyTorch weights file "
-                          "(what torch.save writes of a state_dict)") from None
+            raise ConfigError(
+                f"model.init_weights {str(path)!r} holds Python objects other than tensors; refused "
+                "(loading it would run code). Save `model.state_dict()` with torch.save"
+            ) from None
+        raise ConfigError(
+            f"model.init_weights {str(path)!r} is not a PyTorch weights file (what torch.save writes of a state_dict)"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("learner"), dict):  # a checkpoint of ours
         state = state["learner"]
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
-    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, Tensor)} if isinstance(state, dict) else {}
+    tensors = (
+        {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, Tensor)}
+        if isinstance(state, dict)
+        else {}
+    )
     if not tensors:
         raise ConfigError(f"model.init_weights {str(path)!r} holds no state_dict (a mapping of names to tensors)")
     for prefix in ("target.backbone.net.", "online.backbone.net.", "module."):  # a learner's, a DDP module's
         if any(key.startswith(prefix) for key in tensors):
-            return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+            return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
     return tensors
 
 
@@ -111,9 +122,7 @@ def _named(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + (f", ... ({len(keys)} in all)" if len(keys) > _SHOWN else "")
 
 
-def fit_state(
-    state: Mapping[str, Tensor], own: Mapping[str, Tensor], used: set[str], source: str
-) -> dict[str, Tensor]:
+def fit_state(state: Mapping[str, Tensor], own: Mapping[str, Tensor], used: set[str], source: str) -> dict[str, Tensor]:
     """The entries of `state` to load into a network whose state dict is `own` and whose embedding uses `used`.
 
     Keys outside `used` are loaded when they fit and otherwise left alone. A stem conv1 of another kernel
@@ -135,11 +144,21 @@ def fit_state(
         elif key not in used:
             continue  # a classifier after the hidden layer of another size: never runs
         elif key == "conv1.weight" and value.ndim == 4 and value.shape[2:] != own[key].shape[2:]:
-            log.warning("%s: its conv1 is %dx%d and model.stem builds a %dx%d one; the stem keeps its fresh "
-                        "initialisation, every other layer loads (set model.stem to the file's stem, standard for a "
-                        "torchvision checkpoint, to load it too)", source, *value.shape[2:], *own[key].shape[2:])
-        elif value.ndim == 4 and value.shape[1] == 3 and shape[1] == 1 and tuple(value.shape[2:]) == shape[2:] \
-                and value.shape[0] == shape[0]:
+            log.warning(
+                "%s: its conv1 is %dx%d and model.stem builds a %dx%d one; the stem keeps its fresh "
+                "initialisation, every other layer loads (set model.stem to the file's stem, standard for a "
+                "torchvision checkpoint, to load it too)",
+                source,
+                *value.shape[2:],
+                *own[key].shape[2:],
+            )
+        elif (
+            value.ndim == 4
+            and value.shape[1] == 3
+            and shape[1] == 1
+            and tuple(value.shape[2:]) == shape[2:]
+            and value.shape[0] == shape[0]
+        ):
             fitted[key] = value.sum(dim=1, keepdim=True)  # RGB -> mono as adapt_input_channels
         else:
             wrong.append(f"{key} {tuple(value.shape)} vs {shape}")

@@ -31,7 +31,9 @@ class LARS(torch.optim.Optimizer):
         lars_exclude: bool = False,
     ) -> None:
         if lr <= 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
-            raise ValueError(f"invalid LARS settings: lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}")
+            raise ValueError(
+                f"invalid LARS settings: lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}"
+            )
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=lars_exclude)
         super().__init__(params, defaults)
 

@@ -75,7 +75,10 @@ def build_optimizer(learner: BYOL, train_cfg: TrainConfig) -> torch.optim.Optimi
             (decay if param.ndim > 1 else no_decay).append(param)
     wd = train_cfg.weight_decay
     if train_cfg.optimizer == "lars":
-        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+        groups = [
+            {"params": decay, "weight_decay": wd},
+            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+        ]
         return LARS(groups, lr=train_cfg.lr)
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     if train_cfg.optimizer == "sgd":

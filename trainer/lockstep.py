@@ -92,8 +92,12 @@ def agree(ranks: Ranks, facts: RankFacts) -> Turn:
         return Turn(facts.stop, facts.ready, facts.drained, facts.checkpoint_clear, (facts.counts,))
     world, width = ranks.world_size, len(COUNT_NAMES)
     vector = [0.0] * (FLAGS + width * world)
-    vector[:FLAGS] = [float(facts.stop), float(facts.ready), float(facts.drained),
-                      float(facts.checkpoint_clear and ranks.rank == 0)]
+    vector[:FLAGS] = [
+        float(facts.stop),
+        float(facts.ready),
+        float(facts.drained),
+        float(facts.checkpoint_clear and ranks.rank == 0),
+    ]
     start = FLAGS + width * ranks.rank
     vector[start : start + width] = [float(getattr(facts.counts, name)) for name in COUNT_NAMES]
     summed = ranks.sum(vector)

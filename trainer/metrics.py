@@ -113,8 +113,9 @@ class MetricSinks:
     opened now, so an unwritable folder is reported at start rather than at the first record.
     """
 
-    def __init__(self, run_dir: Path, names: Sequence[str], start_step: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, run_dir: Path, names: Sequence[str], start_step: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         check_sink_names(names)
         self._sinks = [_GuardedSink(name, Path(run_dir), start_step, clock) for name in dict.fromkeys(names)]
         for sink in self._sinks:
@@ -236,8 +237,11 @@ def format_status(f: dict[str, Any]) -> str:
         f"{num('img_per_s', '.1f')} img/s | frames {f.get('frames_in', 0)} in, {f.get('frames_malformed', 0)} bad | "
         f"buffer {num('buffer_fill', '.0%')} | tau {num('tau', '.4f')} | nan skips {f.get('nan_skips', 0)} | "
         + (f"refused {f['connections_refused']} | " if f.get("connections_refused") else "")
-        + (f"kNN {num('probe_knn', '.3f')} (init {num('probe_random_knn', '.3f')}, step {f.get('probe_step')}) | "
-           if f.get("probe_knn") is not None else "")
+        + (
+            f"kNN {num('probe_knn', '.3f')} (init {num('probe_random_knn', '.3f')}, step {f.get('probe_step')}) | "
+            if f.get("probe_knn") is not None
+            else ""
+        )
         + (f"{drift_text(f)} | " if drift_text(f) else "")
         + "".join(f"WARNING {w} | " for w in f.get("warnings") or [] if isinstance(w, str))  # trainer/health.py
         + f"{f.get('state', '')}"
@@ -245,14 +249,17 @@ def format_status(f: dict[str, Any]) -> str:
 
 
 def drift_text(f: dict[str, Any]) -> str:
-    """"v12 CKA 0.998 prev, 0.861 v1": the last exported version's drift to the previous version and to
+    """ "v12 CKA 0.998 prev, 0.861 v1": the last exported version's drift to the previous version and to
     each pinned one (status fields "last_export_version", "cka_prev", "cka_pinned"); "" when not known."""
     prev, pinned = f.get("cka_prev"), f.get("cka_pinned")
     if not isinstance(prev, (int, float)):
         return ""
     parts = [f"CKA {prev:.3f} prev"]
     if isinstance(pinned, dict):
-        parts += [f"{cka:.3f} v{pin}" for pin, cka in sorted(pinned.items(), key=lambda kv: str(kv[0]).zfill(12))
-                  if isinstance(cka, (int, float))]
+        parts += [
+            f"{cka:.3f} v{pin}"
+            for pin, cka in sorted(pinned.items(), key=lambda kv: str(kv[0]).zfill(12))
+            if isinstance(cka, (int, float))
+        ]
     version = f.get("last_export_version")
     return (f"v{version} " if version is not None else "") + ", ".join(parts)

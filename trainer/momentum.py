@@ -35,9 +35,7 @@ def check_schedule(schedule: str, base: float, final: float, warmup_steps: int, 
         raise ConfigError("tau_schedule 'cosine' needs total_steps >= 1 (use 'warmup_constant' for unbounded runs)")
 
 
-def tau_at(
-    step: int, schedule: str, base: float, final: float, warmup_steps: int, total_steps: Optional[int]
-) -> float:
+def tau_at(step: int, schedule: str, base: float, final: float, warmup_steps: int, total_steps: Optional[int]) -> float:
     """tau for the EMA update number `step` (0-based); ConfigError for an invalid schedule."""
     check_schedule(schedule, base, final, warmup_steps, total_steps)
     if schedule == "constant":

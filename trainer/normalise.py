@@ -17,8 +17,15 @@ from agent.core.normalise import IMAGENET_MEAN, IMAGENET_STD, MONO_MEAN, MONO_ST
 from agent.core.normalise import folded_scale_shift as _folded_np
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "MONO_MEAN", "MONO_STD", "PIXEL_MAX",
-    "channel_stats", "folded_scale_shift", "normalise", "to_unit_nchw",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MONO_MEAN",
+    "MONO_STD",
+    "PIXEL_MAX",
+    "channel_stats",
+    "folded_scale_shift",
+    "normalise",
+    "to_unit_nchw",
 ]
 
 

@@ -39,8 +39,15 @@ def view_grid(
     x = to_input(images).contiguous()
     x2 = to_input(partners).contiguous() if partners is not None else x
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    columns = [F.interpolate(x, size=(learner.augment1.height, learner.augment1.width), mode="bilinear",
-                             antialias=True, align_corners=False)]
+    columns = [
+        F.interpolate(
+            x,
+            size=(learner.augment1.height, learner.augment1.width),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
+    ]
     for view, source in ((learner.augment1, x), (learner.augment2, x2)):
         mine = copy.copy(view)  # the learner's view with a generator of its own
         mine.generator = generator

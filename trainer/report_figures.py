@@ -45,11 +45,23 @@ LOSS_RECORD = "mean over train.metrics_every steps"
 _LINE_PLOTS = (
     # file stem, training key, title, y label, scale, what one metrics line's value is
     ("loss", "loss", "BYOL loss", "loss (2 - 2 cos, both views)", 1.0, LOSS_RECORD),
-    ("embedding_std", "embedding_std", "Embedding std (collapse monitor)", "std of l2-normalised embedding", 1.0,
-     "last batch of each record"),
+    (
+        "embedding_std",
+        "embedding_std",
+        "Embedding std (collapse monitor)",
+        "std of l2-normalised embedding",
+        1.0,
+        "last batch of each record",
+    ),
     ("throughput", "img_per_s", "Training throughput", "images / s", 1.0, "over train.metrics_every steps"),
-    ("buffer_fill", "buffer_fill", "Replay buffer fill", "buffer fill (% of buffer.capacity_frames)", 100.0,
-     "at each record"),
+    (
+        "buffer_fill",
+        "buffer_fill",
+        "Replay buffer fill",
+        "buffer fill (% of buffer.capacity_frames)",
+        100.0,
+        "at each record",
+    ),
 )
 
 
@@ -155,7 +167,9 @@ def _overview_figure(run: RunRecords) -> "Figure":
     fill.set(title="Replay buffer fill", xlabel=TIME_LABEL, ylabel="% of buffer.capacity_frames", ylim=(0, 105))
     fill.grid(alpha=0.3)
 
-    by_time: list[dict[str, Any]] = sorted(rows + run.metrics.of("stop"), key=lambda r: r["time"] if is_number(r.get("time")) else 0.0)
+    by_time: list[dict[str, Any]] = sorted(
+        rows + run.metrics.of("stop"), key=lambda r: r["time"] if is_number(r.get("time")) else 0.0
+    )
     t, y = run.since_start(by_time, "step")
     if len(y):
         progress.plot(t, y, lw=1.2, label="step")

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from trainer.run_records import (
-    RUNTIME_HISTORY,
     CAPTURE_COUNTS,
+    RUNTIME_HISTORY,
     RunRecords,
     continued,
     continued_counts,
@@ -50,14 +50,19 @@ def smoothed(ax: "Axes", x: np.ndarray, y: np.ndarray, xlabel: str, what: str = 
     """The recorded values, and over more than 20 of them a running mean of 1/20th of them; its legend says
     what is averaged (`what`: one recorded value, e.g. a metrics line's mean loss over train.metrics_every
     steps) and over how much of the x axis."""
-    ax.plot(x, y, lw=0.8, alpha=0.5 if len(y) > 20 else 1.0, label=f"recorded ({what})",
-            marker="o" if len(y) <= 3 else None)  # a line through one or two points is next to invisible
+    ax.plot(
+        x, y, lw=0.8, alpha=0.5 if len(y) > 20 else 1.0, label=f"recorded ({what})", marker="o" if len(y) <= 3 else None
+    )  # a line through one or two points is next to invisible
     if len(y) > 20:
         window = max(len(y) // 20, 2)
         span = float(np.median(np.diff(x))) * window if len(x) > 1 else 0.0
         unit = "steps" if xlabel == "step" else "s"
-        ax.plot(x[window - 1 :], np.convolve(y, np.ones(window) / window, mode="valid"), lw=2,
-                label=f"running mean of {window} records (~{span:.0f} {unit})")
+        ax.plot(
+            x[window - 1 :],
+            np.convolve(y, np.ones(window) / window, mode="valid"),
+            lw=2,
+            label=f"running mean of {window} records (~{span:.0f} {unit})",
+        )
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
 
@@ -74,8 +79,15 @@ def versions_twin(ax: "Axes", x: np.ndarray, versions: np.ndarray, end: Optional
     if not len(versions):
         return
     twin = ax.twinx()
-    twin.step(*held(x, versions, end), where="post", color="tab:green", lw=1.0, alpha=0.8,
-              marker="|" if len(versions) <= 30 else None, label="exported version")
+    twin.step(
+        *held(x, versions, end),
+        where="post",
+        color="tab:green",
+        lw=1.0,
+        alpha=0.8,
+        marker="|" if len(versions) <= 30 else None,
+        label="exported version",
+    )
     twin.set_ylabel("exported version", color="tab:green")
     _integer_axis(twin, "y", versions)
     twin.legend(loc="lower left", fontsize=8)  # a falling loss leaves it free; the loss legend goes top right
@@ -113,18 +125,37 @@ def eval_axes(ax: "Axes", evals: list[dict[str, Any]]) -> None:
         if np.all(np.isnan(values)):
             continue
         if "random" in key and np.nanmin(values) == np.nanmax(values):
-            ax.axhline(float(np.nanmax(values)), ls=style, color=colour, alpha=0.6, label=f"{name} ({np.nanmax(values):.3f})")
+            ax.axhline(
+                float(np.nanmax(values)), ls=style, color=colour, alpha=0.6, label=f"{name} ({np.nanmax(values):.3f})"
+            )
         else:
-            ax.plot(x, values, style, marker="o" if markers else None, color=colour, label=name,
-                    alpha=0.6 if "random" in key else 1.0)
+            ax.plot(
+                x,
+                values,
+                style,
+                marker="o" if markers else None,
+                color=colour,
+                label=name,
+                alpha=0.6 if "random" in key else 1.0,
+            )
     last = evals[-1]
     if len(evals) <= 3:  # a few points: say the numbers, the eye cannot read them off a 0-1 axis
-        ax.annotate(f"v{last['version']}: kNN {last['knn_top1']:.3f}", (x[-1], last["knn_top1"]),
-                    textcoords="offset points", xytext=(6, 6), fontsize=8, color="tab:blue")
+        ax.annotate(
+            f"v{last['version']}: kNN {last['knn_top1']:.3f}",
+            (x[-1], last["knn_top1"]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+            color="tab:blue",
+        )
     _integer_axis(ax, "x", x)
     data = f" on {last['data']}" if last.get("data") else ""
-    ax.set(title=f"Frozen-encoder accuracy per exported version{data}", xlabel="export version", ylabel="top-1",
-           ylim=(0, 1))
+    ax.set(
+        title=f"Frozen-encoder accuracy per exported version{data}",
+        xlabel="export version",
+        ylabel="top-1",
+        ylim=(0, 1),
+    )
     ax.grid(alpha=0.3)
     legend(ax)
 
@@ -154,8 +185,12 @@ def drift_axes(ax: "Axes", events: list[dict[str, Any]]) -> None:
         y = np.asarray([pinned_cka(e).get(pin, np.nan) for e in events], dtype=float)
         ax.plot(x, y, marker=markers, color=f"C{(i + 1) % 10}", label=f"CKA to pinned version {pin}")
     _integer_axis(ax, "x", x)
-    ax.set(title="Embedding drift per exported version (CKA 1 = same space)",
-           xlabel="export version", ylabel="linear CKA / R²", ylim=(min(0.0, float(np.nanmin(r2)) if not np.all(np.isnan(r2)) else 0.0), 1.02))
+    ax.set(
+        title="Embedding drift per exported version (CKA 1 = same space)",
+        xlabel="export version",
+        ylabel="linear CKA / R²",
+        ylim=(min(0.0, float(np.nanmin(r2)) if not np.all(np.isnan(r2)) else 0.0), 1.02),
+    )
     ax.grid(alpha=0.3)
     legend(ax)
 
@@ -172,9 +207,14 @@ def capture_axes(run: RunRecords, ax: "Axes") -> None:
     width = len(rows[-1].frames_per_source or []) if rows else 0
     if width > 1:
         for i in range(min(width, MAX_SERIES)):
-            pts = [(r.time - run.t0, r.frames_per_source[i]) for r in rows
-                   if r.time is not None and r.frames_per_source is not None
-                   and len(r.frames_per_source) > i and is_number(r.frames_per_source[i])]
+            pts = [
+                (r.time - run.t0, r.frames_per_source[i])
+                for r in rows
+                if r.time is not None
+                and r.frames_per_source is not None
+                and len(r.frames_per_source) > i
+                and is_number(r.frames_per_source[i])
+            ]
             name = names[i] if isinstance(names, list) and i < len(names) else f"source {i}"
             ax.plot([p[0] for p in pts], continued([p[1] for p in pts]), lw=0.8, ls=":", label=f"read: {name}")
     ax.set(title="Frames (capture)", xlabel=TIME_LABEL, ylabel="frames (cumulative)")
@@ -191,11 +231,16 @@ def trainer_frames_axes(run: RunRecords, ax: "Axes") -> None:
         not_recorded(ax, "no frames_in recorded")
     else:
         ax.plot(t, y, lw=1.2, label="in")
-        cameras = sorted({c for r in rows if isinstance(r.get("frames_per_camera"), dict) for c in r["frames_per_camera"]})
+        cameras = sorted(
+            {c for r in rows if isinstance(r.get("frames_per_camera"), dict) for c in r["frames_per_camera"]}
+        )
         if len(cameras) > 1:
             for camera in cameras[:MAX_SERIES]:
-                pts = [(r["time"] - run.t0, r["frames_per_camera"][camera]) for r in rows
-                       if isinstance(r.get("frames_per_camera"), dict) and is_number(r["frames_per_camera"].get(camera))]
+                pts = [
+                    (r["time"] - run.t0, r["frames_per_camera"][camera])
+                    for r in rows
+                    if isinstance(r.get("frames_per_camera"), dict) and is_number(r["frames_per_camera"].get(camera))
+                ]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8, ls=":", label=f"camera {camera}")
         t, y = run.since_start(rows, "frames_dropped")
         if len(y):
@@ -214,18 +259,28 @@ def runtime_version_axes(run: RunRecords, ax: "Axes") -> None:
     if not len(v) and not len(exported):
         not_recorded(ax, f"no {RUNTIME_HISTORY} and no exports")
     if len(exported):
-        ax.step(*held(exported_t, exported, run.t_end), where="post", color="tab:green", lw=1.0, alpha=0.7, label="exported")
+        ax.step(
+            *held(exported_t, exported, run.t_end), where="post", color="tab:green", lw=1.0, alpha=0.7, label="exported"
+        )
     if len(v) and calls != 0:
         ax.step(*held(t, v, run.t_end), where="post", color="tab:blue", lw=1.5, label="served")
         swap_t, swap_v = run.since_start([r for r in run.runtime if r.event == "swap"], "version")
         if len(swap_t):
-            ax.plot(swap_t, swap_v, ls="none", marker="|", ms=10, color="tab:blue",
-                    label=f"swaps ({len(swap_t)})")
+            ax.plot(swap_t, swap_v, ls="none", marker="|", ms=10, color="tab:blue", label=f"swaps ({len(swap_t)})")
     elif len(v):
-        ax.text(0.5, 0.9, "runtime made no calls: nothing served", ha="center", transform=ax.transAxes, fontsize=9,
-                color="tab:red")
+        ax.text(
+            0.5,
+            0.9,
+            "runtime made no calls: nothing served",
+            ha="center",
+            transform=ax.transAxes,
+            fontsize=9,
+            color="tab:red",
+        )
     elif len(exported):
-        ax.text(0.5, 0.9, f"no {RUNTIME_HISTORY}: runtime not recorded", ha="center", transform=ax.transAxes, fontsize=8)
+        ax.text(
+            0.5, 0.9, f"no {RUNTIME_HISTORY}: runtime not recorded", ha="center", transform=ax.transAxes, fontsize=8
+        )
     _integer_axis(ax, "y", np.concatenate([v, exported]))
     ax.set(title="Runtime version", xlabel=TIME_LABEL, ylabel="encoder version")
     ax.grid(alpha=0.3)

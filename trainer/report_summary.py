@@ -36,22 +36,29 @@ def summary_markdown(run: RunRecords, plots: list[Path], missing: list[str]) -> 
     lines.append(_steps_line(metrics))
     times = metrics.times()
     if len(times) >= 2:
-        lines.append(f"- wall time: {max(times) - min(times):.1f} s from the first to the last record of {METRICS_NAME}")
+        lines.append(
+            f"- wall time: {max(times) - min(times):.1f} s from the first to the last record of {METRICS_NAME}"
+        )
     _, loss = metrics.series("loss")
     if len(loss):
         lines.append(f"- last loss: {loss[-1]:.4f} (first {loss[0]:.4f})")
     _, std = metrics.series("embedding_std")
     if len(std):
-        ref = (f" (healthy ~ 1/sqrt({run.embedding_dim}) = {1 / math.sqrt(run.embedding_dim):.4f}, collapsed -> 0)"
-               if run.embedding_dim else " (collapsed -> 0)")
+        ref = (
+            f" (healthy ~ 1/sqrt({run.embedding_dim}) = {1 / math.sqrt(run.embedding_dim):.4f}, collapsed -> 0)"
+            if run.embedding_dim
+            else " (collapsed -> 0)"
+        )
         lines.append(f"- last embedding std: {std[-1]:.4f}{ref}")
     _, rate = metrics.series("img_per_s")
     if len(rate):
         lines.append(f"- throughput: median {np.median(rate):.1f} img/s, last {rate[-1]:.1f} img/s")
     starts, restores = metrics.of("start"), metrics.of("restore")
     if len(starts) > 1 or restores:
-        lines.append(f"- trainer starts: {len(starts)} (resumed {sum(1 for e in starts if e.get('resumed_from'))}), "
-                     f"restores after non-finite losses: {len(restores)}")
+        lines.append(
+            f"- trainer starts: {len(starts)} (resumed {sum(1 for e in starts if e.get('resumed_from'))}), "
+            f"restores after non-finite losses: {len(restores)}"
+        )
     lines.append(_exports_line(metrics))
     lines.append(_best_eval_line(run.evals))
     lines.append(_eval_command_line(run))
@@ -66,8 +73,11 @@ def summary_markdown(run: RunRecords, plots: list[Path], missing: list[str]) -> 
     if frames_in is not None:
         dropped = last_value(metrics, "frames_dropped")
         per_camera = last_value(metrics, "frames_per_camera")
-        cams = (" (" + ", ".join(f"camera {k}: {v}" for k, v in per_camera.items()) + ")"
-                if isinstance(per_camera, dict) and len(per_camera) > 1 else "")
+        cams = (
+            " (" + ", ".join(f"camera {k}: {v}" for k, v in per_camera.items()) + ")"
+            if isinstance(per_camera, dict) and len(per_camera) > 1
+            else ""
+        )
         lines.append(f"- frames in: {frames_in:g}{cams}" + (f", {dropped:g} dropped" if dropped is not None else ""))
     _, fill = metrics.series("buffer_fill")
     if len(fill):
@@ -116,8 +126,10 @@ def verdict_line(run: RunRecords) -> str:
     the last embedding std (a collapse outranks any score)."""
     _, std = run.metrics.series("embedding_std")
     if len(std) and run.embedding_dim and std[-1] < 0.1 / math.sqrt(run.embedding_dim):
-        return (f"**Verdict: collapsing** (last embedding std {std[-1]:.4f}, healthy ~ "
-                f"{1 / math.sqrt(run.embedding_dim):.4f}): see train.lr, train.tau and the augmentations.")
+        return (
+            f"**Verdict: collapsing** (last embedding std {std[-1]:.4f}, healthy ~ "
+            f"{1 / math.sqrt(run.embedding_dim):.4f}): see train.lr, train.tau and the augmentations."
+        )
     scored = [e for e in run.evals if is_number(e.get("random_knn_top1"))]
     if not scored:
         return "**Verdict: not judged**: no eval against a random-init twin was recorded (train.probe_data, or `eval`)."
@@ -126,11 +138,15 @@ def verdict_line(run: RunRecords) -> str:
     where = f"version {latest['version']}" if isinstance(latest.get("version"), int) else "the latest state"
     on = f" on {latest['data']}" if latest.get("data") else ""
     if gain > 0:
-        return (f"**Verdict: better than random init**: {where} scores kNN {latest['knn_top1']:.3f}{on}, "
-                f"{gain:+.3f} over its random-init twin ({latest['random_knn_top1']:.3f}).")
-    return (f"**Verdict: not better than random init yet**: {where} scores kNN {latest['knn_top1']:.3f}{on}, "
-            f"{gain:+.3f} against its random-init twin ({latest['random_knn_top1']:.3f}); young encoders usually "
-            "need a few hundred steps (benchmarks/RESULTS.md).")
+        return (
+            f"**Verdict: better than random init**: {where} scores kNN {latest['knn_top1']:.3f}{on}, "
+            f"{gain:+.3f} over its random-init twin ({latest['random_knn_top1']:.3f})."
+        )
+    return (
+        f"**Verdict: not better than random init yet**: {where} scores kNN {latest['knn_top1']:.3f}{on}, "
+        f"{gain:+.3f} against its random-init twin ({latest['random_knn_top1']:.3f}); young encoders usually "
+        "need a few hundred steps (benchmarks/RESULTS.md)."
+    )
 
 
 def _best_eval_line(evals: list[dict[str, Any]]) -> str:
@@ -146,10 +162,12 @@ def _best_eval_line(evals: list[dict[str, Any]]) -> str:
 
 
 def _eval_text(e: dict[str, Any]) -> str:
-    """"version 3 (step 600), kNN top-1 0.412, linear top-1 0.503 (random init: kNN 0.314, linear 0.401) on digits"."""
+    """ "version 3 (step 600), kNN top-1 0.412, linear top-1 0.503 (random init: kNN 0.314, linear 0.401) on digits"."""
     where = f"version {e['version']}" if isinstance(e.get("version"), int) else "no version"
     if is_number(e.get("step")):
-        where = f"{where} (step {e['step']})" if isinstance(e.get("version"), int) else f"step {e['step']} (not exported)"
+        where = (
+            f"{where} (step {e['step']})" if isinstance(e.get("version"), int) else f"step {e['step']} (not exported)"
+        )
     text = f"{where}, kNN top-1 {e['knn_top1']:.3f}"
     if is_number(e.get("linear_top1")):
         text += f", linear top-1 {e['linear_top1']:.3f}"
@@ -172,13 +190,19 @@ def _eval_command_line(run: RunRecords) -> str:
     words = ["byol-agent", "eval", "--encoder", str(exports), "--data", data, "--run-dir", str(run.run_dir)]
     if run.embedding_dim is not None:  # config.yaml was read: score with the run's own model section
         words += ["--config", str(run.run_dir / "config.yaml")]
-    hint = "" if run.probe_data else " (for your cameras' scenes, replace digits with a folder of labelled images, one subfolder per class)"
+    hint = (
+        ""
+        if run.probe_data
+        else " (for your cameras' scenes, replace digits with a folder of labelled images, one subfolder per class)"
+    )
     return f"- score the latest export (kNN and linear vs random init): `{shlex.join(words)}`{hint}"
 
 
 def _runtime_line(run: RunRecords) -> str:
     if not run.runtime:
-        return f"- runtime: not recorded (no {RUNTIME_HISTORY}; `byol-agent run` starts a runtime consumer that writes it)"
+        return (
+            f"- runtime: not recorded (no {RUNTIME_HISTORY}; `byol-agent run` starts a runtime consumer that writes it)"
+        )
     last = run.runtime[-1]
     latency = [r for r in run.runtime if r.p50_ms is not None]
     swaps = sum(1 for r in run.runtime if r.event == "swap")
@@ -191,6 +215,5 @@ def _runtime_line(run: RunRecords) -> str:
         last_p99 = latency[-1].p99_ms
         p99 = last_p99 if last_p99 is not None else math.nan
         worst = max((r.p99_ms for r in latency if r.p99_ms is not None), default=math.nan)
-        text += (f"; latency p50 {latency[-1].p50_ms:.2f} ms, p99 {p99:.2f} ms (last window), "
-                 f"worst p99 {worst:.2f} ms")
+        text += f"; latency p50 {latency[-1].p50_ms:.2f} ms, p99 {p99:.2f} ms (last window), worst p99 {worst:.2f} ms"
     return text

@@ -69,8 +69,9 @@ class StepRate:
     to 0 while training waits instead of flipping to "-".
     """
 
-    def __init__(self, window_s: float = RATE_WINDOW_S, min_span_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, window_s: float = RATE_WINDOW_S, min_span_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._window_s, self._min_span_s, self._clock = window_s, min_span_s, clock
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
 
@@ -150,8 +151,16 @@ class RunMonitor:
                 buffer_per_camera=stats["per_camera"],
                 frames_per_camera=dict(self._counters().frames_per_camera),  # received, by camera id
             )
-            for key in ("state", "max_steps", "probe_knn", "probe_random_knn", "probe_step", "cka_prev", "cka_pinned",
-                        "warnings"):
+            for key in (
+                "state",
+                "max_steps",
+                "probe_knn",
+                "probe_random_knn",
+                "probe_step",
+                "cka_prev",
+                "cka_pinned",
+                "warnings",
+            ):
                 del fields[key]
             self.metrics.log(fields)
             self._health_record(self._health.embedding(self._state.step, fields["embedding_std"]))
@@ -166,8 +175,11 @@ class RunMonitor:
         except Exception as exc:  # a picture for people: it must not stop training
             self._preview_failures += 1
             if worth_logging(self._preview_failures):
-                log.warning("view grid not made (%d so far): %s", self._preview_failures,
-                            (str(exc).splitlines() or [type(exc).__name__])[0][:200])
+                log.warning(
+                    "view grid not made (%d so far): %s",
+                    self._preview_failures,
+                    (str(exc).splitlines() or [type(exc).__name__])[0][:200],
+                )
             return
         if grid is not None:
             self.metrics.image("views", self._state.step, grid)
@@ -219,8 +231,9 @@ class RunMonitor:
         for result in results:
             self._last_probe = result
             self.metrics.log(result.to_event())
-            self._health_record(self._health.probe(result.step if result.step is not None else self._state.step,
-                                                   result.knn_top1))
+            self._health_record(
+                self._health.probe(result.step if result.step is not None else self._state.step, result.knn_top1)
+            )
 
     def _health_record(self, record: Optional[dict[str, Any]]) -> None:
         """Log a warning that starts (or clears) and send its record to the sinks."""

@@ -20,7 +20,6 @@ from agent.core.jsonl import append_jsonl, read_jsonl
 from trainer.metrics import METRICS_NAME
 from trainer.run_lines import CaptureLine, RuntimeLine, is_number
 
-
 Row = Union[dict[str, Any], CaptureLine, RuntimeLine]  # a metrics.jsonl line, or a typed line of another file
 
 CAPTURE_HISTORY = "capture.jsonl"
@@ -170,8 +169,11 @@ def _versioned_evals(metrics: RunMetrics) -> list[dict[str, Any]]:
     before that state has a version number (`run`'s exporter is another process), so its events carry
     the step; `byol-agent eval` events carry the manifest's version and step, which agree with this.
     """
-    by_step = {int(e["step"]): e["version"] for e in metrics.of("export")
-               if is_number(e.get("step")) and isinstance(e.get("version"), int)}
+    by_step = {
+        int(e["step"]): e["version"]
+        for e in metrics.of("export")
+        if is_number(e.get("step")) and isinstance(e.get("version"), int)
+    }
     out = []
     for event in metrics.of("eval"):
         step = event.get("step")
@@ -233,7 +235,9 @@ def runtime_calls(run: RunRecords) -> Optional[int]:
 def exported_versions(metrics: RunMetrics, *, by: str, t0: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(step or seconds since start, version) of each "export" event, in the order of `by`."""
     pairs = sorted(
-        (float(e[by]) - t0, float(e["version"])) for e in metrics.of("export") if is_number(e.get(by)) and is_number(e.get("version"))
+        (float(e[by]) - t0, float(e["version"]))
+        for e in metrics.of("export")
+        if is_number(e.get(by)) and is_number(e.get("version"))
     )
     return np.asarray([p[0] for p in pairs], dtype=float), np.asarray([p[1] for p in pairs], dtype=float)
 
@@ -257,5 +261,10 @@ def step_range(metrics: RunMetrics) -> Optional[tuple[int, int]]:
     return int(starts[0] if starts else min(reached)), int(max(reached))
 
 
-CAPTURE_COUNTS = (("frames_read", "read"), ("kept", "kept"), ("skipped_novelty", "novelty skipped"),
-                  ("sent", "sent"), ("dropped", "dropped"))
+CAPTURE_COUNTS = (
+    ("frames_read", "read"),
+    ("kept", "kept"),
+    ("skipped_novelty", "novelty skipped"),
+    ("sent", "sent"),
+    ("dropped", "dropped"),
+)

@@ -64,7 +64,9 @@ class TrainStep:
         self._cfg = train_cfg
         self._ranks = ranks
         self._forward = ranks.wrap(learner)  # DDP over the ranks, or the learner itself
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(train_cfg, device) else nullcontext()
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(train_cfg, device) else nullcontext()
+        )
         self._buffers = list(learner.buffers())
         self._buffers_before = [b.clone() for b in self._buffers]
         self.nan_streak = 0

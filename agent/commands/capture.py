@@ -7,31 +7,41 @@ import logging
 import threading
 from pathlib import Path
 
-from agent.robot.capture import run_capture, stop_on_signals
 from agent.commands._common import add_config_arguments, config_from_args
+from agent.robot.capture import run_capture, stop_on_signals
 
 _OFF = ("none", "off", "null")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--source", action="append", default=None, metavar="SRC",
+        "--source",
+        action="append",
+        default=None,
+        metavar="SRC",
         help="camera index, video file, rtsp/http URL, image folder or glob, robot log (MCAP, rosbag2, ROS 1 "
         ".bag; LOG#TOPIC for one topic), LeRobot dataset folder, 'demo[:SEED]', or zmq+tcp://HOST:PORT; repeatable",
     )
     parser.add_argument(
-        "--endpoint", action="append", default=None, metavar="EP",
+        "--endpoint",
+        action="append",
+        default=None,
+        metavar="EP",
         help="a trainer's PULL endpoint; repeat it for each rank of a fleet trainer, frames are spread over them "
         "(default: wire.endpoints, else wire.endpoint)",
     )
     parser.add_argument("--publish", default=None, help="bind a PUB for latest-frame subscribers here, or 'none'")
     parser.add_argument("--fps", type=float, default=None, help="per-source frame-rate cap")
     parser.add_argument(
-        "--lossless", action="store_true", default=None,
+        "--lossless",
+        action="store_true",
+        default=None,
         help="wait for the trainer instead of dropping frames (the default when every source is a file or folder)",
     )
     parser.add_argument(
-        "--pace", choices=("realtime", "asap"), default="realtime",
+        "--pace",
+        choices=("realtime", "asap"),
+        default="realtime",
         help="realtime: recordings at recorded speed, fps cap applies; asap: every frame, as fast as possible",
     )
     parser.add_argument("--status-file", default=None, help="write the capture stats here as JSON about once a second")
@@ -60,7 +70,12 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     run_capture(
-        cfg.capture, cfg.wire, stop, lossless=args.lossless, pace=args.pace, log_every_s=args.stats_every,
+        cfg.capture,
+        cfg.wire,
+        stop,
+        lossless=args.lossless,
+        pace=args.pace,
+        log_every_s=args.stats_every,
         status_path=Path(args.status_file) if args.status_file else None,
         history_path=Path(args.history_file) if args.history_file else None,
     )

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="image folder with one subfolder per class, or 'digits'")
     parser.add_argument("--k", type=int, default=None, help="kNN neighbours (default eval.k = 20)")
     parser.add_argument("--run-dir", default=None, help="append the result as an eval event to RUN_DIR/metrics.jsonl")
-    parser.add_argument("--previous", default=None, help="a saved --json result: exit 1 if a probe regressed against it")
+    parser.add_argument(
+        "--previous", default=None, help="a saved --json result: exit 1 if a probe regressed against it"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_config_arguments(parser)
 
@@ -33,6 +35,7 @@ def main(args: argparse.Namespace) -> int:
     from export.evaluate import evaluate_export  # torch and sklearn load after parsing
     from trainer.feature_probes import probe_regressed
     from trainer.run_records import RunDirError, append_event
+
     if args.run_dir is not None and not Path(args.run_dir).is_dir():
         raise RunDirError(f"run directory {args.run_dir!r} does not exist")
     previous = _load_previous(args.previous) if args.previous else None

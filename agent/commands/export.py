@@ -19,7 +19,9 @@ from agent.supervisor import StopFlag
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, help="training run directory (reads RUN_DIR/checkpoints)")
     parser.add_argument("--out", required=True, help="export directory (encoder-NNNNNN.onnx/.json, LATEST)")
-    parser.add_argument("--weights", choices=("target", "online"), default=None, help="default: export.weights (target)")
+    parser.add_argument(
+        "--weights", choices=("target", "online"), default=None, help="default: export.weights (target)"
+    )
     parser.add_argument("--watch", action="store_true", help="export each new checkpoint until stopped, then the last")
     parser.add_argument("--poll", type=float, default=2.0, help="--watch: seconds between checkpoint checks")
     add_config_arguments(parser)
@@ -47,8 +49,15 @@ def main(args: argparse.Namespace) -> int:
         sinks = MetricSinks(run_dir, cfg.metrics.sinks)  # each export's version and drift, next to the trainer's
         try:
             watch(
-                run_dir, publisher, cfg.export, stop.event, poll_s=args.poll, status_path=status,
-                operator_model=cfg.model, eval_cfg=cfg.eval, record=sinks.log,
+                run_dir,
+                publisher,
+                cfg.export,
+                stop.event,
+                poll_s=args.poll,
+                status_path=status,
+                operator_model=cfg.model,
+                eval_cfg=cfg.eval,
+                record=sinks.log,
             )
         finally:
             sinks.close()

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from agent.commands._common import config_from_args, lock_run_dir
-from agent.core.config import Pace
 from agent.commands.train import configure_logging
+from agent.core.config import Pace
 from agent.supervisor import StopFlag
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
@@ -16,13 +16,19 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "items", nargs="+", metavar="RECORDING|key=value",
+        "items",
+        nargs="+",
+        metavar="RECORDING|key=value",
         help="recordings (videos, robot logs: drive.mcap, LOG#TOPIC, a rosbag2 folder, run.bag; image folders), then "
         "config overrides, in one run: `replay [options] a.mp4 drive.mcap train.lr=1e-3`",
     )
-    parser.add_argument("--run-dir", required=True, help="checkpoints, metrics.jsonl and exports go here; a rerun resumes")
     parser.add_argument(
-        "--pace", choices=("realtime", "asap", "timestamps"), default="asap",
+        "--run-dir", required=True, help="checkpoints, metrics.jsonl and exports go here; a rerun resumes"
+    )
+    parser.add_argument(
+        "--pace",
+        choices=("realtime", "asap", "timestamps"),
+        default="asap",
         help="realtime: play at recorded speed ('timestamps' is its older name); asap: as fast as training "
         "consumes (lossless)",
     )

@@ -11,8 +11,13 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dir", required=True, help="directory the exporter publishes into")
-    parser.add_argument("--to", type=int, default=None, metavar="VERSION",
-                        help="version to serve (default: the newest one below what LATEST names)")
+    parser.add_argument(
+        "--to",
+        type=int,
+        default=None,
+        metavar="VERSION",
+        help="version to serve (default: the newest one below what LATEST names)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

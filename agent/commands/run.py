@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="camera index, video, URL, image folder/glob, robot log (MCAP, rosbag2, .bag; LOG#TOPIC), LeRobot "
         "dataset folder or 'demo' (repeat for several cameras; default: config)",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)"
+    )
     parser.add_argument("--run-dir", default="runs/default", help="checkpoints, exports, metrics and logs go here")
     add_config_arguments(parser)
 
@@ -48,8 +50,14 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
     specs = [
         ChildSpec(
             "capture",
-            _cli("capture", *cfg_arg, "--status-file", str(run_dir / "status-capture.json"),
-                 "--history-file", str(run_dir / "capture.jsonl")),
+            _cli(
+                "capture",
+                *cfg_arg,
+                "--status-file",
+                str(run_dir / "status-capture.json"),
+                "--history-file",
+                str(run_dir / "capture.jsonl"),
+            ),
             15.0,
         ),
         # The exporter process owns publishing in this job, so the trainer's in-process exporter is off.
@@ -58,14 +66,18 @@ def child_specs(cfg: Config, run_dir: Path, config_path: Path) -> list[ChildSpec
             _cli("train", *cfg_arg, "--run-dir", str(run_dir), *trainer_args),
             120.0,
         ),
-        ChildSpec("exporter", _cli("export", *cfg_arg, "--run-dir", str(run_dir), "--out", str(exports), "--watch"), 120.0),
+        ChildSpec(
+            "exporter", _cli("export", *cfg_arg, "--run-dir", str(run_dir), "--out", str(exports), "--watch"), 120.0
+        ),
     ]
     if cfg.run.runtime_consumer and cfg.wire.publish:
         source = "zmq+" + cfg.wire.publish
         specs.append(
             ChildSpec(
                 "runtime",
-                _cli("runtime", *cfg_arg, "--export-dir", str(exports), "--source", source, "--status-dir", str(run_dir)),
+                _cli(
+                    "runtime", *cfg_arg, "--export-dir", str(exports), "--source", source, "--status-dir", str(run_dir)
+                ),
                 15.0,
             )
         )
@@ -94,20 +106,30 @@ def main(args: argparse.Namespace) -> int:
         print(f"run dir {run_dir}; sources {', '.join(cfg.capture.sources)}; Ctrl-C stops cleanly", file=sys.stderr)
         pass_fds, env = lock.inheritance()
         sup = Supervisor(
-            child_specs(cfg, run_dir, config_path), run_dir / "logs", max_restarts=cfg.run.max_restarts,
-            pass_fds=pass_fds, env=env,
+            child_specs(cfg, run_dir, config_path),
+            run_dir / "logs",
+            max_restarts=cfg.run.max_restarts,
+            pass_fds=pass_fds,
+            env=env,
         )
         stop = StopFlag()
         session_start = time.time()  # status files older than this are the previous session's (a resumed run)
         code = supervise(
-            sup, run_dir, duration_s=cfg.run.duration_s, status_every_s=cfg.run.status_every_s, stop=stop,
-            finish_with="trainer", since=session_start,
+            sup,
+            run_dir,
+            duration_s=cfg.run.duration_s,
+            status_every_s=cfg.run.status_every_s,
+            stop=stop,
+            finish_with="trainer",
+            since=session_start,
         )
     status = read_status(run_dir, since=session_start)
     problem = untrained(status, cfg)
     if problem is not None and stop.signum == signal.SIGINT and not code:
-        print(f"byol-agent run: interrupted before the first training step ({problem.removeprefix('trained on nothing: ')})",
-              file=sys.stderr)
+        print(
+            f"byol-agent run: interrupted before the first training step ({problem.removeprefix('trained on nothing: ')})",
+            file=sys.stderr,
+        )
         return 130  # the user's choice, not a failure
     if problem is not None:
         print(f"byol-agent run: {problem}", file=sys.stderr)
@@ -121,8 +143,10 @@ def check_ports(cfg: Config) -> None:
     (usually another `run` on the default ports), and how to pick others."""
     from agent.robot.endpoints import check_bindable
 
-    binds = [("wire.endpoint", cfg.wire.endpoints[0] if cfg.wire.endpoints else cfg.wire.endpoint),
-             ("wire.publish", cfg.wire.publish)]
+    binds = [
+        ("wire.endpoint", cfg.wire.endpoints[0] if cfg.wire.endpoints else cfg.wire.endpoint),
+        ("wire.publish", cfg.wire.publish),
+    ]
     for key, endpoint in binds:
         if endpoint is None or not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
             continue
@@ -140,16 +164,21 @@ def served(status: dict[str, dict]) -> str:
     calls and how often the serving version changed, and a version loaded after the calls ended (during shutdown)."""
     exp, rt = status.get("exporter", {}), status.get("runtime", {})
     exports, version = exp.get("exports"), exp.get("last_export_version")
-    published = (f"published {exports} version(s) this session (latest v{version})" if exports
-                 else "published no version this session")
+    published = (
+        f"published {exports} version(s) this session (latest v{version})"
+        if exports
+        else "published no version this session"
+    )
     if not rt:
         return f"{published}; the runtime consumer never served (no status-runtime.json)"
     first, last = rt.get("first_served_version"), rt.get("last_served_version")
     if first is None:
         return f"{published}; the runtime served no call, {rt.get('failures', 0)} failed"
     versions = f"v{first}" if first == last else f"v{first} to v{last}"
-    text = (f"{published}; the runtime served {rt.get('calls', 0)} call(s) on {versions} "
-            f"({rt.get('served_swaps', 0)} swap(s) between calls), {rt.get('failures', 0)} failed")
+    text = (
+        f"{published}; the runtime served {rt.get('calls', 0)} call(s) on {versions} "
+        f"({rt.get('served_swaps', 0)} swap(s) between calls), {rt.get('failures', 0)} failed"
+    )
     loaded = rt.get("version")
     if loaded is not None and loaded != last:
         text += f"; v{loaded} was loaded after the last call (no call ran on it)"
@@ -165,8 +194,12 @@ def untrained(status: dict[str, dict], cfg: Config) -> Optional[str]:
     if not capture:
         flow = "capture never reported (see logs/capture.log)"
     else:
-        flow = (f"capture read {capture.get('frames_read', 0)}, kept {capture.get('kept', 0)} "
-                f"(novelty skipped {capture.get('skipped_novelty', 0)}), sent {capture.get('sent', 0)}, "
-                f"dropped {capture.get('dropped', 0)}")
-    return (f"trained on nothing: {flow}; the trainer stored {stored} of the {needed} frames it waits for "
-            f"(buffer.min_fill) and took no step; nothing was exported")
+        flow = (
+            f"capture read {capture.get('frames_read', 0)}, kept {capture.get('kept', 0)} "
+            f"(novelty skipped {capture.get('skipped_novelty', 0)}), sent {capture.get('sent', 0)}, "
+            f"dropped {capture.get('dropped', 0)}"
+        )
+    return (
+        f"trained on nothing: {flow}; the trainer stored {stored} of the {needed} frames it waits for "
+        f"(buffer.min_fill) and took no step; nothing was exported"
+    )

@@ -22,16 +22,31 @@ from agent.core.errors import ModelFileError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dir", required=True, help="directory the exporter publishes into")
-    parser.add_argument("--source", required=True, help="camera index, video, URL, image folder/glob, robot log "
-                        "(LOG#TOPIC), LeRobot dataset folder, 'demo' or zmq+tcp://...")
     parser.add_argument(
-        "--duration", type=_positive, default=None,
+        "--source",
+        required=True,
+        help="camera index, video, URL, image folder/glob, robot log "
+        "(LOG#TOPIC), LeRobot dataset folder, 'demo' or zmq+tcp://...",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive,
+        default=None,
         help="stop after this many seconds, the wait for a first encoder included (default: until Ctrl-C)",
     )
     parser.add_argument("--no-wait", action="store_true", help="fail at once if nothing is published yet")
-    parser.add_argument("--compatible-with", type=int, default=None, metavar="VERSION",
-                        help="serve later versions mapped into this version's embedding space (runtime.compatible_with)")
-    parser.add_argument("--status-dir", default=None, help="write status-runtime.json here (atomically, each second) and append runtime.jsonl")
+    parser.add_argument(
+        "--compatible-with",
+        type=int,
+        default=None,
+        metavar="VERSION",
+        help="serve later versions mapped into this version's embedding space (runtime.compatible_with)",
+    )
+    parser.add_argument(
+        "--status-dir",
+        default=None,
+        help="write status-runtime.json here (atomically, each second) and append runtime.jsonl",
+    )
     add_config_arguments(parser)
 
 
@@ -78,10 +93,20 @@ def main(args: argparse.Namespace) -> int:
     with encoder:
         stop = StopFlag()  # from here on SIGINT/SIGTERM end the loop cleanly
         pinned = f", in version {encoder.compatible_with}'s space" if encoder.compatible_with is not None else ""
-        print(f"serving version {encoder.version} (D={encoder.output_dim}{pinned}) on {', '.join(encoder.providers)}", flush=True)
+        print(
+            f"serving version {encoder.version} (D={encoder.output_dim}{pinned}) on {', '.join(encoder.providers)}",
+            flush=True,
+        )
         status = Path(args.status_dir) / "status-runtime.json" if args.status_dir else None
         left = None if args.duration is None else max(0.0, args.duration - (time.monotonic() - start))
         history = Path(args.status_dir) / "runtime.jsonl" if args.status_dir else None
-        run_policy_loop(encoder, source, fps=cfg.capture.fps, stop=stop.event, duration_s=left,
-                        status_path=status, history_path=history)
+        run_policy_loop(
+            encoder,
+            source,
+            fps=cfg.capture.fps,
+            stop=stop.event,
+            duration_s=left,
+            status_path=status,
+            history_path=history,
+        )
     return 0

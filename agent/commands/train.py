@@ -16,8 +16,8 @@ from pathlib import Path
 
 from agent.commands._common import add_config_arguments, config_from_args, lock_run_dir
 from agent.core.errors import ConfigError
-from agent.supervisor import StopFlag
 from agent.robot.endpoints import check_bindable, validate_endpoint, validate_endpoints
+from agent.supervisor import StopFlag
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -33,11 +33,20 @@ def positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--endpoint", default=None, help="ZeroMQ endpoint to bind for frames (default: config wire.endpoint)")
-    parser.add_argument("--run-dir", required=True, help="checkpoints, metrics.jsonl and exports go here; a rerun resumes")
+    parser.add_argument(
+        "--endpoint", default=None, help="ZeroMQ endpoint to bind for frames (default: config wire.endpoint)"
+    )
+    parser.add_argument(
+        "--run-dir", required=True, help="checkpoints, metrics.jsonl and exports go here; a rerun resumes"
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="stop at this total step count (across resumes)")
-    parser.add_argument("--nproc", type=positive_int, default=None, metavar="N",
-                        help="train with N ranks on this machine (runs this command under torchrun --standalone)")
+    parser.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="train with N ranks on this machine (runs this command under torchrun --standalone)",
+    )
     add_config_arguments(parser)
 
 

@@ -154,7 +154,9 @@ class TrainConfig(ConfigSection):
         "when checkpoints come often (benchmarks/RESULTS.md, 'Online probe')",
     )
     compat_distill: float = Field(
-        0.0, ge=0, description="weight of a term keeping the encoder linearly mappable into the first published "
+        0.0,
+        ge=0,
+        description="weight of a term keeping the encoder linearly mappable into the first published "
         "version's space (trainer/snapshot_distill.py; pinned policy heads), 0 = off (benchmarks/RESULTS.md, "
         "'Pinned swaps on real photos')",
     )

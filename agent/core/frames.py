@@ -125,7 +125,9 @@ def as_frame_batch(frames: np.ndarray) -> np.ndarray:
     if frames.ndim == 3:
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] not in (1, 3):
-        raise FrameFormatError(f"frames must be (N,H,W,3) RGB or (N,H,W,1) gray, or one (H,W,C) frame; got shape {frames.shape}")
+        raise FrameFormatError(
+            f"frames must be (N,H,W,3) RGB or (N,H,W,1) gray, or one (H,W,C) frame; got shape {frames.shape}"
+        )
     if frames.dtype != np.uint8:
         raise FrameFormatError(f"frames must be uint8, got {frames.dtype}")
     if frames.shape[0] == 0:

@@ -97,8 +97,9 @@ class DirLock:
         self.release()
 
 
-def lock_directory(directory: Union[str, Path], command: str, *, lock_name: str = RUN_LOCK_NAME,
-                   what: str = "run directory") -> DirLock:
+def lock_directory(
+    directory: Union[str, Path], command: str, *, lock_name: str = RUN_LOCK_NAME, what: str = "run directory"
+) -> DirLock:
     """Take the exclusive lock on `directory/lock_name` (creating the directory) for `command`.
 
     Raises DirectoryBusy (one line: holder's pid, command, start time) when a live process holds

@@ -199,7 +199,11 @@ def decode_message(buf: Buffer, max_side: int = MAX_SIDE) -> Union[Frame, EndOfS
     if encoding not in _ENCODINGS:
         raise WireError(f"unknown encoding {encoding}")
     if encoding == ENCODING_END:
-        if (height, width, channels, length) != (0, 0, 0, 0) or len(view) != HEADER_SIZE or not math.isfinite(timestamp):
+        if (
+            (height, width, channels, length) != (0, 0, 0, 0)
+            or len(view) != HEADER_SIZE
+            or not math.isfinite(timestamp)
+        ):
             raise WireError("malformed end-of-stream message (it carries no image)")
         return EndOfStream(camera_id=camera_id, seq=seq, timestamp=timestamp)
     if channels not in CHANNELS or height == 0 or width == 0:

@@ -104,7 +104,9 @@ class Worker:
             return False  # ends when that callback returns and the loop sees the stop event; never join oneself
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            log.warning("%s did not stop within %.1f s (blocked in a device or system call?)", self.name, timeout_s or 0.0)
+            log.warning(
+                "%s did not stop within %.1f s (blocked in a device or system call?)", self.name, timeout_s or 0.0
+            )
             return False
         return True
 

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-
 from agent.core.atomic import append_record, write_status
 from agent.core.config import CaptureConfig, Pace, WireConfig
 from agent.core.frames import NoveltyGate, novelty_threshold
@@ -75,7 +74,12 @@ class _CaptureLoop:
     """The main loop's state: fps cap per source, novelty gate, sequence numbers, sending."""
 
     def __init__(
-        self, cfg: CaptureConfig, readers: list[SourceReader], sender: FrameSender, pace: Pace, stop: threading.Event,
+        self,
+        cfg: CaptureConfig,
+        readers: list[SourceReader],
+        sender: FrameSender,
+        pace: Pace,
+        stop: threading.Event,
         tick: Callable[[], None] = lambda: None,
     ) -> None:
         """`tick()` is called while a lossless send waits for a trainer, so stats lines and the status file
@@ -143,10 +147,16 @@ class _CaptureLoop:
         waited = now - self._blocked_since
         if waited >= BLOCKED_LOG_S and waited >= 2 * self._blocked_logged:  # after 5 s, 10 s, 20 s, ...
             owed = self._sender.ends_owed()
-            what = (f"the end of stream is still owed to {', '.join(owed)} after {waited:.0f} s" if owed else
-                    f"no trainer has taken a frame for {waited:.0f} s ({', '.join(self._sender.endpoints)})")
-            log.warning("%s: is a trainer (rank) listening there, and does it accept this capture's key "
-                        "(wire.secret_key / wire.trainer_key)?", what)
+            what = (
+                f"the end of stream is still owed to {', '.join(owed)} after {waited:.0f} s"
+                if owed
+                else f"no trainer has taken a frame for {waited:.0f} s ({', '.join(self._sender.endpoints)})"
+            )
+            log.warning(
+                "%s: is a trainer (rank) listening there, and does it accept this capture's key "
+                "(wire.secret_key / wire.trainer_key)?",
+                what,
+            )
             self._blocked_logged = waited
         self._tick()
 
@@ -167,7 +177,9 @@ class _CaptureLoop:
                     self._waiting()
                 self._blocked_since = None
             elif not self._sender.send_end(camera, frames, END_TIMEOUT_S):
-                log.warning("end of %s not delivered: no trainer took it within %.0f s", reader.source.name, END_TIMEOUT_S)
+                log.warning(
+                    "end of %s not delivered: no trainer took it within %.0f s", reader.source.name, END_TIMEOUT_S
+                )
             self._ended.add(i)
             log.info("%s ended after %d frames sent as camera %d; told the trainer", reader.source.name, frames, camera)
 
@@ -181,7 +193,8 @@ class _CaptureLoop:
                 self._stale.add(i)
                 log.warning(
                     "%s is stale: no frame for %g s (capture.read_timeout_s); reopened when its read fails",
-                    reader.source.name, self._cfg.read_timeout_s,
+                    reader.source.name,
+                    self._cfg.read_timeout_s,
                 )
             elif not stale and i in self._stale:
                 self._stale.discard(i)
@@ -227,7 +240,9 @@ class _Reporting:
             log.info("capture: %s", loop.stats().line())
             self._next_log += self._log_every_s
         if self._status_path is not None and now >= self._next_status:
-            write_status(self._status_path, {"time": time.time(), **asdict(loop.stats()), "sources": loop.source_status()})
+            write_status(
+                self._status_path, {"time": time.time(), **asdict(loop.stats()), "sources": loop.source_status()}
+            )
             self._next_status = now + STATUS_EVERY_S
         if self._history_path is not None and now >= self._next_history:
             _append_history(self._history_path, loop)
@@ -273,10 +288,20 @@ def run_capture(
         lossless = capture.lossless if capture.lossless is not None else all(src.finite for src in sources)
     wake, halt = threading.Event(), threading.Event()
     endpoints = trainer_endpoints(wire)
-    with FrameSender(endpoints, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish, security=security) as sender:
+    with FrameSender(
+        endpoints, hwm=wire.send_hwm, lossless=lossless, publish=wire.publish, security=security
+    ) as sender:
         readers = [
-            SourceReader(src, capture, pace=pace, wake=wake, halt=halt, lossless=lossless, name=f"capture-{i}",
-                         start_frame=capture.start_frames[i] if i < len(capture.start_frames) else 0)
+            SourceReader(
+                src,
+                capture,
+                pace=pace,
+                wake=wake,
+                halt=halt,
+                lossless=lossless,
+                name=f"capture-{i}",
+                start_frame=capture.start_frames[i] if i < len(capture.start_frames) else 0,
+            )
             for i, src in enumerate(sources)
         ]
         report = _Reporting(log_every_s, status_path, history_path)
@@ -288,7 +313,9 @@ def run_capture(
                 if not reader.source.live:  # a live source absent at start is waited for, not an error
                     reader.wait_opened(stop)
             log.info(
-                "capturing %s -> %s%s%s", ", ".join(s.name for s in sources), ", ".join(endpoints),
+                "capturing %s -> %s%s%s",
+                ", ".join(s.name for s in sources),
+                ", ".join(endpoints),
                 f" (latest frames on {sender.publish_endpoint})" if sender.publish_endpoint else "",
                 " losslessly (waits for the trainer)" if lossless else "",
             )
@@ -319,8 +346,15 @@ def run_capture(
 
 def _append_history(path: Path, loop: "_CaptureLoop") -> None:
     sources = loop.source_status()
-    append_record(path, {"time": time.time(), **asdict(loop.stats()), "source_names": [s["name"] for s in sources],
-                         "frames_per_source": [s["frames_read"] for s in sources]})
+    append_record(
+        path,
+        {
+            "time": time.time(),
+            **asdict(loop.stats()),
+            "source_names": [s["name"] for s in sources],
+            "frames_per_source": [s["frames_read"] for s in sources],
+        },
+    )
 
 
 def stop_on_signals(stop: threading.Event) -> None:

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Optional
 
 import zmq
 import zmq.auth
-from zmq.utils import z85
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
-from agent.core.errors import ConfigError, EndpointError
 from agent.core.backoff import worth_logging
+from agent.core.errors import ConfigError, EndpointError
 
 if TYPE_CHECKING:
     from agent.core.config import WireConfig
@@ -189,7 +189,9 @@ class _AuthorizedKeys:
             if not allowed:
                 self.refused += 1
                 if worth_logging(self.refused):
-                    log.warning("refused %d connection(s) with an unknown CURVE key; latest %s", self.refused, key.decode())
+                    log.warning(
+                        "refused %d connection(s) with an unknown CURVE key; latest %s", self.refused, key.decode()
+                    )
         return allowed
 
 
@@ -258,4 +260,8 @@ class WireSecurity:
                 f"set {needed} (make keys with `byol-agent keys --out DIR`), use a loopback address, "
                 "or set wire.insecure=true"
             )
-        log.warning("wire.insecure: %s %s unauthenticated and unencrypted; anyone who reaches it can send frames", verb, endpoint)
+        log.warning(
+            "wire.insecure: %s %s unauthenticated and unencrypted; anyone who reaches it can send frames",
+            verb,
+            endpoint,
+        )

@@ -15,7 +15,7 @@ DEMO_SPEC = re.compile(r"demo(?::(\d+))?")
 
 
 def is_demo(spec: str) -> bool:
-    """"demo" or "demo:SEED"."""
+    """ "demo" or "demo:SEED"."""
     return DEMO_SPEC.fullmatch(spec) is not None
 
 

@@ -19,8 +19,28 @@ from agent.robot.source_base import FrameSource, RecordingSource, SourceExhauste
 log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv",
-                  ".ogv", ".3gp", ".y4m", ".mjpeg", ".mjpg", ".h264", ".h265", ".hevc")
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".avi",
+    ".mkv",
+    ".mov",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".mts",
+    ".flv",
+    ".wmv",
+    ".ogv",
+    ".3gp",
+    ".y4m",
+    ".mjpeg",
+    ".mjpg",
+    ".h264",
+    ".h265",
+    ".hevc",
+)
 CAMERA_DEVICE = re.compile(r"/dev/video\d+")
 
 

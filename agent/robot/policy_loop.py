@@ -89,8 +89,16 @@ class _History:
         """One successful call by `version`: a "serve" record for the first, a "swap" record when it changed."""
         self._latencies_ms.append(latency_ms)
         if version != self._version:
-            append_record(self._path, {"time": time.time(), "event": "serve" if self._version is None else "swap",
-                                       "version": version, "previous": self._version, "swaps": stats.served_swaps})
+            append_record(
+                self._path,
+                {
+                    "time": time.time(),
+                    "event": "serve" if self._version is None else "swap",
+                    "version": version,
+                    "previous": self._version,
+                    "swaps": stats.served_swaps,
+                },
+            )
             self._version = version
 
     def watch(self, encoder: HotEncoder, stats: LoopStats, now: float, final: bool = False) -> None:
@@ -99,10 +107,19 @@ class _History:
         if final or (now >= self._next and self._latencies_ms):
             window = np.asarray(self._latencies_ms, dtype=float)
             p50, p99 = (float(v) for v in np.percentile(window, [50, 99])) if len(window) else (None, None)
-            append_record(self._path, {
-                "time": time.time(), "version": version, "swaps": encoder.swaps, "calls": stats.calls,
-                "failures": stats.failures, "window_calls": len(window), "p50_ms": p50, "p99_ms": p99,
-            })
+            append_record(
+                self._path,
+                {
+                    "time": time.time(),
+                    "version": version,
+                    "swaps": encoder.swaps,
+                    "calls": stats.calls,
+                    "failures": stats.failures,
+                    "window_calls": len(window),
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                },
+            )
             self._latencies_ms.clear()
             self._next = now + self._every_s
 

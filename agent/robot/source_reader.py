@@ -18,10 +18,10 @@ from typing import Optional
 
 import numpy as np
 
+from agent.core.backoff import backoff_s
 from agent.core.config import CaptureConfig, Pace
 from agent.core.errors import ByolAgentError, SourceError
 from agent.core.frames import fit_frame, to_channels
-from agent.core.backoff import backoff_s
 from agent.core.worker import Worker
 from agent.robot.source_base import FrameSource, SourceExhausted
 
@@ -210,8 +210,12 @@ class SourceReader(Worker):
         now = time.monotonic() if now is None else now
         age = None if self._last_frame_at is None else round(now - self._last_frame_at, 2)
         return {
-            "name": self.source.name, "state": self.state(now), "frames_read": self.frames_read,
-            "reconnects": self.reconnects, "last_frame_age_s": age, "skipped": self.source.skipped,
+            "name": self.source.name,
+            "state": self.state(now),
+            "frames_read": self.frames_read,
+            "reconnects": self.reconnects,
+            "last_frame_age_s": age,
+            "skipped": self.source.skipped,
             "errors": self.source.errors,
         }
 
@@ -255,8 +259,9 @@ class SourceReader(Worker):
         # a looping recording's clock is made to run on over its restarts; a finite one's is sent as it is
         # (a log's header stamps may step back a little between messages: that is their real time)
         wire_time = now if media is None else media if self.source.finite else self._clock.time(media)
-        self._handoff.put(Grab(image=image, timestamp=now, camera_id=self.source.camera_id, wire_time=wire_time),
-                          self.stop_event)
+        self._handoff.put(
+            Grab(image=image, timestamp=now, camera_id=self.source.camera_id, wire_time=wire_time), self.stop_event
+        )
         return True
 
     def shutdown(self) -> None:

@@ -50,6 +50,7 @@ from agent.robot.image_files import (
     is_image_folder,
     is_image_glob,
 )
+from agent.robot.lerobot_dataset import is_lerobot_dataset, lerobot_camera_specs, open_lerobot
 from agent.robot.opencv_sources import (
     VIDEO_SUFFIXES,
     CameraSource,
@@ -60,15 +61,30 @@ from agent.robot.opencv_sources import (
     is_stream,
     is_video_file,
 )
-from agent.robot.lerobot_dataset import is_lerobot_dataset, lerobot_camera_specs, open_lerobot
 from agent.robot.robot_logs import RobotLogOptions, RobotLogSource, is_robot_log, log_camera_specs, split_topic
 from agent.robot.source_base import FrameSource, SourceExhausted
 from agent.robot.subscriber import SUBSCRIBE_PREFIX, SubscriptionSource, is_subscription
 
 __all__ = [
-    "CameraSource", "DemoSource", "FrameSource", "IMAGE_EXTENSIONS", "ImageFilesSource", "KINDS", "RobotLogSource",
-    "SourceContext", "SourceExhausted", "SourceKind", "StreamSource", "SubscriptionSource", "VideoFileSource",
-    "check_source_options", "check_sources", "expand_sources", "kind_of", "open_source", "register_source_kind",
+    "CameraSource",
+    "DemoSource",
+    "FrameSource",
+    "IMAGE_EXTENSIONS",
+    "ImageFilesSource",
+    "KINDS",
+    "RobotLogSource",
+    "SourceContext",
+    "SourceExhausted",
+    "SourceKind",
+    "StreamSource",
+    "SubscriptionSource",
+    "VideoFileSource",
+    "check_source_options",
+    "check_sources",
+    "expand_sources",
+    "kind_of",
+    "open_source",
+    "register_source_kind",
     "resolve_spec",
 ]
 
@@ -98,7 +114,9 @@ class SourceContext:
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err.get("loc", ()))
-            raise ConfigError(f"capture.source_options.{kind.name}{'.' + where if where else ''}: {err['msg']}") from None
+            raise ConfigError(
+                f"capture.source_options.{kind.name}{'.' + where if where else ''}: {err['msg']}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -128,8 +146,14 @@ class SourceKind:
     ) -> "SourceKind":
         """A kind whose reader needs only the capture section, and whose expansion only the spec."""
         return cls(
-            name, recognise, lambda spec, ctx: open(spec, ctx.capture), priority,
-            (lambda spec, ctx: expand(spec)) if expand is not None else None, None, examples, describe or name,
+            name,
+            recognise,
+            lambda spec, ctx: open(spec, ctx.capture),
+            priority,
+            (lambda spec, ctx: expand(spec)) if expand is not None else None,
+            None,
+            examples,
+            describe or name,
         )
 
 
@@ -157,7 +181,9 @@ def _open_glob(spec: str, ctx: SourceContext) -> FrameSource:
 
 def _open_image(spec: str, ctx: SourceContext) -> FrameSource:
     c = ctx.capture
-    return ImageFilesSource(glob.escape(spec), loop=c.loop_video, pattern=True, shuffle=c.shuffle, bit_depth=c.bit_depth)
+    return ImageFilesSource(
+        glob.escape(spec), loop=c.loop_video, pattern=True, shuffle=c.shuffle, bit_depth=c.bit_depth
+    )
 
 
 KINDS: dict[str, SourceKind] = {}
@@ -172,31 +198,81 @@ def register_source_kind(kind: SourceKind) -> SourceKind:
 
 
 for _kind in (
-    SourceKind("camera", is_camera, lambda s, ctx: CameraSource(camera_device(s)), PRIORITY_EXACT,
-               examples=("0", "/dev/video0"), describe="a camera index or /dev/videoN"),
-    SourceKind("demo", is_demo, lambda s, ctx: DemoSource(ctx.capture.height, ctx.capture.width, ctx.capture.fps,
-                                                           seed=demo_seed(s)),
-               PRIORITY_EXACT, examples=("demo", "demo:3"), describe="'demo' or 'demo:SEED'"),
-    SourceKind("subscription", is_subscription,
-               lambda s, ctx: SubscriptionSource(s[len(SUBSCRIBE_PREFIX):], ctx.wire, timeout_s=ctx.capture.read_timeout_s,
-                                                 security=ctx.security),
-               PRIORITY_EXACT, examples=("zmq+tcp://127.0.0.1:5556",), describe="zmq+tcp://HOST:PORT"),
-    SourceKind("stream", is_stream, lambda s, ctx: StreamSource(s, timeout_s=ctx.capture.read_timeout_s),
-               PRIORITY_EXACT, examples=("rtsp://10.0.0.2/stream", "http://cam.local/mjpg"), describe="a stream URL"),
-    SourceKind("robot_log", is_robot_log, _open_log, PRIORITY_FORMAT, expand=_expand_log, options=RobotLogOptions,
-               examples=("drive.mcap", "drive.mcap#/front/image_raw", "run.bag"),
-               describe="an MCAP file, rosbag2 folder or ROS 1 .bag (LOG#TOPIC for one topic)"),
-    SourceKind.simple("lerobot", is_lerobot_dataset, open_lerobot, expand=lerobot_camera_specs, priority=PRIORITY_FORMAT,
-                      examples=(), describe="a LeRobot dataset folder (meta/info.json; DIR#KEY for one camera)"),
-    SourceKind("image_glob", is_image_glob, _open_glob, PRIORITY_GLOB, examples=("frames/*.png",),
-               describe="a glob of images"),
-    SourceKind("image_folder", is_image_folder, _open_folder, PRIORITY_PATH, examples=("frames/",),
-               describe="a folder of images"),
-    SourceKind("image_file", is_image_file, _open_image, PRIORITY_PATH, examples=("photo.png",),
-               describe="an image file"),
-    SourceKind("video_file", is_video_file,
-               lambda s, ctx: VideoFileSource(s, loop=ctx.capture.loop_video, max_bad_frames=ctx.capture.max_bad_frames),
-               PRIORITY_PATH, examples=("clip.mp4",), describe="a video file"),
+    SourceKind(
+        "camera",
+        is_camera,
+        lambda s, ctx: CameraSource(camera_device(s)),
+        PRIORITY_EXACT,
+        examples=("0", "/dev/video0"),
+        describe="a camera index or /dev/videoN",
+    ),
+    SourceKind(
+        "demo",
+        is_demo,
+        lambda s, ctx: DemoSource(ctx.capture.height, ctx.capture.width, ctx.capture.fps, seed=demo_seed(s)),
+        PRIORITY_EXACT,
+        examples=("demo", "demo:3"),
+        describe="'demo' or 'demo:SEED'",
+    ),
+    SourceKind(
+        "subscription",
+        is_subscription,
+        lambda s, ctx: SubscriptionSource(
+            s[len(SUBSCRIBE_PREFIX) :], ctx.wire, timeout_s=ctx.capture.read_timeout_s, security=ctx.security
+        ),
+        PRIORITY_EXACT,
+        examples=("zmq+tcp://127.0.0.1:5556",),
+        describe="zmq+tcp://HOST:PORT",
+    ),
+    SourceKind(
+        "stream",
+        is_stream,
+        lambda s, ctx: StreamSource(s, timeout_s=ctx.capture.read_timeout_s),
+        PRIORITY_EXACT,
+        examples=("rtsp://10.0.0.2/stream", "http://cam.local/mjpg"),
+        describe="a stream URL",
+    ),
+    SourceKind(
+        "robot_log",
+        is_robot_log,
+        _open_log,
+        PRIORITY_FORMAT,
+        expand=_expand_log,
+        options=RobotLogOptions,
+        examples=("drive.mcap", "drive.mcap#/front/image_raw", "run.bag"),
+        describe="an MCAP file, rosbag2 folder or ROS 1 .bag (LOG#TOPIC for one topic)",
+    ),
+    SourceKind.simple(
+        "lerobot",
+        is_lerobot_dataset,
+        open_lerobot,
+        expand=lerobot_camera_specs,
+        priority=PRIORITY_FORMAT,
+        examples=(),
+        describe="a LeRobot dataset folder (meta/info.json; DIR#KEY for one camera)",
+    ),
+    SourceKind(
+        "image_glob", is_image_glob, _open_glob, PRIORITY_GLOB, examples=("frames/*.png",), describe="a glob of images"
+    ),
+    SourceKind(
+        "image_folder",
+        is_image_folder,
+        _open_folder,
+        PRIORITY_PATH,
+        examples=("frames/",),
+        describe="a folder of images",
+    ),
+    SourceKind(
+        "image_file", is_image_file, _open_image, PRIORITY_PATH, examples=("photo.png",), describe="an image file"
+    ),
+    SourceKind(
+        "video_file",
+        is_video_file,
+        lambda s, ctx: VideoFileSource(s, loop=ctx.capture.loop_video, max_bad_frames=ctx.capture.max_bad_frames),
+        PRIORITY_PATH,
+        examples=("clip.mp4",),
+        describe="a video file",
+    ),
 ):
     register_source_kind(_kind)
 
@@ -269,14 +345,14 @@ def check_source_options(cfg: CaptureConfig) -> None:
         kind = KINDS.get(name)
         if kind is None or kind.options is None:
             with_options = [k.name for k in KINDS.values() if k.options is not None]
-            raise ConfigError(f"capture.source_options.{name}: no source kind of that name has options "
-                              f"(kinds with options: {', '.join(with_options)})")
+            raise ConfigError(
+                f"capture.source_options.{name}: no source kind of that name has options "
+                f"(kinds with options: {', '.join(with_options)})"
+            )
         SourceContext(cfg).options(kind)
 
 
-def check_sources(
-    specs: Iterable[str], cfg: CaptureConfig, wire: Optional[WireConfig] = None
-) -> list[FrameSource]:
+def check_sources(specs: Iterable[str], cfg: CaptureConfig, wire: Optional[WireConfig] = None) -> list[FrameSource]:
     """Expand the specs to one per camera (`expand_sources`), pick each one's source and open once (then
     close) each one that cannot come back by waiting.
 

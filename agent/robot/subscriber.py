@@ -19,8 +19,8 @@ from agent.core.errors import SourceError
 from agent.core.wire import MAX_SIDE, Frame, WireError, decode_frame, peek_camera_id, subscription_prefix
 from agent.core.worker import Worker
 from agent.robot.curve import WireSecurity
-from agent.robot.source_base import FrameSource
 from agent.robot.endpoints import connect_socket, validate_endpoint
+from agent.robot.source_base import FrameSource
 from agent.robot.transport import PLAIN, Inbox
 
 SUB_HWM = 16  # messages libzmq queues for a latest-frame subscriber's drain thread, which empties it at once
@@ -161,7 +161,7 @@ SUBSCRIBE_PREFIX = "zmq+"
 
 
 def is_subscription(spec: str) -> bool:
-    """"zmq+tcp://HOST:PORT" or "zmq+ipc://PATH": another capture's PUB."""
+    """ "zmq+tcp://HOST:PORT" or "zmq+ipc://PATH": another capture's PUB."""
     return spec.startswith(SUBSCRIBE_PREFIX)
 
 

@@ -108,7 +108,9 @@ class VersionLoader:
             )
         identity = file_identity(model_path)
         size = identity[2] if identity else "?"
-        check_sha256(model_path, manifest.sha256, f"model file {model_path} ({size} bytes)", gone="is unreadable (missing)")
+        check_sha256(
+            model_path, manifest.sha256, f"model file {model_path} ({size} bytes)", gone="is unreadable (missing)"
+        )
         self._wait_for_slot()
         session = self._open(model_path, manifest)
         if file_identity(model_path) != identity:
@@ -132,12 +134,19 @@ class VersionLoader:
             active = session.get_providers()
             if TENSORRT in active:
                 return session
-            log.warning("TensorRT did not take version %d (onnxruntime fell back on its own and printed why); "
-                        "serving it on %s", manifest.version, ", ".join(active))
+            log.warning(
+                "TensorRT did not take version %d (onnxruntime fell back on its own and printed why); serving it on %s",
+                manifest.version,
+                ", ".join(active),
+            )
             return session
         fallback = without_tensorrt(providers)
-        log.warning("TensorRT could not build version %d (%s); loading it on %s instead",
-                    manifest.version, reason, ", ".join(str(p) for p in fallback))
+        log.warning(
+            "TensorRT could not build version %d (%s); loading it on %s instead",
+            manifest.version,
+            reason,
+            ", ".join(str(p) for p in fallback),
+        )
         self._wait_for_slot()
         return self._checked(model_path, manifest, fallback)
 
@@ -181,8 +190,11 @@ class VersionLoader:
                 try:
                     wanted.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
-                    log.warning("TensorRT engine cache %s cannot be created (%s): the engine is rebuilt at every start",
-                                cache, exc.strerror or exc)
+                    log.warning(
+                        "TensorRT engine cache %s cannot be created (%s): the engine is rebuilt at every start",
+                        cache,
+                        exc.strerror or exc,
+                    )
                     cache = None
                 options = tensorrt_options(spec.name, spec.shape(1), spec.shape(TRT_MAX_BATCH), cache, self._trt_fp16)
                 providers.append((TENSORRT, options))
@@ -212,7 +224,9 @@ def check_session(session: ort.InferenceSession, manifest: Manifest, model_path:
         got = ", ".join(f"{i.name}:{i.type}" for i in inputs)
         raise ModelFileError(f"{model_path} takes {got}; its manifest says {spec.name}:{spec.onnx_type}")
     if list(inputs[0].shape[1:]) != list(spec.shape(1)[1:]):
-        raise ModelFileError(f"{model_path} input shape {inputs[0].shape} does not match the manifest's {spec.shape(1)}")
+        raise ModelFileError(
+            f"{model_path} input shape {inputs[0].shape} does not match the manifest's {spec.shape(1)}"
+        )
     if manifest.output_name not in {o.name for o in session.get_outputs()}:
         raise ModelFileError(f"{model_path} has no output named {manifest.output_name!r}")
     warm = spec.prepare(np.zeros((1, spec.height, spec.width, 3), dtype=np.uint8))

@@ -46,15 +46,31 @@ def _info(version: str, fps: int, codecs: dict[str, str], shape: tuple[int, int]
     h, w = shape
     features = {"action": {"dtype": "float32", "shape": [2], "names": None}}
     for key, codec in codecs.items():
-        features[key] = {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
-                         "info": {"video.codec": "av1" if "av1" in codec else "h264", "video.fps": fps}}
-    return {"codebase_version": version, "robot_type": "test", "total_episodes": episodes, "total_frames": frames,
-            "chunks_size": 1000, "fps": fps, "splits": {"train": f"0:{episodes}"},
-            "video_path": V21_VIDEO_PATH if version == "v2.1" else V30_VIDEO_PATH, "features": features}
+        features[key] = {
+            "dtype": "video",
+            "shape": [h, w, 3],
+            "names": ["height", "width", "channels"],
+            "info": {"video.codec": "av1" if "av1" in codec else "h264", "video.fps": fps},
+        }
+    return {
+        "codebase_version": version,
+        "robot_type": "test",
+        "total_episodes": episodes,
+        "total_frames": frames,
+        "chunks_size": 1000,
+        "fps": fps,
+        "splits": {"train": f"0:{episodes}"},
+        "video_path": V21_VIDEO_PATH if version == "v2.1" else V30_VIDEO_PATH,
+        "features": features,
+    }
 
 
 def write_dataset(
-    root: Path, version: str, episodes: dict[str, list[list[np.ndarray]]], codecs: dict[str, str], fps: int = 10,
+    root: Path,
+    version: str,
+    episodes: dict[str, list[list[np.ndarray]]],
+    codecs: dict[str, str],
+    fps: int = 10,
     file_per_episode: bool = False,
 ) -> Path:
     """A LeRobot dataset at `root` in layout `version` ("v2.1" or "v3.0"): `episodes[key][e]` = episode e's RGB
@@ -77,9 +93,13 @@ def write_dataset(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table: dict[str, list] = {"episode_index": list(range(len(lengths))), "length": lengths,
-                              "tasks": [["pick"]] * len(lengths), "data/chunk_index": [0] * len(lengths),
-                              "data/file_index": [0] * len(lengths)}
+    table: dict[str, list] = {
+        "episode_index": list(range(len(lengths))),
+        "length": lengths,
+        "tasks": [["pick"]] * len(lengths),
+        "data/chunk_index": [0] * len(lengths),
+        "data/file_index": [0] * len(lengths),
+    }
     starts = np.concatenate([[0], np.cumsum(lengths)]) / fps
     for key in keys:
         table[f"videos/{key}/chunk_index"] = [0] * len(lengths)
@@ -91,8 +111,13 @@ def write_dataset(
             table[f"videos/{key}/from_timestamp"] = [0.0] * len(lengths)
             table[f"videos/{key}/to_timestamp"] = [n / fps for n in lengths]
             continue
-        encode(root / V30_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0),
-               [f for ep in episodes[key] for f in ep], fps, codecs[key], faststart=True)
+        encode(
+            root / V30_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0),
+            [f for ep in episodes[key] for f in ep],
+            fps,
+            codecs[key],
+            faststart=True,
+        )
         table[f"videos/{key}/file_index"] = [0] * len(lengths)
         table[f"videos/{key}/from_timestamp"] = [float(s) for s in starts[:-1]]
         table[f"videos/{key}/to_timestamp"] = [float(s) for s in starts[1:]]

@@ -16,8 +16,12 @@ import cv2
 import numpy as np
 
 T0_NS = 1_700_000_000_000_000_000  # the logs' first header stamp
-BAYER_OFFSETS = {"rggb": ((0, 0), (0, 1), (1, 0), (1, 1)), "bggr": ((1, 1), (0, 1), (1, 0), (0, 0)),
-                 "gbrg": ((1, 0), (0, 0), (1, 1), (0, 1)), "grbg": ((0, 1), (0, 0), (1, 1), (1, 0))}
+BAYER_OFFSETS = {
+    "rggb": ((0, 0), (0, 1), (1, 0), (1, 1)),
+    "bggr": ((1, 1), (0, 1), (1, 0), (0, 0)),
+    "gbrg": ((1, 0), (0, 0), (1, 1), (0, 1)),
+    "grbg": ((0, 1), (0, 0), (1, 1), (1, 0)),
+}
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -35,7 +39,9 @@ def encode_image(rgb: np.ndarray, encoding: str) -> tuple[bytes, int]:
     h, w, _ = rgb.shape
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     if encoding in ("rgb8", "bgr8", "rgba8", "bgra8"):
-        code = {"rgb8": None, "bgr8": cv2.COLOR_RGB2BGR, "rgba8": cv2.COLOR_RGB2RGBA, "bgra8": cv2.COLOR_RGB2BGRA}[encoding]
+        code = {"rgb8": None, "bgr8": cv2.COLOR_RGB2BGR, "rgba8": cv2.COLOR_RGB2RGBA, "bgra8": cv2.COLOR_RGB2BGRA}[
+            encoding
+        ]
         out = rgb if code is None else cv2.cvtColor(rgb, code)
         return out.tobytes(), w * out.shape[2]
     if encoding == "mono8":
@@ -43,7 +49,7 @@ def encode_image(rgb: np.ndarray, encoding: str) -> tuple[bytes, int]:
     if encoding == "mono16":
         return (gray.astype("<u2") * 257).tobytes(), 2 * w
     if encoding.startswith("bayer_"):
-        pattern = encoding[len("bayer_"):-1]
+        pattern = encoding[len("bayer_") : -1]
         (ry, rx), (g1y, g1x), (g2y, g2x), (by, bx) = BAYER_OFFSETS[pattern]
         mosaic = np.empty((h, w), np.uint8)
         mosaic[ry::2, rx::2] = rgb[ry::2, rx::2, 0]
@@ -88,12 +94,25 @@ def ros2_image(ts, rgb: np.ndarray, encoding: str, stamp_ns: int):
         return ts.types["sensor_msgs/msg/CompressedImage"](header=header, format=encoding, data=data)
     data, step = encode_image(rgb, encoding)
     h, w, _ = rgb.shape
-    return ts.types["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding=encoding, is_bigendian=0,
-                                            step=step, data=np.frombuffer(data, np.uint8))
+    return ts.types["sensor_msgs/msg/Image"](
+        header=header,
+        height=h,
+        width=w,
+        encoding=encoding,
+        is_bigendian=0,
+        step=step,
+        data=np.frombuffer(data, np.uint8),
+    )
 
 
-def write_mcap_ros2(path: Path, topics: dict[str, tuple[Union[str, list[str]], list[np.ndarray]]], period_ns: int = 100_000_000,
-                    strings: Optional[str] = None, header_stamps: bool = True, chunk_size: int = 256 * 1024) -> None:
+def write_mcap_ros2(
+    path: Path,
+    topics: dict[str, tuple[Union[str, list[str]], list[np.ndarray]]],
+    period_ns: int = 100_000_000,
+    strings: Optional[str] = None,
+    header_stamps: bool = True,
+    chunk_size: int = 256 * 1024,
+) -> None:
     """An MCAP (profile ros2) by mcap-ros2-support's writer: per topic (encoding, frames), frame i of every topic
     stamped T0 + i x period (log time 1 ms later; header stamp 0 when not `header_stamps`); `strings`: a
     std_msgs/msg/String topic beside them."""
@@ -132,8 +151,9 @@ def _as_dict(msg) -> dict:
     return out
 
 
-def write_rosbags(path: Path, storage: str, topics: dict[str, tuple[str, list[np.ndarray]]],
-                  period_ns: int = 100_000_000) -> Path:
+def write_rosbags(
+    path: Path, storage: str, topics: dict[str, tuple[str, list[np.ndarray]]], period_ns: int = 100_000_000
+) -> Path:
     """A rosbag2 folder (`storage` "sqlite3" / "mcap") or, for "ros1", a ROS 1 .bag, by rosbags' writers; the
     frames stamped as in `write_mcap_ros2`. Returns the path to give the reader."""
     from rosbags.typesys import Stores, get_typestore
@@ -144,7 +164,8 @@ def write_rosbags(path: Path, storage: str, topics: dict[str, tuple[str, list[np
         ts = get_typestore(Stores.ROS1_NOETIC)
         writer = Writer1(path)
     else:
-        from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
+        from rosbags.rosbag2 import StoragePlugin
+        from rosbags.rosbag2 import Writer as Writer2
 
         ts = ros2_typestore()
         plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
@@ -160,7 +181,11 @@ def write_rosbags(path: Path, storage: str, topics: dict[str, tuple[str, list[np
                 msg = _ros_msg(ts, frames[i], encoding, stamp, ros1=storage == "ros1")
                 if topic not in conns:
                     conns[topic] = writer.add_connection(topic, msg.__msgtype__, typestore=ts)
-                data = ts.serialize_ros1(msg, msg.__msgtype__) if storage == "ros1" else ts.serialize_cdr(msg, msg.__msgtype__)
+                data = (
+                    ts.serialize_ros1(msg, msg.__msgtype__)
+                    if storage == "ros1"
+                    else ts.serialize_cdr(msg, msg.__msgtype__)
+                )
                 writer.write(conns[topic], stamp + 1_000_000, data)
     return path
 
@@ -171,12 +196,20 @@ def _ros_msg(ts, rgb: np.ndarray, encoding: str, stamp_ns: int, ros1: bool):
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
     header = Header(seq=0, stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id="cam")
     if encoding in ("jpeg", "png"):
-        return ts.types["sensor_msgs/msg/CompressedImage"](header=header, format=encoding,
-                                                          data=np.frombuffer(compress(rgb, encoding), np.uint8))
+        return ts.types["sensor_msgs/msg/CompressedImage"](
+            header=header, format=encoding, data=np.frombuffer(compress(rgb, encoding), np.uint8)
+        )
     data, step = encode_image(rgb, encoding)
     h, w, _ = rgb.shape
-    return ts.types["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding=encoding, is_bigendian=0,
-                                            step=step, data=np.frombuffer(data, np.uint8))
+    return ts.types["sensor_msgs/msg/Image"](
+        header=header,
+        height=h,
+        width=w,
+        encoding=encoding,
+        is_bigendian=0,
+        step=step,
+        data=np.frombuffer(data, np.uint8),
+    )
 
 
 def _foxglove_descriptors() -> bytes:
@@ -188,15 +221,29 @@ def _foxglove_descriptors() -> bytes:
     timestamp_pb2.DESCRIPTOR.CopyToProto(fds.file.add())
     F = descriptor_pb2.FieldDescriptorProto
     shapes = {
-        "RawImage": [("timestamp", 1, F.TYPE_MESSAGE), ("frame_id", 7, F.TYPE_STRING), ("width", 2, F.TYPE_FIXED32),
-                     ("height", 3, F.TYPE_FIXED32), ("encoding", 4, F.TYPE_STRING), ("step", 5, F.TYPE_FIXED32),
-                     ("data", 6, F.TYPE_BYTES)],
-        "CompressedImage": [("timestamp", 1, F.TYPE_MESSAGE), ("frame_id", 4, F.TYPE_STRING), ("data", 2, F.TYPE_BYTES),
-                            ("format", 3, F.TYPE_STRING)],
+        "RawImage": [
+            ("timestamp", 1, F.TYPE_MESSAGE),
+            ("frame_id", 7, F.TYPE_STRING),
+            ("width", 2, F.TYPE_FIXED32),
+            ("height", 3, F.TYPE_FIXED32),
+            ("encoding", 4, F.TYPE_STRING),
+            ("step", 5, F.TYPE_FIXED32),
+            ("data", 6, F.TYPE_BYTES),
+        ],
+        "CompressedImage": [
+            ("timestamp", 1, F.TYPE_MESSAGE),
+            ("frame_id", 4, F.TYPE_STRING),
+            ("data", 2, F.TYPE_BYTES),
+            ("format", 3, F.TYPE_STRING),
+        ],
     }
     for name, fields in shapes.items():
-        proto = fds.file.add(name=f"foxglove/{name}.proto", package="foxglove", syntax="proto3",
-                             dependency=["google/protobuf/timestamp.proto"])
+        proto = fds.file.add(
+            name=f"foxglove/{name}.proto",
+            package="foxglove",
+            syntax="proto3",
+            dependency=["google/protobuf/timestamp.proto"],
+        )
         message = proto.message_type.add(name=name)
         for field_name, number, kind in fields:
             field = message.field.add(name=field_name, number=number, type=kind, label=F.LABEL_OPTIONAL)
@@ -213,8 +260,9 @@ FOXGLOVE_ROS2_DEFS = {
 TIME_DEF = "=" * 80 + "\nMSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n"
 
 
-def write_mcap_foxglove(path: Path, encoding: str, raw: Iterable[np.ndarray], jpegs: Iterable[np.ndarray],
-                        period_ns: int = 100_000_000) -> None:
+def write_mcap_foxglove(
+    path: Path, encoding: str, raw: Iterable[np.ndarray], jpegs: Iterable[np.ndarray], period_ns: int = 100_000_000
+) -> None:
     """An MCAP of Foxglove images in one of the ecosystem's encodings ("protobuf", "json", "ros2msg"): topic
     /raw holds `foxglove.RawImage` rgb8, topic /jpeg `foxglove.CompressedImage` jpeg."""
     from mcap.writer import Writer
@@ -229,12 +277,26 @@ def write_mcap_foxglove(path: Path, encoding: str, raw: Iterable[np.ndarray], jp
             for i, (a, b) in enumerate(zip(raw, jpegs)):
                 t = T0_NS + i * period_ns
                 stamp = {"sec": t // 10**9, "nanosec": t % 10**9}
-                ros2.write_message("/raw", schemas["foxglove_msgs/msg/RawImage"], {
-                    "timestamp": stamp, "frame_id": "cam", "width": a.shape[1], "height": a.shape[0],
-                    "encoding": "rgb8", "step": a.shape[1] * 3, "data": a.tobytes()}, log_time=t + 1_000_000)
-                ros2.write_message("/jpeg", schemas["foxglove_msgs/msg/CompressedImage"], {
-                    "timestamp": stamp, "frame_id": "cam", "data": compress(b, "jpeg"), "format": "jpeg"},
-                    log_time=t + 1_000_000)
+                ros2.write_message(
+                    "/raw",
+                    schemas["foxglove_msgs/msg/RawImage"],
+                    {
+                        "timestamp": stamp,
+                        "frame_id": "cam",
+                        "width": a.shape[1],
+                        "height": a.shape[0],
+                        "encoding": "rgb8",
+                        "step": a.shape[1] * 3,
+                        "data": a.tobytes(),
+                    },
+                    log_time=t + 1_000_000,
+                )
+                ros2.write_message(
+                    "/jpeg",
+                    schemas["foxglove_msgs/msg/CompressedImage"],
+                    {"timestamp": stamp, "frame_id": "cam", "data": compress(b, "jpeg"), "format": "jpeg"},
+                    log_time=t + 1_000_000,
+                )
             ros2.finish()
             return
         writer = Writer(f)
@@ -246,29 +308,46 @@ def write_mcap_foxglove(path: Path, encoding: str, raw: Iterable[np.ndarray], jp
             pool = descriptor_pool.DescriptorPool()
             for proto in descriptor_pb2.FileDescriptorSet.FromString(fds).file:
                 pool.Add(proto)
-            cls = {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"foxglove.{n}"))
-                   for n in ("RawImage", "CompressedImage")}
+            cls = {
+                n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"foxglove.{n}"))
+                for n in ("RawImage", "CompressedImage")
+            }
             ids = {n: writer.register_schema(f"foxglove.{n}", "protobuf", fds) for n in cls}
             enc = "protobuf"
         else:
-            ids = {n: writer.register_schema(f"foxglove.{n}", "jsonschema", json.dumps({"type": "object"}).encode())
-                   for n in ("RawImage", "CompressedImage")}
+            ids = {
+                n: writer.register_schema(f"foxglove.{n}", "jsonschema", json.dumps({"type": "object"}).encode())
+                for n in ("RawImage", "CompressedImage")
+            }
             enc = "json"
-        channels = {"/raw": writer.register_channel("/raw", enc, ids["RawImage"]),
-                    "/jpeg": writer.register_channel("/jpeg", enc, ids["CompressedImage"])}
+        channels = {
+            "/raw": writer.register_channel("/raw", enc, ids["RawImage"]),
+            "/jpeg": writer.register_channel("/jpeg", enc, ids["CompressedImage"]),
+        }
         for i, (a, b) in enumerate(zip(raw, jpegs)):
             t = T0_NS + i * period_ns
-            fields = {"/raw": dict(frame_id="cam", width=a.shape[1], height=a.shape[0], encoding="rgb8",
-                                   step=a.shape[1] * 3, data=a.tobytes()),
-                      "/jpeg": dict(frame_id="cam", data=compress(b, "jpeg"), format="jpeg")}
+            fields = {
+                "/raw": dict(
+                    frame_id="cam",
+                    width=a.shape[1],
+                    height=a.shape[0],
+                    encoding="rgb8",
+                    step=a.shape[1] * 3,
+                    data=a.tobytes(),
+                ),
+                "/jpeg": dict(frame_id="cam", data=compress(b, "jpeg"), format="jpeg"),
+            }
             for topic, body in fields.items():
                 if encoding == "protobuf":
                     msg = cls["RawImage" if topic == "/raw" else "CompressedImage"](**body)
                     msg.timestamp.seconds, msg.timestamp.nanos = t // 10**9, t % 10**9
                     data = msg.SerializeToString()
                 else:
-                    body = dict(body, data=base64.b64encode(body["data"]).decode(),
-                                timestamp={"sec": t // 10**9, "nsec": t % 10**9})
+                    body = dict(
+                        body,
+                        data=base64.b64encode(body["data"]).decode(),
+                        timestamp={"sec": t // 10**9, "nsec": t % 10**9},
+                    )
                     data = json.dumps(body).encode()
                 writer.add_message(channels[topic], log_time=t + 1_000_000, data=data, publish_time=t)
         writer.finish()

@@ -44,7 +44,9 @@ def test_status_write_failure_is_a_warning_not_an_exception(tmp_path: Path, capl
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_history_append_failure_is_a_warning_and_lines_stay_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_history_append_failure_is_a_warning_and_lines_stay_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     missing = tmp_path / "gone" / "runtime.jsonl"
     with caplog.at_level(logging.WARNING, logger="agent.core.atomic"):
         for _ in range(3):
@@ -52,4 +54,7 @@ def test_history_append_failure_is_a_warning_and_lines_stay_whole(tmp_path: Path
     assert caplog.text.count("not appended") == 1
     path = tmp_path / "runtime.jsonl"
     assert append_record(path, {"version": 1, "p50_ms": float("nan")}) and append_record(path, {"version": 2})
-    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"version": 1, "p50_ms": None}, {"version": 2}]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"version": 1, "p50_ms": None},
+        {"version": 2},
+    ]

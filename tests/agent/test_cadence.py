@@ -9,10 +9,16 @@ from agent.core.cadence import due, scheduled
 from agent.core.config import CONFIG_DIR, load_config
 
 
-@pytest.mark.parametrize("step, last, expected", [
-    (199, 0, False), (200, 0, True), (201, 0, True),
-    (299, 150, False), (350, 150, True),  # after a resume or a shutdown export at 150: 200 steps on, not at 400
-])
+@pytest.mark.parametrize(
+    "step, last, expected",
+    [
+        (199, 0, False),
+        (200, 0, True),
+        (201, 0, True),
+        (299, 150, False),
+        (350, 150, True),  # after a resume or a shutdown export at 150: 200 steps on, not at 400
+    ],
+)
 def test_every_steps_means_that_many_steps_since_the_last_one(step: int, last: int, expected: bool) -> None:
     assert due(step, last, 200, 0.0, None) is expected
 
@@ -32,9 +38,11 @@ def test_every_shipped_config_exports_by_time_too() -> None:
 
 def test_a_job_is_on_when_either_bound_is_set_and_export_in_process_follows_that_rule() -> None:
     assert not scheduled(None, None) and scheduled(500, None) and scheduled(None, 60.0) and scheduled(500, 60.0)
-    for words, on in ((["export.every_steps=null", "export.every_seconds=null"], False),
-                      (["export.every_steps=null", "export.every_seconds=60"], True),
-                      (["export.every_steps=200", "export.every_seconds=null"], True)):
+    for words, on in (
+        (["export.every_steps=null", "export.every_seconds=null"], False),
+        (["export.every_steps=null", "export.every_seconds=60"], True),
+        (["export.every_steps=200", "export.every_seconds=null"], True),
+    ):
         assert exports_in_process(load_config(None, words)) is on, words
 
 

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.robot.capture import CaptureStats, run_capture
 from agent.core.config import CaptureConfig, WireConfig
 from agent.core.errors import EndpointError, SourceError
 from agent.core.wire import EndOfStream, Frame
+from agent.robot.capture import CaptureStats, run_capture
 from agent.robot.subscriber import LatestFrameSubscriber
 from agent.robot.transport import FrameReceiver, FrameSender
 from agent.supervisor import format_pipeline_status
@@ -160,8 +160,9 @@ def test_a_recording_keeps_every_frame_of_slow_camera_motion_by_default(tmp_path
     """The gate's old default (0.01) kept 45 of 120 frames of a real clip: slow, steady motion looked still."""
     from benchmarks.make_pan_video import pan_frames
 
-    photo = cv2.resize(np.random.default_rng(1).integers(0, 256, (12, 12, 3), dtype=np.uint8), (96, 96),
-                       interpolation=cv2.INTER_CUBIC)
+    photo = cv2.resize(
+        np.random.default_rng(1).integers(0, 256, (12, 12, 3), dtype=np.uint8), (96, 96), interpolation=cv2.INTER_CUBIC
+    )
     frames = pan_frames(photo, 60, 48, np.random.default_rng(2))
     path = tmp_path / "slow.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (48, 48))
@@ -195,8 +196,14 @@ def test_lost_folder_is_reopened_with_backoff(
     for i in range(3):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((16, 16, 3), 80 * i, np.uint8))
     capture = CaptureConfig(
-        sources=[str(folder)], fps=50, height=16, width=16, novelty_threshold=0.0, loop_video=True,
-        reconnect_backoff_s=0.05, reconnect_max_backoff_s=0.2,
+        sources=[str(folder)],
+        fps=50,
+        height=16,
+        width=16,
+        novelty_threshold=0.0,
+        loop_video=True,
+        reconnect_backoff_s=0.05,
+        reconnect_max_backoff_s=0.2,
     )
     caplog.set_level(logging.INFO, logger="agent.robot.capture")
     messages = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
@@ -237,14 +244,20 @@ def test_a_stalled_stream_is_shown_stale_and_reopened(tmp_path: Path, free_endpo
     # 1st connection: 30 frames, then silence on an open connection; later ones: a header, then silence
     with MjpegServer(plan=[30, 0]) as server:
         capture = CaptureConfig(
-            sources=[server.url], fps=30, height=16, width=16, novelty_threshold=0.0,
-            read_timeout_s=1.0, reconnect_backoff_s=0.1, reconnect_max_backoff_s=0.2,
+            sources=[server.url],
+            fps=30,
+            height=16,
+            width=16,
+            novelty_threshold=0.0,
+            read_timeout_s=1.0,
+            reconnect_backoff_s=0.1,
+            reconnect_max_backoff_s=0.2,
         )
         with CaptureThread(capture, _wire(free_endpoint), status_path=status_path) as cap:
-            wait_for(lambda: [s["state"] for s in _source_states(status_path)] == ["stale"], poll=lambda: time.sleep(0.1))
-            line = format_pipeline_status(
-                {"capture": json.loads(status_path.read_text())}, elapsed_s=9.0, restarts={}
+            wait_for(
+                lambda: [s["state"] for s in _source_states(status_path)] == ["stale"], poll=lambda: time.sleep(0.1)
             )
+            line = format_pipeline_status({"capture": json.loads(status_path.read_text())}, elapsed_s=9.0, restarts={})
             assert f"stream '{server.url}' stale" in line, line
             server.plan = [None]  # the camera comes back: the next reopen gets frames
             wait_for(lambda: [s["state"] for s in _source_states(status_path)] == ["ok"], poll=lambda: time.sleep(0.1))
@@ -268,8 +281,13 @@ def test_a_folder_fanned_out_to_two_ranks_reaches_each_once_and_each_rank_gets_t
     caplog.set_level(logging.INFO, logger="agent.robot.capture")
     got: dict[str, list] = {a: [], b: []}
     with FrameReceiver(a, hwm=2) as ra, FrameReceiver(b, hwm=2) as rb:
-        with CaptureThread(CaptureConfig(sources=[str(folder)], height=16, width=16), wire, pace="asap",
-                           status_path=status_path, log_every_s=0.05) as cap:
+        with CaptureThread(
+            CaptureConfig(sources=[str(folder)], height=16, width=16),
+            wire,
+            pace="asap",
+            status_path=status_path,
+            log_every_s=0.05,
+        ) as cap:
 
             def receive() -> None:
                 for endpoint, receiver in ((a, ra), (b, rb)):
@@ -288,8 +306,9 @@ def test_a_folder_fanned_out_to_two_ranks_reaches_each_once_and_each_rank_gets_t
     assert json.loads(status_path.read_text())["sent_per_endpoint"] == list(stats.sent_per_endpoint)
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"-> {a}, {b}" in m for m in messages), messages
-    assert any(m.startswith("capture finished: ") and f"sent_per_endpoint={len(seqs[a])}/{len(seqs[b])}" in m
-               for m in messages), messages
+    assert any(
+        m.startswith("capture finished: ") and f"sent_per_endpoint={len(seqs[a])}/{len(seqs[b])}" in m for m in messages
+    ), messages
 
 
 def test_one_endpoint_keeps_the_stats_line_of_before() -> None:
@@ -314,7 +333,9 @@ def test_a_lossless_capture_no_trainer_takes_from_says_so_and_keeps_its_status_f
     with CaptureThread(capture, _wire(free_endpoint), status_path=status_path):
         wait_for(lambda: status_path.exists(), timeout_s=5.0, poll=lambda: time.sleep(0.1))
         assert json.loads(status_path.read_text())["sent"] == 0
-        wait_for(lambda: "no trainer has taken a frame for 5 s" in caplog.text, timeout_s=15.0, poll=lambda: time.sleep(0.2))
+        wait_for(
+            lambda: "no trainer has taken a frame for 5 s" in caplog.text, timeout_s=15.0, poll=lambda: time.sleep(0.2)
+        )
     assert free_endpoint in caplog.text and "wire.trainer_key" in caplog.text
 
 
@@ -329,8 +350,11 @@ def test_an_end_of_stream_owed_to_a_rank_nobody_runs_is_named(tmp_path: Path, ca
     up, down = free_tcp_endpoint(), free_tcp_endpoint()
     caplog.set_level(logging.WARNING, logger="agent.robot.capture")
     with FrameReceiver(up, hwm=64) as receiver:
-        with CaptureThread(CaptureConfig(sources=[str(folder)], height=16, width=16),
-                           WireConfig(endpoints=[up, down], publish=None), pace="asap"):
+        with CaptureThread(
+            CaptureConfig(sources=[str(folder)], height=16, width=16),
+            WireConfig(endpoints=[up, down], publish=None),
+            pace="asap",
+        ):
             wait_for(lambda: "still owed" in caplog.text, timeout_s=20.0, poll=lambda: receiver.recv(0.1))
     assert f"the end of stream is still owed to {down} after" in caplog.text
     assert "no trainer has taken a frame" not in caplog.text
@@ -346,12 +370,17 @@ def test_a_subscription_to_a_two_camera_publisher_gives_each_camera_its_share(fr
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)  # every frame differs: the novelty gate keeps it
     frames: list = []
-    with FrameSender(free_tcp_endpoint(), hwm=4, publish=publish) as upstream, \
-            FrameReceiver(free_endpoint, hwm=256) as receiver, CaptureThread(relay, _wire(free_endpoint)):
+    with (
+        FrameSender(free_tcp_endpoint(), hwm=4, publish=publish) as upstream,
+        FrameReceiver(free_endpoint, hwm=256) as receiver,
+        CaptureThread(relay, _wire(free_endpoint)),
+    ):
         seq, deadline = 0, time.monotonic() + 20.0
         while time.monotonic() < deadline and len(frames) < 60:
             for camera in (0, 1):
-                upstream.send(Frame(camera_id=camera, seq=seq, timestamp=time.time(), image=images[(seq + 31 * camera) % 64]))
+                upstream.send(
+                    Frame(camera_id=camera, seq=seq, timestamp=time.time(), image=images[(seq + 31 * camera) % 64])
+                )
             seq += 1
             while (frame := receiver.recv(0.01)) is not None:
                 if isinstance(frame, Frame):

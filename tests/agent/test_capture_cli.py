@@ -45,7 +45,14 @@ def error_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         "endpoint": ("--source", "demo", "--endpoint", "tcp://127.0.0.1:notaport", "--publish", "none"),
         "publish": ("--source", "demo", "--endpoint", free_tcp_endpoint(), "--publish", taken),
         "junk": ("--source", str(junk), "--endpoint", free_tcp_endpoint(), "--publish", "none"),
-        "missing": ("--source", str(video.parent / "missing.mp4"), "--endpoint", free_tcp_endpoint(), "--publish", "none"),
+        "missing": (
+            "--source",
+            str(video.parent / "missing.mp4"),
+            "--endpoint",
+            free_tcp_endpoint(),
+            "--publish",
+            "none",
+        ),
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {
@@ -107,8 +114,18 @@ def test_a_camera_stream_absent_at_start_is_waited_for(tmp_path: Path) -> None:
     status_path = tmp_path / "status-capture.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = _capture_cmd(
-        "--source", url, "--endpoint", free_tcp_endpoint(), "--publish", "none", "--status-file", str(status_path),
-        "capture.height=16", "capture.width=16", "capture.reconnect_backoff_s=0.2", "capture.reconnect_max_backoff_s=0.5",
+        "--source",
+        url,
+        "--endpoint",
+        free_tcp_endpoint(),
+        "--publish",
+        "none",
+        "--status-file",
+        str(status_path),
+        "capture.height=16",
+        "capture.width=16",
+        "capture.reconnect_backoff_s=0.2",
+        "capture.reconnect_max_backoff_s=0.5",
     )
     log_path = tmp_path / "capture.log"
     with open(log_path, "wb") as log_file:
@@ -147,8 +164,18 @@ def test_a_camera_stream_absent_at_start_is_waited_for(tmp_path: Path) -> None:
 def test_capture_keeps_running_and_counts_drops_with_no_trainer() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = _capture_cmd(
-        "--source", "demo", "--endpoint", free_tcp_endpoint(), "--publish", "none", "--fps", "30",
-        "--stats-every", "0.2", "capture.height=32", "capture.width=32",
+        "--source",
+        "demo",
+        "--endpoint",
+        free_tcp_endpoint(),
+        "--publish",
+        "none",
+        "--fps",
+        "30",
+        "--stats-every",
+        "0.2",
+        "capture.height=32",
+        "capture.width=32",
     )
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
@@ -191,8 +218,21 @@ def test_endpoint_twice_feeds_two_ranks_every_frame_once_and_each_an_end(tmp_pat
     a, b = free_tcp_endpoint(), free_tcp_endpoint()
     got: dict[str, list] = {a: [], b: []}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = _capture_cmd("--source", str(video), "--endpoint", a, "--endpoint", b, "--publish", "none", "--pace", "asap",
-                       "capture.height=16", "capture.width=16", "wire.send_hwm=2")
+    cmd = _capture_cmd(
+        "--source",
+        str(video),
+        "--endpoint",
+        a,
+        "--endpoint",
+        b,
+        "--publish",
+        "none",
+        "--pace",
+        "asap",
+        "capture.height=16",
+        "capture.width=16",
+        "wire.send_hwm=2",
+    )
     with FrameReceiver(a, hwm=2) as ra, FrameReceiver(b, hwm=2) as rb:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
         try:
@@ -231,8 +271,14 @@ def endpoint_list_errors() -> Iterator[dict[str, subprocess.CompletedProcess]]:
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {
-        name: subprocess.Popen(_capture_cmd("--source", "demo", "--publish", "none", *args), cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            _capture_cmd("--source", "demo", "--publish", "none", *args),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name, args in cases.items()
     }
     try:

@@ -25,7 +25,9 @@ NOVELTY_ON_PURPOSE: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_keep_every_frame_of_a_recording_and_gate_live_cameras_at_the_measured_default(path: Path) -> None:
+def test_shipped_configs_keep_every_frame_of_a_recording_and_gate_live_cameras_at_the_measured_default(
+    path: Path,
+) -> None:
     """configs/default.yaml once set 0.01, so replaying three real clips kept 326 of 1,284 frames."""
     from agent.core.frames import LIVE_NOVELTY_THRESHOLD, novelty_threshold
 
@@ -33,7 +35,9 @@ def test_shipped_configs_keep_every_frame_of_a_recording_and_gate_live_cameras_a
         pytest.skip(NOVELTY_ON_PURPOSE[path.stem])
     configured = load_config(path).capture.novelty_threshold
     assert novelty_threshold(configured, finite=True) == 0.0, f"{path.name} gates recordings ({configured})"
-    assert novelty_threshold(configured, finite=False) == LIVE_NOVELTY_THRESHOLD, f"{path.name} gates live at {configured}"
+    assert novelty_threshold(configured, finite=False) == LIVE_NOVELTY_THRESHOLD, (
+        f"{path.name} gates live at {configured}"
+    )
 
 
 def test_overrides_are_typed_and_applied() -> None:
@@ -77,7 +81,9 @@ def test_unknown_key_lists_the_allowed_ones() -> None:
 
 
 def test_dump_then_load_is_identity(tmp_path: Path) -> None:
-    cfg = load_config(overrides=["train.batch_size=8", "export.every_steps=null", "model.image_size=[32, 48]", "capture.channels=1"])
+    cfg = load_config(
+        overrides=["train.batch_size=8", "export.every_steps=null", "model.image_size=[32, 48]", "capture.channels=1"]
+    )
     assert cfg.model.image_hw == (32, 48) and cfg.capture.channels == 1
     dump_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
@@ -92,12 +98,15 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
-@pytest.mark.parametrize("text, where", [
-    ("capture:\n  fps: 15\n  height 96: x: 1\n", "at line 3, column 15: mapping values are not allowed here"),
-    ("train:\n  lr: 1e-3\n    batch_size: 8\n", "at line 3, column 15: mapping values are not allowed here"),
-    ("train: {lr: 1e-3\n", "at line 2, column 1: expected ',' or '}', but got '<stream end>'"),
-    ("capture:\n\tfps: 15\n", "at line 2, column 1: found character '\\t' that cannot start any token"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("capture:\n  fps: 15\n  height 96: x: 1\n", "at line 3, column 15: mapping values are not allowed here"),
+        ("train:\n  lr: 1e-3\n    batch_size: 8\n", "at line 3, column 15: mapping values are not allowed here"),
+        ("train: {lr: 1e-3\n", "at line 2, column 1: expected ',' or '}', but got '<stream end>'"),
+        ("capture:\n\tfps: 15\n", "at line 2, column 1: found character '\\t' that cannot start any token"),
+    ],
+)
 def test_a_yaml_syntax_error_names_file_line_and_column_in_one_line(tmp_path: Path, text: str, where: str) -> None:
     """The error once gave PyYAML's first line ("while parsing a block mapping") and no position."""
     bad = tmp_path / "bad.yaml"
@@ -150,7 +159,9 @@ def test_cli_config_errors_print_one_line(tmp_path: Path) -> None:
     for config in (binary, tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "agent.cli", "train", "--run-dir", str(tmp_path / "run"), "--config", str(config)],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr

@@ -13,11 +13,11 @@ import zmq
 
 from agent.cli import main as cli_main
 from agent.core.config import WireConfig, load_config
-from agent.robot.curve import WireSecurity, create_keys, is_loopback
 from agent.core.errors import ConfigError, EndpointError
+from agent.core.wire import Frame, encode_frame, max_message_bytes
+from agent.robot.curve import WireSecurity, create_keys, is_loopback
 from agent.robot.subscriber import LatestFrameSubscriber
 from agent.robot.transport import FrameReceiver, FrameSender
-from agent.core.wire import Frame, encode_frame, max_message_bytes
 
 
 def _frame(seq: int, side: int = 16) -> Frame:
@@ -62,7 +62,9 @@ def test_only_authorised_keys_deliver_and_the_rest_are_counted(keys: dict[str, P
                         pass
                     assert sender.send(_frame(seq), timeout_s=10)
                 got = [receiver.recv(5) for _ in range(30)]
-                assert [f.seq for f in got if f is not None] == list(range(30))  # the authorised feed, whole and in order
+                assert [f.seq for f in got if f is not None] == list(
+                    range(30)
+                )  # the authorised feed, whole and in order
                 assert receiver.recv(0.5) is None  # nothing from the others
                 deadline = time.monotonic() + 10
                 while receiver.stats.refused < 2 and time.monotonic() < deadline:
@@ -83,9 +85,10 @@ def test_subscriber_reaches_a_curve_publisher_only_with_its_key(keys: dict[str, 
     from tests.conftest import free_tcp_endpoint
 
     with FrameSender(free_tcp_endpoint(), hwm=4, publish=free_endpoint, security=publisher) as sender:
-        with LatestFrameSubscriber(free_endpoint, security=reader) as sub, LatestFrameSubscriber(
-            free_endpoint, security=outsider
-        ) as other:
+        with (
+            LatestFrameSubscriber(free_endpoint, security=reader) as sub,
+            LatestFrameSubscriber(free_endpoint, security=outsider) as other,
+        ):
             deadline, seen, seq = time.monotonic() + 10, None, 0
             while seen is None and time.monotonic() < deadline:
                 sender.send(_frame(seq))
@@ -218,8 +221,8 @@ def test_host_names_other_than_localhost_need_keys(endpoint: str) -> None:
 def test_a_capture_feeding_two_ranks_authenticates_to_each(keys: dict[str, Path]) -> None:
     """Every rank binds its own PULL with the trainer's key pair; the capture's one socket per
     endpoint authenticates with wire.trainer_key to each, and an unauthorised sender reaches neither."""
-    from tests.conftest import free_tcp_endpoint
     from agent.core.wire import EndOfStream
+    from tests.conftest import free_tcp_endpoint
 
     server = _security(secret_key=keys["trainer"], authorized_keys=keys["authorized"])  # shared by both ranks
     good = _security(secret_key=keys["robot7"], trainer_key=keys["trainer_public"])
@@ -265,8 +268,12 @@ def test_keys_are_required_per_endpoint(keys: dict[str, Path]) -> None:
     with pytest.raises(EndpointError, match="refusing to connect to tcp://192.0.2.1:5555 without CURVE keys"):
         FrameSender([free_tcp_endpoint(), "tcp://192.0.2.1:5555"], hwm=4)
     with pytest.raises(EndpointError, match="refusing to connect to tcp://192.0.2.1:5555 without CURVE keys"):
-        FrameSender([free_tcp_endpoint(), "tcp://192.0.2.1:5555"], hwm=4,
-                    security=_security(secret_key=keys["robot7"]))  # no trainer key: no CURVE
-    with FrameSender(["tcp://192.0.2.1:5555", "tcp://192.0.2.2:5555"], hwm=4,
-                     security=_security(secret_key=keys["robot7"], trainer_key=keys["trainer_public"])) as sender:
+        FrameSender(
+            [free_tcp_endpoint(), "tcp://192.0.2.1:5555"], hwm=4, security=_security(secret_key=keys["robot7"])
+        )  # no trainer key: no CURVE
+    with FrameSender(
+        ["tcp://192.0.2.1:5555", "tcp://192.0.2.2:5555"],
+        hwm=4,
+        security=_security(secret_key=keys["robot7"], trainer_key=keys["trainer_public"]),
+    ) as sender:
         assert sender.endpoints == ("tcp://192.0.2.1:5555", "tcp://192.0.2.2:5555")

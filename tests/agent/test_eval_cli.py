@@ -32,9 +32,23 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _saved(export_dir: Path, knn: float, linear: float) -> dict:
     """A result as `eval --json` saves it, for the same data, split and k."""
-    return {"encoder": str(export_dir), "version": 0, "step": 0, "data": "digits", "k": 20, "n_train": 1258,
-            "n_test": 539, "num_classes": 10, "feature_dim": 64, "knn_top1": knn, "linear_top1": linear,
-            "random_knn_top1": None, "random_linear_top1": None, "seed": 0, "seconds": 0.0}
+    return {
+        "encoder": str(export_dir),
+        "version": 0,
+        "step": 0,
+        "data": "digits",
+        "k": 20,
+        "n_train": 1258,
+        "n_test": 539,
+        "num_classes": 10,
+        "feature_dim": 64,
+        "knn_top1": knn,
+        "linear_top1": linear,
+        "random_knn_top1": None,
+        "random_linear_top1": None,
+        "seed": 0,
+        "seconds": 0.0,
+    }
 
 
 def test_eval_digits_json_run_dir_and_gate(export_dir: Path, tmp_path: Path) -> None:
@@ -42,7 +56,9 @@ def test_eval_digits_json_run_dir_and_gate(export_dir: Path, tmp_path: Path) -> 
     run.mkdir()
     worse = tmp_path / "worse.json"
     worse.write_text(json.dumps(_saved(export_dir, 0.1, 0.1)))
-    out = _eval("--encoder", str(export_dir), "--data", "digits", "--run-dir", str(run), "--json", "--previous", str(worse))
+    out = _eval(
+        "--encoder", str(export_dir), "--data", "digits", "--run-dir", str(run), "--json", "--previous", str(worse)
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["event"] == "eval" and result["version"] == 1 and result["k"] == 20
@@ -53,8 +69,19 @@ def test_eval_digits_json_run_dir_and_gate(export_dir: Path, tmp_path: Path) -> 
 def test_eval_table_and_regression_exit_status(export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     better = tmp_path / "better.json"
     better.write_text(json.dumps({**_saved(export_dir, 0.999, 0.999), "k": 5}))
-    status = cli_main(["eval", "--encoder", str(export_dir / "encoder-000001.onnx"), "--data", "digits", "--k", "5",
-                       "--previous", str(better)])
+    status = cli_main(
+        [
+            "eval",
+            "--encoder",
+            str(export_dir / "encoder-000001.onnx"),
+            "--data",
+            "digits",
+            "--k",
+            "5",
+            "--previous",
+            str(better),
+        ]
+    )
     assert status == 1
     lines = capsys.readouterr().out.splitlines()
     assert "kNN top-1" in lines[1] and "k=5" in lines[1]
@@ -93,14 +120,18 @@ def test_a_manifest_naming_an_import_string_runs_nothing(tmp_path: Path) -> None
     assert "import string 'subprocess:getoutput'" in out.stderr
 
 
-def test_eval_says_when_an_encoder_is_younger_than_the_measured_crossing(tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture) -> None:
-    from export.evaluate import DEFAULT_PASSES_RANDOM_INIT_STEPS as passes, young_encoder_note
+def test_eval_says_when_an_encoder_is_younger_than_the_measured_crossing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from export.evaluate import DEFAULT_PASSES_RANDOM_INIT_STEPS as passes
+    from export.evaluate import young_encoder_note
     from tests.export.tiny import publish_version
 
     publish_version(tmp_path, seed=1, step=passes // 3)
     assert cli_main(["eval", "--encoder", str(tmp_path), "--data", "digits"]) == 0
     out = capsys.readouterr().out
-    assert (f"note: at the default config the probe usually passes random init after ~{passes} steps on real photos "
-            f"(benchmarks/RESULTS.md); this encoder has {passes // 3}") in out, out
+    assert (
+        f"note: at the default config the probe usually passes random init after ~{passes} steps on real photos "
+        f"(benchmarks/RESULTS.md); this encoder has {passes // 3}"
+    ) in out, out
     assert young_encoder_note(passes) is None and young_encoder_note(None) is None  # as old, or no manifest step

@@ -22,7 +22,9 @@ Message = Union[Frame, EndOfStream]
 
 
 def _frame(seq: int, side: int = 16, camera_id: int = 0) -> Frame:
-    return Frame(camera_id=camera_id, seq=seq, timestamp=time.time(), image=np.full((side, side, 3), seq % 256, np.uint8))
+    return Frame(
+        camera_id=camera_id, seq=seq, timestamp=time.time(), image=np.full((side, side, 3), seq % 256, np.uint8)
+    )
 
 
 def _drain(receiver: FrameReceiver, into: list[Message]) -> None:
@@ -59,8 +61,10 @@ def test_lossless_fanout_delivers_every_frame_once_and_an_end_to_each_rank() -> 
                 send_one()
             assert sender.send_end(0, seq, timeout_s=5)
             stats = sender.stats
-            _until(lambda: all(got[e] and isinstance(got[e][-1], EndOfStream) for e in (a, b)),
-                   lambda: (_drain(ra, got[a]), _drain(rb, got[b]), time.sleep(0.01)))
+            _until(
+                lambda: all(got[e] and isinstance(got[e][-1], EndOfStream) for e in (a, b)),
+                lambda: (_drain(ra, got[a]), _drain(rb, got[b]), time.sleep(0.01)),
+            )
     assert stats.sent == seq and stats.dropped == 0 and sum(stats.sent_per_endpoint) == seq
     assert sorted(_seqs(got[a]) + _seqs(got[b])) == list(range(seq))  # every frame, each once
     for endpoint, sent in zip((a, b), stats.sent_per_endpoint):
@@ -88,8 +92,10 @@ def test_a_rank_that_stops_reading_gets_fewer_frames_while_the_other_keeps_recei
             full = sender.stats
             for seq in range(200):  # then the reading rank gets (nearly) all of them
                 send(seq)
-            _until(lambda: len(received) >= sender.stats.sent_per_endpoint[1],
-                   lambda: (_drain(r_reading, received), time.sleep(0.01)))
+            _until(
+                lambda: len(received) >= sender.stats.sent_per_endpoint[1],
+                lambda: (_drain(r_reading, received), time.sleep(0.01)),
+            )
             stats = sender.stats
         assert r_stalled.stats.received == 0  # never read
     to_stalled, to_reading = stats.sent_per_endpoint

@@ -66,10 +66,19 @@ def test_a_subscriber_reads_an_ipv6_publisher() -> None:
 
 
 def test_config_accepts_ipv6_endpoints() -> None:
-    wire = load_config(None, ["wire.endpoint=tcp://[::1]:5555", "wire.publish=tcp://[::1]:5556",
-                              "wire.endpoints=['tcp://[::1]:5555', 'tcp://[::1]:5557']"]).wire
-    assert (wire.endpoint, wire.publish, wire.endpoints) == ("tcp://[::1]:5555", "tcp://[::1]:5556",
-                                                             ["tcp://[::1]:5555", "tcp://[::1]:5557"])
+    wire = load_config(
+        None,
+        [
+            "wire.endpoint=tcp://[::1]:5555",
+            "wire.publish=tcp://[::1]:5556",
+            "wire.endpoints=['tcp://[::1]:5555', 'tcp://[::1]:5557']",
+        ],
+    ).wire
+    assert (wire.endpoint, wire.publish, wire.endpoints) == (
+        "tcp://[::1]:5555",
+        "tcp://[::1]:5556",
+        ["tcp://[::1]:5555", "tcp://[::1]:5557"],
+    )
 
 
 @pytest.mark.slow
@@ -77,15 +86,50 @@ def test_train_binds_an_ipv6_endpoint_and_a_capture_cli_feeds_it(tmp_path: Path)
     """`byol-agent train --endpoint tcp://[::1]:P` trains on frames from `byol-agent capture --endpoint tcp://[::1]:P`."""
     endpoint = free_ipv6_endpoint()
     train = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "train", "--run-dir", str(tmp_path / "run"), "--endpoint", endpoint,
-         "--max-steps", "2", *TINY_MODEL, "buffer.min_fill=8", "train.checkpoint_every=1000", "export.every_steps=1000",
-         "capture.height=32", "capture.width=32"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "train",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--endpoint",
+            endpoint,
+            "--max-steps",
+            "2",
+            *TINY_MODEL,
+            "buffer.min_fill=8",
+            "train.checkpoint_every=1000",
+            "export.every_steps=1000",
+            "capture.height=32",
+            "capture.width=32",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     capture = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "capture", "--source", "demo", "--endpoint", endpoint, "--publish", "none",
-         "--fps", "30", "capture.height=32", "capture.width=32"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "capture",
+            "--source",
+            "demo",
+            "--endpoint",
+            endpoint,
+            "--publish",
+            "none",
+            "--fps",
+            "30",
+            "capture.height=32",
+            "capture.width=32",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         train_out, _ = train.communicate(timeout=150)

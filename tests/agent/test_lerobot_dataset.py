@@ -67,8 +67,11 @@ def _read_all(source) -> list[tuple[np.ndarray, float]]:
 
 def _which(image: np.ndarray, key: str) -> tuple[int, int, float]:
     """(episode, frame, mean |diff|) of the source image of camera `key` closest to `image`."""
-    diffs = [(np.abs(image.astype(np.float32) - ref.astype(np.float32)).mean(), e, f)
-             for e, ep in enumerate(SOURCE[key]) for f, ref in enumerate(ep)]
+    diffs = [
+        (np.abs(image.astype(np.float32) - ref.astype(np.float32)).mean(), e, f)
+        for e, ep in enumerate(SOURCE[key])
+        for f, ref in enumerate(ep)
+    ]
     diff, e, f = min(diffs)
     return e, f, diff
 
@@ -163,7 +166,7 @@ def test_a_truncated_video_gives_the_frames_before_the_damage_and_a_counted_erro
     assert all(g[2] < TOLERANCE for g in got)
     assert source.errors == 1 and str(video) in caplog.text
     if info["codebase_version"] == "v2.1":  # moov at the end: episode 0 is lost, episode 1 still plays
-        assert [g[:2] for g in got] == expected[LENGTHS[0]:]
+        assert [g[:2] for g in got] == expected[LENGTHS[0] :]
     else:  # one file, index at the front: the frames before the cut, then nothing
         assert [g[:2] for g in got] == expected[: len(got)]
 
@@ -217,8 +220,9 @@ def test_realtime_pacing_does_not_wait_through_the_gap_between_episodes(dataset:
     """The episode gap (EPISODE_GAP_S) is a pause in the recording: the pacer restarts its clock there."""
     source = open_lerobot(f"{dataset}#observation.images.top", CaptureConfig())
     halt, wake = threading.Event(), threading.Event()
-    reader = SourceReader(source, CaptureConfig(height=48, width=64), pace="realtime", wake=wake, halt=halt,
-                          lossless=True)
+    reader = SourceReader(
+        source, CaptureConfig(height=48, width=64), pace="realtime", wake=wake, halt=halt, lossless=True
+    )
     reader.start()
     got, deadline = [], time.monotonic() + 30  # the clip lasts 0.9 s; without the fix the gap is 11 days
     try:

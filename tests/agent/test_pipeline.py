@@ -41,7 +41,9 @@ def test_a_single_process_binds_the_endpoint_as_before() -> None:
 def test_the_list_gives_each_global_rank_its_entry() -> None:
     listed = wire("wire.endpoints=['tcp://10.0.0.1:5555', 'tcp://10.0.0.2:5555', 'tcp://10.0.0.3:5555']")
     assert [rank_endpoint(listed, r, 3) for r in range(3)] == [
-        "tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555", "tcp://10.0.0.3:5555",
+        "tcp://10.0.0.1:5555",
+        "tcp://10.0.0.2:5555",
+        "tcp://10.0.0.3:5555",
     ]
 
 
@@ -54,14 +56,27 @@ def test_a_list_shorter_than_the_world_and_a_port_past_65535_are_one_line_errors
 
 def _train(run_dir: Path, *words: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`byol-agent train --run-dir RUN_DIR WORDS...` as a real subprocess (stdout and stderr captured)."""
-    return subprocess.run([sys.executable, "-m", "agent.cli", "train", "--run-dir", str(run_dir), *words],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "train", "--run-dir", str(run_dir), *words],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 @pytest.mark.slow
 def test_a_rank_given_too_few_endpoints_stops_with_one_line_before_training(tmp_path: Path) -> None:
     """What a torchrun rank sees: the command fails in one line, no traceback, before it joins anyone."""
-    env = {**os.environ, "RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    env = {
+        **os.environ,
+        "RANK": "2",
+        "WORLD_SIZE": "3",
+        "LOCAL_RANK": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "1",
+    }
     done = _train(tmp_path / "run", "wire.endpoints=['tcp://127.0.0.1:5555', 'tcp://127.0.0.1:5556']", env=env)
     assert done.returncode == 2, done
     assert done.stderr.strip().splitlines() == [
@@ -93,9 +108,14 @@ def test_nproc_refuses_a_rank_port_in_use_and_a_port_listed_twice_in_one_line(tm
     port = busy.getsockname()[1]
     try:
         cases = {
-            "in use": ([f"wire.endpoints=[{free_tcp_endpoint()}, tcp://127.0.0.1:{port}]"], f"cannot bind tcp://127.0.0.1:{port}"),
-            "twice": ([f"wire.endpoints=[{free_tcp_endpoint()}, tcp://127.0.0.1:{port}, tcp://127.0.0.1:{port}]"],
-                      "listed more than once"),
+            "in use": (
+                [f"wire.endpoints=[{free_tcp_endpoint()}, tcp://127.0.0.1:{port}]"],
+                f"cannot bind tcp://127.0.0.1:{port}",
+            ),
+            "twice": (
+                [f"wire.endpoints=[{free_tcp_endpoint()}, tcp://127.0.0.1:{port}, tcp://127.0.0.1:{port}]"],
+                "listed more than once",
+            ),
         }
         for name, (overrides, needle) in cases.items():
             done = _train(tmp_path / name, "--nproc", "2", *overrides)

@@ -55,8 +55,14 @@ def test_a_looping_video_keeps_its_clock_running_forward(tmp_path: Path, free_en
 
 def test_each_topic_of_a_log_is_its_own_camera_stamped_by_its_headers(tmp_path: Path, free_endpoint: str) -> None:
     path = tmp_path / "drive.mcap"
-    write_mcap_ros2(path, {"/front": ("rgb8", [smooth_image(24, 32, s) for s in range(4)]),
-                           "/rear": ("jpeg", [smooth_image(24, 32, s) for s in range(4)])}, period_ns=50_000_000)
+    write_mcap_ros2(
+        path,
+        {
+            "/front": ("rgb8", [smooth_image(24, 32, s) for s in range(4)]),
+            "/rear": ("jpeg", [smooth_image(24, 32, s) for s in range(4)]),
+        },
+        period_ns=50_000_000,
+    )
     capture = CaptureConfig(sources=[str(path)], height=24, width=32, camera_id_base=7)
     frames = receive(free_endpoint, capture, 8)
     by_camera: dict[int, list[float]] = {}

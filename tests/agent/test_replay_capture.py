@@ -36,8 +36,19 @@ def test_replay_shows_its_plan_and_a_progress_bar_with_steps_frames_and_total(tm
 
     video = tmp_path / "clip.avi"
     write_video(video, 40)
-    cfg = load_config(None, [*TINY_MODEL, "buffer.min_fill=16", "capture.height=32", "capture.width=32",
-                             "train.replay_ratio=2", "export.every_steps=null", "export.every_seconds=null", "train.threads=1"])
+    cfg = load_config(
+        None,
+        [
+            *TINY_MODEL,
+            "buffer.min_fill=16",
+            "capture.height=32",
+            "capture.width=32",
+            "train.replay_ratio=2",
+            "export.every_steps=null",
+            "export.every_seconds=null",
+            "train.threads=1",
+        ],
+    )
     assert replay(cfg, [str(video)], tmp_path / "run", pace="asap", stop=threading.Event(), progress=True) == 0
     err = capsys.readouterr().err
     assert "replay: 40 frames in 1 recording(s); train.replay_ratio 2 updates per frame = about 80 steps" in err

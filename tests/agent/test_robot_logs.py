@@ -13,8 +13,8 @@ from agent.core.config import CaptureConfig
 from agent.core.errors import ConfigError, SourceError
 from agent.robot.robot_log_images import RAW_ENCODINGS
 from agent.robot.robot_logs import RobotLogSource
-from agent.robot.sources import check_sources, expand_sources, kind_of, open_source
 from agent.robot.source_base import SourceExhausted
+from agent.robot.sources import check_sources, expand_sources, kind_of, open_source
 from tests.agent.robot_log_writers import (
     T0_NS,
     smooth_image,
@@ -43,8 +43,16 @@ def mean_abs(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
     return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
-TOLERANCE = {"mono8": None, "mono16": None, "jpeg": 4.0, "png": 0.0, "yuv422": 4.5, "uyvy": 4.5, "yuyv": 4.5,
-             "yuv422_yuy2": 4.5}  # chroma shared by 2 pixels; swapped U/V: > 30
+TOLERANCE = {
+    "mono8": None,
+    "mono16": None,
+    "jpeg": 4.0,
+    "png": 0.0,
+    "yuv422": 4.5,
+    "uyvy": 4.5,
+    "yuyv": 4.5,
+    "yuv422_yuy2": 4.5,
+}  # chroma shared by 2 pixels; swapped U/V: > 30
 
 
 def test_an_mcap_of_every_encoding_reads_back_the_source_pixels(tmp_path: Path, caplog) -> None:
@@ -91,11 +99,16 @@ def test_a_1080p_bayer_topic_beside_a_compressed_one_are_two_cameras(tmp_path: P
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap", "ros1"])
-def test_rosbag2_folders_and_ros1_bags_read_each_image_topic_with_its_header_clock(tmp_path: Path, storage: str) -> None:
+def test_rosbag2_folders_and_ros1_bags_read_each_image_topic_with_its_header_clock(
+    tmp_path: Path, storage: str
+) -> None:
     raw = [smooth_image(H, W, seed=s) for s in range(3)]
     jpg = [smooth_image(H, W, seed=s + 5) for s in range(3)]
-    path = write_rosbags(tmp_path / ("run.bag" if storage == "ros1" else "run"), storage,
-                         {"/cam/raw": ("bgr8", raw), "/cam/jpeg": ("jpeg", jpg)})
+    path = write_rosbags(
+        tmp_path / ("run.bag" if storage == "ros1" else "run"),
+        storage,
+        {"/cam/raw": ("bgr8", raw), "/cam/jpeg": ("jpeg", jpg)},
+    )
     assert kind_of(str(path)).name == "robot_log"
     specs = expand_sources([str(path)], CFG)
     assert specs == [f"{path}#/cam/jpeg", f"{path}#/cam/raw"]
@@ -212,7 +225,9 @@ def test_a_message_that_does_not_hold_its_image_is_skipped_and_counted_and_readi
     path = tmp_path / "bad.mcap"
     with open(path, "wb") as f:
         writer = Writer(f)
-        schema = writer.register_msgdef("sensor_msgs/msg/Image", ts.generate_msgdef("sensor_msgs/msg/Image", ros_version=2)[0])
+        schema = writer.register_msgdef(
+            "sensor_msgs/msg/Image", ts.generate_msgdef("sensor_msgs/msg/Image", ros_version=2)[0]
+        )
         for i in range(3):
             msg = _as_dict(ros2_image(ts, np.full((H, W, 3), 50 * i, np.uint8), "rgb8", T0_NS + i))
             if i == 1:
@@ -243,8 +258,14 @@ def test_a_log_that_is_not_one_is_a_one_line_error(tmp_path: Path) -> None:
 def test_an_expanded_log_leaves_out_a_topic_in_no_encoding_this_reads_with_one_warning(tmp_path: Path, caplog) -> None:
     """One 32FC1 depth topic beside good ones does not block the log; named by the user, it is an error."""
     path = tmp_path / "depth.mcap"
-    write_mcap_ros2(path, {"/a": ("rgb8", [smooth_image(H, W)] * 2), "/depth/32f": ("32FC1", [smooth_image(H, W)] * 3),
-                           "/z": ("mono8", [smooth_image(H, W)] * 2)})
+    write_mcap_ros2(
+        path,
+        {
+            "/a": ("rgb8", [smooth_image(H, W)] * 2),
+            "/depth/32f": ("32FC1", [smooth_image(H, W)] * 3),
+            "/z": ("mono8", [smooth_image(H, W)] * 2),
+        },
+    )
     with caplog.at_level(logging.WARNING, logger="agent.robot.robot_logs"):
         assert expand_sources([str(path)], CFG) == [f"{path}#/a", f"{path}#/z"]
         sources = check_sources([str(path)], CFG)

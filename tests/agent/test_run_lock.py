@@ -91,13 +91,22 @@ def test_the_lock_is_handed_to_children_and_refuses_everyone_else(tmp_path: Path
     with lock_directory(tmp_path, "run") as lock:
         pass_fds, env = lock.inheritance()
         child = subprocess.run(
-            [sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60,
-            pass_fds=pass_fds, env={**os.environ, **env},
+            [sys.executable, "-c", probe, str(tmp_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            pass_fds=pass_fds,
+            env={**os.environ, **env},
         )
         assert (child.returncode, child.stdout.strip()) == (0, "inherited"), child
-        outsider = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        outsider = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert outsider.returncode == 2 and "in use by byol-agent run (pid" in outsider.stdout, outsider
-    free = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    free = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert (free.returncode, free.stdout.strip()) == (0, "taken"), free
 
 
@@ -128,26 +137,44 @@ def test_a_launcher_holds_the_lock_for_descendants_that_cannot_inherit_it(tmp_pa
     with lock_directory(tmp_path, "train") as lock:
         assert lock.inheritance()[0]  # a descriptor to hand down, which the middle process will close
         grandchild = subprocess.run(
-            [sys.executable, "-c", middle, sys.executable, "-c", probe, str(tmp_path)], cwd=REPO,
-            capture_output=True, text=True, timeout=60, env={**os.environ, **holder_env()},
+            [sys.executable, "-c", middle, sys.executable, "-c", probe, str(tmp_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **holder_env()},
         )
         assert (grandchild.returncode, grandchild.stdout.strip()) == (0, "inherited"), grandchild
         unnamed = subprocess.run(
-            [sys.executable, "-c", middle, sys.executable, "-c", probe, str(tmp_path)], cwd=REPO,
-            capture_output=True, text=True, timeout=60,
+            [sys.executable, "-c", middle, sys.executable, "-c", probe, str(tmp_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert unnamed.returncode == 2 and f"in use by byol-agent train (pid {os.getpid()}" in unnamed.stdout, unnamed
 
     # A lock held by a process that is not our ancestor is refused even when the environment names it.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from agent.core.run_lock import lock_directory\n"
-         "lock = lock_directory(sys.argv[1], 'train'); print('locked', flush=True); time.sleep(120)", str(tmp_path)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from agent.core.run_lock import lock_directory\n"
+            "lock = lock_directory(sys.argv[1], 'train'); print('locked', flush=True); time.sleep(120)",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
         named = subprocess.run(
-            [sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-c", probe, str(tmp_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**os.environ, HOLDERS_ENV: str(holder.pid)},
         )
         assert named.returncode == 2 and f"(pid {holder.pid}" in named.stdout, named

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from agent.core.errors import ModelFileError
+from agent.core.frames import FrameFormatError, resize_frames
 from agent.robot.runtime import HotEncoder
 from agent.robot.version_watcher import SwapEvent
-from export.sessions import resolve_providers
-from agent.core.frames import FrameFormatError, resize_frames
 from export.manifest import sha256_file
 from export.onnx_export import input_spec
-from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
+from export.sessions import resolve_providers
 from export.verify import torch_reference
 from tests.export.tiny import IMAGE_SIZE, publish_version, scene_frames, tiny_encoder
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 POLL = 0.05
@@ -209,8 +209,15 @@ def test_serving_prepares_a_camera_frame_exactly_as_capture_stored_it(tmp_path: 
     from tests.export.tiny import model_cfg
 
     capture = CaptureConfig(height=40, width=40, resize=mode)
-    export_encoder(0, tiny_encoder(3), scene_frames(12), export_cfg=ExportConfig(), model_cfg=model_cfg(),
-                   publisher=Publisher(tmp_path, 5), capture=capture)
+    export_encoder(
+        0,
+        tiny_encoder(3),
+        scene_frames(12),
+        export_cfg=ExportConfig(),
+        model_cfg=model_cfg(),
+        publisher=Publisher(tmp_path, 5),
+        capture=capture,
+    )
     rng = np.random.default_rng(0)
     camera = np.clip(scene_frames(1, size=640)[0][:480] + rng.integers(0, 20, (480, 640, 3)), 0, 255).astype(np.uint8)
     camera[:, :80] = 255  # the borders a crop removes and a stretch keeps
@@ -226,8 +233,9 @@ class CheckedCallers:
     calls per version, `errors` holds any failure at all (what these tests count), `most_resident` the
     most sessions seen loaded at once. `atol`: wider on GPU providers (TF32 / TensorRT kernels)."""
 
-    def __init__(self, enc: HotEncoder, frames: np.ndarray, expected: dict[int, np.ndarray], threads: int = 2,
-                 atol: float = 1e-4) -> None:
+    def __init__(
+        self, enc: HotEncoder, frames: np.ndarray, expected: dict[int, np.ndarray], threads: int = 2, atol: float = 1e-4
+    ) -> None:
         self._enc, self._frames, self._expected, self._atol = enc, frames, expected, atol
         self.served: dict[int, int] = {}
         self.errors: list[BaseException] = []

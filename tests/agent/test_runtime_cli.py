@@ -49,8 +49,17 @@ def test_policy_loop_keeps_serving_across_a_swap(tmp_path: Path) -> None:
     publish_version(exports, seed=1)
     status_path = tmp_path / "status-runtime.json"
     proc = _runtime(
-        "--export-dir", str(exports), "--source", "demo", "--status-dir", str(tmp_path),
-        "--duration", "120", "runtime.poll_interval_s=0.1", "capture.height=40", "capture.width=40",
+        "--export-dir",
+        str(exports),
+        "--source",
+        "demo",
+        "--status-dir",
+        str(tmp_path),
+        "--duration",
+        "120",
+        "runtime.poll_interval_s=0.1",
+        "capture.height=40",
+        "capture.width=40",
     )
     try:
         wait_until(lambda: _status(status_path).get("calls", 0) > 0 or proc.poll() is not None, 60)
@@ -104,12 +113,23 @@ def test_the_run_line_counts_swaps_between_calls_and_names_a_version_loaded_afte
     while summary.md counted 3 swaps and v5 had served nothing."""
     from agent.commands.run import served
 
-    status = {"exporter": {"exports": 5, "last_export_version": 5},
-              "runtime": {"version": 5, "swaps": 4, "calls": 1995, "failures": 0, "first_served_version": 1,
-                          "last_served_version": 3, "served_swaps": 2}}
-    assert served(status) == ("published 5 version(s) this session (latest v5); the runtime served 1995 call(s) on "
-                              "v1 to v3 (2 swap(s) between calls), 0 failed; v5 was loaded after the last call "
-                              "(no call ran on it)")
+    status = {
+        "exporter": {"exports": 5, "last_export_version": 5},
+        "runtime": {
+            "version": 5,
+            "swaps": 4,
+            "calls": 1995,
+            "failures": 0,
+            "first_served_version": 1,
+            "last_served_version": 3,
+            "served_swaps": 2,
+        },
+    }
+    assert served(status) == (
+        "published 5 version(s) this session (latest v5); the runtime served 1995 call(s) on "
+        "v1 to v3 (2 swap(s) between calls), 0 failed; v5 was loaded after the last call "
+        "(no call ran on it)"
+    )
     status["runtime"].update(version=3, first_served_version=3, served_swaps=0)
     assert served(status).endswith("served 1995 call(s) on v3 (0 swap(s) between calls), 0 failed")
     status["runtime"].update(first_served_version=None, last_served_version=None, calls=0)

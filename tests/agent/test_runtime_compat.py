@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from agent.robot.runtime import HotEncoder
-from export.map_files import map_filename
 from export.manifest import sha256_file
+from export.map_files import map_filename
 from tests.agent.test_runtime import POLL, CheckedCallers, reference, wait_until
-from tests.export.test_compat import publish, reference as torch_answer, transformed
+from tests.export.test_compat import publish, transformed
+from tests.export.test_compat import reference as torch_answer
 from tests.export.tiny import publish_version, scene_frames, tiny_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -58,9 +59,11 @@ def test_a_version_with_a_broken_map_is_refused_when_pinned_and_served_when_not(
     publish(exports, v2)
     frames = scene_frames(3, seed=4)
     z1 = torch_answer(base, frames)
-    with caplog.at_level("WARNING", logger="agent.robot.runtime"), \
-            HotEncoder(exports, poll_interval_s=POLL, providers="cpu", compatible_with=1) as pinned, \
-            HotEncoder(exports, poll_interval_s=POLL, providers="cpu") as raw:
+    with (
+        caplog.at_level("WARNING", logger="agent.robot.runtime"),
+        HotEncoder(exports, poll_interval_s=POLL, providers="cpu", compatible_with=1) as pinned,
+        HotEncoder(exports, poll_interval_s=POLL, providers="cpu") as raw,
+    ):
         assert pinned.version == raw.version == 2
         # Version 3 is published elsewhere, its map damaged, then deployed: files first, LATEST last.
         shutil.copytree(exports, staging)
@@ -84,7 +87,9 @@ def test_a_version_with_a_broken_map_is_refused_when_pinned_and_served_when_not(
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 @pytest.mark.slow

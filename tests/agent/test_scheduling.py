@@ -12,8 +12,10 @@ import pytest
 from tests.conftest import REPO
 
 # Runs the CLI's entry point as the console script does, then prints the policy the process ended at.
-SNIPPET = ("import os, sys; sys.argv = ['byol-agent', *sys.argv[1:]]; from agent.cli import main; rc = main(); "
-           "print('policy', os.sched_getscheduler(0), 'rc', rc)")
+SNIPPET = (
+    "import os, sys; sys.argv = ['byol-agent', *sys.argv[1:]]; from agent.cli import main; rc = main(); "
+    "print('policy', os.sched_getscheduler(0), 'rc', rc)"
+)
 
 
 def _realtime_allowed() -> bool:
@@ -26,8 +28,13 @@ pytestmark = pytest.mark.skipif(not _realtime_allowed(), reason="real-time sched
 
 
 def _cli_at_fifo(*words: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["chrt", "-f", "10", sys.executable, "-c", SNIPPET, *words], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        ["chrt", "-f", "10", sys.executable, "-c", SNIPPET, *words],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_background_job_started_at_real_time_priority_leaves_it_and_says_so(tmp_path) -> None:
@@ -35,7 +42,8 @@ def test_a_background_job_started_at_real_time_priority_leaves_it_and_says_so(tm
     assert f"policy {os.SCHED_OTHER} rc 2" in done.stdout, done.stdout + done.stderr
     assert done.stderr.splitlines()[0] == (
         "byol-agent eval: started at real-time scheduling (SCHED_FIFO 10), inherited from what started it; running "
-        "at SCHED_OTHER instead (a background job must not starve the robot's processes)"), done.stderr
+        "at SCHED_OTHER instead (a background job must not starve the robot's processes)"
+    ), done.stderr
 
 
 def test_the_runtime_keeps_the_policy_it_was_started_with(tmp_path) -> None:

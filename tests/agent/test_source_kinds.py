@@ -24,8 +24,8 @@ from agent.core.wire import Frame
 from agent.robot.source_base import SourceExhausted
 from agent.robot.sources import KINDS, SourceKind, expand_sources, kind_of, open_source
 from agent.robot.transport import FrameSender
-from tests.agent.mjpeg_server import MjpegServer
 from tests.agent.lerobot_writer import write_dataset
+from tests.agent.mjpeg_server import MjpegServer
 from tests.agent.robot_log_writers import smooth_image, write_mcap_ros2
 from tests.conftest import free_tcp_endpoint
 
@@ -73,7 +73,11 @@ def _images(tmp: Path) -> Path:
 
 def _dataset(tmp: Path) -> str:
     frames = [[smooth_image(48, 64, s) for s in range(FRAMES)]]
-    return str(write_dataset(tmp / "dataset", "v3.0", {"observation.images.top": frames}, {"observation.images.top": "libx264"}))
+    return str(
+        write_dataset(
+            tmp / "dataset", "v3.0", {"observation.images.top": frames}, {"observation.images.top": "libx264"}
+        )
+    )
 
 
 def _log(tmp: Path) -> str:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from agent.core.config import CaptureConfig
-from agent.robot.sources import open_source
 from agent.robot.source_base import SourceExhausted
+from agent.robot.sources import open_source
 
 CFG = CaptureConfig(height=32, width=32)
 

@@ -11,6 +11,7 @@ import pytest
 
 from agent.core.config import CaptureConfig
 from agent.core.errors import SourceError
+from agent.core.wire import Frame
 from agent.robot.sources import (
     CameraSource,
     DemoSource,
@@ -22,7 +23,6 @@ from agent.robot.sources import (
     open_source,
 )
 from agent.robot.transport import FrameSender
-from agent.core.wire import Frame
 from tests.conftest import free_tcp_endpoint
 
 CFG = CaptureConfig(height=32, width=32, fps=10)

@@ -65,9 +65,11 @@ def test_stopping_says_which_child_it_waits_for_and_when_each_has_stopped(tmp_pa
     ready = tmp_path / "ready"
     # Takes ~1.5 s to stop after SIGINT, as a trainer finishing its last checkpoint does (SIGINT unblocked as
     # agent.cli.main does).
-    script = (f"import pathlib, signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: (time.sleep(1.5), sys.exit(0)))"
-              f"\nsignal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT}})"
-              f"\npathlib.Path({str(ready)!r}).touch()\nwhile True: time.sleep(0.1)")
+    script = (
+        f"import pathlib, signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: (time.sleep(1.5), sys.exit(0)))"
+        f"\nsignal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT}})"
+        f"\npathlib.Path({str(ready)!r}).touch()\nwhile True: time.sleep(0.1)"
+    )
     slow = ChildSpec("trainer", [sys.executable, "-c", script], 60.0)
     sup = Supervisor([slow], tmp_path / "logs", max_restarts=0)
     sup.start()

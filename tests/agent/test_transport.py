@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import zmq
 
-from agent.robot.curve import WireSecurity
 from agent.core.errors import EndpointError
-from agent.robot.subscriber import LatestFrameSubscriber
-from agent.robot.endpoints import validate_endpoint
-from agent.robot.transport import FrameReceiver, FrameSender
 from agent.core.wire import MAGIC, Frame, encode_frame
+from agent.robot.curve import WireSecurity
+from agent.robot.endpoints import validate_endpoint
+from agent.robot.subscriber import LatestFrameSubscriber
+from agent.robot.transport import FrameReceiver, FrameSender
 from tests.conftest import free_tcp_endpoint
 
 

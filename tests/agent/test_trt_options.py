@@ -52,7 +52,9 @@ def test_stale_engine_caches_are_pruned_and_the_timing_cache_stays(tmp_path: Pat
     assert prune_trt_cache(tmp_path / "missing", {keep}) == []
 
 
-@pytest.mark.skipif(TENSORRT not in ort.get_available_providers(), reason="this onnxruntime has no TensorRT provider at all")
+@pytest.mark.skipif(
+    TENSORRT not in ort.get_available_providers(), reason="this onnxruntime has no TensorRT provider at all"
+)
 def test_a_version_tensorrt_cannot_take_is_served_without_it_and_logged(tmp_path: Path, caplog) -> None:
     version = publish_version(tmp_path, seed=1)
     manifest = read_manifest(tmp_path / manifest_filename(version))

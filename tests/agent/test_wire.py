@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from agent.core.image_codecs import encode_jpeg
-
 from agent.core.wire import (
     HEADER_SIZE,
     MAGIC,
@@ -175,7 +174,11 @@ def test_a_size_hidden_behind_bytes_the_decoder_skips_is_refused() -> None:
     """Review find: `FF 00` read as a segment hid the real SOF (4000x4000) behind a fake 8x8 one in an APP1."""
     real = encode_jpeg(np.full((8, 8, 3), 90, np.uint8), 90)
     at = real.index(b"\xff\xc0")
-    big_sof = real[at : at + 5] + struct.pack(">HH", 4000, 4000) + real[at + 9 : at + 2 + struct.unpack(">H", real[at + 2 : at + 4])[0]]
+    big_sof = (
+        real[at : at + 5]
+        + struct.pack(">HH", 4000, 4000)
+        + real[at + 9 : at + 2 + struct.unpack(">H", real[at + 2 : at + 4])[0]]
+    )
     fake_sof = real[at : at + 2 + struct.unpack(">H", real[at + 2 : at + 4])[0]]  # declares 8x8
     app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(fake_sof)) + fake_sof
     hidden = b"\xff\x00" + struct.pack(">H", 2 + len(big_sof)) + big_sof  # libjpeg: garbage, then the SOF

@@ -12,7 +12,8 @@ CUDA = torch.cuda.is_available()
 DEVICES = torch.cuda.device_count() if CUDA else 0
 
 needs_cuda = pytest.mark.skipif(
-    not CUDA, reason=f"CUDA is not available (torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no device)"
+    not CUDA,
+    reason=f"CUDA is not available (torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no device)",
 )
 
 

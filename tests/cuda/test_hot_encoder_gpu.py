@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from agent.robot.runtime import HotEncoder
-from agent.robot.version_watcher import SwapEvent
 from agent.robot.version_loader import TRT_MAX_BATCH
+from agent.robot.version_watcher import SwapEvent
 from export.manifest import manifest_filename, read_manifest
 from export.sessions import TENSORRT, trt_cache_dir
 from tests.agent.test_runtime import CheckedCallers, reference, wait_until

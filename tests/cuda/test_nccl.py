@@ -24,8 +24,19 @@ pytestmark = [
 def test_two_ranks_on_nccl_train_in_lockstep_and_stop_with_one_checkpoint(tmp_path: Path) -> None:
     run_dir, log = tmp_path / "run", tmp_path / "train.log"
     endpoints = [free_tcp_endpoint(), free_tcp_endpoint()]
-    argv = [sys.executable, "-m", "agent.cli", "train", "--nproc", "2", "--run-dir", str(run_dir), *TINY,
-            "train.device=cuda", f"wire.endpoints=['{endpoints[0]}', '{endpoints[1]}']"]
+    argv = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "train",
+        "--nproc",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        *TINY,
+        "train.device=cuda",
+        f"wire.endpoints=['{endpoints[0]}', '{endpoints[1]}']",
+    ]
     with Feeders(endpoints), running(argv, log) as proc:
         wait_for(proc, log, "the checkpoint of step 10", lambda: 10 in steps_saved(run_dir))
         proc.send_signal(signal.SIGINT)

@@ -22,13 +22,13 @@ from agent.core.wire import Frame
 from agent.pipeline import build_trainer
 from agent.robot.runtime import HotEncoder
 from export.from_checkpoint import export_checkpoint, load_checkpoint_encoder
-from export.manifest import read_manifest, manifest_filename
+from export.manifest import manifest_filename, read_manifest
+from export.onnx_export import input_spec
 from export.publish import Publisher
 from export.verify import torch_reference
-from export.onnx_export import input_spec
+from tests.conftest import free_tcp_endpoint
 from tests.cuda.gpu import needs_cuda
 from tests.trainer.test_continual import Feeder, finite, records, run_trainer, tiny_config
-from tests.conftest import free_tcp_endpoint
 from trainer.checkpoint import list_checkpoints
 from trainer.continual import TrainingDiverged
 
@@ -39,8 +39,14 @@ CUDA_RUN = ["train.device=cuda", "train.precision=bf16", "train.channels_last=tr
 
 @pytest.mark.parametrize("buffer_device", ["cuda", "auto"])
 def test_trains_on_cuda_in_bf16_channels_last_with_the_buffer_on_the_device(tmp_path: Path, buffer_device: str) -> None:
-    cfg = tiny_config(free_tcp_endpoint(), *CUDA_RUN, f"buffer.device={buffer_device}", "train.max_steps=6",
-                      "train.checkpoint_every=3", "train.lr=1e-3")
+    cfg = tiny_config(
+        free_tcp_endpoint(),
+        *CUDA_RUN,
+        f"buffer.device={buffer_device}",
+        "train.max_steps=6",
+        "train.checkpoint_every=3",
+        "train.lr=1e-3",
+    )
     trainer = run_trainer(cfg, tmp_path)
     assert trainer.step == 6 and [s for s, _ in list_checkpoints(tmp_path)] == [6, 3]
     storage = trainer.buffer._storage
@@ -64,11 +70,14 @@ def test_trains_on_cuda_in_bf16_channels_last_with_the_buffer_on_the_device(tmp_
 def test_the_nan_guard_restores_the_last_good_state_on_cuda(tmp_path: Path) -> None:
     # As tests/trainer/test_continual.py on the CPU: 6 good steps, then an absurd lr makes the losses
     # non-finite for real; the trainer restores the step-6 state until it gives up with one line.
-    run_trainer(tiny_config(free_tcp_endpoint(), *CUDA_RUN, "train.max_steps=6", "train.checkpoint_every=3",
-                            "train.lr=1e-3"), tmp_path)
+    run_trainer(
+        tiny_config(free_tcp_endpoint(), *CUDA_RUN, "train.max_steps=6", "train.checkpoint_every=3", "train.lr=1e-3"),
+        tmp_path,
+    )
     ep = free_tcp_endpoint()
-    trainer = build_trainer(tiny_config(ep, *CUDA_RUN, "train.max_steps=40", "train.lr=1e30", "train.nan_tolerance=2"),
-                            tmp_path)
+    trainer = build_trainer(
+        tiny_config(ep, *CUDA_RUN, "train.max_steps=40", "train.lr=1e30", "train.nan_tolerance=2"), tmp_path
+    )
     assert trainer.step == 6
     with pytest.raises(TrainingDiverged, match="lower train.lr"):
         with Feeder(ep):
@@ -95,8 +104,12 @@ def test_a_skipped_non_finite_step_puts_back_batchnorm_statistics_on_cuda(tmp_pa
 
 def test_a_cuda_trained_checkpoint_exports_with_parity_and_serves(tmp_path: Path) -> None:
     run_dir, out = tmp_path / "run", tmp_path / "exports"
-    run_trainer(tiny_config(free_tcp_endpoint(), *CUDA_RUN, "buffer.device=cuda", "train.max_steps=4",
-                            "train.checkpoint_every=4"), run_dir)
+    run_trainer(
+        tiny_config(
+            free_tcp_endpoint(), *CUDA_RUN, "buffer.device=cuda", "train.max_steps=4", "train.checkpoint_every=4"
+        ),
+        run_dir,
+    )
     step, version = export_checkpoint(run_dir, Publisher(out, 5), ExportConfig())  # parity gate inside: refused if off
     assert step == 4 and version == 1
     manifest = read_manifest(out / manifest_filename(version))

@@ -17,15 +17,15 @@ from agent.robot.runtime import HotEncoder
 from export.calibration import CALIBRATION_NAME
 from export.drift_gate import drift_record
 from export.embedding_maps import fit_compat, fit_procrustes, fit_ridge, linear_cka
-from export.map_files import map_filename
-from export.pins import read_pins, write_pin
 from export.exporter import BackgroundExporter, export_encoder
-from export.publish import Publisher
+from export.map_files import map_filename
 from export.onnx_export import input_spec
-from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
+from export.pins import read_pins, write_pin
+from export.publish import Publisher
 from export.verify import torch_reference
 from tests.export.tiny import IMAGE_SIZE, model_cfg, scene_frames, tiny_encoder
 from trainer.metrics import format_status
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CALIBRATION = scene_frames(128, seed=3)  # 32 held out: enough for the drift gate to judge (MIN_GATE_HOLDOUT)
@@ -45,9 +45,17 @@ def transformed(base: nn.Module, seed: int, scale: float, width: int = 16) -> nn
     return nn.Sequential(base, nn.Flatten(), linear).eval()
 
 
-def publish(export_dir: Path, encoder: nn.Module, frames: np.ndarray = CALIBRATION, keep: int = 50, **cfg: object) -> int:
-    return export_encoder(0, encoder, frames, export_cfg=ExportConfig(keep=keep, **cfg),
-                          model_cfg=model_cfg(), publisher=Publisher(export_dir, keep))
+def publish(
+    export_dir: Path, encoder: nn.Module, frames: np.ndarray = CALIBRATION, keep: int = 50, **cfg: object
+) -> int:
+    return export_encoder(
+        0,
+        encoder,
+        frames,
+        export_cfg=ExportConfig(keep=keep, **cfg),
+        model_cfg=model_cfg(),
+        publisher=Publisher(export_dir, keep),
+    )
 
 
 def reference(encoder: nn.Module, frames: np.ndarray) -> np.ndarray:
@@ -109,12 +117,16 @@ def test_maps_compose_over_three_versions_into_the_pinned_space(tmp_path: Path) 
         assert read_pins(tmp_path) == {1, 3}  # version 1's pin stays: another runtime may still serve its space
 
 
-def test_a_pinned_runtime_uses_a_direct_map_where_the_chain_would_compound(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_pinned_runtime_uses_a_direct_map_where_the_chain_would_compound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     base = tiny_encoder(1)
     publish(tmp_path, base)
     write_pin(tmp_path, 1)  # a runtime serves version 1's space from here on
     publish(tmp_path, tiny_encoder(2), min_compatibility=None)  # an unrelated space: the hop 2 → 1 is poor
-    publish(tmp_path, transformed(base, seed=4, scale=1.5), min_compatibility=None, compat_map="procrustes")  # v1's exact relative
+    publish(
+        tmp_path, transformed(base, seed=4, scale=1.5), min_compatibility=None, compat_map="procrustes"
+    )  # v1's exact relative
     direct = manifest(tmp_path, 3)["compat"]["direct"]
     assert [(d["maps_to"], d["map_file"]) for d in direct] == [(1, map_filename(3, 1))]
     assert direct[0]["r2"] > 0.9999 and manifest(tmp_path, 3)["compat"]["maps_to"] == 2
@@ -148,7 +160,9 @@ def test_each_export_event_carries_its_drift_for_the_status_line_and_report(tmp_
     write_pin(tmp_path, 1)
     events = exporter.poll()
     for step, seed, unrelated in ((20, 4, False), (30, 5, True)):
-        exporter = BackgroundExporter(ExportConfig(compat_map="procrustes", min_compatibility=None), model_cfg(), tmp_path)
+        exporter = BackgroundExporter(
+            ExportConfig(compat_map="procrustes", min_compatibility=None), model_cfg(), tmp_path
+        )
         exporter.submit(step, tiny_encoder(seed) if unrelated else transformed(base, seed=seed, scale=1.3), CALIBRATION)
         exporter.close(timeout_s=60)
         events += exporter.poll()
@@ -156,7 +170,9 @@ def test_each_export_event_carries_its_drift_for_the_status_line_and_report(tmp_
     assert first == {"event": "export", "step": 10, "version": 1}  # nothing to compare version 1 with
     assert second["cka_prev"] > 0.9999 and second["cka_pinned"] == {"1": second["cka_prev"]} and second["r2"] > 0.9999
     assert third["cka_prev"] < 0.99 and set(third["cka_pinned"]) == {"1"}  # its direct map into version 1's space
-    line = format_status({"step": 30, "last_export_version": 3, "cka_prev": third["cka_prev"], "cka_pinned": third["cka_pinned"]})
+    line = format_status(
+        {"step": 30, "last_export_version": 3, "cka_prev": third["cka_prev"], "cka_pinned": third["cka_pinned"]}
+    )
     assert f"v3 CKA {third['cka_prev']:.3f} prev, {third['cka_pinned']['1']:.3f} v1" in line
 
 
@@ -188,7 +204,9 @@ def test_the_calibration_set_starts_from_enough_frames_grows_to_its_size_then_st
     publish(tmp_path, tiny_encoder(1), frames=scene_frames(12), calibration_frames=160)  # too few to calibrate on
     assert not (tmp_path / CALIBRATION_NAME).exists()
     assert "no calibration set" in manifest(tmp_path, 1)["compat"]["reason"]
-    publish(tmp_path, tiny_encoder(1), frames=CALIBRATION, calibration_frames=160)  # drawn now; version 2 is mapped at once
+    publish(
+        tmp_path, tiny_encoder(1), frames=CALIBRATION, calibration_frames=160
+    )  # drawn now; version 2 is mapped at once
     assert manifest(tmp_path, 2)["compat"]["maps_to"] == 1
     first = np.load(tmp_path / CALIBRATION_NAME)
     np.testing.assert_array_equal(first, CALIBRATION)  # all 128, below the size of 160

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from agent.core.config import Config, ExportConfig, ModelConfig, load_config
-from agent.core.errors import ConfigError
 from agent.core.demo_scene import DemoScene
+from agent.core.errors import ConfigError
 from agent.robot.runtime import HotEncoder
 from export.exporter import export_encoder
 from export.manifest import read_manifest
@@ -151,10 +151,20 @@ def test_train_refuses_an_encoder_its_exporter_cannot_write_before_training(tmp_
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "agent.cli", "train", "--run-dir", str(run_dir),
-            "model.encoder=alexnet", "model.encoder_kwargs={}", "model.image_size=64", "export.exporter=torchscript",
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "train",
+            "--run-dir",
+            str(run_dir),
+            "model.encoder=alexnet",
+            "model.encoder_kwargs={}",
+            "model.image_size=64",
+            "export.exporter=torchscript",
         ],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -173,7 +183,12 @@ def test_an_encoder_that_cannot_run_at_the_image_size_is_named_as_such() -> None
 def test_the_start_up_check_compares_the_exported_graph_with_the_encoder() -> None:
     """An export that runs but computes something else must stop the run before training, not refuse every version."""
     model = ModelConfig(encoder="tests.export.tiny:brightness_branch", hidden_layer=-1, image_size=IMAGE_SIZE)
-    with pytest.raises(ConfigError, match=r"export.exporter=torchscript.* parity failure: max \|onnx - torch\|") as info:
+    with pytest.raises(
+        ConfigError, match=r"export.exporter=torchscript.* parity failure: max \|onnx - torch\|"
+    ) as info:
         check_exportable(model, ExportConfig(exporter="torchscript"))
     assert "\n" not in str(info.value)
-    check_exportable(ModelConfig(encoder=f"{F}:tiny_densenet", hidden_layer=-2, image_size=IMAGE_SIZE), ExportConfig(exporter="dynamo"))
+    check_exportable(
+        ModelConfig(encoder=f"{F}:tiny_densenet", hidden_layer=-2, image_size=IMAGE_SIZE),
+        ExportConfig(exporter="dynamo"),
+    )

@@ -15,17 +15,17 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agent.cli import main as cli_main
-from agent.supervisor import format_pipeline_status
 from agent.core.config import Config, load_config
 from agent.core.frames import resize_frames
+from agent.supervisor import format_pipeline_status
 from export.manifest import read_latest, read_manifest
 from export.onnx_export import input_spec
 from export.verify import torch_reference
 from tests.agent.test_runtime import wait_until
 from tests.conftest import REPO, free_tcp_endpoint
 from tests.export.tiny import scene_frames
-from trainer.learner_factory import build_learner
 from trainer.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
+from trainer.learner_factory import build_learner
 from trainer.run_records import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -43,7 +43,9 @@ def _config() -> Config:
     return load_config(overrides=OVERRIDES)
 
 
-def _write_checkpoint(run_dir: Path, step: int, seed: int, with_buffer: bool = False, export_frames: int = 0) -> torch.nn.Module:
+def _write_checkpoint(
+    run_dir: Path, step: int, seed: int, with_buffer: bool = False, export_frames: int = 0
+) -> torch.nn.Module:
     """A checkpoint as the trainer writes it; returns the target encoder it holds."""
     cfg = _config()
     learner = build_learner(cfg.model, cfg.train.model_copy(update={"seed": seed}), "cpu")
@@ -98,13 +100,32 @@ def test_watch_follows_checkpoints_and_exports_the_final_one_on_sigint(tmp_path:
     run_dir, out = tmp_path / "run", tmp_path / "exports"
     _write_checkpoint(run_dir, step=100, seed=1, export_frames=40)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "export", "--run-dir", str(run_dir), "--out", str(out), "--watch",
-         "--poll", "0.1", *OVERRIDES, "export.every_steps=1000", "export.min_compatibility=null"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "export",
+            "--run-dir",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--watch",
+            "--poll",
+            "0.1",
+            *OVERRIDES,
+            "export.every_steps=1000",
+            "export.min_compatibility=null",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until(lambda: read_latest(out) is not None or proc.poll() is not None, 120)
-        _write_checkpoint(run_dir, step=150, seed=2, export_frames=40)  # under every_steps: not exported while running...
+        _write_checkpoint(
+            run_dir, step=150, seed=2, export_frames=40
+        )  # under every_steps: not exported while running...
         proc.send_signal(signal.SIGINT)  # ...but the final pass on stop exports it
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -168,7 +189,12 @@ def test_checkpoints_carry_real_frames_so_exports_from_them_get_compatibility_ma
     from tests.trainer.test_continual import run_trainer, tiny_config
 
     run_dir, out = tmp_path / "run", tmp_path / "exports"
-    settings = ["train.checkpoint_every=2", "buffer.min_fill=40", "export.calibration_frames=40", "export.min_compatibility=null"]
+    settings = [
+        "train.checkpoint_every=2",
+        "buffer.min_fill=40",
+        "export.calibration_frames=40",
+        "export.min_compatibility=null",
+    ]
     for steps in (2, 4):
         run_trainer(tiny_config(free_tcp_endpoint(), f"train.max_steps={steps}", *settings), run_dir)
         saved = read_checkpoint(list_checkpoints(run_dir)[0][1])

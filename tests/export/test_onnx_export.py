@@ -13,14 +13,14 @@ from torch import nn
 
 from agent.core.config import ExportConfig
 from agent.core.errors import ExportRefused
-from export.exporter import export_encoder
 from agent.core.frames import resize_frames
+from export.exporter import export_encoder
 from export.manifest import read_latest, read_manifest, sha256_file
 from export.onnx_export import input_spec
-from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 from export.publish import Publisher
 from export.verify import collapse_std, torch_reference
 from tests.export.tiny import IMAGE_SIZE, model_cfg, publish_version, scene_frames, tiny_encoder
+from trainer.normalise import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -62,7 +62,11 @@ def test_manifest_records_everything_a_consumer_needs(tmp_path: Path) -> None:
     assert tree["input"]["normalisation"]["mean"] == pytest.approx(list(IMAGENET_MEAN))
     assert tree["output"] == {"name": "embedding", "dtype": "float32", "dim": 16}
     assert tree["model"] == {
-        "encoder": "tiny", "encoder_kwargs": {}, "stem": "standard", "hidden_layer": "avgpool", "image_size": IMAGE_SIZE
+        "encoder": "tiny",
+        "encoder_kwargs": {},
+        "stem": "standard",
+        "hidden_layer": "avgpool",
+        "image_size": IMAGE_SIZE,
     }
     assert 0 <= tree["verification"]["parity_max_abs"] <= 1e-3
     assert tree["verification"]["collapse_std"] > 1e-3
@@ -143,7 +147,14 @@ def test_an_unexportable_encoder_is_refused_with_the_exporters_reason(tmp_path: 
             raise RuntimeError("layer 3 exploded")
 
     with pytest.raises(ExportRefused, match="layer 3 exploded"):
-        export_encoder(1, Boom(), scene_frames(4), export_cfg=ExportConfig(), model_cfg=model_cfg(), publisher=Publisher(tmp_path, 5))
+        export_encoder(
+            1,
+            Boom(),
+            scene_frames(4),
+            export_cfg=ExportConfig(),
+            model_cfg=model_cfg(),
+            publisher=Publisher(tmp_path, 5),
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -158,7 +169,11 @@ def test_a_dynamo_refusal_names_its_cause_not_the_exporters_banner(tmp_path: Pat
 
     with pytest.raises(ExportRefused) as info:
         export_encoder(
-            1, DataBranch(), scene_frames(4), export_cfg=ExportConfig(exporter="dynamo"), model_cfg=model_cfg(),
+            1,
+            DataBranch(),
+            scene_frames(4),
+            export_cfg=ExportConfig(exporter="dynamo"),
+            model_cfg=model_cfg(),
             publisher=Publisher(tmp_path, 5),
         )
     message = str(info.value)
@@ -177,7 +192,9 @@ def test_collapse_metric_separates_collapsed_from_spread_embeddings() -> None:
 
 def _mono_encoder(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.AdaptiveAvgPool2d(1))
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.AdaptiveAvgPool2d(1)
+    )
     return net.eval()
 
 
@@ -193,8 +210,14 @@ def test_a_mono_non_square_encoder_exports_uint8_nhwc_with_one_channel(tmp_path:
     frames = rgb if stored_channels == 3 else gray  # buffer frames from an RGB capture, or a mono one
     encoder = _mono_encoder(0)
     version = export_encoder(
-        0, encoder, frames, export_cfg=ExportConfig(), model_cfg=ModelConfig(encoder="tiny", image_size=(24, 32)),
-        publisher=Publisher(tmp_path, 5), mean=MONO_MEAN, std=MONO_STD,
+        0,
+        encoder,
+        frames,
+        export_cfg=ExportConfig(),
+        model_cfg=ModelConfig(encoder="tiny", image_size=(24, 32)),
+        publisher=Publisher(tmp_path, 5),
+        mean=MONO_MEAN,
+        std=MONO_STD,
     )
     manifest = read_manifest(tmp_path / f"encoder-{version:06d}.json")
     spec = manifest.input
@@ -243,9 +266,14 @@ def test_repeated_frames_are_never_called_a_collapse(tmp_path: Path) -> None:
     frame once refused a healthy encoder as "collapsed ... std 0.0000 over 5 frames"."""
     one = np.repeat(scene_frames(1), 8, axis=0)
     with pytest.raises(ExportRefused, match="at least 2 distinct frames, got 1 distinct of 8"):
-        export_encoder(5, tiny_encoder(7), one, export_cfg=ExportConfig(), model_cfg=model_cfg(),
-                       publisher=Publisher(tmp_path, 5))
+        export_encoder(
+            5, tiny_encoder(7), one, export_cfg=ExportConfig(), model_cfg=model_cfg(), publisher=Publisher(tmp_path, 5)
+        )
     two = np.concatenate([np.repeat(scene_frames(2)[:1], 7, axis=0), scene_frames(2)[1:]])  # 7 copies + 1 other
-    version = export_encoder(5, tiny_encoder(7), two, export_cfg=ExportConfig(), model_cfg=model_cfg(),
-                             publisher=Publisher(tmp_path, 5))
-    assert read_manifest(tmp_path / f"encoder-{version:06d}.json").raw["verification"]["collapse_std"] > ExportConfig().collapse_std_min
+    version = export_encoder(
+        5, tiny_encoder(7), two, export_cfg=ExportConfig(), model_cfg=model_cfg(), publisher=Publisher(tmp_path, 5)
+    )
+    assert (
+        read_manifest(tmp_path / f"encoder-{version:06d}.json").raw["verification"]["collapse_std"]
+        > ExportConfig().collapse_std_min
+    )

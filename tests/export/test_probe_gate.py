@@ -35,8 +35,14 @@ def test_gate_records_the_score_and_refuses_a_regression(tmp_path: Path) -> None
 
     cfg = ExportConfig(keep=50, probe_gate="digits")
     with pytest.raises(ExportRefused, match="probe on digits regressed"):
-        export_encoder(20, ColourStats(), scene_frames(12), export_cfg=cfg, model_cfg=model_cfg(),
-                       publisher=Publisher(tmp_path, 50))
+        export_encoder(
+            20,
+            ColourStats(),
+            scene_frames(12),
+            export_cfg=cfg,
+            model_cfg=model_cfg(),
+            publisher=Publisher(tmp_path, 50),
+        )
     assert _manifest(tmp_path)["version"] == version, "the refused encoder must not be published"
 
 
@@ -52,8 +58,15 @@ def test_the_gate_scores_with_the_users_eval_section(tmp_path: Path) -> None:
     from export.publish import Publisher
     from tests.export.tiny import tiny_encoder
 
-    export_encoder(10, tiny_encoder(1), scene_frames(12), export_cfg=ExportConfig(probe_gate="digits"),
-                   model_cfg=model_cfg(), publisher=Publisher(tmp_path, 5), eval_cfg=EvalConfig(k=3, test_fraction=0.5))
+    export_encoder(
+        10,
+        tiny_encoder(1),
+        scene_frames(12),
+        export_cfg=ExportConfig(probe_gate="digits"),
+        model_cfg=model_cfg(),
+        publisher=Publisher(tmp_path, 5),
+        eval_cfg=EvalConfig(k=3, test_fraction=0.5),
+    )
     row = read_manifest(tmp_path / read_latest(tmp_path)).raw["eval"]
     assert row["k"] == 3 and row["n_test"] > 800  # defaults: k 20, 539 of the 1797 digits held out
 
@@ -65,6 +78,13 @@ def test_changed_eval_settings_start_a_new_baseline_instead_of_refusing_forever(
     from tests.export.tiny import tiny_encoder
 
     publish_version(tmp_path, seed=1, step=10, probe_gate="digits")  # scored with the default eval section
-    version = export_encoder(20, tiny_encoder(2), scene_frames(12), export_cfg=ExportConfig(keep=50, probe_gate="digits"),
-                             model_cfg=model_cfg(), publisher=Publisher(tmp_path, 50), eval_cfg=EvalConfig(k=3))
+    version = export_encoder(
+        20,
+        tiny_encoder(2),
+        scene_frames(12),
+        export_cfg=ExportConfig(keep=50, probe_gate="digits"),
+        model_cfg=model_cfg(),
+        publisher=Publisher(tmp_path, 50),
+        eval_cfg=EvalConfig(k=3),
+    )
     assert version == 2

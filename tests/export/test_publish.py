@@ -113,7 +113,9 @@ def test_two_publishers_never_share_a_version(tmp_path: Path) -> None:
 def test_failed_publish_leaves_no_files_and_says_why(tmp_path: Path) -> None:
     pub = Publisher(tmp_path, keep=3)
     _publish_bytes(pub, b"good")
-    with pytest.raises(StorageError, match="cannot publish"):  # an I/O failure, not a bad model: retried, never a refusal
+    with pytest.raises(
+        StorageError, match="cannot publish"
+    ):  # an I/O failure, not a bad model: retried, never a refusal
         pub.publish(tmp_path / ".tmp-never-written.onnx", {"step": 1})
     assert _names(tmp_path) == ["LATEST", "encoder-000001.json", "encoder-000001.onnx"]
 

@@ -31,16 +31,35 @@ TINY = ["model.encoder=tiny_cnn", "model.encoder_kwargs={width: 16}"]  # retenti
 
 
 def _config(stem: str, *overrides: str):
-    return load_config(None, ["model.encoder=resnet18", "model.encoder_kwargs={}", "model.image_size=32",
-                              f"model.stem={stem}", "model.projection_size=16", "model.projection_hidden_size=32",
-                              "export.torch_weights=true", "export.calibration_frames=0", *overrides])
+    return load_config(
+        None,
+        [
+            "model.encoder=resnet18",
+            "model.encoder_kwargs={}",
+            "model.image_size=32",
+            f"model.stem={stem}",
+            "model.projection_size=16",
+            "model.projection_hidden_size=32",
+            "export.torch_weights=true",
+            "export.calibration_frames=0",
+            *overrides,
+        ],
+    )
 
 
 def _publish(cfg, publisher: Publisher, frames: np.ndarray, step: int = 1) -> int:
     torch.manual_seed(step)
     learner = build_learner(cfg.model, cfg.train, "cpu")
-    return export_encoder(step, learner.encoder_module("target"), frames, export_cfg=cfg.export, model_cfg=cfg.model,
-                          publisher=publisher, mean=learner.mean, std=learner.std)
+    return export_encoder(
+        step,
+        learner.encoder_module("target"),
+        frames,
+        export_cfg=cfg.export,
+        model_cfg=cfg.model,
+        publisher=publisher,
+        mean=learner.mean,
+        std=learner.std,
+    )
 
 
 def _torchvision_embedding(net: nn.Module, frames: np.ndarray, spec) -> np.ndarray:
@@ -93,8 +112,9 @@ def test_a_cifar_stem_pt_loads_into_torchvision_built_with_the_same_stem(tmp_pat
     net.maxpool = nn.Identity()  # cifar; `small` keeps the max-pool
     result = net.load_state_dict(state, strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
-    x = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - torch.tensor(learner.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(learner.std).view(1, 3, 1, 1)
+    x = (
+        torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - torch.tensor(learner.mean).view(1, 3, 1, 1)
+    ) / torch.tensor(learner.std).view(1, 3, 1, 1)
     net.fc = nn.Identity()
     with torch.no_grad():
         np.testing.assert_allclose(net.eval()(x).numpy(), encoder(x).numpy(), atol=1e-5, rtol=1e-5)
@@ -107,14 +127,18 @@ def test_artifacts_are_hashed_retained_and_removed_with_their_version(tmp_path: 
     first = _publish(cfg, publisher, frames, step=1)
     second = _publish(cfg, publisher, frames, step=2)
     assert sorted(p.name for p in tmp_path.glob("encoder-*")) == [
-        f"encoder-{second:06d}.json", f"encoder-{second:06d}.onnx", f"encoder-{second:06d}.pt",
+        f"encoder-{second:06d}.json",
+        f"encoder-{second:06d}.onnx",
+        f"encoder-{second:06d}.pt",
     ]  # version 1's .pt went with its model and manifest
     assert first == 1 and second == 2
     manifest = read_manifest(tmp_path / "encoder-000002.json")
     (tmp_path / "encoder-000002.pt").write_bytes(b"tampered")
     with pytest.raises(ModelFileError, match="torch_weights file .* does not match the sha256"):
         verified_artifact(tmp_path, manifest, "torch_weights")
-    with HotEncoder(tmp_path, wait=True, timeout_s=60) as encoder:  # the runtime serves the ONNX model and ignores the .pt
+    with HotEncoder(
+        tmp_path, wait=True, timeout_s=60
+    ) as encoder:  # the runtime serves the ONNX model and ignores the .pt
         assert encoder.embed(frames).shape == (6, 64) and encoder.version == 2
 
 

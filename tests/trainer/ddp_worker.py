@@ -50,17 +50,29 @@ def synced_batchnorm_error(rank: int, world: int) -> float:
 def shared_nan_skip(rank: int, world: int) -> dict:
     """Two TrainStep updates under DDP; before the second, rank 1 alone poisons its own copy of a weight."""
     torch.manual_seed(7)
-    learner = BYOL(TinyCNN(width=4), image_size=16, hidden_layer="avgpool", projection_size=8, projection_hidden_size=16)
-    step = TrainStep(learner, torch.optim.Adam(learner.parameters(), lr=1e-2), TrainConfig(), torch.device("cpu"),
-                     Ranks(RankInfo(rank, world)))
+    learner = BYOL(
+        TinyCNN(width=4), image_size=16, hidden_layer="avgpool", projection_size=8, projection_hidden_size=16
+    )
+    step = TrainStep(
+        learner,
+        torch.optim.Adam(learner.parameters(), lr=1e-2),
+        TrainConfig(),
+        torch.device("cpu"),
+        Ranks(RankInfo(rank, world)),
+    )
     images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(rank))
     first = step(images)
     if rank == 1:
         with torch.no_grad():
             next(learner.net.parameters()).fill_(float("nan"))
     second = step(images)
-    return {"first": first, "second": second, "streak": step.nan_streak, "step": step.step,
-            "weights_finite": all(bool(torch.isfinite(p).all()) for p in learner.online.parameters())}
+    return {
+        "first": first,
+        "second": second,
+        "streak": step.nan_streak,
+        "step": step.step,
+        "weights_finite": all(bool(torch.isfinite(p).all()) for p in learner.online.parameters()),
+    }
 
 
 def main(out: Path) -> None:
@@ -68,7 +80,9 @@ def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(100 + rank)
-    learner = BYOL(TinyCNN(width=4), image_size=16, hidden_layer="avgpool", projection_size=8, projection_hidden_size=16)
+    learner = BYOL(
+        TinyCNN(width=4), image_size=16, hidden_layer="avgpool", projection_size=8, projection_hidden_size=16
+    )
     opt = torch.optim.Adam(learner.parameters(), lr=1e-2)
     ddp = DDP(learner)  # no find_unused_parameters: fc (after the hidden layer) is registered as ignored
     losses = []

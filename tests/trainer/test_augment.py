@@ -79,7 +79,14 @@ def test_flip_mirrors_horizontally() -> None:
 def test_crop_boxes_follow_scale_ratio_and_stay_inside() -> None:
     n, height, width = 4000, 48, 64
     g = seeded(1)
-    boxes = crop_boxes(torch.rand(n, 10, generator=g), torch.rand(n, 10, generator=g), torch.rand(n, 2, generator=g), height, width, VIEW1)
+    boxes = crop_boxes(
+        torch.rand(n, 10, generator=g),
+        torch.rand(n, 10, generator=g),
+        torch.rand(n, 2, generator=g),
+        height,
+        width,
+        VIEW1,
+    )
     x0, y0, w, h = boxes.unbind(1)
     assert (x0 >= 0).all() and (y0 >= 0).all()
     assert (x0 + w <= width + 1e-4).all() and (y0 + h <= height + 1e-4).all()
@@ -101,7 +108,14 @@ def test_box_grid_resamples_the_box() -> None:
 
 @pytest.mark.parametrize(
     "op, factor",
-    [("brightness", 1.3), ("brightness", 0.7), ("contrast", 1.35), ("contrast", 0.6), ("saturation", 1.2), ("saturation", 0.8)],
+    [
+        ("brightness", 1.3),
+        ("brightness", 0.7),
+        ("contrast", 1.35),
+        ("contrast", 0.6),
+        ("saturation", 1.2),
+        ("saturation", 0.8),
+    ],
 )
 def test_each_colour_op_matches_torchvision(op: str, factor: float) -> None:
     batch = 0.3 + 0.4 * images(3, 8, 8)  # mid-range: no clamping in either implementation
@@ -144,7 +158,7 @@ def test_gaussian_kernels() -> None:
     kernels = gaussian_kernels(torch.tensor([0.1, 1.0, 2.0]), torch.tensor([True, True, False]), 7)
     torch.testing.assert_close(kernels.sum(1), torch.ones(3))
     assert kernels[0, 3] > 0.999, "sigma 0.1 is (almost) no blur"
-    expected = torch.exp(-torch.arange(-3.0, 4.0) ** 2 / 2)
+    expected = torch.exp(-(torch.arange(-3.0, 4.0) ** 2) / 2)
     torch.testing.assert_close(kernels[1], expected / expected.sum())
     assert torch.equal(kernels[2], torch.tensor([0, 0, 0, 1.0, 0, 0, 0])), "images not drawn for blur get a delta"
     assert blur_kernel_size(224) == 23 and blur_kernel_size(64) == 7 and blur_kernel_size(16) == 3

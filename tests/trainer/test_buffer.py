@@ -107,7 +107,7 @@ def test_temporal_positives_come_from_the_same_camera_about_delta_apart():
     assert torch.equal(cam1, cam2)
     gap = (seq2 - seq1).abs()
     assert gap.min() >= 4 and gap.max() <= 6  # same camera every 2 s: ±5 s lands on 4 or 6
-    assert ((seq2 > seq1).any() and (seq2 < seq1).any())
+    assert (seq2 > seq1).any() and (seq2 < seq1).any()
 
 
 def test_temporal_positives_never_cross_a_pause_in_the_recording():

@@ -13,8 +13,8 @@ from torchvision import models
 
 from agent.core.errors import ConfigError
 from trainer import BYOL
-from trainer.image_checks import LearnerError
 from trainer.encoders import TinyCNN
+from trainer.image_checks import LearnerError
 from trainer.loss import regression_loss
 
 HEADS = dict(projection_size=16, projection_hidden_size=32)
@@ -112,7 +112,9 @@ def test_loss_is_the_reference_formula_with_per_view_statistics() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layer, dim", [("avgpool", 512), (-2, 512), ("layer3", 256 * 2 * 2), (4, 64 * 8 * 8), (-1, 1000)])
+@pytest.mark.parametrize(
+    "layer, dim", [("avgpool", 512), (-2, 512), ("layer3", 256 * 2 * 2), (4, 64 * 8 * 8), (-1, 1000)]
+)
 def test_hidden_layer_by_name_index_and_output(layer, dim: int) -> None:
     torch.manual_seed(0)
     learner = BYOL(models.resnet18(weights=None), image_size=32, hidden_layer=layer, **HEADS)
@@ -210,7 +212,10 @@ def test_bad_input_names_the_problem(call, error, message: str) -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(hidden_layer="avgpol"), "hidden layer 'avgpol' not found in TinyCNN; top-level modules: features, avgpool, fc"),
+        (
+            dict(hidden_layer="avgpol"),
+            "hidden layer 'avgpol' not found in TinyCNN; top-level modules: features, avgpool, fc",
+        ),
         (dict(hidden_layer=7), "out of range"),
         (dict(tau_schedule="linear"), "unknown tau_schedule 'linear'"),
         (dict(tau_schedule="cosine"), "total_steps"),
@@ -279,7 +284,12 @@ def test_encoder_module_is_a_hookless_cpu_copy_that_exports_to_onnx(tmp_path) ->
 
     path = tmp_path / "encoder.onnx"
     torch.onnx.export(
-        encoder, (batch(2, 16),), str(path), dynamo=False, input_names=["images"], output_names=["embedding"],
+        encoder,
+        (batch(2, 16),),
+        str(path),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["embedding"],
         dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}},
     )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -344,7 +354,9 @@ def test_a_one_channel_net_is_wrapped_with_the_channels_of_its_first_conv() -> N
 
 def test_channels_argument_and_its_clear_errors() -> None:
     torch.manual_seed(0)
-    raw = BYOL(TinyCNN(width=8, in_channels=4), image_size=16, hidden_layer="avgpool", channels=4, normalize=False, **HEADS)
+    raw = BYOL(
+        TinyCNN(width=8, in_channels=4), image_size=16, hidden_layer="avgpool", channels=4, normalize=False, **HEADS
+    )
     assert raw.channels == 4 and raw.mean == (0.0,) * 4
     assert torch.isfinite(raw(torch.rand(4, 4, 16, 16)))
     with pytest.raises(LearnerError, match=r"channels=3 .* first convolution takes 1"):

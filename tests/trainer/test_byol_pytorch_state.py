@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from trainer import BYOL
-from trainer.image_checks import LearnerError
 from trainer.encoders import TinyCNN
+from trainer.image_checks import LearnerError
 
 SIZES = dict(projection_size=16, projection_hidden_size=32)
 SEM = dict(sem_num_simplices=4, sem_simplex_dim=8)  # byol-pytorch's default is 32 x 8; smaller keeps the test fast
@@ -110,9 +110,13 @@ def assert_same_outputs(
         torch.testing.assert_close(embedding, their_embedding, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(projection, their_projection, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(learner.predictor(projection), their_prediction, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(learner.target.projector(learner.target.backbone(images)), their_target, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            learner.target.projector(learner.target.backbone(images)), their_target, rtol=1e-5, atol=1e-5
+        )
     if distinct_target:
-        assert not torch.allclose(projection, their_target), "the test needs a target that differs from the online branch"
+        assert not torch.allclose(projection, their_target), (
+            "the test needs a target that differs from the online branch"
+        )
 
 
 @pytest.mark.slow
@@ -133,7 +137,9 @@ def test_a_missing_target_starts_as_the_online_branch() -> None:
     learner = ours(False)
     report = learner.load_byol_pytorch(state)
     assert report.missing == () and "target" in report.notes
-    assert_same_outputs(learner, theirs.online_encoder, theirs.online_encoder, theirs.online_predictor, distinct_target=False)
+    assert_same_outputs(
+        learner, theirs.online_encoder, theirs.online_encoder, theirs.online_predictor, distinct_target=False
+    )
 
 
 def test_what_cannot_be_mapped_is_reported_and_the_encoder_still_loads(caplog) -> None:

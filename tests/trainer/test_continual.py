@@ -11,11 +11,11 @@ import torch
 
 from agent.core.config import Config, load_config
 from agent.core.demo_scene import DemoScene
-from agent.robot.transport import FrameSender
 from agent.core.wire import Frame
+from agent.pipeline import build_trainer
+from agent.robot.transport import FrameSender
 from tests.conftest import TINY_MODEL, free_tcp_endpoint
 from trainer.checkpoint import list_checkpoints, read_checkpoint
-from agent.pipeline import build_trainer
 from trainer.continual import ContinualTrainer, TrainingDiverged
 
 TINY = [
@@ -84,13 +84,20 @@ def finite(state: dict) -> bool:
 
 
 # min-redundancy eviction (embeds with the target), temporal positives, and the buffer saved with checkpoints
-BUFFER = ["buffer.policy=min_redundancy", "buffer.embed_batch=8", "buffer.temporal_positives=true", "train.save_buffer=true"]
+BUFFER = [
+    "buffer.policy=min_redundancy",
+    "buffer.embed_batch=8",
+    "buffer.temporal_positives=true",
+    "train.save_buffer=true",
+]
 
 
 @pytest.mark.slow
 def test_resume_continues_exactly_and_a_diverging_run_restores_its_last_good_state(tmp_path):
     ep = free_tcp_endpoint()
-    first = run_trainer(tiny_config(ep, "train.max_steps=6", "train.checkpoint_every=3", "train.lr=1e-3", *BUFFER), tmp_path)
+    first = run_trainer(
+        tiny_config(ep, "train.max_steps=6", "train.checkpoint_every=3", "train.lr=1e-3", *BUFFER), tmp_path
+    )
     assert [s for s, _ in list_checkpoints(tmp_path)] == [6, 3]
     saved = read_checkpoint(list_checkpoints(tmp_path)[0][1])
     assert saved["counters"]["frames_in"] >= 16 and saved["config"]["model"]["encoder"] == "tiny_cnn"

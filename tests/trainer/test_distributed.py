@@ -57,10 +57,17 @@ def test_a_single_process_runs_no_collective() -> None:
 
 
 def test_one_rank_agrees_with_itself_and_gates_like_a_single_trainer() -> None:
-    facts = RankFacts(stop=False, ready=True, drained=False, checkpoint_clear=True,
-                      counts=RankCounts(frames_in=10, stored=10))
+    facts = RankFacts(
+        stop=False, ready=True, drained=False, checkpoint_clear=True, counts=RankCounts(frames_in=10, stored=10)
+    )
     turn = agree(SOLO, facts)
-    assert (turn.stop, turn.ready, turn.drained, turn.checkpoint_clear, turn.world_size) == (False, True, False, True, 1)
+    assert (turn.stop, turn.ready, turn.drained, turn.checkpoint_clear, turn.world_size) == (
+        False,
+        True,
+        False,
+        True,
+        1,
+    )
     assert turn.frames_in == 10
     ratio = 8.0  # step < replay_ratio * frames_in, the rule of a single process
     assert turn.may_step(79, ratio) and not turn.may_step(80, ratio)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from agent.core.errors import ConfigError
 from agent.core.config import ModelConfig
+from agent.core.errors import ConfigError
 from trainer.encoders import TinyCNN, adapt_stem, available_encoders, build_encoder, create_encoder
 
 
@@ -35,7 +35,11 @@ def test_kwargs_reach_the_factory() -> None:
         ("builtins:dict", {}, "returned dict, not a torch.nn.Module"),
         (":make", {}, "package.module:factory"),
         ("tiny_cnn", {"depth": 3}, "rejected encoder_kwargs"),
-        ("resnet18", {"weights": "IMAGENET1K_V9"}, "is not a weights name of 'resnet18'; allowed: DEFAULT, IMAGENET1K_V1"),
+        (
+            "resnet18",
+            {"weights": "IMAGENET1K_V9"},
+            "is not a weights name of 'resnet18'; allowed: DEFAULT, IMAGENET1K_V1",
+        ),
         ("tiny_cnn", {"weights": "DEFAULT"}, "rejected encoder_kwargs"),
     ],
 )

@@ -22,8 +22,10 @@ CAPACITY = 6
 
 def frames(n: int, seed: int = 0) -> list[Frame]:
     rng = np.random.default_rng(seed)
-    return [Frame(camera_id=i % 2, seq=i, timestamp=float(i), image=rng.integers(0, 256, SHAPE, dtype=np.uint8))
-            for i in range(n)]
+    return [
+        Frame(camera_id=i % 2, seq=i, timestamp=float(i), image=rng.integers(0, 256, SHAPE, dtype=np.uint8))
+        for i in range(n)
+    ]
 
 
 def fill(buf: ReplayBuffer, n: int) -> None:
@@ -39,7 +41,9 @@ def fill(buf: ReplayBuffer, n: int) -> None:
 def test_the_registry_holds_exactly_the_configurable_policies():
     configurable = typing.get_args(BufferConfig.model_fields["policy"].annotation)
     assert list_policies() == sorted(configurable)
-    with pytest.raises(ConfigError, match="not a registered policy; known: fifo, min_redundancy, reservoir, stratified"):
+    with pytest.raises(
+        ConfigError, match="not a registered policy; known: fifo, min_redundancy, reservoir, stratified"
+    ):
         make_policy(BufferConfig.model_construct(policy="lru"), CAPACITY, 0)
 
 
@@ -52,7 +56,9 @@ def test_policy_contract(name: str):
     fill(buf, 4 * CAPACITY)
     stats = buf.stats()
     assert stats["size"] == CAPACITY and stats["frames_seen"] == 4 * CAPACITY
-    assert stats["evictions"] + stats["rejected"] == 3 * CAPACITY  # every frame past capacity replaced one or was dropped
+    assert (
+        stats["evictions"] + stats["rejected"] == 3 * CAPACITY
+    )  # every frame past capacity replaced one or was dropped
     if buf.wants_embeddings:
         assert stats["embedded"] >= 2  # the policy kept what it was handed
     else:

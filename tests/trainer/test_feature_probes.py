@@ -7,11 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from agent.core.config import EvalConfig, ExportConfig, ModelConfig
 from agent.core.errors import ConfigError, ModelFileError, SourceError
+from export.evaluate import OnnxFeatureExtractor, evaluate_export, resolve_encoder
 from export.exporter import export_encoder
 from export.publish import Publisher
-from export.evaluate import OnnxFeatureExtractor, evaluate_export, resolve_encoder
 from trainer.feature_probes import (
     EvalResult,
     knn_top1,

@@ -17,8 +17,8 @@ from agent.core.errors import ConfigError
 from agent.pipeline import build_trainer
 from tests.conftest import free_tcp_endpoint
 from tests.trainer.test_continual import Feeder, tiny_config
-from trainer.learner_factory import build_learner
 from trainer.init_weights import load_initial_weights
+from trainer.learner_factory import build_learner
 
 RESNET = ["model.encoder=resnet18", "model.encoder_kwargs={}", "model.image_size=32", "model.stem=standard"]
 
@@ -72,8 +72,15 @@ def test_a_torchvision_weights_name_loads_from_the_hub_cache_or_says_where_to_pu
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    cfg = load_config(None, [*RESNET, "model.encoder_kwargs={weights: IMAGENET1K_V1}", "model.projection_size=16",
-                             "model.projection_hidden_size=32"])
+    cfg = load_config(
+        None,
+        [
+            *RESNET,
+            "model.encoder_kwargs={weights: IMAGENET1K_V1}",
+            "model.projection_size=16",
+            "model.projection_hidden_size=32",
+        ],
+    )
     learner = build_learner(cfg.model, cfg.train, "cpu")  # the name is checked, nothing loaded or downloaded
     expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     with pytest.raises(ConfigError) as missing:
@@ -89,9 +96,12 @@ def test_a_torchvision_weights_name_loads_from_the_hub_cache_or_says_where_to_pu
     assert_net_equals(learner.net, state)
     assert_net_equals(learner.target.backbone.net, state)
 
-    with pytest.raises(ConfigError, match="'IMAGENET1K_V9' is not a weights name of 'resnet18'; allowed: DEFAULT, IMAGENET1K_V1"):
-        build_learner(load_config(None, [*RESNET, "model.encoder_kwargs={weights: IMAGENET1K_V9}"]).model,
-                      cfg.train, "cpu")
+    with pytest.raises(
+        ConfigError, match="'IMAGENET1K_V9' is not a weights name of 'resnet18'; allowed: DEFAULT, IMAGENET1K_V1"
+    ):
+        build_learner(
+            load_config(None, [*RESNET, "model.encoder_kwargs={weights: IMAGENET1K_V9}"]).model, cfg.train, "cpu"
+        )
 
 
 def _learner(*overrides: str):
@@ -104,13 +114,20 @@ def test_keys_that_do_not_fit_are_one_line_errors_and_the_unused_classifier_may_
     state = torchvision_file(tmp_path / "full.pth")
     cases = {
         "no-fc.pt": ({k: v for k, v in state.items() if not k.startswith("fc.")}, None),  # what we export
-        "no-layer1.pt": ({k: v for k, v in state.items() if not k.startswith("layer1.0.conv1")},
-                         r"lacks keys the network's embedding uses: layer1.0.conv1.weight$"),
+        "no-layer1.pt": (
+            {k: v for k, v in state.items() if not k.startswith("layer1.0.conv1")},
+            r"lacks keys the network's embedding uses: layer1.0.conv1.weight$",
+        ),
         "extra.pt": ({**state, "head.weight": torch.zeros(3)}, r"has keys the network does not: head.weight; is it"),
         "other-fc.pt": ({**state, "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}, None),  # never runs
-        "wide.pt": ({**state, "layer1.0.conv1.weight": torch.zeros(64, 64, 5, 5)},
-                    r"other shapes than the network's: layer1.0.conv1.weight \(64, 64, 5, 5\) vs \(64, 64, 3, 3\)$"),
-        "mobilenet.pt": (torchvision.models.mobilenet_v3_small().state_dict(), r"has keys the network does not: .*\(\d+ in all\)"),
+        "wide.pt": (
+            {**state, "layer1.0.conv1.weight": torch.zeros(64, 64, 5, 5)},
+            r"other shapes than the network's: layer1.0.conv1.weight \(64, 64, 5, 5\) vs \(64, 64, 3, 3\)$",
+        ),
+        "mobilenet.pt": (
+            torchvision.models.mobilenet_v3_small().state_dict(),
+            r"has keys the network does not: .*\(\d+ in all\)",
+        ),
     }
     for name, (content, error) in cases.items():
         torch.save(content, tmp_path / name)
@@ -133,9 +150,12 @@ def test_a_file_that_holds_code_is_refused_not_run(tmp_path: Path, capsys: pytes
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "notes.txt").write_text("hello\nworld\n")
     (tmp_path / "zip.pt").write_bytes(b"PK\x03\x04 not a zip")
-    expected = {"evil.pt": r"evil.pt' holds Python objects other than tensors; refused \(loading it would run code\)",
-                "garbage.pt": "garbage.pt' is not a PyTorch weights file", "notes.txt": "notes.txt' is not a PyTorch",
-                "zip.pt": "zip.pt' is not a PyTorch weights file"}
+    expected = {
+        "evil.pt": r"evil.pt' holds Python objects other than tensors; refused \(loading it would run code\)",
+        "garbage.pt": "garbage.pt' is not a PyTorch weights file",
+        "notes.txt": "notes.txt' is not a PyTorch",
+        "zip.pt": "zip.pt' is not a PyTorch weights file",
+    }
     for name, message in expected.items():
         learner, model_cfg = _learner(f"model.init_weights={tmp_path / name}")
         with pytest.raises(ConfigError, match=message) as info:

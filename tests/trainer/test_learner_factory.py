@@ -7,10 +7,12 @@ import torch
 
 from agent.core.config import AugmentConfig, ModelConfig, TrainConfig
 from trainer.augment import VIEW1, VIEW2
-from trainer.learner_factory import build_learner, build_optimizer
 from trainer.lars import LARS
+from trainer.learner_factory import build_learner, build_optimizer
 
-MODEL = ModelConfig(encoder="tiny_cnn", encoder_kwargs={"width": 4}, image_size=16, projection_size=8, projection_hidden_size=16)
+MODEL = ModelConfig(
+    encoder="tiny_cnn", encoder_kwargs={"width": 4}, image_size=16, projection_size=8, projection_hidden_size=16
+)
 
 
 def train_cfg(**kwargs) -> TrainConfig:
@@ -84,13 +86,21 @@ def test_lars_matches_the_per_tensor_reference() -> None:
     ours = [w.clone().requires_grad_() for w in weights]
     reference = [w.clone() for w in weights]
     buffers = [torch.zeros_like(w) for w in weights]
-    opt = LARS([{"params": ours[:1] + ours[2:], "weight_decay": 0.1}, {"params": ours[1:2], "weight_decay": 0.0, "lars_exclude": True}], lr=0.5)
+    opt = LARS(
+        [
+            {"params": ours[:1] + ours[2:], "weight_decay": 0.1},
+            {"params": ours[1:2], "weight_decay": 0.0, "lars_exclude": True},
+        ],
+        lr=0.5,
+    )
     for _ in range(3):
         grads = [torch.randn_like(w) for w in weights]
         for p, g in zip(ours, grads):
             p.grad = g.clone()
         opt.step()
-        reference_lars(reference[:1] + reference[2:], grads[:1] + grads[2:], buffers[:1] + buffers[2:], 0.5, 0.9, 0.1, 0.001, False)
+        reference_lars(
+            reference[:1] + reference[2:], grads[:1] + grads[2:], buffers[:1] + buffers[2:], 0.5, 0.9, 0.1, 0.001, False
+        )
         reference_lars(reference[1:2], grads[1:2], buffers[1:2], 0.5, 0.9, 0.0, 0.001, True)
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a.detach(), b)
@@ -99,8 +109,17 @@ def test_lars_matches_the_per_tensor_reference() -> None:
 def test_a_mono_non_square_config_builds_a_learner_that_trains() -> None:
     from agent.core.config import load_config
 
-    cfg = load_config(None, ["model.encoder=tiny_cnn", "model.encoder_kwargs={width: 4}", "model.image_size=[16, 24]",
-                             "model.projection_size=8", "model.projection_hidden_size=16", "capture.channels=1"])
+    cfg = load_config(
+        None,
+        [
+            "model.encoder=tiny_cnn",
+            "model.encoder_kwargs={width: 4}",
+            "model.image_size=[16, 24]",
+            "model.projection_size=8",
+            "model.projection_hidden_size=16",
+            "capture.channels=1",
+        ],
+    )
     assert cfg.model.image_size == (16, 24) and cfg.model.image_hw == (16, 24) and cfg.capture.channels == 1
     learner = build_learner(cfg.model, train_cfg(), "cpu", channels=cfg.capture.channels)
     assert learner.channels == 1 and learner.image_size == (16, 24) and len(learner.mean) == 1

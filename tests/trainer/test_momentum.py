@@ -16,7 +16,10 @@ def test_ema_update_matches_hand_computation() -> None:
     torch.manual_seed(0)
     target = [torch.randn(3, 4), torch.randn(5)]
     online = [torch.randn(3, 4), torch.randn(5)]
-    expected = [[0.9 * t + 0.1 * o for t, o in zip(tv.flatten().tolist(), ov.flatten().tolist())] for tv, ov in zip(target, online)]
+    expected = [
+        [0.9 * t + 0.1 * o for t, o in zip(tv.flatten().tolist(), ov.flatten().tolist())]
+        for tv, ov in zip(target, online)
+    ]
     tensors = list(target)
     ema_update(target, online, tau=0.9)
     assert all(a is b for a, b in zip(tensors, target)), "in place"

@@ -31,15 +31,27 @@ def _write_run(run: Path, steps: int = 300, with_eval: bool = True) -> None:
     lines = []
     t0 = 1_700_000_000.0
     for step in range(0, steps + 1, 10):
-        lines.append({
-            "step": step, "loss": 3.5 * math.exp(-step / 150) + 0.3 + 0.05 * rng.standard_normal(),
-            "embedding_std": 0.044 - 0.01 * step / steps, "lr": 3e-4, "tau": 0.99,
-            "img_per_s": 28.0 + rng.standard_normal(), "frames_in": 15 * step, "frames_dropped": step // 50,
-            "buffer_fill": min(1.0, step / 200), "time": t0 + 2.0 * step,
-        })
+        lines.append(
+            {
+                "step": step,
+                "loss": 3.5 * math.exp(-step / 150) + 0.3 + 0.05 * rng.standard_normal(),
+                "embedding_std": 0.044 - 0.01 * step / steps,
+                "lr": 3e-4,
+                "tau": 0.99,
+                "img_per_s": 28.0 + rng.standard_normal(),
+                "frames_in": 15 * step,
+                "frames_dropped": step // 50,
+                "buffer_fill": min(1.0, step / 200),
+                "time": t0 + 2.0 * step,
+            }
+        )
         if step and step % 100 == 0:
             version = step // 100
-            drift = {} if version == 1 else {"r2": 0.99, "cka_prev": 1.0 - 0.01 * version, "cka_pinned": {"1": 1.0 - 0.05 * version}}
+            drift = (
+                {}
+                if version == 1
+                else {"r2": 0.99, "cka_prev": 1.0 - 0.01 * version, "cka_pinned": {"1": 1.0 - 0.05 * version}}
+            )
             lines.append({"event": "export", "step": step, "version": version, "time": t0 + 2.0 * step, **drift})
     lines.append({"event": "export_refused", "step": 305, "reason": "collapse: embedding std 0.004 < 0.02"})
     lines.insert(0, {"event": "start", "step": 0, "resumed_from": None})
@@ -47,8 +59,17 @@ def _write_run(run: Path, steps: int = 300, with_eval: bool = True) -> None:
     lines.append({"event": "restore", "from_step": 290, "step": 200, "restores": 1})
     if with_eval:
         for version, knn in ((1, 0.61), (2, 0.74), (3, 0.70)):
-            lines.append({"event": "eval", "version": version, "knn_top1": knn, "linear_top1": knn + 0.1,
-                          "random_knn_top1": 0.55, "random_linear_top1": 0.66, "data": "digits"})
+            lines.append(
+                {
+                    "event": "eval",
+                    "version": version,
+                    "knn_top1": knn,
+                    "linear_top1": knn + 0.1,
+                    "random_knn_top1": 0.55,
+                    "random_linear_top1": 0.66,
+                    "data": "digits",
+                }
+            )
     text = "\n".join(json.dumps(row) for row in lines) + '\n{"step": 310, "loss": 0.'  # crash mid-write
     run.mkdir(parents=True, exist_ok=True)
     (run / "metrics.jsonl").write_text(text)
@@ -60,7 +81,15 @@ def test_report_writes_pngs_and_summary_with_the_numbers(tmp_path: Path) -> None
     report = write_report(run)
 
     names = sorted(p.name for p in report.plots)
-    assert names == ["buffer_fill.png", "drift.png", "embedding_std.png", "eval.png", "loss.png", "overview.png", "throughput.png"]
+    assert names == [
+        "buffer_fill.png",
+        "drift.png",
+        "embedding_std.png",
+        "eval.png",
+        "loss.png",
+        "overview.png",
+        "throughput.png",
+    ]
     for path in report.plots:
         data = path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000, path
@@ -76,7 +105,10 @@ def test_report_writes_pngs_and_summary_with_the_numbers(tmp_path: Path) -> None
     assert "lowest CKA to the previous version 0.970 (version 3); version 3 to pinned version 1: CKA 0.850" in summary
     drift = report_figures(run)[0]["drift"].axes[0]
     assert sorted(line.get_label() for line in drift.get_lines()) == [
-        "CKA to pinned version 1", "CKA to previous version", "R² of the map to previous"]
+        "CKA to pinned version 1",
+        "CKA to previous version",
+        "R² of the map to previous",
+    ]
     assert "best eval: version 2, kNN top-1 0.740, linear top-1 0.840 (random init: kNN 0.550, linear 0.660)" in summary
     assert "skipped 1 unreadable line" in summary
     assert "trainer starts: 2 (resumed 1), restores after non-finite losses: 1" in summary
@@ -95,12 +127,14 @@ def test_the_summary_opens_with_a_one_line_verdict(tmp_path: Path) -> None:
 
     train = [{"step": s, "loss": 1.0, "embedding_std": 0.2} for s in range(0, 50, 10)]
     probe = {"event": "eval", "step": 40, "version": 2, "knn_top1": 0.30, "random_knn_top1": 0.35, "data": "digits"}
-    assert verdict(train) .startswith("**Verdict: not judged**")
+    assert verdict(train).startswith("**Verdict: not judged**")
     assert verdict([*train, probe]) == (
         "**Verdict: not better than random init yet**: version 2 scores kNN 0.300 on digits, -0.050 against its "
-        "random-init twin (0.350); young encoders usually need a few hundred steps (benchmarks/RESULTS.md).")
+        "random-init twin (0.350); young encoders usually need a few hundred steps (benchmarks/RESULTS.md)."
+    )
     assert verdict([*train, {**probe, "knn_top1": 0.45}]).startswith(
-        "**Verdict: better than random init**: version 2 scores kNN 0.450 on digits, +0.100 over")
+        "**Verdict: better than random init**: version 2 scores kNN 0.450 on digits, +0.100 over"
+    )
 
 
 def test_report_plots_what_exists_and_names_the_rest(tmp_path: Path) -> None:
@@ -110,8 +144,15 @@ def test_report_plots_what_exists_and_names_the_rest(tmp_path: Path) -> None:
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     report = write_report(run, tmp_path / "out")
     assert [p.name for p in report.plots] == ["overview.png", "loss.png"]
-    assert report.missing == ["embedding_std", "img_per_s", "buffer_fill", "eval events", "drift (export events with cka_prev)",
-                              "capture.jsonl", "runtime.jsonl"]
+    assert report.missing == [
+        "embedding_std",
+        "img_per_s",
+        "buffer_fill",
+        "eval events",
+        "drift (export events with cka_prev)",
+        "capture.jsonl",
+        "runtime.jsonl",
+    ]
     summary = report.summary.read_text()
     assert "0 published" in summary and "none recorded" in summary and "holds no published export" in summary
     assert "not recorded, so not plotted: embedding_std, img_per_s, buffer_fill, eval events, drift" in summary
@@ -224,8 +265,9 @@ def test_the_suggested_eval_command_runs_and_lands_in_the_next_report(real_run: 
     commands = re.findall(r"`(byol-agent eval [^`]*)`", summary)
     assert commands, summary
     argv = shlex.split(commands[0])
-    result = subprocess.run([sys.executable, "-m", "agent.cli", *argv[1:]], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     evals = [r for r in _records(run / "metrics.jsonl") if r.get("event") == "eval"]
     online = [r for r in evals if r["encoder"].startswith("target at step")]  # the trainer's probe, on by default
@@ -281,8 +323,19 @@ def test_hundreds_of_versions_stay_readable(real_run: Path, tmp_path: Path) -> N
         for v in range(1, 301):
             t = t0 + (t1 - t0) * v / 300
             fh.write(json.dumps({**export, "version": v, "step": train[-1]["step"] * v // 300, "time": t}) + "\n")
-            fh.write(json.dumps({"event": "eval", "time": t, "version": v, "step": v, "knn_top1": 0.3 + v / 1000,
-                                 "random_knn_top1": 0.3}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "event": "eval",
+                        "time": t,
+                        "version": v,
+                        "step": v,
+                        "knn_top1": 0.3 + v / 1000,
+                        "random_knn_top1": 0.3,
+                    }
+                )
+                + "\n"
+            )
     figures, _ = report_figures(run)
     for stem, fig in figures.items():
         for ax in fig.axes:
@@ -316,23 +369,68 @@ def _write_resumed_run(run: Path, lines: int = 30) -> None:
     t0 = 1_700_000_000.0
     rows: list[dict] = [{"event": "start", "step": 0, "resumed_from": None, "time": t0}]
     for i in range(1, lines + 1):
-        rows.append({"step": 10 * i, "loss": 2.0 - i / lines, "embedding_std": 0.05, "img_per_s": 30.0,
-                     "frames_in": 40 * i, "buffer_fill": 0.5, "time": t0 + 5.0 * i})
+        rows.append(
+            {
+                "step": 10 * i,
+                "loss": 2.0 - i / lines,
+                "embedding_std": 0.05,
+                "img_per_s": 30.0,
+                "frames_in": 40 * i,
+                "buffer_fill": 0.5,
+                "time": t0 + 5.0 * i,
+            }
+        )
         if i == lines // 2:
             rows.append({"event": "start", "step": 10 * i, "resumed_from": "ckpt", "time": t0 + 5.0 * i + 1})
     rows.append({"event": "export", "step": 100, "version": 1, "time": t0 + 52.0})
-    rows.append({"event": "eval", "encoder": "target at step 100", "version": None, "step": 100, "data": "digits",
-                 "knn_top1": 0.81, "linear_top1": 0.93, "random_knn_top1": 0.72, "random_linear_top1": 0.92,
-                 "time": t0 + 53.0})
+    rows.append(
+        {
+            "event": "eval",
+            "encoder": "target at step 100",
+            "version": None,
+            "step": 100,
+            "data": "digits",
+            "knn_top1": 0.81,
+            "linear_top1": 0.93,
+            "random_knn_top1": 0.72,
+            "random_linear_top1": 0.92,
+            "time": t0 + 53.0,
+        }
+    )
     run.mkdir(parents=True, exist_ok=True)
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     capture = [(0, 0), (10, 100), (20, 200), (80, 0), (90, 50), (100, 120)]  # (s, frames): resumed at 80 s
-    (run / "capture.jsonl").write_text("".join(
-        json.dumps({"time": t0 + t, "frames_read": n, "kept": n, "skipped_novelty": 0, "sent": n, "dropped": 0,
-                    "frames_per_source": [n], "source_names": ["demo"]}) + "\n" for t, n in capture))
-    runtime = [{"time": t0 + 150.0, "event": "serve", "version": 1, "previous": None, "swaps": 0},
-               {"time": t0 + 150.1, "version": 1, "swaps": 0, "calls": 0, "failures": 0, "window_calls": 0,
-                "p50_ms": None, "p99_ms": None}]
+    (run / "capture.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "time": t0 + t,
+                    "frames_read": n,
+                    "kept": n,
+                    "skipped_novelty": 0,
+                    "sent": n,
+                    "dropped": 0,
+                    "frames_per_source": [n],
+                    "source_names": ["demo"],
+                }
+            )
+            + "\n"
+            for t, n in capture
+        )
+    )
+    runtime = [
+        {"time": t0 + 150.0, "event": "serve", "version": 1, "previous": None, "swaps": 0},
+        {
+            "time": t0 + 150.1,
+            "version": 1,
+            "swaps": 0,
+            "calls": 0,
+            "failures": 0,
+            "window_calls": 0,
+            "p50_ms": None,
+            "p99_ms": None,
+        },
+    ]
     (run / "runtime.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runtime))
 
 
@@ -396,5 +494,7 @@ def test_the_first_runs_probe_is_one_readable_point_per_version(resumed: tuple[d
     assert _integer_ticks(ax.xaxis) == [1.0]
     init = next(line for line in ax.lines if line.get_label().startswith("kNN, random init"))
     assert list(init.get_ydata()) == [0.72, 0.72] and list(init.get_xdata()) == [0, 1]  # a level line across
-    assert ("best eval: version 1 (step 100), kNN top-1 0.810, linear top-1 0.930 "
-            "(random init: kNN 0.720, linear 0.920) on digits") in summary, summary
+    assert (
+        "best eval: version 1 (step 100), kNN top-1 0.810, linear top-1 0.930 "
+        "(random init: kNN 0.720, linear 0.920) on digits"
+    ) in summary, summary

@@ -21,8 +21,16 @@ from tests.trainer.test_continual import run_trainer, tiny_config
 from trainer.continual import ContinualTrainer
 from trainer.sinks.tensorboard import TENSORBOARD_DIR
 
-RUN = ["train.lr=1e-3", "train.probe_data=digits", "train.probe_every=4", "eval.max_images=300",
-       "export.every_steps=4", "export.calibration_frames=32", "metrics.images_every_steps=4", "metrics.image_frames=3"]
+RUN = [
+    "train.lr=1e-3",
+    "train.probe_data=digits",
+    "train.probe_every=4",
+    "eval.max_images=300",
+    "export.every_steps=4",
+    "export.calibration_frames=32",
+    "metrics.images_every_steps=4",
+    "metrics.image_frames=3",
+]
 
 
 def config(max_steps: int) -> Config:
@@ -44,9 +52,21 @@ def test_a_run_writes_tensorboard_scalars_and_view_grids_and_a_resume_continues_
     run_trainer(config(8), tmp_path)
     events = read_back(tmp_path)
     tags = set(events.Tags()["scalars"])
-    wanted = {"train/loss", "train/lr", "train/tau", "train/embedding_std", "train/images_per_s", "buffer/fill",
-              "frames/camera_0", "frames/received", "probe/knn", "probe/knn_random_init", "export/version",
-              "export/r2_prev", "export/cka_prev"}
+    wanted = {
+        "train/loss",
+        "train/lr",
+        "train/tau",
+        "train/embedding_std",
+        "train/images_per_s",
+        "buffer/fill",
+        "frames/camera_0",
+        "frames/received",
+        "probe/knn",
+        "probe/knn_random_init",
+        "export/version",
+        "export/r2_prev",
+        "export/cka_prev",
+    }
     assert wanted <= tags, wanted - tags
     assert steps(events, "train/loss") == list(range(1, 9))  # train.metrics_every=1
     loss = [e.value for e in events.Scalars("train/loss")]

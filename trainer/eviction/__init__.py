@@ -20,6 +20,13 @@ from trainer.eviction.reservoir import ReservoirPolicy
 from trainer.eviction.stratified import StratifiedPolicy
 
 __all__ = [
-    "EvictionPolicy", "FifoPolicy", "MinRedundancyPolicy", "ReservoirPolicy", "Slots", "StratifiedPolicy",
-    "list_policies", "make_policy", "register_policy",
+    "EvictionPolicy",
+    "FifoPolicy",
+    "MinRedundancyPolicy",
+    "ReservoirPolicy",
+    "Slots",
+    "StratifiedPolicy",
+    "list_policies",
+    "make_policy",
+    "register_policy",
 ]

@@ -35,5 +35,7 @@ def make_policy(cfg: BufferConfig, capacity: int, seed: int) -> EvictionPolicy:
     try:
         cls = _POLICIES[cfg.policy]
     except KeyError:
-        raise ConfigError(f"buffer.policy {cfg.policy!r} is not a registered policy; known: {', '.join(list_policies())}") from None
+        raise ConfigError(
+            f"buffer.policy {cfg.policy!r} is not a registered policy; known: {', '.join(list_policies())}"
+        ) from None
     return cls(capacity, seed)

@@ -70,8 +70,9 @@ def check_sink_names(names: Sequence[str]) -> None:
     """ConfigError (one line naming the key and the registered kinds) for a name that is not registered."""
     unknown = [name for name in names if name not in SINKS]
     if unknown:
-        raise ConfigError(f"bad config value for 'metrics.sinks': unknown sink {unknown[0]!r}; "
-                          f"registered: {', '.join(sink_names())}")
+        raise ConfigError(
+            f"bad config value for 'metrics.sinks': unknown sink {unknown[0]!r}; registered: {', '.join(sink_names())}"
+        )
 
 
 def sink_class(name: str) -> type[MetricsSink]:

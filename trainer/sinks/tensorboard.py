@@ -67,7 +67,11 @@ EVAL_TAGS = {  # trainer.feature_probes.EvalResult.to_event()
     "linear_top1": "probe/linear",
     "random_linear_top1": "probe/linear_random_init",
 }
-EXPORT_TAGS = {"version": "export/version", "r2": "export/r2_prev", "cka_prev": "export/cka_prev"}  # export.drift_gate.drift_record
+EXPORT_TAGS = {
+    "version": "export/version",
+    "r2": "export/r2_prev",
+    "cka_prev": "export/cka_prev",
+}  # export.drift_gate.drift_record
 LAYOUT = {
     "probe": {
         "kNN top-1 vs random init": ["Multiline", ["probe/knn", "probe/knn_random_init"]],
