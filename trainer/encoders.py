@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 import torch
 import torchvision
@@ -168,13 +168,15 @@ def adapt_input_channels(net: nn.Module, channels: int, name: str = "the encoder
             f"{name!r}: its first convolution takes {conv.in_channels} channels and only 3 -> 1 is adapted here; "
             f"build it for {channels} channels (e.g. model.encoder_kwargs in_channels={channels})"
         )
+    # a Conv2d's kernel_size/stride/padding/dilation are 2-tuples (or a padding string); typeshed says tuple[int, ...]
+    kernel, stride, padding, dilation = cast(Any, (conv.kernel_size, conv.stride, conv.padding, conv.dilation))
     mono = nn.Conv2d(
         1,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,  # type: ignore[arg-type]  # 2-tuples
+        kernel,
+        stride,
+        padding,
+        dilation,
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
     ).to(device=conv.weight.device, dtype=conv.weight.dtype)
