@@ -252,7 +252,8 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
 
     parts = [
         f"t={elapsed_s:5.0f}s",
-        f"frames read {num(cap, 'frames_read')} kept {num(cap, 'kept')} (novelty skipped {num(cap, 'skipped_novelty')})",
+        f"frames read {num(cap, 'frames_read')} kept {num(cap, 'kept')} (novelty skipped "
+        f"{num(cap, 'skipped_novelty')})",
         f"sent {num(cap, 'sent')} dropped {num(cap, 'dropped')}",
         *_source_notes(cap.get("sources")),
         f"in {num(trn, 'frames_in_session' if 'frames_in_session' in trn else 'frames_in')}",

@@ -114,9 +114,9 @@ def main() -> None:
             lost_lock.append(rate * lock_s)
             lost_child.append(max(0.0, rate * child_s - child_steps))
             print(
-                f"{name} round {r}: baseline {rate:.2f} steps/s; lock: trace {lock_s:.1f} s = {rate * lock_s:.1f} steps "
-                f"stalled; child alone {alone_s:.1f} s; child beside training: {child_s:.1f} s wall, {child_steps} steps done, "
-                f"{lost_child[-1]:.1f} steps lost"
+                f"{name} round {r}: baseline {rate:.2f} steps/s; lock: trace {lock_s:.1f} s = {rate * lock_s:.1f} "
+                f"steps stalled; child alone {alone_s:.1f} s; child beside training: {child_s:.1f} s wall, "
+                f"{child_steps} steps done, {lost_child[-1]:.1f} steps lost"
             )
         lock_med, child_med = statistics.median(lost_lock), statistics.median(lost_child)
         print(

@@ -1,4 +1,5 @@
-"""A lossy capture's send path (`FrameSender`, as for a live camera): its cost per frame, and one sender feeding N ranks.
+"""A lossy capture's send path (`FrameSender`, as for a live camera): its cost per frame, and one sender feeding N
+ranks.
 
 Part 1, cost of one send(), in this process: CPU time of the calling thread per `FrameSender.send` of a raw
 RGB frame, lossy, one endpoint, in batches of --batch frames, median over --reps batches:
@@ -14,7 +15,8 @@ Part 2, delivery: a sender process flat out for --seconds (lossy, send HWM 64 as
 frames received per second (first to last arrival, summed over ranks), frames sent and dropped per second,
 and each rank's share; median of --reps trials. With --baseline, case `one` also runs DIR's sender, interleaved.
 
-    python benchmarks/bench_fanout.py [--sides 32 224] [--batch 3000] [--reps 20] [--seconds 2] [--ranks 2] [--baseline DIR]
+    python benchmarks/bench_fanout.py [--sides 32 224] [--batch 3000] [--reps 20] [--seconds 2] [--ranks 2] \
+        [--baseline DIR]
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ slot. Trials of the methods are interleaved, --reps times, and the median is rep
 is CURVE's throughput and latency relative to plain TCP in the same run.
 
 Part 2, slow subscriber: a 640×480 source at 30 fps and a consumer at 10 Hz for --slow-seconds,
-ours (single-frame PUB + SUB keeping the newest frame per camera, `LatestFrameSubscriber`) and the peer's default PUB/SUB
+ours (single-frame PUB + SUB keeping the newest frame per camera, `LatestFrameSubscriber`) and the peer's default
+PUB/SUB
 multipart, run side by side: the age of the frame each consumer gets and the consumer's RSS.
 
     python benchmarks/bench_ingest.py [--seconds 2] [--reps 3] [--rate 100] [--slow-seconds 20]

@@ -238,7 +238,8 @@ def main() -> int:
             continue
         paired = statistics.median(a / b for a, b in zip(rates["ours"], rates[other]))
         print(
-            f"ours / {label} = {median['ours'] / median[other]:.3f} (medians), {paired:.3f} (median of per-round ratios)"
+            f"ours / {label} = {median['ours'] / median[other]:.3f} (medians), {paired:.3f} (median of per-round "
+            "ratios)"
         )
     if "peer" in median:
         print(f"byol-pytorch / its own floor (floor_nchw) = {median['peer'] / median['floor_nchw']:.3f}")

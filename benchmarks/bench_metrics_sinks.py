@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 times[sinks].append(round_time(trainer, sinks, Path(tmp) / "run", args.steps))
             (w0, c0), (w1, c1) = times[OFF][-1], times[ON][-1]
             print(
-                f"round {r + 1}: off {w0 * 1e3:.1f} ms/step ({c0 * 1e3:.1f} CPU), on {w1 * 1e3:.1f} ({c1 * 1e3:.1f} CPU)"
+                f"round {r + 1}: off {w0 * 1e3:.1f} ms/step ({c0 * 1e3:.1f} CPU), on {w1 * 1e3:.1f} ({c1 * 1e3:.1f} "
+                "CPU)"
             )
         off = [w for w, _ in times[OFF]]
         for k, what in ((0, "wall"), (1, "CPU")):

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, sequences in cases.items():
         d = np.array([x for seq in sequences for x in consecutive_diffs(seq)])
         print(
-            f"{name:28s} {np.percentile(d, 5):8.4f} {np.percentile(d, 50):8.4f} {np.percentile(d, 95):8.4f} {d.max():8.4f}"
+            f"{name:28s} {np.percentile(d, 5):8.4f} {np.percentile(d, 50):8.4f} {np.percentile(d, 95):8.4f} "
+            f"{d.max():8.4f}"
         )
     print("\nframes the gate keeps (after each sequence's first), by threshold:")
     print(f"{'threshold':>10s} " + " ".join(f"{name:>22s}" for name in cases))

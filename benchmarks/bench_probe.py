@@ -72,7 +72,8 @@ def main() -> int:
         probe, probe_wall = time.process_time() - t0, time.perf_counter() - w0
         print(
             f"round {r}: {per_step * 1e3:.0f} ms CPU per step ({per_step_wall * 1e3:.0f} ms wall); probe {probe:.2f} s "
-            f"CPU ({probe_wall:.2f} s wall){' incl. the random-init twin' if r == 0 else ''}; kNN {result.knn_top1:.3f} "
+            f"CPU ({probe_wall:.2f} s wall){' incl. the random-init twin' if r == 0 else ''}; kNN "
+            f"{result.knn_top1:.3f} "
             f"(init {result.random_knn_top1:.3f})"
         )
         if r == 0:

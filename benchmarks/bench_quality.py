@@ -318,9 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_bank, n_query = (len(s) for s in data.split)
     print(
         f"data {args.data} ({data_dir}): {n_bank} bank / {n_query} query images, {len(data.classes)} classes; "
-        f"encoder {base.model.encoder} stem {base.model.stem} at {base.model.image_size} px, batch {base.train.batch_size}, "
+        f"encoder {base.model.encoder} stem {base.model.stem} at {base.model.image_size} px, batch "
+        f"{base.train.batch_size}, "
         f"{base.train.optimizer} lr {base.train.lr:g} warm-up {base.train.lr_warmup_steps}, "
-        f"tau {base.train.tau_schedule} {base.train.tau_base}->{base.train.tau_final}; budget {args.budget:g} {args.clock} s, "
+        f"tau {base.train.tau_schedule} {base.train.tau_base}->{base.train.tau_final}; budget {args.budget:g} "
+        f"{args.clock} s, "
         f"{args.threads} threads; stream {args.source or 'DATA/train'} {args.order}, buffer {base.buffer.policy} "
         f"{base.buffer.capacity_frames} frames, temporal positives {base.buffer.temporal_positives}; work dir {work}",
         flush=True,
@@ -349,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         run.pause()
                     result = evaluate_export(run.export(), data, eval_cfg, seed=seed, reference=False)
                     print(
-                        f"  ours          {mark:6.0f} {args.clock} s  step {result.step:5d}  kNN {result.knn_top1:.3f}  "
+                        f"  ours          {mark:6.0f} {args.clock} s  step {result.step:5d}  kNN "
+                        f"{result.knn_top1:.3f}  "
                         f"linear {result.linear_top1:.3f}  (wall {time.perf_counter() - started:.0f} s)",
                         flush=True,
                     )

@@ -169,8 +169,10 @@ def main() -> int:
         for label, rows in (("first-seen", first), ("repeated", again)):
             if rows:
                 print(
-                    f"{choice:9s} swaps {label} ({len(rows)}): publish->served median {statistics.median(s for s, _ in rows):.3f} s "
-                    f"max {max(s for s, _ in rows):.3f} s; load_s median {statistics.median(l for _, l in rows):.3f} s",
+                    f"{choice:9s} swaps {label} ({len(rows)}): publish->served median "
+                    f"{statistics.median(s for s, _ in rows):.3f} s "
+                    f"max {max(s for s, _ in rows):.3f} s; "
+                    f"load_s median {statistics.median(load for _, load in rows):.3f} s",
                     flush=True,
                 )
         (rss0, rss1), (gpu0, gpu1) = r["rss"], r["gpu"]
@@ -185,7 +187,8 @@ def main() -> int:
         if cpu is not None and r is not cpu:
             for batch in (1, 8):
                 print(
-                    f"ratio {r['choice']} / cpu median latency, batch {batch}: {r[f'b{batch}'][0] / cpu[f'b{batch}'][0]:.3f}"
+                    f"ratio {r['choice']} / cpu median latency, batch {batch}: "
+                    f"{r[f'b{batch}'][0] / cpu[f'b{batch}'][0]:.3f}"
                 )
     return 0
 

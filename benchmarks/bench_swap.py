@@ -158,15 +158,18 @@ def swap_benchmark(
     worst_delay = max(delays.values())
 
     print(
-        f"\n== swap under load: ResNet-18 {frame.shape[0]}px batch 1, 2 caller threads (1 onnxruntime thread each), poll {poll_s:g} s"
+        f"\n== swap under load: ResNet-18 {frame.shape[0]}px batch 1, 2 caller threads (1 onnxruntime thread each), "
+        f"poll {poll_s:g} s"
     )
     print(f"calls: {len(every)} ok, {len(failures)} failed; swaps {swaps}; sessions resident at the end {resident}")
     print(f"versions served: {versions[0]}..{versions[-1]} ({len(versions)} of {len(staged)})")
     print(
-        f"steady  latency ms: p50 {np.percentile(steady, 50):.2f}  p99 {p99_steady:.2f}  max {steady.max():.2f}  (n={len(steady)})"
+        f"steady  latency ms: p50 {np.percentile(steady, 50):.2f}  p99 {p99_steady:.2f}  max {steady.max():.2f}  "
+        f"(n={len(steady)})"
     )
     print(
-        f"swaps   latency ms: p50 {np.percentile(during, 50):.2f}  p99 {p99_swap:.2f}  max {during.max():.2f}  (n={len(during)})"
+        f"swaps   latency ms: p50 {np.percentile(during, 50):.2f}  p99 {p99_swap:.2f}  max {during.max():.2f}  "
+        f"(n={len(during)})"
     )
     print(f"p99 during swaps / steady p99: {p99_swap / p99_steady:.2f}x")
     print(

@@ -129,7 +129,8 @@ def compose_to(export_dir: Path, version: int, pin: int) -> Optional[LinearMap]:
             )
         if composed is not None and composed.dims[1] != linear.dims[0]:
             raise ModelFileError(
-                f"version {version}: map of version {current} takes D={linear.dims[0]}, chain gives D={composed.dims[1]}"
+                f"version {version}: map of version {current} takes D={linear.dims[0]}, chain gives "
+                f"D={composed.dims[1]}"
             )
         composed = linear if composed is None else composed.then(linear)
         current = maps_to

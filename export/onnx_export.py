@@ -205,7 +205,8 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
     TorchScript exporter cannot write AlexNet at 64 px: its adaptive pooling to 6x6 does not divide
     the 1x1 map it gets there). Costs one export, measured with TorchScript on a loaded 2-core
     machine: 0.3 s for the default tiny_cnn, 5 s for configs/robot-resnet18.yaml, plus ~2 s of
-    torch.onnx imports on first use; the dynamo exporter takes 4-30 s per encoder. Raises ConfigError (one line, naming encoder, hidden layer,
+    torch.onnx imports on first use; the dynamo exporter takes 4-30 s per encoder. Raises ConfigError (one line, naming
+    encoder, hidden layer,
     image size and exporter) when the export fails or its graph computes something else than the
     encoder (`check_graph_parity`: an export that runs is not yet a right one), or naming encoder and
     size when the encoder cannot even run at that size; ConfigError from the encoder registry as it is.
@@ -225,7 +226,8 @@ def check_exportable(model_cfg: ModelConfig, export_cfg: ExportConfig, channels:
         except Exception as exc:  # the encoder may raise anything
             raise ConfigError(
                 f"model.encoder={model_cfg.encoder!r} (hidden_layer {model_cfg.hidden_layer!r}) fails on a "
-                f"{height}x{width} input ({channels} channel(s)): {_reason(exc)}; change model.image_size or model.encoder"
+                f"{height}x{width} input ({channels} channel(s)): {_reason(exc)}; change model.image_size or "
+                "model.encoder"
             ) from None
     spec = input_spec(export_cfg.input_format, size, mean, std)
     try:

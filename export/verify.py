@@ -42,7 +42,8 @@ def collapse_std(embeddings: np.ndarray) -> float:
 
 
 def torch_reference(encoder: nn.Module, frames: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """The encoder as trained: uint8 NHWC (C = the spec's channels) → float/255 → (x - mean)/std → NCHW, output flattened."""
+    """The encoder as trained: uint8 NHWC (C = the spec's channels) → float/255 → (x - mean)/std → NCHW, output
+    flattened."""
     x = to_unit_nchw(torch.from_numpy(np.ascontiguousarray(frames)))
     with torch.no_grad():
         return encoder.eval()(normalise(x, spec.mean, spec.std)).flatten(1).float().numpy()

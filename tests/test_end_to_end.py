@@ -71,7 +71,7 @@ def _interrupt(proc: subprocess.Popen, log_path: Path) -> None:
         proc.wait(timeout=180)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError(f"run did not stop after SIGINT:\n{log_path.read_text()[-3000:]}")
+        raise AssertionError(f"run did not stop after SIGINT:\n{log_path.read_text()[-3000:]}") from None
     assert proc.returncode == 0, log_path.read_text()[-3000:]
 
 

@@ -155,7 +155,8 @@ def rank_pids(log: Path) -> list[tuple[int, int]]:
 
 
 def records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's records, training lines then events (a line being written is left out: trainer.report reads it)."""
+    """metrics.jsonl's records, training lines then events (a line being written is left out: the reader skips
+    it)."""
     if not (run_dir / "metrics.jsonl").exists():
         return []
     metrics = read_metrics(run_dir)

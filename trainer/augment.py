@@ -317,7 +317,8 @@ class View:
         return x.contiguous(memory_format=self.memory_format)
 
     def _device_constants(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """(luma weights (3,), mean (C,), std (C,)) on `device`, made once: a host-to-device copy per call would sync CUDA."""
+        """(luma weights (3,), mean (C,), std (C,)) on `device`, made once: a host-to-device copy per call would sync
+        CUDA."""
         if device not in self._constants:
             values = torch.tensor((*GRAY, *self.mean, *self.std), dtype=torch.float32).to(device)
             c = self.channels

@@ -2,14 +2,14 @@
 
 Their module tree (byol_pytorch/byol_pytorch.py 0.9.1), and where each part goes here:
 
-    net.*                                  the wrapped net again (the same tensors as online_encoder.net.*)
-    online_encoder.net.*                -> online.backbone.net.*
-    online_encoder.projector.{i}.*      -> online.projector.layers.{i}.*       MLP = Sequential(Linear, BN, ReLU, Linear)
-    online_encoder.projector.0.{j}.*    -> online.projector.layers.{j}.*       with simplicial embeddings (their default):
-    online_encoder.projector.2.{i}.*    -> online.projector.layers.{3 + i}.*   Sequential(Sequential(Linear, BN), SEM, MLP)
-    target_encoder.*                    -> target.*                            (absent with use_momentum=False or after
-                                                                                reset_moving_average: the online branch is copied)
-    online_predictor.{i}.*              -> predictor.layers.{i}.*
+    net.*                                the wrapped net again (the same tensors as online_encoder.net.*)
+    online_encoder.net.*              -> online.backbone.net.*
+    online_encoder.projector.{i}.*    -> online.projector.layers.{i}.*      MLP = Seq(Linear, BN, ReLU, Linear)
+    online_encoder.projector.0.{j}.*  -> online.projector.layers.{j}.*      with simplicial embeddings (their default):
+    online_encoder.projector.2.{i}.*  -> online.projector.layers.{3 + i}.*  Seq(Seq(Linear, BN), SEM, MLP)
+    target_encoder.*                  -> target.*                           (absent with use_momentum=False or after
+                                                                            reset_moving_average: online is copied)
+    online_predictor.{i}.*            -> predictor.layers.{i}.*
 
 SimSiam mode's projector (their SimSiamMLP) has the same indices as ours. They keep no EMA step
 count, so the learner's tau schedule starts again from its own step.
@@ -102,7 +102,8 @@ def plan(
         for target in targets:
             if tuple(ours[target].shape) != tuple(value.shape):
                 raise LearnerError(
-                    f"byol-pytorch's {key} has shape {tuple(value.shape)} but ours, {target}, has {tuple(ours[target].shape)}: "
+                    f"byol-pytorch's {key} has shape {tuple(value.shape)} but ours, {target}, has "
+                    f"{tuple(ours[target].shape)}: "
                     "build BYOL with their network, hidden_layer, projection_size and projection_hidden_size"
                 )
             mapping[target] = value

@@ -243,6 +243,7 @@ def join(info: RankInfo, device: torch.device, timeout_s: float) -> Ranks:
     except (RuntimeError, ValueError, dist.DistError) as exc:  # ValueError: no MASTER_ADDR / MASTER_PORT
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CollectiveError(
-            f"rank {info.rank} of {info.world_size}: cannot join the {backend} process group ({first}); start with torchrun"
+            f"rank {info.rank} of {info.world_size}: cannot join the {backend} process group ({first}); start with "
+            "torchrun"
         ) from None
     return Ranks(info, device, objects)

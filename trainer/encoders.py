@@ -133,7 +133,8 @@ def check_file_model(model_cfg: "ModelConfig", operator: Optional["ModelConfig"]
     if not same:
         raise ModelFileError(
             f"{source} names the encoder import string {model_cfg.encoder!r}; import strings run code, so they are "
-            "honoured only from this machine's config: pass the same model.encoder and model.encoder_kwargs in --config to trust it"
+            "honoured only from this machine's config: pass the same model.encoder and model.encoder_kwargs in "
+            "--config to trust it"
         )
 
 

@@ -171,7 +171,8 @@ def load_train_test_folder(
     queries = load_image_folder(root / "test", image_size, max_images, seed)
     if bank.classes != queries.classes:
         raise SourceError(
-            f"{str(root)!r}: train/ and test/ name different classes ({len(bank.classes)} vs {len(queries.classes)} subfolders)"
+            f"{str(root)!r}: train/ and test/ name different classes ({len(bank.classes)} vs {len(queries.classes)} "
+            "subfolders)"
         )
     index = np.arange(len(bank.labels) + len(queries.labels))
     return LabelledImages(

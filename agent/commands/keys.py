@@ -21,7 +21,8 @@ def main(args: argparse.Namespace) -> int:
     name = args.name or socket.gethostname().split(".")[0] or "byol-agent"
     public, secret = create_keys(args.out, name)
     print(
-        f"public key: {public}  (give it to peers: a trainer's wire.authorized_keys dir, or a capture's wire.trainer_key)"
+        f"public key: {public}  (give it to peers: a trainer's wire.authorized_keys dir, or a capture's "
+        "wire.trainer_key)"
     )
     print(f"secret key: {secret}  (this process's wire.secret_key; keep it here, mode 0600)")
     return 0

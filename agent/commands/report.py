@@ -1,4 +1,5 @@
-"""`byol-agent report RUN_DIR`: summary.md, overview.png and detailed PNGs of a run (metrics.jsonl, capture.jsonl, runtime.jsonl)."""
+"""`byol-agent report RUN_DIR`: summary.md, overview.png and detailed PNGs of a run (metrics.jsonl, capture.jsonl,
+runtime.jsonl)."""
 
 from __future__ import annotations
 

@@ -89,8 +89,8 @@ def main(args: argparse.Namespace) -> int:
     if cfg.wire.endpoints is not None and len(cfg.wire.endpoints) > 1:
         raise ConfigError(
             f"wire.endpoints lists {len(cfg.wire.endpoints)} trainer ranks, but `run` starts one trainer; run "
-            "`byol-agent train --nproc N` and `byol-agent capture --endpoint ...` (README, 'Several GPUs or machines'), "
-            "or set wire.endpoints=null"
+            "`byol-agent train --nproc N` and `byol-agent capture --endpoint ...` (README, 'Several GPUs or "
+            "machines'), or set wire.endpoints=null"
         )
     from agent.robot.sources import check_sources
 
@@ -127,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
     problem = untrained(status, cfg)
     if problem is not None and stop.signum == signal.SIGINT and not code:
         print(
-            f"byol-agent run: interrupted before the first training step ({problem.removeprefix('trained on nothing: ')})",
+            "byol-agent run: interrupted before the first training step "
+            f"({problem.removeprefix('trained on nothing: ')})",
             file=sys.stderr,
         )
         return 130  # the user's choice, not a failure

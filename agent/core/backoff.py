@@ -19,5 +19,5 @@ def backoff_s(attempt: int, *, first_s: float, max_s: float) -> float:
 
 
 def worth_logging(count: int, every: int = 100) -> bool:
-    """Whether occurrence number `count` (1, 2, ...) of a repeated fault gets a log line: the 1st and each `every`-th."""
+    """Whether occurrence `count` (1, 2, ...) of a repeated fault gets a log line: the 1st and each `every`-th."""
     return count == 1 or (count > 0 and count % every == 0)

@@ -2,9 +2,9 @@
 
 Capture fits frames to the stored size before the wire (a small buffer, a fast socket); the novelty
 gate keeps a robot that stands still from filling the buffer with copies of one view; and
-`as_frame_batch` / `resize_frames` (with `agent.core.normalise.normalise_nchw`) turn frames into what an exported encoder takes,
-used alike by export verification, evaluation and the runtime (via `InputSpec`), so the frames checked
-for parity are prepared exactly like the frames served. Torch-free: numpy and OpenCV only.
+`as_frame_batch` / `resize_frames` (with `agent.core.normalise.normalise_nchw`) turn frames into what an exported
+encoder takes, used alike by export verification, evaluation and the runtime (via `InputSpec`), so the frames
+checked for parity are prepared exactly like the frames served. Torch-free: numpy and OpenCV only.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ class FrameFormatError(ByolAgentError, ValueError):
 
 
 def as_frame_batch(frames: np.ndarray) -> np.ndarray:
-    """Validate uint8 RGB (C = 3) or gray (C = 1) frames and return them as an (N, H, W, C) batch (a view when possible)."""
+    """Validate uint8 RGB (C = 3) or gray (C = 1) frames and return them as an (N, H, W, C) batch (a view when
+    possible)."""
     if not isinstance(frames, np.ndarray):
         raise FrameFormatError(f"frames must be a numpy array, got {type(frames).__name__}")
     if frames.ndim == 3:

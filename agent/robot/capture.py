@@ -58,7 +58,7 @@ class CaptureStats:
     sent_per_endpoint: tuple[int, ...] = ()  # in the order of the trainer endpoints (`trainer_endpoints`)
 
     def line(self) -> str:
-        """`name=value` pairs for the log; the per-endpoint counts (`sent_per_endpoint=A/B`) only for several endpoints."""
+        """`name=value` pairs for the log; per-endpoint counts (`sent_per_endpoint=A/B`) only for several endpoints."""
         parts = [f"{name}={value}" for name, value in vars(self).items() if name != "sent_per_endpoint"]
         if len(self.sent_per_endpoint) > 1:
             parts.append("sent_per_endpoint=" + "/".join(str(n) for n in self.sent_per_endpoint))
@@ -274,8 +274,8 @@ def run_capture(
     `capture.lossless`, whose default is lossless exactly when every source is finite: a file or
     folder then waits for a connected trainer and loses no frame, and each camera's end is sent on
     the wire (`wire.EndOfStream`) so the trainer stops waiting for more. A file, folder or glob that
-    cannot be opened, or a bad, repeated or unreachable endpoint, raises SourceError / EndpointError before anything is sent; a
-    live source that is not there is waited for (state "waiting"). `status_path` gets the stats as JSON
+    cannot be opened, or a bad, repeated or unreachable endpoint, raises SourceError / EndpointError before anything is
+    sent; a live source that is not there is waited for (state "waiting"). `status_path` gets the stats as JSON
     about once a second, with each source's `SourceReader.status` under "sources" (for the `run`
     supervisor's status line). `history_path` (capture.jsonl in a run directory) gets the counters
     appended every HISTORY_EVERY_S and at the end, with frames read per source (in source order)

@@ -5,7 +5,8 @@ Recordings (files, logs, datasets) derive from `RecordingSource`, which owns `fi
 source is lost (the capture loop reopens it) or `SourceExhausted` when a finite source has ended.
 The kinds of source are registered in agent/robot/sources.py (`KINDS`, `open_source` picks one for a
 spec), each in its own file: opencv_sources.py (camera, stream URL, video file), image_files.py (folder,
-glob, image), robot_logs.py (MCAP, rosbag2, ROS 1 bag), lerobot_dataset.py, demo_source.py, subscriber.py (another capture's PUB).
+glob, image), robot_logs.py (MCAP, rosbag2, ROS 1 bag), lerobot_dataset.py, demo_source.py, subscriber.py (another
+capture's PUB).
 """
 
 from __future__ import annotations

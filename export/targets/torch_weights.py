@@ -32,7 +32,8 @@ class TorchWeights(ExportTarget):
         encoder = job.encoder
         if not isinstance(encoder, Backbone):
             raise ExportRefused(
-                f"export.torch_weights needs the trainer's encoder (a network cut at its hidden layer); got {type(encoder).__name__}"
+                "export.torch_weights needs the trainer's encoder (a network cut at its hidden layer); got "
+                f"{type(encoder).__name__}"
             )
         used = used_state_keys(encoder, (job.spec.height, job.spec.width), job.spec.channels)
         full = encoder.net.state_dict()

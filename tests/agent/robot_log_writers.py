@@ -255,7 +255,9 @@ def _foxglove_descriptors() -> bytes:
 FOXGLOVE_ROS2_DEFS = {
     "foxglove_msgs/msg/RawImage": "builtin_interfaces/Time timestamp\nstring frame_id\nuint32 width\nuint32 height\n"
     "string encoding\nuint32 step\nuint8[] data\n",
-    "foxglove_msgs/msg/CompressedImage": "builtin_interfaces/Time timestamp\nstring frame_id\nuint8[] data\nstring format\n",
+    "foxglove_msgs/msg/CompressedImage": (
+        "builtin_interfaces/Time timestamp\nstring frame_id\nuint8[] data\nstring format\n"
+    ),
 }
 TIME_DEF = "=" * 80 + "\nMSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n"
 

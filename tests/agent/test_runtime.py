@@ -281,7 +281,7 @@ def test_swaps_under_concurrent_load_drop_nothing_and_serve_every_version(tmp_pa
         with CheckedCallers(enc, frames[:1], expected) as callers:
             for version in (2, 3, 4):
                 publish_version(tmp_path, seed=seeds[version])
-                wait_until(lambda: callers.served_at_least(version))
+                wait_until(lambda version=version: callers.served_at_least(version))
         assert not callers.errors, callers.errors[0]
         assert set(callers.served) == {1, 2, 3, 4} and enc.swaps == 3
         assert [(s.old_version, s.new_version) for s in swaps] == [(None, 1), (1, 2), (2, 3), (3, 4)]

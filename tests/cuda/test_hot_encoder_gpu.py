@@ -46,7 +46,7 @@ def test_swaps_under_load_on_the_gpu_fail_no_call(tmp_path: Path, choice: str) -
         with CheckedCallers(enc, frames[:1], expected, atol=ATOL) as callers:
             for version in (2, 3):
                 publish_version(tmp_path, seed=seeds[version])
-                wait_until(lambda: callers.served_at_least(version), timeout_s=BUILD_S)
+                wait_until(lambda version=version: callers.served_at_least(version), timeout_s=BUILD_S)
         assert not callers.errors, callers.errors[0]
         assert set(callers.served) == {1, 2, 3} and enc.swaps == 2 and enc.failed_loads == 0
         assert enc.providers[0] == wanted

@@ -85,5 +85,6 @@ def custom_net(**kwargs: Any) -> nn.Module:
 
 
 def tiny_densenet(**kwargs: Any) -> nn.Module:
-    """DenseNet with two one-layer dense blocks; its forward ends in `F.relu(features, inplace=True)` after `features`."""
+    """DenseNet with two one-layer dense blocks; its forward ends in `F.relu(features, inplace=True)` after
+    `features`."""
     return densenet.DenseNet(growth_rate=8, block_config=(1, 1), num_init_features=8, bn_size=2, **kwargs)

@@ -1,5 +1,6 @@
 """`export.torch_weights`: each version also gets `encoder-NNNNNN.pt`, loadable by torchvision with only `fc.*` missing,
-giving the ONNX version's embedding; hashed in the manifest, retained and removed with its version, ignored by the runtime."""
+giving the ONNX version's embedding; hashed in the manifest, retained and removed with its version, ignored by the
+runtime."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def _publish(cfg, publisher: Publisher, frames: np.ndarray, step: int = 1) -> in
 
 
 def _torchvision_embedding(net: nn.Module, frames: np.ndarray, spec) -> np.ndarray:
-    """What a PyTorch policy computes: the hidden layer (avgpool, flattened) of frames normalised as the manifest says."""
+    """What a PyTorch policy computes: the hidden layer (avgpool, flattened) of frames normalised as the manifest
+    says."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
     net.fc = nn.Identity()

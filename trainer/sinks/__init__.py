@@ -44,7 +44,7 @@ class MetricsSink(ABC):
     def write(self, record: dict[str, Any]) -> None:
         """Write one record; raise (OSError, StorageError, ...) when it cannot be written."""
 
-    def image(self, tag: str, step: int, image: np.ndarray) -> None:
+    def image(self, tag: str, step: int, image: np.ndarray) -> None:  # noqa: B027 - optional: a no-op by default
         """Show an (H, W, 3) uint8 RGB image under `tag` at `step`; sinks without pictures ignore it."""
 
     @abstractmethod
