@@ -24,7 +24,10 @@ def _realtime_allowed() -> bool:
     return subprocess.run(["chrt", "-f", "1", "true"], capture_output=True, timeout=30).returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not _realtime_allowed(), reason="real-time scheduling is not permitted here")
+pytestmark = [
+    pytest.mark.slow,  # starts the CLI in subprocesses
+    pytest.mark.skipif(not _realtime_allowed(), reason="real-time scheduling is not permitted here"),
+]
 
 
 def _cli_at_fifo(*words: str) -> subprocess.CompletedProcess:
