@@ -1,7 +1,7 @@
 """The continual trainer: frames stream in on one thread, BYOL updates run on this one, forever.
 
 `ContinualTrainer.run(stop)` is the loop; the parts it composes each have a file of their own:
-`TrainStep` (train_step.py: device, precision, input conversion), `DivergenceGuard` (divergence.py:
+`TrainStep` (train_step.py: device, seeds, precision, input conversion), `DivergenceGuard` (divergence.py:
 NaN skips and restores), `RunState` (run_state.py: counters, RNGs, checkpoints, resume), `RunMonitor`
 (run_monitor.py: metrics, status, live line), `ExportHandoff` (export_handoff.py: exporter, probes),
 `ReceivedFrames` (received_frames.py: frame counters, ranks' agreement), `BufferEmbeddings`
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from pathlib import Path
@@ -35,8 +34,7 @@ import numpy as np
 import torch
 
 from agent.core.atomic import remove_stale_temps
-from agent.core.config import Config, TrainConfig, dump_config
-from agent.core.errors import ConfigError
+from agent.core.config import Config, dump_config
 from trainer.buffer import ReplayBuffer
 from trainer.buffer_embeddings import BufferEmbeddings
 from trainer.checkpoint import checkpoint_dir
@@ -52,12 +50,13 @@ from trainer.received_frames import ReceivedFrames
 from trainer.run_monitor import RunMonitor
 from trainer.run_state import Counters, RunState
 from trainer.sinks import check_sink_names
-from trainer.train_step import TrainStep
+from trainer.train_step import TrainStep, resolve_device, setup_torch
 
 if TYPE_CHECKING:
     from trainer.quality_monitor import QualityMonitor
 
-__all__ = ["ContinualTrainer", "TrainingDiverged", "resolve_device"]  # TrainingDiverged: trainer/divergence.py
+# TrainingDiverged: trainer/divergence.py; resolve_device: trainer/train_step.py
+__all__ = ["ContinualTrainer", "TrainingDiverged", "resolve_device"]
 log = logging.getLogger(__name__)
 
 DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with nothing arriving
@@ -66,15 +65,6 @@ DRAINED_AFTER_S = 0.5  # replay input counts as exhausted after this long with n
 # from one checkpoint's sample to the next (export/calibration.py), so a bounded sample keeps checkpoints small
 # (256 x 96 x 96 x 3 = 7 MB at the default capture size).
 CHECKPOINT_EXPORT_FRAMES = 256
-
-
-def resolve_device(train_cfg: TrainConfig) -> torch.device:
-    """CUDA when there is one (or when asked for, which fails clearly without one), else the CPU."""
-    if train_cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    if train_cfg.device == "cuda" or (train_cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def open_monitor(trainer: "ContinualTrainer", stream: Optional[TextIO]) -> RunMonitor:
@@ -94,22 +84,6 @@ def open_monitor(trainer: "ContinualTrainer", stream: Optional[TextIO]) -> RunMo
         preview=trainer._view_grid,
         **trainer.frames.reporting(),
     )
-
-
-def setup_torch(train_cfg: TrainConfig, ranks: Ranks) -> tuple[torch.device, int]:
-    """(device, seed) of this rank, with torch's threads (`train.threads`), cuDNN autotuning on CUDA and
-    the Python, NumPy and torch RNGs seeded: each rank its own RNGs, batches and views (seed + rank);
-    the weights start from `train.seed` (`build_learner`)."""
-    if train_cfg.threads is not None:
-        torch.set_num_threads(train_cfg.threads)
-    device = resolve_device(train_cfg) if ranks.solo else ranks.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed batch and image size: autotuned kernels pay off
-    seed = train_cfg.seed + ranks.rank
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    return device, seed
 
 
 def final_checkpoint(
@@ -322,7 +296,7 @@ class ContinualTrainer:
         finally:
             self.ingest.stop()
             self.frames.sync()
-            self._shutdown(together)
+            shut_down(self, together)
         self.ingest.check()
         return 0
 
@@ -387,22 +361,22 @@ class ContinualTrainer:
             self.divergence.progressed()
             self.publishing.checkpointed()
 
-    def _shutdown(self, together: bool) -> None:
-        """Final checkpoint, final export, last status line; runs on every exit but a kill -9.
 
-        `together`: every rank left the loop at the same turn (always so for a single process), so the
-        final checkpoint's collective can run; otherwise (a peer is gone, an error on this rank) no
-        checkpoint can be written and the last one stays the one to resume from."""
-        lost: Optional[CollectiveError] = None
-        try:
-            lost = final_checkpoint(self.state, self.train_step, self.ranks, self._save_checkpoint, together)
-            self.publishing.close(self._event)
-            if self.train_step.nan_streak == 0 and self.step > self._prior_step:
-                self.publishing.probe_published(
-                    final=True
-                )  # the state the run ends with (waits for a probe in progress)
-        finally:
-            if self.monitor is not None:
-                self.monitor.close()
-        if lost is not None:
-            raise lost
+def shut_down(trainer: ContinualTrainer, together: bool) -> None:
+    """Final checkpoint, final export, last status line; runs on every exit of `trainer.run` but a kill -9.
+
+    `together`: every rank left the loop at the same turn (always so for a single process), so the
+    final checkpoint's collective can run; otherwise (a peer is gone, an error on this rank) no
+    checkpoint can be written and the last one stays the one to resume from."""
+    lost: Optional[CollectiveError] = None
+    try:
+        lost = final_checkpoint(trainer.state, trainer.train_step, trainer.ranks, trainer._save_checkpoint, together)
+        trainer.publishing.close(trainer._event)
+        if trainer.train_step.nan_streak == 0 and trainer.step > trainer._prior_step:
+            # the state the run ends with (waits for a probe in progress)
+            trainer.publishing.probe_published(final=True)
+    finally:
+        if trainer.monitor is not None:
+            trainer.monitor.close()
+    if lost is not None:
+        raise lost

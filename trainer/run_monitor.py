@@ -42,6 +42,17 @@ log = logging.getLogger(__name__)
 
 PROBE_CLOSE_TIMEOUT_S = 120.0
 RATE_WINDOW_S = 10.0  # the status line's steps/s and images/s average over this
+# Fields of the status that a metrics record leaves out
+STATUS_ONLY = (
+    "state",
+    "max_steps",
+    "probe_knn",
+    "probe_random_knn",
+    "probe_step",
+    "cka_prev",
+    "cka_pinned",
+    "warnings",
+)
 
 
 class _Window:
@@ -151,16 +162,7 @@ class RunMonitor:
                 buffer_per_camera=stats["per_camera"],
                 frames_per_camera=dict(self._counters().frames_per_camera),  # received, by camera id
             )
-            for key in (
-                "state",
-                "max_steps",
-                "probe_knn",
-                "probe_random_knn",
-                "probe_step",
-                "cka_prev",
-                "cka_pinned",
-                "warnings",
-            ):
+            for key in STATUS_ONLY:
                 del fields[key]
             self.metrics.log(fields)
             self._health_record(self._health.embedding(self._state.step, fields["embedding_std"]))
@@ -174,12 +176,9 @@ class RunMonitor:
             grid = self._preview() if self._preview is not None else None
         except Exception as exc:  # a picture for people: it must not stop training
             self._preview_failures += 1
+            message = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             if worth_logging(self._preview_failures):
-                log.warning(
-                    "view grid not made (%d so far): %s",
-                    self._preview_failures,
-                    (str(exc).splitlines() or [type(exc).__name__])[0][:200],
-                )
+                log.warning("view grid not made (%d so far): %s", self._preview_failures, message)
             return
         if grid is not None:
             self.metrics.image("views", self._state.step, grid)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from contextlib import nullcontext
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
 import torch
 
 from agent.core.config import TrainConfig
@@ -27,6 +29,31 @@ from trainer.distributed import SOLO, Ranks
 from trainer.lr_schedule import lr_at, set_lr
 from trainer.normalise import normalise, to_unit_nchw
 from trainer.snapshot_distill import EmbeddingDistiller
+
+
+def resolve_device(train_cfg: TrainConfig) -> torch.device:
+    """CUDA when there is one (or when asked for, which fails clearly without one), else the CPU."""
+    if train_cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if train_cfg.device == "cuda" or (train_cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def setup_torch(train_cfg: TrainConfig, ranks: Ranks) -> tuple[torch.device, int]:
+    """(device, seed) of this rank, with torch's threads (`train.threads`), cuDNN autotuning on CUDA and
+    the Python, NumPy and torch RNGs seeded: each rank its own RNGs, batches and views (seed + rank);
+    the weights start from `train.seed` (`build_learner`)."""
+    if train_cfg.threads is not None:
+        torch.set_num_threads(train_cfg.threads)
+    device = resolve_device(train_cfg) if ranks.solo else ranks.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch and image size: autotuned kernels pay off
+    seed = train_cfg.seed + ranks.rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    return device, seed
 
 
 def use_bf16(train_cfg: TrainConfig, device: torch.device) -> bool:
