@@ -255,6 +255,7 @@ def test_weights_loaded_into_the_net_after_construction_reach_the_targets_batchn
     torch.testing.assert_close(learner.embed(images, "target"), learner.embed(images, "online"))
 
 
+@pytest.mark.slow  # ~10 s on 2 cores: trains, reloads weights mid-run and trains again
 def test_reset_moving_average_restarts_the_target_from_weights_loaded_mid_run() -> None:
     learner = tiny_learner()
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)

@@ -107,6 +107,7 @@ def test_report_writes_pngs_and_summary_with_the_numbers(tmp_path: Path) -> None
     assert summary.splitlines()[2].startswith("**Verdict: better than random init**: version "), summary
 
 
+@pytest.mark.slow  # three reports with every figure
 def test_the_summary_opens_with_a_one_line_verdict(tmp_path: Path) -> None:
     """The reviewer's summary.md gave the scores but no answer; the verdict comes from the latest scored eval and a
     collapse outranks any score."""
