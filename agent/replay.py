@@ -50,10 +50,14 @@ def check_recordings(paths: list[str], capture_cfg: CaptureConfig) -> list[Optio
 
 def replay_config(cfg: Config, paths: list[str]) -> Config:
     """The run's config for replay: these recordings, played once, into a trainer on a free loopback port;
-    one source per camera (`expand_sources`), existing paths made absolute (`resolve_spec`)."""
+    one source per camera (`expand_sources`), existing paths made absolute (`resolve_spec`). Checkpoints keep the
+    replay buffer (`train.save_buffer`, unless the config sets it): a resumed replay skips the frames already
+    delivered, so without them it would train only on what is left."""
     tree = cfg.model_dump(mode="json")
     sources = expand_sources([resolve_spec(p) for p in paths], cfg.capture)
     tree["capture"].update(sources=sources, loop_video=False)
+    if "save_buffer" not in cfg.train.model_fields_set:
+        tree["train"]["save_buffer"] = True
     tree["wire"].update(endpoint=LOOPBACK_ANY_PORT, endpoints=None, publish=None)  # one trainer, never a fleet's ranks
     return Config.model_validate(tree)
 
@@ -200,6 +204,14 @@ def replay(
         print(f"replay: {line}", file=sys.stderr, flush=True)
     if capture.failure is not None:
         raise SourceError(capture.failure)
+    if stop.is_set():
+        total = "?" if plan.total_steps is None else plan.total_steps
+        print(
+            f"replay: stopped at step {trainer.step} of about {total} (checkpointed); run the same command again to "
+            "resume where it stopped",
+            file=sys.stderr,
+            flush=True,
+        )
     return 0
 
 

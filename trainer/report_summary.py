@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.health import KNN_DROP
 from trainer.metrics import METRICS_NAME
 from trainer.run_records import (
     CAPTURE_COUNTS,
@@ -137,10 +138,15 @@ def verdict_line(run: RunRecords) -> str:
     gain = latest["knn_top1"] - latest["random_knn_top1"]
     where = f"version {latest['version']}" if isinstance(latest.get("version"), int) else "the latest state"
     on = f" on {latest['data']}" if latest.get("data") else ""
+    best = max(scored, key=lambda e: e["knn_top1"])
+    falling = ""
+    if best["knn_top1"] - latest["knn_top1"] > KNN_DROP:  # the live health warning's threshold
+        at = f"version {best['version']}" if isinstance(best.get("version"), int) else f"step {best.get('step')}"
+        falling = f" But it is falling: {at} scored {best['knn_top1']:.3f}."
     if gain > 0:
         return (
             f"**Verdict: better than random init**: {where} scores kNN {latest['knn_top1']:.3f}{on}, "
-            f"{gain:+.3f} over its random-init twin ({latest['random_knn_top1']:.3f})."
+            f"{gain:+.3f} over its random-init twin ({latest['random_knn_top1']:.3f}).{falling}"
         )
     return (
         f"**Verdict: not better than random init yet**: {where} scores kNN {latest['knn_top1']:.3f}{on}, "
@@ -206,7 +212,10 @@ def _runtime_line(run: RunRecords) -> str:
     last = run.runtime[-1]
     latency = [r for r in run.runtime if r.p50_ms is not None]
     swaps = sum(1 for r in run.runtime if r.event == "swap")
-    text = f"- runtime: serving version {last.version if last.version is not None else '?'}, {swaps} swap(s)"
+    served = [r.version for r in run.runtime if r.event in ("serve", "swap")]  # versions that served a call
+    text = f"- runtime: last served version {served[-1] if served else '?'}, {swaps} swap(s) between calls"
+    if last.version is not None and served and last.version != served[-1]:
+        text += f" (version {last.version} loaded after the last call)"
     calls = runtime_calls(run)
     if calls is not None:
         _, failures = continued_counts(run, run.runtime, "failures")

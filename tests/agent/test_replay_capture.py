@@ -104,3 +104,15 @@ def test_the_planned_steps_are_where_the_trainers_replay_ratio_gate_stops() -> N
     turn = Turn(stop=False, ready=True, drained=False, checkpoint_clear=True, ranks=(RankCounts(248, 0, 0, 0, 248),))
     last = max(step for step in range(200) if turn.may_step(step, 0.3)) + 1
     assert plan.total_steps == last == 75
+
+
+def test_a_replay_keeps_its_buffer_in_checkpoints_unless_the_config_says_otherwise(tmp_path: Path) -> None:
+    """A resumed replay skips the frames already delivered; without the saved buffer it trained only on the 22 frames
+    left (of 150), each ~640 times, while its plan said ~128 (the fresh-clone reviewer's run)."""
+    from agent.core.config import load_config
+    from agent.replay import replay_config
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")  # replay_config only names the paths; opening them is check_recordings' job
+    assert replay_config(load_config(None, []), [str(video)]).train.save_buffer is True
+    assert replay_config(load_config(None, ["train.save_buffer=false"]), [str(video)]).train.save_buffer is False

@@ -128,6 +128,18 @@ def test_the_summary_opens_with_a_one_line_verdict(tmp_path: Path) -> None:
     assert verdict([*train, {**probe, "knn_top1": 0.45}]).startswith(
         "**Verdict: better than random init**: version 2 scores kNN 0.450 on digits, +0.100 over"
     )
+    earlier = {**probe, "step": 20, "version": 1, "knn_top1": 0.50}  # the reviewer's run: best v1, latest lower
+    assert verdict([*train, earlier, {**probe, "knn_top1": 0.45}]).endswith(
+        "+0.100 over its random-init twin (0.350). But it is falling: version 1 scored 0.500."
+    )
+    runtime = [
+        {"time": 1.0, "event": "serve", "version": 1, "previous": None, "swaps": 0},
+        {"time": 2.0, "event": "swap", "version": 2, "previous": 1, "swaps": 1},
+        {"time": 3.0, "version": 3, "swaps": 2, "calls": 40, "failures": 0, "window_calls": 0},
+    ]
+    (run / "runtime.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runtime))
+    summary = write_report(run, tmp_path / "out").summary.read_text()
+    assert "- runtime: last served version 2, 1 swap(s) between calls (version 3 loaded after the last call)" in summary
 
 
 def test_report_plots_what_exists_and_names_the_rest(tmp_path: Path) -> None:
