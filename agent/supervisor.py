@@ -231,10 +231,22 @@ def read_status(run_dir: Path, since: Optional[float] = None) -> dict[str, dict]
     return status
 
 
+# Parts of the status line left out first when the terminal is narrow, least telling first: what remains answers
+# "is it learning, is it published, is the policy served" (step, loss, kNN, warnings, export, runtime).
+DROP_FIRST = ("frames read ", "sent ", "in ", "buffer ", "emb std ")
+
+
 def fit_line(line: str, columns: int) -> str:
-    """`line` cut to a terminal `columns` wide, less one (a line that wraps breaks its `\r` rewrite); when cut,
-    the middle goes, so the end (export, runtime version, swaps, calls) stays in view."""
+    """`line` fitted to a terminal `columns` wide, less one (a line that wraps breaks its `\r` rewrite): " | " parts
+    starting with a `DROP_FIRST` prefix are left out in that order until it fits; then the middle is cut, so the end
+    (export, runtime version, swaps, calls) stays in view."""
     width = max(columns - 1, 20)
+    parts = line.split(" | ")
+    for prefix in DROP_FIRST:
+        if len(" | ".join(parts)) <= width:
+            break
+        parts = [part for part in parts if not part.startswith(prefix)]
+    line = " | ".join(parts)
     if len(line) <= width:
         return line
     tail = width // 2

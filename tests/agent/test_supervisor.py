@@ -91,3 +91,22 @@ def test_a_status_line_fits_the_terminal_and_keeps_its_end_in_view() -> None:
     fitted = fit_line(line, 80)
     assert len(fitted) == 79 and fitted.endswith("runtime v5 swaps 4 calls 1995") and fitted.startswith("t=  90s")
     assert fit_line("short", 80) == "short"
+
+
+def test_a_narrow_terminal_keeps_step_loss_knn_export_and_runtime() -> None:
+    """The fresh-clone reviewer's last status line at 80 columns read "t=  312s | frames read 4495 kept 4473 (…8 prev)
+    | runtime v6 swaps 5 calls 2985": step, loss, kNN and the export were cut out of the middle."""
+    from agent.supervisor import fit_line
+
+    line = (
+        "t=  312s | frames read 4495 kept 4473 (novelty skipped 1) | sent 4473 dropped 141 | in 4332 | buffer 4096 "
+        "(100%) | step 957 (5.12/s) | loss 1.261 | emb std 0.052 | kNN 0.76 (init 0.72) | export v6 (refused 0, CKA "
+        "0.998 prev) | runtime v6 swaps 5 calls 2985"
+    )
+    fitted = fit_line(line, 140)
+    assert fitted == (
+        "t=  312s | step 957 (5.12/s) | loss 1.261 | kNN 0.76 (init 0.72) | export v6 (refused 0, CKA 0.998 prev) | "
+        "runtime v6 swaps 5 calls 2985"
+    )
+    narrow = fit_line(line, 80)
+    assert len(narrow) == 79 and narrow.startswith("t=  312s | step 957") and narrow.endswith("calls 2985"), narrow
