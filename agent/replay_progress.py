@@ -85,16 +85,28 @@ class ReplayPlan:
 
 
 def last_step_rate(run_dir: Path) -> Optional[float]:
-    """The newest measured training rate (steps/s) in RUN_DIR/metrics.jsonl, for a resumed run's plan; None
-    when there is none (a fresh run, or a metrics file that cannot be read)."""
+    """The last session's training rate (steps/s) in RUN_DIR/metrics.jsonl, for a resumed run's plan: steps over
+    wall time from its first to its last training record, so export and probe pauses count (the newest window's
+    `steps_per_s` alone, its fallback, was off by 2x); None when there is none (a fresh run, an unreadable file)."""
     from trainer.run_records import read_metrics  # only a resumed run needs it
 
     if not (Path(run_dir) / "metrics.jsonl").exists():
         return None
     try:
-        rows = read_metrics(run_dir).train
+        metrics = read_metrics(run_dir)
     except ByolAgentError:
         return None
+    rows = metrics.train
+    starts = [e["time"] for e in metrics.of("start") if isinstance(e.get("time"), (int, float))]
+    timed = [
+        (row["time"], row["step"])
+        for row in rows
+        if isinstance(row.get("time"), (int, float))
+        and isinstance(row.get("step"), int)
+        and (not starts or row["time"] >= starts[-1])
+    ]
+    if len(timed) >= 2 and timed[-1][0] > timed[0][0] and timed[-1][1] > timed[0][1]:
+        return (timed[-1][1] - timed[0][1]) / (timed[-1][0] - timed[0][0])
     rates = [
         row["steps_per_s"]
         for row in rows

@@ -116,3 +116,16 @@ def test_a_replay_keeps_its_buffer_in_checkpoints_unless_the_config_says_otherwi
     video.write_bytes(b"")  # replay_config only names the paths; opening them is check_recordings' job
     assert replay_config(load_config(None, []), [str(video)]).train.save_buffer is True
     assert replay_config(load_config(None, ["train.save_buffer=false"]), [str(video)]).train.save_buffer is False
+
+
+def test_a_resumed_plan_uses_the_last_sessions_rate_pauses_included(tmp_path: Path) -> None:
+    """The reviewer's resumed plan said "~1:32 at the last 1.19 steps/s" from the newest metrics window; the session
+    had run at about half that once its export and probe pauses counted."""
+    import json
+
+    from agent.replay_progress import last_step_rate
+
+    rows = [{"time": 0.0, "event": "start", "step": 0}, {"time": 500.0, "event": "start", "step": 100}]
+    rows += [{"time": 500.0 + 10 * i, "step": 100 + 5 * i, "steps_per_s": 1.19} for i in range(11)]  # 50 in 100 s
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert last_step_rate(tmp_path) == pytest.approx(0.5)
