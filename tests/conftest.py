@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scheduling import current_scheduling, restore_scheduling
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -36,20 +37,12 @@ def free_endpoint() -> str:
     return free_tcp_endpoint()
 
 
-def _scheduling() -> tuple[int, int] | None:
-    """This thread's (policy, priority), None where the OS has no sched_getscheduler."""
-    if not hasattr(os, "sched_getscheduler"):
-        return None
-    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-
-
-SESSION_SCHEDULING = _scheduling()  # what the test process started with
+SESSION_SCHEDULING = current_scheduling()  # what the test process started with
 
 
 def _put_back_scheduling(when: str) -> None:
-    now = _scheduling()
-    if SESSION_SCHEDULING is not None and now != SESSION_SCHEDULING:
-        os.sched_setscheduler(0, SESSION_SCHEDULING[0], os.sched_param(SESSION_SCHEDULING[1]))
+    now = current_scheduling()
+    if restore_scheduling(SESSION_SCHEDULING):
         pytest.fail(
             f"this process was at scheduling policy {now} (started at {SESSION_SCHEDULING}) {when}; wrap what "
             "changes it in tests.scheduling.keep_scheduling()",

@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Iterator, Optional
+
+Scheduling = tuple[int, int]  # (policy, priority)
+
+
+def current_scheduling() -> Optional[Scheduling]:
+    """This thread's (policy, priority); None where the OS has no sched_getscheduler."""
+    if not hasattr(os, "sched_getscheduler"):
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+
+
+def restore_scheduling(saved: Optional[Scheduling]) -> bool:
+    """Put this thread back at `saved` (from `current_scheduling`); True when it had changed."""
+    if saved is None or current_scheduling() == saved:
+        return False
+    os.sched_setscheduler(0, saved[0], os.sched_param(saved[1]))
+    return True
 
 
 @contextlib.contextmanager
 def keep_scheduling() -> Iterator[None]:
     """Put this thread's scheduling policy and priority back to what they were on entry, however the block ends."""
-    if not hasattr(os, "sched_getscheduler"):
-        yield
-        return
-    policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    saved = current_scheduling()
     try:
         yield
     finally:
-        if (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != (policy, priority):
-            os.sched_setscheduler(0, policy, os.sched_param(priority))
+        restore_scheduling(saved)
