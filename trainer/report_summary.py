@@ -122,6 +122,11 @@ def _exports_line(metrics: RunMetrics) -> str:
     return text
 
 
+def _recency(e: dict[str, Any]) -> tuple[float, float]:
+    """Sort key of an eval event: its step (-1 without one), then its time; the max is the latest."""
+    return (e["step"] if is_number(e.get("step")) else -1, e.get("time", 0))
+
+
 def verdict_line(run: RunRecords) -> str:
     """One line answering "is the encoder getting better?" from the latest eval against its random-init twin and
     the last embedding std (a collapse outranks any score)."""
@@ -134,7 +139,7 @@ def verdict_line(run: RunRecords) -> str:
     scored = [e for e in run.evals if is_number(e.get("random_knn_top1"))]
     if not scored:
         return "**Verdict: not judged**: no eval against a random-init twin was recorded (train.probe_data, or `eval`)."
-    latest = max(scored, key=lambda e: (e["step"] if is_number(e.get("step")) else -1, e.get("time", 0)))
+    latest = max(scored, key=_recency)
     gain = latest["knn_top1"] - latest["random_knn_top1"]
     where = f"version {latest['version']}" if isinstance(latest.get("version"), int) else "the latest state"
     on = f" on {latest['data']}" if latest.get("data") else ""
@@ -161,7 +166,7 @@ def _best_eval_line(evals: list[dict[str, Any]]) -> str:
         return "- best eval: none recorded"
     best = max(evals, key=lambda e: e["knn_top1"])
     text = f"- best eval: {_eval_text(best)}"
-    latest = max(evals, key=lambda e: (e["step"] if is_number(e.get("step")) else -1, e.get("time", 0)))
+    latest = max(evals, key=_recency)
     if latest is not best:
         text += f"; latest: {_eval_text(latest)}"
     return text
