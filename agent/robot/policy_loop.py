@@ -43,14 +43,16 @@ class LoopStats:
     last_served: Optional[int] = None  # the version of the latest call that succeeded
     served_swaps: int = 0  # changes of version between two calls (the encoder's `swaps` also counts loads no call saw)
 
-    def served(self, version: int) -> None:
-        """Count one successful call made by `version`."""
+    def served(self, version: int) -> Optional[int]:
+        """Count one successful call made by `version`; returns the version of the call before (None: the first)."""
+        previous = self.last_served
         self.calls += 1
         if self.first_served is None:
             self.first_served = version
-        elif version != self.last_served:
+        elif version != previous:
             self.served_swaps += 1
         self.last_served = version
+        return previous
 
     def percentiles(self) -> tuple[Optional[float], Optional[float]]:
         if not self.latencies_ms:
@@ -83,23 +85,22 @@ class _History:
         self._path, self._every_s = path, every_s
         self._latencies_ms: list[float] = []
         self._next = 0.0  # the first record goes out at the first call
-        self._version: Optional[int] = None
 
-    def called(self, latency_ms: float, version: int, stats: LoopStats) -> None:
-        """One successful call by `version`: a "serve" record for the first, a "swap" record when it changed."""
+    def called(self, latency_ms: float, version: int, previous: Optional[int], swaps: int) -> None:
+        """One successful call by `version` after one by `previous` (`LoopStats.served`): a "serve" record for the
+        first, a "swap" record when the version changed; `swaps`: the swaps between calls so far."""
         self._latencies_ms.append(latency_ms)
-        if version != self._version:
+        if version != previous:
             append_record(
                 self._path,
                 {
                     "time": time.time(),
-                    "event": "serve" if self._version is None else "swap",
+                    "event": "serve" if previous is None else "swap",
                     "version": version,
-                    "previous": self._version,
-                    "swaps": stats.served_swaps,
+                    "previous": previous,
+                    "swaps": swaps,
                 },
             )
-            self._version = version
 
     def watch(self, encoder: HotEncoder, stats: LoopStats, now: float, final: bool = False) -> None:
         """A latency record when one is due (or `final`)."""
@@ -190,9 +191,9 @@ def run_policy_loop(
                 log.exception("embed failed")
             else:
                 stats.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-                stats.served(version)
+                previous = stats.served(version)
                 if history is not None:
-                    history.called(stats.latencies_ms[-1], version, stats)
+                    history.called(stats.latencies_ms[-1], version, previous, stats.served_swaps)
             now = time.monotonic()
             if history is not None:
                 history.watch(encoder, stats, now)
