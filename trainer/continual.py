@@ -230,11 +230,13 @@ class ContinualTrainer:
             make_exporter,
             self.compute_lock,
             self.device,
-            self.train_step.set_snapshot_once,
+            self.train_step.set_snapshot_once if tc.distill_snapshot == "first_published" else lambda make: None,
         )
         self.frames = ReceivedFrames(self.state, self.buffer, ranks, lambda: self.step, tc.replay_ratio)
         self.embeddings = BufferEmbeddings(self.buffer, self.train_step, cfg.buffer, cfg.model.image_size)
         self.divergence = DivergenceGuard(self.train_step, tc, self.state, self._event)
+        if tc.distill_snapshot == "session_start" and self.resumed_from is not None:
+            self.train_step.set_snapshot_once(self.publishing.probed_encoder)  # CaSSLe: the previous room's encoder
         self.train_step.mark_good()
         self.monitor: Optional[RunMonitor] = None  # rank 0's; other ranks write nothing into the run directory
 

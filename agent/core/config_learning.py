@@ -160,6 +160,12 @@ class TrainConfig(ConfigSection):
         "version's space (trainer/snapshot_distill.py; pinned policy heads), 0 = off (benchmarks/RESULTS.md, "
         "'Pinned swaps on real photos')",
     )
+    distill_snapshot: Literal["first_published", "session_start"] = Field(
+        "first_published",
+        description="what train.compat_distill distils towards: the first version this session publishes (pinned "
+        "policy heads), or the encoder this session resumed from (against forgetting: CaSSLe's frozen model of "
+        "the previous task, a robot restarted in the next room; nothing on a fresh run)",
+    )
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on the CPU")
     collective_timeout_s: float = Field(

@@ -78,6 +78,28 @@ def test_the_trainer_takes_the_snapshot_at_its_first_export(tmp_path):
     assert sorted(p.name for p in (tmp_path / "exports").glob("encoder-*.onnx"))  # it published as usual
 
 
+def test_session_start_distils_towards_the_encoder_the_session_resumed_from(tmp_path):
+    """train.distill_snapshot=session_start (against forgetting, CaSSLe's frozen previous-task model): a fresh
+    run has nothing to distil towards, even after it publishes; a resumed one freezes the weights it resumed."""
+    ep = free_tcp_endpoint()
+    common = [
+        "train.compat_distill=1.0",
+        "train.distill_snapshot=session_start",
+        "export.every_steps=3",
+        "buffer.min_fill=16",
+        "buffer.capacity_frames=64",
+        "export.min_compatibility=null",
+    ]
+    first = run_trainer(tiny_config(ep, "train.max_steps=5", *common), tmp_path)
+    assert first.train_step.distiller is not None and not first.train_step.distiller.active
+    resumed_from = first.learner.encoder_module("target").state_dict()
+    second = run_trainer(tiny_config(ep, "train.max_steps=9", *common), tmp_path)
+    distiller = second.train_step.distiller
+    assert distiller is not None and distiller.snapshot_step == 5 and second.step == 9
+    snapshot = distiller.snapshot.state_dict()
+    assert all(torch.equal(resumed_from[k], snapshot[k]) for k in resumed_from)
+
+
 def test_a_negative_weight_is_refused():
     with pytest.raises(ConfigError, match="compat_distill"):
         load_config(None, ["train.compat_distill=-1"])
