@@ -38,6 +38,7 @@ from trainer.backbone import Backbone  # noqa: E402
 from trainer.feature_probes import knn_top1, load_train_test_folder, torch_features  # noqa: E402
 from trainer.learner_factory import build_learner, build_optimizer  # noqa: E402
 from trainer.lr_schedule import lr_at, set_lr  # noqa: E402
+from trainer.train_step import use_bf16  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,8 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     learner = build_learner(cfg.model, tc, "cpu", cfg.augment)
     optimizer = build_optimizer(learner, tc)
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(tc, torch.device("cpu")))
+
     def step(batch: torch.Tensor) -> float:
-        loss = learner(batch)
+        with autocast:  # train.precision, as the trainer's TrainStep applies it
+            loss = learner(batch)
         set_lr(optimizer, lr_at(learner.step, tc.lr, tc.lr_warmup_steps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
