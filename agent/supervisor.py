@@ -253,6 +253,12 @@ def fit_line(line: str, columns: int) -> str:
     return line[: width - tail - 1] + "…" + line[-tail:]
 
 
+def over_fps_cap_note(capture: dict) -> str:
+    """ ", over fps cap N" when a live camera delivered frames faster than `capture.fps` kept them."""
+    superseded = capture.get("superseded")
+    return f", over fps cap {superseded}" if isinstance(superseded, int) and superseded > 0 else ""
+
+
 def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: dict[str, int]) -> str:
     """One line a person can read at a glance: is data flowing, is it learning, did the policy swap."""
     cap, trn, rt = status.get("capture", {}), status.get("trainer", {}), status.get("runtime", {})
@@ -265,7 +271,7 @@ def format_pipeline_status(status: dict[str, dict], elapsed_s: float, restarts: 
     parts = [
         f"t={elapsed_s:5.0f}s",
         f"frames read {num(cap, 'frames_read')} kept {num(cap, 'kept')} (novelty skipped "
-        f"{num(cap, 'skipped_novelty')})",
+        f"{num(cap, 'skipped_novelty')}{over_fps_cap_note(cap)})",
         f"sent {num(cap, 'sent')} dropped {num(cap, 'dropped')}",
         *_source_notes(cap.get("sources")),
         f"in {num(trn, 'frames_in_session' if 'frames_in_session' in trn else 'frames_in')}",

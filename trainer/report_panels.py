@@ -201,7 +201,7 @@ def capture_axes(run: RunRecords, ax: "Axes") -> None:
     for key, label in CAPTURE_COUNTS:
         t, y = continued_counts(run, run.capture, key)
         if len(y):
-            ax.plot(t, y, lw=1.2, label=label, ls="--" if key in ("skipped_novelty", "dropped") else "-")
+            ax.plot(t, y, lw=1.2, label=label, ls="--" if key in ("skipped_novelty", "superseded", "dropped") else "-")
     rows = [r for r in run.capture if r.time is not None and r.frames_per_source is not None]
     names = rows[-1].source_names if rows else None
     width = len(rows[-1].frames_per_source or []) if rows else 0

@@ -36,6 +36,7 @@ class CaptureLine:
     frames_read: Optional[Number]
     kept: Optional[Number]
     skipped_novelty: Optional[Number]
+    superseded: Optional[Number]  # replaced by a newer frame of their camera: over the fps cap (absent before)
     sent: Optional[Number]
     dropped: Optional[Number]
     frames_per_source: Optional[list[Any]]  # frames read per source, as written (entries checked by readers)
@@ -49,6 +50,7 @@ class CaptureLine:
             frames_read=number(row.get("frames_read")),
             kept=number(row.get("kept")),
             skipped_novelty=number(row.get("skipped_novelty")),
+            superseded=number(row.get("superseded")),
             sent=number(row.get("sent")),
             dropped=number(row.get("dropped")),
             frames_per_source=per_source if isinstance(per_source, list) else None,

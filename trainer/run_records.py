@@ -265,6 +265,7 @@ CAPTURE_COUNTS = (
     ("frames_read", "read"),
     ("kept", "kept"),
     ("skipped_novelty", "novelty skipped"),
+    ("superseded", "over fps cap"),
     ("sent", "sent"),
     ("dropped", "dropped"),
 )

@@ -13,7 +13,7 @@ from agent.commands._common import add_config_arguments, config_from_args
 from agent.core.config import Config, dump_config
 from agent.core.errors import ConfigError, EndpointError
 from agent.core.run_lock import lock_directory
-from agent.supervisor import ChildSpec, StopFlag, Supervisor, read_status, supervise
+from agent.supervisor import ChildSpec, StopFlag, Supervisor, over_fps_cap_note, read_status, supervise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +197,8 @@ def untrained(status: dict[str, dict], cfg: Config) -> Optional[str]:
     else:
         flow = (
             f"capture read {capture.get('frames_read', 0)}, kept {capture.get('kept', 0)} "
-            f"(novelty skipped {capture.get('skipped_novelty', 0)}), sent {capture.get('sent', 0)}, "
+            f"(novelty skipped {capture.get('skipped_novelty', 0)}{over_fps_cap_note(capture)}), "
+            f"sent {capture.get('sent', 0)}, "
             f"dropped {capture.get('dropped', 0)}"
         )
     return (

@@ -45,13 +45,16 @@ HISTORY_EVERY_S = 10.0  # capture.jsonl: one record of the counters this often, 
 
 @dataclass(frozen=True)
 class CaptureStats:
-    """What happened to the frames: read from the sources, kept by the novelty gate (or skipped),
-    refused as stale, sent to the trainer or dropped because it was slow or absent; sources reopened."""
+    """What happened to the frames: read from the sources, then kept by the novelty gate (or skipped), refused
+    as stale or superseded by a newer frame of their camera before the fps cap let one through (frames_read =
+    kept + skipped_novelty + stale + superseded + at most one frame per camera still waiting); kept frames
+    were sent to the trainer or dropped because it was slow or absent; sources reopened."""
 
     frames_read: int = 0
     kept: int = 0
     skipped_novelty: int = 0
     stale: int = 0
+    superseded: int = 0
     sent: int = 0
     dropped: int = 0
     reconnects: int = 0
@@ -212,6 +215,7 @@ class _CaptureLoop:
             kept=self.kept,
             skipped_novelty=self.skipped_novelty,
             stale=sum(r.stale for r in self._readers),
+            superseded=sum(r.superseded for r in self._readers),
             sent=sender.sent,
             dropped=sender.dropped,
             reconnects=sum(r.reconnects for r in self._readers),

@@ -52,10 +52,12 @@ class _Handoff:
         self._items: collections.deque[Grab] = collections.deque()
         self._newest: dict[Optional[int], Grab] = {}  # realtime: camera id -> its newest frame, oldest camera first
         self._cond = threading.Condition()
+        self.superseded = 0  # realtime: frames replaced by a newer one of their camera before the main loop took them
 
     def put(self, item: Grab, halt: threading.Event) -> None:
         with self._cond:
             if self._overwrite:
+                self.superseded += item.camera_id in self._newest
                 self._newest[item.camera_id] = item  # an existing camera keeps its place in the turn
             else:
                 while len(self._items) >= self._depth and not halt.is_set():
@@ -176,6 +178,12 @@ class SourceReader(Worker):
     def done(self) -> bool:
         """The loop has ended (source exhausted, failed or halted) and every frame was taken."""
         return not self.alive and self._handoff.empty()
+
+    @property
+    def superseded(self) -> int:
+        """Frames read but replaced by a newer frame of their camera before the main loop took one (realtime:
+        a camera faster than `capture.fps`); asap never replaces one."""
+        return self._handoff.superseded
 
     def read_latest(self, max_age_s: Optional[float] = None) -> Optional[Grab]:
         """The newest frame not yet taken, or None; a frame older than `max_age_s` is refused (stale)."""

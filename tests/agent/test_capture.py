@@ -311,9 +311,22 @@ def test_a_folder_fanned_out_to_two_ranks_reaches_each_once_and_each_rank_gets_t
     ), messages
 
 
+def test_every_frame_read_from_a_camera_faster_than_the_fps_cap_is_accounted_for(free_endpoint: str) -> None:
+    """A live camera at 60 fps captured at 10: most frames are replaced by a newer one before the main loop takes
+    them. They were counted nowhere (frames_read - kept - skipped_novelty - stale was a silent gap of ~80 %)."""
+    with MjpegServer(plan=[None], fps=60) as server:
+        capture = CaptureConfig(sources=[server.url], fps=10, height=16, width=16, novelty_threshold=0.0)
+        with CaptureThread(capture, _wire(free_endpoint)) as cap:
+            time.sleep(3.0)
+    stats = cap.stats
+    assert stats is not None and stats.superseded > 0, stats
+    accounted = stats.kept + stats.skipped_novelty + stats.stale + stats.superseded
+    assert 0 <= stats.frames_read - accounted <= 1, stats  # at most the one frame still waiting at the stop
+
+
 def test_one_endpoint_keeps_the_stats_line_of_before() -> None:
     assert CaptureStats(sent=3, dropped=1, sent_per_endpoint=(3,)).line() == (
-        "frames_read=0 kept=0 skipped_novelty=0 stale=0 sent=3 dropped=1 reconnects=0"
+        "frames_read=0 kept=0 skipped_novelty=0 stale=0 superseded=0 sent=3 dropped=1 reconnects=0"
     )
 
 

@@ -110,3 +110,13 @@ def test_a_narrow_terminal_keeps_step_loss_knn_export_and_runtime() -> None:
     )
     narrow = fit_line(line, 80)
     assert len(narrow) == 79 and narrow.startswith("t=  312s | step 957") and narrow.endswith("calls 2985"), narrow
+
+
+def test_the_status_line_names_frames_over_the_fps_cap_only_when_there_are_some() -> None:
+    from agent.supervisor import format_pipeline_status
+
+    capture = {"frames_read": 600, "kept": 100, "skipped_novelty": 1, "superseded": 499}
+    line = format_pipeline_status({"capture": capture}, elapsed_s=9.0, restarts={})
+    assert "frames read 600 kept 100 (novelty skipped 1, over fps cap 499)" in line
+    line = format_pipeline_status({"capture": {**capture, "superseded": 0}}, elapsed_s=9.0, restarts={})
+    assert "frames read 600 kept 100 (novelty skipped 1) |" in line
