@@ -55,6 +55,7 @@ from agent.core.config import Config, load_config  # noqa: E402
 from agent.core.wire import EndOfStream, Frame  # noqa: E402
 from trainer.continual import ContinualTrainer  # noqa: E402
 from trainer.feature_probes import knn_top1, load_train_test_folder, torch_features  # noqa: E402
+from trainer.learner_factory import build_learner  # noqa: E402
 
 ROOMS = 5
 DEV_PHOTOS = Path("/work/shared/data/cifar10-dev.tar.gz")  # the dev photos (../shared/data from the main checkout)
@@ -113,19 +114,25 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def room_table(trainer: ContinualTrainer, data, rooms: list[np.ndarray], cfg: Config) -> tuple[list[float], float]:
-    """kNN top-1 of the trainer's exported encoder on each room's classes (2-way), and on all classes."""
-    encoder = trainer.learner.encoder_module(cfg.export.weights)
-    feats = torch_features(encoder, data.images, trainer.learner.mean, trainer.learner.std)
+def room_table(encoder: torch.nn.Module, mean, std, data, rooms: list[np.ndarray], k: int) -> tuple[list[float], float]:
+    """kNN top-1 of `encoder` (normalised NCHW -> (N, D)) on each room's classes (2-way), and on all classes."""
+    feats = torch_features(encoder, data.images, mean, std)
     bank, queries = data.split
     labels = data.labels
     scores = []
     for classes in rooms:
         b = bank[np.isin(labels[bank], classes)]
         q = queries[np.isin(labels[queries], classes)]
-        scores.append(knn_top1(feats[b], labels[b], feats[q], labels[q], k=cfg.eval.k))
-    overall = knn_top1(feats[bank], labels[bank], feats[queries], labels[queries], k=cfg.eval.k)
+        scores.append(knn_top1(feats[b], labels[b], feats[q], labels[q], k=k))
+    overall = knn_top1(feats[bank], labels[bank], feats[queries], labels[queries], k=k)
     return scores, overall
+
+
+def random_init_row(cfg: Config, data, rooms: list[np.ndarray], seed: int) -> tuple[list[float], float]:
+    """The same table row for the untrained encoder of this config and seed: what "learnt" is measured against."""
+    torch.manual_seed(seed)
+    learner = build_learner(cfg.model, cfg.train, "cpu", cfg.augment)
+    return room_table(learner.encoder_module(cfg.export.weights), learner.mean, learner.std, data, rooms, cfg.eval.k)
 
 
 def run_method(
@@ -149,6 +156,7 @@ def run_method(
         parts = [rng.permutation(bank[np.isin(labels[bank], room)]) for room in rooms]
     run_dir = work / f"{method.replace('/', '_')}-seed{seed}"
     table, overall, steps_done = [], [], []
+    init_scores, init_all = random_init_row(load_config(config, overrides + [f"train.seed={seed}"]), data, rooms, seed)
     start_cpu, start_wall = cpu_s(), time.monotonic()
     seq, t0 = 0, time.time()
     for r, part in enumerate(parts):
@@ -170,7 +178,8 @@ def run_method(
         if stream is not None:
             stream.close()
         steps_done.append(trainer.step)
-        scores, all_classes = room_table(trainer, data, rooms, cfg)
+        encoder = trainer.learner.encoder_module(cfg.export.weights)
+        scores, all_classes = room_table(encoder, trainer.learner.mean, trainer.learner.std, data, rooms, cfg.eval.k)
         table.append(scores)
         overall.append(all_classes)
         print(
@@ -185,6 +194,8 @@ def run_method(
         "seed": seed,
         "steps": steps_done,
         "table": table,
+        "random_init": init_scores,
+        "random_init_all_classes": init_all,
         "all_classes": overall,
         "final_average": float(a[-1].mean()),
         "forgetting": forgetting,
@@ -196,13 +207,17 @@ def run_method(
 def markdown(results: list[dict]) -> str:
     """The rooms x rooms tables and the summary, as RESULTS.md shows them."""
     lines = [
-        "| method | seed | steps | final average | average forgetting | 10-way kNN at the end | CPU s |",
+        "| method | seed | steps | final average (random init) | average forgetting | 10-way kNN at the end "
+        "(random init) | CPU s |",
         "|---|---|---|---|---|---|---|",
     ]
     for res in results:
+        init = res.get("random_init")
+        init_avg = f" ({np.mean(init):.3f})" if init else ""
+        init_all = f" ({res['random_init_all_classes']:.3f})" if init else ""
         lines.append(
-            f"| {res['method']} | {res['seed']} | {res['steps'][-1]} | {res['final_average']:.3f} | "
-            f"{res['forgetting']:.3f} | {res['all_classes'][-1]:.3f} | {res['cpu_s']:.0f} |"
+            f"| {res['method']} | {res['seed']} | {res['steps'][-1]} | {res['final_average']:.3f}{init_avg} | "
+            f"{res['forgetting']:.3f} | {res['all_classes'][-1]:.3f}{init_all} | {res['cpu_s']:.0f} |"
         )
     for res in results:
         title = f"{res['method']}, seed {res['seed']}"
@@ -215,6 +230,8 @@ def markdown(results: list[dict]) -> str:
         ]
         for i, row in enumerate(res["table"]):
             lines.append(f"| room {i + 1} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        if "random_init" in res:
+            lines.append("| random init | " + " | ".join(f"{v:.3f}" for v in res["random_init"]) + " |")
     return "\n".join(lines)
 
 
@@ -227,8 +244,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
+    parser.add_argument("--render", type=Path, nargs="+", default=None, help="print the tables of earlier --json files")
     parser.add_argument("overrides", nargs="*", help="config overrides a.b=value for every method")
     args = parser.parse_args()
+    if args.render:
+        print(markdown([res for path in args.render for res in json.loads(path.read_text())]))
+        return
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-forgetting-") as tmp:
         work = Path(tmp)
