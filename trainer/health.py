@@ -3,10 +3,10 @@
 Two checks on what the trainer measures already (issue 26, "learning that lasts"):
 
 - `probe_falling`: the online probe's kNN top-1 (trainer/quality_monitor.py) is more than
-  `KNN_DROP` below its best in this process (0.02: the goal benchmarks/bench_longrun.py checks);
+  `train.warn_knn_drop` below its best in this process (0.02: the goal benchmarks/bench_longrun.py checks);
 - `embedding_collapsing`: the embedding std (the batch std of the l2-normalised projections,
   trainer/byol.py: ~1/sqrt(d) when healthy, 0 once every image maps to one point, as SimSiam's
-  collapse monitor, Chen & He 2021, Sec. 4.1) is below `STD_FRACTION` of its peak in this process.
+  collapse monitor, Chen & He 2021, Sec. 4.1) is below `train.warn_std_fraction` (0.5) of its peak in this process.
 
 A warning is reported when it starts and when it clears, as one `{"event": "health"}` record each
 (metrics.jsonl; TensorBoard's `health/<kind>` scalar and a text note), and listed in the status
@@ -19,15 +19,14 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-KNN_DROP = 0.02
-STD_FRACTION = 0.5
-
 
 class HealthWatch:
     """Tracks the best kNN and the peak embedding std; `probe` / `embedding` return a health record
     when a warning starts or clears (else None); `warnings()` lists the messages that hold now."""
 
-    def __init__(self, knn_drop: float = KNN_DROP, std_fraction: float = STD_FRACTION) -> None:
+    def __init__(self, knn_drop: float = 0.02, std_fraction: float = 0.5) -> None:
+        """`knn_drop`: kNN top-1 below the best that counts as falling; `std_fraction`: of the peak std, below which
+        the embedding counts as collapsing (`train.warn_knn_drop`, `train.warn_std_fraction`)."""
         self.knn_drop, self.std_fraction = knn_drop, std_fraction
         self.best_knn: Optional[float] = None
         self.peak_std: Optional[float] = None

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from trainer.health import KNN_DROP
 from trainer.metrics import METRICS_NAME
 from trainer.run_records import (
     CAPTURE_COUNTS,
@@ -145,7 +144,7 @@ def verdict_line(run: RunRecords) -> str:
     on = f" on {latest['data']}" if latest.get("data") else ""
     best = max(scored, key=lambda e: e["knn_top1"])
     falling = ""
-    if best["knn_top1"] - latest["knn_top1"] > KNN_DROP:  # the live health warning's threshold
+    if best["knn_top1"] - latest["knn_top1"] > run.warn_knn_drop:  # the live health warning's threshold
         at = f"version {best['version']}" if isinstance(best.get("version"), int) else f"step {best.get('step')}"
         falling = f" But it is falling: {at} scored {best['knn_top1']:.3f}."
     if gain > 0:

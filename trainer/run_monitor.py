@@ -132,7 +132,8 @@ class RunMonitor:
         self._rate = StepRate()
         self._frames_in_at_start = self._counters().frames_in  # frames in before this process (a resumed run)
         self._last_probe: Optional["EvalResult"] = None
-        self._health = HealthWatch()  # a falling probe or a collapsing embedding: warnings (trainer/health.py)
+        # a falling probe or a collapsing embedding: warnings (trainer/health.py)
+        self._health = HealthWatch(train_cfg.warn_knn_drop, train_cfg.warn_std_fraction)
         self._probe_submitted_at: Optional[int] = None
         self._probe_submitted_time = -float("inf")  # time.monotonic() of the last probe submitted
         self._drift: dict[str, Any] = {}  # the last published version's drift (export.drift_gate.drift_record)

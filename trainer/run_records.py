@@ -112,6 +112,7 @@ class RunRecords:
     bad_lines: dict[str, int]  # unreadable lines per file
     embedding_dim: Optional[int]  # model.projection_size from config.yaml
     probe_data: Optional[str]  # train.probe_data from config.yaml
+    warn_knn_drop: float  # train.warn_knn_drop from config.yaml (its default when unreadable): "falling" below the best
     t0: float  # earliest wall-clock time of any record (s since the epoch); 0 when none has one
     t_end: float  # latest such time, in seconds since t0
 
@@ -140,26 +141,30 @@ def read_run(run_dir: Union[str, Path]) -> RunRecords:
     for name in (CAPTURE_HISTORY, RUNTIME_HISTORY):
         rows, bad[name] = _read_jsonl(run / name) if (run / name).is_file() else ([], 0)
         histories[name] = rows
-    dim, probe_data = _from_config(run / "config.yaml")
+    dim, probe_data, knn_drop = _from_config(run / "config.yaml")
     capture = [CaptureLine.parse(r) for r in histories[CAPTURE_HISTORY]]
     runtime = [RuntimeLine.parse(r) for r in histories[RUNTIME_HISTORY]]
     times = metrics.times() + [float(r.time) for r in capture if r.time is not None]
     times += [float(r.time) for r in runtime if r.time is not None]
     t0 = min(times) if times else 0.0
-    return RunRecords(run, metrics, capture, runtime, bad, dim, probe_data, t0, max(times) - t0 if times else 0.0)
+    span = max(times) - t0 if times else 0.0
+    return RunRecords(run, metrics, capture, runtime, bad, dim, probe_data, knn_drop, t0, span)
 
 
-def _from_config(path: Path) -> tuple[Optional[int], Optional[str]]:
-    """(model.projection_size, train.probe_data) of the run's config.yaml; (None, None) when unreadable."""
-    if not path.is_file():
-        return None, None
+def _from_config(path: Path) -> tuple[Optional[int], Optional[str], float]:
+    """(model.projection_size, train.probe_data, train.warn_knn_drop) of the run's config.yaml; (None, None,
+    the default drop) when unreadable."""
     from agent.core.config import load_config
+    from agent.core.config_learning import TrainConfig
 
+    default_drop = TrainConfig().warn_knn_drop
+    if not path.is_file():
+        return None, None, default_drop
     try:
         cfg = load_config(path)
     except ByolAgentError:
-        return None, None
-    return cfg.model.projection_size, cfg.train.probe_data
+        return None, None, default_drop
+    return cfg.model.projection_size, cfg.train.probe_data, cfg.train.warn_knn_drop
 
 
 def _versioned_evals(metrics: RunMetrics) -> list[dict[str, Any]]:

@@ -153,6 +153,18 @@ class TrainConfig(ConfigSection):
         description="seconds at least between two online probes (not the final one): caps their cost "
         "when checkpoints come often (benchmarks/RESULTS.md, 'Online probe')",
     )
+    warn_knn_drop: float = Field(
+        0.02,
+        gt=0,
+        description="warn when the online probe's kNN falls this far below its best (trainer/health.py; the "
+        "long-run goal, benchmarks/bench_longrun.py)",
+    )
+    warn_std_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="warn when the embedding std falls below this fraction of its peak (trainer/health.py)",
+    )
     compat_distill: float = Field(
         0.0,
         ge=0,

@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from agent.core.config import Config
 from agent.core.demo_scene import DemoScene
 from agent.supervisor import format_pipeline_status
 from tests.conftest import free_tcp_endpoint
@@ -42,10 +43,9 @@ def wait_idle(trainer: ContinualTrainer, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_falling_probe_and_a_collapsing_embedding_are_warnings_on_every_display(tmp_path: Path) -> None:
-    probe = write_labelled(tmp_path / "probe")
-    cfg = tiny_config(free_tcp_endpoint(), f"train.probe_data={probe}", "eval.max_images=100")
-    run_dir = tmp_path / "run"
+def _fall_and_collapse(cfg: Config, run_dir: Path) -> tuple[Path, str]:
+    """A trainer's monitor sees a probe at kNN ~1, then one at chance, then a batch whose views coincide; returns
+    the run directory and what the live line printed."""
     trainer = ContinualTrainer(cfg, run_dir, open_receiver=lambda: None)  # not run: the test steps it
     live = io.StringIO()
     monitor = RunMonitor(
@@ -72,6 +72,13 @@ def test_a_falling_probe_and_a_collapsing_embedding_are_warnings_on_every_displa
         monitor.status("training", force=True)
     finally:
         monitor.close()
+    return run_dir, live.getvalue()
+
+
+def test_a_falling_probe_and_a_collapsing_embedding_are_warnings_on_every_display(tmp_path: Path) -> None:
+    probe = write_labelled(tmp_path / "probe")
+    cfg = tiny_config(free_tcp_endpoint(), f"train.probe_data={probe}", "eval.max_images=100")
+    run_dir, live = _fall_and_collapse(cfg, tmp_path / "run")
     evals = [r["knn_top1"] for r in records(run_dir) if r.get("event") == "eval"]
     assert len(evals) == 2 and evals[0] > evals[1] + 0.02, evals
     health = {r["kind"]: r for r in records(run_dir) if r.get("event") == "health"}
@@ -81,7 +88,7 @@ def test_a_falling_probe_and_a_collapsing_embedding_are_warnings_on_every_displa
     assert len(status["warnings"]) == 2
     line = format_status(status)
     assert "WARNING probe falling: kNN" in line and "WARNING embedding collapsing: std" in line
-    assert "WARNING probe falling" in live.getvalue()
+    assert "WARNING probe falling" in live
     assert "WARNING embedding collapsing" in format_pipeline_status({"trainer": status}, 10.0, {})
 
     events = EventAccumulator(str(run_dir / TENSORBOARD_DIR), size_guidance={"scalars": 0, "tensors": 0})
@@ -90,6 +97,20 @@ def test_a_falling_probe_and_a_collapsing_embedding_are_warnings_on_every_displa
     assert [e.value for e in events.Scalars("health/embedding_collapsing")] == [1.0]
     notes = [t.string_val[0].decode() for e in events.Tensors("warnings/text_summary") for t in [e.tensor_proto]]
     assert any("probe falling" in n for n in notes) and any("embedding collapsing" in n for n in notes)
+
+
+def test_the_thresholds_are_the_configs(tmp_path: Path) -> None:
+    """train.warn_knn_drop / warn_std_fraction: a run whose probe is this noisy can say so (the same fall as
+    above under a threshold it does not cross; a std of exactly 0 is below any fraction)."""
+    probe = write_labelled(tmp_path / "probe")
+    overrides = ["train.warn_knn_drop=0.99", "train.warn_std_fraction=0.001"]
+    cfg = tiny_config(free_tcp_endpoint(), f"train.probe_data={probe}", "eval.max_images=100", *overrides)
+    run_dir, live = _fall_and_collapse(cfg, tmp_path / "run")
+    evals = [r["knn_top1"] for r in records(run_dir) if r.get("event") == "eval"]
+    assert len(evals) == 2 and evals[0] > evals[1] + 0.02, evals
+    health = {r["kind"]: r for r in records(run_dir) if r.get("event") == "health"}
+    assert health.keys() == {"embedding_collapsing"}, health  # a fall of ~0.5 is under a 0.99 threshold
+    assert "below 0.001x its peak" in health["embedding_collapsing"]["message"]  # views that coincide: std 0
 
 
 def test_a_warning_starts_once_and_clears_when_the_figure_recovers() -> None:

@@ -132,6 +132,9 @@ def test_the_summary_opens_with_a_one_line_verdict(tmp_path: Path) -> None:
     assert verdict([*train, earlier, {**probe, "knn_top1": 0.45}]).endswith(
         "+0.100 over its random-init twin (0.350). But it is falling: version 1 scored 0.500."
     )
+    (run / "config.yaml").write_text("train:\n  warn_knn_drop: 0.1\n")  # the run's own threshold: 0.05 is not a fall
+    assert verdict([*train, earlier, {**probe, "knn_top1": 0.45}]).endswith("+0.100 over its random-init twin (0.350).")
+    (run / "config.yaml").unlink()
     runtime = [
         {"time": 1.0, "event": "serve", "version": 1, "previous": None, "swaps": 0},
         {"time": 2.0, "event": "swap", "version": 2, "previous": 1, "swaps": 1},
