@@ -22,6 +22,8 @@ import signal
 import sys
 from typing import Any, Optional, TextIO
 
+from agent.core.interrupts import catch_early_interrupts
+
 COMMANDS = {
     "run": "capture, train, export and a runtime consumer as supervised processes (the main job)",
     "capture": "stream frames from a camera, video, URL, folder or the demo scene over ZeroMQ",
@@ -93,6 +95,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         # A supervisor (agent/supervisor.py) starts its children with SIGINT blocked, so that a stop
         # during interpreter start-up waits for us: delivered here, it ends in the `except` below.
+        if argv is None:  # the process's entry point: a Ctrl-C while starting is never lost (agent/core/interrupts.py)
+            catch_early_interrupts()
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         return _main(argv)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from agent.core.backoff import backoff_s
+from agent.core.interrupts import take_pending
 from trainer.metrics import drift_text
 
 log = logging.getLogger(__name__)
@@ -333,6 +334,9 @@ class StopFlag:
         self.signum: Optional[int] = None  # the first signal received
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
+        early = take_pending()  # a Ctrl-C while the command was starting (agent/core/interrupts.py)
+        if early is not None:
+            self._handle(early, None)
 
     def _handle(self, signum: int, _frame: object) -> None:
         if self.signum is None:

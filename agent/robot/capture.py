@@ -27,6 +27,7 @@ from typing import Callable, Optional
 from agent.core.atomic import append_record, write_status
 from agent.core.config import CaptureConfig, Pace, WireConfig
 from agent.core.frames import NoveltyGate, novelty_threshold
+from agent.core.interrupts import take_pending
 from agent.core.wire import Frame
 from agent.robot.curve import WireSecurity
 from agent.robot.source_reader import Grab, SourceReader
@@ -365,3 +366,5 @@ def stop_on_signals(stop: threading.Event) -> None:
     """SIGINT / SIGTERM only set `stop`; the loop notices and shuts down cleanly (flushing if lossless)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if take_pending() is not None:  # a Ctrl-C while capture was starting (agent/core/interrupts.py)
+        stop.set()

@@ -90,7 +90,9 @@ def test_demo_sources_stream_to_the_trainer_and_publish(free_endpoint: str) -> N
     assert all(f.image.shape == (24, 40, 3) for f in frames)
     for cam in (10, 11):
         seqs = [f.seq for f in frames if f.camera_id == cam]
-        assert seqs == sorted(seqs) and seqs[0] == 0
+        # numbered from 0 per camera; lossy, so frames sent before the PUSH connected are dropped (counted), and a
+        # loaded CI machine lost camera 10's seq 0 that way
+        assert seqs == sorted(seqs) and seqs[0] <= stats.dropped, (seqs[:3], stats)
     assert stats.sent >= len(frames) and stats.kept == stats.sent + stats.dropped
     assert stats.frames_read >= stats.kept + stats.skipped_novelty
 
