@@ -18,14 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from agent.core.backoff import backoff_s
-from agent.core.interrupts import take_pending
+from agent.core.interrupts import StopFlag
 from trainer.metrics import drift_text
 
 log = logging.getLogger(__name__)
@@ -324,27 +323,6 @@ def _source_notes(sources: object) -> list[str]:
         elif state == "lost":
             notes.append(f"{name} lost, reopening")
     return [", ".join(notes)] if notes else []
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; handlers only set the flag (the loop does the work)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum: Optional[int] = None  # the first signal received
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-        early = take_pending()  # a Ctrl-C while the command was starting (agent/core/interrupts.py)
-        if early is not None:
-            self._handle(early, None)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.signum is None:
-            self.signum = signum
-        self.event.set()
-
-    def wait(self, timeout_s: float) -> bool:
-        return self.event.wait(timeout_s)
 
 
 def supervise(

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from agent.commands._common import add_config_arguments, config_from_args, lock_export_dir
-from agent.supervisor import StopFlag
+from agent.core.interrupts import StopFlag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

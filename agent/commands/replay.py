@@ -9,7 +9,7 @@ from pathlib import Path
 from agent.commands._common import config_from_args, lock_run_dir
 from agent.commands.train import configure_logging
 from agent.core.config import Pace
-from agent.supervisor import StopFlag
+from agent.core.interrupts import StopFlag
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 

@@ -12,8 +12,9 @@ from typing import Optional
 from agent.commands._common import add_config_arguments, config_from_args
 from agent.core.config import Config, dump_config
 from agent.core.errors import ConfigError, EndpointError
+from agent.core.interrupts import StopFlag
 from agent.core.run_lock import lock_directory
-from agent.supervisor import ChildSpec, StopFlag, Supervisor, over_fps_cap_note, read_status, supervise
+from agent.supervisor import ChildSpec, Supervisor, over_fps_cap_note, read_status, supervise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

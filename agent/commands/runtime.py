@@ -64,10 +64,10 @@ def main(args: argparse.Namespace) -> int:
     if not export_dir.is_dir():
         what = "is not a directory" if export_dir.exists() else "does not exist"
         raise ModelFileError(f"export directory {export_dir} {what} (an exporter's --out, e.g. RUN_DIR/exports)")
+    from agent.core.interrupts import StopFlag
     from agent.robot.policy_loop import run_policy_loop
     from agent.robot.runtime import HotEncoder
     from agent.robot.sources import open_source
-    from agent.supervisor import StopFlag
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = open_source(args.source, cfg.capture, cfg.wire)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from agent.commands._common import add_config_arguments, config_from_args, lock_run_dir
 from agent.core.errors import ConfigError
+from agent.core.interrupts import StopFlag
 from agent.robot.endpoints import check_bindable, validate_endpoint, validate_endpoints
-from agent.supervisor import StopFlag
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 

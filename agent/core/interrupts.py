@@ -1,8 +1,8 @@
 """A Ctrl-C that arrives while a command is starting: never lost, never raised inside an import.
 
 `agent.cli.main` installs `catch_early_interrupts` first thing. A SIGINT then
-- is recorded (`take_pending`), so the stop handler a command installs later (`agent.supervisor.StopFlag`,
-  `agent.robot.capture.stop_on_signals`) starts out set: the command stops at its first look;
+- is recorded (`take_pending`), so the `StopFlag` a command installs later (train, run, replay, export --watch,
+  runtime, capture) starts out set: the command stops at its first look;
 - raises KeyboardInterrupt (exit 130, as before) only between imports. Raised inside one, it was swallowed by
   a third-party import's own exception handling (a `train` that never stopped: found by sending SIGINT
   0.05-2.5 s into `train`'s imports, 1 in 25 delays lost it inside numpy's lazy `numpy.linalg`/`_typing`
@@ -62,3 +62,25 @@ def take_pending() -> Optional[int]:
     global _pending
     signum, _pending = _pending, None
     return signum
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; handlers only set the flag (the loop does the work). `event`: the event to set (a new
+    one by default). Starts out set when a SIGINT came while the command was starting (`take_pending`)."""
+
+    def __init__(self, event: Optional[threading.Event] = None) -> None:
+        self.event = threading.Event() if event is None else event
+        self.signum: Optional[int] = None  # the first signal received
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        early = take_pending()
+        if early is not None:
+            self._handle(early, None)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.event.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.event.wait(timeout_s)

@@ -17,7 +17,6 @@ anything is sent (`SourceError`, exit 2). Each source's state goes into the stat
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ from typing import Callable, Optional
 from agent.core.atomic import append_record, write_status
 from agent.core.config import CaptureConfig, Pace, WireConfig
 from agent.core.frames import NoveltyGate, novelty_threshold
-from agent.core.interrupts import take_pending
+from agent.core.interrupts import StopFlag
 from agent.core.wire import Frame
 from agent.robot.curve import WireSecurity
 from agent.robot.source_reader import Grab, SourceReader
@@ -364,7 +363,4 @@ def _append_history(path: Path, loop: "_CaptureLoop") -> None:
 
 def stop_on_signals(stop: threading.Event) -> None:
     """SIGINT / SIGTERM only set `stop`; the loop notices and shuts down cleanly (flushing if lossless)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    if take_pending() is not None:  # a Ctrl-C while capture was starting (agent/core/interrupts.py)
-        stop.set()
+    StopFlag(stop)

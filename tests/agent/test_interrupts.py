@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.core import interrupts
-from agent.supervisor import StopFlag
+from agent.core.interrupts import StopFlag
 
 
 @pytest.fixture()
