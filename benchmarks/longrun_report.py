@@ -108,7 +108,7 @@ def replay_warnings(run: RunMetrics, probes: list[dict[str, Any]]) -> list[dict[
         return written
     from trainer.health import HealthWatch
 
-    watch, out = HealthWatch(), []
+    watch, out = HealthWatch(KNN_DROP, STD_FRACTION), []  # the goal's thresholds, which the live warnings share
     updates = [(float(e.get("step") or 0), 1, "probe", e["knn_top1"]) for e in probes]
     updates += [(float(r["step"]), 0, "embedding", r.get("embedding_std")) for r in run.train if "step" in r]
     for step, _, kind, value in sorted(updates, key=lambda u: (u[0], u[1])):

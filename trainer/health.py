@@ -24,7 +24,7 @@ class HealthWatch:
     """Tracks the best kNN and the peak embedding std; `probe` / `embedding` return a health record
     when a warning starts or clears (else None); `warnings()` lists the messages that hold now."""
 
-    def __init__(self, knn_drop: float = 0.02, std_fraction: float = 0.5) -> None:
+    def __init__(self, knn_drop: float, std_fraction: float) -> None:
         """`knn_drop`: kNN top-1 below the best that counts as falling; `std_fraction`: of the peak std, below which
         the embedding counts as collapsing (`train.warn_knn_drop`, `train.warn_std_fraction`)."""
         self.knn_drop, self.std_fraction = knn_drop, std_fraction

@@ -114,7 +114,7 @@ def test_the_thresholds_are_the_configs(tmp_path: Path) -> None:
 
 
 def test_a_warning_starts_once_and_clears_when_the_figure_recovers() -> None:
-    watch = HealthWatch()
+    watch = HealthWatch(knn_drop=0.02, std_fraction=0.5)
     assert [watch.probe(s, k) for s, k in enumerate([0.40, 0.45, 0.44])] == [None, None, None]  # 0.01 below: fine
     started = watch.probe(3, 0.42)
     assert started is not None and started["active"] and started["reference"] == 0.45
